@@ -1,0 +1,112 @@
+"""The one way MLab runs podman: runc runtime, project-local containers.conf, clear errors.
+
+Every podman call in MLab (image build, `mlab up`, tests) goes through :func:`podman`, so
+the runtime flag and configuration are set in one place. Measured on this platform's hosts:
+podman works only with ``--runtime runc`` and a containers.conf with ``default_ulimits = []``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from mlab.errors import DeployError, ToolMissingError
+
+MIN_VERSION = (4, 3)
+"""Oldest podman MLab supports: Debian 12's 4.3.1 (kube play of Deployments and PVCs)."""
+
+
+def containers_conf() -> Path:
+    """Path of the project-local containers.conf shipped in the package."""
+    return Path(str(resources.files("mlab").joinpath("containers.conf")))
+
+
+def podman_env() -> dict[str, str]:
+    """The environment for a podman child: ours with ``CONTAINERS_CONF`` set."""
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(containers_conf()))
+    return env
+
+
+def podman_binary() -> str:
+    """Return the podman executable path.
+
+    Raises:
+        ToolMissingError: podman is not installed.
+    """
+    path = shutil.which("podman")
+    if not path:
+        raise ToolMissingError(
+            "podman is not installed", hint="install it: apt-get install podman runc"
+        )
+    return path
+
+
+def podman_command(args: Sequence[str]) -> list[str]:
+    """The full argv for ``podman --runtime runc ARGS``."""
+    return [podman_binary(), "--runtime", "runc", *args]
+
+
+def podman(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | bytes | None = None,
+    timeout: float | None = 600,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``podman --runtime runc ARGS`` and return the completed process (text mode).
+
+    Args:
+        args: podman arguments, e.g. ``["pod", "ps", "--format", "json"]``.
+        check: raise on a non-zero exit status.
+        input: standard input (text).
+        timeout: seconds before the call is abandoned; None: no limit.
+        capture: capture stdout and stderr (else inherit them).
+
+    Raises:
+        ToolMissingError: podman is not installed.
+        DeployError: the command failed (with ``check``), naming the podman sub-command and
+            the last line of its error output.
+    """
+    argv = podman_command(args)
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input.decode() if isinstance(input, bytes) else input,
+            text=True,
+            capture_output=capture,
+            env=podman_env(),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"podman {' '.join(args[:2])} did not finish in {timeout} s") from None
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip().splitlines()
+        last = err[-1] if err else f"exit status {proc.returncode}"
+        raise DeployError(f"podman {' '.join(args[:2])} failed: {last}")
+    return proc
+
+
+def podman_version() -> tuple[int, int, int]:
+    """The installed podman version as (major, minor, patch).
+
+    Raises:
+        ToolMissingError: podman is missing or older than :data:`MIN_VERSION`.
+    """
+    out = podman(["version", "--format", "{{.Client.Version}}"]).stdout.strip()
+    parts = [int(p) for p in out.split("-")[0].split(".")[:3] if p.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    version = (parts[0], parts[1], parts[2])
+    if version[:2] < MIN_VERSION:
+        raise ToolMissingError(
+            f"podman {out} is too old (MLab needs {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer)",
+            hint="install a newer podman: apt-get install podman runc",
+        )
+    return version

@@ -1,0 +1,590 @@
+"""The site file: one YAML document that describes an MLab cluster.
+
+Invariant: a :class:`Site` that loads is internally consistent (unique user names that are
+DNS-1123 labels, valid CIDRs, no two Services claiming one port on one external IP, positive
+GPU counts). Every field has a description stating its unit, its default and what an empty
+value means; the JSON Schema (``mlab site schema``) and the reference docs come from here.
+
+Keys in the file are camelCase (``officeCIDRs``, ``storageClass``), like Kubernetes objects;
+the Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from mlab.errors import SiteError
+
+API_VERSION = "mlab.io/v1"
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""RFC 1123 label as Kubernetes uses it for names (IsDNS1123Label): at most 63 characters."""
+
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P|E|Ei)?$")
+"""A Kubernetes resource.Quantity in its common forms (``500m``, ``6Gi``, ``2``)."""
+
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
+"""RFC 1918 private ranges and the RFC 3927 link-local range (cloud metadata 169.254.169.254)."""
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"not a CIDR like 10.0.0.0/8: {exc}") from None
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def _label(value: str) -> str:
+    if not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return value
+
+
+def _quantity(value: str | int) -> str:
+    text = str(value)
+    if not QUANTITY.match(text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity like 6Gi, 500m or 2")
+    return text
+
+
+CIDR = Annotated[str, AfterValidator(_cidr)]
+IP = Annotated[str, AfterValidator(_ip)]
+Label = Annotated[str, AfterValidator(_label)]
+Quantity = Annotated[str, AfterValidator(_quantity)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Model(BaseModel):
+    """Base of every site model: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        validate_default=True,
+    )
+
+
+class Image(Model):
+    """The HomePod image, shared by HomePods, the Airlock and the code service."""
+
+    repository: str = Field(
+        "localhost/mlab/homepod",
+        description="Image repository without tag. Default: the locally built image "
+        "(`mlab image build --local`).",
+    )
+    tag: str = Field("latest", description="Image tag. Default: latest.")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Kubernetes imagePullPolicy. Default: IfNotPresent."
+    )
+    pull_secrets: list[Label] = Field(
+        default_factory=list,
+        description="Names of existing docker-registry Secrets for imagePullSecrets. "
+        "Empty: none.",
+    )
+
+    @property
+    def ref(self) -> str:
+        """The full image reference, ``repository:tag``."""
+        return f"{self.repository}:{self.tag}"
+
+
+class Toleration(Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key. None: match every key (with Exists).")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Default: Equal.")
+    value: str | None = Field(None, description="Taint value for Equal. None: empty.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect. None: every effect."
+    )
+
+
+class Placement(Model):
+    """Where a pod may run: the core/v1 PodSpec fields nodeName, nodeSelector, tolerations."""
+
+    node_name: str | None = Field(
+        None, description="Pin the pod to this node (PodSpec.nodeName). None: scheduler decides."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="PodSpec.nodeSelector labels. Empty: any node."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="PodSpec.tolerations. Empty: none."
+    )
+
+
+class Resources(Model):
+    """Compute resources of one container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Requests, e.g. {memory: 6Gi, cpu: '2'}. Empty: none (best effort).",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Limits, e.g. {memory: 24Gi}. Empty: no limit.",
+    )
+    gpus: int = Field(
+        0,
+        ge=0,
+        description="Number of nvidia.com/gpu devices (requested and limited alike). "
+        "0: no GPU.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_integer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gpus" in data:
+            gpus = data["gpus"]
+            if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+                raise ValueError(
+                    f"gpus must be a whole number of GPUs (0 or more), got {gpus!r}"
+                )
+        return data
+
+
+class Storage(Model):
+    """A PersistentVolumeClaim to create, or an existing one to use."""
+
+    claim: str | None = Field(
+        None,
+        description="Name of an existing PersistentVolumeClaim to use. None: MLab creates one "
+        "with `size` and `storageClass`.",
+    )
+    size: Quantity = Field("20Gi", description="Size of a claim MLab creates. Default: 20Gi.")
+    storage_class: str | None = Field(
+        None, description="storageClassName of a claim MLab creates. None: the cluster default."
+    )
+    sub_path: str | None = Field(
+        None, description="Mount only this sub-directory of the claim. None: the whole claim."
+    )
+
+
+class ExtraVolume(Model):
+    """An extra existing claim mounted into a user's HomePod."""
+
+    claim: Label = Field(description="Name of an existing PersistentVolumeClaim.")
+    mount_path: str = Field(description="Absolute path inside the HomePod.")
+    read_only: bool = Field(False, description="Mount read-only. Default: false.")
+    sub_path: str | None = Field(None, description="Sub-directory of the claim. None: all.")
+
+
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+
+
+class Exposure(Model):
+    """How a Kubernetes Service exposes a component (core/v1 ServiceSpec)."""
+
+    type: ServiceType = Field("ClusterIP", description="Service type. Default: ClusterIP.")
+    external_ips: list[IP] = Field(
+        default_factory=list,
+        alias="externalIPs",
+        description="ServiceSpec.externalIPs: node addresses that route to the Service. "
+        "Empty: none.",
+    )
+    ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Port] = Field(
+        default_factory=dict,
+        description="Service port per access name, overriding `access.ports`. Empty: the "
+        "defaults. A name set to 0 is not allowed; use `access.protocols` to turn one off.",
+    )
+    node_ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Annotated[int, Field(ge=30000, le=32767)]] = Field(
+        default_factory=dict,
+        description="Fixed nodePort per access name (NodePort and LoadBalancer only, "
+        "30000-32767). Empty: Kubernetes assigns them.",
+    )
+
+
+class User(Model):
+    """One engineer, who gets one HomePod."""
+
+    name: Label = Field(description="Login name; a DNS-1123 label (used in object names).")
+    uid: int = Field(1000, ge=1000, le=60000, description="Numeric uid (and gid). Default: 1000.")
+    password_secret: Label | None = Field(
+        None,
+        description="Name of an existing Secret with key `password`. None: MLab generates a "
+        "password once and keeps it stable across renders.",
+    )
+    sudo: bool = Field(True, description="Passwordless sudo in the HomePod. Default: true.")
+    groups: list[Label] = Field(
+        default_factory=list, description="Extra groups, also used as pod labels. Empty: none."
+    )
+    placement: Placement = Field(default_factory=Placement, description="Node placement.")
+    resources: Resources = Field(default_factory=Resources, description="CPU, memory, GPUs.")
+    home: Storage = Field(
+        default_factory=Storage,
+        description="Home directory volume at /home/<name>. Default: a new 20Gi claim.",
+    )
+    volumes: list[ExtraVolume] = Field(
+        default_factory=list, description="Extra existing claims to mount. Empty: none."
+    )
+    service: Exposure = Field(
+        default_factory=Exposure, description="How this user's HomePod Service is exposed."
+    )
+    ssh_keys: list[str] = Field(
+        default_factory=list,
+        description="OpenSSH public keys for authorized_keys. Empty: password login only.",
+    )
+
+
+class Dataset(Model):
+    """A shared dataset claim, mounted into every HomePod."""
+
+    name: Label = Field(description="Short name, used in volume names.")
+    claim: Label = Field(description="Name of an existing PersistentVolumeClaim.")
+    mount_path: str = Field(
+        "", description="Mount path. Empty: /opt/public/datasets/<name>."
+    )
+    read_only: bool = Field(True, description="Mount read-only. Default: true.")
+    sub_path: str | None = Field(None, description="Sub-directory of the claim. None: all.")
+
+    @property
+    def path(self) -> str:
+        """The mount path, with the default applied."""
+        return self.mount_path or f"/opt/public/datasets/{self.name}"
+
+
+class Proxy(Model):
+    """An outbound HTTP proxy for sites behind one."""
+
+    http: str | None = Field(None, description="http_proxy URL. None: direct.")
+    https: str | None = Field(None, description="https_proxy URL. None: direct.")
+    no_proxy: list[str] = Field(default_factory=list, description="no_proxy hosts. Empty: none.")
+
+
+class Airlock(Model):
+    """The Airlock: the one pod that reaches the internet."""
+
+    enabled: bool = Field(True, description="Deploy the Airlock. Default: true.")
+    user: Label = Field(
+        "airlock",
+        description="Login name on the Airlock for SSH/SFTP and the desktop. Default: airlock.",
+    )
+    password_secret: Label | None = Field(
+        None, description="Existing Secret with key `password`. None: generated once."
+    )
+    placement: Placement = Field(default_factory=Placement, description="Node placement.")
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory.")
+    share: Storage = Field(
+        default_factory=lambda: Storage(size="100Gi"),
+        description="The airlock share, read-write here and read-only at /opt/public/airlock "
+        "in every HomePod. Default: a new 100Gi claim (must be ReadWriteMany on a cluster "
+        "with several nodes).",
+    )
+    outbox: Storage = Field(
+        default_factory=lambda: Storage(size="50Gi"),
+        description="One claim holding every user's export outbox (a subPath per user). "
+        "Default: a new 50Gi claim.",
+    )
+    proxy: Proxy = Field(default_factory=Proxy, description="Outbound proxy. Default: none.")
+    ca_bundle_secret: Label | None = Field(
+        None,
+        description="Existing Secret with key `ca.crt`: an extra CA bundle trusted by the "
+        "Airlock (a TLS-intercepting proxy). None: system CAs only.",
+    )
+    service: Exposure = Field(
+        default_factory=lambda: Exposure(ports={"ssh": 10022}),
+        description="How the Airlock Service is exposed. Default: ClusterIP, SFTP on 10022.",
+    )
+
+
+class CodeService(Model):
+    """The code service: approved mirrors over git smart HTTP."""
+
+    host: str = Field(
+        "code.mlab.local",
+        description="Host name users type in git URLs (http://<host>/<org>/<repo>). "
+        "Default: code.mlab.local.",
+    )
+    cluster_ip: IP | None = Field(
+        None,
+        alias="clusterIP",
+        description="Fixed Service clusterIP, inside `cluster.serviceCIDR`. HomePods reach the "
+        "code service at this address through a hostAliases entry for `host` (with "
+        "`dns: none` they have no resolver). None: the address 200 past the start of "
+        "serviceCIDR (10.96.0.200 for 10.96.0.0/12).",
+    )
+    storage: Storage = Field(
+        default_factory=lambda: Storage(size="50Gi"),
+        description="Repositories, database and audit log. Default: a new 50Gi claim.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["github.com"],
+        description="Upstream git hosts that may be mirrored. Default: [github.com].",
+    )
+    allow_local_upstreams: bool = Field(
+        False,
+        description="Also accept file:// and loopback upstreams (tests, air-gapped sites). "
+        "Default: false.",
+    )
+    sync_interval: int = Field(
+        3600, ge=60, description="Seconds between background syncs of a mirror. Default: 3600."
+    )
+    max_blob_size: int = Field(
+        100 * 1024 * 1024,
+        ge=1,
+        description="Largest blob a push may contain, in bytes. Default: 104857600 (100 MiB).",
+    )
+    reviewers: list[Label] = Field(
+        default_factory=list,
+        description="Users who review package and export requests. Empty: only admin.",
+    )
+    two_person_approval: list[Literal["package", "export"]] = Field(
+        default_factory=list,
+        description="Request kinds that need two distinct approvers. Empty: one is enough.",
+    )
+    notify_command: list[str] = Field(
+        default_factory=list,
+        description="Command run on each request transition with the event JSON on stdin. "
+        "Empty: none.",
+    )
+    notify_url: str | None = Field(
+        None, description="Webhook URL POSTed the event JSON on each transition. None: none."
+    )
+    resources: Resources = Field(default_factory=Resources, description="CPU and memory.")
+    placement: Placement = Field(default_factory=Placement, description="Node placement.")
+    service: Exposure = Field(
+        default_factory=Exposure,
+        description="How the code-service Service is exposed (port 80 to 8080).",
+    )
+
+
+class Ports(Model):
+    """Default Service ports per access protocol (container ports are fixed)."""
+
+    vnc: Port = Field(5900, description="VNC (RFB). Default: 5900.")
+    rdp: Port = Field(3389, description="RDP. Default: 3389.")
+    novnc: Port = Field(7030, description="noVNC web page and websocket. Default: 7030.")
+    ssh: Port = Field(22, description="SSH and SFTP. Default: 22.")
+
+
+class Access(Model):
+    """Who may connect to HomePods and the Airlock, and on which ports."""
+
+    office_cidrs: list[CIDR] = Field(
+        default_factory=list,
+        alias="officeCIDRs",
+        description="Source ranges allowed to reach HomePods, the Airlock and the code "
+        "service. Empty: no one outside the cluster.",
+    )
+    ports: Ports = Field(default_factory=Ports, description="Default Service ports.")
+    bind_address: IP = Field(
+        "127.0.0.1",
+        description="podman engine only: host address the Services are published on. "
+        "Default: 127.0.0.1.",
+    )
+
+
+class Cluster(Model):
+    """Facts about the Kubernetes cluster that the NetworkPolicies need."""
+
+    pod_cidr: CIDR = Field("10.244.0.0/16", alias="podCIDR", description="Pod network range.")
+    service_cidr: CIDR = Field(
+        "10.96.0.0/12", alias="serviceCIDR", description="Service (clusterIP) range."
+    )
+    dns_namespace: str = Field("kube-system", description="Namespace of the cluster DNS pods.")
+    dns_labels: dict[str, str] = Field(
+        default_factory=lambda: {"k8s-app": "kube-dns"},
+        description="Labels of the cluster DNS pods. Default: k8s-app=kube-dns.",
+    )
+
+
+class Site(Model):
+    """A whole MLab site: everything `mlab render` and `mlab up` need."""
+
+    api_version: Literal["mlab.io/v1"] = Field(API_VERSION, description="Schema version.")
+    name: Label = Field(description="Site name; app.kubernetes.io/instance on every object.")
+    namespace: Label = Field("mlab", description="Kubernetes namespace. Default: mlab.")
+    image: Image = Field(default_factory=Image, description="The HomePod image.")
+    timezone: str = Field("UTC", description="TZ database name, e.g. Asia/Shanghai.")
+    locale: str = Field("en_US.UTF-8", description="LANG in every pod. Default: en_US.UTF-8.")
+    clipboard: Literal["both", "to-pod", "from-pod", "none"] = Field(
+        "both",
+        description="Clipboard between client and desktop: both, to-pod, from-pod or none.",
+    )
+    dns: Literal["none", "cluster"] = Field(
+        "none",
+        description="HomePod DNS. none: no resolver, the code service host is a static "
+        "host entry (cluster DNS recurses to the internet, a data-exfiltration path); "
+        "cluster: allow UDP/TCP 53 to the cluster DNS only.",
+    )
+    access: Access = Field(default_factory=Access, description="Access from offices.")
+    cluster: Cluster = Field(default_factory=Cluster, description="Cluster network facts.")
+    users: list[User] = Field(default_factory=list, description="HomePod users.")
+    datasets: list[Dataset] = Field(
+        default_factory=list, description="Shared datasets mounted into every HomePod."
+    )
+    airlock: Airlock = Field(default_factory=Airlock, description="The Airlock.")
+    code_service: CodeService = Field(default_factory=CodeService, description="Code service.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Site":
+        seen: dict[str, int] = {}
+        for index, user in enumerate(self.users):
+            if user.name in seen:
+                raise ValueError(
+                    f"users[{index}].name: duplicate user {user.name!r} "
+                    f"(also users[{seen[user.name]}])"
+                )
+            seen[user.name] = index
+        if self.airlock.enabled and self.airlock.user in seen:
+            raise ValueError(
+                f"airlock.user: {self.airlock.user!r} is also a HomePod user; pick another name"
+            )
+        self._check_port_clashes()
+        ip = ipaddress.ip_address(self.code_service_ip)
+        if ip not in ipaddress.ip_network(self.cluster.service_cidr):
+            raise ValueError(
+                f"codeService.clusterIP: {ip} is outside cluster.serviceCIDR "
+                f"{self.cluster.service_cidr}; pick an address inside it"
+            )
+        return self
+
+    @property
+    def code_service_ip(self) -> str:
+        """The code service's fixed clusterIP: ``codeService.clusterIP`` or serviceCIDR + 200."""
+        if self.code_service.cluster_ip:
+            return self.code_service.cluster_ip
+        return str(ipaddress.ip_network(self.cluster.service_cidr)[200])
+
+    def _check_port_clashes(self) -> None:
+        claimed: dict[tuple[str, int], str] = {}
+        exposures: list[tuple[str, Exposure, list[str]]] = [
+            (f"users[{i}].service", u.service, ["vnc", "rdp", "novnc", "ssh"])
+            for i, u in enumerate(self.users)
+        ]
+        if self.airlock.enabled:
+            exposures.append(("airlock.service", self.airlock.service, ["ssh", "novnc", "vnc"]))
+        for where, exposure, names in exposures:
+            for ip in exposure.external_ips:
+                for name in names:
+                    port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[arg-type]
+                    key = (ip, port)
+                    if key in claimed:
+                        raise ValueError(
+                            f"{where}.ports.{name}: port {port} on external IP {ip} is "
+                            f"already claimed by {claimed[key]}; choose another port"
+                        )
+                    claimed[key] = f"{where}.ports.{name}"
+        for ip in self.code_service.service.external_ips:
+            key = (ip, 80)
+            if key in claimed:
+                raise ValueError(
+                    f"codeService.service.externalIPs: port 80 on {ip} is already claimed by "
+                    f"{claimed[key]}; choose another port"
+                )
+
+    def user(self, name: str) -> User:
+        """Return the user called ``name``.
+
+        Raises:
+            KeyError: no such user.
+        """
+        for user in self.users:
+            if user.name == name:
+                return user
+        raise KeyError(name)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith("function-") or part in ("str", "int"):
+            continue
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Turn a pydantic error into one line: ``<field path>: <problem>``.
+
+    Only the first error is reported (fix one, re-run); values are not echoed for fields
+    whose name suggests a secret.
+    """
+    err = exc.errors(include_url=False)[0]
+    path = _field_path(tuple(err.get("loc", ())))
+    msg = err.get("msg", "invalid")
+    msg = msg.removeprefix("Value error, ")
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        msg = "unknown key (check the spelling; `mlab site schema` lists the keys)"
+    elif kind == "missing":
+        msg = "required key is missing"
+    # Errors raised by the Site-level validator carry their own path at the front.
+    if path == "(top level)" and ": " in msg and not msg.startswith(" "):
+        return msg
+    return f"{path}: {msg}"
+
+
+def parse_site(data: Any, source: str = "site") -> Site:
+    """Validate a parsed site document.
+
+    Args:
+        data: the YAML document as Python objects (a mapping).
+        source: file name used in error messages.
+
+    Raises:
+        SiteError: one line naming the field path and the problem.
+    """
+    if not isinstance(data, dict):
+        raise SiteError(f"{source}: the site file must be a YAML mapping")
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        raise SiteError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_site(path: str | Path) -> Site:
+    """Read and validate a site file.
+
+    Args:
+        path: a YAML file.
+
+    Raises:
+        SiteError: the file is missing, is not YAML, or is invalid (one line, field path).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteError(f"{path}: cannot read the site file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SiteError(f"{path}: not valid YAML{where}") from None
+    return parse_site(data, str(path))
+
+
+def site_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the site file, keys as written in YAML."""
+    return Site.model_json_schema(by_alias=True)
