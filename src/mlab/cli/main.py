@@ -12,10 +12,9 @@ import logging
 import os
 import sys
 
-import click
 import typer
 
-from mlab.errors import EXIT_FAILURE, EXIT_USAGE, MlabError
+from mlab.errors import MlabError
 
 # One module per command group; each owns its commands.
 GROUPS = (
@@ -65,19 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app()
     debug = os.environ.get("MLAB_DEBUG") == "1" or "--debug" in (argv or sys.argv[1:])
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: click itself reports usage errors (exit 2) and aborts (exit 1).
+        app(args=argv, standalone_mode=True)
     except MlabError as exc:
         if debug:
             raise
         print(f"mlab: error: {exc.one_line()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        print("mlab: aborted", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
-    except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("mlab: interrupted", file=sys.stderr)

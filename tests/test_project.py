@@ -1,0 +1,58 @@
+"""Project-level promises: the README's commands, CI running them, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README.md must open with a bash block holding the two commands"
+    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_opens_with_two_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert "mlab up" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    test_command = _readme_commands()[1].split("&&")[-1].strip()
+    setup = _readme_commands()[1].split("&&")[0].strip()
+    assert setup in ci
+    assert test_command in ci.splitlines(), f"{test_command!r} must be a line of .ci/run"
+    assert "MLAB_REQUIRE_E2E=1" in ci
+
+
+def _mlab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlab.cli.main", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_help_lists_command_groups() -> None:
+    proc = _mlab("--help")
+    assert proc.returncode == 0
+    assert "Usage" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["no-such-command"], ["--no-such-option"]],
+    ids=["unknown-command", "unknown-option"],
+)
+def test_cli_usage_errors_exit_2(args: list[str]) -> None:
+    proc = _mlab(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
