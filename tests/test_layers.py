@@ -1,0 +1,42 @@
+"""Layer contract: rendering is pure.
+
+`mlab.render` turns a site into plain dicts; it must not import code with side effects
+(subprocess, sockets, HTTP clients, podman or kubectl wrappers). Checked on the source's
+import statements, so a violation fails here before it reaches a reviewer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mlab"
+FORBIDDEN = ("subprocess", "socket", "httpx", "requests", "mlab.deploy", "mlab.podman", "mlab.secrets")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _render_files() -> list[Path]:
+    return sorted((SRC / "render").glob("**/*.py")) + [SRC / "site.py"]
+
+
+@pytest.mark.parametrize("path", _render_files(), ids=lambda p: str(p.relative_to(SRC)))
+def test_render_is_pure(path: Path) -> None:
+    bad = {
+        name
+        for name in _imports(path)
+        for forbidden in FORBIDDEN
+        if name == forbidden or name.startswith(forbidden + ".")
+    }
+    assert not bad, f"{path.name} imports {sorted(bad)}: rendering must stay free of side effects"
