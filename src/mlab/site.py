@@ -37,6 +37,9 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P|E|Ei)?$")
 """A Kubernetes resource.Quantity in its common forms (``500m``, ``6Gi``, ``2``)."""
 
+RESERVED_USERS = ("admin", "airlock")
+"""User names that would clash with the password state's ``admin`` and ``airlock`` keys."""
+
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 """RFC 1918 private ranges and the RFC 3927 link-local range (cloud metadata 169.254.169.254)."""
 
@@ -451,6 +454,11 @@ class Site(Model):
                     f"users[{index}].name: duplicate user {user.name!r} "
                     f"(also users[{seen[user.name]}])"
                 )
+            if user.name in RESERVED_USERS:
+                raise ValueError(
+                    f"users[{index}].name: {user.name!r} is reserved (the password state "
+                    "keeps the Airlock's and the admin's under these names); pick another name"
+                )
             seen[user.name] = index
         if self.airlock.enabled and self.airlock.user in seen:
             raise ValueError(
@@ -481,6 +489,15 @@ class Site(Model):
         if self.airlock.enabled:
             exposures.append(("airlock.service", self.airlock.service, ["ssh", "novnc", "vnc"]))
         for where, exposure, names in exposures:
+            inside: dict[int, str] = {}
+            for name in names:
+                port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[arg-type]
+                if port in inside:
+                    raise ValueError(
+                        f"{where}.ports.{name}: port {port} is also used for "
+                        f"{inside[port]} in the same Service; choose another port"
+                    )
+                inside[port] = name
             for ip in exposure.external_ips:
                 for name in names:
                     port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""Rendering: a validated site in, plain Kubernetes objects out. Pure: no I/O, no processes.
+
+Invariant: the same site and passwords always give byte-identical files; no password ever
+appears in ``Rendered.files`` (generated passwords only in ``Rendered.secrets``); inputs are
+never mutated. ``mlab render`` writes the files, ``mlab apply`` applies them, and the podman
+engine (``mlab up``) plays the same objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlab.render import airlock, code_service, homepod, network
+from mlab.render.dump import dump_document, dump_yaml
+from mlab.site import API_VERSION, Site
+
+__all__ = ["FILES", "Rendered", "dump_document", "dump_yaml", "render_site", "SECRETS_FILE"]
+
+FILES = ("homepod.yaml", "airlock.yaml", "network.yaml", "code-service.yaml")
+"""The four manifest files, in the order ``mlab apply`` applies them (network first there)."""
+SECRETS_FILE = "secrets.yaml"
+"""Generated password Secrets, written only by ``mlab render -o DIR`` (mode 0600)."""
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The rendered site.
+
+    Attributes:
+        files: file name (each of :data:`FILES`) to its objects, secret-free.
+        secrets: the Secrets holding generated passwords (users without an existing
+            ``passwordSecret``, the Airlock unless it names one, and the code-service
+            admin); empty when ``render_site`` got no passwords.
+    """
+
+    files: dict[str, list[Obj]]
+    secrets: list[Obj] = field(default_factory=list)
+
+    def objects(self) -> list[Obj]:
+        """Every object in apply order: policies, secrets, then the files' objects."""
+        return [
+            *self.files["network.yaml"],
+            *self.secrets,
+            *self.files["code-service.yaml"],
+            *self.files["airlock.yaml"],
+            *self.files["homepod.yaml"],
+        ]
+
+    def texts(self, with_secrets: bool = False) -> dict[str, str]:
+        """File name to YAML text; ``secrets.yaml`` only when asked and there are some."""
+        out = {name: dump_yaml(objs, header=_header(name)) for name, objs in self.files.items()}
+        if with_secrets and self.secrets:
+            out[SECRETS_FILE] = dump_yaml(self.secrets, header=_header(SECRETS_FILE))
+        return out
+
+
+_HEADERS = {
+    "homepod.yaml": "HomePods: per user a home PVC, a Deployment and a Service.",
+    "airlock.yaml": "Airlock: share and outbox claims, Deployment and Service.",
+    "network.yaml": "NetworkPolicies: default deny, then one policy per allowed edge.\n"
+    "Apply this file first (mlab apply does) so no pod runs unprotected.",
+    "code-service.yaml": "Code service: site ConfigMap, data PVC, Deployment, Service.",
+    SECRETS_FILE: "Generated passwords. Keep this file private (mode 0600); never commit it.",
+}
+
+
+def site_yaml(site: Site) -> str:
+    """The site as the YAML the code service reads (ConfigMap ``mlab-site``).
+
+    Only values that differ from the defaults are written (a 1,000-user site must stay far
+    below a ConfigMap's 1 MiB limit); loading it gives back an equal :class:`Site`.
+    """
+    data = site.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return dump_document({"apiVersion": API_VERSION, **data})
+
+
+def _header(name: str) -> str:
+    return f"Rendered by mlab; do not edit, change the site file.\n{_HEADERS[name]}"
+
+
+def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rendered:
+    """Render a site into the four manifest files and the password Secrets.
+
+    Args:
+        site: a validated site.
+        passwords: ``mlab.secrets.load_or_create_passwords`` output: user name, ``airlock``
+            and ``admin`` to password. None: render no Secrets (manifests only, e.g. for
+            golden files); the manifests are the same either way.
+
+    Returns:
+        The rendered objects.
+
+    Raises:
+        KeyError: ``passwords`` lacks a password that must be generated.
+    """
+    users: list[Obj] = []
+    for user in site.users:
+        users += homepod.render_user(site, user)
+    text = site_yaml(site)
+    files = {
+        "homepod.yaml": users,
+        "airlock.yaml": airlock.render_airlock(site),
+        "network.yaml": network.render_network(site),
+        "code-service.yaml": code_service.render_code_service(site, text),
+    }
+    secrets: list[Obj] = []
+    if passwords is not None:
+        secrets = [
+            homepod.password_secret(site, user, passwords[user.name])
+            for user in site.users
+            if not user.password_secret
+        ]
+        if site.airlock.enabled and not site.airlock.password_secret:
+            secrets.append(airlock.password_secret(site, passwords["airlock"]))
+        secrets.append(code_service.admin_secret(site, passwords["admin"]))
+    return Rendered(files=files, secrets=secrets)

@@ -1,0 +1,191 @@
+"""Code-service objects: the site ConfigMap, admin Secret, data PVC, Deployment, Service.
+
+Invariant: the Service has the site's fixed clusterIP (HomePods reach it through a
+hostAliases entry, with no DNS); the container runs ``mlab code-service serve`` from the
+HomePod image, reading the site from the ``mlab-site`` ConfigMap and users' passwords from
+their Secrets projected at /etc/mlab/users/<user>/password (docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from mlab.render.common import (
+    PORT_CODE,
+    VolumeSet,
+    common_env,
+    labels,
+    metadata,
+    placement_spec,
+    pull_secrets,
+    pvc,
+    resources_spec,
+    selector,
+)
+from mlab.render.homepod import password_secret_name
+from mlab.site import Site
+
+DATA_DIR = "/var/lib/mlab/code"
+SITE_FILE = "/etc/mlab/site.yaml"
+USERS_DIR = "/etc/mlab/users"
+ADMIN_DIR = "/etc/mlab/admin"
+ADMIN_SECRET = "code-service-admin"
+DATA_CLAIM = "code-service-data"
+SITE_CONFIGMAP = "mlab-site"
+
+
+def admin_secret(site: Site, password: str) -> dict[str, Any]:
+    """The generated admin password Secret (key ``password``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, ADMIN_SECRET, "code-service"),
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
+
+
+def site_configmap(site: Site, site_yaml: str) -> dict[str, Any]:
+    """ConfigMap ``mlab-site`` with key ``site.yaml`` (the validated site, no secrets)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(site, SITE_CONFIGMAP, "code-service"),
+        "data": {"site.yaml": site_yaml},
+    }
+
+
+def data_claim_name(site: Site) -> str:
+    """``codeService.storage.claim`` or ``code-service-data``."""
+    return site.code_service.storage.claim or DATA_CLAIM
+
+
+def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
+    """The code-service Deployment.
+
+    The pod template carries a hash of the site YAML, so a changed site (a new user, a new
+    reviewer) rolls the pod: the ConfigMap is mounted with subPath, which never updates.
+    """
+    cs = site.code_service
+    vols = VolumeSet()
+    vols.mount(vols.claim(data_claim_name(site)), DATA_DIR, sub_path=cs.storage.sub_path)
+    cm = vols.add(
+        {
+            "name": "site",
+            "configMap": {"name": SITE_CONFIGMAP, "items": [{"key": "site.yaml", "path": "site.yaml"}]},
+        }
+    )
+    vols.mount(cm, SITE_FILE, read_only=True, sub_path="site.yaml")
+    admin = vols.add(
+        {
+            "name": "admin-password",
+            "secret": {
+                "secretName": ADMIN_SECRET,
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": 0o400,
+            },
+        }
+    )
+    vols.mount(admin, ADMIN_DIR, read_only=True)
+    if site.users:
+        users = vols.add(
+            {
+                "name": "user-passwords",
+                "projected": {
+                    "defaultMode": 0o400,
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": password_secret_name(user),
+                                "items": [{"key": "password", "path": f"{user.name}/password"}],
+                            }
+                        }
+                        for user in site.users
+                    ],
+                },
+            }
+        )
+        vols.mount(users, USERS_DIR, read_only=True)
+    container: dict[str, Any] = {
+        "name": "code-service",
+        "image": site.image.ref,
+        "imagePullPolicy": site.image.pull_policy,
+        "command": [
+            "mlab", "code-service", "serve", "--data", DATA_DIR, "--site", SITE_FILE,
+            "--port", str(PORT_CODE),
+        ],
+        "env": [
+            {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
+            {"name": "MLAB_CODE_HOST", "value": cs.host},
+            *common_env(site),
+        ],
+        "ports": [{"name": "http", "containerPort": PORT_CODE, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
+        "livenessProbe": {
+            "tcpSocket": {"port": "http"},
+            "periodSeconds": 20,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": vols.volume_mounts(),
+    }
+    res = resources_spec(cs.resources)
+    if res:
+        container["resources"] = res
+    digest = hashlib.sha256(site_yaml.encode()).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(site, "code-service", "code-service"),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(site, "code-service")},
+            "template": {
+                "metadata": {
+                    "labels": labels(site, "code-service"),
+                    "annotations": {"mlab.io/site-sha256": digest},
+                },
+                "spec": {
+                    **placement_spec(cs.placement),
+                    **pull_secrets(site),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": vols.volumes(),
+                },
+            },
+        },
+    }
+
+
+def service(site: Site) -> dict[str, Any]:
+    """The code-service Service: port 80 to 8080 at the site's fixed clusterIP."""
+    exp = site.code_service.service
+    spec: dict[str, Any] = {
+        "type": exp.type,
+        "clusterIP": site.code_service_ip,
+        "selector": selector(site, "code-service"),
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+    }
+    if exp.external_ips:
+        spec["externalIPs"] = list(exp.external_ips)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(site, "code-service", "code-service"),
+        "spec": spec,
+    }
+
+
+def render_code_service(site: Site, site_yaml: str) -> list[dict[str, Any]]:
+    """The secret-free objects of code-service.yaml."""
+    out: list[dict[str, Any]] = [site_configmap(site, site_yaml)]
+    storage = site.code_service.storage
+    if not storage.claim:
+        out.append(
+            pvc(site, DATA_CLAIM, "code-service", storage.size, storage.storage_class,
+                "ReadWriteOnce")
+        )
+    out += [deployment(site, site_yaml), service(site)]
+    return out

@@ -1,0 +1,237 @@
+"""Shared pieces of every rendered object: labels, metadata, volume names, pod basics.
+
+Invariant: every object MLab renders carries the four ``app.kubernetes.io`` labels
+(name, instance, component, managed-by); HomePod objects also carry ``mlab.io/user``.
+Pruning (``mlab apply``) and the podman engine find MLab's objects by these labels only.
+Everything here is pure: site in, new dicts out, nothing mutated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+from mlab.site import Placement, Resources, Site
+
+Component = Literal["homepod", "airlock", "code-service"]
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_USER = "mlab.io/user"
+GROUP_LABEL_PREFIX = "group.mlab.io/"
+"""``group.mlab.io/<group>: "true"`` on a HomePod pod for each of the user's groups."""
+ANNOTATION_EDGE = "mlab.io/edge"
+"""NetworkPolicy annotation naming the allowed edge; dump_yaml also writes it as a comment."""
+
+# Container ports (fixed by the image, docs/CONTRACTS.md).
+PORT_VNC = 5900
+PORT_RDP = 3389
+PORT_NOVNC = 7030
+PORT_SSH = 22
+PORT_CODE = 8080
+CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
+
+PASSWORD_DIR = "/etc/mlab/secret"
+PASSWORD_FILE = f"{PASSWORD_DIR}/password"
+SHARE_PATH = "/opt/public/airlock"
+OUTBOX_PATH = "/opt/outbox"
+CA_DIR = "/etc/mlab/ca"
+
+MAX_NAME = 63
+"""Kubernetes DNS-1123 label limit, which also bounds volume and port names."""
+
+
+def labels(site: Site, component: Component, user: str | None = None) -> dict[str, str]:
+    """The labels of one object.
+
+    Args:
+        site: the site (its name is the instance label).
+        component: ``homepod``, ``airlock`` or ``code-service``.
+        user: the HomePod user, or None for objects that belong to no user.
+
+    Returns:
+        A new dict of label key to value.
+    """
+    out = {
+        LABEL_NAME: "mlab",
+        LABEL_INSTANCE: site.name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: "mlab",
+    }
+    if user is not None:
+        out[LABEL_USER] = user
+    return out
+
+
+def selector(site: Site, component: Component, user: str | None = None) -> dict[str, str]:
+    """Labels that select one component's pods (the immutable Deployment selector)."""
+    out = {LABEL_INSTANCE: site.name, LABEL_COMPONENT: component}
+    if user is not None:
+        out[LABEL_USER] = user
+    return out
+
+
+def metadata(
+    site: Site,
+    name: str,
+    component: Component,
+    user: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """ObjectMeta for a namespaced object."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": site.namespace,
+        "labels": labels(site, component, user),
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def short_name(prefix: str, name: str) -> str:
+    """``prefix-name`` cut to 63 characters with a stable hash suffix when too long.
+
+    Kubernetes volume names must be DNS-1123 labels (at most 63 characters); user and
+    claim names may each be 63 long, so a prefixed name can overflow.
+    """
+    full = f"{prefix}-{name}"
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    return f"{full[: MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def placement_spec(placement: Placement) -> dict[str, Any]:
+    """PodSpec fields nodeName, nodeSelector and tolerations (only those set)."""
+    out: dict[str, Any] = {}
+    if placement.node_name:
+        out["nodeName"] = placement.node_name
+    if placement.node_selector:
+        out["nodeSelector"] = dict(sorted(placement.node_selector.items()))
+    if placement.tolerations:
+        out["tolerations"] = [
+            t.model_dump(exclude_none=True, by_alias=True) for t in placement.tolerations
+        ]
+    return out
+
+
+def resources_spec(resources: Resources) -> dict[str, Any]:
+    """core/v1 ResourceRequirements; GPUs become ``nvidia.com/gpu`` in requests and limits.
+
+    Extended resources such as nvidia.com/gpu cannot be overcommitted: Kubernetes requires
+    request == limit, so both are set to the same count.
+    """
+    requests = dict(sorted(resources.requests.items()))
+    limits = dict(sorted(resources.limits.items()))
+    if resources.gpus:
+        requests["nvidia.com/gpu"] = str(resources.gpus)
+        limits["nvidia.com/gpu"] = str(resources.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def common_env(site: Site) -> list[dict[str, str]]:
+    """Environment every MLab container gets: TZ and LANG."""
+    return [{"name": "TZ", "value": site.timezone}, {"name": "LANG", "value": site.locale}]
+
+
+def pull_secrets(site: Site) -> dict[str, Any]:
+    """PodSpec.imagePullSecrets, or nothing."""
+    if not site.image.pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": n} for n in site.image.pull_secrets]}
+
+
+def pvc(
+    site: Site,
+    name: str,
+    component: Component,
+    size: str,
+    storage_class: str | None,
+    access_mode: str,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """A PersistentVolumeClaim MLab creates."""
+    spec: dict[str, Any] = {
+        "accessModes": [access_mode],
+        "resources": {"requests": {"storage": size}},
+    }
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(site, name, component, user),
+        "spec": spec,
+    }
+
+
+def service_ports(
+    names: list[str], ports: dict[str, int], node_ports: dict[str, int], with_node_ports: bool
+) -> list[dict[str, Any]]:
+    """ServicePorts for access names, targeting the named container ports."""
+    out = []
+    for name in names:
+        item: dict[str, Any] = {
+            "name": name,
+            "port": ports[name],
+            "targetPort": name,
+            "protocol": "TCP",
+        }
+        if with_node_ports and name in node_ports:
+            item["nodePort"] = node_ports[name]
+        out.append(item)
+    return out
+
+
+class VolumeSet:
+    """Pod volumes keyed by source, so one claim used twice is one volume with two mounts.
+
+    The seed mounts the public-dataset claim at /opt/public and its ``airlock`` sub-directory
+    at /opt/public/airlock; one volume per claim keeps that legal for every CSI driver.
+    """
+
+    def __init__(self) -> None:
+        self._volumes: dict[str, dict[str, Any]] = {}
+        self._by_claim: dict[str, str] = {}
+        self.mounts: list[dict[str, Any]] = []
+
+    def claim(self, claim: str, prefix: str = "pvc") -> str:
+        """The volume name for a PersistentVolumeClaim, added on first use."""
+        if claim not in self._by_claim:
+            name = short_name(prefix, claim)
+            self._by_claim[claim] = name
+            self._volumes[name] = {"name": name, "persistentVolumeClaim": {"claimName": claim}}
+        return self._by_claim[claim]
+
+    def add(self, volume: dict[str, Any]) -> str:
+        """Add a non-claim volume (emptyDir, secret, configMap, projected)."""
+        self._volumes[volume["name"]] = volume
+        return str(volume["name"])
+
+    def mount(
+        self, volume: str, path: str, read_only: bool = False, sub_path: str | None = None
+    ) -> None:
+        """Mount ``volume`` at ``path``."""
+        item: dict[str, Any] = {"name": volume, "mountPath": path}
+        if sub_path:
+            item["subPath"] = sub_path
+        if read_only:
+            item["readOnly"] = True
+        self.mounts.append(item)
+
+    def volume_mounts(self) -> list[dict[str, Any]]:
+        """Mounts sorted by path, so a parent (/opt/public) is mounted before its child
+        (/opt/public/airlock) on every runtime."""
+        return sorted(self.mounts, key=lambda m: (m["mountPath"].rstrip("/").count("/"), m["mountPath"]))
+
+    def volumes(self) -> list[dict[str, Any]]:
+        """The pod's volumes, in the order they were first used."""
+        return list(self._volumes.values())

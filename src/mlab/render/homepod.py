@@ -1,0 +1,247 @@
+"""HomePod objects, one set per user: password Secret, home PVC, Deployment, Service.
+
+Invariant: nothing of one user (Secret, home, outbox sub-directory, Service) is referenced
+by another user's objects; every object carries ``mlab.io/user``. The Secret with a
+generated password is returned separately (it never goes into homepod.yaml).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlab.render.common import (
+    CONTAINER_PORTS,
+    GROUP_LABEL_PREFIX,
+    OUTBOX_PATH,
+    PASSWORD_DIR,
+    PASSWORD_FILE,
+    SHARE_PATH,
+    VolumeSet,
+    common_env,
+    labels,
+    metadata,
+    placement_spec,
+    pull_secrets,
+    pvc,
+    resources_spec,
+    selector,
+    service_ports,
+)
+from mlab.site import Site, User
+
+ACCESS = ["vnc", "rdp", "novnc", "ssh"]
+"""The HomePod Service's ports, in this order."""
+
+NO_DNS_NAMESERVER = "127.0.0.1"
+"""Resolver of HomePods with ``dns: none``.
+
+Nothing listens on port 53 inside the pod, so every lookup is refused at once (no time-out,
+no packet leaves the pod); names resolve only through /etc/hosts, where hostAliases puts the
+code service. An unroutable address (TEST-NET) would instead make every lookup wait for
+time-outs, and any real resolver that recurses is a DNS-tunnelling exfiltration path.
+"""
+
+
+def home_claim(user: User) -> str:
+    """Name of the user's home claim: ``users[].home.claim`` or ``home-<user>``."""
+    return user.home.claim or f"home-{user.name}"
+
+
+def password_secret_name(user: User) -> str:
+    """Name of the user's password Secret: ``users[].passwordSecret`` or generated."""
+    return user.password_secret or f"homepod-{user.name}-password"
+
+
+def password_secret(site: Site, user: User, password: str) -> dict[str, Any]:
+    """The generated password Secret of one user (key ``password``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, password_secret_name(user), "homepod", user.name),
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
+
+
+def home_pvc(site: Site, user: User) -> dict[str, Any] | None:
+    """The home PVC MLab creates, or None when the site names an existing claim."""
+    if user.home.claim:
+        return None
+    return pvc(
+        site, home_claim(user), "homepod", user.home.size, user.home.storage_class,
+        "ReadWriteOnce", user.name,
+    )
+
+
+def _probes() -> dict[str, Any]:
+    """Startup, readiness and liveness probes on the VNC and noVNC ports.
+
+    startup: noVNC accepts TCP (up to 5 min for a first boot that populates a home);
+    readiness: the VNC server accepts TCP; liveness: the noVNC page answers HTTP
+    (as the seed did), restarting a desktop that hangs.
+    """
+    return {
+        "startupProbe": {
+            "tcpSocket": {"port": "novnc"},
+            "periodSeconds": 5,
+            "failureThreshold": 60,
+        },
+        "readinessProbe": {
+            "tcpSocket": {"port": "vnc"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/", "port": "novnc"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
+
+
+def container_ports(names: list[str]) -> list[dict[str, Any]]:
+    """Named container ports for the given access names."""
+    return [
+        {"name": n, "containerPort": CONTAINER_PORTS[n], "protocol": "TCP"} for n in names
+    ]
+
+
+def shm_volume() -> dict[str, Any]:
+    """``/dev/shm`` as a memory-backed emptyDir (PyTorch DataLoader workers need more than
+    the runtime's 64 MiB default; 2Gi as the seed set)."""
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+
+
+def deployment(site: Site, user: User) -> dict[str, Any]:
+    """The HomePod Deployment of one user (replicas 1, Recreate: a home is ReadWriteOnce)."""
+    vols = VolumeSet()
+    vols.mount(vols.add(shm_volume()), "/dev/shm")
+    vols.mount(vols.claim(home_claim(user)), f"/home/{user.name}", sub_path=user.home.sub_path)
+    secret = vols.add(
+        {
+            "name": "password",
+            "secret": {
+                "secretName": password_secret_name(user),
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": 0o400,
+            },
+        }
+    )
+    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    share = site.airlock.share
+    vols.mount(
+        vols.claim(share.claim or "airlock-share"), SHARE_PATH, read_only=True,
+        sub_path=share.sub_path,
+    )
+    outbox = site.airlock.outbox
+    outbox_sub = f"{outbox.sub_path.rstrip('/')}/{user.name}" if outbox.sub_path else user.name
+    vols.mount(vols.claim(outbox.claim or "outbox"), OUTBOX_PATH, sub_path=outbox_sub)
+    for ds in site.datasets:
+        vols.mount(vols.claim(ds.claim), ds.path, read_only=ds.read_only, sub_path=ds.sub_path)
+    for extra in user.volumes:
+        vols.mount(
+            vols.claim(extra.claim), extra.mount_path, read_only=extra.read_only,
+            sub_path=extra.sub_path,
+        )
+
+    env = [
+        {"name": "MLAB_USER", "value": user.name},
+        {"name": "MLAB_UID", "value": str(user.uid)},
+        {"name": "MLAB_PASSWORD_FILE", "value": PASSWORD_FILE},
+        {"name": "MLAB_MODE", "value": "homepod"},
+        {"name": "MLAB_CLIPBOARD", "value": site.clipboard},
+        {"name": "MLAB_SUDO", "value": "1" if user.sudo else "0"},
+        {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
+        *common_env(site),
+    ]
+    if user.groups:
+        env.append({"name": "MLAB_GROUPS", "value": ",".join(user.groups)})
+    if user.ssh_keys:
+        env.append({"name": "MLAB_SSH_KEYS", "value": "\n".join(user.ssh_keys)})
+
+    container: dict[str, Any] = {
+        "name": "homepod",
+        "image": site.image.ref,
+        "imagePullPolicy": site.image.pull_policy,
+        "workingDir": f"/home/{user.name}",
+        "env": env,
+        "ports": container_ports(ACCESS),
+        **_probes(),
+        "volumeMounts": vols.volume_mounts(),
+    }
+    res = resources_spec(user.resources)
+    if res:
+        container["resources"] = res
+
+    pod_labels = labels(site, "homepod", user.name)
+    for group in user.groups:
+        pod_labels[GROUP_LABEL_PREFIX + group] = "true"
+    pod_spec: dict[str, Any] = {
+        **placement_spec(user.placement),
+        **pull_secrets(site),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostname": "homepod",
+        **dns_spec(site),
+        "containers": [container],
+        "volumes": vols.volumes(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(site, f"homepod-{user.name}", "homepod", user.name),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(site, "homepod", user.name)},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def dns_spec(site: Site) -> dict[str, Any]:
+    """PodSpec DNS fields of a HomePod: hostAliases for the code service, and with
+    ``dns: none`` a resolver that answers nothing (see :data:`NO_DNS_NAMESERVER`)."""
+    out: dict[str, Any] = {
+        "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]
+    }
+    if site.dns == "none":
+        out["dnsPolicy"] = "None"
+        out["dnsConfig"] = {
+            "nameservers": [NO_DNS_NAMESERVER],
+            "options": [{"name": "ndots", "value": "1"}, {"name": "attempts", "value": "1"}],
+        }
+    else:
+        out["dnsPolicy"] = "ClusterFirst"
+    return out
+
+
+def service(site: Site, user: User) -> dict[str, Any]:
+    """The HomePod Service of one user: VNC, RDP, noVNC and SSH as configured."""
+    exp = user.service
+    ports = {n: exp.ports.get(n, getattr(site.access.ports, n)) for n in ACCESS}  # type: ignore[call-overload]
+    spec: dict[str, Any] = {
+        "type": exp.type,
+        "selector": selector(site, "homepod", user.name),
+        "ports": service_ports(ACCESS, ports, dict(exp.node_ports), exp.type != "ClusterIP"),
+    }
+    if exp.external_ips:
+        spec["externalIPs"] = list(exp.external_ips)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(site, f"homepod-{user.name}", "homepod", user.name),
+        "spec": spec,
+    }
+
+
+def render_user(site: Site, user: User) -> list[dict[str, Any]]:
+    """The secret-free objects of one user: [PVC,] Deployment, Service."""
+    out = []
+    claim = home_pvc(site, user)
+    if claim is not None:
+        out.append(claim)
+    out.append(deployment(site, user))
+    out.append(service(site, user))
+    return out
