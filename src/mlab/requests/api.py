@@ -1,0 +1,274 @@
+"""The requests JSON API (``/api/requests``) and page (``/requests``) of the code service.
+
+Invariant: every handler authenticates first (the code service's Basic auth), then lets
+:class:`~mlab.requests.store.RequestStore` decide, so the API can never allow what the state
+machine forbids. Errors answer ``{"error": one line, "hint": optional}`` with 400, 403, 404 or
+409; a request the caller may not see is a 404, like one that does not exist.
+
+Routes (JSON unless stated)::
+
+    GET  /api/requests?all=1&kind=K&state=S&history=1   list (all: reviewers only)
+    POST /api/requests                                  submit (see model.validate_submission)
+    GET  /api/requests/packages                         approved package scripts, approval order
+    GET  /api/requests/{id}                             one request with history
+    POST /api/requests/{id}/{action}  {"comment": str}  review|approve|reject|revoke|cancel
+    POST /api/requests/{id}/notes {"action", "comment"} publisher notes (reviewers)
+    GET  /requests                                      HTML page: requests with history
+
+Request bodies are capped at :data:`MAX_BODY` bytes (an install script and its transcript
+fit easily; export files travel through the outbox, never through this API).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from mlab.requests.model import (
+    Forbidden,
+    InvalidRequest,
+    RequestError,
+    actor_from,
+    validate_submission,
+)
+from mlab.requests.notify import Notifier, make_event
+from mlab.requests.store import RequestStore
+
+MAX_BODY = 2 * 1024 * 1024
+"""Largest request body accepted, in bytes."""
+
+DB_NAME = "requests.sqlite"
+"""The store's file name in the code service's data directory."""
+
+Authenticate = Callable[[Request], Awaitable[Any]]
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    body: dict[str, Any] = {"error": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    return JSONResponse(body, status_code=exc.status)
+
+
+async def _read_json(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        raise InvalidRequest(f"body: larger than {MAX_BODY} bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise InvalidRequest(f"body: larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(data or b"{}")
+    except ValueError:
+        raise InvalidRequest("body: not valid JSON") from None
+
+
+class RequestsApp:
+    """Handlers bound to one store, the site's reviewers and a notifier.
+
+    Args:
+        store: the request store.
+        authenticate: ``async (request) -> principal`` (raises 401); the principal has
+            ``name``, ``is_admin``, ``is_reviewer``. Default: the code service's.
+        reviewers: ``codeService.reviewers``, also consulted for the reviewer role.
+        notifier: called in the background after each transition. None: no notifications.
+    """
+
+    def __init__(self, store: RequestStore, *, authenticate: Authenticate | None = None,
+                 reviewers: Sequence[str] = (), notifier: Notifier | None = None) -> None:
+        if authenticate is None:
+            from mlab.codeservice.auth import authenticate as code_auth
+
+            authenticate = code_auth
+        self.store = store
+        self.authenticate = authenticate
+        self.reviewers = tuple(reviewers)
+        self.notifier = notifier
+
+    async def _actor(self, request: Request):  # type: ignore[no-untyped-def]
+        return actor_from(await self.authenticate(request), self.reviewers)
+
+    async def list(self, request: Request) -> Response:
+        """``GET /api/requests``."""
+        actor = await self._actor(request)
+        q = request.query_params
+        try:
+            items = await run_in_threadpool(
+                self.store.list, actor,
+                all_users=q.get("all") in ("1", "true"),
+                kind=q.get("kind") or None, state=q.get("state") or None,
+                history=q.get("history") in ("1", "true"),
+            )
+        except RequestError as exc:
+            return _error(exc)
+        return JSONResponse({"requests": items})
+
+    async def create(self, request: Request) -> Response:
+        """``POST /api/requests``: 201 with the new request."""
+        actor = await self._actor(request)
+        try:
+            fields = validate_submission(await _read_json(request))
+            item = await run_in_threadpool(
+                self.store.create, kind=fields["kind"], owner=actor.name,
+                reason=fields["reason"], payload=fields["payload"],
+            )
+        except RequestError as exc:
+            return _error(exc)
+        return JSONResponse(item, status_code=201, background=self._notify(item, item["history"]))
+
+    async def get(self, request: Request) -> Response:
+        """``GET /api/requests/{id}``."""
+        actor = await self._actor(request)
+        try:
+            item = await run_in_threadpool(self.store.get, request.path_params["id"], actor)
+        except RequestError as exc:
+            return _error(exc)
+        return JSONResponse(item)
+
+    async def act(self, request: Request) -> Response:
+        """``POST /api/requests/{id}/{action}``."""
+        actor = await self._actor(request)
+        rid = request.path_params["id"]
+        action = request.path_params["action"]
+        try:
+            body = await _read_json(request)
+            if not isinstance(body, dict):
+                raise InvalidRequest("body: a JSON object is required")
+            if action == "notes":
+                event = await run_in_threadpool(
+                    self.store.note, rid, actor, str(body.get("action", "note")),
+                    str(body.get("comment", "")),
+                )
+                return JSONResponse(event, status_code=201)
+            comment = body.get("comment")
+            if comment is not None and not isinstance(comment, str):
+                raise InvalidRequest("comment: a string is required")
+            item, recorded = await run_in_threadpool(self.store.act, rid, action, actor, comment)
+        except RequestError as exc:
+            return _error(exc)
+        return JSONResponse(item, background=self._notify(item, recorded))
+
+    async def packages(self, request: Request) -> Response:
+        """``GET /api/requests/packages``: reviewers and the admin (the image builder)."""
+        actor = await self._actor(request)
+        if not actor.reviews:
+            return _error(Forbidden(f"{actor.name!r} is not a reviewer; the image build runs as admin"))
+        return JSONResponse({"packages": await run_in_threadpool(self.store.approved_packages)})
+
+    async def page(self, request: Request) -> Response:
+        """``GET /requests``: HTML list with history; reviewers see every user's requests."""
+        actor = await self._actor(request)
+        items = await run_in_threadpool(
+            self.store.list, actor, all_users=actor.reviews, history=True
+        )
+        return HTMLResponse(render_page(actor.name, actor.reviews, items))
+
+    def _notify(self, item: dict[str, Any], recorded: list[dict[str, Any]]) -> BackgroundTask | None:
+        if self.notifier is None or not self.notifier.enabled:
+            return None
+        return BackgroundTask(self.notifier.send, [make_event(item, r) for r in recorded])
+
+    def routes(self) -> list[BaseRoute]:
+        """The API mounted at ``/api/requests`` and the page at ``/requests``."""
+        return [
+            Mount("/api/requests", routes=[
+                Route("", self.list, methods=["GET"]),
+                Route("/", self.list, methods=["GET"]),
+                Route("", self.create, methods=["POST"]),
+                Route("/", self.create, methods=["POST"]),
+                Route("/packages", self.packages, methods=["GET"]),
+                Route("/{id:int}", self.get, methods=["GET"]),
+                Route("/{id:int}/{action:str}", self.act, methods=["POST"]),
+            ]),
+            Route("/requests", self.page, methods=["GET"]),
+        ]
+
+
+def request_routes(site: Any, data_dir: str | Path, *,
+                   authenticate: Authenticate | None = None) -> list[BaseRoute]:
+    """The routes to mount in the code service (its ``extra_routes``).
+
+    Args:
+        site: the :class:`mlab.site.Site` (None: defaults: admin reviews, one approver, no
+            notifications).
+        data_dir: the code service's data directory; the store is ``<data_dir>/requests.sqlite``.
+        authenticate: override of the code service's authenticate (tests of other apps).
+    """
+    cs = getattr(site, "code_service", None)
+    store = RequestStore(Path(data_dir) / DB_NAME,
+                         two_person=tuple(cs.two_person_approval) if cs else ())
+    notifier = Notifier(tuple(cs.notify_command), cs.notify_url) if cs else None
+    app = RequestsApp(store, authenticate=authenticate,
+                      reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier)
+    return app.routes()
+
+
+# --- the page ----------------------------------------------------------------------------
+
+_STYLE = """body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}
+.approved{color:#060}.rejected,.revoked{color:#a00}.cancelled{color:#777}
+pre{max-height:20em;overflow:auto;background:#f6f6f6;padding:.5em}"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _details(item: dict[str, Any]) -> str:
+    parts: list[str] = []
+    if item["kind"] == "export":
+        rows = "".join(
+            f"<tr><td>{_e(f['path'])}</td><td>{_e(f['size'])}</td><td><code>{_e(f['sha256'])}</code></td></tr>"
+            for f in item.get("files", [])[:500]
+        )
+        parts.append(f"<table><tr><th>file</th><th>bytes</th><th>sha256</th></tr>{rows}</table>")
+    else:
+        tr = item.get("transcript", {})
+        parts.append(
+            f"<p>test run on {_e(tr.get('image', '?'))} at {_e(tr.get('started_at', '?'))}: "
+            f"exit status {_e(tr.get('exit_status', '?'))}, {_e(tr.get('duration_s', '?'))} s</p>"
+            f"<pre>{_e(item.get('script', ''))}</pre><pre>{_e(tr.get('output', ''))}</pre>"
+        )
+    hist = "".join(
+        f"<tr><td>{_e(h['at'])}</td><td>{_e(h['by'])}</td><td>{_e(h['action'])}</td>"
+        f"<td>{_e(h['from'] or '')} &rarr; {_e(h['to'])}</td><td>{_e(h['comment'])}</td></tr>"
+        for h in item.get("history", [])
+    )
+    parts.append(
+        "<table><tr><th>when</th><th>who</th><th>action</th><th>state</th><th>comment</th></tr>"
+        f"{hist}</table>"
+    )
+    return "".join(parts)
+
+
+def render_page(user: str, reviewer: bool, items: list[dict[str, Any]]) -> str:
+    """The ``/requests`` page (pure): one row per request, details and history folded.
+
+    Every value is HTML-escaped: reasons, comments, scripts and file names are user text.
+    """
+    scope = "all requests (reviewer)" if reviewer else "your requests"
+    rows = "".join(
+        f"<tr id='r{i['id']}'><td>{_e(i['id'])}</td><td>{_e(i['kind'])}</td><td>{_e(i['owner'])}</td>"
+        f"<td class='{_e(i['state'])}'>{_e(i['state'])}</td><td>{_e(i['updated_at'])}</td>"
+        f"<td>{_e(i['reason'])}<details><summary>details and history</summary>{_details(i)}</details></td></tr>"
+        for i in items
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>MLab requests</title>"
+        f"<style>{_STYLE}</style></head><body><h1>Requests</h1>"
+        f"<p>Signed in as {_e(user)}; showing {scope}: {len(items)}.</p>"
+        "<table><tr><th>id</th><th>kind</th><th>owner</th><th>state</th><th>updated</th>"
+        f"<th>reason</th></tr>{rows}</table></body></html>"
+    )

@@ -1,0 +1,145 @@
+"""HTTP client of the requests API, used by ``mlab request`` and the image build.
+
+Invariant: the password is read from the environment or a file, sent only in the
+``Authorization`` header (RFC 7617 Basic), and never appears in an error or log line. Every
+HTTP failure becomes an :class:`mlab.errors.MlabError` with one line: the server's own error
+text for 4xx answers, the URL and cause for connection problems.
+
+Where the server and credentials come from (first found wins):
+
+- server: ``--server URL``, ``$MLAB_CODE_URL``, ``http://$MLAB_CODE_HOST`` (set in every
+  HomePod and the Airlock);
+- user: ``$MLAB_USER``;
+- password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE`` (the container contract's
+  ``/etc/mlab/secret/password``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mlab.errors import MlabError, TemporaryError, UsageError
+from mlab.requests.model import Conflict, Forbidden, InvalidRequest, NotFound, RequestError
+
+_STATUS: dict[int, type[RequestError]] = {
+    400: InvalidRequest, 403: Forbidden, 404: NotFound, 409: Conflict,
+}
+
+
+def resolve_server(server: str | None) -> str:
+    """The code service base URL without a trailing slash.
+
+    Raises:
+        UsageError: no server given and none in the environment.
+    """
+    url = server or os.environ.get("MLAB_CODE_URL")
+    if not url and os.environ.get("MLAB_CODE_HOST"):
+        url = f"http://{os.environ['MLAB_CODE_HOST']}"
+    if not url:
+        raise UsageError(
+            "--server: the code service URL is not known",
+            hint="pass --server http://HOST:PORT or set MLAB_CODE_URL",
+        )
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--server: {url!r} must start with http:// or https://")
+    return url.rstrip("/")
+
+
+def resolve_credentials() -> tuple[str, str]:
+    """``(user, password)`` from MLAB_USER and MLAB_PASSWORD / MLAB_PASSWORD_FILE.
+
+    Raises:
+        UsageError: a variable is missing or the password file is unreadable.
+    """
+    user = os.environ.get("MLAB_USER")
+    if not user:
+        raise UsageError("MLAB_USER: set it to your user name (admin for the admin)")
+    password = os.environ.get("MLAB_PASSWORD")
+    if password is None:
+        path = os.environ.get("MLAB_PASSWORD_FILE")
+        if not path:
+            raise UsageError("MLAB_PASSWORD: set it, or MLAB_PASSWORD_FILE to a file holding it")
+        try:
+            password = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"MLAB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+    return user, password
+
+
+@dataclass
+class RequestsClient:
+    """A thin, synchronous client of ``/api/requests``.
+
+    Args:
+        server: base URL, e.g. ``http://127.0.0.1:8080``.
+        user: account name.
+        password: its password.
+        timeout: seconds per HTTP call.
+    """
+
+    server: str
+    user: str
+    password: str
+    timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, server: str | None = None) -> "RequestsClient":
+        """A client for :func:`resolve_server` with :func:`resolve_credentials`."""
+        user, password = resolve_credentials()
+        return cls(resolve_server(server), user, password)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = f"{self.server}/api/requests{path}"
+        try:
+            resp = httpx.request(method, url, auth=(self.user, self.password),
+                                 timeout=self.timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TemporaryError(
+                f"{self.server}: cannot reach the code service: {type(exc).__name__}",
+                hint="check --server / MLAB_CODE_URL and that the code service runs",
+            ) from None
+        if resp.status_code == 401:
+            raise MlabError(f"{self.server}: user {self.user!r}: wrong user name or password")
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                message, hint = str(body.get("error") or body.get("detail")), body.get("hint")
+            except ValueError:
+                message, hint = resp.text.strip()[:200] or resp.reason_phrase, None
+            error = _STATUS.get(resp.status_code, MlabError)
+            raise error(message, hint=hint)
+        return resp.json()
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Submit a request (see ``model.validate_submission``); return it."""
+        return self._call("POST", "", json=body)  # type: ignore[no-any-return]
+
+    def list(self, *, all_users: bool = False, kind: str | None = None,
+             state: str | None = None, history: bool = False) -> list[dict[str, Any]]:
+        """Requests visible to the user, newest first."""
+        params = {"all": "1" if all_users else "", "kind": kind or "", "state": state or "",
+                  "history": "1" if history else ""}
+        return self._call("GET", "", params={k: v for k, v in params.items() if v})["requests"]  # type: ignore[no-any-return]
+
+    def get(self, request_id: int) -> dict[str, Any]:
+        """One request with history."""
+        return self._call("GET", f"/{int(request_id)}")  # type: ignore[no-any-return]
+
+    def act(self, request_id: int, action: str, comment: str | None = None) -> dict[str, Any]:
+        """review / approve / reject / revoke / cancel; returns the request after it."""
+        body = {} if comment is None else {"comment": comment}
+        return self._call("POST", f"/{int(request_id)}/{action}", json=body)  # type: ignore[no-any-return]
+
+    def note(self, request_id: int, action: str, comment: str) -> dict[str, Any]:
+        """Add a publisher note (``published``, ``blocked``, ``unpublished``)."""
+        return self._call("POST", f"/{int(request_id)}/notes",  # type: ignore[no-any-return]
+                          json={"action": action, "comment": comment})
+
+    def packages(self) -> list[dict[str, Any]]:
+        """Approved package scripts in approval order (reviewers and admin)."""
+        return self._call("GET", "/packages")["packages"]  # type: ignore[no-any-return]
