@@ -1,0 +1,72 @@
+"""Small file-system helpers: atomic writes and hashing.
+
+Invariant: a reader of the share sees either the old or the new content of a file, never
+a partial one: content goes to a temporary file in the same directory (same file system),
+is flushed, made world-readable (HomePod users read the share with other uids) and then
+renamed over the target with ``os.replace`` (atomic on POSIX, rename(2)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CHUNK = 1 << 20
+"""Read size for hashing and copying: 1 MiB."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename), with ``mode``."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def install_file(src: Path, dest: Path, mode: int = 0o644) -> None:
+    """Move or copy ``src`` to ``dest`` atomically; ``dest`` never exists half-written.
+
+    ``src`` is renamed when it is on the same file system, else copied to a temporary name
+    beside ``dest`` first.
+    """
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        try:
+            os.replace(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_dir(path: Path, mode: int = 0o755) -> Path:
+    """Create ``path`` (and parents) readable by everyone; return it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path

@@ -1,0 +1,380 @@
+"""`mlab stage pip`: resolve, download and build wheels for the HomePod, then publish them.
+
+Why not the seed's ``pip download`` + ``pip install *``: a folder holding several versions
+of a project cannot be installed by globbing, sdists cannot be built offline, and pip only
+evaluates environment markers for the interpreter it runs on. So:
+
+1. pip resolves and fetches. For the local interpreter (the default: the Airlock runs the
+   HomePod's image) ``pip wheel`` downloads wheels and builds wheels from sdists in one
+   pass. For another target (``--python-version``/``--platform``) ``pip download
+   --only-binary=:all:`` with pip's target options is used (nothing can be built for an
+   interpreter that is not here).
+2. The closure is checked against the *target's* markers (:func:`missing_requirements`),
+   because ``pip download --python-version`` evaluates markers such as
+   ``python_version < "3.11"`` for the running interpreter, not the target; anything
+   missing is fetched in another round.
+3. The wheels are published with :func:`mlab.airlock.pipindex.publish` (atomic, locked,
+   incremental) and audited.
+
+Nothing is published when resolution fails, so a bad name leaves the index unchanged.
+pip runs with ``--isolated`` so a HomePod-mode ``/etc/pip.conf`` (pointing at the share)
+or a developer's pip configuration cannot change what gets staged; proxies from the
+environment still apply.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path
+
+from packaging.markers import Marker, default_environment
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from mlab.airlock import audit
+from mlab.airlock.fsutil import ensure_dir
+from mlab.airlock.pipindex import PublishResult, WheelFile, pip_dir, publish
+from mlab.errors import MlabError, UsageError
+
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+MAX_ROUNDS = 4
+"""Resolution rounds before giving up on a closure that keeps missing requirements."""
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The interpreter and platform wheels are staged for.
+
+    Attributes:
+        python_version: ``"3.11"``-style version; None: the interpreter running mlab.
+        platforms: pip platform tags (``manylinux_2_36_x86_64``...); empty: this machine's.
+        implementation: pip implementation tag (``cp``).
+        abi: pip ABI tag (``cp311``); None: pip's default for the version.
+    """
+
+    python_version: str | None = None
+    platforms: tuple[str, ...] = ()
+    implementation: str = "cp"
+    abi: str | None = None
+
+    @property
+    def foreign(self) -> bool:
+        """True when the target is not the local interpreter (only wheels can be staged)."""
+        return bool(self.python_version or self.platforms or self.abi)
+
+    def marker_environment(self) -> dict[str, str]:
+        """PEP 508 marker variables for the target (the local ones, overridden)."""
+        env: dict[str, str] = dict(default_environment())
+        if self.python_version:
+            parts = self.python_version.split(".")
+            if len(parts) < 2 or not all(p.isdigit() for p in parts):
+                raise UsageError(
+                    f"--python-version {self.python_version!r} is not a version",
+                    hint="use MAJOR.MINOR, e.g. 3.11",
+                )
+            env["python_version"] = ".".join(parts[:2])
+            env["python_full_version"] = ".".join((parts + ["0"])[:3])
+        if self.platforms:
+            env.update(_platform_markers(self.platforms[0]))
+        return env
+
+    def pip_args(self) -> list[str]:
+        """pip options selecting this target (empty for the local interpreter)."""
+        if not self.foreign:
+            return []
+        args = ["--only-binary=:all:", "--implementation", self.implementation]
+        if self.python_version:
+            args += ["--python-version", self.python_version]
+        for plat in self.platforms:
+            args += ["--platform", plat]
+        if self.abi:
+            args += ["--abi", self.abi]
+        return args
+
+
+def _platform_markers(tag: str) -> dict[str, str]:
+    """``sys_platform``/``platform_system``/``platform_machine`` for a platform tag."""
+    if tag.startswith(("manylinux", "musllinux", "linux")):
+        machine = re.sub(r"^(manylinux|musllinux)_\d+_\d+_|^manylinux\d+_|^linux_", "", tag)
+        return {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": machine}
+    if tag.startswith("win"):
+        machine = {"win_amd64": "AMD64", "win32": "x86", "win_arm64": "ARM64"}.get(tag, "AMD64")
+        return {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": machine}
+    if tag.startswith("macosx"):
+        return {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": tag.rsplit("_", 1)[-1]}
+    return {}
+
+
+@dataclass
+class Dist:
+    """A downloaded wheel's name, version and ``Requires-Dist`` entries."""
+
+    project: str
+    version: str
+    requires: list[Requirement] = field(default_factory=list)
+
+
+def read_dist(path: Path) -> Dist:
+    """Read name, version and ``Requires-Dist`` from a wheel's METADATA."""
+    name, version, _b, _t = parse_wheel_filename(path.name)
+    requires: list[Requirement] = []
+    with zipfile.ZipFile(path) as zf:
+        meta = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+        if meta:
+            headers = HeaderParser().parsestr(zf.read(meta[0]).decode("utf-8", "replace"))
+            for line in headers.get_all("Requires-Dist") or []:
+                try:
+                    requires.append(Requirement(line))
+                except InvalidRequirement:
+                    continue
+    return Dist(str(canonicalize_name(name)), str(version), requires)
+
+
+def _marker_true(marker: Marker | None, env: dict[str, str], extras: Iterable[str]) -> bool:
+    if marker is None:
+        return True
+    return any(marker.evaluate({**env, "extra": e}) for e in ("", *extras))
+
+
+def missing_requirements(
+    roots: Sequence[Requirement], dists: Sequence[Dist], env: dict[str, str]
+) -> list[Requirement]:
+    """Requirements of the closure of ``roots`` that ``dists`` do not satisfy (pure).
+
+    Walks from ``roots`` through each dist's ``Requires-Dist``, evaluating markers (PEP 508)
+    with ``env`` and the extras requested of that dist, and returns every reachable
+    requirement with no dist of that name, or whose dists all fall outside its specifier.
+
+    Args:
+        roots: the requested requirements.
+        dists: what was downloaded, one entry per wheel.
+        env: marker variables of the target (:meth:`Target.marker_environment`).
+    """
+    by_name: dict[str, list[Dist]] = {}
+    for d in dists:
+        by_name.setdefault(d.project, []).append(d)
+    missing: dict[str, Requirement] = {}
+    seen: dict[str, set[str]] = {}
+    work: list[Requirement] = [r for r in roots if _marker_true(r.marker, env, ())]
+    while work:
+        req = work.pop()
+        name = str(canonicalize_name(req.name))
+        candidates = [d for d in by_name.get(name, []) if req.specifier.contains(d.version, prereleases=True)]
+        if not candidates:
+            missing.setdefault(f"{name}{req.specifier}", req)
+            continue
+        extras = seen.get(name)
+        new_extras = set(req.extras) - (extras or set())
+        if extras is not None and not new_extras:
+            continue
+        seen[name] = (extras or set()) | set(req.extras)
+        for dist in candidates:
+            for sub in dist.requires:
+                if _marker_true(sub.marker, env, seen[name]):
+                    work.append(sub)
+    return list(missing.values())
+
+
+def _strip_marker(req: Requirement) -> str:
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return f"{req.name}{extras}{req.specifier}"
+
+
+def parse_requirement_lines(lines: Iterable[str]) -> list[Requirement]:
+    """Requirements named in requirements-file lines (options, URLs, comments skipped)."""
+    out: list[Requirement] = []
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            out.append(Requirement(line))
+        except InvalidRequirement:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where pip looks for packages.
+
+    Attributes:
+        index_url: the main index (PEP 503); default PyPI.
+        extra_index_urls: more indexes.
+        find_links: local folders or pages of wheels/sdists.
+        no_index: ignore every index (only ``find_links``).
+    """
+
+    index_url: str = DEFAULT_INDEX_URL
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+
+    def pip_args(self) -> list[str]:
+        """pip options for these sources."""
+        args = ["--no-index"] if self.no_index else ["--index-url", self.index_url]
+        for url in () if self.no_index else self.extra_index_urls:
+            args += ["--extra-index-url", url]
+        for link in self.find_links:
+            args += ["--find-links", link]
+        return args
+
+
+@dataclass
+class StageResult:
+    """What :func:`stage` did.
+
+    Attributes:
+        published: files added and files already present (see :class:`PublishResult`).
+        built: file names of wheels built here from source distributions.
+    """
+
+    published: PublishResult
+    built: list[str] = field(default_factory=list)
+
+    @property
+    def added(self) -> list[WheelFile]:
+        """Wheels new in the share."""
+        return self.published.added
+
+
+_NOT_FOUND = re.compile(r"No matching distribution found for (\S+)")
+_CREATED = re.compile(r"Created wheel for \S+: filename=(\S+\.whl)")
+_COLLECTING = re.compile(r"^\s*(?:Collecting|Processing|Building wheel for) (\S+)")
+
+
+def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[str]]:
+    """Run ``python -m pip ARGS``; return (all output lines, created wheel names).
+
+    Raises:
+        MlabError: pip failed; the message names the requirement pip could not find, or
+            carries pip's last error line.
+    """
+    argv = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", *args]
+    lines: list[str] = []
+    created: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if (m := _CREATED.search(line)):
+                created.append(m.group(1))
+            if report and (m := _COLLECTING.match(line)):
+                report(m.group(1))
+        code = proc.wait()
+    if code != 0:
+        text = "\n".join(lines)
+        if (m := _NOT_FOUND.search(text)):
+            raise MlabError(
+                f"pip found no distribution for {m.group(1)} on the configured indexes",
+                hint="check the name and version (https://pypi.org/project/NAME/); "
+                "for another --python-version/--platform only wheels can be staged",
+            )
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or [f"exit {code}"]
+        raise MlabError(f"pip {args[0]} failed: {errors[-1]}")
+    return lines, created
+
+
+def fetch(
+    specs: Sequence[str],
+    requirement_files: Sequence[Path],
+    dest: Path,
+    target: Target,
+    sources: Sources,
+    report: Report | None = None,
+) -> list[str]:
+    """Resolve ``specs`` and put the closure's wheels in ``dest``; return built file names.
+
+    Raises:
+        MlabError: a requirement cannot be found or built, or the closure stays incomplete
+            for the target after :data:`MAX_ROUNDS` rounds.
+    """
+    roots = [Requirement(s) for s in specs]
+    for path in requirement_files:
+        roots += parse_requirement_lines(Path(path).read_text(encoding="utf-8").splitlines())
+    env = target.marker_environment()
+    built: list[str] = []
+    pending = list(specs)
+    req_args = [a for p in requirement_files for a in ("-r", str(p))]
+    for _round in range(MAX_ROUNDS):
+        if target.foreign:
+            args = ["download", "--dest", str(dest), *target.pip_args()]
+        else:
+            args = ["wheel", "--wheel-dir", str(dest)]
+        args += ["--progress-bar", "off", *sources.pip_args(), *pending, *req_args]
+        _lines, created = _run_pip(args, report)
+        built += created
+        req_args = []
+        dists = [read_dist(p) for p in dest.glob("*.whl")]
+        missing = missing_requirements(roots, dists, env)
+        if not missing:
+            return sorted(set(built))
+        pending = [_strip_marker(r) for r in missing]
+    raise MlabError(
+        f"the closure for the target stays incomplete: {', '.join(str(r) for r in missing)}",
+        hint="pin compatible versions of these requirements and stage again",
+    )
+
+
+def stage(
+    share: Path,
+    specs: Sequence[str],
+    *,
+    requirement_files: Sequence[Path] = (),
+    target: Target = Target(),
+    sources: Sources = Sources(),
+    report: Report | None = None,
+) -> StageResult:
+    """Stage ``specs`` (and requirement files) with their closure into the share.
+
+    Args:
+        share: the share root (``/opt/public/airlock``).
+        specs: PEP 508 requirement strings, e.g. ``["requests>=2", "numpy"]``.
+        requirement_files: pip requirements files (``-r``).
+        target: the interpreter and platform to stage for.
+        sources: indexes and folders to take packages from.
+        report: called with each project name pip starts on (for progress display).
+
+    Returns:
+        The published wheels and those built from sdists.
+
+    Raises:
+        UsageError: nothing to stage, or a spec is not a PEP 508 requirement.
+        MlabError: resolution, download or build failed (nothing is published then).
+    """
+    if not specs and not requirement_files:
+        raise UsageError("nothing to stage", hint="name a package (SPEC) or pass -r FILE")
+    for spec in specs:
+        try:
+            Requirement(spec)
+        except InvalidRequirement as exc:
+            raise UsageError(f"SPEC {spec!r} is not a requirement: {exc}") from None
+    for path in requirement_files:
+        if not Path(path).is_file():
+            raise UsageError(f"-r {path}: no such file")
+    tmp_root = ensure_dir(pip_dir(share) / ".tmp")
+    work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
+    try:
+        built = fetch(specs, requirement_files, work, target, sources, report)
+        wheels = sorted(work.glob("*.whl"))
+        result = publish(share, wheels)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    records = [
+        audit.make_record("stage-pip", w.filename, size=w.size, sha256=w.sha256) for w in result.added
+    ]
+    if not records:
+        records = [audit.make_record("stage-pip", " ".join([*specs, *(f"-r {p}" for p in requirement_files)]))]
+    audit.append(share, records)
+    return StageResult(published=result, built=built)

@@ -1,0 +1,299 @@
+"""The share's pip repository: wheels in ``<share>/pip/files/`` and a PEP 503 simple index.
+
+Layout (docs/CONTRACTS.md "Share layout")::
+
+    pip/files/<wheel>                      the wheels (never overwritten once published)
+    pip/simple/index.html                  PEP 503 root: one link per project
+    pip/simple/<project>/index.html        PEP 503 project page: one link per file, with
+                                           ``#sha256=`` and ``data-requires-python``
+    pip/simple/<project>/index.json        the same list as a PEP 691 JSON page; it is also
+                                           the state used for incremental regeneration
+    pip/.lock                              held while publishing
+
+Invariants: ``<project>`` is the PEP 503 normalized name; every link on a page points at a
+file that exists and has that hash (files are placed before the pages that name them, and
+pages are replaced atomically); publishing holds ``pip/.lock`` so two stagings at once both
+end up on the pages; versions already published stay (a new staging only adds). A wheel
+whose name is already published is kept as it was (its hash may be pinned somewhere).
+Regeneration is incremental: only the pages of projects that got a file are rewritten, plus
+the root page, so its cost does not grow with the number of wheels already present.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path
+from urllib.parse import quote
+
+from filelock import FileLock, Timeout
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from mlab.airlock.fsutil import ensure_dir, install_file, sha256_file, write_atomic
+from mlab.errors import MlabError, TemporaryError
+
+LOCK_TIMEOUT = 600.0
+"""Seconds a publisher waits for another one to finish before giving up."""
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One published (or to-be-published) wheel.
+
+    Attributes:
+        filename: the wheel file name (PEP 427), e.g. ``six-1.16.0-py2.py3-none-any.whl``.
+        project: PEP 503 normalized project name, e.g. ``six``.
+        version: the version string from the file name.
+        sha256: hex digest of the file.
+        size: bytes.
+        requires_python: the ``Requires-Python`` metadata value, or None.
+    """
+
+    filename: str
+    project: str
+    version: str
+    sha256: str
+    size: int
+    requires_python: str | None = None
+
+
+@dataclass
+class PublishResult:
+    """What :func:`publish` did.
+
+    Attributes:
+        added: wheels that are new in the share.
+        present: wheels whose file name was already published (kept unchanged).
+        projects: normalized names of the projects whose pages were rewritten.
+    """
+
+    added: list[WheelFile] = field(default_factory=list)
+    present: list[WheelFile] = field(default_factory=list)
+    projects: list[str] = field(default_factory=list)
+
+
+def pip_dir(share: Path) -> Path:
+    """``<share>/pip``."""
+    return Path(share) / "pip"
+
+
+def read_wheel(path: Path) -> WheelFile:
+    """Inspect a wheel: name, version, hash, size and ``Requires-Python``.
+
+    Raises:
+        MlabError: the file name is not a valid wheel name, or the archive is unreadable.
+    """
+    path = Path(path)
+    try:
+        name, version, _build, _tags = parse_wheel_filename(path.name)
+    except InvalidWheelFilename as exc:
+        raise MlabError(f"{path.name} is not a wheel file name: {exc}") from None
+    requires_python = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            meta = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+            if meta:
+                headers = HeaderParser().parsestr(zf.read(meta[0]).decode("utf-8", "replace"))
+                requires_python = headers.get("Requires-Python")
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MlabError(f"wheel {path.name} cannot be read: {exc}") from None
+    return WheelFile(
+        filename=path.name,
+        project=str(canonicalize_name(name)),
+        version=str(version),
+        sha256=sha256_file(path),
+        size=path.stat().st_size,
+        requires_python=requires_python.strip() if requires_python else None,
+    )
+
+
+def render_project_html(project: str, files: Sequence[WheelFile]) -> str:
+    """The PEP 503 project page for ``project`` (pure).
+
+    Links are relative (``../../files/<name>``) so the share works at any mount point;
+    file names are percent-encoded (a local version's ``+``), ``Requires-Python`` is
+    HTML-escaped into ``data-requires-python`` (PEP 503).
+    """
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "<head>",
+        '<meta name="pypi:repository-version" content="1.0">',
+        f"<title>Links for {html.escape(project)}</title>",
+        "</head>",
+        "<body>",
+        f"<h1>Links for {html.escape(project)}</h1>",
+    ]
+    for f in sorted(files, key=lambda w: w.filename):
+        attrs = f'href="../../files/{quote(f.filename)}#sha256={f.sha256}"'
+        if f.requires_python:
+            attrs += f' data-requires-python="{html.escape(f.requires_python, quote=True)}"'
+        lines.append(f"<a {attrs}>{html.escape(f.filename)}</a><br>")
+    lines += ["</body>", "</html>", ""]
+    return "\n".join(lines)
+
+
+def render_project_json(project: str, files: Sequence[WheelFile]) -> str:
+    """The PEP 691 JSON page for ``project`` (pure); also our incremental state."""
+    doc = {
+        "meta": {"api-version": "1.0"},
+        "name": project,
+        "files": [
+            {
+                "filename": f.filename,
+                "url": f"../../files/{quote(f.filename)}",
+                "hashes": {"sha256": f.sha256},
+                "requires-python": f.requires_python,
+                "size": f.size,
+                "version": f.version,
+            }
+            for f in sorted(files, key=lambda w: w.filename)
+        ],
+    }
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def render_root_html(projects: Iterable[str]) -> str:
+    """The PEP 503 root page listing ``projects`` (normalized names) (pure)."""
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "<head>",
+        '<meta name="pypi:repository-version" content="1.0">',
+        "<title>Simple index</title>",
+        "</head>",
+        "<body>",
+    ]
+    for p in sorted(set(projects)):
+        lines.append(f'<a href="{quote(p)}/">{html.escape(p)}</a><br>')
+    lines += ["</body>", "</html>", ""]
+    return "\n".join(lines)
+
+
+def load_project(share: Path, project: str) -> list[WheelFile]:
+    """The files published for ``project``, from its ``index.json`` (empty if none)."""
+    path = pip_dir(share) / "simple" / project / "index.json"
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        WheelFile(
+            filename=f["filename"],
+            project=project,
+            version=f.get("version", ""),
+            sha256=f["hashes"]["sha256"],
+            size=int(f.get("size") or 0),
+            requires_python=f.get("requires-python"),
+        )
+        for f in doc.get("files", [])
+    ]
+
+
+def _write_project(simple: Path, project: str, files: Sequence[WheelFile]) -> None:
+    pdir = ensure_dir(simple / project)
+    write_atomic(pdir / "index.json", render_project_json(project, files))
+    write_atomic(pdir / "index.html", render_project_html(project, files))
+
+
+def _write_root(simple: Path) -> None:
+    projects = [e.name for e in os.scandir(simple) if e.is_dir() and not e.name.startswith(".")]
+    write_atomic(simple / "index.html", render_root_html(projects))
+
+
+def _lock(share: Path) -> FileLock:
+    return FileLock(str(ensure_dir(pip_dir(share)) / ".lock"), timeout=LOCK_TIMEOUT)
+
+
+def publish(share: Path, wheels: Sequence[Path]) -> PublishResult:
+    """Add ``wheels`` to the share's repository and update the index, under the lock.
+
+    Each wheel is moved (or copied) to ``pip/files/`` under a temporary name and renamed,
+    then each touched project's pages are merged with what is already published and
+    replaced atomically, then the root page. A file name already published is left as is.
+
+    Args:
+        share: the share root.
+        wheels: paths of ``.whl`` files to publish (moved when on the same file system).
+
+    Returns:
+        What was added and what was already there.
+
+    Raises:
+        MlabError: a file is not a readable wheel.
+        TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
+    """
+    infos = [(Path(w), read_wheel(Path(w))) for w in wheels]
+    root = pip_dir(share)
+    files_dir = ensure_dir(root / "files")
+    simple = ensure_dir(root / "simple")
+    result = PublishResult()
+    try:
+        with _lock(share):
+            by_project: dict[str, list[WheelFile]] = {}
+            for src, info in infos:
+                dest = files_dir / info.filename
+                known = {w.filename: w for w in by_project.setdefault(info.project, load_project(share, info.project))}
+                if info.filename in known and dest.exists():
+                    result.present.append(known[info.filename])
+                    continue
+                if dest.exists():  # a file without a page entry (an interrupted publish)
+                    info = read_wheel(dest)
+                else:
+                    install_file(src, dest)
+                by_project[info.project] = [w for w in by_project[info.project] if w.filename != info.filename]
+                by_project[info.project].append(info)
+                result.added.append(info)
+            touched = sorted({w.project for w in result.added})
+            for project in touched:
+                _write_project(simple, project, by_project[project])
+            if touched or not (simple / "index.html").exists():
+                _write_root(simple)
+            result.projects = touched
+    except Timeout:
+        raise TemporaryError(
+            f"another staging holds {root / '.lock'} for more than {LOCK_TIMEOUT:.0f} s",
+            hint="wait for it to finish and run the command again",
+        ) from None
+    return result
+
+
+def rebuild(share: Path) -> int:
+    """Regenerate every page from the wheels in ``pip/files/`` (hashes everything).
+
+    For recovery after files were added or removed by hand. Returns the number of wheels.
+    """
+    root = pip_dir(share)
+    files_dir = ensure_dir(root / "files")
+    simple = ensure_dir(root / "simple")
+    with _lock(share):
+        by_project: dict[str, list[WheelFile]] = {}
+        for entry in sorted(os.scandir(files_dir), key=lambda e: e.name):
+            if entry.name.endswith(".whl") and not entry.name.startswith("."):
+                info = read_wheel(Path(entry.path))
+                by_project.setdefault(info.project, []).append(info)
+        for entry in os.scandir(simple):
+            if entry.is_dir() and entry.name not in by_project:
+                for name in ("index.html", "index.json"):
+                    Path(entry.path, name).unlink(missing_ok=True)
+                os.rmdir(entry.path)
+        for project, files in by_project.items():
+            _write_project(simple, project, files)
+        _write_root(simple)
+    return sum(len(v) for v in by_project.values())
+
+
+def published(share: Path) -> dict[str, list[WheelFile]]:
+    """Every published file, by normalized project name (from the JSON pages)."""
+    simple = pip_dir(share) / "simple"
+    if not simple.is_dir():
+        return {}
+    return {
+        e.name: load_project(share, e.name)
+        for e in os.scandir(simple)
+        if e.is_dir() and not e.name.startswith(".")
+    }
