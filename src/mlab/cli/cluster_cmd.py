@@ -1,7 +1,105 @@
-"""Command group placeholder; filled in by its issue."""
+"""Cluster commands: ``mlab apply`` and ``mlab delete`` (kubectl, server-side apply).
+
+Progress goes to stderr (rich); nothing here prints a password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mlab.cli.site_cmd import SITE_OPTION
+from mlab.deploy import render_with_passwords
+from mlab.deploy.kubernetes import (
+    Kubectl,
+    apply_objects,
+    delete_site,
+    deployment_names,
+    prune,
+    stale_objects,
+    wait_for_rollout,
+)
+from mlab.site import load_site
+
+CONTEXT_OPTION = typer.Option(
+    None, "--context", help="kubeconfig context to use. Default: the current context."
+)
+
+
+def apply(
+    site: Path = SITE_OPTION,
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Send everything with --dry-run=server (the API server validates, nothing "
+        "changes) and list what would be pruned; no waiting. Default: off.",
+    ),
+    timeout: float = typer.Option(
+        600.0, "--timeout", min=0, help="Seconds to wait for rollouts. 0: do not wait. "
+        "Default: 600.",
+    ),
+    interval: float = typer.Option(
+        2.0, "--interval", min=0.01, help="Seconds between rollout polls. Default: 2."
+    ),
+    delete_data: bool = typer.Option(
+        False, "--delete-data",
+        help="Also prune the PersistentVolumeClaims (homes) of removed users. Default: "
+        "keep them and name them.",
+    ),
+    context: str | None = CONTEXT_OPTION,
+) -> None:
+    """Apply the site to a cluster: server-side apply, prune removed objects, wait."""
+    loaded = load_site(site)
+    rendered = render_with_passwords(loaded)
+    kubectl = Kubectl(context=context)
+    err = Console(stderr=True)
+    count = apply_objects(kubectl, loaded, rendered, dry_run)
+    err.print(f"{'checked' if dry_run else 'applied'} {count} objects in namespace {loaded.namespace}")
+    stale, kept = stale_objects(kubectl, loaded, rendered, delete_data)
+    prune(kubectl, loaded, stale, dry_run)
+    for ref in stale:
+        err.print(f"{'would prune' if dry_run else 'pruned'} {ref}")
+    for ref in kept:
+        err.print(f"kept {ref} (user data; --delete-data removes it)")
+    if dry_run or timeout == 0:
+        return
+    names = deployment_names(rendered)
+    with Progress(
+        TextColumn("rollout"), BarColumn(), TextColumn("{task.completed}/{task.total} ready"),
+        TimeElapsedColumn(), console=err, transient=False,
+    ) as bar:
+        task = bar.add_task("rollout", total=len(names))
+        wait_for_rollout(
+            kubectl, loaded, names, timeout=timeout, interval=interval,
+            progress=lambda ready, total: bar.update(task, completed=ready, total=total),
+        )
+    err.print(f"all {len(names)} deployments ready")
+
+
+def delete(
+    site: Path = SITE_OPTION,
+    delete_data: bool = typer.Option(
+        False, "--delete-data",
+        help="Also delete the PersistentVolumeClaims (homes, share, outbox, code service "
+        "data). Default: keep them.",
+    ),
+    timeout: float = typer.Option(
+        300.0, "--timeout", min=1, help="Seconds to wait for pods to go. Default: 300."
+    ),
+    context: str | None = CONTEXT_OPTION,
+) -> None:
+    """Delete the site's objects from the cluster (by label; the namespace stays)."""
+    loaded = load_site(site)
+    delete_site(Kubectl(context=context), loaded, delete_data, timeout)
+    Console(stderr=True).print(
+        f"deleted site {loaded.name} from namespace {loaded.namespace}"
+        + ("" if delete_data else " (claims kept)")
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add ``apply`` and ``delete`` to ``app``."""
+    app.command("apply")(apply)
+    app.command("delete")(delete)

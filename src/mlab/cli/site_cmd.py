@@ -1,7 +1,115 @@
-"""Command group placeholder; filled in by its issue."""
+"""Site commands: ``mlab init``, ``mlab site schema``, ``mlab site check``, ``mlab render``.
+
+Bad input exits 2 with one line naming the field path (``SiteError``); ``render -o DIR``
+renders everything in memory before writing, so a bad site leaves DIR untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
 
 import typer
 
+from mlab.deploy import render_with_passwords, write_rendered
+from mlab.errors import UsageError
+from mlab.render import FILES, SECRETS_FILE
+from mlab.site import load_site, site_schema
+
+SITE_OPTION = typer.Option(
+    ..., "--site", "-s", help="The site file (YAML). Required.", envvar="MLAB_SITE",
+    show_envvar=True,
+)
+
+
+def example_site_text() -> str:
+    """The commented example site written by ``mlab init``."""
+    return resources.files("mlab.cli").joinpath("site-init.yaml").read_text(encoding="utf-8")
+
+
+def init(
+    output: Path = typer.Option(
+        Path("site.yaml"), "--output", "-o",
+        help="Where to write the example site file; '-' prints it. Default: site.yaml.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite an existing file. Default: refuse."
+    ),
+) -> None:
+    """Write a commented example site file to edit."""
+    text = example_site_text()
+    if str(output) == "-":
+        sys.stdout.write(text)
+        return
+    if output.exists() and not force:
+        raise UsageError(f"{output}: already exists", hint="pass --force to overwrite it")
+    write_text_atomic(output, text)
+    typer.echo(f"wrote {output}; edit it, then: mlab site check --site {output}", err=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def schema() -> None:
+    """Print the JSON Schema of the site file."""
+    sys.stdout.write(json.dumps(site_schema(), indent=2, sort_keys=True) + "\n")
+
+
+def check(site: Path = SITE_OPTION) -> None:
+    """Validate a site file; exit 2 with the field path of the first problem."""
+    loaded = load_site(site)
+    typer.echo(
+        f"{site}: ok (site {loaded.name}, namespace {loaded.namespace}, "
+        f"{len(loaded.users)} user(s))"
+    )
+
+
+def render(
+    site: Path = SITE_OPTION,
+    output: Path | None = typer.Option(
+        None, "--output", "-o",
+        help="Directory for homepod.yaml, airlock.yaml, network.yaml, code-service.yaml and "
+        "secrets.yaml (mode 0600). Default: print the four manifests to stdout.",
+    ),
+    with_secrets: bool = typer.Option(
+        False, "--with-secrets",
+        help="When printing, also print the password Secrets. Default: off. With -o the "
+        "Secrets always go to secrets.yaml.",
+    ),
+) -> None:
+    """Render the site into Kubernetes manifests (deterministic: same input, same bytes)."""
+    loaded = load_site(site)
+    rendered = render_with_passwords(loaded)
+    if output is None:
+        texts = rendered.texts(with_secrets=with_secrets)
+        names = [*FILES, SECRETS_FILE] if with_secrets else list(FILES)
+        sys.stdout.write("".join(texts[n] for n in names if n in texts))
+        return
+    paths = write_rendered(rendered.texts(with_secrets=True), output)
+    typer.echo(f"wrote {', '.join(p.name for p in paths)} to {output}/", err=True)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add ``init``, ``render`` and the ``site`` group to ``app``."""
+    app.command("init")(init)
+    app.command("render")(render)
+    group = typer.Typer(help="Inspect and validate site files.", no_args_is_help=True)
+    group.command("schema")(schema)
+    group.command("check")(check)
+    app.add_typer(group, name="site")

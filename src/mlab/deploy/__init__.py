@@ -1,0 +1,78 @@
+"""Side effects of deploying: rendering with the stored passwords, writing rendered files.
+
+Invariant: ``write_rendered`` either leaves the output directory with a complete, consistent
+set of files or does not touch it (everything is rendered in memory first; each file is
+written to a temp file and renamed; a new directory appears only complete, by rename).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mlab.errors import MlabError
+from mlab.render import FILES, SECRETS_FILE, Rendered, render_site
+from mlab.secrets import load_or_create_passwords
+from mlab.site import Site
+
+
+def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered:
+    """Render ``site`` with its stored passwords (generated once if missing)."""
+    return render_site(site, load_or_create_passwords(site, state_dir))
+
+
+def _write_file(path: Path, text: str, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:
+    """Write rendered files into ``out_dir``.
+
+    Args:
+        texts: file name to YAML text (the four manifests, optionally ``secrets.yaml``,
+            which is written with mode 0600; the others 0644).
+        out_dir: the directory; created (atomically, by renaming a complete temp directory)
+            if missing. A stale ``secrets.yaml`` is removed when ``texts`` has none.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        MlabError: the directory cannot be written (nothing is left half-written).
+    """
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise MlabError(f"{out_dir}: exists and is not a directory", hint="choose another -o")
+        if not out_dir.exists():
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+            try:
+                for name, text in texts.items():
+                    _write_file(tmp / name, text, 0o600 if name == SECRETS_FILE else 0o644)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, out_dir)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        else:
+            for name, text in texts.items():
+                _write_file(out_dir / name, text, 0o600 if name == SECRETS_FILE else 0o644)
+            if SECRETS_FILE not in texts:
+                (out_dir / SECRETS_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        raise MlabError(f"{out_dir}: cannot write the rendered files: {exc.strerror}") from None
+    return [out_dir / name for name in texts]
+
+
+__all__ = ["FILES", "render_with_passwords", "write_rendered"]

@@ -1,0 +1,262 @@
+"""The Kubernetes engine: server-side apply, prune by label, bounded rollout wait, delete.
+
+Invariant: every call to the cluster goes through :class:`Kubectl` (one process boundary,
+faked in tests by a ``kubectl`` script on PATH); manifests and Secrets travel on kubectl's
+stdin, never through files or argv, and kubectl's errors reach the user as one
+:class:`~mlab.errors.DeployError` line (stdin, which holds passwords, is never echoed).
+
+Why kubectl and not a client library: it is what admins already have configured
+(kubeconfig, contexts, auth plugins), and server-side apply with a field manager gives the
+same merge semantics as ``kubectl apply`` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlab.errors import DeployError, TemporaryError, ToolMissingError
+from mlab.render import Rendered, dump_yaml
+from mlab.render.common import LABEL_INSTANCE, LABEL_MANAGED_BY
+from mlab.site import Site
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "mlab"
+PRUNE_KINDS = (
+    "deployments.apps",
+    "services",
+    "secrets",
+    "configmaps",
+    "networkpolicies.networking.k8s.io",
+    "persistentvolumeclaims",
+)
+"""Kinds MLab renders, listed by label to find objects to prune."""
+DATA_KINDS = ("PersistentVolumeClaim",)
+"""Kinds that hold user data: pruned or deleted only when asked (``--delete-data``)."""
+
+
+def site_selector(site: Site) -> str:
+    """Label selector of every object this site owns."""
+    return f"{LABEL_INSTANCE}={site.name},{LABEL_MANAGED_BY}=mlab"
+
+
+@dataclass
+class Kubectl:
+    """Runs kubectl.
+
+    Args:
+        binary: the kubectl program; None: ``$MLAB_KUBECTL`` or ``kubectl`` on PATH.
+        context: kubeconfig context (``--context``); None: the current one.
+        request_timeout: seconds per API request (``--request-timeout``).
+    """
+
+    binary: str | None = None
+    context: str | None = None
+    request_timeout: int = 60
+
+    def _program(self) -> str:
+        name = self.binary or os.environ.get("MLAB_KUBECTL") or "kubectl"
+        path = shutil.which(name)
+        if not path:
+            raise ToolMissingError(
+                f"kubectl: {name!r} not found on PATH",
+                hint="install kubectl (https://kubernetes.io/docs/tasks/tools/) or set MLAB_KUBECTL",
+            )
+        return path
+
+    def run(self, args: Sequence[str], stdin: str | None = None) -> str:
+        """Run ``kubectl ARGS``; return stdout.
+
+        Raises:
+            DeployError: kubectl failed (its last stderr line, never stdin).
+        """
+        argv = [self._program()]
+        if self.context:
+            argv += ["--context", self.context]
+        argv += [f"--request-timeout={self.request_timeout}s", *args]
+        log.debug("running %s", " ".join(argv))
+        try:
+            proc = subprocess.run(
+                argv, input=stdin, capture_output=True, text=True, check=False,
+                timeout=self.request_timeout * 5,
+            )
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"kubectl {args[0]}: no answer in {self.request_timeout * 5}s") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            reason = lines[-1] if lines else f"exit status {proc.returncode}"
+            raise DeployError(f"kubectl {args[0]} failed: {reason}")
+        return proc.stdout
+
+    def get_json(self, args: Sequence[str]) -> dict[str, Any]:
+        """Run ``kubectl get ARGS -o json`` and parse it."""
+        out = self.run(["get", *args, "-o", "json"])
+        try:
+            data = json.loads(out or "{}")
+        except ValueError:
+            raise DeployError(f"kubectl get {args[0]}: output is not JSON") from None
+        return data if isinstance(data, dict) else {}
+
+
+def namespace_object(site: Site) -> dict[str, Any]:
+    """The site's Namespace (not labelled with the instance: never pruned or deleted)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": site.namespace, "labels": {LABEL_MANAGED_BY: "mlab"}},
+    }
+
+
+def apply_objects(kubectl: Kubectl, site: Site, rendered: Rendered, dry_run: bool) -> int:
+    """Server-side apply of the namespace, the policies first, then everything else.
+
+    Returns:
+        The number of objects sent.
+    """
+    objs = [namespace_object(site), *rendered.objects()]
+    args = [
+        "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "--force-conflicts",
+        "-f", "-",
+    ]
+    if dry_run:
+        args.append("--dry-run=server")
+    kubectl.run(args, stdin=dump_yaml(objs))
+    return len(objs)
+
+
+def stale_objects(
+    kubectl: Kubectl, site: Site, rendered: Rendered, delete_data: bool
+) -> tuple[list[str], list[str]]:
+    """Objects of this site in the cluster that the render no longer has.
+
+    Returns:
+        (to delete as ``kind/name``, kept data objects as ``kind/name``).
+    """
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects()}
+    listing = kubectl.get_json(
+        ["-n", site.namespace, ",".join(PRUNE_KINDS), "-l", site_selector(site)]
+    )
+    delete: list[str] = []
+    kept: list[str] = []
+    for item in listing.get("items", []):
+        kind = item.get("kind", "")
+        name = (item.get("metadata") or {}).get("name", "")
+        if not kind or not name or (kind, name) in wanted:
+            continue
+        ref = f"{kind.lower()}/{name}"
+        (kept if kind in DATA_KINDS and not delete_data else delete).append(ref)
+    return sorted(delete), sorted(kept)
+
+
+def prune(kubectl: Kubectl, site: Site, refs: list[str], dry_run: bool) -> None:
+    """Delete ``refs`` (``kind/name``) in the site's namespace."""
+    if not refs:
+        return
+    args = ["delete", "-n", site.namespace, "--ignore-not-found", "--wait=false", *refs]
+    if dry_run:
+        args.append("--dry-run=server")
+    kubectl.run(args)
+
+
+def deployment_state(obj: dict[str, Any]) -> str:
+    """``ready``, ``progressing`` or ``failed`` for a Deployment, as ``kubectl rollout
+    status`` decides it (apps/v1 DeploymentStatus fields and the Progressing condition)."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "failed"
+    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+        return "progressing"
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if updated < want or status.get("replicas", 0) > updated:
+        return "progressing"
+    if status.get("availableReplicas", 0) < updated:
+        return "progressing"
+    return "ready"
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def wait_for_rollout(
+    kubectl: Kubectl,
+    site: Site,
+    names: list[str],
+    timeout: float,
+    interval: float = 2.0,
+    progress: ProgressFn | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll the site's Deployments until every one in ``names`` is ready.
+
+    Args:
+        names: Deployment names to wait for.
+        timeout: seconds in all; the wait never exceeds it by more than one poll.
+        interval: seconds between polls.
+        progress: called with (ready, total) after each poll.
+
+    Raises:
+        DeployError: a Deployment exceeded its progress deadline.
+        TemporaryError: ``timeout`` passed first (names up to five not ready).
+    """
+    deadline = clock() + timeout
+    wanted = set(names)
+    while True:
+        listing = kubectl.get_json(["deployments", "-n", site.namespace, "-l", site_selector(site)])
+        states = {
+            (item.get("metadata") or {}).get("name"): deployment_state(item)
+            for item in listing.get("items", [])
+        }
+        failed = sorted(n for n in wanted if states.get(n) == "failed")
+        if failed:
+            raise DeployError(
+                f"rollout of {', '.join(failed[:5])} exceeded its progress deadline",
+                hint=f"kubectl -n {site.namespace} describe deployment {failed[0]}",
+            )
+        pending = sorted(n for n in wanted if states.get(n) != "ready")
+        if progress:
+            progress(len(wanted) - len(pending), len(wanted))
+        if not pending:
+            return
+        if clock() >= deadline:
+            more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+            raise TemporaryError(
+                f"rollout not finished after {timeout:g}s: {', '.join(pending[:5])}{more}",
+                hint=f"kubectl -n {site.namespace} get pods; run mlab apply again to keep waiting",
+            )
+        sleep(max(0.0, min(interval, deadline - clock())))
+
+
+def delete_site(kubectl: Kubectl, site: Site, delete_data: bool, timeout: float) -> None:
+    """Delete the site's objects by label: Deployments first (waiting for their pods to
+    go, so no pod outlives its NetworkPolicies), then the rest; PVCs only with
+    ``delete_data``. The namespace is left alone."""
+    selector = site_selector(site)
+    kubectl.run([
+        "delete", "-n", site.namespace, "deployments.apps", "-l", selector,
+        "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s",
+    ])
+    kinds = [k for k in PRUNE_KINDS if k != "deployments.apps"]
+    if not delete_data:
+        kinds.remove("persistentvolumeclaims")
+    kubectl.run([
+        "delete", "-n", site.namespace, ",".join(kinds), "-l", selector,
+        "--ignore-not-found", "--wait=false",
+    ])
+
+
+def deployment_names(rendered: Rendered) -> list[str]:
+    """Names of the rendered Deployments."""
+    return [o["metadata"]["name"] for o in rendered.objects() if o["kind"] == "Deployment"]

@@ -1,0 +1,190 @@
+"""`mlab apply` / `mlab delete` against a fake kubectl at the process boundary.
+
+No API server can run here, so a script named ``kubectl`` on PATH records each argv and
+stdin and answers ``get`` from JSON files the test writes. Everything above it is real:
+the CLI, rendering, password state, pruning and the rollout wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "examples" / "local.yaml"
+
+FAKE = """#!{python}
+import json, os, sys
+d = os.environ["FAKE_KUBECTL_DIR"]
+args = sys.argv[1:]
+stdin = sys.stdin.read() if "-" in args else ""
+with open(os.path.join(d, "calls.jsonl"), "a") as f:
+    f.write(json.dumps({{"argv": args, "stdin": stdin}}) + "\\n")
+rest = [a for a in args if not a.startswith("--request-timeout")]
+if rest[:1] == ["--context"]:
+    rest = rest[2:]
+verb = rest[0]
+if verb == "apply" and os.environ.get("FAKE_APPLY_FAIL"):
+    sys.stderr.write("Error from server (Forbidden): secrets is forbidden\\n")
+    sys.exit(1)
+if verb == "get":
+    if rest[1] == "deployments":
+        counter = os.path.join(d, "polls")
+        n = int(open(counter).read()) if os.path.exists(counter) else 0
+        open(counter, "w").write(str(n + 1))
+        steps = sorted(p for p in os.listdir(d) if p.startswith("deployments."))
+        name = steps[min(n, len(steps) - 1)]
+        sys.stdout.write(open(os.path.join(d, name)).read())
+    else:
+        path = os.path.join(d, "objects.json")
+        sys.stdout.write(open(path).read() if os.path.exists(path) else '{{"items": []}}')
+"""
+
+
+def _deployment(name: str, ready: bool, failed: bool = False) -> dict:
+    status = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+              "availableReplicas": 1 if ready else 0}
+    if failed:
+        status["conditions"] = [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]
+    return {"kind": "Deployment", "metadata": {"name": name, "generation": 2},
+            "spec": {"replicas": 1}, "status": status}
+
+
+ALL = ["homepod-alice", "homepod-bob", "airlock", "code-service"]
+
+
+@pytest.fixture()
+def fake(tmp_path: Path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "kubectl"
+    script.write_text(FAKE.format(python=sys.executable))
+    script.chmod(0o755)
+    state = tmp_path / "kube"
+    state.mkdir()
+
+    class Fake:
+        dir = state
+
+        def steps(self, *steps: list[dict]) -> None:
+            for i, items in enumerate(steps):
+                (state / f"deployments.{i:02d}.json").write_text(json.dumps({"items": items}))
+
+        def objects(self, items: list[dict]) -> None:
+            (state / "objects.json").write_text(json.dumps({"items": items}))
+
+        def calls(self) -> list[dict]:
+            path = state / "calls.jsonl"
+            if not path.exists():
+                return []
+            return [json.loads(line) for line in path.read_text().splitlines()]
+
+        def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+            full = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+                    "FAKE_KUBECTL_DIR": str(state), "MLAB_STATE_DIR": str(tmp_path / "st"),
+                    **env}
+            full.pop("MLAB_KUBECTL", None)
+            return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args],
+                                  capture_output=True, text=True, env=full, timeout=60)
+
+    return Fake()
+
+
+def _verbs(calls: list[dict]) -> list[str]:
+    out = []
+    for call in calls:
+        argv = call["argv"][2:] if call["argv"][0] == "--context" else call["argv"]
+        out.append(next(a for a in argv if not a.startswith("--")))
+    return out
+
+
+def test_apply_applies_prunes_and_waits(fake) -> None:
+    fake.steps([_deployment(n, ready=False) for n in ALL], [_deployment(n, True) for n in ALL])
+    fake.objects([
+        {"kind": "Deployment", "metadata": {"name": "homepod-carol"}},
+        {"kind": "Service", "metadata": {"name": "homepod-carol"}},
+        {"kind": "Secret", "metadata": {"name": "homepod-carol-password"}},
+        {"kind": "PersistentVolumeClaim", "metadata": {"name": "home-carol"}},
+        {"kind": "Deployment", "metadata": {"name": "homepod-alice"}},
+        {"kind": "NetworkPolicy", "metadata": {"name": "homepod-to-dns"}},
+    ])
+    proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05", "--context", "prod")
+    assert proc.returncode == 0, proc.stderr
+    calls = fake.calls()
+    assert _verbs(calls) == ["apply", "get", "delete", "get", "get"]
+    apply = calls[0]["argv"]
+    assert apply[:3] == ["--context", "prod", "--request-timeout=60s"]
+    assert {"--server-side", "--field-manager=mlab", "-f", "-"} <= set(apply)
+    docs = list(yaml.safe_load_all(calls[0]["stdin"]))
+    assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == "mlab"
+    assert docs[1]["metadata"]["name"] == "mlab-default-deny"
+    assert {"homepod-alice-password", "code-service-admin"} <= {
+        d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    get = calls[1]["argv"]
+    assert "app.kubernetes.io/instance=local,app.kubernetes.io/managed-by=mlab" in get
+    delete = calls[2]["argv"]
+    assert sorted(a for a in delete if "/" in a) == [
+        "deployment/homepod-carol", "networkpolicy/homepod-to-dns",
+        "secret/homepod-carol-password", "service/homepod-carol"]
+    assert "kept persistentvolumeclaim/home-carol" in proc.stderr
+    assert "all 4 deployments ready" in proc.stderr
+    passwords = json.loads((fake.dir.parent / "st" / "local" / "passwords.json").read_text())
+    assert not any(pw in proc.stderr + proc.stdout for pw in passwords.values())
+
+
+def test_apply_dry_run_does_not_wait(fake) -> None:
+    fake.objects([{"kind": "Service", "metadata": {"name": "homepod-carol"}}])
+    proc = fake.run("apply", "--site", str(SITE), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    calls = fake.calls()
+    assert _verbs(calls) == ["apply", "get", "delete"]
+    assert "--dry-run=server" in calls[0]["argv"] and "--dry-run=server" in calls[2]["argv"]
+    assert "would prune service/homepod-carol" in proc.stderr
+
+
+def test_apply_times_out_naming_deployments(fake) -> None:
+    fake.steps([_deployment(n, ready=n != "homepod-bob") for n in ALL])
+    start = time.monotonic()
+    proc = fake.run("apply", "--site", str(SITE), "--timeout", "0.5", "--interval", "0.1")
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlab: error: rollout not finished after 0.5s: homepod-bob")
+    assert "Traceback" not in proc.stderr
+
+
+def test_apply_stops_on_progress_deadline(fake) -> None:
+    fake.steps([_deployment(n, ready=False, failed=n == "airlock") for n in ALL])
+    proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05")
+    assert proc.returncode == 1
+    assert "rollout of airlock exceeded its progress deadline" in proc.stderr
+
+
+def test_apply_error_is_one_line_without_secrets(fake) -> None:
+    proc = fake.run("apply", "--site", str(SITE), FAKE_APPLY_FAIL="1")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "mlab: error: kubectl apply failed: Error from server (Forbidden): secrets is forbidden"]
+
+
+def test_delete_keeps_claims_unless_asked(fake) -> None:
+    proc = fake.run("delete", "--site", str(SITE))
+    assert proc.returncode == 0, proc.stderr
+    first, second = (c["argv"] for c in fake.calls())
+    assert "deployments.apps" in first and "--wait=true" in first
+    assert "persistentvolumeclaims" not in second[second.index("-n") + 2]
+    proc = fake.run("delete", "--site", str(SITE), "--delete-data")
+    assert "persistentvolumeclaims" in fake.calls()[-1]["argv"][-5]
+
+
+def test_kubectl_missing(fake, tmp_path: Path) -> None:
+    proc = fake.run("delete", "--site", str(SITE), PATH=str(tmp_path / "empty"))
+    assert proc.returncode == 1
+    assert "kubectl" in proc.stderr and "not found" in proc.stderr
