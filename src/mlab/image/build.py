@@ -1,0 +1,199 @@
+"""Build the HomePod image on this machine without a registry, and reuse it when unchanged.
+
+Two stages, so editing MLab's Python code does not redo the minute-long Debian bootstrap:
+
+1. base (``localhost/mlab/homepod-base:<recipe hash>``): ``mmdebstrap`` of Debian bookworm
+   with ``provision.sh`` as a customize hook (packages, configuration, a venv with MLab's
+   dependencies), then ``podman import`` with the entrypoint, environment and ports;
+2. app (``localhost/mlab/homepod:<app hash>``, also tagged ``:latest``): a thin
+   ``podman build`` layer that pip-installs the wheel of the running MLab source.
+
+Invariants: an image tag names the hash of what made it, so an existing tag is reused as
+is; nothing half-built gets a tag (the rootfs tarball is written in a temporary directory
+under the cache and imported only after mmdebstrap succeeded); one build at a time per
+cache directory (a file lock), so parallel test sessions share the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from mlab.errors import DeployError, ToolMissingError, UsageError
+from mlab.image import recipe
+from mlab.podman import podman
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+"""Called with a short description of the current step (for a progress display)."""
+
+
+def cache_dir() -> Path:
+    """Where builds happen: ``$MLAB_CACHE_DIR/image`` or ``~/.cache/mlab/image``."""
+    root = os.environ.get("MLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlab")
+    return Path(root) / "image"
+
+
+def image_exists(ref: str) -> bool:
+    """True when podman has an image named ``ref``."""
+    return podman(["image", "exists", ref], check=False).returncode == 0
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def build_base(base_hash: str, *, progress: Progress | None = None) -> str:
+    """Build (or reuse) the base image for ``base_hash``; return its reference.
+
+    Raises:
+        ToolMissingError: mmdebstrap is not installed.
+        DeployError: mmdebstrap or podman import failed (names the log file).
+    """
+    ref = f"{recipe.BASE_REPOSITORY}:{base_hash[:16]}"
+    if image_exists(ref):
+        return ref
+    if not shutil.which("mmdebstrap"):
+        raise ToolMissingError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
+    say = progress or (lambda _msg: None)
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="base-", dir=cache) as tmp:
+        ctx = Path(tmp) / "mlab-image"
+        src = recipe.image_dir()
+        ctx.mkdir()
+        shutil.copy2(src / "provision.sh", ctx / "provision.sh")
+        shutil.copy2(src / "packages.txt", ctx / "packages.txt")
+        shutil.copytree(src / "rootfs", ctx / "rootfs", ignore=shutil.ignore_patterns("__pycache__"))
+        (ctx / "requirements.txt").write_text("".join(f"{d}\n" for d in recipe.dependencies()))
+        # pip in the chroot trusts the host's CA bundle (a site's TLS proxy); the bundle is
+        # used for this build only and removed with the rest of /var/tmp/mlab-image.
+        ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+                  or "/etc/ssl/certs/ca-certificates.crt")
+        chroot_env = ["MLAB_REQUIREMENTS=/var/tmp/mlab-image/requirements.txt",
+                      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                      "HOME=/root"]
+        if ca.is_file():
+            shutil.copy2(ca, ctx / "host-ca.crt")
+            chroot_env.append("PIP_CERT=/var/tmp/mlab-image/host-ca.crt")
+        for var in ("http_proxy", "https_proxy", "no_proxy", "PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT"):
+            if os.environ.get(var):
+                chroot_env.append(f"{var}={os.environ[var]}")
+        tar = Path(tmp) / "rootfs.tar"
+        logfile = cache / "mmdebstrap.log"
+        argv = [
+            "mmdebstrap", "--variant=apt", "--verbose",
+            "--include=" + ",".join(recipe.packages()),
+            f"--customize-hook=copy-in {ctx} /var/tmp",
+            '--customize-hook=chroot "$1" env -i ' + " ".join(shlex.quote(e) for e in chroot_env)
+            + " bash /var/tmp/mlab-image/provision.sh",
+            '--customize-hook=rm -rf "$1/var/tmp/mlab-image"',
+            recipe.SUITE, str(tar), *recipe.MIRRORS,
+        ]
+        say("bootstrapping Debian (mmdebstrap)")
+        start = time.monotonic()
+        with open(logfile, "w") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+            while proc.poll() is None:
+                time.sleep(1)
+                last = _tail(logfile, 1)
+                if last:
+                    say(f"mmdebstrap: {last[:70]}")
+        if proc.returncode != 0:
+            raise DeployError(
+                f"mmdebstrap failed (exit {proc.returncode}): {_tail(logfile)}",
+                hint=f"full log: {logfile}",
+            )
+        log.info("mmdebstrap took %.0f s", time.monotonic() - start)
+        say("importing the root filesystem (podman import)")
+        args = ["import"]
+        for change in recipe.import_changes(base_hash):
+            args += ["--change", change]
+        podman([*args, str(tar), ref], timeout=1200)
+    return ref
+
+
+def build_app(base_ref: str, base_hash: str, *, progress: Progress | None = None) -> str:
+    """Build (or reuse) the thin layer with the running MLab source; return its reference.
+
+    Raises:
+        DeployError: podman build failed.
+    """
+    wheel = recipe.make_wheel()
+    app = recipe.app_hash(base_hash, wheel)
+    ref = f"{recipe.REPOSITORY}:{app[:16]}"
+    if image_exists(ref):
+        return ref
+    (progress or (lambda _m: None))("installing MLab into the image (podman build)")
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="app-", dir=cache) as tmp:
+        (Path(tmp) / wheel.name).write_bytes(wheel.data)
+        (Path(tmp) / "Containerfile").write_text(
+            recipe.app_containerfile(base_ref, wheel, app, base_hash))
+        podman(["build", "--network=none", "--pull=never", "-q", "-f",
+                str(Path(tmp) / "Containerfile"), "-t", ref, tmp], timeout=1200)
+    return ref
+
+
+def normalize_tag(tag: str) -> str:
+    """An extra tag as a full reference: ``T`` -> ``localhost/mlab/homepod:T``; a reference
+    with a repository (``registry/name:T``) is kept.
+
+    Raises:
+        UsageError: the tag is not a valid OCI tag (letters, digits, ``_.-``, at most 128).
+    """
+    import re
+
+    if "/" in tag or ":" in tag:
+        return tag
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise UsageError(f"--tag {tag!r} is not an image tag (letters, digits, '_', '.', '-')")
+    return f"{recipe.REPOSITORY}:{tag}"
+
+
+def ensure_image(*, tag: str | None = None, progress: Progress | None = None) -> str:
+    """Return the reference of the HomePod image for the current recipe and source,
+    building what is missing; also tag it ``localhost/mlab/homepod:latest`` (and ``tag``).
+
+    Safe to call from several processes at once: the build holds a lock under the cache.
+
+    Args:
+        tag: an extra tag (``T`` or a full reference). None: only the hash and latest.
+        progress: called with the current step's description.
+
+    Returns:
+        ``localhost/mlab/homepod:<16 hex>`` (the hash of recipe and source).
+
+    Raises:
+        ToolMissingError: podman or mmdebstrap is missing.
+        DeployError: a build step failed.
+        UsageError: ``tag`` is malformed.
+    """
+    extra = normalize_tag(tag) if tag else None
+    say = progress or (lambda _m: None)
+    say("hashing the recipe")
+    base_hash = recipe.base_hash()
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / "build.lock"), timeout=3600):
+        base_ref = build_base(base_hash, progress=progress)
+        ref = build_app(base_ref, base_hash, progress=progress)
+        for t in filter(None, [f"{recipe.REPOSITORY}:latest", extra]):
+            podman(["tag", ref, t])
+    say("done")
+    return ref
