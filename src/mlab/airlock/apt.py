@@ -176,6 +176,10 @@ def resolve_download(
     ensure_dir(lists / "partial")
     if sources is not None and Path(sources).name.endswith(".sources"):
         shutil.copyfile(sources, work / "sources.list.d" / Path(sources).name)
+    if sources is not None and Path(sources).resolve() == PRISTINE_SOURCES.resolve():
+        # the image saves deb822 sources beside its one-line sources.list (image/provision.sh)
+        for extra in PRISTINE_SOURCES.parent.glob("*.sources"):
+            shutil.copyfile(extra, work / "sources.list.d" / extra.name)
     opts = apt_options(work, status, sources, lists)
     _run(["apt-get", "-q", *opts, "update"], report)
     rec = [] if recommends else ["--no-install-recommends"]
