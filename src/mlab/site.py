@@ -15,6 +15,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -278,6 +279,43 @@ class Proxy(Model):
     http: str | None = Field(None, description="http_proxy URL. None: direct.")
     https: str | None = Field(None, description="https_proxy URL. None: direct.")
     no_proxy: list[str] = Field(default_factory=list, description="no_proxy hosts. Empty: none.")
+    cidrs: list[CIDR] = Field(
+        default_factory=list,
+        description="Addresses of the proxy. The Airlock and the code service may reach them "
+        "on the proxy URLs' ports even inside private ranges (a corporate proxy usually has a "
+        "private address, which the internet egress rule excludes). Empty: none.",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "Proxy":
+        for key, url in (("http", self.http), ("https", self.https)):
+            if not url:
+                continue
+            parts = urlsplit(url)
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError(f"{key}: {url!r} has an invalid port") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{key}: {url!r} is not an http:// or https:// URL")
+            if parts.password is not None:
+                raise ValueError(
+                    f"{key}: the proxy URL holds a password, which would land in plain "
+                    "manifests; allow the pods' addresses on the proxy instead"
+                )
+        return self
+
+    def ports(self) -> list[int]:
+        """TCP ports of the proxy URLs (80 for http:// and 443 for https:// without one)."""
+        out: list[int] = []
+        for url in (self.http, self.https):
+            if not url:
+                continue
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            if port not in out:
+                out.append(port)
+        return out
 
 
 class Airlock(Model):

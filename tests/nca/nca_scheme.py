@@ -10,6 +10,7 @@ non-DNS pod in kube-system.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,13 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
 
     q: list[tuple[str, str, dict[str, Any]]] = []
     internet = ["8.8.8.8/32", "140.82.112.0/20"]
-    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.169.254/32",
-               site.cluster.pod_cidr, site.cluster.service_cidr]
+    private = []
+    proxies = [ipaddress.ip_network(c) for c in site.airlock.proxy.cidrs]
+    for cidr in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.169.254/32",
+                 site.cluster.pod_cidr, site.cluster.service_cidr]:
+        net = ipaddress.ip_network(cidr)
+        inner = [str(p) for p in proxies if p != net and p.subnet_of(net)]  # type: ignore[arg-type]
+        private.append({"ipBlock": {"cidr": cidr, **({"except": inner} if inner else {})}})
     for i, cidr in enumerate(site.access.office_cidrs):
         office = [_ip(cidr)]
         if site.users:
@@ -180,16 +186,26 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
              egress(airlock, [_peer_pods(dns_ns, dns)], dns_ports)),
             ("airlock-to-code-service-8080", "permits",
              egress(airlock, [_peer_pods(ns, code)], _tcp(8080))),
-            ("airlock-to-private-and-metadata", "forbids", egress(airlock, [_ip(c) for c in private])),
+            ("airlock-to-private-and-metadata", "forbids", egress(airlock, private)),
             ("airlock-to-homepod", "forbids", egress(airlock, [_peer_pods(ns, homepods)])),
             ("airlock-to-decoy-namespace", "forbids", egress(airlock, [_peer_pods(DECOY_NS, {})])),
             ("airlock-to-any-pod-but-code-and-dns", "forbids",
              egress(airlock, [_all_ns_pods()], _all_but(53, 8080, udp=(53,)))),
         ]
+    proxy = site.airlock.proxy
+    if proxy.cidrs and proxy.ports():
+        peers = [_ip(c) for c in proxy.cidrs]
+        q.append(("code-service-to-proxy", "permits", egress(code, peers, _tcp(*proxy.ports()))))
+        if site.airlock.enabled:
+            q.append(("airlock-to-proxy", "permits", egress(airlock, peers, _tcp(*proxy.ports()))))
+            q.append(("airlock-to-proxy-other-ports", "forbids",
+                      egress(airlock, peers, _all_but(*proxy.ports()))))
+        if site.users:
+            q.append(("homepod-to-proxy", "forbids", egress(homepods, peers)))
     q += [
         ("code-service-to-internet", "permits", egress(code, [_ip(c) for c in internet], _tcp(443))),
         ("code-service-to-kube-dns-53", "permits", egress(code, [_peer_pods(dns_ns, dns)], dns_ports)),
-        ("code-service-to-private-and-metadata", "forbids", egress(code, [_ip(c) for c in private])),
+        ("code-service-to-private-and-metadata", "forbids", egress(code, private)),
         ("code-service-to-homepod", "forbids", egress(code, [_peer_pods(ns, homepods)])),
         ("code-service-to-decoy-namespace", "forbids", egress(code, [_peer_pods(DECOY_NS, {})])),
         ("decoy-namespace-to-code-service", "forbids",

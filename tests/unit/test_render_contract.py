@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from mlab.render import FILES, dump_yaml, render_site
+from mlab.secrets import password_keys
 from mlab.site import load_site, parse_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,6 +20,10 @@ LABEL_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
               "app.kubernetes.io/component", "app.kubernetes.io/managed-by")
 
 
+def _passwords(site):
+    return {key: f"pw-{key}-{i:04d}" for i, key in enumerate(password_keys(site))}
+
+
 def _by(objs, kind, name):
     return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
 
@@ -26,7 +31,7 @@ def _by(objs, kind, name):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_files_and_labels(path: Path) -> None:
     site = load_site(path)
-    rendered = render_site(site, PASSWORDS)
+    rendered = render_site(site, _passwords(site))
     assert sorted(rendered.files) == sorted(FILES)
     for objs in [*rendered.files.values(), rendered.secrets]:
         for obj in objs:
@@ -42,13 +47,14 @@ def test_files_and_labels(path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_no_password_in_files(path: Path) -> None:
     site = load_site(path)
-    rendered = render_site(site, PASSWORDS)
+    passwords = _passwords(site)
+    rendered = render_site(site, passwords)
     text = "".join(rendered.texts().values())
-    for pw in PASSWORDS.values():
+    for pw in passwords.values():
         assert pw not in text
     assert all(o["kind"] != "Secret" for objs in rendered.files.values() for o in objs)
     names = {s["metadata"]["name"] for s in rendered.secrets}
-    assert {f"homepod-{u.name}-password" for u in site.users} <= names
+    assert {f"homepod-{u.name}-password" for u in site.users if not u.password_secret} <= names
     assert {"airlock-password", "code-service-admin"} <= names
 
 

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from mlab.render.common import (
+    CA_DIR,
     PORT_CODE,
     VolumeSet,
     common_env,
@@ -23,6 +24,7 @@ from mlab.render.common import (
     resources_spec,
     selector,
 )
+from mlab.render.airlock import proxy_env
 from mlab.render.homepod import password_secret_name
 from mlab.site import Site
 
@@ -107,6 +109,25 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
             }
         )
         vols.mount(users, USERS_DIR, read_only=True)
+    env = [
+        {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
+        {"name": "MLAB_CODE_HOST", "value": cs.host},
+        *common_env(site),
+        *proxy_env(site),
+    ]
+    if site.airlock.ca_bundle_secret:
+        ca = vols.add(
+            {
+                "name": "ca-bundle",
+                "secret": {
+                    "secretName": site.airlock.ca_bundle_secret,
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+        vols.mount(ca, CA_DIR, read_only=True)
+        env.append({"name": "MLAB_CA_BUNDLE", "value": f"{CA_DIR}/ca.crt"})
     container: dict[str, Any] = {
         "name": "code-service",
         "image": site.image.ref,
@@ -115,11 +136,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
             "mlab", "code-service", "serve", "--data", DATA_DIR, "--site", SITE_FILE,
             "--port", str(PORT_CODE),
         ],
-        "env": [
-            {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
-            {"name": "MLAB_CODE_HOST", "value": cs.host},
-            *common_env(site),
-        ],
+        "env": env,
         "ports": [{"name": "http", "containerPort": PORT_CODE, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
         "livenessProbe": {

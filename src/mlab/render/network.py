@@ -7,7 +7,7 @@ annotated ``mlab.io/edge`` with its edge, and dump_yaml writes that as a comment
 - homepod, airlock, office --> code-service :8080
 - homepod --> code-service :8080 (and, only with ``dns: cluster``, kube-dns :53)
 - airlock, code-service --> internet (0.0.0.0/0 except private, link-local and cluster
-  ranges) and kube-dns :53
+  ranges) and kube-dns :53, and the site's HTTP proxy addresses if it names any
 
 Pod peers always combine a namespaceSelector on ``kubernetes.io/metadata.name`` (set by the
 API server since 1.22, so it cannot be forged by a tenant) AND a podSelector in the same
@@ -143,6 +143,24 @@ def _ports_text(ports: list[int]) -> str:
     return " ".join(f":{p}" for p in ports)
 
 
+def proxy_policies(site: Site) -> list[dict[str, Any]]:
+    """Egress to the site's HTTP proxy (``airlock.proxy.cidrs``) on the proxy URLs' ports,
+    for the Airlock and the code service; nothing when no proxy address is given."""
+    proxy = site.airlock.proxy
+    if not proxy.cidrs or not proxy.ports():
+        return []
+    peers = [{"ipBlock": {"cidr": c}} for c in proxy.cidrs]
+    ports = _tcp(proxy.ports())
+    edge = f"--> proxy {' '.join(proxy.cidrs)} {_ports_text(proxy.ports())}"
+    out = []
+    if site.airlock.enabled:
+        out.append(_policy(site, "airlock-to-proxy", f"airlock {edge}", "airlock",
+                           egress=[{"to": peers, "ports": ports}]))
+    out.append(_policy(site, "code-service-to-proxy", f"code-service {edge}", "code-service",
+                       egress=[{"to": peers, "ports": ports}]))
+    return out
+
+
 def render_network(site: Site) -> list[dict[str, Any]]:
     """Every NetworkPolicy of the site, default deny first."""
     office = _office(site)
@@ -183,6 +201,7 @@ def render_network(site: Site) -> list[dict[str, Any]]:
                 egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}],
             ),
         ]
+    out += proxy_policies(site)
     out.append(_policy(
         site, "code-service-from-homepods", f"homepod --> code-service :{PORT_CODE}",
         "code-service",

@@ -1,0 +1,38 @@
+"""Rendered output of every example site matches tests/golden/<site file stem>/.
+
+Regenerate only on purpose (see tests/unit/conftest.py) and review the diff.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlab.render import render_site
+from mlab.secrets import password_keys
+from mlab.site import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_golden(path: Path, update_golden: bool) -> None:
+    site = load_site(path)
+    passwords = {key: f"golden-{key}-not-a-secret" for key in password_keys(site)}
+    texts = render_site(site, passwords).texts(with_secrets=True)
+    folder = GOLDEN / path.stem
+    if update_golden:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.yaml"):
+            old.unlink()
+        for name, text in texts.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        return
+    assert folder.is_dir(), f"{folder} missing: run with MLAB_UPDATE_GOLDEN=1 and review it"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(texts)
+    for name, text in texts.items():
+        expected = (folder / name).read_text(encoding="utf-8")
+        assert text == expected, f"{path.name} -> {name} differs from {folder / name}"
