@@ -1,7 +1,266 @@
-"""Command group placeholder; filled in by its issue."""
+"""``mlab request``: package and export requests, their review, and the Airlock's publisher.
+
+Users: ``package`` (on the Airlock), ``export`` (in a HomePod), ``list``, ``show``, ``cancel``.
+Reviewers: ``approve``, ``reject``, ``revoke`` (and ``review`` to take one into review).
+Airlock: ``publish`` (approved exports to the share). Image build: ``packages``.
+All talk to the code service (``--server`` / ``MLAB_SERVER``, credentials ``MLAB_USER`` and
+``MLAB_PASSWORD`` or ``MLAB_PASSWORD_FILE``); data goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from mlab.errors import MlabError, UsageError
+
+SERVER_OPT = typer.Option(
+    None, "--server", envvar="MLAB_SERVER",
+    help="Code service URL, e.g. http://code.mlab.local. Default: $MLAB_CODE_URL, else "
+    "http://$MLAB_CODE_HOST (set in HomePods and the Airlock).",
+)
+OUTPUT_OPT = typer.Option("table", "-o", "--output", help="table or json. Default: table.")
+
+err = Console(stderr=True)
+
+
+def _client(server: str | None):  # type: ignore[no-untyped-def]
+    from mlab.requests.client import RequestsClient
+
+    return RequestsClient.from_env(server)
+
+
+def _progress() -> Progress:
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), console=err, transient=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add the ``request`` group to ``app``."""
+    group = typer.Typer(help="Package and export requests with review.", no_args_is_help=True)
+    app.add_typer(group, name="request")
+
+    @group.command("package")
+    def package(
+        script: Path = typer.Argument(..., help="Install script (bash), e.g. install-jq.sh."),
+        reason: str = typer.Option(..., "--reason", help="Why the image needs it (required)."),
+        allow_failed: bool = typer.Option(False, "--allow-failed", help="Submit even when the "
+                                          "test run fails. Default: refuse."),
+        timeout: float = typer.Option(3600, "--timeout", help="Seconds the test run may take. "
+                                      "Default: 3600."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Test SCRIPT here (the Airlock) with a transcript, then submit it for the image."""
+        from mlab.requests.transcript import run_script
+
+        client = _client(server)
+        text = _read_script(script)
+        err.print(f"mlab: testing {script} (bash, timeout {timeout:g} s)")
+        transcript = run_script(script, timeout=timeout,
+                                echo=lambda s: (sys.stderr.write(s), sys.stderr.flush()))
+        status = transcript["exit_status"]
+        err.print(f"mlab: {script} exited {status} after {transcript['duration_s']} s")
+        if status != 0 and not allow_failed:
+            raise MlabError(f"{script}: the test run exited {status}; nothing was submitted",
+                            hint="fix the script, or pass --allow-failed to submit anyway")
+        item = client.submit({"kind": "package", "reason": reason, "script": text,
+                              "transcript": transcript})
+        print(f"submitted package request {item['id']} ({item['state']})")
+
+    @group.command("export")
+    def export(
+        paths: list[Path] = typer.Argument(..., help="Files and directories to export."),
+        reason: str = typer.Option(..., "--reason", help="Who gets it and why (required)."),
+        outbox: Path = typer.Option(Path("/opt/outbox"), "--outbox", envvar="MLAB_OUTBOX",
+                                    help="Your outbox. Default: /opt/outbox (HomePods)."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Copy PATHs into your outbox (sha256 while copying) and submit them for review."""
+        from mlab.requests.checksums import collect_sources, stage_export
+
+        if not reason.strip():
+            raise UsageError("--reason: give a non-empty reason")
+        client = _client(server)
+        sources = collect_sources([str(p) for p in paths])
+        total = sum(s.size for s in sources)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"export-{stamp}-{secrets.token_hex(3)}"
+        with _progress() as progress:
+            task = progress.add_task("copying to the outbox", total=total)
+            files = stage_export(sources, outbox, name,
+                                 lambda n: progress.advance(task, n))
+        try:
+            item = client.submit({"kind": "export", "reason": reason, "outbox": name,
+                                  "files": files})
+        except BaseException:
+            shutil.rmtree(outbox / name, ignore_errors=True)
+            raise
+        print(f"submitted export request {item['id']}: {len(files)} files, {total} bytes "
+              f"in {outbox / name}")
+
+    @group.command("list")
+    def list_(
+        all_users: bool = typer.Option(False, "--all", help="Every user's requests "
+                                       "(reviewers). Default: your own."),
+        kind: str = typer.Option(None, "--kind", help="package or export. Default: both."),
+        state: str = typer.Option(None, "--state", help="Only this state. Default: all."),
+        output: str = OUTPUT_OPT,
+        server: str = SERVER_OPT,
+    ) -> None:
+        """List requests, newest first."""
+        from mlab.requests.formats import requests_table, to_json
+
+        _check_output(output)
+        items = _client(server).list(all_users=all_users, kind=kind, state=state,
+                                     history=output == "json")
+        if output == "json":
+            sys.stdout.write(to_json(items))
+        else:
+            Console().print(requests_table(items))
+
+    @group.command("show")
+    def show(
+        request_id: int = typer.Argument(..., metavar="ID", help="Request id."),
+        output: str = typer.Option("text", "-o", "--output", help="text or json. Default: text."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Show a request: contents, test transcript or files, and its history."""
+        from mlab.requests.formats import request_text, to_json
+
+        if output not in ("text", "json"):
+            raise UsageError(f"-o {output!r}: use text or json")
+        item = _client(server).get(request_id)
+        sys.stdout.write(to_json(item) if output == "json" else request_text(item))
+
+    def _act(action: str, request_id: int, comment: str | None, server: str | None) -> None:
+        item = _client(server).act(request_id, action, comment)
+        print(f"request {item['id']}: {item['state']}")
+
+    @group.command("cancel")
+    def cancel(request_id: int = typer.Argument(..., metavar="ID"),
+               comment: str = typer.Option(None, "--comment", help="Why. Default: none."),
+               server: str = SERVER_OPT) -> None:
+        """Cancel your own request while it is still submitted."""
+        _act("cancel", request_id, comment, server)
+
+    @group.command("review")
+    def review(request_id: int = typer.Argument(..., metavar="ID"),
+               server: str = SERVER_OPT) -> None:
+        """Reviewers: take a submitted request into review (approve/reject do it too)."""
+        _act("review", request_id, None, server)
+
+    @group.command("approve")
+    def approve(request_id: int = typer.Argument(..., metavar="ID"),
+                comment: str = typer.Option(..., "--comment", help="Reason (required)."),
+                server: str = SERVER_OPT) -> None:
+        """Reviewers: approve another user's request (two approvers if the site says so)."""
+        _act("approve", request_id, comment, server)
+
+    @group.command("reject")
+    def reject(request_id: int = typer.Argument(..., metavar="ID"),
+               comment: str = typer.Option(..., "--comment", help="Reason (required)."),
+               server: str = SERVER_OPT) -> None:
+        """Reviewers: reject another user's request."""
+        _act("reject", request_id, comment, server)
+
+    @group.command("revoke")
+    def revoke(request_id: int = typer.Argument(..., metavar="ID"),
+               comment: str = typer.Option(None, "--comment", help="Reason. Default: "
+                                           "'revoked'."),
+               server: str = SERVER_OPT) -> None:
+        """Reviewers: withdraw an approval (unpublishes an export; drops a package step)."""
+        _act("revoke", request_id, comment, server)
+
+    @group.command("publish")
+    def publish(
+        outbox_root: Path = typer.Option(Path("/opt/outbox"), "--outbox-root",
+                                         help="Every user's outbox, as <root>/<user>/. "
+                                         "Default: /opt/outbox (the Airlock)."),
+        export_root: Path = typer.Option(Path("/opt/public/airlock/export"), "--export-root",
+                                         help="Where exports are published. Default: "
+                                         "/opt/public/airlock/export."),
+        watch: float = typer.Option(0, "--watch", help="Repeat every SECONDS. Default: 0 "
+                                    "(once)."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Airlock: publish approved exports (sha256-verified), remove revoked ones.
+
+        Exit 1 when a publication was blocked (a file changed or is a link)."""
+        client = _client(server)
+        noted: set[tuple[int, str]] = set()
+        while True:
+            blocked = _publish_once(client, outbox_root, export_root, noted)
+            if watch <= 0:
+                if blocked:
+                    raise MlabError(f"{blocked} export(s) blocked: files differ from their "
+                                    "recorded sha256 or are links; see `mlab request show ID`")
+                return
+            time.sleep(watch)
+
+    @group.command("packages")
+    def packages(
+        output: Path = typer.Option(None, "-o", "--output", help="Write the JSON here "
+                                    "(for `mlab image build`). Default: stdout."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Approved package scripts in approval order (admin or reviewers)."""
+        from mlab.requests.packages import dump_steps, steps_from_json
+
+        client = _client(server)
+        text = dump_steps(steps_from_json({"packages": client.packages()}, client.server))
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            tmp = output.with_name(f".{output.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, output)
+
+
+def _check_output(output: str) -> None:
+    if output not in ("table", "json"):
+        raise UsageError(f"-o {output!r}: use table or json")
+
+
+def _read_script(script: Path) -> str:
+    try:
+        return script.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"SCRIPT: {script} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"SCRIPT: cannot read {script} as UTF-8 text: {exc}") from None
+
+
+def _publish_once(client, outbox_root: Path, export_root: Path,  # type: ignore[no-untyped-def]
+                  noted: set[tuple[int, str]]) -> int:
+    """One publisher pass; returns the number of blocked exports."""
+    from mlab.requests.publish import sync_exports
+
+    requests = client.exports()
+    total = sum(sum(int(f["size"]) for f in r["files"]) for r in requests
+                if r["state"] == "approved" and not (export_root / str(r["id"])).exists())
+    with _progress() as progress:
+        task = progress.add_task("verifying and publishing", total=total)
+        outcomes = sync_exports(requests, outbox_root, export_root,
+                                lambda n: progress.advance(task, n))
+    blocked = 0
+    for outcome in outcomes:
+        print(f"request {outcome.id}: {outcome.action}: {outcome.detail}")
+        blocked += outcome.action == "blocked"
+        key = (outcome.id, outcome.detail)
+        if key in noted:
+            continue
+        noted.add(key)
+        try:
+            client.note(outcome.id, outcome.action, outcome.detail)
+        except MlabError as exc:  # the publication stands; the note is best effort
+            err.print(f"mlab: request {outcome.id}: could not record the note: {exc.one_line()}")
+    return blocked

@@ -12,7 +12,9 @@ Routes (JSON unless stated)::
     GET  /api/requests/packages                         approved package scripts, approval order
     GET  /api/requests/{id}                             one request with history
     POST /api/requests/{id}/{action}  {"comment": str}  review|approve|reject|revoke|cancel
-    POST /api/requests/{id}/notes {"action", "comment"} publisher notes (reviewers)
+    GET  /api/requests/exports                          every export, for the publisher
+    POST /api/requests/{id}/notes {"action", "comment"} publisher notes
+
     GET  /requests                                      HTML page: requests with history
 
 Request bodies are capped at :data:`MAX_BODY` bytes (an install script and its transcript
@@ -31,7 +33,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from mlab.requests.model import (
     Forbidden,
@@ -83,10 +85,13 @@ class RequestsApp:
             ``name``, ``is_admin``, ``is_reviewer``. Default: the code service's.
         reviewers: ``codeService.reviewers``, also consulted for the reviewer role.
         notifier: called in the background after each transition. None: no notifications.
+        publishers: accounts that run the Airlock's publisher (the site's ``airlock.user``):
+            they may read every export's file list and add notes, and nothing else.
     """
 
     def __init__(self, store: RequestStore, *, authenticate: Authenticate | None = None,
-                 reviewers: Sequence[str] = (), notifier: Notifier | None = None) -> None:
+                 reviewers: Sequence[str] = (), notifier: Notifier | None = None,
+                 publishers: Sequence[str] = ()) -> None:
         if authenticate is None:
             from mlab.codeservice.auth import authenticate as code_auth
 
@@ -95,6 +100,7 @@ class RequestsApp:
         self.authenticate = authenticate
         self.reviewers = tuple(reviewers)
         self.notifier = notifier
+        self.publishers = tuple(publishers)
 
     async def _actor(self, request: Request):  # type: ignore[no-untyped-def]
         return actor_from(await self.authenticate(request), self.reviewers)
@@ -148,7 +154,7 @@ class RequestsApp:
             if action == "notes":
                 event = await run_in_threadpool(
                     self.store.note, rid, actor, str(body.get("action", "note")),
-                    str(body.get("comment", "")),
+                    str(body.get("comment", "")), actor.name in self.publishers,
                 )
                 return JSONResponse(event, status_code=201)
             comment = body.get("comment")
@@ -166,6 +172,13 @@ class RequestsApp:
             return _error(Forbidden(f"{actor.name!r} is not a reviewer; the image build runs as admin"))
         return JSONResponse({"packages": await run_in_threadpool(self.store.approved_packages)})
 
+    async def exports(self, request: Request) -> Response:
+        """``GET /api/requests/exports``: every export request, for the Airlock publisher."""
+        actor = await self._actor(request)
+        if not (actor.reviews or actor.name in self.publishers):
+            return _error(Forbidden(f"{actor.name!r} is neither a reviewer nor the publisher"))
+        return JSONResponse({"requests": await run_in_threadpool(self.store.exports_for_publisher)})
+
     async def page(self, request: Request) -> Response:
         """``GET /requests``: HTML list with history; reviewers see every user's requests."""
         actor = await self._actor(request)
@@ -181,16 +194,14 @@ class RequestsApp:
 
     def routes(self) -> list[BaseRoute]:
         """The API mounted at ``/api/requests`` and the page at ``/requests``."""
+        base = "/api/requests"
         return [
-            Mount("/api/requests", routes=[
-                Route("", self.list, methods=["GET"]),
-                Route("/", self.list, methods=["GET"]),
-                Route("", self.create, methods=["POST"]),
-                Route("/", self.create, methods=["POST"]),
-                Route("/packages", self.packages, methods=["GET"]),
-                Route("/{id:int}", self.get, methods=["GET"]),
-                Route("/{id:int}/{action:str}", self.act, methods=["POST"]),
-            ]),
+            Route(base, self.list, methods=["GET"]),
+            Route(base, self.create, methods=["POST"]),
+            Route(f"{base}/packages", self.packages, methods=["GET"]),
+            Route(f"{base}/exports", self.exports, methods=["GET"]),
+            Route(f"{base}/{{id:int}}", self.get, methods=["GET"]),
+            Route(f"{base}/{{id:int}}/{{action:str}}", self.act, methods=["POST"]),
             Route("/requests", self.page, methods=["GET"]),
         ]
 
@@ -209,8 +220,10 @@ def request_routes(site: Any, data_dir: str | Path, *,
     store = RequestStore(Path(data_dir) / DB_NAME,
                          two_person=tuple(cs.two_person_approval) if cs else ())
     notifier = Notifier(tuple(cs.notify_command), cs.notify_url) if cs else None
+    airlock = getattr(site, "airlock", None)
     app = RequestsApp(store, authenticate=authenticate,
-                      reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier)
+                      reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier,
+                      publishers=(airlock.user,) if airlock is not None else ())
     return app.routes()
 
 

@@ -7,8 +7,8 @@ text for 4xx answers, the URL and cause for connection problems.
 
 Where the server and credentials come from (first found wins):
 
-- server: ``--server URL``, ``$MLAB_CODE_URL``, ``http://$MLAB_CODE_HOST`` (set in every
-  HomePod and the Airlock);
+- server: ``--server URL``, ``$MLAB_SERVER`` (as ``mlab repo``), ``$MLAB_CODE_URL``,
+  ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock);
 - user: ``$MLAB_USER``;
 - password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE`` (the container contract's
   ``/etc/mlab/secret/password``).
@@ -37,7 +37,7 @@ def resolve_server(server: str | None) -> str:
     Raises:
         UsageError: no server given and none in the environment.
     """
-    url = server or os.environ.get("MLAB_CODE_URL")
+    url = server or os.environ.get("MLAB_SERVER") or os.environ.get("MLAB_CODE_URL")
     if not url and os.environ.get("MLAB_CODE_HOST"):
         url = f"http://{os.environ['MLAB_CODE_HOST']}"
     if not url:
@@ -96,8 +96,10 @@ class RequestsClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self.server}/api/requests{path}"
         try:
+            # trust_env=False: the Airlock's proxy variables must not divert calls to the
+            # in-cluster code service (nor carry the Authorization header to a proxy).
             resp = httpx.request(method, url, auth=(self.user, self.password),
-                                 timeout=self.timeout, **kwargs)
+                                 timeout=self.timeout, trust_env=False, **kwargs)
         except httpx.HTTPError as exc:
             raise TemporaryError(
                 f"{self.server}: cannot reach the code service: {type(exc).__name__}",
@@ -139,6 +141,10 @@ class RequestsClient:
         """Add a publisher note (``published``, ``blocked``, ``unpublished``)."""
         return self._call("POST", f"/{int(request_id)}/notes",  # type: ignore[no-any-return]
                           json={"action": action, "comment": comment})
+
+    def exports(self) -> list[dict[str, Any]]:
+        """Every export request with state, owner, outbox and files (publisher, reviewers)."""
+        return self._call("GET", "/exports")["requests"]  # type: ignore[no-any-return]
 
     def packages(self) -> list[dict[str, Any]]:
         """Approved package scripts in approval order (reviewers and admin)."""

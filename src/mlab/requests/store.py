@@ -183,17 +183,18 @@ class RequestStore:
             "comment": step.comment,
         }
 
-    def note(self, request_id: int, actor: Actor, action: str, comment: str) -> dict[str, Any]:
+    def note(self, request_id: int, actor: Actor, action: str, comment: str,
+             publisher: bool = False) -> dict[str, Any]:
         """Record an event that does not change the state (e.g. ``published``, ``blocked``).
 
-        Only reviewers and the admin may add notes (the Airlock's publisher runs as one).
+        Only reviewers, the admin and the Airlock's publisher (``publisher``) add notes.
 
         Raises:
             Forbidden: the actor does not review.
             NotFound: no such request.
         """
-        if not actor.reviews:
-            raise Forbidden(f"request {request_id}: only reviewers add notes")
+        if not (actor.reviews or publisher):
+            raise Forbidden(f"request {request_id}: only reviewers and the publisher add notes")
         if action not in ("published", "blocked", "unpublished", "note"):
             raise InvalidRequest(f"action: {action!r} is not a note kind")
         with self._connect(write=True) as conn:
@@ -305,6 +306,23 @@ class RequestStore:
             return [
                 self._to_dict(r, self._history(conn, r["id"]) if history else None) for r in rows
             ]
+
+    def exports_for_publisher(self) -> list[dict[str, Any]]:
+        """Every export request (any state, no history): what the Airlock publisher syncs.
+
+        Only the outbox location, file list and state are needed; reasons and history stay
+        with reviewers.
+        """
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM requests WHERE kind = 'export' ORDER BY id"
+            ).fetchall()
+            out = []
+            for r in rows:
+                item = self._to_dict(r, None)
+                item.pop("reason", None)
+                out.append(item)
+            return out
 
     def approved_packages(self) -> list[dict[str, Any]]:
         """Approved package requests in approval order (the ``seq`` of their approving event).
