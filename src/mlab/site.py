@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -161,16 +162,13 @@ class Resources(Model):
         "0: no GPU.",
     )
 
-    @model_validator(mode="before")
+    @field_validator("gpus", mode="before")
     @classmethod
-    def _gpus_integer(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "gpus" in data:
-            gpus = data["gpus"]
-            if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
-                raise ValueError(
-                    f"gpus must be a whole number of GPUs (0 or more), got {gpus!r}"
-                )
-        return data
+    def _gpus_integer(cls, gpus: Any) -> Any:
+        # Strict: 1.5, "2", true are mistakes, not GPU counts (nvidia.com/gpu is whole).
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"must be a whole number of GPUs (0 or more), got {gpus!r}")
+        return gpus
 
 
 class Storage(Model):

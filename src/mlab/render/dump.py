@@ -26,13 +26,16 @@ from mlab.render.common import ANNOTATION_EDGE
 _PLAIN = re.compile(r"^[A-Za-z0-9_./][A-Za-z0-9_./@+=:-]*(?<!:)( [A-Za-z0-9_./@+=()-]+)*$")
 _RESOLVER = yaml.resolver.Resolver()
 _STR_TAG = "tag:yaml.org,2002:str"
-_PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\ud7ff\ue000-\ufffd\n]*$")
+_PRINTABLE = re.compile(
+    r"^[\x20-\x7e\u00a0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff\n]*$"
+)
+"""YAML 1.1 printable characters, minus the BOM and U+2028/U+2029 (YAML line breaks)."""
 
 
 @lru_cache(maxsize=65536)
 def _scalar_str(value: str) -> str:
     """A string as a YAML flow scalar (plain when unambiguous, else double-quoted)."""
-    if value and _PLAIN.match(value) and (
+    if value and _PLAIN.fullmatch(value) and (
         _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG
     ):
         return value
@@ -41,11 +44,11 @@ def _scalar_str(value: str) -> str:
 
 def _quote(value: str) -> str:
     text = json.dumps(value, ensure_ascii=False)
-    if _PRINTABLE.match(value):
+    if _PRINTABLE.fullmatch(value):
         return text
     # Escape what YAML does not allow unescaped (DEL, C1 controls, surrogates, BOM...).
     return "".join(
-        ch if _PRINTABLE.match(ch) else (
+        ch if _PRINTABLE.fullmatch(ch) else (
             f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
         )
         for ch in text
@@ -76,7 +79,7 @@ def _float_special(value: float) -> str:
 
 def _literal(value: str, indent: str) -> str | None:
     """A literal block scalar for a multi-line string, or None if one cannot carry it."""
-    if "\n" not in value or not _PRINTABLE.match(value) or value[:1] in (" ", "\n"):
+    if "\n" not in value or not _PRINTABLE.fullmatch(value) or value[:1] in (" ", "\n"):
         return None
     if value.endswith("\n"):
         if value.endswith("\n\n"):

@@ -1,0 +1,150 @@
+"""`mlab init`, `mlab site schema|check` and `mlab render`: outputs, exit codes, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlab.cli.main import main
+from mlab.site import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "examples" / "seed-cluster.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD = {
+    "unknown-key": ({"users": [{"name": "a", "colour": "red"}]}, "users[0].colour: unknown key"),
+    "bad-cidr": ({"access": {"officeCIDRs": ["10.0.0.0/33"]}}, "access.officeCIDRs[0]: not a CIDR"),
+    "duplicate-user": ({"users": [{"name": "a"}, {"name": "a"}]}, "users[1].name: duplicate user"),
+    "not-dns-1123": ({"users": [{"name": "Alice_1"}]}, "users[0].name: 'Alice_1' is not a DNS-1123"),
+    "port-clash": (
+        {"users": [{"name": "a", "service": {"externalIPs": ["192.0.2.7"]}},
+                   {"name": "b", "service": {"externalIPs": ["192.0.2.7"]}}]},
+        "users[1].service.ports.vnc: port 5900 on external IP 192.0.2.7 is already claimed",
+    ),
+    "gpu-fraction": ({"users": [{"name": "a", "resources": {"gpus": 1.5}}]},
+                     "users[0].resources.gpus: must be a whole number"),
+    "gpu-negative": ({"users": [{"name": "a", "resources": {"gpus": -2}}]},
+                     "users[0].resources.gpus: must be a whole number"),
+    "gpu-text": ({"users": [{"name": "a", "resources": {"gpus": "two"}}]},
+                 "users[0].resources.gpus: must be a whole number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD), ids=sorted(BAD))
+def test_bad_input_exits_2_and_writes_nothing(case: str, tmp_path: Path, capsys) -> None:
+    data, expected = BAD[case]
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"name": "bad", **data}))
+    fresh = tmp_path / "fresh"
+    code, out, err = run(capsys, "render", "--site", str(site), "-o", str(fresh))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], err
+    assert not fresh.exists() and out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.yaml"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "homepod.yaml").write_text("old\n")
+    code, _, err = run(capsys, "render", "--site", str(site), "-o", str(existing))
+    assert code == 2 and [p.name for p in existing.iterdir()] == ["homepod.yaml"]
+    assert (existing / "homepod.yaml").read_text() == "old\n"
+    code, _, err2 = run(capsys, "site", "check", "--site", str(site))
+    assert code == 2 and expected in err2
+
+
+def test_bad_input_real_process(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("name: bad\nusers: [{name: a}, {name: a}]\n")
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "render", "--site", str(site),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "MLAB_STATE_DIR": str(tmp_path / "st")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mlab: error: {site}: users[1].name: duplicate user 'a' (also users[0])"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_to_dir(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["airlock.yaml", "code-service.yaml", "homepod.yaml", "network.yaml",
+                     "secrets.yaml"]
+    assert stat.S_IMODE((out / "secrets.yaml").stat().st_mode) == 0o600
+    first = {n: (out / n).read_bytes() for n in names}
+    code, _, _ = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    assert code == 0 and {n: (out / n).read_bytes() for n in names} == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    passwords = json.loads((tmp_path / "state" / "seed" / "passwords.json").read_text())
+    for name in names[:-1]:
+        assert passwords["gemfield"] not in first[name].decode()
+    assert passwords["gemfield"] in first["secrets.yaml"].decode()
+
+
+def test_render_stdout_hides_secrets_unless_asked(tmp_path: Path, capsys) -> None:
+    code, out, _ = run(capsys, "render", "--site", str(SEED))
+    assert code == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert "Secret" not in kinds and "NetworkPolicy" in kinds
+    code, out, _ = run(capsys, "render", "--site", str(SEED), "--with-secrets")
+    assert [d["kind"] for d in yaml.safe_load_all(out) if d].count("Secret") == 3
+
+
+def test_render_output_is_a_file(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(target))
+    assert code == 1 and "not a directory" in err and target.read_text() == "x"
+
+
+def test_init_writes_valid_example_and_refuses_overwrite(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "site.yaml"
+    code, _, _ = run(capsys, "init", "-o", str(target))
+    assert code == 0
+    site = load_site(target)
+    assert site.users and "#" in target.read_text()
+    target.write_text("mine\n")
+    code, _, err = run(capsys, "init", "-o", str(target))
+    assert code == 2 and "already exists" in err and target.read_text() == "mine\n"
+    code, _, _ = run(capsys, "init", "-o", str(target), "--force")
+    assert code == 0 and load_site(target).name == site.name
+
+
+def test_schema_is_json_and_closed(capsys) -> None:
+    code, out, _ = run(capsys, "site", "schema")
+    assert code == 0
+    schema = json.loads(out)
+    assert schema["additionalProperties"] is False
+    assert all(d.get("additionalProperties") is False for d in schema["$defs"].values()
+               if d.get("type") == "object")
+    props = schema["properties"]
+    assert {"name", "namespace", "users", "airlock", "codeService", "dns"} <= set(props)
+
+
+def test_check_ok(capsys) -> None:
+    code, out, _ = run(capsys, "site", "check", "--site", str(SEED))
+    assert code == 0 and "ok" in out
