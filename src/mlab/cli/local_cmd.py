@@ -1,7 +1,208 @@
-"""Command group placeholder; filled in by its issue."""
+"""Local commands (podman engine): ``mlab up``, ``down``, ``status``, ``verify``, ``passwords``.
+
+Data goes to stdout (tables, or JSON with ``-o json``); progress goes to stderr. Formatting
+is pure (``*_rows`` functions); the engine (:mod:`mlab.deploy.podman_engine`) does the work.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlab.errors import MlabError, UsageError
+from mlab.site import Site, load_site
+
+DEFAULT_SITE = Path("examples/local.yaml")
+
+SITE_OPTION = typer.Option(
+    DEFAULT_SITE, "--site", "-s", envvar="MLAB_SITE", show_envvar=True,
+    help="The site file (YAML). Default: examples/local.yaml (two users).",
+)
+OUTPUT_OPTION = typer.Option(
+    "table", "--output", "-o", help="Output format: table or json. Default: table.",
+)
+
+
+def _format(value: str) -> str:
+    if value not in ("table", "json"):
+        raise UsageError(f"--output {value!r}: choose table or json")
+    return value
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _say(console: Console, status: Any) -> Any:
+    def say(message: str) -> None:
+        status.update(f"mlab up: {message}")
+
+    return say
+
+
+def status_rows(components: list[dict[str, Any]]) -> list[list[str]]:
+    """Table rows (component, kind, state, how to connect) for ``mlab status``."""
+    rows = []
+    for comp in components:
+        how = "\n".join(e["url"] for e in comp["endpoints"]) or "-"
+        rows.append([comp["name"], comp["kind"], comp["state"], how])
+    return rows
+
+
+def _print_status(components: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(components, indent=2) + "\n")
+        return
+    table = Table("component", "kind", "state")
+    table.add_column("connect", overflow="fold")
+    for row in status_rows(components):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def password_rows(site: Site, passwords: dict[str, str]) -> list[dict[str, str]]:
+    """``[{"user", "password"}]``: the site's users, then the Airlock and the code-service
+    admin (only keys present in ``passwords``)."""
+    keys = [u.name for u in site.users]
+    out = [{"user": k, "password": passwords[k]} for k in keys if k in passwords]
+    if site.airlock.enabled and "airlock" in passwords:
+        out.append({"user": site.airlock.user + " (airlock)", "password": passwords["airlock"]})
+    if "admin" in passwords:
+        out.append({"user": "admin (code service)", "password": passwords["admin"]})
+    return out
+
+
+def _print_passwords(rows: list[dict[str, str]], fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("user", "password")
+    for row in rows:
+        table.add_row(row["user"], row["password"])
+    Console().print(table)
+
+
+def up(
+    site: Path = SITE_OPTION,
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Wait until every published port answers. Default: wait.",
+    ),
+    output: str = OUTPUT_OPTION,
+) -> None:
+    """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
+    from mlab.deploy import podman_engine
+    from mlab.secrets import passwords_path
+
+    fmt = _format(output)
+    loaded = load_site(site)
+    first = not passwords_path(loaded).exists()
+    console = _stderr()
+    start = time.monotonic()
+    with console.status("mlab up: starting") as status:
+        result = podman_engine.up(loaded, say=_say(console, status), wait=wait)
+    parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
+             f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
+    console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
+                  f"in {time.monotonic() - start:.1f} s")
+    if result.placeholder_code_service:
+        console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
+                      "service is a PLACEHOLDER HTTP server on :8080")
+    _print_status(podman_engine.status(loaded.name), fmt)
+    if first and fmt == "table":
+        from mlab.secrets import load_or_create_passwords
+
+        console.print("Generated passwords (shown once; `mlab passwords` shows them again):")
+        _print_passwords(password_rows(loaded, load_or_create_passwords(loaded)), fmt)
+
+
+def down(
+    site: Path = SITE_OPTION,
+    volumes: bool = typer.Option(
+        False, "--volumes",
+        help="Also delete the volumes (homes, share, repositories) and the engine's state "
+        "files. Default: keep them, so the next `mlab up` brings them back.",
+    ),
+) -> None:
+    """Stop and remove the site's pods, networks and firewall rules."""
+    from mlab.deploy import podman_engine
+
+    loaded = load_site(site)
+    console = _stderr()
+    with console.status("mlab down") as status:
+        removed = podman_engine.down(loaded.name, volumes=volumes,
+                                     say=lambda m: status.update(f"mlab down: {m}"))
+    kept = "" if volumes else " (volumes kept; `mlab down --volumes` deletes them)"
+    console.print(f"mlab down: site {loaded.name}: removed {len(removed)} object(s){kept}")
+
+
+def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
+    """Show each component, its state and how to connect."""
+    from mlab.deploy import podman_engine
+
+    fmt = _format(output)
+    loaded = load_site(site)
+    components = podman_engine.status(loaded.name)
+    if not components and fmt == "table":
+        _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
+        return
+    _print_status(components, fmt)
+
+
+def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
+    """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
+    from mlab.deploy import podman_engine, probes
+
+    fmt = _format(output)
+    loaded = load_site(site)
+    plan = podman_engine.load_plan(loaded.name)
+    if plan is None:
+        raise MlabError(f"site {loaded.name} is not up", hint="run `mlab up` first")
+    console = _stderr()
+    start = time.monotonic()
+    with console.status("mlab verify: probing"):
+        results = probes.run(plan, loaded.code_service.host)
+    bad = [r for r in results if not r.ok]
+    if fmt == "json":
+        sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")
+    else:
+        table = Table("from", "to", "expected", "observed", "", "detail")
+        for r in results:
+            table.add_row(
+                r.probe.source, r.probe.target,
+                "allowed" if r.probe.expected else "blocked",
+                "allowed" if r.observed else "blocked",
+                "[green]ok[/]" if r.ok else "[red]MISMATCH[/]", r.detail,
+            )
+        Console(width=200).print(table)
+    console.print(f"mlab verify: {len(results) - len(bad)}/{len(results)} probes as expected "
+                  f"in {time.monotonic() - start:.1f} s")
+    if bad:
+        raise typer.Exit(1)
+
+
+def passwords(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
+    """Show the generated passwords of the local site again."""
+    from mlab.secrets import load_or_create_passwords, passwords_path
+
+    fmt = _format(output)
+    loaded = load_site(site)
+    path = passwords_path(loaded)
+    if not path.exists():
+        raise MlabError(f"site {loaded.name} has no passwords yet", hint="run `mlab up` first")
+    _print_passwords(password_rows(loaded, load_or_create_passwords(loaded)), fmt)
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+    app.command("verify")(verify)
+    app.command("passwords")(passwords)

@@ -1,0 +1,250 @@
+"""Host firewall of the podman engine: MLab's own nftables tables, one pair per site.
+
+Invariant: everything MLab adds to the host firewall lives in two tables named for the site,
+``inet mlab_<site>`` and ``bridge mlab_<site>``; ``mlab up`` replaces them atomically
+(one ``nft -f`` transaction), ``mlab down`` deletes them, and no other table is touched.
+Our chains only drop or DNAT (an ``accept`` in one table does not bypass another table's
+drop), so podman's own rules keep working.
+
+Why these rules (measured on Debian 12, podman 4.3.1, netavark):
+
+- A podman ``--internal`` network has no route out, but its containers still reach every
+  host service bound to 0.0.0.0 through the bridge gateway: ``input`` drops new
+  connections from HomePod subnets (gateway, host services, DNS alike).
+- The host routes between bridges: ``forward`` drops anything routed into or out of a
+  HomePod subnet except published-port traffic (DNAT) and its replies.
+- HomePod and code service share a bridge, where ``inet`` rules do not apply to switched
+  frames: the ``bridge`` table lets through only TCP to the code service's :8080 and its
+  replies (edge ``homepod --> code-service :8080``) and drops the rest.
+- netavark publishes no ports on internal networks: HomePod Services are DNAT rules here
+  (``prerouting`` for other hosts, ``output`` for the host itself), masqueraded to the
+  gateway so the reply comes back through the host. Loopback bind addresses also need
+  ``net.ipv4.conf.<bridge>.route_localnet=1``, which the engine sets on the bridge.
+- The Airlock and code service (NAT network) reach the internet but not private and
+  link-local ranges (cloud metadata 169.254.169.254) nor host services other than DNS
+  (DESIGN.md: "Airlock --> internet, except 10/8, 172.16/12, 192.168/16, 169.254/16").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mlab.errors import DeployError, ToolMissingError
+from mlab.site import PRIVATE_RANGES
+
+DNAT_PRIORITY = -105
+"""Before netavark's iptables-nft dstnat (-100), so our published ports win."""
+FILTER_PRIORITY = -5
+"""Before the filter tables at priority 0 (podman's)."""
+
+
+@dataclass(frozen=True)
+class HomepodNet:
+    """One HomePod network as the firewall sees it.
+
+    Attributes:
+        user: the HomePod user (used in rule comments).
+        subnet: IPv4 CIDR of the internal network.
+        code_ip: the code service's address on it.
+        pod_ip: the HomePod's address on it.
+    """
+
+    user: str
+    subnet: str
+    code_ip: str
+    pod_ip: str
+
+
+@dataclass(frozen=True)
+class Dnat:
+    """A published HomePod port: ``host_ip:host_port`` -> ``pod_ip:container_port`` TCP."""
+
+    host_ip: str
+    host_port: int
+    pod_ip: str
+    container_port: int
+    comment: str
+
+
+def table_name(site: str) -> str:
+    """``mlab_<site>`` (nft identifiers take letters, digits and underscores)."""
+    return "mlab_" + site.replace("-", "_")
+
+
+def _daddr(host_ip: str) -> str:
+    if ipaddress.ip_address(host_ip).is_unspecified:
+        return "fib daddr type local"
+    return f"ip daddr {host_ip}"
+
+
+def ruleset(
+    site: str,
+    homepods: Sequence[HomepodNet],
+    dnats: Sequence[Dnat],
+    nat_subnet: str | None,
+    code_port: int = 8080,
+) -> str:
+    """The nft script that (re)creates the site's two tables atomically.
+
+    Args:
+        site: site name.
+        homepods: the HomePod networks.
+        dnats: published HomePod ports.
+        nat_subnet: the Airlock/code-service NAT network's CIDR, or None.
+        code_port: the code service's container port.
+
+    Returns:
+        Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an
+        unchanged site gives the same ruleset (idempotent).
+    """
+    t = table_name(site)
+    lines = [
+        f"table inet {t}", f"delete table inet {t}",
+        f"table bridge {t}", f"delete table bridge {t}",
+        f"table inet {t} {{",
+        f"  comment \"MLab site {site}: podman engine rules (mlab down removes them)\"",
+        "  chain prerouting {",
+        f"    type nat hook prerouting priority {DNAT_PRIORITY}; policy accept;",
+    ]
+    dnat_rules = [
+        f"    {_daddr(d.host_ip)} tcp dport {d.host_port} dnat ip to {d.pod_ip}:{d.container_port}"
+        f" comment \"{d.comment}\""
+        for d in dnats
+    ]
+    lines += dnat_rules
+    lines += [
+        "  }",
+        "  chain output {",
+        f"    type nat hook output priority {DNAT_PRIORITY}; policy accept;",
+        *dnat_rules,
+        "  }",
+        "  chain postrouting {",
+        "    type nat hook postrouting priority 95; policy accept;",
+    ]
+    for hp in homepods:
+        lines.append(
+            f"    ip daddr {hp.subnet} ct status dnat masquerade"
+            f" comment \"published ports of homepod-{hp.user}: reply through the gateway\""
+        )
+    lines += [
+        "  }",
+        "  chain input {",
+        f"    type filter hook input priority {FILTER_PRIORITY}; policy accept;",
+        "    ct state established,related accept",
+    ]
+    for hp in homepods:
+        lines.append(
+            f"    ip saddr {hp.subnet} drop comment \"homepod-{hp.user} --> host: denied\""
+        )
+    if nat_subnet:
+        lines += [
+            f"    ip saddr {nat_subnet} udp dport 53 accept comment \"airlock, code-service --> DNS\"",
+            f"    ip saddr {nat_subnet} tcp dport 53 accept",
+            f"    ip saddr {nat_subnet} drop comment \"airlock, code-service --> host: denied\"",
+        ]
+    lines += [
+        "  }",
+        "  chain forward {",
+        f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;",
+        "    ct state established,related accept",
+    ]
+    for hp in homepods:
+        lines += [
+            f"    ip daddr {hp.pod_ip} ct status dnat accept"
+            f" comment \"office --> homepod-{hp.user} published ports\"",
+            f"    ip saddr {hp.subnet} ip daddr != {hp.subnet} drop"
+            f" comment \"homepod-{hp.user} --> anything routed: denied\"",
+            f"    ip daddr {hp.subnet} ip saddr != {hp.subnet} drop"
+            f" comment \"anything routed --> homepod-{hp.user}: denied\"",
+        ]
+    if nat_subnet:
+        private = ", ".join(PRIVATE_RANGES)
+        lines.append(
+            f"    ip saddr {nat_subnet} ip daddr != {nat_subnet} ip daddr {{ {private} }} drop"
+            " comment \"airlock, code-service --> private and link-local ranges: denied\""
+        )
+    lines += ["  }", "}", f"table bridge {t} {{", "  chain forward {",
+              f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;"]
+    for hp in homepods:
+        lines += [
+            f"    ip saddr {hp.subnet} ip daddr {hp.code_ip} tcp dport {code_port} accept"
+            f" comment \"homepod-{hp.user} --> code-service :{code_port}\"",
+            f"    ip saddr {hp.code_ip} ip daddr {hp.subnet} tcp sport {code_port} accept",
+            f"    ip saddr {hp.subnet} drop comment \"homepod-{hp.user}: everything else denied\"",
+            f"    ip daddr {hp.subnet} drop",
+        ]
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+def delete_script(site: str) -> str:
+    """The nft script that removes the site's tables (no error when they are absent)."""
+    t = table_name(site)
+    return "\n".join([
+        f"table inet {t}", f"delete table inet {t}",
+        f"table bridge {t}", f"delete table bridge {t}", "",
+    ])
+
+
+def _nft(script: str, what: str) -> None:
+    nft = shutil.which("nft")
+    if not nft:
+        raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
+    proc = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True,
+                          check=False)
+    if proc.returncode != 0:
+        err = (proc.stderr or "").strip().splitlines()
+        raise DeployError(f"nft: {what} failed: {err[0] if err else proc.returncode}",
+                          hint="mlab up needs root and nftables")
+
+
+def apply(script: str) -> None:
+    """Load a script from :func:`ruleset` in one transaction.
+
+    Raises:
+        ToolMissingError: nft is missing.
+        DeployError: nft rejected it (first line of its error).
+    """
+    _nft(script, "loading the site's firewall tables")
+
+
+def remove(site: str) -> None:
+    """Delete the site's tables (nothing else).
+
+    Raises:
+        ToolMissingError: nft is missing.
+        DeployError: nft failed.
+    """
+    _nft(delete_script(site), "deleting the site's firewall tables")
+
+
+def listing(site: str) -> str:
+    """The site's tables as ``nft list`` prints them ('' when absent)."""
+    nft = shutil.which("nft")
+    if not nft:
+        return ""
+    out = []
+    for family in ("inet", "bridge"):
+        proc = subprocess.run([nft, "list", "table", family, table_name(site)],
+                              text=True, capture_output=True, check=False)
+        if proc.returncode == 0:
+            out.append(proc.stdout)
+    return "".join(out)
+
+
+def set_route_localnet(interface: str) -> None:
+    """Let DNAT from a loopback address leave through ``interface`` (a HomePod bridge).
+
+    Raises:
+        DeployError: the sysctl could not be written.
+    """
+    path = f"/proc/sys/net/ipv4/conf/{interface}/route_localnet"
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write("1")
+    except OSError as exc:
+        raise DeployError(f"cannot set {path}: {exc.strerror}", hint="mlab up needs root") from None

@@ -1,0 +1,559 @@
+"""The podman engine: ``mlab up`` / ``down`` / ``status`` on one machine.
+
+Side effects live here; the decisions are pure and live in :mod:`podman_translate` (what to
+run) and :mod:`firewall` (which rules). Invariants:
+
+- Everything MLab creates for a site is findable by name and label: pods
+  ``mlab-<site>-*`` with ``app.kubernetes.io/instance=<site>``, networks and volumes
+  ``mlab-<site>*`` with ``mlab.io/site=<site>``, nft tables ``mlab_<site>``, files under
+  ``<state>/<site>/podman`` (mode 0700). ``down`` removes exactly those.
+- Idempotent: a pod whose translated spec hash (label ``mlab.io/podman-spec``) is unchanged
+  and running is left alone; only changed, new and removed pods are touched.
+- ``up`` checks every port it is about to publish before creating anything, and on a failure
+  removes what this run created (pods, networks, volumes) and restores the firewall.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlab.deploy import firewall
+from mlab.deploy.podman_translate import (
+    LABEL_INSTANCE,
+    LABEL_SITE,
+    LABEL_SPEC,
+    Plan,
+    PodPlan,
+    homepod_network_name,
+    translate,
+    wanted_networks,
+)
+from mlab.errors import DeployError, MlabError
+from mlab.podman import podman, podman_version
+from mlab.site import Site
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+SUBNET_POOL = ipaddress.ip_network("10.89.128.0/17")
+"""Where MLab picks its networks' /24 subnets, from the top down (podman's own automatic
+choice counts up from 10.89.0.0, so the two rarely meet); any subnet already used by a podman
+network or a host route is skipped."""
+READY_TIMEOUT = 180.0
+"""Seconds ``up`` waits for every published port to accept a connection."""
+
+
+def state_dir(site_name: str) -> Path:
+    """``<state root>/<site>/podman``: the engine's files (Secrets, ConfigMaps, last plan)."""
+    from mlab.secrets import state_root
+
+    return state_root() / site_name / "podman"
+
+
+@dataclass
+class UpResult:
+    """What one ``up`` did: pod names per action, and the seconds it took."""
+
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    placeholder_code_service: bool = False
+    seconds: float = 0.0
+
+
+# --- podman queries -------------------------------------------------------------------------
+
+def _json(args: list[str]) -> Any:
+    out = podman(args).stdout.strip()
+    return json.loads(out) if out else []
+
+
+def site_pods(site_name: str) -> dict[str, dict[str, Any]]:
+    """Pods of a site: name -> ``podman pod ps`` JSON record (Status, Labels, ...)."""
+    pods = _json(["pod", "ps", "--filter", f"label={LABEL_INSTANCE}={site_name}",
+                  "--format", "json"])
+    pre = f"mlab-{site_name}-"
+    return {p["Name"]: p for p in pods if p["Name"].startswith(pre)}
+
+
+def site_networks(site_name: str) -> dict[str, dict[str, Any]]:
+    """Networks of a site: name -> ``podman network inspect`` JSON."""
+    nets = _json(["network", "ls", "--filter", f"label={LABEL_SITE}={site_name}",
+                  "--format", "json"])
+    return {n["name"]: n for n in nets}
+
+
+def site_volumes(site_name: str) -> list[str]:
+    """Names of a site's volumes."""
+    vols = _json(["volume", "ls", "--filter", f"label={LABEL_SITE}={site_name}",
+                  "--format", "json"])
+    return sorted(v["Name"] for v in vols)
+
+
+def _used_subnets() -> list[ipaddress.IPv4Network]:
+    used = []
+    for net in _json(["network", "ls", "--format", "json"]):
+        for sub in net.get("subnets") or []:
+            try:
+                used.append(ipaddress.ip_network(sub["subnet"]))
+            except (KeyError, ValueError):
+                continue
+    proc = subprocess.run(["ip", "-j", "-4", "route"], capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        for route in json.loads(proc.stdout or "[]"):
+            dst = route.get("dst", "")
+            if dst and dst != "default":
+                try:
+                    used.append(ipaddress.ip_network(dst, strict=False))
+                except ValueError:
+                    continue
+    return [u for u in used if isinstance(u, ipaddress.IPv4Network)]
+
+
+def choose_subnets(site: Site, existing: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A subnet per wanted network: the existing network's, else a free /24 of the pool."""
+    out: dict[str, str] = {}
+    used = _used_subnets()
+    free = (s for s in reversed(list(SUBNET_POOL.subnets(new_prefix=24)))
+            if not any(s.overlaps(u) for u in used))
+    for name, _internal, _user in wanted_networks(site):
+        if name in existing and existing[name].get("subnets"):
+            out[name] = existing[name]["subnets"][0]["subnet"]
+            continue
+        try:
+            out[name] = str(next(free))
+        except StopIteration:
+            raise DeployError(f"no free /24 left in {SUBNET_POOL} for network {name}") from None
+    return out
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+def _port_free(host_ip: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host_ip, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise DeployError(f"cannot check port {host_ip}:{port}: {exc.strerror}") from None
+    return True
+
+
+def check_ports(pods: list[PodPlan]) -> None:
+    """Fail before creating anything when a port to publish is taken on the bind address.
+
+    Raises:
+        DeployError: naming the first taken port and the pod that wants it.
+    """
+    for pod in pods:
+        for port in pod.ports:
+            if not _port_free(port.host_ip, port.host_port):
+                raise DeployError(
+                    f"port {port.host_port} on {port.host_ip} is already in use "
+                    f"(wanted by {pod.name} for {port.name})",
+                    hint="stop what uses it or change the port in the site file",
+                )
+
+
+def _write_files(root: Path, plan: Plan) -> None:
+    """Write every pod's Secret/ConfigMap files (temp file + rename; dirs 0700 at the top)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    for pod in plan.pods:
+        for spec in pod.files:
+            path = root / spec.path
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                os.fchmod(fd, spec.mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(spec.content)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+
+def _firewall_script(plan: Plan) -> str:
+    homepods = [
+        firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
+        for n in plan.homepod_networks()
+    ]
+    dnats = []
+    for pod in plan.pods:
+        for port in pod.ports:
+            if port.via == "nft":
+                ip = pod.networks[0][1]
+                dnats.append(firewall.Dnat(port.host_ip, port.host_port, ip, port.container_port,
+                                           f"{pod.name} {port.name}"))
+    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet)
+
+
+def mac_for(network: str, ip: str) -> str:
+    """A fixed, locally administered MAC for an address on a network.
+
+    A replaced pod keeps its IP; with a new random MAC its peers would keep sending to the
+    old one until their ARP entry goes stale (measured: HomePods lost the code service for
+    about a minute after it was replaced). Same IP, same MAC: no gap.
+    """
+    digest = hashlib.sha256(f"{network}/{ip}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _network_args(pod: PodPlan) -> list[str]:
+    args = []
+    for name, ip in pod.networks:
+        args += ["--network", f"{name}:ip={ip},mac={mac_for(name, ip)}"]
+    return args
+
+
+def play(pod: PodPlan) -> None:
+    """``podman kube play`` one translated pod on its networks.
+
+    Raises:
+        DeployError: kube play failed (its last error line); the half-made pod is removed.
+    """
+    text = yaml.safe_dump(pod.manifest, sort_keys=False)
+    proc = podman(["kube", "play", *_network_args(pod), "-"], input=text, check=False)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        log.debug("[mlab/%s] kube play failed:\n%s", pod.name, proc.stderr)
+        errors = [ln for ln in lines if "rror" in ln] or lines or [f"exit {proc.returncode}"]
+        podman(["pod", "rm", "-f", "-t", "0", "--ignore", pod.name], check=False)
+        raise DeployError(f"{pod.name}: podman kube play failed: {errors[0].strip()}",
+                          hint="run with --debug for podman's full output")
+
+
+def remove_pod(name: str, grace: int = 10) -> None:
+    """Stop (SIGTERM, then SIGKILL after ``grace`` seconds) and remove a pod; no error when
+    absent."""
+    podman(["pod", "rm", "-f", "-t", str(grace), "--ignore", name], check=False, timeout=120)
+
+
+def _bridge(net: str) -> str:
+    data = _json(["network", "inspect", net])
+    return str(data[0]["network_interface"])
+
+
+def image_ref(site: Site, say: Say) -> str:
+    """The image to run: for MLab's own repository, built if missing (``ensure_image``);
+    otherwise the site's reference, which must exist locally.
+
+    Raises:
+        DeployError: a foreign image is not present (podman here has no registry).
+    """
+    from mlab.image import recipe
+
+    if site.image.repository == recipe.REPOSITORY:
+        from mlab.image.build import ensure_image
+
+        say("image: checking (building if missing)")
+        return ensure_image(progress=lambda m: say(f"image: {m}"))
+    if podman(["image", "exists", site.image.ref], check=False).returncode != 0:
+        raise DeployError(f"image {site.image.ref} is not present",
+                          hint="load it with `podman load` or use the MLab image")
+    return site.image.ref
+
+
+def has_code_service(image: str) -> bool:
+    """True when the image runs ``mlab code-service serve`` (the real code service)."""
+    proc = podman(["run", "--rm", "--network", "none", "--entrypoint", "mlab", image,
+                   "code-service", "serve", "--help"], check=False, timeout=120)
+    return proc.returncode == 0
+
+
+def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
+    """Wait until every published port accepts a TCP connection on the bind address.
+
+    Raises:
+        DeployError: naming the pods and ports that did not answer in ``timeout`` seconds.
+    """
+    pending = {(pod.name, p.name, p.host_ip, p.host_port) for pod in plan.pods for p in pod.ports}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for item in sorted(pending):
+            host = "127.0.0.1" if item[2] in ("0.0.0.0", "::") else item[2]
+            try:
+                with socket.create_connection((host, item[3]), timeout=1):
+                    pending.discard(item)
+            except OSError:
+                continue
+        if pending:
+            if say:
+                say(f"waiting for {len(pending)} port(s)")
+            time.sleep(0.5)
+    if pending:
+        first = sorted(pending)[0]
+        raise DeployError(
+            f"{first[0]} is not ready: {first[1]} port {first[3]} on {first[2]} did not answer "
+            f"in {timeout:.0f} s ({len(pending)} port(s) waiting)",
+            hint=f"see `podman logs {first[0]}-<container>`",
+        )
+
+
+def save_plan(root: Path, plan: Plan, placeholder: bool) -> None:
+    """Write ``plan.json`` (no secrets: pod names, ports, networks) for status and verify."""
+    data = {
+        "site": plan.site,
+        "bind_address": plan.bind_address,
+        "placeholder_code_service": placeholder,
+        "networks": [asdict(n) | {"code_ip": n.code_ip, "pod_ip": n.pod_ip, "gateway": n.gateway}
+                     for n in plan.networks],
+        "pods": [
+            {"name": p.name, "component": p.component, "user": p.user,
+             "deployment": p.name.removeprefix(f"mlab-{plan.site}-"),
+             "containers": p.container_names(), "networks": [list(n) for n in p.networks],
+             "ports": [asdict(x) for x in p.ports]}
+            for p in plan.pods
+        ],
+    }
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".plan-")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, root / "plan.json")
+
+
+def load_plan(site_name: str) -> dict[str, Any] | None:
+    """The last applied plan (``save_plan``), or None."""
+    try:
+        return json.loads((state_dir(site_name) / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
+    """Render the site and translate it for podman (creates passwords on first use)."""
+    from mlab.render import render_site
+    from mlab.secrets import load_or_create_passwords
+
+    site = site.model_copy(update={"image": site.image.model_copy(update={
+        "repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1]})})
+    rendered = render_site(site, load_or_create_passwords(site))
+    existing = site_networks(site.name)
+    ca = Path(firewall_ca_path())
+    host_ca = ca.read_bytes() if ca.is_file() else None
+    return translate(site, rendered.files, rendered.secrets, choose_subnets(site, existing),
+                     str(state_dir(site.name)), host_ca=host_ca,
+                     placeholder_code_service=placeholder)
+
+
+def firewall_ca_path() -> str:
+    """The host CA bundle the Airlock trusts on podman."""
+    from mlab.deploy.podman_translate import HOST_CA_BUNDLE
+
+    return HOST_CA_BUNDLE
+
+
+def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
+       wait: bool = True) -> UpResult:
+    """Bring the site up (or up to date) on this machine.
+
+    Args:
+        site: the validated site.
+        say: progress callback (one short line per step).
+        placeholder: force (True) or forbid (False) the placeholder code service; None:
+            use it only when the image has no ``mlab code-service serve``.
+        wait: wait until every published port answers.
+
+    Returns:
+        What changed.
+
+    Raises:
+        ToolMissingError: podman or nft missing, podman too old.
+        DeployError: a port is taken, a podman step failed, or a pod did not get ready;
+            what this run created is removed first.
+    """
+    say = say or (lambda _m: None)
+    start = time.monotonic()
+    podman_version()
+    if not shutil.which("nft"):
+        from mlab.errors import ToolMissingError
+
+        raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
+    image = image_ref(site, say)
+    if placeholder is None:
+        placeholder = not has_code_service(image)
+    say("rendering the site")
+    plan = build_plan(site, image, placeholder)
+    root = state_dir(site.name)
+    result = UpResult(placeholder_code_service=placeholder)
+
+    current = site_pods(site.name)
+    wanted = {p.name: p for p in plan.pods}
+    to_play = [p for p in plan.pods
+               if p.name not in current
+               or current[p.name].get("Labels", {}).get(LABEL_SPEC) != p.spec_hash
+               or current[p.name].get("Status") != "Running"]
+    stale = [name for name in current if name not in wanted]
+    result.unchanged = [p.name for p in plan.pods if p not in to_play]
+    # Ports of pods we replace are freed by their removal; the rest must be free now.
+    check_ports([p for p in to_play if p.name not in current])
+
+    have_nets = site_networks(site.name)
+    have_vols = set(site_volumes(site.name))
+    old_rules = firewall.listing(site.name)
+    made_nets: list[str] = []
+    made_vols: list[str] = []
+    played: list[str] = []
+    try:
+        for name in stale:
+            say(f"removing {name}")
+            remove_pod(name)
+            result.removed.append(name)
+        for vol in plan.volumes:
+            if vol not in have_vols:
+                say(f"volume {vol}")
+                podman(["volume", "create", "--label", f"{LABEL_SITE}={site.name}", vol])
+                made_vols.append(vol)
+        for net in plan.networks:
+            if net.name in have_nets:
+                continue
+            say(f"network {net.name}")
+            args = ["network", "create", "--label", f"{LABEL_SITE}={site.name}",
+                    "--subnet", net.subnet, "--gateway", net.gateway]
+            if net.internal:
+                args += ["--internal", "--disable-dns"]
+            podman([*args, net.name])
+            made_nets.append(net.name)
+        say("firewall")
+        firewall.apply(_firewall_script(plan))
+        _write_files(root, plan)
+        for pod in to_play:
+            if pod.name in current:
+                say(f"replacing {pod.name}")
+                remove_pod(pod.name)
+                result.replaced.append(pod.name)
+            else:
+                say(f"starting {pod.name}")
+                result.created.append(pod.name)
+            play(pod)
+            played.append(pod.name)
+        # A bridge exists once a container is attached; DNAT from loopback needs this.
+        for net in plan.homepod_networks():
+            firewall.set_route_localnet(_bridge(net.name))
+        for name in have_nets:
+            if name not in {n.name for n in plan.networks}:
+                say(f"removing network {name}")
+                podman(["network", "rm", "-f", name], check=False)
+        save_plan(root, plan, placeholder)
+        if wait:
+            say("waiting for every port")
+            wait_ready(plan, say=say)
+    except (MlabError, KeyboardInterrupt):
+        say("rolling back")
+        for name in reversed(played):
+            if name not in current:
+                remove_pod(name, grace=0)
+        for net in made_nets:
+            podman(["network", "rm", "-f", net], check=False)
+        for vol in made_vols:
+            podman(["volume", "rm", "-f", vol], check=False)
+        try:
+            if old_rules:
+                firewall.apply(firewall.delete_script(site.name) + old_rules)
+            elif not current:
+                firewall.remove(site.name)
+        except MlabError as exc:  # pragma: no cover - reported, the first error wins
+            log.warning("[mlab/%s] restoring the firewall failed: %s", site.name, exc)
+        raise
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def down(site_name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
+    """Remove a site's pods, networks and firewall tables; with ``volumes`` also its
+    volumes and the engine's state files. Returns the names removed.
+
+    Passwords (``<state>/<site>/passwords.json``) are kept, so a later ``up`` gives the
+    same logins; delete the state directory to forget them.
+    """
+    say = say or (lambda _m: None)
+    podman_version()
+    removed = []
+    for name in site_pods(site_name):
+        say(f"removing {name}")
+        remove_pod(name)
+        removed.append(name)
+    for name in site_networks(site_name):
+        say(f"removing network {name}")
+        podman(["network", "rm", "-f", name], check=False)
+        removed.append(name)
+    firewall.remove(site_name)
+    if volumes:
+        for vol in site_volumes(site_name):
+            say(f"removing volume {vol}")
+            podman(["volume", "rm", "-f", vol], check=False)
+            removed.append(vol)
+        shutil.rmtree(state_dir(site_name), ignore_errors=True)
+    return removed
+
+
+def status(site_name: str) -> list[dict[str, Any]]:
+    """Each component of the last ``up``: name, kind, user, state and endpoints.
+
+    Returns:
+        A list of ``{"name", "kind", "user", "state", "pod", "endpoints": [{"protocol",
+        "host", "port", "url"}]}``; state is podman's pod status (Running, Exited, ...) or
+        ``missing``.
+    """
+    plan = load_plan(site_name)
+    if plan is None:
+        return []
+    pods = site_pods(site_name)
+    out = []
+    for pod in plan["pods"]:
+        record = pods.get(pod["name"])
+        endpoints = []
+        for port in pod["ports"]:
+            host = port["host_ip"]
+            shown = "127.0.0.1" if host == "0.0.0.0" else host
+            kinds = {"vnc": ["vnc"], "rdp": ["rdp"], "novnc": ["http"], "ssh": ["ssh", "sftp"],
+                     "http": ["http"]}.get(port["name"], [port["name"]])
+            for proto in kinds:
+                url = {
+                    "vnc": f"vnc://{shown}:{port['host_port']}",
+                    "rdp": f"rdp://{shown}:{port['host_port']}",
+                    "ssh": f"ssh://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
+                    "sftp": f"sftp://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
+                    "http": (f"http://{shown}:{port['host_port']}/vnc.html"
+                             if port["name"] == "novnc" else f"http://{shown}:{port['host_port']}/"),
+                }.get(proto, "")
+                endpoints.append({"protocol": proto, "host": shown, "port": port["host_port"],
+                                  "url": url})
+        state = record["Status"] if record else "missing"
+        if pod["component"] == "code-service" and plan.get("placeholder_code_service"):
+            state += " (placeholder)"
+        out.append({
+            "name": pod["deployment"], "kind": pod["component"], "user": pod["user"],
+            "state": state, "pod": pod["name"], "endpoints": endpoints,
+        })
+    return out
+
+
+def homepod_network(site: Site, user: str) -> str:
+    """Name of a user's HomePod network (for tests and probes)."""
+    return homepod_network_name(site, user)

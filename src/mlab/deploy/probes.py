@@ -1,0 +1,302 @@
+"""The isolation probe matrix: real connection attempts from inside the running containers.
+
+``mlab verify`` and the e2e tests run the same matrix. Each probe is one attempt (TCP
+connect, name lookup, UDP DNS query, HTTP(S) request) from a source (a HomePod, the Airlock
+or the host) to a target, with the expected outcome taken from the network edges of
+DESIGN.md ("a HomePod reaches the code service and nothing else"). The matrix is pure
+(:func:`matrix`); :func:`run` executes it: one ``podman exec ... python3 -c`` per source
+container, all of that source's probes concurrently, so the whole matrix takes about as long
+as its slowest blocked probe (a dropped packet waits for the time-out).
+
+Targets are only the site's own containers, the host's own addresses, a listener this module
+opens on 0.0.0.0 for the duration of the run, the metadata address 169.254.169.254, and the
+addresses a package registry's name resolves to on the host (the Airlock must reach it, a
+HomePod must not).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlab.podman import podman_command, podman_env
+
+TCP_TIMEOUT = 3.0
+"""Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
+HTTP_TIMEOUT = 20.0
+"""Seconds an HTTP(S) probe to the internet may take (the Airlock's allowed edges)."""
+
+PYPI_URL = "https://pypi.org/simple/pip/"
+DEBIAN_URL = "http://deb.debian.org/debian/dists/bookworm/Release"
+INTERNET_NAME = "pypi.org"
+METADATA_IP = "169.254.169.254"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One connection attempt.
+
+    Attributes:
+        source: ``homepod-<user>``, ``airlock`` or ``host``.
+        container: podman container the probe runs in ('' for the host).
+        target: what is tried, for the table (``code-service :8080``).
+        kind: ``tcp`` (connect), ``dns`` (getaddrinfo), ``udp-dns`` (raw query to a
+            server), ``http`` (GET a URL; any HTTP status counts as reached).
+        host: address or name; for ``http`` the URL.
+        port: TCP/UDP port (0 for dns/http).
+        expected: True when the edge is allowed.
+    """
+
+    source: str
+    container: str
+    target: str
+    kind: str
+    host: str
+    port: int
+    expected: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """A probe and what it observed (True: connected/answered) with a short detail."""
+
+    probe: Probe
+    observed: bool
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        """True when observed equals expected."""
+        return self.observed == self.probe.expected
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Addresses the matrix needs from the host.
+
+    Attributes:
+        listener_port: a TCP port the runner listens on at 0.0.0.0 during the run.
+        host_ip: the host's own (primary) address.
+        internet_ip: an address ``pypi.org`` resolves to on the host ('' if unresolvable).
+        resolvers: the host's DNS servers (/etc/resolv.conf).
+    """
+
+    listener_port: int
+    host_ip: str
+    internet_ip: str
+    resolvers: tuple[str, ...]
+
+
+def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe]:
+    """Every probe for a deployed site.
+
+    Args:
+        plan: the engine's ``plan.json`` (pods with containers, networks, ports).
+        facts: host addresses.
+        code_host: the code service's host name (``codeService.host``).
+
+    Returns:
+        Probes grouped by source: each HomePod, the Airlock, then the host.
+    """
+    nets = {n["name"]: n for n in plan["networks"]}
+    nat = next(n for n in plan["networks"] if not n["internal"])
+    pods = plan["pods"]
+    homepods = [p for p in pods if p["component"] == "homepod"]
+    airlock = next((p for p in pods if p["component"] == "airlock"), None)
+    out: list[Probe] = []
+    for hp in homepods:
+        src, box = f"homepod-{hp['user']}", hp["containers"][0]
+        net = nets[hp["networks"][0][0]]
+        gw, code = net["gateway"], net["code_ip"]
+
+        def add(target: str, kind: str, host: str, port: int, expected: bool = False) -> None:
+            out.append(Probe(src, box, target, kind, host, port, expected))  # noqa: B023
+
+        add(f"code service {code_host}:8080", "tcp", code_host, 8080, True)
+        add("code service :22 (other port)", "tcp", code, 22)
+        add("code service :80 (other port)", "tcp", code, 80)
+        if airlock:
+            add("airlock :22", "tcp", airlock["networks"][0][1], 22)
+            add("airlock :7030", "tcp", airlock["networks"][0][1], 7030)
+        for other in homepods:
+            if other is hp:
+                continue
+            for port in (5900, 22):
+                add(f"homepod-{other['user']} :{port}", "tcp", other["networks"][0][1], port)
+        add(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port)
+        add(f"host service on 0.0.0.0 via host address {facts.host_ip}", "tcp",
+            facts.host_ip, facts.listener_port)
+        add(f"gateway {gw} :53 (tcp)", "tcp", gw, 53)
+        if facts.internet_ip:
+            add(f"internet by IP ({INTERNET_NAME} = {facts.internet_ip}) :443", "tcp",
+                facts.internet_ip, 443)
+        add(f"internet by name ({INTERNET_NAME})", "dns", INTERNET_NAME, 0)
+        add(f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80)
+        add(f"DNS query via gateway {gw}", "udp-dns", gw, 53)
+        for resolver in facts.resolvers:
+            add(f"DNS query via host resolver {resolver}", "udp-dns", resolver, 53)
+    if airlock:
+        src, box = "airlock", airlock["containers"][0]
+        out += [
+            Probe(src, box, "PyPI over HTTPS", "http", PYPI_URL, 0, True),
+            Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
+            Probe(src, box, f"code service {code_host}:8080", "tcp", code_host, 8080, True),
+            Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),
+            Probe(src, box, f"host service on 0.0.0.0 via gateway {nat['gateway']}", "tcp",
+                  nat["gateway"], facts.listener_port, False),
+        ]
+        for hp in homepods:
+            for port in (5900, 22):
+                out.append(Probe(src, box, f"homepod-{hp['user']} :{port}", "tcp",
+                                 hp["networks"][0][1], port, False))
+    for pod in pods:
+        for port in pod["ports"]:
+            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
+            out.append(Probe("host", "", f"{pod['deployment']} {port['name']} "
+                             f"{host}:{port['host_port']}", "tcp", host, port["host_port"], True))
+    return out
+
+
+# The program run inside a container (python3 only, standard library). It reads a JSON list
+# of [kind, host, port] and prints a JSON list of [reached, detail].
+PROBE_PROGRAM = r"""
+import json, socket, sys, threading, urllib.request
+TCP, HTTP = float(sys.argv[2]), float(sys.argv[3])
+def tcp(host, port):
+    with socket.create_connection((host, port), timeout=TCP):
+        return "connected"
+def dns(host, port):
+    return "resolved to " + socket.getaddrinfo(host, None)[0][4][0]
+def udp_dns(host, port):
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
+        bytes([len(p)]) + p.encode() for p in "pypi.org".split(".")) + b"\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(TCP)
+    s.sendto(q, (host, port)); s.recvfrom(512)
+    return "answered"
+def http(url, port):
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP) as r:
+            return "HTTP %d" % r.status
+    except urllib.error.HTTPError as e:
+        return "HTTP %d" % e.code
+KINDS = {"tcp": tcp, "dns": dns, "udp-dns": udp_dns, "http": http}
+probes = json.loads(sys.argv[1]); out = [None] * len(probes)
+def one(i, kind, host, port):
+    try:
+        out[i] = [True, KINDS[kind](host, port)]
+    except Exception as e:
+        out[i] = [False, (type(e).__name__ + ": " + str(e))[:120]]
+ts = [threading.Thread(target=one, args=(i, *p)) for i, p in enumerate(probes)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(json.dumps(out))
+"""
+
+
+def _run_in(container: str, probes: list[Probe]) -> list[Result]:
+    args = json.dumps([[p.kind, p.host, p.port] for p in probes])
+    argv = podman_command(["exec", container, "python3", "-c", PROBE_PROGRAM, args,
+                           str(TCP_TIMEOUT), str(HTTP_TIMEOUT)])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=podman_env(),
+                              timeout=HTTP_TIMEOUT + 60, check=False)
+        answers = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        answers = None
+    if answers is None:
+        why = "could not run the probe in the container"
+        return [Result(p, False, why) for p in probes]
+    return [Result(p, bool(a[0]), str(a[1])) for p, a in zip(probes, answers, strict=True)]
+
+
+def _run_host(probes: list[Probe]) -> list[Result]:
+    def one(p: Probe) -> Result:
+        try:
+            with socket.create_connection((p.host, p.port), timeout=TCP_TIMEOUT):
+                return Result(p, True, "connected")
+        except OSError as exc:
+            return Result(p, False, f"{type(exc).__name__}: {exc}"[:120])
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(one, probes))
+
+
+def host_facts(listener_port: int) -> HostFacts:
+    """Look up the host's address, the registry's address and the resolvers."""
+    internet_ip = ""
+    try:
+        infos = socket.getaddrinfo(INTERNET_NAME, 443, socket.AF_INET, socket.SOCK_STREAM)
+        internet_ip = infos[0][4][0]
+    except OSError:
+        pass
+    host_ip = "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((internet_ip or "192.0.2.1", 9))  # no packet is sent
+            host_ip = sock.getsockname()[0]
+        except OSError:
+            pass
+    resolvers = []
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:
+                    resolvers.append(parts[1])
+    except OSError:
+        pass
+    return HostFacts(listener_port, host_ip, internet_ip, tuple(resolvers[:1]))
+
+
+def run(plan: dict[str, Any], code_host: str,
+        on_source: Callable[[str], None] | None = None) -> list[Result]:
+    """Run the whole matrix against a deployed site.
+
+    Opens a TCP listener on 0.0.0.0 (an ephemeral port) for the run, so "a service the host
+    binds on all addresses" is a real target.
+
+    Args:
+        plan: the engine's ``plan.json``.
+        code_host: ``codeService.host``.
+        on_source: called with each source name as its probes start.
+
+    Returns:
+        One result per probe, in :func:`matrix` order.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(64)
+        facts = host_facts(listener.getsockname()[1])
+        probes = matrix(plan, facts, code_host)
+        groups: dict[str, list[int]] = {}
+        for index, p in enumerate(probes):
+            groups.setdefault(p.container, []).append(index)
+        results: list[Result | None] = [None] * len(probes)
+
+        def one_group(container: str, indexes: list[int]) -> None:
+            items = [probes[i] for i in indexes]
+            if on_source:
+                on_source(items[0].source)
+            done = _run_in(container, items) if container else _run_host(items)
+            for i, res in zip(indexes, done, strict=True):
+                results[i] = res
+
+        with ThreadPoolExecutor(max_workers=len(groups) or 1) as pool:
+            for fut in [pool.submit(one_group, c, ix) for c, ix in groups.items()]:
+                fut.result()
+    return [r for r in results if r is not None]
+
+
+def to_json(results: list[Result]) -> list[dict[str, Any]]:
+    """Results as plain dicts: source, target, kind, expected, observed, ok, detail."""
+    return [
+        {**{k: v for k, v in asdict(r.probe).items() if k in ("source", "target", "kind")},
+         "expected": "allowed" if r.probe.expected else "blocked",
+         "observed": "allowed" if r.observed else "blocked",
+         "ok": r.ok, "detail": r.detail}
+        for r in results
+    ]

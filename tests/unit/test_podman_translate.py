@@ -1,0 +1,265 @@
+"""The podman translation (pure): rendered objects in, a plan for `podman kube play` out.
+
+Each test names the rule of ``mlab.deploy.podman_translate`` it checks. The inputs are the
+real renderer's output for examples/local.yaml (plus variations), so a change in the
+rendered manifests that podman cannot run shows up here, not only in the e2e run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlab.deploy import firewall
+from mlab.deploy.podman_translate import (
+    LABEL_SPEC,
+    Plan,
+    translate,
+    wanted_networks,
+)
+from mlab.errors import DeployError
+from mlab.render import render_site
+from mlab.secrets import password_keys
+from mlab.site import Site, load_site, parse_site
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = "/state/site/podman"
+
+
+def _site(**changes: Any) -> Site:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data.update(changes)
+    return parse_site(data)
+
+
+def _plan(site: Site, host_ca: bytes | None = b"CA", placeholder: bool = False) -> Plan:
+    passwords = {k: f"pw-{k}-0123456789" for k in password_keys(site)}
+    rendered = render_site(site, passwords)
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    return translate(site, rendered.files, rendered.secrets, subnets, STATE, host_ca=host_ca,
+                     placeholder_code_service=placeholder)
+
+
+def _with_user(site: Site, name: str, uid: int, base: int) -> Site:
+    data = site.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data["users"].append({"name": name, "uid": uid, "service": {"ports": {
+        "vnc": base, "rdp": base + 1, "novnc": base + 2, "ssh": base + 3}}})
+    return parse_site(data)
+
+
+def test_one_pod_per_deployment_with_rendered_labels() -> None:
+    plan = _plan(load_site(ROOT / "examples" / "local.yaml"))
+    names = [p.name for p in plan.pods]
+    assert names == ["mlab-local-code-service", "mlab-local-airlock",
+                     "mlab-local-homepod-alice", "mlab-local-homepod-bob"]
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    labels = alice.manifest["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "homepod"
+    assert labels["mlab.io/user"] == "alice"
+    assert labels["app.kubernetes.io/instance"] == "local"
+    assert labels[LABEL_SPEC] == alice.spec_hash
+    assert alice.manifest["kind"] == "Pod"
+
+
+def test_claims_become_site_prefixed_volumes() -> None:
+    plan = _plan(_site())
+    assert set(plan.volumes) == {
+        "mlab-local-home-alice", "mlab-local-home-bob", "mlab-local-airlock-share",
+        "mlab-local-outbox", "mlab-local-code-service-data"}
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    claims = {v["persistentVolumeClaim"]["claimName"]
+              for v in alice.manifest["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"mlab-local-home-alice", "mlab-local-airlock-share", "mlab-local-outbox"}
+
+
+def test_secrets_become_root_only_files_never_manifest_text() -> None:
+    plan = _plan(_site())
+    for pod in plan.pods:
+        text = yaml.safe_dump(pod.manifest)
+        assert "pw-" not in text, f"{pod.name}: a password leaked into the manifest"
+        for vol in pod.manifest["spec"]["volumes"]:
+            assert not {"secret", "configMap", "projected"} & set(vol), (pod.name, vol)
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    files = {f.path: f for f in alice.files}
+    spec = files["files/homepod-alice/password/password"]
+    assert spec.content == b"pw-alice-0123456789" and spec.mode == 0o400
+    mounts = {m["mountPath"]: m for m in alice.manifest["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/mlab/secret"]["readOnly"] is True
+    code = plan.pod("code-service")
+    assert code is not None
+    paths = {f.path for f in code.files}
+    assert "files/code-service/user-passwords/alice/password" in paths
+    assert "files/code-service/site/site.yaml" in paths
+    site_mount = next(m for m in code.manifest["spec"]["containers"][0]["volumeMounts"]
+                      if m["mountPath"] == "/etc/mlab/site.yaml")
+    vol = next(v for v in code.manifest["spec"]["volumes"] if v["name"] == site_mount["name"])
+    assert vol["hostPath"] == {"path": f"{STATE}/files/code-service/site/site.yaml", "type": "File"}
+
+
+def test_share_read_only_in_homepods_read_write_in_airlock() -> None:
+    plan = _plan(_site())
+    for pod in plan.pods:
+        mounts = {m["mountPath"]: m for m in pod.manifest["spec"]["containers"][0]["volumeMounts"]}
+        if pod.component == "homepod":
+            assert mounts["/opt/public/airlock"].get("readOnly") is True
+        if pod.component == "airlock":
+            assert not mounts["/opt/public/airlock"].get("readOnly")
+
+
+def test_networks_homepod_internal_code_service_shared_airlock_nat() -> None:
+    plan = _plan(_site())
+    nets = {n.name: n for n in plan.networks}
+    assert not nets["mlab-local"].internal
+    assert nets["mlab-local-hp-alice"].internal and nets["mlab-local-hp-bob"].internal
+    by_pod = {p.name: [n for n, _ip in p.networks] for p in plan.pods}
+    assert by_pod["mlab-local-homepod-alice"] == ["mlab-local-hp-alice"]
+    assert by_pod["mlab-local-homepod-bob"] == ["mlab-local-hp-bob"]
+    assert by_pod["mlab-local-airlock"] == ["mlab-local"]
+    assert by_pod["mlab-local-code-service"] == ["mlab-local", "mlab-local-hp-alice",
+                                                 "mlab-local-hp-bob"]
+    for pod in plan.pods:
+        for name, ip in pod.networks:
+            assert ipaddress.ip_address(ip) in ipaddress.ip_network(nets[name].subnet)
+
+
+def test_code_service_host_alias_points_at_its_address_on_each_network() -> None:
+    plan = _plan(_site())
+    for pod in plan.pods:
+        aliases = pod.manifest["spec"].get("hostAliases", [])
+        if pod.component == "code-service":
+            continue
+        net = next(n for n in plan.networks if n.name == pod.networks[0][0])
+        assert aliases == [{"ip": net.code_ip, "hostnames": ["code.mlab.local"]}], pod.name
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    assert alice.manifest["spec"]["dnsPolicy"] == "None"
+    assert alice.manifest["spec"]["dnsConfig"]["nameservers"] == ["127.0.0.1"]
+
+
+def test_services_become_ports_on_the_bind_address() -> None:
+    plan = _plan(_site(access={"bindAddress": "127.0.4.7"}))
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    assert {(p.name, p.host_ip, p.host_port, p.container_port, p.via) for p in alice.ports} == {
+        ("vnc", "127.0.4.7", 15901, 5900, "nft"), ("rdp", "127.0.4.7", 13389, 3389, "nft"),
+        ("novnc", "127.0.4.7", 17031, 7030, "nft"), ("ssh", "127.0.4.7", 12201, 22, "nft")}
+    # podman 4.3 would publish a bare containerPort on the same host port: none may remain.
+    assert "ports" not in alice.manifest["spec"]["containers"][0]
+    code = plan.pod("code-service")
+    assert code is not None
+    assert code.manifest["spec"]["containers"][0]["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP", "hostPort": 80,
+         "hostIP": "127.0.4.7"}]
+    airlock = plan.pod("airlock")
+    assert airlock is not None
+    assert sorted(p["hostPort"] for p in airlock.manifest["spec"]["containers"][0]["ports"]) == [
+        10022, 15900, 17030]
+
+
+def test_probes_placement_and_gpus_dropped() -> None:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data["users"][0]["resources"] = {"gpus": 1, "limits": {"memory": "4Gi"}}
+    data["users"][0]["placement"] = {"nodeName": "gpu1"}
+    plan = _plan(parse_site(data))
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    spec = alice.manifest["spec"]
+    container = spec["containers"][0]
+    assert "nodeName" not in spec and "automountServiceAccountToken" not in spec
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+    assert container["resources"] == {"requests": {}, "limits": {"memory": "4Gi"}}
+
+
+def test_airlock_trusts_the_host_ca_bundle() -> None:
+    plan = _plan(_site(), host_ca=b"HOST CA")
+    airlock = plan.pod("airlock")
+    assert airlock is not None
+    container = airlock.manifest["spec"]["containers"][0]
+    mount = next(m for m in container["volumeMounts"]
+                 if m["mountPath"] == "/etc/ssl/certs/ca-certificates.crt")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert any(f.content == b"HOST CA" for f in airlock.files)
+
+
+def test_placeholder_code_service_only_changes_the_command() -> None:
+    real, fake = _plan(_site()), _plan(_site(), placeholder=True)
+    a, b = real.pod("code-service"), fake.pod("code-service")
+    assert a is not None and b is not None
+    assert a.manifest["spec"]["containers"][0]["command"][:3] == ["mlab", "code-service", "serve"]
+    assert b.manifest["spec"]["containers"][0]["command"][0] == "python3"
+    assert a.networks == b.networks and a.ports == b.ports
+
+
+def test_same_input_same_hash_and_a_new_user_leaves_others_alone() -> None:
+    site = _site()
+    first, again = _plan(site), _plan(site)
+    assert [p.spec_hash for p in first.pods] == [p.spec_hash for p in again.pods]
+    bigger = _with_user(site, "carol", 1003, 15910)
+    subnets = {n.name: n.subnet for n in first.networks}
+    subnets["mlab-local-hp-carol"] = "10.89.200.0/24"
+    rendered = render_site(bigger, {k: f"pw-{k}-0123456789" for k in password_keys(bigger)})
+    plan = translate(bigger, rendered.files, rendered.secrets, subnets, STATE, host_ca=b"CA")
+    before = {p.name: p.spec_hash for p in first.pods}
+    after = {p.name: p.spec_hash for p in plan.pods}
+    assert after["mlab-local-homepod-alice"] == before["mlab-local-homepod-alice"]
+    assert after["mlab-local-homepod-bob"] == before["mlab-local-homepod-bob"]
+    assert after["mlab-local-airlock"] == before["mlab-local-airlock"]
+    assert "mlab-local-homepod-carol" in after
+
+
+def test_two_services_on_one_port_is_an_error_naming_it() -> None:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data["users"][1]["service"]["ports"]["ssh"] = 12201
+    with pytest.raises(DeployError, match="port 12201 on 127.0.0.1 is wanted twice"):
+        _plan(parse_site(data))
+
+
+def test_an_existing_secret_podman_cannot_read_is_an_error() -> None:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data["users"][0]["passwordSecret"] = "corp-alice"
+    with pytest.raises(DeployError, match="Secret 'corp-alice' is not rendered by MLab"):
+        _plan(parse_site(data))
+
+
+def _ruleset(plan: Plan) -> str:
+    homepods = [firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
+                for n in plan.homepod_networks()]
+    dnats = [firewall.Dnat(p.host_ip, p.host_port, pod.networks[0][1], p.container_port, pod.name)
+             for pod in plan.pods for p in pod.ports if p.via == "nft"]
+    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet)
+
+
+def test_firewall_rules_cover_each_homepod_edge() -> None:
+    plan = _plan(_site())
+    text = _ruleset(plan)
+    assert text.startswith("table inet mlab_local\ndelete table inet mlab_local\n")
+    for net in plan.homepod_networks():
+        assert f"ip saddr {net.subnet} drop comment \"homepod-{net.user} --> host: denied\"" in text
+        assert (f"ip saddr {net.subnet} ip daddr {net.code_ip} tcp dport 8080 accept "
+                f"comment \"homepod-{net.user} --> code-service :8080\"") in text
+        assert f"ip daddr {net.subnet} ip saddr != {net.subnet} drop" in text
+    assert "ip daddr 127.0.0.1 tcp dport 15901 dnat ip to 10.89.249.3:5900" in text
+    assert "169.254.0.0/16" in text
+    assert firewall.table_name("t4-up") == "mlab_t4_up"
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
+def test_firewall_ruleset_parses() -> None:
+    """``nft -c`` checks the script without loading it."""
+    text = _ruleset(_plan(_site(access={"bindAddress": "0.0.0.0"})))
+    proc = subprocess.run(["nft", "-c", "-f", "-"], input=text, text=True, capture_output=True,
+                          check=False)
+    if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    assert proc.returncode == 0, proc.stderr
