@@ -36,3 +36,15 @@ def test_golden(path: Path, update_golden: bool) -> None:
     for name, text in texts.items():
         expected = (folder / name).read_text(encoding="utf-8")
         assert text == expected, f"{path.name} -> {name} differs from {folder / name}"
+
+
+def test_benchmark_runs() -> None:
+    """The benchmark script keeps working (tiny size; timings are not asserted)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_render.py"),
+                           "--users", "5", "--repeat", "1"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "PyYAML CSafeDumper" in proc.stdout
