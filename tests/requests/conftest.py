@@ -66,12 +66,16 @@ def start_service(tmp: Path, two_person: list[str]) -> Iterator[Service]:
     data = tmp / "data"
     notify_log = tmp / "notify.jsonl"
     site = _site(notify_log, two_person)
-    config = ServiceConfig(data_dir=data, site=site, background_sync=False,
-                           extra_routes=request_routes(site, data))
+    config = ServiceConfig(data_dir=data, site=site, background_sync=False)
     store = prepare_data_dir(config)
     for name, password in PASSWORDS.items():
         store.set_password(name, password, is_admin=name == "admin")
     app = create_app(config, store)
+    if not any(getattr(r, "path", "") == "/api/requests" for r in app.routes):
+        # The code service mounts these routes itself; mount them here if it does not.
+        config = ServiceConfig(data_dir=data, site=site, background_sync=False,
+                               extra_routes=request_routes(site, data))
+        app = create_app(config, store)
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))

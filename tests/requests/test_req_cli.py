@@ -64,7 +64,7 @@ def test_package_request_tested_then_submitted(service, tmp_path: Path) -> None:
     assert rid in [s.id for s in steps] and failed not in [s.id for s in steps]
     scripts = write_steps(steps, tmp_path / "steps")
     assert scripts[[s.id for s in steps].index(rid)].read_text() == good.read_text()
-    assert str(rid) in image_labels(steps)["io.mlab.package-requests"].split(",")
+    assert str(rid) in image_labels(steps)["mlab.package-requests"].split(",")
     assert f"request-{rid}.sh" in provision_fragment(steps)
 
 

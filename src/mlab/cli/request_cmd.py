@@ -225,6 +225,34 @@ def register(app: typer.Typer) -> None:
             os.replace(tmp, output)
 
 
+    @group.command("bake")
+    def bake(
+        base: str = typer.Option("localhost/mlab/homepod:latest", "--base",
+                                 help="Image to extend. Default: localhost/mlab/homepod:latest "
+                                 "(what `mlab image build --local` made)."),
+        from_file: Path = typer.Option(None, "--from", help="Approved packages file "
+                                       "(`mlab request packages -o FILE`). Default: ask the "
+                                       "code service (admin or a reviewer)."),
+        tag: str = typer.Option(None, "--tag", help="Also tag the result with this full "
+                                "reference. Default: only localhost/mlab/homepod:pkg-<hash>."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Build the image with every approved package script (approval order); print its
+        reference as the last line."""
+        from mlab.requests.imagelayer import build_packages_layer
+        from mlab.requests.packages import load_steps
+
+        if from_file is not None:
+            steps = load_steps(path=from_file)
+        else:
+            steps = load_steps(server=_client(server).server)
+        ids = ", ".join(str(s.id) for s in steps) or "none"
+        err.print(f"mlab: approved package requests, in order: {ids}")
+        with err.status("building the image with the package scripts"):
+            ref = build_packages_layer(base, steps, tag=tag)
+        print(ref)
+
+
 def _check_output(output: str) -> None:
     if output not in ("table", "json"):
         raise UsageError(f"-o {output!r}: use table or json")

@@ -27,7 +27,7 @@ from typing import Any
 
 from mlab.errors import UsageError
 
-LABEL_KEY = "io.mlab.package-requests"
+LABEL_KEY = "mlab.package-requests"
 """Image label: comma-separated ids of the package requests baked in, in run order."""
 
 
