@@ -213,7 +213,7 @@ class Exposure(Model):
     ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Port] = Field(
         default_factory=dict,
         description="Service port per access name, overriding `access.ports`. Empty: the "
-        "defaults. A name set to 0 is not allowed; use `access.protocols` to turn one off.",
+        "defaults. Every Service publishes all of its access ports.",
     )
     node_ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Annotated[int, Field(ge=30000, le=32767)]] = Field(
         default_factory=dict,
