@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -146,9 +147,48 @@ def containers() -> Iterator[list[Container]]:
         c.remove()
 
 
+def wait_until_ready(container: Container, timeout: float = 60.0) -> float:
+    """Wait until the HomePod's desktop is ready (a window manager runs on display :1,
+    ``/usr/local/lib/mlab/desktop-ready``); return the seconds waited.
+
+    Raises:
+        TimeoutError: not ready after ``timeout`` seconds (the message has the log tail).
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if container.exec("/usr/local/lib/mlab/desktop-ready", check=False).returncode == 0:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    tail = "\n".join(container.logs().splitlines()[-20:])
+    raise TimeoutError(f"{container.name}: desktop not ready after {timeout} s:\n{tail}")
+
+
+def looks_like_desktop(png: str | Path) -> bool:
+    """True when a screenshot shows the XFCE desktop: a light panel along the top and a
+    non-black wallpaper colour covering much of the screen, with many colours in all
+    (false for a black screen, noVNC's own page, or xrdp's login dialog)."""
+    from PIL import Image, ImageStat
+
+    with Image.open(png) as raw:
+        img = raw.convert("RGB")
+    w, h = img.size
+    colors = img.getcolors(maxcolors=w * h) or []
+    count, dominant = max(colors)
+    panel = ImageStat.Stat(img.crop((0, 0, w, 20))).mean
+    return (
+        len(colors) > 50
+        and count / (w * h) > 0.4
+        and sum(dominant) > 30
+        and sum(panel) / 3 > 150
+    )
+
+
 @pytest.fixture(scope="session")
 def e2e() -> SimpleNamespace:
     """The helpers of this module: ``e2e.run_container(...)``, ``e2e.wait_for_port(...)``,
+    ``e2e.wait_until_ready(container)``, ``e2e.looks_like_desktop(png)``,
     ``e2e.unique_name(prefix)``, ``e2e.Container``."""
     return SimpleNamespace(run_container=run_container, wait_for_port=wait_for_port,
+                           wait_until_ready=wait_until_ready,
+                           looks_like_desktop=looks_like_desktop,
                            unique_name=unique_name, Container=Container)

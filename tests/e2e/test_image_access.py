@@ -1,0 +1,404 @@
+"""The HomePod image end to end: one container for user alice (password from a mounted
+file, an SSH key from the environment, the airlock share mounted read-only), reached on
+127.0.0.1 through VNC (vncdotool), the browser (headless Chromium on noVNC), RDP (xfreerdp
+under Xvfb) and SSH/SFTP (paramiko). One container is shared by the module to keep the
+image tests within their time budget; the test that kills the VNC server runs last.
+
+Set MLAB_UPDATE_SCREENSHOTS=1 to copy the screenshots to docs/ (docs/image.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import paramiko
+import pytest
+
+from mlab.podman import podman
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "mlabtest-img-"
+PASSWORD = "Alice-Passw0rd-42"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+VNCDO = str(Path(os.sys.executable).with_name("vncdo"))
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--remote-allow-origins=*", "--window-size=1280,800",
+]
+
+
+def keep_screenshot(src: Path, name: str) -> None:
+    """Copy a screenshot to docs/ when MLAB_UPDATE_SCREENSHOTS=1."""
+    if os.environ.get("MLAB_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(src, DOCS / name)
+
+
+def tiny_wheel(directory: Path) -> Path:
+    """Write ``mlabdemo-1.0-py3-none-any.whl`` (one module) into ``directory``."""
+    path = directory / "mlabdemo-1.0-py3-none-any.whl"
+    dist = "mlabdemo-1.0.dist-info"
+    files = {
+        "mlabdemo.py": b"VALUE = 42\n",
+        f"{dist}/METADATA": b"Metadata-Version: 2.1\nName: mlabdemo\nVersion: 1.0\n",
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr(f"{dist}/RECORD", "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ssh_key() -> paramiko.RSAKey:
+    return paramiko.RSAKey.generate(2048)
+
+
+@pytest.fixture(scope="module")
+def pod(homepod_image: str, e2e, ssh_key, tmp_path_factory) -> Iterator:
+    """A running HomePod for alice, ready (a window manager runs on the VNC display)."""
+    tmp = tmp_path_factory.mktemp("pod")
+    secret = tmp / "password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    share = tmp / "share"
+    (share / "pip" / "simple" / "mlabdemo").mkdir(parents=True)
+    (share / "pip" / "files").mkdir()
+    wheel = tiny_wheel(share / "pip" / "files")
+    (share / "pip" / "simple" / "mlabdemo" / "index.html").write_text(
+        f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>\n')
+    share.chmod(0o755)
+    volume = e2e.unique_name(PREFIX + "home-")
+    podman(["volume", "create", volume])
+    c = None
+    try:
+        c = e2e.run_container(
+            homepod_image, PREFIX,
+            env={"MLAB_USER": "alice", "MLAB_UID": "1234", "MLAB_MODE": "homepod",
+                 "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password", "MLAB_CLIPBOARD": "both",
+                 "TZ": "Asia/Shanghai", "LANG": "en_US.UTF-8", "MLAB_SUDO": "1",
+                 "MLAB_SSH_KEYS": f"ssh-rsa {ssh_key.get_base64()} alice@test"},
+            ports=(5900, 3389, 7030, 22),
+            volumes=(f"{volume}:/home/alice", f"{secret}:/etc/mlab/secret/password:ro",
+                     f"{share}:/opt/public/airlock:ro"),
+        )
+        e2e.wait_until_ready(c)
+        for p in (5900, 3389, 7030, 22):
+            e2e.wait_for_port(c.port(p))
+        yield c
+    finally:
+        if c is not None:
+            c.remove()
+        podman(["volume", "rm", "-f", volume], check=False)
+
+
+def vnc_capture(port: int, password: str, out: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``vncdo capture`` through the published VNC port."""
+    return subprocess.run([VNCDO, "-s", f"127.0.0.1::{port}", "-p", password, "capture", str(out)],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# --- image contents ----------------------------------------------------------------------
+
+def test_image_has_services_tools_and_mlab(pod) -> None:
+    status = pod.exec("supervisorctl", "-c", "/etc/mlab/supervisord.conf", "status").stdout
+    for service in ("xvnc", "desktop", "novnc", "sshd", "xrdp", "xrdp-sesman"):
+        assert re.search(rf"^{service}\s+RUNNING", status, re.M), status
+    tools = pod.exec("bash", "-c", "for t in python3 pip3 gcc make git sudo curl wget ip "
+                     "dpkg-scanpackages apt-ftparchive /usr/lib/openssh/sftp-server mlab; do "
+                     "command -v $t >/dev/null || echo MISSING $t; done; "
+                     "python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"include\"])'")
+    assert "MISSING" not in tools.stdout
+    assert pod.exec("test", "-f", tools.stdout.split()[-1] + "/Python.h", check=False).returncode == 0
+    assert "code-service" in pod.exec("mlab", "--help").stdout or pod.exec("mlab", "--help").returncode == 0
+    assert pod.exec("test", "-s", "/usr/share/mlab/pristine/status", check=False).returncode == 0
+    assert "deb.debian.org" in pod.exec("cat", "/usr/share/mlab/pristine/sources.list").stdout
+    # PID 1 is an init, so SIGTERM stops the container promptly.
+    assert "tini" in pod.exec("cat", "/proc/1/cmdline").stdout
+    assert "zh_CN.utf8" in pod.exec("locale", "-a").stdout
+    assert pod.exec("readlink", "/etc/localtime").stdout.strip().endswith("Asia/Shanghai")
+
+
+def test_password_not_in_clear_on_disk_or_in_logs(pod) -> None:
+    assert PASSWORD not in pod.logs()
+    shadow = pod.exec("getent", "shadow", "alice").stdout
+    assert PASSWORD not in shadow and shadow.split(":")[1].startswith("$")
+    env = pod.exec("bash", "-c", "cat /proc/$(pgrep -o supervisord)/environ | tr '\\0' '\\n'").stdout
+    assert PASSWORD not in env
+
+
+def test_homepod_pip_and_apt_point_only_at_the_airlock_share(pod) -> None:
+    assert pod.exec("cat", "/etc/apt/sources.list").stdout.strip() == \
+        "deb [trusted=yes] file:/opt/public/airlock/apt ./"
+    assert pod.exec("ls", "/etc/apt/sources.list.d").stdout.strip() == ""
+    assert "index-url = file:///opt/public/airlock/pip/simple" in pod.exec("cat", "/etc/pip.conf").stdout
+    # Plain `pip install SPEC` works for the user (PEP 668: into ~/.local on the home volume).
+    out = pod.exec("su", "-", "alice", "-c", "pip install mlabdemo && python3 -c "
+                   "'import mlabdemo; print(mlabdemo.VALUE, mlabdemo.__file__)'")
+    assert "42 /home/alice/.local/" in out.stdout
+
+
+# --- VNC ---------------------------------------------------------------------------------
+
+def test_vnc_shows_the_desktop(pod, e2e, tmp_path) -> None:
+    out = tmp_path / "vnc.png"
+    proc = vnc_capture(pod.port(5900), PASSWORD, out)
+    assert proc.returncode == 0, proc.stderr
+    assert e2e.looks_like_desktop(out)
+    keep_screenshot(out, "screenshot-vnc.png")
+
+
+def test_vnc_refuses_a_wrong_password_and_uses_its_first_8_characters(pod, tmp_path) -> None:
+    bad = vnc_capture(pod.port(5900), "Wrong-Passw0rd-42", tmp_path / "bad.png")
+    assert bad.returncode != 0 and not (tmp_path / "bad.png").exists()
+    assert "Authentication failure" in bad.stderr
+    # VncAuth (RFB 3.8 section 7.2.2) keys DES with 8 bytes: only the prefix counts.
+    ok = vnc_capture(pod.port(5900), PASSWORD[:8] + "-anything", tmp_path / "ok.png")
+    assert ok.returncode == 0, ok.stderr
+
+
+# --- browser (noVNC) ---------------------------------------------------------------------
+
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol (websocket JSON-RPC)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import websocket
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
+        self.log = tmp / "chromium.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                 "--remote-debugging-port=0", "about:blank"],
+                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None:
+            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text())
+            if m:
+                port = int(m.group(1))
+            elif time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-500:]}")
+            else:
+                time.sleep(0.1)
+        pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+                 if t["type"] == "page"]
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30,
+                                              suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def evaluate(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def novnc_screenshot(url: str, out: Path, tmp: Path) -> bool:
+    """Open ``url`` and, once noVNC reports a connection, save a screenshot; return whether
+    it connected within 30 s."""
+    browser = DevTools(tmp)
+    try:
+        browser.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 30
+        connected = False
+        while time.monotonic() < deadline and not connected:
+            connected = bool(browser.evaluate(
+                "document.documentElement.classList.contains('noVNC_connected')"))
+            time.sleep(0.3)
+        time.sleep(1.5)  # the first framebuffer update after the connection
+        shot = browser.call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+        return connected
+    finally:
+        browser.close()
+
+
+@pytest.mark.parametrize("path", [None, "homepods/alice/websockify"], ids=["root", "path-prefix"])
+def test_browser_shows_the_desktop_through_novnc(pod, e2e, tmp_path, path) -> None:
+    url = (f"http://127.0.0.1:{pod.port(7030)}/vnc.html?autoconnect=1&resize=scale"
+           f"&password={PASSWORD}")
+    if path:
+        url += f"&path={path}"
+    out = tmp_path / "browser.png"
+    assert novnc_screenshot(url, out, tmp_path), "noVNC did not connect"
+    assert e2e.looks_like_desktop(out)
+    if path is None:
+        keep_screenshot(out, "screenshot-browser.png")
+
+
+def test_novnc_page_is_served(pod) -> None:
+    r = httpx.get(f"http://127.0.0.1:{pod.port(7030)}/vnc.html", timeout=10)
+    assert r.status_code == 200 and "noVNC" in r.text
+
+
+# --- RDP ---------------------------------------------------------------------------------
+
+class Xvfb:
+    """A private X display for the RDP client."""
+
+    def __init__(self, tmp: Path) -> None:
+        rfd, wfd = os.pipe()
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0", "1280x800x24",
+                                      "-nolisten", "tcp"], pass_fds=(wfd,),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(wfd)
+        with os.fdopen(rfd) as r:
+            self.display = ":" + r.readline().strip()
+
+    def screenshot(self, out: Path) -> None:
+        xwd = subprocess.run(["xwd", "-root", "-silent", "-display", self.display],
+                             capture_output=True, check=True, timeout=30).stdout
+        from PIL import Image
+
+        try:
+            Image.open(io.BytesIO(xwd)).save(out)
+        except Exception:  # Pillow without an XWD reader: use ImageMagick.
+            subprocess.run(["convert", "xwd:-", str(out)], input=xwd, check=True, timeout=30)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def rdp_session(port: int, password: str, tmp: Path, e2e, wait: float = 40) -> tuple[bool, Path]:
+    """Log in with xfreerdp under Xvfb; poll screenshots until the desktop shows (or
+    ``wait`` seconds pass). Returns (desktop seen, last screenshot)."""
+    x = Xvfb(tmp)
+    out = tmp / f"rdp-{password[:4]}.png"
+    client = subprocess.Popen(
+        ["xfreerdp", f"/v:127.0.0.1:{port}", "/u:alice", f"/p:{password}", "/cert:ignore",
+         "/size:1280x800", "/bpp:24", "-wallpaper"],
+        env={**os.environ, "DISPLAY": x.display}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            x.screenshot(out)
+            if e2e.looks_like_desktop(out):
+                return True, out
+        return False, out
+    finally:
+        client.terminate()
+        client.wait(timeout=10)
+        x.close()
+
+
+def test_rdp_gives_a_desktop_while_the_vnc_session_is_open(pod, e2e, tmp_path) -> None:
+    viewer = subprocess.Popen([VNCDO, "-s", f"127.0.0.1::{pod.port(5900)}", "-p", PASSWORD,
+                               "pause", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        assert viewer.poll() is None, "the VNC viewer did not stay connected"
+        seen, shot = rdp_session(pod.port(3389), PASSWORD, tmp_path, e2e)
+        assert seen, "no desktop over RDP"
+        keep_screenshot(shot, "screenshot-rdp.png")
+        assert viewer.poll() is None, "the VNC viewer lost its connection"
+    finally:
+        viewer.terminate()
+        viewer.wait(timeout=10)
+
+
+def test_rdp_refuses_a_wrong_password(pod, e2e, tmp_path) -> None:
+    # xrdp answers a failed login with its login dialog ("login failed for user alice")
+    # instead of a desktop; `xfreerdp /auth-only` cannot tell, the screen can.
+    seen, shot = rdp_session(pod.port(3389), "Wrong-Passw0rd-42", tmp_path, e2e, wait=12)
+    assert not seen
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert len(img.convert("RGB").getcolors(1280 * 800) or []) > 2, "blank RDP screen"
+
+
+# --- SSH and SFTP ------------------------------------------------------------------------
+
+def ssh(port: int, user: str, **auth: object) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=port, username=user, timeout=20, allow_agent=False,
+                   look_for_keys=False, **auth)
+    return client
+
+
+def run(client: paramiko.SSHClient, command: str) -> str:
+    _, stdout, _ = client.exec_command(command, timeout=30)
+    return stdout.read().decode()
+
+
+def test_ssh_password_and_key_login_and_sftp(pod, ssh_key, tmp_path) -> None:
+    with ssh(pod.port(22), "alice", password=PASSWORD) as c:
+        assert run(c, "id -un; pwd").split() == ["alice", "/home/alice"]
+        assert run(c, "sudo -n id -u").strip() == "0"
+    with ssh(pod.port(22), "alice", pkey=ssh_key) as c:
+        local = tmp_path / "up.txt"
+        local.write_text("hello from the office\n")
+        sftp = c.open_sftp()
+        sftp.put(str(local), "/home/alice/up.txt")
+        sftp.get("/home/alice/up.txt", str(tmp_path / "down.txt"))
+        assert (tmp_path / "down.txt").read_text() == "hello from the office\n"
+        assert sftp.stat("/home/alice/up.txt").st_uid == 1234
+
+
+def test_ssh_refuses_root_and_a_wrong_password(pod) -> None:
+    for user, password in (("root", PASSWORD), ("alice", "Wrong-Passw0rd-42")):
+        with pytest.raises(paramiko.AuthenticationException):
+            ssh(pod.port(22), user, password=password).close()
+
+
+def test_files_in_home_belong_to_alice(pod) -> None:
+    # The desktop session has written its settings (~/.config/xfce4...) by now.
+    assert pod.exec("test", "-d", "/home/alice/.config/xfce4", check=False).returncode == 0
+    pod.exec("bash", "-c", "DISPLAY=:1 xfce4-terminal -x touch /home/alice/from-desktop.txt",
+             user="alice")
+    for _ in range(50):
+        if pod.exec("test", "-e", "/home/alice/from-desktop.txt", check=False).returncode == 0:
+            break
+        time.sleep(0.2)
+    foreign = pod.exec("find", "/home/alice", "-path", "/home/alice/.mlab/host-keys", "-prune",
+                       "-o", "!", "-user", "alice", "-print").stdout.strip()
+    assert foreign == ""
+    assert pod.exec("stat", "-c", "%U", "/home/alice/from-desktop.txt").stdout.strip() == "alice"
+
+
+# --- supervision (last: it restarts the VNC server) --------------------------------------
+
+def test_supervisor_restarts_a_killed_vnc_server(pod, e2e, tmp_path) -> None:
+    pod.exec("pkill", "-KILL", "-x", "Xtigervnc")
+    start = time.monotonic()
+    out = tmp_path / "again.png"
+    while time.monotonic() - start < 30:
+        if vnc_capture(pod.port(5900), PASSWORD, out, timeout=10).returncode == 0:
+            break
+        time.sleep(0.3)
+    elapsed = time.monotonic() - start
+    assert out.exists()
+    assert elapsed < 10, f"VNC came back after {elapsed:.1f} s"
+    e2e.wait_until_ready(pod, timeout=30)
