@@ -501,6 +501,7 @@ class Site(Model):
                 f"airlock.user: {self.airlock.user!r} is also a HomePod user; pick another name"
             )
         self._check_port_clashes()
+        self._check_private_claims()
         ip = ipaddress.ip_address(self.code_service_ip)
         if ip not in ipaddress.ip_network(self.cluster.service_cidr):
             raise ValueError(
@@ -515,6 +516,33 @@ class Site(Model):
         if self.code_service.cluster_ip:
             return self.code_service.cluster_ip
         return str(ipaddress.ip_network(self.cluster.service_cidr)[200])
+
+    def _check_private_claims(self) -> None:
+        """A user's home claim is private: no other user, dataset or shared claim uses it."""
+        homes = {u.home.claim or f"home-{u.name}": u.name for u in self.users}
+        for i, user in enumerate(self.users):
+            for j, extra in enumerate(user.volumes):
+                if extra.claim in (self.airlock.outbox.claim or "outbox",
+                                   self.airlock.share.claim or "airlock-share"):
+                    raise ValueError(
+                        f"users[{i}].volumes[{j}].claim: {extra.claim!r} is the airlock "
+                        "share or outbox claim, which HomePods mount only read-only or per user"
+                    )
+                owner = homes.get(extra.claim)
+                if owner is not None and owner != user.name:
+                    raise ValueError(
+                        f"users[{i}].volumes[{j}].claim: {extra.claim!r} is the home of user "
+                        f"{owner!r}; a home is private to its user"
+                    )
+        shared = [(f"datasets[{k}].claim", d.claim) for k, d in enumerate(self.datasets)]
+        shared += [("airlock.share.claim", self.airlock.share.claim or "airlock-share"),
+                   ("airlock.outbox.claim", self.airlock.outbox.claim or "outbox")]
+        for where, claim in shared:
+            if claim in homes:
+                raise ValueError(
+                    f"{where}: {claim!r} is the home of user {homes[claim]!r}; a home is "
+                    "private to its user"
+                )
 
     def _check_port_clashes(self) -> None:
         claimed: dict[tuple[str, int], str] = {}

@@ -140,3 +140,37 @@ def test_render_does_not_mutate_site() -> None:
     before = site.model_dump()
     render_site(site, PASSWORDS)
     assert site.model_dump() == before
+
+
+def _references(dep: dict) -> set[str]:
+    """Names of Secrets and claims a Deployment's pod uses, plus its outbox sub-path."""
+    pod = dep["spec"]["template"]["spec"]
+    refs = set()
+    for vol in pod["volumes"]:
+        if "secret" in vol:
+            refs.add("secret:" + vol["secret"]["secretName"])
+        if "persistentVolumeClaim" in vol:
+            refs.add("claim:" + vol["persistentVolumeClaim"]["claimName"])
+    for mount in pod["containers"][0]["volumeMounts"]:
+        if mount["mountPath"] == "/opt/outbox":
+            refs.add("outbox:" + mount.get("subPath", ""))
+    return refs
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_users_share_nothing_private(path: Path) -> None:
+    """No user's Secret, home or outbox appears in another user's pod."""
+    from mlab.render.homepod import home_claim, password_secret_name
+
+    site = load_site(path)
+    objs = render_site(site).files["homepod.yaml"]
+    for user in site.users:
+        dep = _by(objs, "Deployment", f"homepod-{user.name}")
+        refs = _references(dep)
+        assert f"outbox:{user.name}" in refs
+        for other in site.users:
+            if other.name == user.name:
+                continue
+            private = {f"secret:{password_secret_name(other)}", f"claim:{home_claim(other)}",
+                       f"outbox:{other.name}"}
+            assert not refs & private, f"{user.name} gets {refs & private}"

@@ -148,3 +148,22 @@ def test_schema_is_json_and_closed(capsys) -> None:
 def test_check_ok(capsys) -> None:
     code, out, _ = run(capsys, "site", "check", "--site", str(SEED))
     assert code == 0 and "ok" in out
+
+
+@pytest.mark.parametrize("data,expected", [
+    ({"users": [{"name": "a"}, {"name": "b", "volumes": [{"claim": "home-a", "mountPath": "/x"}]}]},
+     "users[1].volumes[0].claim: 'home-a' is the home of user 'a'"),
+    ({"users": [{"name": "a", "volumes": [{"claim": "outbox", "mountPath": "/x"}]}]},
+     "users[0].volumes[0].claim: 'outbox' is the airlock share or outbox claim"),
+    ({"users": [{"name": "admin"}]}, "users[0].name: 'admin' is reserved"),
+    ({"users": [{"name": "a", "service": {"ports": {"vnc": 22}}}]},
+     "users[0].service.ports.ssh: port 22 is also used for vnc"),
+    ({"airlock": {"proxy": {"http": "http://u:pw@proxy:3128"}}},
+     "airlock.proxy: http: the proxy URL holds a password"),
+], ids=["other-home", "outbox-claim", "reserved-name", "port-twice", "proxy-password"])
+def test_more_bad_input(data: dict, expected: str, tmp_path: Path, capsys) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"name": "bad", **data}))
+    code, _, err = run(capsys, "site", "check", "--site", str(site))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert "pw" not in err.replace("proxy", "")
