@@ -249,6 +249,7 @@ class StageResult:
 
 
 _NOT_FOUND = re.compile(r"No matching distribution found for (\S+)")
+_BUILD_FAILED = re.compile(r"Failed building wheel for (\S+)")
 _CREATED = re.compile(r"Created wheel for \S+: filename=(\S+\.whl)")
 _COLLECTING = re.compile(r"^\s*(?:Collecting|Processing|Building wheel for) (\S+)")
 
@@ -281,6 +282,13 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
                 hint="check the name and version (https://pypi.org/project/NAME/); "
                 "for another --python-version/--platform only wheels can be staged",
             )
+        if (m := _BUILD_FAILED.search(text)):
+            reasons = [ln.strip() for ln in lines if re.match(r"\s*error:", ln) and "subprocess-exited" not in ln]
+            why = f": {reasons[-1][:200]}" if reasons else ""
+            raise MlabError(
+                f"building a wheel for {m.group(1)} from its sdist failed{why}",
+                hint="install its build requirements (compilers, -dev packages) on the Airlock, or pin a version with wheels",
+            )
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or [f"exit {code}"]
         raise MlabError(f"pip {args[0]} failed: {errors[-1]}")
     return lines, created
@@ -311,7 +319,9 @@ def fetch(
         if target.foreign:
             args = ["download", "--dest", str(dest), *target.pip_args()]
         else:
-            args = ["wheel", "--wheel-dir", str(dest)]
+            # --use-pep517: build every sdist in an isolated environment with its declared
+            # backend (setuptools + wheel for setup.py-only projects), as pip will by default
+            args = ["wheel", "--use-pep517", "--wheel-dir", str(dest)]
         args += ["--progress-bar", "off", *sources.pip_args(), *pending, *req_args]
         _lines, created = _run_pip(args, report)
         built += created

@@ -1,0 +1,153 @@
+"""End to end: stage on an Airlock container, install offline in a HomePod container.
+
+One Airlock (default network, the host CA bundle mounted, the share read-write) and one
+HomePod (``--network none``, the same share read-only) run the real image with its real
+services. On the Airlock, user alice stages from PyPI a pure-Python package (six), one with
+a C extension (markupsafe) and one whose dependency ships only an sdist (num2words ->
+docopt), and from Debian jq (its libraries libjq1 and libonig5 are not in the image) and
+htop (shared libraries libnl-3 / libnl-genl-3 not in the image). In the HomePod, with no
+network at all, ``pip install`` and ``sudo apt-get install`` of them succeed and the
+programs run. A file uploaded over SFTP to the Airlock's sshd is readable and not writable
+in the HomePod, and the audit log has a line for each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import time
+
+import paramiko
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "mlabtest-air-"
+USER = "alice"
+UID = 1000
+CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@pytest.fixture(scope="module")
+def pods(homepod_image, tmp_path_factory, e2e):
+    share = tmp_path_factory.mktemp("air-share")
+    os.chown(share, UID, UID)
+    share.chmod(0o755)
+    password = secrets.token_urlsafe(12)
+    env = {"MLAB_USER": USER, "MLAB_UID": str(UID), "MLAB_PASSWORD": password}
+    started = []
+    try:
+        airlock = e2e.run_container(
+            homepod_image, PREFIX, env={**env, "MLAB_MODE": "airlock"}, ports=[22],
+            volumes=[f"{share}:/opt/public/airlock:rw", f"{CA}:{CA}:ro"],
+        )
+        started.append(airlock)
+        homepod = e2e.run_container(
+            homepod_image, PREFIX, env={**env, "MLAB_MODE": "homepod"},
+            volumes=[f"{share}:/opt/public/airlock:ro"], extra=["--network", "none"],
+        )
+        started.append(homepod)
+        e2e.wait_for_port(airlock.port(22), timeout=60)
+        yield airlock, homepod, share, password
+    finally:
+        for c in started:
+            c.remove()
+
+
+def sh(container, script: str, user: str = USER, timeout: float = 300):
+    proc = container.exec("bash", "-lc", script, user=user, check=False, timeout=timeout)
+    assert proc.returncode == 0, f"{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def staged(pods):
+    airlock, homepod, share, password = pods
+    pip_out = sh(airlock, "mlab stage pip six markupsafe num2words").stdout
+    apt_out = sh(airlock, "mlab stage apt jq htop").stdout
+    return pip_out, apt_out
+
+
+def test_pip_packages_install_offline(pods, staged) -> None:
+    airlock, homepod, share, _ = pods
+    pip_out, _apt = staged
+    built = [ln for ln in pip_out.splitlines() if "built from sdist" in ln]
+    assert len(built) == 1 and "docopt-0.6.2-" in built[0], pip_out
+    assert not list((share / "pip" / "files").glob("*.tar.gz"))
+    # no network in the HomePod: not even a route
+    assert homepod.exec("python3", "-c", "import socket; socket.create_connection(('1.1.1.1', 80), 3)",
+                        check=False).returncode != 0
+    sh(homepod, "pip install --user six markupsafe num2words")
+    out = sh(homepod, "python3 -c 'import six, markupsafe._speedups, docopt, num2words; print(num2words.num2words(42))'").stdout
+    assert out.strip() == "forty-two"
+    # the mlab wrapper, and its hint for what is not staged
+    sh(homepod, "mlab install pip --user six")
+    missing = homepod.exec("bash", "-lc", "mlab install pip --user tomli-w", user=USER, check=False)
+    assert missing.returncode == 1
+    assert "mlab stage pip tomli-w" in missing.stderr
+
+
+def test_apt_packages_install_offline(pods, staged) -> None:
+    airlock, homepod, share, _ = pods
+    _pip, apt_out = staged
+    assert "libjq1" in apt_out and "libonig5" in apt_out and "libnl-3-200" in apt_out
+    update = sh(homepod, "sudo apt-get update 2>&1")
+    assert "W:" not in update.stdout and "Err" not in update.stdout, update.stdout
+    sh(homepod, "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y jq htop")
+    assert sh(homepod, "echo '{\"a\": 7}' | jq .a").stdout.strip() == "7"
+    assert "htop" in sh(homepod, "htop --version").stdout
+    missing = homepod.exec("bash", "-lc", "mlab install apt sl", user=USER, check=False)
+    assert missing.returncode == 1 and "mlab stage apt sl" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def uploaded(pods):
+    """Upload uploads-data.txt over SFTP to the Airlock's sshd (as alice, with her password)."""
+    airlock, homepod, share, password = pods
+    # route the sftp subsystem through the audited wrapper (docs/airlock.md, "SFTP")
+    sh(airlock, "sed -i 's|^Subsystem[[:space:]]\\+sftp.*|Subsystem sftp /usr/local/bin/mlab airlock sftp-server|' "
+                "/etc/ssh/sshd_config && supervisorctl -c /etc/mlab/supervisord.conf restart sshd", user="root")
+    deadline = time.monotonic() + 30
+    while True:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=airlock.port(22), username=USER, password=password,
+                           allow_agent=False, look_for_keys=False, timeout=10)
+            break
+        except (paramiko.SSHException, OSError):
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        with client.open_sftp() as s:
+            s.putfo(io.BytesIO(b"dataset v1\n"), "/opt/public/airlock/uploads-data.txt")
+    finally:
+        client.close()
+    return "/opt/public/airlock/uploads-data.txt"
+
+
+def test_sftp_upload_readable_not_writable_in_homepod(pods, uploaded) -> None:
+    airlock, homepod, share, password = pods
+    assert sh(homepod, "cat /opt/public/airlock/uploads-data.txt").stdout == "dataset v1\n"
+    denied = homepod.exec("bash", "-c", "echo x >> /opt/public/airlock/uploads-data.txt", user=USER, check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    denied_root = homepod.exec("touch", "/opt/public/airlock/new", check=False)
+    assert denied_root.returncode != 0
+
+
+def test_audit_log_has_a_line_for_each(pods, staged, uploaded) -> None:
+    airlock, homepod, share, _ = pods
+    out = sh(homepod, "mlab airlock log -o json").stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    items = {(r["action"], r["item"].split("-")[0].split("_")[0]) for r in records}
+    for name in ("six", "markupsafe", "num2words", "docopt"):
+        assert ("stage-pip", name) in items, name
+    for name in ("jq", "libjq1", "libonig5", "htop"):
+        assert ("stage-apt", name) in items, name
+    assert all(r["user"] == USER for r in records)
+    uploads = [r for r in records if r["action"] == "sftp-upload"]
+    assert [(r["item"], r["size"]) for r in uploads] == [(uploaded, 11)]
