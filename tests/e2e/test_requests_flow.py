@@ -1,0 +1,257 @@
+"""End to end (podman): package and export requests through the real containers.
+
+Three containers of the HomePod image on one test network: the code service
+(``mlab code-service serve``, the contract's command), an Airlock (user ``airlock``, uid
+2000, every outbox read-only at /opt/outbox/<user>/, the share read-write) and alice's
+HomePod (her outbox read-write at /opt/outbox). Reviewer bob and the admin act from this
+machine over the code service's published port.
+
+- package: a script installing Debian's ``tree`` is tested on the Airlock and submitted;
+  bob approves; the image is rebuilt with the approved scripts in approval order and a
+  HomePod of it (no network at all) has ``tree``; the image is labelled with the ids.
+- export: two files (one of 1 GiB) and a directory are exported from the HomePod; bob
+  approves it and rejects a second export; the Airlock publishes; the approved files
+  download over SFTP with matching sha256 and the rejected ones are not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from mlab.podman import podman
+from mlab.requests.client import RequestsClient
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "mlabtest-req-"
+ALICE_UID = 1000
+AIRLOCK_UID = 2000
+PASSWORDS = {"alice": "alice-" + secrets.token_hex(6), "bob": "bob-" + secrets.token_hex(6),
+             "admin": "admin-" + secrets.token_hex(6), "airlock": "air-" + secrets.token_hex(6)}
+GIB = 1024 * 1024 * 1024
+
+
+def _site(tmp: Path) -> Path:
+    root = tmp / "etc-mlab"
+    (root / "admin").mkdir(parents=True)
+    (root / "admin" / "password").write_text(PASSWORDS["admin"] + "\n")
+    for user in ("alice", "bob"):
+        (root / "users" / user).mkdir(parents=True)
+        (root / "users" / user / "password").write_text(PASSWORDS[user] + "\n")
+    (root / "site.yaml").write_text(
+        "name: reqe2e\nusers:\n  - name: alice\n  - name: bob\n"
+        "codeService:\n  reviewers: [bob]\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab(homepod_image, tmp_path_factory, e2e):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("req-e2e")
+    etc = _site(tmp)
+    outboxes = tmp / "outbox"
+    (outboxes / "alice").mkdir(parents=True)
+    os.chown(outboxes / "alice", ALICE_UID, ALICE_UID)
+    share = tmp / "share"
+    share.mkdir()
+    os.chown(share, AIRLOCK_UID, AIRLOCK_UID)
+    net = e2e.unique_name(PREFIX + "net-")
+    podman(["network", "create", net])
+    started = []
+    try:
+        code = e2e.run_container(
+            homepod_image, PREFIX, ports=[8080],
+            env={"MLAB_ADMIN_PASSWORD_FILE": "/etc/mlab/admin/password"},
+            volumes=[f"{etc}/site.yaml:/etc/mlab/site.yaml:ro",
+                     f"{etc}/users:/etc/mlab/users:ro", f"{etc}/admin:/etc/mlab/admin:ro"],
+            extra=["--network", net, "--init"],
+            args=["mlab", "code-service", "serve", "--data", "/var/lib/mlab/code", "--site",
+                  "/etc/mlab/site.yaml", "--port", "8080", "--no-background-sync"],
+        )
+        started.append(code)
+        code_ip = podman(["inspect", "--format",
+                          "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                          code.name]).stdout.strip()
+        server_in_pods = f"http://{code_ip}:8080"
+        airlock = e2e.run_container(
+            homepod_image, PREFIX, ports=[22],
+            env={"MLAB_MODE": "airlock", "MLAB_USER": "airlock", "MLAB_UID": str(AIRLOCK_UID),
+                 "MLAB_PASSWORD": PASSWORDS["airlock"], "MLAB_SERVER": server_in_pods},
+            volumes=[f"{share}:/opt/public/airlock:rw", f"{outboxes}:/opt/outbox:ro"],
+            extra=["--network", net],
+        )
+        started.append(airlock)
+        homepod = e2e.run_container(
+            homepod_image, PREFIX,
+            env={"MLAB_MODE": "homepod", "MLAB_USER": "alice", "MLAB_UID": str(ALICE_UID),
+                 "MLAB_PASSWORD": PASSWORDS["alice"], "MLAB_SERVER": server_in_pods},
+            volumes=[f"{share}:/opt/public/airlock:ro", f"{outboxes}/alice:/opt/outbox:rw"],
+            extra=["--network", net],
+        )
+        started.append(homepod)
+        url = f"http://127.0.0.1:{code.port(8080)}"
+        _wait_http(url, code)
+        e2e.wait_for_port(airlock.port(22), timeout=60)
+        yield {"url": url, "image": homepod_image, "code": code, "airlock": airlock, "homepod": homepod,
+               "share": share, "outboxes": outboxes, "tmp": tmp}
+    finally:
+        for c in started:
+            c.remove()
+        podman(["network", "rm", "-f", net], check=False)
+
+
+def _wait_http(url: str, container) -> None:  # type: ignore[no-untyped-def]
+    client = RequestsClient(url, "admin", PASSWORDS["admin"], timeout=5)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            client.list()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise AssertionError(f"code service did not answer: {container.logs()[-2000:]}")
+            time.sleep(0.5)
+
+
+def sh(container, script: str, user: str, creds: str | None = None, timeout: float = 600):  # type: ignore[no-untyped-def]
+    """Run ``script`` with bash as ``user``, logged in to the code service as ``creds``."""
+    who = creds or user
+    env = f"export MLAB_USER={who} MLAB_PASSWORD={shlex.quote(PASSWORDS[who])}; "
+    proc = container.exec("bash", "-lc", env + script, user=user, check=False, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def client(lab, user: str) -> RequestsClient:  # type: ignore[no-untyped-def]
+    return RequestsClient(lab["url"], user, PASSWORDS[user])
+
+
+def _rid(text: str) -> int:
+    return int(text.split("request ")[1].split()[0].rstrip(":"))
+
+
+INSTALL_TREE = """set -euo pipefail
+[ "$(id -u)" = 0 ] || exec sudo bash "$0" "$@"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends tree
+tree --version
+"""
+
+
+def test_package_request_baked_into_the_image(lab) -> None:  # type: ignore[no-untyped-def]
+    from mlab.requests.imagelayer import build_packages_layer
+    from mlab.requests.packages import load_steps
+
+    airlock = lab["airlock"]
+    sh(airlock, f"cat > ~/install-tree.sh <<'EOF'\n{INSTALL_TREE}EOF", "airlock")
+    # The Airlock user submits as alice here (the site's users own requests; the Airlock
+    # account has no code-service login in this test).
+    proc = sh(airlock, "cd ~ && mlab request package install-tree.sh --reason 'tree for the team'",
+              "airlock", creds="alice")
+    assert "tree v" in proc.stderr
+    rid = _rid(proc.stdout)
+    item = client(lab, "alice").get(rid)
+    assert item["transcript"]["exit_status"] == 0 and "tree v" in item["transcript"]["output"]
+    assert client(lab, "bob").act(rid, "approve", "tested on the airlock")["state"] == "approved"
+
+    out = lab["tmp"] / "approved.json"
+    out.write_text(json.dumps({"packages": client(lab, "admin").packages()}))
+    steps = load_steps(path=out)
+    assert [s.id for s in steps] == [rid]
+    ref = build_packages_layer(lab["image"], steps)
+    try:
+        label = podman(["image", "inspect", "--format",
+                        '{{index .Labels "mlab.package-requests"}}', ref]).stdout.strip()
+        assert label == str(rid)
+        name = f"{PREFIX}pkg-{secrets.token_hex(4)}"
+        proc = podman(["run", "--rm", "--name", name, "--network", "none", ref,
+                       "tree", "--version"], check=False)
+        assert proc.returncode == 0 and "tree v" in proc.stdout, proc.stderr
+    finally:
+        podman(["rmi", ref], check=False)
+
+
+def _sftp(lab) -> paramiko.SFTPClient:  # type: ignore[no-untyped-def]
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test container
+    ssh.connect("127.0.0.1", port=lab["airlock"].port(22), username="airlock",
+                password=PASSWORDS["airlock"], look_for_keys=False, allow_agent=False)
+    return ssh.open_sftp()
+
+
+def _download_sha256(sftp: paramiko.SFTPClient, path: str) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with sftp.open(path, "rb") as fh:
+        fh.prefetch()
+        while True:
+            chunk = fh.read(1024 * 1024)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def test_export_approved_downloads_rejected_does_not(lab) -> None:  # type: ignore[no-untyped-def]
+    homepod, airlock = lab["homepod"], lab["airlock"]
+    sh(homepod, "mkdir -p ~/out/run/ckpt && cd ~/out"
+                " && head -c 1G /dev/urandom > big.bin && echo hello > notes.txt"
+                " && head -c 100000 /dev/urandom > run/ckpt/step1.pt && echo '{}' > run/m.json",
+       "alice", timeout=300)
+    start = time.monotonic()
+    proc = sh(homepod, "cd ~/out && mlab request export big.bin notes.txt run "
+                       "--reason 'model for ACME'", "alice", timeout=300)
+    export_seconds = time.monotonic() - start
+    good = _rid(proc.stdout)
+    bad = _rid(sh(homepod, "cd ~/out && mlab request export notes.txt run --reason 'raw data'",
+                  "alice").stdout)
+    item = client(lab, "bob").get(good)
+    files = {f["path"]: f for f in item["files"]}
+    assert sorted(files) == ["big.bin", "notes.txt", "run/ckpt/step1.pt", "run/m.json"]
+    assert files["big.bin"]["size"] == GIB
+    local = sh(homepod, "cd ~/out && sha256sum big.bin notes.txt", "alice").stdout.split()
+    assert files["big.bin"]["sha256"] == local[0] and files["notes.txt"]["sha256"] == local[2]
+
+    client(lab, "bob").act(good, "approve", "ok for ACME")
+    client(lab, "bob").act(bad, "reject", "raw customer data")
+    start = time.monotonic()
+    proc = sh(airlock, "mlab request publish", "airlock", creds="admin", timeout=300)
+    publish_seconds = time.monotonic() - start
+    assert f"request {good}: published" in proc.stdout
+    print(f"\nexport of 1 GiB + 3 files: {export_seconds:.1f} s; publish: {publish_seconds:.1f} s")
+
+    sftp = _sftp(lab)
+    try:
+        base = f"/opt/public/airlock/export/{good}"
+        start = time.monotonic()
+        assert _download_sha256(sftp, f"{base}/big.bin") == (GIB, files["big.bin"]["sha256"])
+        print(f"SFTP download of 1 GiB: {time.monotonic() - start:.1f} s")
+        for path in ("notes.txt", "run/ckpt/step1.pt", "run/m.json"):
+            assert _download_sha256(sftp, f"{base}/{path}") == (
+                files[path]["size"], files[path]["sha256"])
+        assert f"{files['notes.txt']['sha256']}  notes.txt" in \
+            sftp.open(f"{base}/SHA256SUMS").read().decode()
+        with pytest.raises(FileNotFoundError):
+            sftp.stat(f"/opt/public/airlock/export/{bad}")
+        assert sorted(sftp.listdir("/opt/public/airlock/export")) == [str(good)]
+    finally:
+        sftp.close()
+    history = client(lab, "alice").get(good)["history"]
+    assert history[-1]["action"] == "published"
+
+    # Revoked: gone from the share at the next publisher run.
+    client(lab, "admin").act(good, "revoke", "contract ended")
+    sh(airlock, "mlab request publish", "airlock", creds="admin")
+    assert not (lab["share"] / "export" / str(good)).exists()
