@@ -555,7 +555,7 @@ class Site(Model):
         for where, exposure, names in exposures:
             inside: dict[int, str] = {}
             for name in names:
-                port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[arg-type]
+                port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[call-overload]
                 if port in inside:
                     raise ValueError(
                         f"{where}.ports.{name}: port {port} is also used for "
@@ -564,7 +564,7 @@ class Site(Model):
                 inside[port] = name
             for ip in exposure.external_ips:
                 for name in names:
-                    port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[arg-type]
+                    port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[call-overload]
                     key = (ip, port)
                     if key in claimed:
                         raise ValueError(

@@ -186,7 +186,7 @@ def service(site: Site) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "airlock"),
-        "ports": service_ports(ACCESS, ports, dict(exp.node_ports), exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)

@@ -224,7 +224,7 @@ def service(site: Site, user: User) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "homepod", user.name),
-        "ports": service_ports(ACCESS, ports, dict(exp.node_ports), exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)
