@@ -72,10 +72,18 @@ class Kubectl:
             )
         return path
 
-    def run(self, args: Sequence[str], stdin: str | None = None) -> str:
+    def run(
+        self, args: Sequence[str], stdin: str | None = None, timeout: float | None = None
+    ) -> str:
         """Run ``kubectl ARGS``; return stdout.
 
+        Args:
+            args: kubectl arguments after the global flags.
+            stdin: text for kubectl's stdin (manifests; never logged).
+            timeout: seconds before the process is killed; None: 5 request time-outs.
+
         Raises:
+            TemporaryError: kubectl did not finish in time.
             DeployError: kubectl failed (its last stderr line, never stdin).
         """
         argv = [self._program()]
@@ -83,13 +91,13 @@ class Kubectl:
             argv += ["--context", self.context]
         argv += [f"--request-timeout={self.request_timeout}s", *args]
         log.debug("running %s", " ".join(argv))
+        limit = timeout if timeout is not None else self.request_timeout * 5
         try:
             proc = subprocess.run(
-                argv, input=stdin, capture_output=True, text=True, check=False,
-                timeout=self.request_timeout * 5,
+                argv, input=stdin, capture_output=True, text=True, check=False, timeout=limit,
             )
         except subprocess.TimeoutExpired:
-            raise TemporaryError(f"kubectl {args[0]}: no answer in {self.request_timeout * 5}s") from None
+            raise TemporaryError(f"kubectl {args[0]}: no answer in {limit:g}s") from None
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             reason = lines[-1] if lines else f"exit status {proc.returncode}"
@@ -247,7 +255,7 @@ def delete_site(kubectl: Kubectl, site: Site, delete_data: bool, timeout: float)
     kubectl.run([
         "delete", "-n", site.namespace, "deployments.apps", "-l", selector,
         "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s",
-    ])
+    ], timeout=timeout + 60)
     kinds = [k for k in PRUNE_KINDS if k != "deployments.apps"]
     if not delete_data:
         kinds.remove("persistentvolumeclaims")
