@@ -99,6 +99,12 @@ def pod(homepod_image: str, e2e, ssh_key, tmp_path_factory) -> Iterator:
         e2e.wait_until_ready(c)
         for p in (5900, 3389, 7030, 22):
             e2e.wait_for_port(c.port(p))
+        if os.environ.get("MLAB_UPDATE_SCREENSHOTS") == "1":
+            # A terminal with CJK text for the documentation's pictures.
+            c.exec("bash", "-c", "cd && DISPLAY=:1 setsid xfce4-terminal --geometry 80x16+260+160 "
+                   "-x bash -c 'echo MLab HomePod: 你好，世界; python3 --version; exec bash' "
+                   ">/dev/null 2>&1 &", user="alice")
+            time.sleep(6)
         yield c
     finally:
         if c is not None:
