@@ -7,8 +7,9 @@ HomePod (her outbox read-write at /opt/outbox). Reviewer bob and the admin act f
 machine over the code service's published port.
 
 - package: a script installing Debian's ``tree`` is tested on the Airlock and submitted;
-  bob approves; the image is rebuilt with the approved scripts in approval order and a
-  HomePod of it (no network at all) has ``tree``; the image is labelled with the ids.
+  bob approves; ``mlab request bake`` builds the next image from the built one with the
+  approved scripts in approval order, labelled with the ids; ``mlab up`` of a one-user site
+  on it (its own name, ports and state directory) gives a HomePod where ``tree`` runs.
 - export: two files (one of 1 GiB) and a directory are exported from the HomePod; bob
   approves it and rejects a second export; the Airlock publishes; the approved files
   download over SFTP with matching sha256 and the rejected ones are not there.
@@ -21,6 +22,9 @@ import json
 import os
 import secrets
 import shlex
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,7 +154,6 @@ tree --version
 
 
 def test_package_request_baked_into_the_image(lab) -> None:  # type: ignore[no-untyped-def]
-    from mlab.requests.imagelayer import build_packages_layer
     from mlab.requests.packages import load_steps
 
     airlock = lab["airlock"]
@@ -167,19 +170,60 @@ def test_package_request_baked_into_the_image(lab) -> None:  # type: ignore[no-u
 
     out = lab["tmp"] / "approved.json"
     out.write_text(json.dumps({"packages": client(lab, "admin").packages()}))
-    steps = load_steps(path=out)
-    assert [s.id for s in steps] == [rid]
-    ref = build_packages_layer(lab["image"], steps)
+    assert [s.id for s in load_steps(path=out)] == [rid]
+    # The next image: the built image plus the approved scripts, in approval order.
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", "bake",
+                           "--base", lab["image"], "--from", str(out)],
+                          capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = proc.stdout.strip().splitlines()[-1]
     try:
         label = podman(["image", "inspect", "--format",
                         '{{index .Labels "mlab.package-requests"}}', ref]).stdout.strip()
         assert label == str(rid)
-        name = f"{PREFIX}pkg-{secrets.token_hex(4)}"
-        proc = podman(["run", "--rm", "--name", name, "--network", "none", ref,
-                       "tree", "--version"], check=False)
-        assert proc.returncode == 0 and "tree v" in proc.stdout, proc.stderr
+        _homepod_of_mlab_up_has_tree(ref, lab["tmp"])
     finally:
         podman(["rmi", ref], check=False)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
+    try:
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _homepod_of_mlab_up_has_tree(ref: str, tmp: Path) -> None:
+    """`mlab up` a one-user site on the baked image; `tree` runs in the HomePod."""
+    name = f"{PREFIX}{secrets.token_hex(3)}"
+    vnc, rdp, novnc, ssh = _free_ports(4)
+    repository, tag = ref.rsplit(":", 1)
+    site = tmp / "up-site.yaml"
+    site.write_text(
+        f"name: {name}\nimage: {{repository: {repository}, tag: {tag}, pullPolicy: Never}}\n"
+        "access: {bindAddress: 127.0.0.1, officeCIDRs: [127.0.0.0/8]}\n"
+        "users:\n  - name: alice\n    uid: 1001\n    home: {size: 1Gi}\n"
+        f"    service: {{ports: {{vnc: {vnc}, rdp: {rdp}, novnc: {novnc}, ssh: {ssh}}}}}\n"
+        "airlock: {enabled: false}\n"
+    )
+    env = {**os.environ, "MLAB_STATE_DIR": str(tmp / "up-state")}
+    mlab = [sys.executable, "-m", "mlab.cli.main"]
+    try:
+        proc = subprocess.run([*mlab, "up", "--site", str(site)], capture_output=True,
+                              text=True, env=env, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        pods = podman(["ps", "--format", "{{.Names}}", "--filter",
+                       f"label=app.kubernetes.io/instance={name}", "--filter",
+                       "label=mlab.io/user=alice"]).stdout.split()
+        homepod = [p for p in pods if p.endswith("-homepod")] or pods
+        assert homepod, f"no HomePod container of {name}: {pods}"
+        proc = podman(["exec", "-u", "alice", homepod[0], "tree", "--version"], check=False)
+        assert proc.returncode == 0 and "tree v" in proc.stdout, proc.stderr
+    finally:
+        subprocess.run([*mlab, "down", "--site", str(site), "--volumes"], capture_output=True,
+                       env=env, timeout=600, check=False)
 
 
 def _sftp(lab) -> paramiko.SFTPClient:  # type: ignore[no-untyped-def]
