@@ -10,13 +10,15 @@ Where the server and credentials come from (first found wins):
 - server: ``--server URL``, ``$MLAB_SERVER`` (as ``mlab repo``), ``$MLAB_CODE_URL``,
   ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock);
 - user: ``$MLAB_USER``;
-- password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE`` (the container contract's
-  ``/etc/mlab/secret/password``).
+- password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE``, else the pod's
+  ``/etc/mlab/secret/password`` when readable, else a prompt on the terminal.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,24 +52,33 @@ def resolve_server(server: str | None) -> str:
     return url.rstrip("/")
 
 
+SECRET_FILE = Path("/etc/mlab/secret/password")
+"""The pod's own password file (docs/CONTRACTS.md), used when nothing else is set."""
+
+
 def resolve_credentials() -> tuple[str, str]:
-    """``(user, password)`` from MLAB_USER and MLAB_PASSWORD / MLAB_PASSWORD_FILE.
+    """``(user, password)``: MLAB_USER; MLAB_PASSWORD, else the file MLAB_PASSWORD_FILE,
+    else the pod's readable :data:`SECRET_FILE`, else a prompt on the terminal.
 
     Raises:
-        UsageError: a variable is missing or the password file is unreadable.
+        UsageError: no user, an unreadable MLAB_PASSWORD_FILE, or no password and no terminal.
     """
     user = os.environ.get("MLAB_USER")
     if not user:
         raise UsageError("MLAB_USER: set it to your user name (admin for the admin)")
     password = os.environ.get("MLAB_PASSWORD")
-    if password is None:
-        path = os.environ.get("MLAB_PASSWORD_FILE")
-        if not path:
-            raise UsageError("MLAB_PASSWORD: set it, or MLAB_PASSWORD_FILE to a file holding it")
+    if password is None and os.environ.get("MLAB_PASSWORD_FILE"):
+        path = os.environ["MLAB_PASSWORD_FILE"]
         try:
-            password = Path(path).read_text(encoding="utf-8").strip()
+            password = Path(path).read_text(encoding="utf-8").strip("\r\n")
         except OSError as exc:
             raise UsageError(f"MLAB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+    if password is None and os.access(SECRET_FILE, os.R_OK):
+        password = SECRET_FILE.read_text(encoding="utf-8").strip("\r\n")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UsageError("MLAB_PASSWORD: set it, or MLAB_PASSWORD_FILE to a file holding it")
+        password = getpass.getpass(f"code service password for {user}: ")
     return user, password
 
 
