@@ -210,3 +210,23 @@ def test_rebuild_matches_incremental(tmp_path, wheel_factory) -> None:
     before = index_snapshot(share)
     assert pipindex.rebuild(share) == 2
     assert index_snapshot(share) == before
+
+
+def test_requirements_file_with_markers_and_comments(tmp_path, wheel_factory) -> None:
+    src = tmp_path / "src"
+    wheel_factory(src, "alpha", "1.0")
+    wheel_factory(src, "beta", "2.0")
+    wheel_factory(src, "gamma", "1.0")
+    req = tmp_path / "requirements.txt"
+    req.write_text("# tools\nalpha==1.0  # pinned\n\nbeta>=2; python_version >= '3.8'\n"
+                   "gamma; python_version < '3.0'\n")
+    share = tmp_path / "share"
+    res = pip.stage(share, [], requirement_files=[req], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    assert sorted(w.project for w in res.added) == ["alpha", "beta"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share", str(share), "--no-index",
+                           "-f", str(src), "-r", str(req), "gamma"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "added gamma-1.0-py3-none-any.whl" in proc.stdout
+    assert "present alpha-1.0-py3-none-any.whl" in proc.stdout
+    assert "1 added, 2 already present, 0 built from source" in proc.stdout
