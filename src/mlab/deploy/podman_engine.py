@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,25 @@ def play(pod: PodPlan) -> None:
 
 def remove_pod(name: str, grace: int = 10) -> None:
     """Stop (SIGTERM, then SIGKILL after ``grace`` seconds) and remove a pod; no error when
-    absent."""
-    podman(["pod", "rm", "-f", "-t", str(grace), "--ignore", name], check=False, timeout=120)
+    absent.
+
+    Raises:
+        DeployError: the pod is still there after a second attempt.
+    """
+    for _attempt in range(2):
+        proc = podman(["pod", "rm", "-f", "-t", str(grace), "--ignore", name], check=False,
+                      timeout=120)
+        if proc.returncode == 0 and podman(["pod", "exists", name], check=False).returncode != 0:
+            return
+        log.debug("[mlab/%s] pod rm failed: %s", name, proc.stderr.strip())
+    err = (proc.stderr or "").strip().splitlines()
+    raise DeployError(f"cannot remove pod {name}: {err[-1] if err else 'still present'}")
+
+
+def remove_pods(names: list[str]) -> None:
+    """Remove pods in parallel (each may wait its grace period)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        list(pool.map(remove_pod, names))
 
 
 def _bridge(net: str) -> str:
@@ -257,15 +275,16 @@ def _bridge(net: str) -> str:
 
 
 def image_ref(site: Site, say: Say) -> str:
-    """The image to run: for MLab's own repository, built if missing (``ensure_image``);
-    otherwise the site's reference, which must exist locally.
+    """The image to run: for MLab's own repository at tag ``latest``, the image of the
+    current recipe and source, built if missing (``ensure_image``); otherwise (a pinned tag
+    or another repository) the site's reference as is, which must exist locally.
 
     Raises:
         DeployError: a foreign image is not present (podman here has no registry).
     """
     from mlab.image import recipe
 
-    if site.image.repository == recipe.REPOSITORY:
+    if site.image.repository == recipe.REPOSITORY and site.image.tag == "latest":
         from mlab.image.build import ensure_image
 
         say("image: checking (building if missing)")
@@ -276,11 +295,31 @@ def image_ref(site: Site, say: Say) -> str:
     return site.image.ref
 
 
-def has_code_service(image: str) -> bool:
-    """True when the image runs ``mlab code-service serve`` (the real code service)."""
+def has_code_service(image: str, cache: Path | None = None) -> bool:
+    """True when the image runs ``mlab code-service serve`` (the real code service).
+
+    The answer is cached in ``cache`` (a JSON file of image ID to bool): image IDs are
+    content hashes, so an answer never goes stale, and the check costs a container start.
+    """
+    image_id = podman(["image", "inspect", "--format", "{{.Id}}", image]).stdout.strip()
+    known: dict[str, bool] = {}
+    if cache is not None:
+        try:
+            known = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if image_id in known:
+            return bool(known[image_id])
     proc = podman(["run", "--rm", "--network", "none", "--entrypoint", "mlab", image,
                    "code-service", "serve", "--help"], check=False, timeout=120)
-    return proc.returncode == 0
+    answer = proc.returncode == 0
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".images-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({image_id: answer}, fh)
+        os.replace(tmp, cache)
+    return answer
 
 
 def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
@@ -396,7 +435,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
     image = image_ref(site, say)
     if placeholder is None:
-        placeholder = not has_code_service(image)
+        placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     say("rendering the site")
     plan = build_plan(site, image, placeholder)
     root = state_dir(site.name)
@@ -420,10 +459,10 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     made_vols: list[str] = []
     played: list[str] = []
     try:
-        for name in stale:
-            say(f"removing {name}")
-            remove_pod(name)
-            result.removed.append(name)
+        if stale:
+            say(f"removing {', '.join(stale)}")
+            remove_pods(stale)
+            result.removed += stale
         for vol in plan.volumes:
             if vol not in have_vols:
                 say(f"volume {vol}")
@@ -442,13 +481,14 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         say("firewall")
         firewall.apply(_firewall_script(plan))
         _write_files(root, plan)
+        replace = [p.name for p in to_play if p.name in current]
+        if replace:
+            say(f"stopping {', '.join(replace)}")
+            remove_pods(replace)
+            result.replaced += replace
         for pod in to_play:
-            if pod.name in current:
-                say(f"replacing {pod.name}")
-                remove_pod(pod.name)
-                result.replaced.append(pod.name)
-            else:
-                say(f"starting {pod.name}")
+            say(f"starting {pod.name}")
+            if pod.name not in current:
                 result.created.append(pod.name)
             play(pod)
             played.append(pod.name)
@@ -467,7 +507,10 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         say("rolling back")
         for name in reversed(played):
             if name not in current:
-                remove_pod(name, grace=0)
+                try:
+                    remove_pod(name, grace=0)
+                except MlabError as exc:
+                    log.warning("[mlab/%s] rollback: %s", name, exc)
         for net in made_nets:
             podman(["network", "rm", "-f", net], check=False)
         for vol in made_vols:
@@ -493,11 +536,9 @@ def down(site_name: str, volumes: bool = False, say: Say | None = None) -> list[
     """
     say = say or (lambda _m: None)
     podman_version()
-    removed = []
-    for name in site_pods(site_name):
-        say(f"removing {name}")
-        remove_pod(name)
-        removed.append(name)
+    removed = list(site_pods(site_name))
+    say(f"removing {len(removed)} pod(s)")
+    remove_pods(removed)
     for name in site_networks(site_name):
         say(f"removing network {name}")
         podman(["network", "rm", "-f", name], check=False)

@@ -1,0 +1,262 @@
+"""`mlab up` end to end: the whole platform on this machine with real podman and nftables.
+
+One site (``t4up``, its own bind address 127.0.4.1 so no port collides with anyone's, and
+its own MLAB_STATE_DIR) goes through its life: up, the isolation probe matrix, a second up
+that changes nothing, adding and removing a user, down and up keeping data, and
+``down --volumes`` leaving nothing behind (podman listings and nft tables compared with
+before). The tests run in file order and share the site. A second site (``t4upb``) checks
+that a port in use and a failure half-way leave nothing started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlab.podman import podman
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+SITE = "t4up"
+BIND = "127.0.4.1"
+
+
+def _site_doc(image: str, users: list[str], name: str = SITE, bind: str = BIND) -> dict[str, Any]:
+    repo, tag = image.rsplit(":", 1)
+    return {
+        "apiVersion": "mlab.io/v1",
+        "name": name,
+        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+        "access": {"bindAddress": bind, "officeCIDRs": ["127.0.0.0/8"]},
+        "users": [
+            {"name": u, "uid": 1001 + i, "service": {"ports": {
+                "vnc": 15901 + i, "rdp": 13389 + i, "novnc": 17031 + i, "ssh": 12201 + i}}}
+            for i, u in enumerate(users)
+        ],
+        "airlock": {"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
+        "codeService": {"allowLocalUpstreams": True, "reviewers": [users[-1]]},
+    }
+
+
+class Site:
+    """The test site: its file, state directory and a runner for `mlab` commands."""
+
+    def __init__(self, root: Path, image: str, name: str = SITE, bind: str = BIND) -> None:
+        self.root, self.image, self.name, self.bind = root, image, name, bind
+        self.file = root / f"{name}.yaml"
+        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
+
+    def write(self, users: list[str]) -> None:
+        self.file.write_text(yaml.safe_dump(_site_doc(self.image, users, self.name, self.bind)))
+
+    def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlab.cli.main", *args, "--site", str(self.file)],
+            env=self.env, capture_output=True, text=True, timeout=600, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def status(self) -> list[dict[str, Any]]:
+        return json.loads(self.mlab("status", "-o", "json").stdout)
+
+
+def listings() -> dict[str, set[str]]:
+    """Names of every podman object and nft table on the host."""
+    out = {
+        "containers": podman(["ps", "-a", "--format", "{{.Names}}"]).stdout,
+        "pods": podman(["pod", "ps", "--format", "{{.Name}}"]).stdout,
+        "networks": podman(["network", "ls", "--format", "{{.Name}}"]).stdout,
+        "volumes": podman(["volume", "ls", "--format", "{{.Name}}"]).stdout,
+        "nft": subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                              check=True).stdout,
+    }
+    return {k: set(v.split("\n")) - {""} for k, v in out.items()}
+
+
+def ours(listing: dict[str, set[str]], name: str) -> dict[str, set[str]]:
+    """The objects of site ``name`` in a listing (``mlab-<site>`` / ``mlab_<site>``)."""
+    return {k: {n for n in v if f"mlab-{name}" in n or f"mlab_{name}" in n}
+            for k, v in listing.items()}
+
+
+def container_ids() -> dict[str, str]:
+    out = podman(["ps", "--format", "{{.Names}} {{.ID}}"]).stdout.split("\n")
+    return dict(line.split() for line in out if line.startswith(f"mlab-{SITE}-"))
+
+
+@pytest.fixture(scope="module")
+def site(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The t4up site, up with alice and bob; torn down (with volumes) at the end."""
+    s = Site(tmp_path_factory.mktemp("t4up"), homepod_image)
+    s.write(["alice", "bob"])
+    s.mlab("down", "--volumes")  # leftovers of an interrupted run
+    s.before = listings()  # type: ignore[attr-defined]
+    s.up_output = s.mlab("up")  # type: ignore[attr-defined]
+    yield s
+    s.mlab("down", "--volumes", check=False)
+
+
+def test_up_starts_every_component_with_endpoints(site: Site) -> None:
+    comps = {c["name"]: c for c in site.status()}
+    assert set(comps) == {"code-service", "airlock", "homepod-alice", "homepod-bob"}
+    for comp in comps.values():
+        assert comp["state"] == "Running", comp
+    alice = comps["homepod-alice"]
+    assert alice["kind"] == "homepod" and alice["user"] == "alice"
+    assert {(e["protocol"], e["host"], e["port"]) for e in alice["endpoints"]} == {
+        ("vnc", BIND, 15901), ("rdp", BIND, 13389), ("http", BIND, 17031),
+        ("ssh", BIND, 12201), ("sftp", BIND, 12201)}
+    assert comps["code-service"]["endpoints"][0]["port"] == 80
+    # Generated passwords were shown once, and `mlab passwords` shows them again.
+    shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
+    users = {row["user"]: row["password"] for row in shown}
+    assert len(users["alice"]) == 20
+    assert users["alice"] in site.up_output.stdout  # type: ignore[attr-defined]
+    # Pods carry the rendered labels.
+    found = podman(["pod", "ps", "--filter", "label=mlab.io/user=alice",
+                    "--filter", f"label=app.kubernetes.io/instance={SITE}",
+                    "--format", "{{.Name}}"]).stdout.split()
+    assert found == [f"mlab-{SITE}-homepod-alice"]
+
+
+def test_verify_probe_matrix(site: Site) -> None:
+    proc = site.mlab("verify", "-o", "json", check=False)
+    results = json.loads(proc.stdout)
+    bad = [r for r in results if not r["ok"]]
+    assert not bad, json.dumps(bad, indent=1)
+    assert proc.returncode == 0
+    edges = {(r["source"], r["target"].split(" (")[0]) for r in results}
+    assert ("homepod-alice", "code service code.mlab.local:8080") in edges
+    assert ("airlock", "PyPI over HTTPS") in edges
+    assert len(results) >= 40
+
+
+def test_share_read_write_in_airlock_read_only_in_homepods(site: Site) -> None:
+    air = f"mlab-{SITE}-airlock-airlock"
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    podman(["exec", air, "sh", "-c", "echo shared > /opt/public/airlock/t4up-share.txt"])
+    assert podman(["exec", alice, "cat", "/opt/public/airlock/t4up-share.txt"]).stdout == "shared\n"
+    proc = podman(["exec", alice, "sh", "-c", "echo x > /opt/public/airlock/t4up-write.txt"],
+                  check=False)
+    assert proc.returncode != 0 and "Read-only" in proc.stderr
+
+
+def test_second_up_changes_nothing(site: Site) -> None:
+    before_ids, before_objects = container_ids(), ours(listings(), SITE)
+    nft_before = subprocess.run(["nft", "list", "table", "inet", f"mlab_{SITE}"],
+                                capture_output=True, text=True, check=True).stdout
+    out = site.mlab("up").stderr
+    assert "0 started, 0 replaced, 0 removed, 4 unchanged" in out
+    assert container_ids() == before_ids
+    assert ours(listings(), SITE) == before_objects
+    nft_after = subprocess.run(["nft", "list", "table", "inet", f"mlab_{SITE}"],
+                               capture_output=True, text=True, check=True).stdout
+    assert nft_after == nft_before
+
+
+def test_adding_and_removing_a_user_touches_only_theirs(site: Site) -> None:
+    before = container_ids()
+    site.write(["alice", "bob", "carol"])
+    out = site.mlab("up").stderr
+    assert "1 started" in out, out
+    after = container_ids()
+    for name in ("homepod-alice", "homepod-bob", "airlock"):
+        key = f"mlab-{SITE}-{name}-{name.split('-')[0]}"
+        assert after[key] == before[key], f"{key} was restarted"
+    assert f"mlab-{SITE}-homepod-carol-homepod" in after
+    # The code service learns the new user (new site file): it is the only other restart.
+    proc = site.mlab("verify", "-o", "json", check=False)
+    bad = [r for r in json.loads(proc.stdout) if not r["ok"]]
+    assert not bad, json.dumps(bad, indent=1)
+    assert any(r["source"] == "homepod-carol" for r in json.loads(proc.stdout))
+
+    site.write(["alice", "bob"])
+    out = site.mlab("up").stderr
+    assert "1 removed" in out and "0 started" in out, out
+    final = container_ids()
+    assert f"mlab-{SITE}-homepod-carol-homepod" not in final
+    for name in ("homepod-alice", "homepod-bob", "airlock"):
+        key = f"mlab-{SITE}-{name}-{name.split('-')[0]}"
+        assert final[key] == before[key]
+    nets = podman(["network", "ls", "--format", "{{.Name}}"]).stdout.split()
+    assert f"mlab-{SITE}-hp-carol" not in nets
+
+
+def test_down_then_up_keeps_homes_and_share(site: Site) -> None:
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    podman(["exec", alice, "sh", "-c", "echo mine > /home/alice/t4up-keep.txt"])
+    site.mlab("down")
+    assert not ours(listings(), SITE)["pods"]
+    assert f"mlab_{SITE}" not in " ".join(listings()["nft"])
+    assert ours(listings(), SITE)["volumes"], "down without --volumes must keep volumes"
+    site.mlab("up")
+    assert podman(["exec", alice, "cat", "/home/alice/t4up-keep.txt"]).stdout == "mine\n"
+    assert podman(["exec", alice, "cat", "/opt/public/airlock/t4up-share.txt"]).stdout == "shared\n"
+
+
+def test_down_volumes_leaves_nothing_behind(site: Site) -> None:
+    before: dict[str, set[str]] = site.before  # type: ignore[attr-defined]
+    assert not any(ours(before, SITE).values())
+    site.mlab("down", "--volumes")
+    after = listings()
+    assert not any(ours(after, SITE).values()), ours(after, SITE)
+    for kind in after:
+        new = after[kind] - before[kind]
+        assert not {n for n in new if SITE in n}, (kind, new)
+    ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                             check=True).stdout
+    assert f"mlab_{SITE}" not in ruleset and BIND not in ruleset
+
+
+# --- bad input: nothing half-started --------------------------------------------------------
+
+def test_port_in_use_names_the_port_and_starts_nothing(
+    homepod_image: str, tmp_path: Path
+) -> None:
+    s = Site(tmp_path, homepod_image, name="t4upb", bind="127.0.4.2")
+    s.write(["dave"])
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.4.2", 12201))
+        taken.listen(1)
+        before = listings()
+        proc = s.mlab("up", check=False)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlab: error:")]
+    assert len(lines) == 1 and "port 12201 on 127.0.4.2 is already in use" in lines[0], proc.stderr
+    assert listings() == before or not any(ours(listings(), "t4upb").values())
+    assert not any(ours(listings(), "t4upb").values())
+
+
+def test_failure_half_way_rolls_back(
+    homepod_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod that never gets ready (injected) makes `up` remove everything it created."""
+    from mlab.deploy import podman_engine
+    from mlab.errors import DeployError
+    from mlab.site import load_site
+
+    s = Site(tmp_path, homepod_image, name="t4upb", bind="127.0.4.2")
+    s.write(["dave"])
+    monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
+
+    def never_ready(*_a: Any, **_k: Any) -> None:
+        raise DeployError("injected: not ready")
+
+    monkeypatch.setattr(podman_engine, "wait_ready", never_ready)
+    with pytest.raises(DeployError, match="injected"):
+        podman_engine.up(load_site(s.file))
+    left = ours(listings(), "t4upb")
+    assert not any(left.values()), left
