@@ -345,6 +345,7 @@ def stage(
     target: Target = Target(),
     sources: Sources = Sources(),
     report: Report | None = None,
+    publishing: Callable[[int, int], None] | None = None,
 ) -> StageResult:
     """Stage ``specs`` (and requirement files) with their closure into the share.
 
@@ -355,6 +356,7 @@ def stage(
         target: the interpreter and platform to stage for.
         sources: indexes and folders to take packages from.
         report: called with each project name pip starts on (for progress display).
+        publishing: called with (wheels done, wheels in all) while hashing and publishing.
 
     Returns:
         The published wheels and those built from sdists.
@@ -378,7 +380,7 @@ def stage(
     try:
         built = fetch(specs, requirement_files, work, target, sources, report)
         wheels = sorted(work.glob("*.whl"))
-        result = publish(share, wheels)
+        result = publish(share, wheels, publishing)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     records = [

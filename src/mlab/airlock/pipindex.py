@@ -25,7 +25,7 @@ import html
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
@@ -209,7 +209,9 @@ def _lock(share: Path) -> FileLock:
     return FileLock(str(ensure_dir(pip_dir(share)) / ".lock"), timeout=LOCK_TIMEOUT)
 
 
-def publish(share: Path, wheels: Sequence[Path]) -> PublishResult:
+def publish(
+    share: Path, wheels: Sequence[Path], report: Callable[[int, int], None] | None = None
+) -> PublishResult:
     """Add ``wheels`` to the share's repository and update the index, under the lock.
 
     Each wheel is moved (or copied) to ``pip/files/`` under a temporary name and renamed,
@@ -219,6 +221,7 @@ def publish(share: Path, wheels: Sequence[Path]) -> PublishResult:
     Args:
         share: the share root.
         wheels: paths of ``.whl`` files to publish (moved when on the same file system).
+        report: called with (wheels done, wheels in all) as publishing proceeds.
 
     Returns:
         What was added and what was already there.
@@ -227,7 +230,11 @@ def publish(share: Path, wheels: Sequence[Path]) -> PublishResult:
         MlabError: a file is not a readable wheel.
         TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
     """
-    infos = [(Path(w), read_wheel(Path(w))) for w in wheels]
+    infos = []
+    for i, w in enumerate(wheels):
+        infos.append((Path(w), read_wheel(Path(w))))
+        if report:
+            report(i + 1, len(wheels))
     root = pip_dir(share)
     files_dir = ensure_dir(root / "files")
     simple = ensure_dir(root / "simple")

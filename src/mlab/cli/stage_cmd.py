@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
 from mlab.airlock import DEFAULT_SHARE
 from mlab.errors import UsageError
@@ -70,8 +70,19 @@ def stage_pip(
 
     target = pip.Target(python_version=python_version, platforms=tuple(platform), abi=abi)
     sources = pip.Sources(index_url, tuple(extra_index_url), tuple(find_links), no_index)
-    with _spinner("resolving") as progress:
-        result = pip.stage(share, specs or [], requirement_files=requirement, target=target, sources=sources, report=_describe(progress, "collecting"))
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        console=_err, transient=True)
+    with progress:
+        task = progress.add_task("resolving", total=None)
+
+        def collecting(name: str) -> None:
+            progress.update(task, description=f"collecting {name}")
+
+        def publishing(done: int, total: int) -> None:
+            progress.update(task, description="hashing and publishing", completed=done, total=total)
+
+        result = pip.stage(share, specs or [], requirement_files=requirement, target=target, sources=sources,
+                           report=collecting, publishing=publishing)
     for w in result.added:
         tag = " (built from sdist)" if w.filename in result.built else ""
         print(f"added {w.filename} {w.size} bytes{tag}")
