@@ -146,34 +146,34 @@ def register(app: typer.Typer) -> None:
         print(f"request {item['id']}: {item['state']}")
 
     @group.command("cancel")
-    def cancel(request_id: int = typer.Argument(..., metavar="ID"),
+    def cancel(request_id: int = typer.Argument(..., metavar="ID", help="Request id (see `mlab request list`)."),
                comment: str = typer.Option(None, "--comment", help="Why. Default: none."),
                server: str = SERVER_OPT) -> None:
         """Cancel your own request while it is still submitted."""
         _act("cancel", request_id, comment, server)
 
     @group.command("review")
-    def review(request_id: int = typer.Argument(..., metavar="ID"),
+    def review(request_id: int = typer.Argument(..., metavar="ID", help="Request id (see `mlab request list`)."),
                server: str = SERVER_OPT) -> None:
         """Reviewers: take a submitted request into review (approve/reject do it too)."""
         _act("review", request_id, None, server)
 
     @group.command("approve")
-    def approve(request_id: int = typer.Argument(..., metavar="ID"),
+    def approve(request_id: int = typer.Argument(..., metavar="ID", help="Request id (see `mlab request list`)."),
                 comment: str = typer.Option(..., "--comment", help="Reason (required)."),
                 server: str = SERVER_OPT) -> None:
         """Reviewers: approve another user's request (two approvers if the site says so)."""
         _act("approve", request_id, comment, server)
 
     @group.command("reject")
-    def reject(request_id: int = typer.Argument(..., metavar="ID"),
+    def reject(request_id: int = typer.Argument(..., metavar="ID", help="Request id (see `mlab request list`)."),
                comment: str = typer.Option(..., "--comment", help="Reason (required)."),
                server: str = SERVER_OPT) -> None:
         """Reviewers: reject another user's request."""
         _act("reject", request_id, comment, server)
 
     @group.command("revoke")
-    def revoke(request_id: int = typer.Argument(..., metavar="ID"),
+    def revoke(request_id: int = typer.Argument(..., metavar="ID", help="Request id (see `mlab request list`)."),
                comment: str = typer.Option(None, "--comment", help="Reason. Default: "
                                            "'revoked'."),
                server: str = SERVER_OPT) -> None:
