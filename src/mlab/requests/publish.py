@@ -142,7 +142,12 @@ def publish_one(request: dict[str, Any], outbox_root: Path, export_root: Path,
         (tmp / sums_name).write_text("".join(sums), encoding="utf-8")
         os.chmod(tmp / sums_name, 0o644)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if final.is_dir():  # another publisher run won the race; its copy is verified too
+                return Outcome(rid, "unchanged", "already published")
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(int(e["size"]) for e in request["files"])
