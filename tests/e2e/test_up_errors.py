@@ -1,0 +1,65 @@
+"""`mlab up` refuses cleanly without a usable podman: one line naming what to install.
+
+No containers run here. A missing podman is a PATH without it; a too-old podman is a
+stand-in script reporting 4.2.0, because an old podman cannot be installed next to the
+real one (the only fake in these tests, at the process boundary).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "examples" / "local.yaml"
+
+
+def _mlab(args: list[str], path: str, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": path, "MLAB_STATE_DIR": str(state)}
+    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("command", [["up"], ["down"], ["down", "--volumes"]])
+def test_podman_missing_names_what_to_install(tmp_path: Path, command: list[str]) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = _mlab([*command, "--site", str(SITE)], str(empty), tmp_path / "state")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "mlab: error: podman is not installed (install it: apt-get install podman runc)"]
+    assert not (tmp_path / "state" / "local" / "podman").exists()
+
+
+def test_podman_too_old_names_the_version(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    script = fake / "podman"
+    script.write_text("#!/bin/sh\necho 4.2.0\n")
+    script.chmod(0o755)
+    proc = _mlab(["up", "--site", str(SITE)], f"{fake}:/usr/bin:/bin", tmp_path / "state")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "podman 4.2.0 is too old (MLab needs 4.3 or newer)" in lines[0]
+    assert "apt-get install podman" in lines[0]
+
+
+def test_bad_output_format_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _mlab(["status", "--site", str(SITE), "-o", "yaml"], os.environ["PATH"],
+                 tmp_path / "state")
+    assert proc.returncode == 2
+    assert "--output 'yaml': choose table or json" in proc.stderr
+
+
+def test_status_of_a_site_that_is_not_up(tmp_path: Path) -> None:
+    proc = _mlab(["status", "--site", str(SITE), "-o", "json"], os.environ["PATH"],
+                 tmp_path / "state")
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]"
+    proc = _mlab(["verify", "--site", str(SITE)], os.environ["PATH"], tmp_path / "state")
+    assert proc.returncode == 1
+    assert "site local is not up (run `mlab up` first)" in proc.stderr
