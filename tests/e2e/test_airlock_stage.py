@@ -151,3 +151,34 @@ def test_audit_log_has_a_line_for_each(pods, staged, uploaded) -> None:
     assert all(r["user"] == USER for r in records)
     uploads = [r for r in records if r["action"] == "sftp-upload"]
     assert [(r["item"], r["size"]) for r in uploads] == [(uploaded, 11)]
+
+
+def test_sftp_only_account_is_chrooted_to_the_share(pods, staged, uploaded) -> None:
+    airlock, homepod, share, _ = pods
+    out = sh(airlock, "printf 'drop-pass-123\\n' > /root/pw && mlab airlock sftp-account drop --password-file /root/pw",
+             user="root").stdout
+    assert "root:root 0755" in out and "reloaded sshd" in out
+    deadline = time.monotonic() + 30
+    while True:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=airlock.port(22), username="drop", password="drop-pass-123",
+                           allow_agent=False, look_for_keys=False, timeout=10)
+            break
+        except (paramiko.SSHException, OSError):
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        with client.open_sftp() as s:
+            assert {"pip", "apt", "upload", "audit.log"} <= set(s.listdir("/"))
+            s.putfo(io.BytesIO(b"from drop\n"), "/upload/drop.txt")
+            with pytest.raises(OSError):
+                s.putfo(io.BytesIO(b"x"), "/outside-upload.txt")
+        _stdin, stdout, _stderr = client.exec_command("id")
+        assert b"uid=" not in stdout.read()
+    finally:
+        client.close()
+    assert sh(homepod, "cat /opt/public/airlock/upload/drop.txt").stdout == "from drop\n"

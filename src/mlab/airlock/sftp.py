@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,11 @@ def chroot_config(user: str, share: str = "/opt/public/airlock") -> str:
     """``sshd_config`` lines for an SFTP-only account chrooted to ``share`` (pure).
 
     The share root must be root-owned and not group-writable; the account writes in
-    ``<share>/upload`` (owned by it).
+    ``<share>/upload`` (owned by it). ``AllowUsers`` adds to the image's own list (sshd
+    accumulates the keyword's values).
     """
     return (
+        f"AllowUsers {user}\n"
         f"Match User {user}\n"
         f"    ChrootDirectory {share}\n"
         "    ForceCommand internal-sftp -l INFO -u 0022\n"
@@ -83,3 +86,72 @@ def chroot_config(user: str, share: str = "/opt/public/airlock") -> str:
         "    X11Forwarding no\n"
         "    PermitTTY no\n"
     )
+
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def add_chroot_account(
+    user: str,
+    password_file: Path,
+    share: Path = Path("/opt/public/airlock"),
+    config_dir: Path = Path("/etc/ssh/sshd_config.d"),
+) -> list[str]:
+    """Create (or update) an SFTP-only account chrooted to ``share``; return what changed.
+
+    Run as root on the Airlock. Steps: the user (no home outside the chroot, no shell),
+    its password from the first line of ``password_file`` (given to ``chpasswd`` on
+    stdin, never logged), the share root made root-owned and not group/world-writable
+    (sshd refuses the chroot otherwise), ``<share>/upload`` owned by the user, the
+    ``sshd_config.d`` snippet (checked with ``sshd -t``, removed again if invalid) and a
+    reload of the running sshd (SIGHUP to ``/run/sshd.pid``).
+
+    Raises:
+        UsageError: a bad user name, or the password file is unreadable or too short.
+        MlabError: not root, or sshd rejects the configuration.
+    """
+    from mlab.airlock.fsutil import write_atomic
+    from mlab.errors import MlabError, UsageError
+
+    if not _USER.match(user) or user == "root":
+        raise UsageError(f"NAME {user!r} is not a login name", hint="lower-case letters, digits, '-', '_'")
+    if os.geteuid() != 0:
+        raise MlabError("adding an SFTP account needs root", hint="run it with sudo on the Airlock")
+    try:
+        password = Path(password_file).read_text(encoding="utf-8").splitlines()[0].rstrip("\r")
+    except (OSError, IndexError):
+        raise UsageError(f"--password-file {password_file}: cannot read a password from it") from None
+    if len(password) < 8 or ":" in password:
+        raise UsageError("the password must have at least 8 characters and no ':'")
+    changes: list[str] = []
+    share = Path(share)
+    if subprocess.run(["id", "-u", user], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "-M", "-d", "/upload", "-s", "/usr/sbin/nologin", "-U", user], check=True)
+        changes.append(f"created user {user}")
+    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True, capture_output=True)
+    st = share.stat()
+    if st.st_uid != 0 or st.st_gid != 0 or st.st_mode & 0o022:
+        os.chown(share, 0, 0)
+        os.chmod(share, 0o755)
+        changes.append(f"{share} is now root:root 0755 (sshd requires it for a chroot)")
+    upload = share / "upload"
+    upload.mkdir(mode=0o755, exist_ok=True)
+    pw = subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout.strip()
+    gid = subprocess.run(["id", "-g", user], capture_output=True, text=True, check=True).stdout.strip()
+    os.chown(upload, int(pw), int(gid))
+    os.chmod(upload, 0o755)
+    conf = Path(config_dir) / f"50-mlab-sftp-{user}.conf"
+    write_atomic(conf, "# Written by mlab airlock sftp-account (docs/airlock.md)\n" + chroot_config(user, str(share)))
+    check = subprocess.run(["/usr/sbin/sshd", "-t"], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        conf.unlink(missing_ok=True)
+        raise MlabError(f"sshd rejects the configuration: {check.stderr.strip()[-300:]}")
+    changes.append(f"wrote {conf}")
+    pidfile = Path("/run/sshd.pid")
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGHUP)
+            changes.append("reloaded sshd")
+        except (ValueError, ProcessLookupError, PermissionError):
+            changes.append("sshd is not running: the account works from its next start")
+    return changes

@@ -219,6 +219,19 @@ def airlock_sftp_server(
     raise typer.Exit(sftp.serve(share, server))
 
 
+@airlock_app.command("sftp-account")
+def airlock_sftp_account(
+    name: str = typer.Argument(..., help="Login name of the SFTP-only account."),
+    password_file: Path = typer.Option(..., "--password-file", help="File whose first line is the password (at least 8 characters)."),
+    share: Path = _share_opt(),
+) -> None:
+    """As root on the Airlock: add an SFTP-only account chrooted to the share (uploads go to upload/)."""
+    from mlab.airlock import sftp
+
+    for change in sftp.add_chroot_account(name, password_file, share):
+        print(change)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``stage``, ``install`` and ``airlock`` to ``app``."""
     app.add_typer(stage_app, name="stage")
