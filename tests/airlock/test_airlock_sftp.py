@@ -105,3 +105,17 @@ def test_sftp_upload_is_audited_and_world_readable(sshd) -> None:
     assert by_item[str(share / "upload.txt")]["size"] == 14
     assert by_item[str(share / "data" / "blob.bin")]["size"] == 5000
     assert oct((share / "upload.txt").stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("Port 22\nSubsystem\tsftp\t/usr/lib/openssh/sftp-server\n", f"Port 22\n{sftp.SUBSYSTEM_LINE}\n"),
+        ("Port 22\n", f"Port 22\n{sftp.SUBSYSTEM_LINE}\n"),
+        ("Port 22\nMatch User x\n  X11Forwarding no\n", f"Port 22\n{sftp.SUBSYSTEM_LINE}\nMatch User x\n  X11Forwarding no\n"),
+        (f"{sftp.SUBSYSTEM_LINE}\n", f"{sftp.SUBSYSTEM_LINE}\n"),
+    ],
+    ids=["debian-default", "none", "before-match", "already"],
+)
+def test_with_audited_subsystem(config, expected) -> None:
+    assert sftp.with_audited_subsystem(config) == expected

@@ -107,8 +107,7 @@ def uploaded(pods):
     """Upload uploads-data.txt over SFTP to the Airlock's sshd (as alice, with her password)."""
     airlock, homepod, share, password = pods
     # route the sftp subsystem through the audited wrapper (docs/airlock.md, "SFTP")
-    sh(airlock, "sed -i 's|^Subsystem[[:space:]]\\+sftp.*|Subsystem sftp /usr/local/bin/mlab airlock sftp-server|' "
-                "/etc/ssh/sshd_config && supervisorctl -c /etc/mlab/supervisord.conf restart sshd", user="root")
+    sh(airlock, "mlab airlock sftp-audit && supervisorctl -c /etc/mlab/supervisord.conf restart sshd", user="root")
     deadline = time.monotonic() + 30
     while True:
         client = paramiko.SSHClient()

@@ -155,3 +155,46 @@ def add_chroot_account(
         except (ValueError, ProcessLookupError, PermissionError):
             changes.append("sshd is not running: the account works from its next start")
     return changes
+
+
+_SUBSYSTEM = re.compile(r"^[ \t]*Subsystem[ \t]+sftp[ \t].*$", re.M | re.I)
+
+
+def with_audited_subsystem(config: str) -> str:
+    """``config`` (sshd_config text) with its sftp subsystem replaced by :data:`SUBSYSTEM_LINE` (pure).
+
+    The line is replaced in place (sshd 9.2 refuses a second ``Subsystem sftp``), or
+    appended before any ``Match`` block when there is none.
+    """
+    if _SUBSYSTEM.search(config):
+        return _SUBSYSTEM.sub(SUBSYSTEM_LINE, config, count=1)
+    match = re.search(r"^[ \t]*Match[ \t]", config, re.M | re.I)
+    if match:
+        return config[: match.start()] + SUBSYSTEM_LINE + "\n" + config[match.start():]
+    return config.rstrip("\n") + "\n" + SUBSYSTEM_LINE + "\n"
+
+
+def enable_audit(sshd_config: Path = Path("/etc/ssh/sshd_config")) -> bool:
+    """Make sshd use the audited subsystem; True when the file changed (then reload sshd).
+
+    Written atomically and checked with ``sshd -t``; the old file is restored if sshd
+    rejects the new one.
+
+    Raises:
+        MlabError: not root, or sshd rejects the configuration.
+    """
+    from mlab.airlock.fsutil import write_atomic
+    from mlab.errors import MlabError
+
+    if os.geteuid() != 0:
+        raise MlabError("changing sshd's configuration needs root", hint="run it with sudo on the Airlock")
+    old = sshd_config.read_text(encoding="utf-8")
+    new = with_audited_subsystem(old)
+    if new == old:
+        return False
+    write_atomic(sshd_config, new)
+    check = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(sshd_config)], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        write_atomic(sshd_config, old)
+        raise MlabError(f"sshd rejects the audited subsystem: {check.stderr.strip()[-300:]}")
+    return True

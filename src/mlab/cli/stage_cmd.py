@@ -219,6 +219,17 @@ def airlock_sftp_server(
     raise typer.Exit(sftp.serve(share, server))
 
 
+@airlock_app.command("sftp-audit")
+def airlock_sftp_audit(
+    sshd_config: Path = typer.Option(Path("/etc/ssh/sshd_config"), "--sshd-config", help="Default: /etc/ssh/sshd_config."),
+) -> None:
+    """As root on the Airlock: make sshd's sftp subsystem audit uploads (then restart sshd)."""
+    from mlab.airlock import sftp
+
+    changed = sftp.enable_audit(sshd_config)
+    print(f"{sshd_config}: {'now uses' if changed else 'already uses'} {sftp.SUBSYSTEM_LINE!r}")
+
+
 @airlock_app.command("sftp-account")
 def airlock_sftp_account(
     name: str = typer.Argument(..., help="Login name of the SFTP-only account."),
