@@ -131,6 +131,26 @@ def test_up_starts_every_component_with_endpoints(site: Site) -> None:
     assert found == [f"mlab-{SITE}-homepod-alice"]
 
 
+def test_login_with_the_generated_password_over_published_ssh(site: Site) -> None:
+    """The password Secret reached the HomePod as a file (the podman translation of a
+    secret volume), and the published SSH port leads to alice's HomePod."""
+    import paramiko
+
+    shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
+    password = next(row["password"] for row in shown if row["user"] == "alice")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test host
+    client.connect(BIND, port=12201, username="alice", password=password, timeout=30,
+                   allow_agent=False, look_for_keys=False)
+    try:
+        _in, out, _err = client.exec_command("id -un; getent hosts code.mlab.local")
+        lines = out.read().decode().split("\n")
+    finally:
+        client.close()
+    assert lines[0] == "alice"
+    assert "code.mlab.local" in lines[1]
+
+
 def test_verify_probe_matrix(site: Site) -> None:
     proc = site.mlab("verify", "-o", "json", check=False)
     results = json.loads(proc.stdout)
