@@ -1,7 +1,176 @@
-"""Command group placeholder; filled in by its issue."""
+"""``mlab code-service serve`` and the admin commands ``mlab repo approve|revoke|list|sync``.
+
+The admin commands talk to a running service over its JSON API (``/api/repos``) with the
+client in :mod:`mlab.codeservice.client`; they never touch the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlab.errors import MlabError, UsageError
+
+SERVER_OPT = typer.Option(
+    None, "--server", envvar="MLAB_SERVER",
+    help="Code service URL. Default: http://<codeService.host> from --site.",
+)
+SITE_OPT = typer.Option(
+    "site.yaml", "--site", envvar="MLAB_SITE",
+    help="Site file, used for the default --server. Default: ./site.yaml.",
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to ``app``."""
+    """Add ``code-service`` and ``repo`` to ``app``."""
+    service = typer.Typer(help="Run the code service.", no_args_is_help=True)
+    repo = typer.Typer(help="Approve, revoke, list and sync mirrors (admin; via the service).",
+                       no_args_is_help=True)
+    app.add_typer(service, name="code-service")
+    app.add_typer(repo, name="repo")
+
+    @service.command("serve")
+    def serve(
+        data: Path = typer.Option(..., "--data", help="Data directory: repositories, "
+                                  "database, audit log. Created if missing."),
+        site: Path = typer.Option(..., "--site", help="The site file."),
+        host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
+                                 "Default: 0.0.0.0."),
+        port: int = typer.Option(8080, "--port", help="TCP port; 0 picks a free one (printed). "
+                                 "Default: 8080."),
+        users_dir: Path = typer.Option(Path("/etc/mlab/users"), "--users-dir",
+                                       help="Directory of <user>/password files. "
+                                       "Default: /etc/mlab/users."),
+        background_sync: bool = typer.Option(True, "--background-sync/--no-background-sync",
+                                             help="Sync mirrors every syncInterval. "
+                                             "Default: on."),
+        access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request "
+                                        "to stderr. Default: off (the audit log has pushes "
+                                        "and fetches)."),
+    ) -> None:
+        """Serve approved mirrors over git smart HTTP on PORT (admin password:
+        MLAB_ADMIN_PASSWORD_FILE, or generated into DATA/admin-password and printed once)."""
+        import uvicorn
+
+        from mlab.codeservice.accounts import admin_password, load_accounts
+        from mlab.codeservice.app import ServiceConfig, create_app, prepare_data_dir
+        from mlab.site import load_site
+
+        the_site = load_site(site)
+        config = ServiceConfig(data_dir=data.resolve(), site=the_site,
+                               background_sync=background_sync)
+        store = prepare_data_dir(config)
+        env_file = os.environ.get("MLAB_ADMIN_PASSWORD_FILE")
+        password, generated = admin_password(config.data_dir,
+                                              Path(env_file) if env_file else None)
+        load_accounts(store, the_site, users_dir, password)
+        if generated:
+            print(f"mlab code service: generated the admin password (kept in "
+                  f"{config.data_dir / 'admin-password'}): {password}", file=sys.stderr)
+        app = create_app(config, store)
+        logging.getLogger("mlab").setLevel(logging.INFO)
+        try:
+            sock = socket.create_server((host, port), backlog=256, reuse_port=False)
+        except OSError as exc:
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}") from None
+        bound = sock.getsockname()[1]
+        print(f"mlab code service: listening on http://{host}:{bound}", file=sys.stderr,
+              flush=True)
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level="info" if access_log else "warning", access_log=access_log,
+            timeout_keep_alive=30, lifespan="on",
+        ))
+        server.run(sockets=[sock])
+
+    @repo.command("approve")
+    def approve(
+        url: str = typer.Argument(..., help="Upstream URL, e.g. https://github.com/org/repo."),
+        name: str = typer.Option(None, "--as", help="Mirror name ORG/REPO. Default: the "
+                                 "URL's last two path parts, lower-cased."),
+        server: str = SERVER_OPT, site: str = SITE_OPT,
+    ) -> None:
+        """Mirror URL (its host must be in codeService.allowedHosts); clones it now."""
+        client = _client(server, site)
+        data = client.request("POST", "/api/repos", json={"url": url, "name": name})
+        print(f"approved {data['name']} <- {data['upstream']}")
+
+    @repo.command("revoke")
+    def revoke(name: str = typer.Argument(..., help="ORG/REPO."),
+               server: str = SERVER_OPT, site: str = SITE_OPT) -> None:
+        """Stop serving ORG/REPO (its data is moved aside under DATA/revoked)."""
+        from mlab.codeservice.names import validate_name
+
+        repo_name = validate_name(name)
+        _client(server, site).request("DELETE", f"/api/repos/{repo_name}")
+        print(f"revoked {repo_name}")
+
+    @repo.command("list")
+    def list_(output: str = typer.Option("table", "-o", "--output",
+                                         help="table or json. Default: table."),
+              server: str = SERVER_OPT, site: str = SITE_OPT) -> None:
+        """List mirrors with their upstream, last sync and its result."""
+        if output not in ("table", "json"):
+            raise UsageError(f"-o {output!r}: use table or json")
+        rows = _client(server, site).request("GET", "/api/repos")
+        if output == "json":
+            print(json.dumps(rows, indent=2))
+            return
+        print_table(rows)
+
+    @repo.command("sync")
+    def sync(name: str = typer.Argument(None, help="ORG/REPO. Default: every mirror."),
+             server: str = SERVER_OPT, site: str = SITE_OPT) -> None:
+        """Sync one mirror (or all) with upstream now; exit 1 if a sync failed."""
+        from mlab.codeservice.names import validate_name
+
+        client = _client(server, site)
+        if name:
+            results = [client.request("POST", f"/api/repos/{validate_name(name)}/sync")]
+        else:
+            results = client.request("POST", "/api/sync")
+        failed = [r for r in results if not r["ok"]]
+        for r in results:
+            if r["ok"]:
+                print(f"{r['name']}: ok, {len(r['changes'])} change(s)")
+                for line in r["changes"]:
+                    print(f"  {line}")
+                for ref in r["conflicts"]:
+                    print(f"  conflict: {ref} exists upstream and as a user's branch; "
+                          "the user's branch was kept")
+            else:
+                print(f"{r['name']}: FAILED: {r['error']}")
+        if failed:
+            raise MlabError(f"{len(failed)} sync(s) failed; the last good state is kept")
+
+
+def _client(server: str | None, site: str | None) -> Any:
+    from mlab.codeservice.client import make_client
+
+    return make_client(server, site, default_user="admin")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Show mirrors as a table on stdout."""
+    import datetime as dt
+
+    def when(ts: float | None) -> str:
+        return (dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+                if ts else "never")
+
+    table = Table("repository", "upstream", "approved by", "last sync", "result")
+    for r in rows:
+        result = r["last_result"] or "-"
+        if r.get("conflicts"):
+            result += f" (conflicts: {', '.join(r['conflicts'])})"
+        table.add_row(r["name"], r["upstream"], r["approved_by"], when(r["last_sync"]), result)
+    Console(width=200).print(table)

@@ -1,0 +1,282 @@
+"""The code service's ASGI application: git smart HTTP, the admin JSON API and the pages.
+
+Invariant: every route authenticates first (:func:`mlab.codeservice.auth.authenticate`);
+any path that does not name an approved mirror answers 404 whether or not it exists on
+disk, so an unapproved or revoked repository is indistinguishable from a missing one.
+
+Extending (issue 7 and later): build :class:`ServiceConfig` with ``extra_routes`` (starlette
+routes, mounted before the catch-all repository route) and use ``request.app.state``:
+``config`` (this object), ``store`` (:class:`~mlab.codeservice.store.Store`, whose SQLite
+file may hold your own tables) and ``auth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from mlab.codeservice import audit, githttp, mirror, names, pages
+from mlab.codeservice.auth import Authenticator, authenticate, require_admin
+from mlab.codeservice.hook import install_hooks
+from mlab.codeservice.store import Store
+from mlab.errors import MlabError
+from mlab.requests.api import request_routes
+from mlab.site import Site
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the app needs; the CLI builds it from its options and the site file.
+
+    Attributes:
+        data_dir: the service's volume: ``repos/``, ``mlab.sqlite``, ``audit.log``, ``hooks/``.
+        site: the loaded site (``code_service`` settings, ``users``).
+        extra_routes: starlette routes of other parts (e.g. ``/api/requests``), matched
+            before the repository routes.
+        background_sync: run the periodic sync loop (off in most tests).
+    """
+
+    data_dir: Path
+    site: Site
+    extra_routes: list[BaseRoute] = field(default_factory=list)
+    background_sync: bool = True
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "mlab.sqlite"
+
+    @property
+    def repos_dir(self) -> Path:
+        """Mirrors live at ``<repos_dir>/<org>/<repo>.git``."""
+        return self.data_dir / "repos"
+
+    @property
+    def audit_log(self) -> Path:
+        """The JSON-lines audit log."""
+        return self.data_dir / "audit.log"
+
+    @property
+    def hooks_dir(self) -> Path:
+        """The hooks every mirror uses (``core.hooksPath``)."""
+        return self.data_dir / "hooks"
+
+    def repo_path(self, name: str) -> Path:
+        """The bare repository of ``org/repo`` (the name must be validated)."""
+        return self.repos_dir / f"{name}.git"
+
+
+def prepare_data_dir(config: ServiceConfig) -> Store:
+    """Create the data layout, (re)write the hooks and open the database."""
+    for sub in (config.data_dir, config.repos_dir, config.data_dir / "tmp",
+                config.data_dir / "revoked"):
+        sub.mkdir(parents=True, exist_ok=True)
+    install_hooks(config.hooks_dir)
+    return Store(config.db_path)
+
+
+def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
+    """Build the ASGI app.
+
+    Args:
+        config: the service configuration.
+        store: an opened store (default: :func:`prepare_data_dir`). Accounts are loaded by
+            the caller (``mlab code-service serve`` does it from the password files).
+
+    Returns:
+        A Starlette app; ``app.state`` holds ``config``, ``store``, ``auth``.
+    """
+    store = store or prepare_data_dir(config)
+    cs = config.site.code_service
+    git_settings = githttp.GitSettings(
+        repos_dir=config.repos_dir, audit_log=config.audit_log,
+        max_blob_size=cs.max_blob_size, home=config.data_dir / "tmp",
+    )
+    sync_locks: dict[str, asyncio.Lock] = {}
+
+    async def run_sync(name: str, wait: float = 600) -> dict[str, Any]:
+        record = store.get_repo(name)
+        if record is None:
+            raise HTTPException(404, f"no approved repository {name}")
+        lock = sync_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                names.check_upstream(record.upstream, cs.allowed_hosts, cs.allow_local_upstreams)
+                result = await run_in_threadpool(
+                    mirror.sync_repo, config.repo_path(name), record.upstream, wait
+                )
+            except MlabError as exc:
+                store.record_sync(name, False, exc.one_line(), "[]")
+                audit.append(config.audit_log, "sync", repo=name, ok=False,
+                             error=exc.one_line())
+                return {"name": name, "ok": False, "error": exc.one_line()}
+        import json
+
+        store.record_sync(name, True, "ok", json.dumps(result.conflicts))
+        audit.append(config.audit_log, "sync", repo=name, ok=True, changes=result.changes,
+                     conflicts=result.conflicts)
+        return {"name": name, "ok": True, "changes": result.changes,
+                "conflicts": result.conflicts}
+
+    async def api_list(request: Request) -> Response:
+        await authenticate(request)
+        return JSONResponse([r.as_json() for r in store.list_repos()])
+
+    async def api_whoami(request: Request) -> Response:
+        p = await authenticate(request)
+        return JSONResponse({"name": p.name, "is_admin": p.is_admin,
+                             "is_reviewer": p.is_reviewer})
+
+    async def api_approve(request: Request) -> Response:
+        principal = await require_admin(request)
+        body = await request.json()
+        url = str(body.get("url") or "")
+        name = names.validate_name(body["name"]) if body.get("name") else names.default_name(url)
+        names.check_upstream(url, cs.allowed_hosts, cs.allow_local_upstreams)
+        if store.get_repo(name) is not None or config.repo_path(name).exists():
+            raise HTTPException(409, f"{name} is already approved (revoke it first)")
+        tmp = config.data_dir / "tmp" / f"approve-{name.replace('/', '__')}-{time.time_ns()}.git"
+        try:
+            await run_in_threadpool(mirror.init_mirror, tmp, config.hooks_dir)
+            result = await run_in_threadpool(mirror.sync_repo, tmp, url)
+            final = config.repo_path(name)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                await run_in_threadpool(shutil.rmtree, tmp, True)
+        store.add_repo(name, url, principal.name)
+        store.record_sync(name, True, "ok", "[]")
+        audit.append(config.audit_log, "approve", user=principal.name, repo=name,
+                     upstream=url, changes=len(result.changes))
+        record = store.get_repo(name)
+        assert record is not None
+        return JSONResponse(record.as_json(), status_code=201)
+
+    async def api_revoke(request: Request) -> Response:
+        principal = await require_admin(request)
+        name = names.validate_name(f"{request.path_params['org']}/{request.path_params['repo']}")
+        if not store.remove_repo(name):
+            raise HTTPException(404, f"no approved repository {name}")
+        path = config.repo_path(name)
+        if path.exists():
+            dest = config.data_dir / "revoked" / f"{name.replace('/', '__')}-{int(time.time())}.git"
+            path.rename(dest)
+        audit.append(config.audit_log, "revoke", user=principal.name, repo=name)
+        return JSONResponse({"name": name, "revoked": True})
+
+    async def api_sync_one(request: Request) -> Response:
+        await require_admin(request)
+        name = names.validate_name(f"{request.path_params['org']}/{request.path_params['repo']}")
+        return JSONResponse(await run_sync(name))
+
+    async def api_sync_all(request: Request) -> Response:
+        await require_admin(request)
+        return JSONResponse([await run_sync(r.name) for r in store.list_repos()])
+
+    async def index(request: Request) -> Response:
+        await authenticate(request)
+        html = await run_in_threadpool(pages.index_page, store.list_repos(), config)
+        return Response(html, media_type="text/html; charset=utf-8")
+
+    async def repo_route(request: Request) -> Response:
+        parsed = names.parse_repo_path(request.url.path, request.scope.get("raw_path"))
+        principal = await authenticate(request)
+        if parsed is None:
+            raise HTTPException(404, "not found")
+        record = store.get_repo(parsed.repo)
+        if record is None or not config.repo_path(parsed.repo).is_dir():
+            raise HTTPException(404, "not found")
+        if parsed.rest == "":
+            if request.method not in ("GET", "HEAD"):
+                raise HTTPException(405, "method not allowed")
+            html = await run_in_threadpool(pages.repo_page, record, config)
+            return Response(html, media_type="text/html; charset=utf-8")
+        return await githttp.serve(request, parsed.repo, parsed.rest, principal, git_settings)
+
+    routes: list[BaseRoute] = [
+        Route("/", index, methods=["GET"]),
+        Route("/api/whoami", api_whoami, methods=["GET"]),
+        Route("/api/repos", api_list, methods=["GET"]),
+        Route("/api/repos", api_approve, methods=["POST"]),
+        Route("/api/repos/{org}/{repo}", api_revoke, methods=["DELETE"]),
+        Route("/api/repos/{org}/{repo}/sync", api_sync_one, methods=["POST"]),
+        Route("/api/sync", api_sync_all, methods=["POST"]),
+        *config.extra_routes,
+        *request_routes(config.site, config.data_dir),  # issue 7: /api/requests, /requests
+        Route("/{path:path}", repo_route, methods=["GET", "POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = None
+        if config.background_sync:
+            task = asyncio.create_task(_sync_loop(store, cs.sync_interval, run_sync))
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, MlabError: _mlab_error},
+    )
+    app.state.config = config
+    app.state.store = store
+    app.state.auth = Authenticator(store, set(cs.reviewers))
+    app.state.run_sync = run_sync
+    return app
+
+
+async def _sync_loop(store: Store, interval: int, run_sync: Any) -> None:
+    """Sync each mirror every ``interval`` s (plus up to 10% jitter), one at a time."""
+    while True:
+        await asyncio.sleep(min(60.0, interval / 10) * random.uniform(0.5, 1.5))
+        now = time.time()
+        for record in store.list_repos():
+            due = (record.last_sync or 0) + interval * random.uniform(1.0, 1.1)
+            if now >= due:
+                try:
+                    await run_sync(record.name, 0)
+                except Exception:  # noqa: BLE001 - the loop must survive any one repository
+                    log.exception("[mlab/%s] background sync failed", record.name)
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if _wants_json(request):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=headers)
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=headers)
+
+
+async def _mlab_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MlabError)
+    status = 503 if exc.retryable else 400
+    return JSONResponse({"error": exc.one_line()}, status_code=status)

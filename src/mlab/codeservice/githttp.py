@@ -1,0 +1,246 @@
+"""git smart HTTP through ``git http-backend`` run as a streaming CGI (RFC 3875).
+
+Invariant: no pack is ever held in memory. The request body is copied to the CGI's stdin
+chunk by chunk as the client sends it (with back-pressure: ``drain`` after each write), and
+the CGI's stdout is streamed to the client in chunks of ``CHUNK`` bytes. A
+``Content-Encoding: gzip`` request body is passed through with ``HTTP_CONTENT_ENCODING``;
+``git http-backend`` inflates it itself. Only the smart protocol is served
+(``info/refs?service=...``, ``git-upload-pack``, ``git-receive-pack``); the dumb protocol's
+loose-object paths are 404, so every read goes through ``upload-pack`` and every write
+through ``receive-pack`` and its hooks.
+
+Why a subprocess per request is safe under a kill: if the service dies mid-push, the CGI's
+stdin closes early, ``receive-pack`` sees a truncated pack and updates no ref; the objects
+it received sit in a quarantine directory that never becomes visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from mlab.codeservice import audit
+from mlab.codeservice.auth import Principal
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+SERVICES = ("git-upload-pack", "git-receive-pack")
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    """What the CGI needs from the service.
+
+    Attributes:
+        repos_dir: ``GIT_PROJECT_ROOT``; mirrors live at ``<repos_dir>/<org>/<repo>.git``.
+        audit_log: the JSON-lines audit file.
+        max_blob_size: bytes; passed to the pre-receive hook as ``MLAB_MAX_BLOB``.
+        home: a directory used as ``HOME`` for git (keeps users' configs out).
+    """
+
+    repos_dir: Path
+    audit_log: Path
+    max_blob_size: int
+    home: Path
+
+
+def _service_of(request: Request, rest: str) -> str | None:
+    if rest == "/info/refs" and request.method in ("GET", "HEAD"):
+        service = request.query_params.get("service")
+        return service if service in SERVICES else None
+    if rest in ("/git-upload-pack", "/git-receive-pack") and request.method == "POST":
+        return rest[1:]
+    return None
+
+
+async def serve(
+    request: Request, repo: str, rest: str, principal: Principal, settings: GitSettings
+) -> Response:
+    """Answer one smart-HTTP request for the mirror ``repo`` (``org/repo``, validated).
+
+    Returns:
+        A streaming response with the CGI's status and headers, or 404 for endpoints of the
+        dumb protocol and unknown services.
+    """
+    service = _service_of(request, rest)
+    if service is None:
+        return PlainTextResponse("not found (only git's smart HTTP protocol is served)\n", 404)
+    report = None
+    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+    env.update({
+        "HOME": str(settings.home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_PROJECT_ROOT": str(settings.repos_dir),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "PATH_INFO": f"/{repo}.git{rest}",
+        "REQUEST_METHOD": request.method,
+        "QUERY_STRING": request.url.query,
+        "REMOTE_USER": principal.name,
+        "REMOTE_ADDR": request.client.host if request.client else "",
+        "CONTENT_TYPE": request.headers.get("content-type", ""),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "MLAB_MAX_BLOB": str(settings.max_blob_size),
+        "MLAB_USER": principal.name,
+    })
+    # A request body of unknown length (chunked) is read by git until EOF.
+    if "content-length" in request.headers:
+        env["CONTENT_LENGTH"] = request.headers["content-length"]
+    if "content-encoding" in request.headers:
+        env["HTTP_CONTENT_ENCODING"] = request.headers["content-encoding"]
+    if "git-protocol" in request.headers:
+        env["GIT_PROTOCOL"] = request.headers["git-protocol"]
+    if service == "git-receive-pack" and request.method == "POST":
+        fd, report = tempfile.mkstemp(prefix="push-", suffix=".json", dir=settings.home)
+        os.close(fd)
+        env["MLAB_PUSH_REPORT"] = report
+
+    proc = await asyncio.create_subprocess_exec(
+        "git", "http-backend",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, limit=4 * CHUNK,
+    )
+    counts = {"in": 0, "out": 0}
+    pump = asyncio.create_task(_pump_body(request, proc, counts))
+    errors = asyncio.create_task(_collect_stderr(proc))
+    assert proc.stdout is not None
+    status, headers = await _read_cgi_headers(proc.stdout)
+
+    async def body() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            while chunk := await proc.stdout.read(CHUNK):  # type: ignore[union-attr]
+                counts["out"] += len(chunk)
+                yield chunk
+            finished = True
+        finally:
+            if not finished and service == "git-upload-pack":
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            if not finished:
+                # Let receive-pack finish its ref transaction; drain whatever it says.
+                asyncio.get_running_loop().create_task(
+                    _finish(proc, pump, errors, request, repo, service, principal,
+                            settings, counts, report, status)
+                )
+            else:
+                await _finish(proc, pump, errors, request, repo, service, principal,
+                              settings, counts, report, status)
+
+    return _DuplexResponse(body(), status_code=status, headers=headers)
+
+
+class _DuplexResponse(StreamingResponse):
+    """A streaming response that leaves ``receive`` to the request-body pump.
+
+    Starlette's ``StreamingResponse`` (ASGI spec < 2.4) listens for a disconnect by calling
+    ``receive`` itself, racing the pump for request-body messages: a message it takes is
+    lost to git. Here only the pump receives; a disconnect shows as a failing ``send``.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError:
+            log.info("client went away during a git response")
+
+
+async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
+                     counts: dict[str, int]) -> None:
+    assert proc.stdin is not None
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            counts["in"] += len(chunk)
+            proc.stdin.write(chunk)
+            await proc.stdin.drain()
+    except (ClientDisconnect, BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.close()
+
+
+async def _collect_stderr(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stderr is not None
+    data = await proc.stderr.read(65536)
+    while await proc.stderr.read(65536):
+        pass
+    return data.decode("utf-8", "replace")
+
+
+async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status = 200
+    headers: dict[str, str] = {}
+    while True:
+        line = await stdout.readline()
+        text = line.decode("latin-1").rstrip("\r\n")
+        if not text:
+            break
+        name, _, value = text.partition(":")
+        value = value.strip()
+        if name.lower() == "status":
+            status = int(value.split()[0])
+        else:
+            headers[name] = value
+    return status, headers
+
+
+async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
+                  errors: asyncio.Task[str], request: Request, repo: str, service: str,
+                  principal: Principal, settings: GitSettings, counts: dict[str, int],
+                  report: str | None, status: int) -> None:
+    with contextlib.suppress(Exception):
+        while await proc.stdout.read(CHUNK):  # type: ignore[union-attr]
+            pass
+    code = await proc.wait()
+    await pump
+    stderr = await errors
+    if code != 0 and stderr.strip():
+        log.warning("[mlab/%s] git http-backend (%s) exited %s: %s", repo, service, code,
+                    stderr.strip().splitlines()[-1])
+    if request.url.path.endswith("/info/refs"):
+        return  # the ref advertisement; the fetch or push itself is logged
+    fields: dict[str, object] = {
+        "user": principal.name, "repo": repo, "remote": request.client.host
+        if request.client else None, "status": status, "bytes_in": counts["in"],
+        "bytes_out": counts["out"],
+    }
+    event = "fetch"
+    if service == "git-receive-pack":
+        event = "push"
+        refs: list[object] = []
+        refused = None
+        if report:
+            with contextlib.suppress(OSError):
+                for line in Path(report).read_text(encoding="utf-8").splitlines():
+                    data = json.loads(line)
+                    if data.get("hook") == "post-receive":
+                        refs = data["refs"]
+                    elif data.get("refused"):
+                        refused, refs = data["refused"], data["refs"]
+            with contextlib.suppress(OSError):
+                os.unlink(report)
+        if not refs and counts["in"] <= 4:
+            return  # git's auth probe ("0000") before a large chunked push
+        fields["refs"] = refs
+        if refused:
+            fields["refused"] = refused
+    try:
+        audit.append(settings.audit_log, event, **fields)
+    except OSError as exc:
+        log.error("audit log %s: %s", settings.audit_log, exc)

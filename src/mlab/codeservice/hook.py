@@ -1,0 +1,155 @@
+"""git hooks of the mirrors: the push policy, run by ``git receive-pack``.
+
+Invoked as ``python -m mlab.codeservice.hook pre-receive|post-receive`` from the scripts
+that :func:`install_hooks` writes into the data directory (every mirror's
+``core.hooksPath``). git gives one ``<old> <new> <ref>`` line per update on stdin
+(githooks(5)); the new objects sit in the quarantine directory, reachable from ``<new>``
+but not from any existing ref, so ``rev-list <new> --not --all`` lists exactly what the
+push adds.
+
+Policy (pre-receive), first failure refuses the whole push:
+- only ``refs/heads/*`` and ``refs/tags/*`` may be pushed (``refs/mlab/*`` is the service's);
+- upstream branches and tags (those with a marker under ``refs/mlab/upstream/``) may not be
+  created, updated or deleted by users;
+- no blob larger than ``MLAB_MAX_BLOB`` bytes (site ``codeService.maxBlobSize``).
+
+The hooks report to the service through the file named by ``MLAB_PUSH_REPORT`` (one JSON
+line per hook), which the service folds into the push's audit record.
+
+This module imports nothing heavy: it runs once per push.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ZERO = "0" * 40
+UPSTREAM_MARK = "refs/mlab/upstream/"
+
+
+def _git(*args: str, input: str | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], input=input, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _report(data: dict[str, object]) -> None:
+    path = os.environ.get("MLAB_PUSH_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(data) + "\n")
+
+
+def read_updates(text: str) -> list[tuple[str, str, str]]:
+    """Parse hook stdin: lines ``<old-sha> <new-sha> <refname>`` into tuples."""
+    updates = []
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            updates.append((parts[0], parts[1], parts[2]))
+    return updates
+
+
+def check_refs(updates: list[tuple[str, str, str]], upstream_refs: set[str]) -> str | None:
+    """The ref part of the policy (pure). Returns the refusal message, or None to accept.
+
+    Args:
+        updates: ``(old, new, ref)`` tuples.
+        upstream_refs: ref names (``refs/heads/main``) that mirror upstream.
+    """
+    for _old, _new, ref in updates:
+        if not (ref.startswith("refs/heads/") or ref.startswith("refs/tags/")):
+            return f"refusing {ref}: only branches (refs/heads/*) and tags may be pushed"
+        if ref in upstream_refs:
+            short = ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+            return (
+                f"refusing to update {ref}: it mirrors the upstream repository and only "
+                f"follows upstream. Push a branch of your own instead, e.g. "
+                f"git push origin HEAD:refs/heads/<you>/{short}"
+            )
+    return None
+
+
+def find_large_blobs(updates: list[tuple[str, str, str]], limit: int) -> list[tuple[str, int]]:
+    """Blobs larger than ``limit`` bytes that the push adds: ``[(path, size)]``."""
+    news = [new for _old, new, _ref in updates if new != ZERO]
+    if not news:
+        return []
+    objects = _git("rev-list", "--objects", *news, "--not", "--all")
+    if not objects:
+        return []
+    checked = _git(
+        "cat-file", "--batch-check=%(objecttype) %(objectsize) %(rest)", input=objects
+    )
+    large = []
+    for line in checked.splitlines():
+        kind, size, *rest = line.split(" ", 2)
+        if kind == "blob" and int(size) > limit:
+            large.append((rest[0] if rest else "?", int(size)))
+    return large
+
+
+def pre_receive(stdin: str) -> int:
+    """Apply the push policy; print the refusal (git shows it as ``remote: ...``)."""
+    updates = read_updates(stdin)
+    marks = _git("for-each-ref", "--format=%(refname)", UPSTREAM_MARK).split()
+    upstream_refs = {"refs/" + m.removeprefix(UPSTREAM_MARK) for m in marks}
+    message = check_refs(updates, upstream_refs)
+    if message is None:
+        limit = int(os.environ.get("MLAB_MAX_BLOB", str(100 * 1024 * 1024)))
+        large = find_large_blobs(updates, limit)
+        if large:
+            path, size = large[0]
+            message = (
+                f"refusing push: {path} is {size} bytes ({size / 2**20:.1f} MiB), larger "
+                f"than the limit of {limit} bytes ({limit / 2**20:.1f} MiB); remove it from "
+                "the history (git rm --cached, git commit --amend or git rebase -i)"
+            )
+    if message:
+        print(f"mlab: {message}", file=sys.stderr)
+        _report({"hook": "pre-receive", "refused": message,
+                 "refs": [{"ref": r, "old": o, "new": n} for o, n, r in updates]})
+        return 1
+    return 0
+
+
+def post_receive(stdin: str) -> int:
+    """Report the updated refs to the service for the audit record."""
+    updates = read_updates(stdin)
+    _report({"hook": "post-receive",
+             "refs": [{"ref": r, "old": o, "new": n} for o, n, r in updates]})
+    return 0
+
+
+def install_hooks(hooks_dir: Path) -> None:
+    """Write the hook scripts (idempotent; temp file + rename), calling this interpreter."""
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("pre-receive", "post-receive"):
+        script = (
+            "#!/bin/sh\n"
+            "# Written by the MLab code service at start; do not edit.\n"
+            f"exec '{sys.executable}' -m mlab.codeservice.hook {name}\n"
+        )
+        tmp = hooks_dir / f".{name}.tmp"
+        tmp.write_text(script, encoding="utf-8")
+        tmp.chmod(0o755)
+        tmp.replace(hooks_dir / name)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the hook scripts."""
+    stdin = sys.stdin.read()
+    if argv[:1] == ["pre-receive"]:
+        return pre_receive(stdin)
+    if argv[:1] == ["post-receive"]:
+        return post_receive(stdin)
+    print(f"mlab hook: unknown hook {argv!r}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,264 @@
+"""Mirroring: bring a mirror's upstream branches and tags in line with its upstream.
+
+Rules (docs/code-service.md, "Mirroring rules"), which :func:`plan_sync` implements as a
+pure function and :func:`sync_repo` applies in one ``git update-ref --stdin`` transaction:
+
+- upstream is fetched into ``refs/mlab/incoming/*`` (our own namespace, so ``+`` and
+  ``--prune`` there can never touch a user's ref);
+- a ref is *upstream-owned* when it has a marker ``refs/mlab/upstream/<heads|tags>/X``;
+  owned refs follow upstream, force-pushes included; a rewrite (old tip not an ancestor of
+  the new) or an upstream deletion first keeps the old tip as
+  ``refs/mlab/backup/<UTC time>/<heads|tags>/X`` and logs ``old..new``;
+- a ref upstream has and the mirror lacks is created and becomes owned;
+- a ref upstream has that the mirror already holds without a marker is a *user's* ref: it
+  is left alone and reported as a conflict (every sync, until someone renames it);
+- a sync never deletes or changes a ref without a marker;
+- a failed fetch changes nothing in the visible refs (the error is recorded by the caller).
+
+Every update in the transaction names the value it expects, so a push racing with a sync
+makes one of them fail cleanly instead of losing an update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from mlab.errors import MlabError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+INCOMING = "refs/mlab/incoming/"
+UPSTREAM = "refs/mlab/upstream/"
+BACKUP = "refs/mlab/backup/"
+ZERO = "0" * 40
+FETCH_TIMEOUT = 3600
+
+
+class SyncError(TemporaryError):
+    """A sync failed (upstream unreachable, authentication, a racing push); retried later."""
+
+
+@dataclass
+class SyncPlan:
+    """What a sync will do; ``commands`` is ``git update-ref --stdin`` input lines."""
+
+    commands: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def plan_sync(
+    incoming: dict[str, str],
+    owned: dict[str, str],
+    current: dict[str, str],
+    is_ancestor: Callable[[str, str], bool],
+    stamp: str,
+) -> SyncPlan:
+    """Compute a sync (pure apart from the ``is_ancestor`` question).
+
+    Args:
+        incoming: upstream's refs as fetched, short names (``heads/main``, ``tags/v1``) to sha.
+        owned: the upstream markers, short name to sha (the value last mirrored).
+        current: the mirror's visible refs, short name to sha.
+        is_ancestor: ``is_ancestor(old, new)`` is True when ``new`` fast-forwards ``old``.
+        stamp: the backup directory name, e.g. ``20260101T120000Z``.
+
+    Returns:
+        The plan; an empty ``commands`` list means nothing changes.
+    """
+    plan = SyncPlan()
+
+    def backup(short: str, old: str) -> None:
+        plan.commands.append(f"create {BACKUP}{stamp}/{short} {old}")
+
+    for short, new in sorted(incoming.items()):
+        ref = f"refs/{short}"
+        have = current.get(short)
+        if short in owned:
+            if have == new:
+                if owned[short] != new:
+                    plan.commands.append(f"update {UPSTREAM}{short} {new} {owned[short]}")
+                continue
+            if have is None:
+                plan.commands.append(f"create {ref} {new}")
+                plan.changes.append(f"{ref}: re-created at {new[:12]}")
+            else:
+                if is_ancestor(have, new):
+                    plan.changes.append(f"{ref}: {have[:12]}..{new[:12]}")
+                else:
+                    backup(short, have)
+                    plan.changes.append(
+                        f"{ref}: forced update {have[:12]}...{new[:12]} "
+                        f"(old tip kept as {BACKUP}{stamp}/{short})"
+                    )
+                plan.commands.append(f"update {ref} {new} {have}")
+            plan.commands.append(f"update {UPSTREAM}{short} {new} {owned[short]}")
+        elif have is not None:
+            if have != new:
+                plan.conflicts.append(ref)
+        else:
+            plan.commands.append(f"create {ref} {new}")
+            plan.commands.append(f"create {UPSTREAM}{short} {new}")
+            plan.changes.append(f"{ref}: new at {new[:12]}")
+    for short, marked in sorted(owned.items()):
+        if short in incoming:
+            continue
+        ref = f"refs/{short}"
+        have = current.get(short)
+        if have is not None:
+            backup(short, have)
+            plan.commands.append(f"delete {ref} {have}")
+            plan.changes.append(
+                f"{ref}: deleted upstream (old tip kept as {BACKUP}{stamp}/{short})"
+            )
+        plan.commands.append(f"delete {UPSTREAM}{short} {marked}")
+    return plan
+
+
+def _git(repo: Path, *args: str, input: str | None = None, timeout: float = 600,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
+           "LC_ALL": "C"}
+    return subprocess.run(
+        ["git", f"--git-dir={repo}", *args], input=input, capture_output=True, text=True,
+        timeout=timeout, env=env, check=check,
+    )
+
+
+def _refs(repo: Path, prefix: str) -> dict[str, str]:
+    out = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
+    refs = {}
+    for line in out.splitlines():
+        sha, name = line.split(" ", 1)
+        refs[name.removeprefix(prefix)] = sha
+    return refs
+
+
+def init_mirror(repo: Path, hooks_dir: Path) -> None:
+    """Create an empty bare mirror at ``repo`` configured for the service."""
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True,
+                   capture_output=True)
+    for key, value in (
+        ("http.receivepack", "true"),
+        ("http.uploadpack", "true"),
+        ("core.hooksPath", str(hooks_dir)),
+        ("receive.fsckObjects", "true"),
+        ("uploadpack.allowFilter", "true"),
+        ("core.logAllRefUpdates", "always"),
+        ("gc.reflogExpire", "never"),
+    ):
+        _git(repo, "config", key, value)
+    # The service's bookkeeping refs are neither advertised nor fetchable nor pushable.
+    for hidden in (INCOMING.rstrip("/"), UPSTREAM.rstrip("/")):
+        _git(repo, "config", "--add", "transfer.hideRefs", hidden)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Outcome of a successful sync: ``changes`` and ``conflicts`` are one line each."""
+
+    changes: list[str]
+    conflicts: list[str]
+
+
+def sync_repo(repo: Path, upstream: str, wait: float = 600) -> SyncResult:
+    """Fetch ``upstream`` and apply the mirroring rules to the bare repository ``repo``.
+
+    Only one sync per repository runs at a time (a lock file next to it).
+
+    Args:
+        repo: the mirror's bare repository.
+        upstream: the upstream URL (already checked against the site's rules).
+        wait: seconds to wait for another sync of the same repository; 0 to give up.
+
+    Raises:
+        SyncError: the fetch or the ref transaction failed; the visible refs are unchanged.
+    """
+    lock = FileLock(str(repo) + ".sync.lock")
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise SyncError(f"{repo.name}: another sync is running") from None
+    try:
+        return _sync_locked(repo, upstream)
+    finally:
+        lock.release()
+
+
+def _sync_locked(repo: Path, upstream: str) -> SyncResult:
+    try:
+        fetched = _git(
+            repo, "-c", "fetch.fsckObjects=true", "fetch", "--quiet", "--no-tags", "--prune",
+            "--no-write-fetch-head", upstream,
+            f"+refs/heads/*:{INCOMING}heads/*", f"+refs/tags/*:{INCOMING}tags/*",
+            timeout=FETCH_TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SyncError(f"fetch from upstream timed out after {FETCH_TIMEOUT} s") from None
+    if fetched.returncode != 0:
+        raise SyncError(f"fetch from upstream failed: {_last_line(fetched.stderr)}")
+    incoming = _refs(repo, INCOMING)
+    owned = _refs(repo, UPSTREAM)
+    current = {f"heads/{k}": v for k, v in _refs(repo, "refs/heads/").items()}
+    current.update({f"tags/{k}": v for k, v in _refs(repo, "refs/tags/").items()})
+
+    def is_ancestor(old: str, new: str) -> bool:
+        return _git(repo, "merge-base", "--is-ancestor", old, new, check=False).returncode == 0
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    plan = plan_sync(incoming, owned, current, is_ancestor, stamp)
+    if plan.commands:
+        script = "start\n" + "\n".join(plan.commands) + "\nprepare\ncommit\n"
+        done = _git(repo, "update-ref", "--stdin", input=script, check=False)
+        if done.returncode != 0:
+            raise SyncError(
+                f"updating refs failed (a push raced with the sync; it is retried): "
+                f"{_last_line(done.stderr)}"
+            )
+    _set_head(repo, upstream, incoming)
+    for line in plan.changes:
+        log.info("[mlab/%s] %s", repo.name, line)
+    for ref in plan.conflicts:
+        log.warning("[mlab/%s] %s exists upstream and as a user's branch; kept the user's",
+                    repo.name, ref)
+    return SyncResult(plan.changes, plan.conflicts)
+
+
+def _set_head(repo: Path, upstream: str, incoming: dict[str, str]) -> None:
+    head = _git(repo, "symbolic-ref", "HEAD", check=False).stdout.strip()
+    if head.startswith("refs/heads/") and f"heads/{head[11:]}" in incoming:
+        return
+    out = _git(repo, "ls-remote", "--symref", upstream, "HEAD", check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("ref: ") and line.endswith("\tHEAD"):
+            target = line[5:].split("\t")[0]
+            if target.startswith("refs/heads/"):
+                _git(repo, "symbolic-ref", "HEAD", target)
+            return
+
+
+def locked(repo: Path) -> bool:
+    """True while a sync of ``repo`` holds its lock."""
+    lock = FileLock(str(repo) + ".sync.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+__all__ = ["MlabError", "SyncError", "SyncResult", "init_mirror", "plan_sync", "sync_repo"]

@@ -1,0 +1,130 @@
+"""Authentication, path validation and the JSON API against the real service."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.codeservice.cs_support import PASSWORDS, Service, git, make_upstream
+
+
+@pytest.fixture(scope="module")
+def mirror(service: Service, tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("up")
+    bare = make_upstream(root, "proj")
+    service.approve(f"file://{bare}", "org/proj")
+    return "org/proj"
+
+
+def _raw_get(service: Service, path: str, auth: bool = True) -> int:
+    import base64
+
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    headers = {}
+    if auth:
+        token = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    conn.request("GET", path, headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_no_credentials_gives_401_with_challenge(service: Service, mirror: str) -> None:
+    r = httpx.get(f"{service.url}/{mirror}/info/refs?service=git-upload-pack", trust_env=False)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith('Basic realm="MLab code service"')
+
+
+def test_wrong_password_gives_401(service: Service, mirror: str) -> None:
+    with service.client("alice", "wrong") as c:
+        assert c.get(f"/{mirror}/info/refs?service=git-upload-pack").status_code == 401
+    with service.client("mallory", "x") as c:
+        assert c.get("/").status_code == 401
+
+
+def test_git_clone_with_wrong_password_fails(service: Service, mirror: str, work: Path) -> None:
+    url = service.clone_url(mirror).replace("alice-secret", "nope")
+    done = git("clone", url, str(work / "c"), check=False)
+    assert done.returncode != 0
+    assert "Authentication failed" in done.stderr or "401" in done.stderr
+
+
+@pytest.mark.parametrize("path", [
+    "/org/../org/proj/info/refs?service=git-upload-pack",
+    "/org/%2e%2e/org/proj/info/refs?service=git-upload-pack",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/org/proj%2f..%2f..%2finfo/refs?service=git-upload-pack",
+    "//etc/passwd",
+    "/etc/passwd",
+    "//tmp/x/info/refs?service=git-upload-pack",
+    "/org/proj/objects/info/packs",
+    "/org/proj/HEAD",
+    "/org/unapproved/info/refs?service=git-upload-pack",
+    "/org/unapproved.git/info/refs?service=git-upload-pack",
+], ids=["dotdot", "encoded-dotdot", "encoded-root", "encoded-slash", "double-slash",
+        "absolute", "absolute-git", "dumb-protocol", "dumb-head", "unapproved",
+        "unapproved-git"])
+def test_bad_paths_are_404(service: Service, mirror: str, path: str) -> None:
+    assert _raw_get(service, path) == 404
+
+
+def test_good_paths_and_pages(service: Service, mirror: str) -> None:
+    assert _raw_get(service, f"/{mirror}/info/refs?service=git-upload-pack") == 200
+    assert _raw_get(service, f"/{mirror}.git/info/refs?service=git-upload-pack") == 200
+    with service.client("alice") as c:
+        index = c.get("/")
+        assert index.status_code == 200 and "http://code.test/org/proj" in index.text
+        page = c.get(f"/{mirror}")
+        assert page.status_code == 200
+        assert "upstream commit 1" in page.text and "main" in page.text
+        assert "<script" not in page.text
+
+
+def test_gzip_request_body(service: Service, mirror: str, tmp_path: Path) -> None:
+    head = git("ls-remote", service.clone_url(mirror), "refs/heads/main").stdout.split()[0]
+    body = f"0032want {head}\n".encode() + b"00000009done\n"
+    with service.client("alice") as c:
+        r = c.post(f"/{mirror}/git-upload-pack", content=gzip.compress(body), headers={
+            "Content-Type": "application/x-git-upload-pack-request",
+            "Content-Encoding": "gzip"})
+    assert r.status_code == 200
+    assert b"PACK" in r.content
+
+
+def test_api_admin_only(service: Service, mirror: str) -> None:
+    with service.client("alice") as c:
+        assert c.get("/api/repos").status_code == 200
+        r = c.post("/api/repos", json={"url": "file:///tmp/x.git", "name": "a/b"})
+        assert r.status_code == 403 and "admin" in r.json()["error"]
+        who = c.get("/api/whoami").json()
+        assert who == {"name": "alice", "is_admin": False, "is_reviewer": False}
+    with service.client("bob") as c:
+        assert c.get("/api/whoami").json()["is_reviewer"] is True
+
+
+def test_approve_rejects_disallowed_hosts(service: Service) -> None:
+    with service.client() as c:
+        r = c.post("/api/repos", json={"url": "https://evil.example/x/y"})
+        assert r.status_code == 400 and "allowedHosts" in r.json()["error"]
+        r = c.post("/api/repos", json={"url": "ext::sh -c touch% /tmp/pwned", "name": "a/b"})
+        assert r.status_code == 400
+        r = c.post("/api/repos", json={"url": "file:///nonexistent/repo.git", "name": "a/b"})
+        assert r.status_code in (400, 503)
+        assert c.get("/api/repos").json() == [] or all(
+            x["name"] != "a/b" for x in c.get("/api/repos").json())
+
+
+def test_approve_twice_is_409_and_revoke_gives_404(service: Service, tmp_path: Path) -> None:
+    bare = make_upstream(tmp_path, "gone", commits=1)
+    service.approve(f"file://{bare}", "org/gone")
+    with service.client() as c:
+        assert c.post("/api/repos", json={"url": f"file://{bare}", "name": "org/gone"}
+                      ).status_code == 409
+        assert c.delete("/api/repos/org/gone").status_code == 200
+    assert _raw_get(service, "/org/gone/info/refs?service=git-upload-pack") == 404
+    assert list((service.data / "revoked").glob("org__gone-*.git"))
