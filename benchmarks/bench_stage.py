@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "airlock"))
 
-from conftest import make_wheel  # noqa: E402  (tests/airlock/conftest.py: tiny valid wheels)
+from airlock_testlib import make_wheel  # noqa: E402  (tiny valid wheels)
 
 from mlab.airlock import pip, pipindex  # noqa: E402
 

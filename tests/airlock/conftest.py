@@ -1,77 +1,13 @@
-"""Fixtures for the Airlock unit tests: tiny wheels and sdists made on the spot.
-
-Nothing is cached between runs: every test gets fresh folders under ``tmp_path``.
-"""
+"""Fixtures for the Airlock unit tests (helpers live in airlock_testlib.py)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import os
 import subprocess
-import sys
-import tarfile
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-
-def make_wheel(
-    folder: Path,
-    name: str,
-    version: str,
-    requires: Sequence[str] = (),
-    requires_python: str | None = None,
-    module_body: str = "",
-) -> Path:
-    """Write a minimal valid py3-none-any wheel (PEP 427) and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = name.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
-    if requires_python:
-        meta.append(f"Requires-Python: {requires_python}")
-    meta += [f"Requires-Dist: {r}" for r in requires]
-    files = {
-        f"{dist}/__init__.py": module_body or f"VERSION = {version!r}\n",
-        f"{info}/METADATA": "\n".join(meta) + "\n\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: mlab-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
-    out = folder / f"{dist}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(out, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return out
-
-
-def make_sdist(folder: Path, name: str, version: str) -> Path:
-    """Write a minimal setuptools sdist (no wheel exists for it) and return its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = name.replace("-", "_")
-    base = f"{dist}-{version}"
-    files = {
-        "pyproject.toml": '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        f'[project]\nname = "{name}"\nversion = "{version}"\n',
-        f"{dist}/__init__.py": f"VERSION = {version!r}\n",
-        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    }
-    out = folder / f"{base}.tar.gz"
-    with tarfile.open(out, "w:gz") as tf:
-        for path, text in files.items():
-            data = text.encode()
-            ti = tarfile.TarInfo(f"{base}/{path}")
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    return out
+from airlock_testlib import make_sdist, make_wheel, pip_install_target
 
 
 @pytest.fixture
@@ -84,16 +20,6 @@ def wheel_factory() -> Callable[..., Path]:
 def sdist_factory() -> Callable[..., Path]:
     """:func:`make_sdist`."""
     return make_sdist
-
-
-def pip_install_target(index: Path, target: Path, *specs: str) -> subprocess.CompletedProcess[str]:
-    """``pip install --target`` offline from ``index`` (a simple/ folder); pip config ignored."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--no-cache-dir",
-         "--index-url", index.as_uri(), "--target", str(target), *specs],
-        capture_output=True, text=True, env=env, check=False,
-    )
 
 
 @pytest.fixture

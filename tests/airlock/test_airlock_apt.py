@@ -16,23 +16,8 @@ from pathlib import Path
 import pytest
 
 from mlab.airlock import apt
+from airlock_testlib import build_deb
 from mlab.errors import MlabError, UsageError
-
-
-def build_deb(folder: Path, name: str, version: str = "1.0", depends: str | None = None) -> Path:
-    root = folder / f"{name}-build"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr" / "bin").mkdir(parents=True)
-    tool = root / "usr" / "bin" / name
-    tool.write_text(f"#!/bin/sh\necho {name} {version}\n")
-    tool.chmod(0o755)
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
-    if depends:
-        control += f"Depends: {depends}\n"
-    (root / "DEBIAN" / "control").write_text(control)
-    out = folder / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True, capture_output=True)
-    return out
 
 
 def make_source_repo(tmp: Path, debs: list[tuple]) -> Path:

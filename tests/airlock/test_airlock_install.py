@@ -64,3 +64,20 @@ def test_install_apt_missing_package_names_stage_command(tmp_path) -> None:
     assert "mlt-not-staged" in exc.value.message and exc.value.hint == "on the Airlock run: mlab stage apt mlt-not-staged"
     with pytest.raises(UsageError):
         install.install_apt(tmp_path / "nothing", ["jq"])
+
+
+def test_install_apt_missing_dependency_is_named(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("apt-get update with private lists needs root here")
+    from mlab.airlock.apt import write_indexes
+
+    from airlock_testlib import build_deb
+
+    repo = tmp_path / "share" / "apt"
+    repo.mkdir(parents=True)
+    build_deb(repo, "mlt-app", "1.0", "mlt-missing-lib")
+    write_indexes(repo)
+    with pytest.raises(MlabError) as exc:
+        install.install_apt(tmp_path / "share", ["mlt-app"])
+    assert "mlt-missing-lib" in exc.value.message
+    assert exc.value.hint == "on the Airlock run: mlab stage apt mlt-app"

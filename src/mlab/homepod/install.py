@@ -146,15 +146,21 @@ def install_apt(share: Path, packages: Sequence[str]) -> None:
         sources.write_text(f"deb [trusted=yes] file:{repo.resolve()} ./\n")
         opts = install_apt_options(work, sources)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for step in (["update"], ["install", "-y", *packages]):
-            proc = subprocess.run([*sudo, "apt-get", "-q", *opts, *step], stdout=sys.stdout, stderr=subprocess.PIPE,
-                                  text=True, env=env, check=False)
-            sys.stderr.write(proc.stderr)
+        # update, then a simulated install (takes no dpkg lock; names what is missing),
+        # then the install itself
+        for step in (["update"], ["--simulate", "install", *packages], ["install", "-y", *packages]):
+            simulate = step[0] == "--simulate"
+            proc = subprocess.run([*sudo, "apt-get", "-q", *opts, *step], stdout=subprocess.PIPE if simulate else sys.stdout,
+                                  stderr=subprocess.PIPE, text=True, env=env, check=False)
+            if not simulate:
+                sys.stderr.write(proc.stderr)
             if proc.returncode != 0:
-                found = _APT_MISSING.search(proc.stderr + "\n")
+                text = (proc.stdout or "") + "\n" + proc.stderr
+                found = _APT_MISSING.search(text)
                 if found:
                     name = found.group(1) or found.group(2)
                     raise MlabError(f"apt package {name} is not staged in {repo}", hint=stage_hint("apt", packages))
-                raise MlabError(f"apt-get {step[0]} failed (exit {proc.returncode})")
+                errors = [ln for ln in text.splitlines() if ln.startswith("E:")] or [f"exit {proc.returncode}"]
+                raise MlabError(f"apt-get {'install' if simulate else step[0]} failed: {errors[-1][:300]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
