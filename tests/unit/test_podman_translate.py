@@ -254,6 +254,15 @@ def test_firewall_rules_cover_each_homepod_edge() -> None:
     assert firewall.table_name("t4-up") == "mlab_t4_up"
 
 
+def test_firewall_lets_the_airlock_reach_its_proxy_in_a_private_range() -> None:
+    plan = _plan(_site())
+    text = firewall.ruleset(plan.site, [], [], plan.nat_network().subnet,
+                            proxies=[("10.1.2.3", 3128)])
+    allow = f"ip saddr {plan.nat_network().subnet} ip daddr 10.1.2.3 tcp dport 3128 accept"
+    assert allow in text
+    assert text.index(allow) < text.index("private and link-local ranges: denied")
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
 def test_firewall_ruleset_parses() -> None:
     """``nft -c`` checks the script without loading it."""

@@ -87,6 +87,7 @@ def ruleset(
     dnats: Sequence[Dnat],
     nat_subnet: str | None,
     code_port: int = 8080,
+    proxies: Sequence[tuple[str, int]] = (),
 ) -> str:
     """The nft script that (re)creates the site's two tables atomically.
 
@@ -96,6 +97,8 @@ def ruleset(
         dnats: published HomePod ports.
         nat_subnet: the Airlock/code-service NAT network's CIDR, or None.
         code_port: the code service's container port.
+        proxies: (IPv4, TCP port) of the Airlock's outbound proxies, allowed from the NAT
+            network even inside a private range (``airlock.proxy``).
 
     Returns:
         Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an
@@ -163,6 +166,9 @@ def ruleset(
         ]
     if nat_subnet:
         private = ", ".join(PRIVATE_RANGES)
+        for ip, port in proxies:
+            lines.append(f"    ip saddr {nat_subnet} ip daddr {ip} tcp dport {port} accept"
+                         " comment \"airlock --> proxy\"")
         lines.append(
             f"    ip saddr {nat_subnet} ip daddr != {nat_subnet} ip daddr {{ {private} }} drop"
             " comment \"airlock, code-service --> private and link-local ranges: denied\""

@@ -26,13 +26,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 from mlab.deploy import firewall
 from mlab.deploy.podman_translate import (
@@ -196,7 +197,27 @@ def _write_files(root: Path, plan: Plan) -> None:
                 raise
 
 
-def _firewall_script(plan: Plan) -> str:
+def proxy_endpoints(site: Site) -> list[tuple[str, int]]:
+    """(IPv4 address, port) of the Airlock's proxies (``airlock.proxy``), resolved on the
+    host; the firewall lets the NAT network reach them even in a private range."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for url in filter(None, [site.airlock.proxy.http, site.airlock.proxy.https]):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if not parts.hostname:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(parts.hostname, port, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            raise DeployError(f"airlock.proxy: cannot resolve {parts.hostname!r} on this host",
+                              hint="use an address, or fix the host's DNS") from None
+        out += sorted({(str(info[4][0]), port) for info in infos})
+    return out
+
+
+def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = ()) -> str:
     homepods = [
         firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
         for n in plan.homepod_networks()
@@ -208,7 +229,8 @@ def _firewall_script(plan: Plan) -> str:
                 ip = pod.networks[0][1]
                 dnats.append(firewall.Dnat(port.host_ip, port.host_port, ip, port.container_port,
                                            f"{pod.name} {port.name}"))
-    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet)
+    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
+                            proxies=list(proxies))
 
 
 def mac_for(network: str, ip: str) -> str:
@@ -427,8 +449,26 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
             what this run created is removed first.
     """
     say = say or (lambda _m: None)
-    start = time.monotonic()
     podman_version()
+    with host_lock(say):
+        return _up(site, say, placeholder, wait)
+
+
+def host_lock(say: Say) -> FileLock:
+    """The host-wide lock held by ``up`` and ``down`` of any site.
+
+    Sites share the host's subnets, ports and firewall: two ``up`` at once could pick the
+    same free subnet. Held for the whole command (seconds), so a second command waits.
+    """
+    base = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path(tempfile.gettempdir())
+    lock = FileLock(str(base / "mlab-podman.lock"), timeout=900)
+    if lock.is_locked:  # pragma: no cover - informative only
+        say("waiting for another mlab up/down on this host")
+    return lock
+
+
+def _up(site: Site, say: Say, placeholder: bool | None, wait: bool) -> UpResult:
+    start = time.monotonic()
     if not shutil.which("nft"):
         from mlab.errors import ToolMissingError
 
@@ -479,7 +519,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
             podman([*args, net.name])
             made_nets.append(net.name)
         say("firewall")
-        firewall.apply(_firewall_script(plan))
+        firewall.apply(_firewall_script(plan, proxy_endpoints(site)))
         _write_files(root, plan)
         replace = [p.name for p in to_play if p.name in current]
         if replace:
@@ -522,6 +562,9 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
                 firewall.remove(site.name)
         except MlabError as exc:  # pragma: no cover - reported, the first error wins
             log.warning("[mlab/%s] restoring the firewall failed: %s", site.name, exc)
+        if not current:
+            (root / "plan.json").unlink(missing_ok=True)
+            shutil.rmtree(root / "files", ignore_errors=True)
         raise
     result.seconds = time.monotonic() - start
     return result
@@ -536,6 +579,11 @@ def down(site_name: str, volumes: bool = False, say: Say | None = None) -> list[
     """
     say = say or (lambda _m: None)
     podman_version()
+    with host_lock(say):
+        return _down(site_name, volumes, say)
+
+
+def _down(site_name: str, volumes: bool, say: Say) -> list[str]:
     removed = list(site_pods(site_name))
     say(f"removing {len(removed)} pod(s)")
     remove_pods(removed)
@@ -550,6 +598,10 @@ def down(site_name: str, volumes: bool = False, say: Say | None = None) -> list[
             podman(["volume", "rm", "-f", vol], check=False)
             removed.append(vol)
         shutil.rmtree(state_dir(site_name), ignore_errors=True)
+    else:
+        # Nothing runs: no secret files on disk, and `status` says the site is down.
+        (state_dir(site_name) / "plan.json").unlink(missing_ok=True)
+        shutil.rmtree(state_dir(site_name) / "files", ignore_errors=True)
     return removed
 
 
