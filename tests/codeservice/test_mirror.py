@@ -1,0 +1,136 @@
+"""Mirroring rules against the real service and real git: force-pushes, backups, user
+branches, conflicts, failed syncs. Also the pure planner, table-driven."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlab.codeservice.mirror import plan_sync
+from tests.codeservice.cs_support import Service, git, make_upstream
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def _ancestor(old: str, new: str) -> bool:
+    return (old, new) == (A, B)  # B fast-forwards A; anything else is a rewrite
+
+
+@pytest.mark.parametrize("incoming,owned,current,commands,conflicts", [
+    ({"heads/main": A}, {}, {}, [f"create refs/heads/main {A}",
+                                 f"create refs/mlab/upstream/heads/main {A}"], []),
+    ({"heads/main": B}, {"heads/main": A}, {"heads/main": A},
+     [f"update refs/heads/main {B} {A}", f"update refs/mlab/upstream/heads/main {B} {A}"], []),
+    ({"heads/main": C}, {"heads/main": A}, {"heads/main": A},
+     [f"create refs/mlab/backup/T/heads/main {A}", f"update refs/heads/main {C} {A}",
+      f"update refs/mlab/upstream/heads/main {C} {A}"], []),
+    ({"heads/feat": B}, {}, {"heads/feat": A}, [], ["refs/heads/feat"]),
+    ({}, {"heads/old": A}, {"heads/old": A, "heads/mine": B},
+     [f"create refs/mlab/backup/T/heads/old {A}", f"delete refs/heads/old {A}",
+      f"delete refs/mlab/upstream/heads/old {A}"], []),
+    ({"heads/main": A}, {"heads/main": A}, {"heads/main": A, "heads/mine": C}, [], []),
+], ids=["new-branch", "fast-forward", "force-push-backup", "user-branch-conflict",
+        "upstream-delete-keeps-user-branch", "nothing-to-do"])
+def test_plan_sync(incoming, owned, current, commands, conflicts) -> None:  # type: ignore[no-untyped-def]
+    plan = plan_sync(incoming, owned, current, _ancestor, "T")
+    assert plan.commands == commands
+    assert plan.conflicts == conflicts
+    assert not any("heads/mine" in c for c in plan.commands)
+
+
+def _refs(repo: Path) -> dict[str, str]:
+    out = git("--git-dir", str(repo), "for-each-ref", "--format=%(refname) %(objectname)").stdout
+    return dict(line.split(" ") for line in out.splitlines())
+
+
+def _commit(work: Path, name: str) -> str:
+    (work / name).write_text(name + "\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", name, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+def test_force_push_sync_keeps_backup_and_user_branches(service: Service, tmp_path: Path) -> None:
+    bare = make_upstream(tmp_path, "fp", commits=3)
+    service.approve(f"file://{bare}", "org/fp")
+    mirror = service.data / "repos" / "org" / "fp.git"
+    # A HomePod user pushes a branch of their own.
+    home = tmp_path / "home"
+    git("clone", "-q", service.clone_url("org/fp"), str(home))
+    git("checkout", "-q", "-b", "alice/feat", cwd=home)
+    user_tip = _commit(home, "alice-work")
+    git("push", "-q", "origin", "alice/feat", cwd=home)
+    old_main = _refs(mirror)["refs/heads/main"]
+
+    # Upstream rewrites main (force-push) and moves tag v1.
+    up = tmp_path / "fp-work"
+    git("reset", "-q", "--hard", "HEAD~2", cwd=up)
+    new_main = _commit(up, "rewritten")
+    git("push", "-q", "--force", "origin", "main", cwd=up)
+    git("tag", "-f", "v1", cwd=up)
+    git("push", "-q", "--force", "origin", "v1", cwd=up)
+
+    result = service.sync("org/fp")
+    assert result["ok"] is True
+    assert any("forced update" in line for line in result["changes"]), result
+    refs = _refs(mirror)
+    assert refs["refs/heads/main"] == new_main
+    assert refs["refs/tags/v1"] == new_main
+    backups = {k: v for k, v in refs.items() if k.startswith("refs/mlab/backup/")}
+    assert any(k.endswith("/heads/main") and v == old_main for k, v in backups.items())
+    assert any(k.endswith("/tags/v1") for k in backups)
+    assert refs["refs/heads/alice/feat"] == user_tip
+    audit = [json.loads(x) for x in (service.data / "audit.log").read_text().splitlines()]
+    assert any(a["event"] == "sync" and a["repo"] == "org/fp" and
+               any(old_main[:12] in c and new_main[:12] in c for c in a["changes"])
+               for a in audit)
+
+    # Upstream now creates a branch with the user's name: conflict, user's branch kept.
+    git("checkout", "-q", "-b", "alice/feat", cwd=up)
+    _commit(up, "upstream-same-name")
+    git("push", "-q", "origin", "alice/feat", cwd=up)
+    for _ in range(2):
+        result = service.sync("org/fp")
+        assert result["ok"] is True and result["conflicts"] == ["refs/heads/alice/feat"]
+        assert _refs(mirror)["refs/heads/alice/feat"] == user_tip
+    with service.client() as c:
+        listed = {r["name"]: r for r in c.get("/api/repos").json()}
+    assert listed["org/fp"]["conflicts"] == ["refs/heads/alice/feat"]
+
+    # Upstream deletes both its branches except main: the user's branch still stays.
+    git("push", "-q", "origin", "--delete", "alice/feat", cwd=up)
+    result = service.sync("org/fp")
+    assert result["ok"] is True and result["conflicts"] == []
+    assert _refs(mirror)["refs/heads/alice/feat"] == user_tip
+    assert git("--git-dir", str(mirror), "fsck", "--no-progress").returncode == 0
+
+
+def test_failed_sync_keeps_last_good_state(service: Service, tmp_path: Path) -> None:
+    bare = make_upstream(tmp_path, "fl", commits=1)
+    service.approve(f"file://{bare}", "org/fl")
+    mirror = service.data / "repos" / "org" / "fl.git"
+    before = _refs(mirror)
+    moved = tmp_path / "moved.git"
+    shutil.move(str(bare), moved)
+    result = service.sync("org/fl")
+    assert result["ok"] is False and "fetch from upstream failed" in result["error"]
+    assert _refs(mirror) == before
+    env = {**os.environ, "MLAB_USER": "admin", "MLAB_PASSWORD": service.admin_password}
+    listed = subprocess.run(
+        [sys.executable, "-m", "mlab.cli.main", "repo", "list", "-o", "json", "--server",
+         service.url], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["name"] == "org/fl")
+    assert "fetch from upstream failed" in row["last_result"] and row["last_ok"]
+    failed = subprocess.run(
+        [sys.executable, "-m", "mlab.cli.main", "repo", "sync", "org/fl", "--server",
+         service.url], capture_output=True, text=True, env=env, timeout=60)
+    assert failed.returncode == 1 and "FAILED" in failed.stdout
+    shutil.move(str(moved), bare)
+    assert service.sync("org/fl")["ok"] is True
