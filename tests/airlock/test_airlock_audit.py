@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,17 @@ def test_unwritable_share_is_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(MlabError, match="cannot write the audit log"):
         audit.record(tmp_path / "missing" / "dir", "stage-pip", "x")
+
+
+@pytest.mark.parametrize("kind", ["pip", "apt", "url", "git"])
+def test_read_only_share_is_a_clear_error(tmp_path, kind) -> None:
+    if os.geteuid() == 0:
+        ro = Path("/proc/mlab-not-writable")  # root can write anywhere else
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+    args = {"pip": ["six"], "apt": ["jq"], "url": ["https://example.org/x.bin"], "git": ["https://example.org/r.git"]}[kind]
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", kind, "--share", str(ro), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "is not writable" in proc.stderr and "Traceback" not in proc.stderr

@@ -33,7 +33,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from mlab.airlock import audit
-from mlab.airlock.fsutil import ensure_dir, install_file, sha256_file, write_atomic
+from mlab.airlock.fsutil import check_writable, ensure_dir, install_file, sha256_file, write_atomic
 from mlab.errors import MlabError, TemporaryError, ToolMissingError, UsageError
 
 PRISTINE_STATUS = Path("/usr/share/mlab/pristine/status")
@@ -302,6 +302,7 @@ def stage(
         MlabError: a package or a dependency cannot be found (named), or apt failed.
     """
     check_names(packages)
+    check_writable(share)
     status = Path(status) if status else PRISTINE_STATUS
     if not status.is_file():
         raise UsageError(

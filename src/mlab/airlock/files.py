@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from mlab.airlock import audit
-from mlab.airlock.fsutil import CHUNK, ensure_dir
+from mlab.airlock.fsutil import CHUNK, check_writable, ensure_dir
 from mlab.errors import MlabError, TemporaryError, ToolMissingError, UsageError
 
 Progress = Callable[[int, "int | None"], None]
@@ -169,7 +169,7 @@ def stage_url(
     client: httpx.Client | None = None,
 ) -> UrlResult:
     """Download ``url`` into the share (see :func:`download`, :func:`target_path`) and audit it."""
-    dest = target_path(Path(share), url, output)
+    dest = target_path(check_writable(share), url, output)
     result = download(url, dest, sha256=sha256, report=report, client=client)
     rel = dest.relative_to(share).as_posix()
     audit.record(Path(share), "stage-url", f"{audit.redact_url(url)} -> {rel}", size=result.size, sha256=result.sha256)
@@ -213,7 +213,7 @@ def stage_git(share: Path, url: str, *, name: str | None = None) -> GitResult:
     name = name or repo_name(url)
     if not _NAME.match(name):
         raise UsageError(f"--name {name!r} must be letters, digits, '.', '_' or '-'")
-    share = Path(share)
+    share = check_writable(share)
     mirrors = ensure_dir(share / ".git-mirrors")
     mirror = mirrors / f"{name}.git"
     if mirror.exists():

@@ -70,3 +70,25 @@ def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     return path
+
+
+def check_writable(share: Path) -> Path:
+    """Return ``share`` after making sure staging can write there (created if missing).
+
+    Raises:
+        MlabError: the share cannot be created or written (a HomePod mounts it read-only).
+    """
+    from mlab.errors import MlabError
+
+    share = Path(share)
+    try:
+        share.mkdir(parents=True, exist_ok=True)
+        probe = share / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise MlabError(
+            f"the share {share} is not writable: {exc.strerror}",
+            hint="staging runs on the Airlock (in a HomePod the share is read-only); or pass --share DIR",
+        ) from None
+    return share

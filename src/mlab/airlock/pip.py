@@ -40,7 +40,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from mlab.airlock import audit
-from mlab.airlock.fsutil import ensure_dir
+from mlab.airlock.fsutil import check_writable, ensure_dir
 from mlab.airlock.pipindex import PublishResult, WheelFile, pip_dir, publish
 from mlab.errors import MlabError, UsageError
 
@@ -375,6 +375,7 @@ def stage(
     for path in requirement_files:
         if not Path(path).is_file():
             raise UsageError(f"-r {path}: no such file")
+    check_writable(share)
     tmp_root = ensure_dir(pip_dir(share) / ".tmp")
     work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
     try:
