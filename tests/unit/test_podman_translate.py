@@ -165,6 +165,16 @@ def test_services_become_ports_on_the_bind_address() -> None:
         10022, 15900, 17030]
 
 
+def test_bind_to_every_address_leaves_host_ip_out() -> None:
+    """podman 4.3 passes hostIP 0.0.0.0 to netavark verbatim, which then matches nothing."""
+    plan = _plan(_site(access={"bindAddress": "0.0.0.0"}))
+    code = plan.pod("code-service")
+    assert code is not None
+    port = code.manifest["spec"]["containers"][0]["ports"][0]
+    assert port["hostPort"] == 80 and "hostIP" not in port
+    assert all(p.host_ip == "0.0.0.0" for p in code.ports)
+
+
 def test_probes_placement_and_gpus_dropped() -> None:
     data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
     data["users"][0]["resources"] = {"gpus": 1, "limits": {"memory": "4Gi"}}

@@ -499,7 +499,12 @@ def translate(
             for cp in container.get("ports", []):
                 if cp["containerPort"] in published:
                     port = published[cp["containerPort"]]
-                    kept.append({**cp, "hostPort": port.host_port, "hostIP": port.host_ip})
+                    item = {**cp, "hostPort": port.host_port}
+                    # hostIP 0.0.0.0 reaches netavark verbatim and matches no packet
+                    # (measured); no hostIP means every address.
+                    if not ipaddress.ip_address(port.host_ip).is_unspecified:
+                        item["hostIP"] = port.host_ip
+                    kept.append(item)
             if kept:
                 container["ports"] = kept
             else:
