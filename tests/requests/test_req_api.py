@@ -146,3 +146,23 @@ def test_notification_per_transition(service) -> None:  # type: ignore[no-untype
         ("submit", "submitted", "alice"), ("review", "in_review", "bob"),
         ("approve", "approved", "bob")]
     assert all(e["event"] == "request.transition" and e["id"] == rid for e in events)
+
+
+def test_client_falls_back_to_the_container_port(service, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """From MLAB_CODE_HOST alone: port 80 first; when nothing answers there, the next URL."""
+    from mlab.requests.client import RequestsClient
+
+    port = service.url.rsplit(":", 1)[1]
+    monkeypatch.delenv("MLAB_SERVER", raising=False)
+    monkeypatch.delenv("MLAB_CODE_URL", raising=False)
+    monkeypatch.setenv("MLAB_CODE_HOST", "127.0.0.1")
+    monkeypatch.setenv("MLAB_USER", "alice")
+    monkeypatch.setenv("MLAB_PASSWORD", "alice-pw-1")
+    client = RequestsClient.from_env()
+    assert client.server == "http://127.0.0.1"
+    assert client.fallbacks == ("http://127.0.0.1:8080",)
+    # Stand-in for the two addresses: a closed port first, then the service.
+    client.server, client.fallbacks = "http://127.0.0.1:9", (service.url,)
+    rid = client.submit(EXPORT)["id"]
+    assert client.server == service.url and client.get(rid)["owner"] == "alice"
+    assert port in client.server

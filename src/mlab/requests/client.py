@@ -8,7 +8,9 @@ text for 4xx answers, the URL and cause for connection problems.
 Where the server and credentials come from (first found wins):
 
 - server: ``--server URL``, ``$MLAB_SERVER`` (as ``mlab repo``), ``$MLAB_CODE_URL``,
-  ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock);
+  ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock; Kubernetes' Service
+  port 80), then ``http://$MLAB_CODE_HOST:8080`` if nothing answers there (the podman
+  engine lets HomePods reach only the container port);
 - user: ``$MLAB_USER``;
 - password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE``, else the pod's
   ``/etc/mlab/secret/password`` when readable, else a prompt on the terminal.
@@ -51,6 +53,9 @@ def resolve_server(server: str | None) -> str:
         raise UsageError(f"--server: {url!r} must start with http:// or https://")
     return url.rstrip("/")
 
+
+CONTAINER_PORT = 8080
+"""The code service's container port (docs/CONTRACTS.md)."""
 
 SECRET_FILE = Path("/etc/mlab/secret/password")
 """The pod's own password file (docs/CONTRACTS.md), used when nothing else is set."""
@@ -97,20 +102,44 @@ class RequestsClient:
     user: str
     password: str
     timeout: float = 60.0
+    fallbacks: tuple[str, ...] = ()
+    """Other base URLs to try, in order, when ``server`` refuses or drops the connection."""
 
     @classmethod
     def from_env(cls, server: str | None = None) -> "RequestsClient":
-        """A client for :func:`resolve_server` with :func:`resolve_credentials`."""
+        """A client for :func:`resolve_server` with :func:`resolve_credentials`.
+
+        When the URL comes from ``MLAB_CODE_HOST`` alone, ``http://HOST`` (the Kubernetes
+        Service, port 80) is tried first and ``http://HOST:8080`` (the container port, which
+        the podman engine's HomePods reach directly) second.
+        """
         user, password = resolve_credentials()
-        return cls(resolve_server(server), user, password)
+        url = resolve_server(server)
+        fallbacks: tuple[str, ...] = ()
+        host = os.environ.get("MLAB_CODE_HOST")
+        if host and url == f"http://{host}":
+            fallbacks = (f"http://{host}:{CONTAINER_PORT}",)
+        return cls(url, user, password, fallbacks=fallbacks)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        while True:
+            url = f"{self.server}/api/requests{path}"
+            # A short connect timeout while another address remains to be tried.
+            timeout = httpx.Timeout(self.timeout, connect=5.0 if self.fallbacks else self.timeout)
+            try:
+                # trust_env=False: the Airlock's proxy variables must not divert calls to the
+                # in-cluster code service (nor carry the Authorization header to a proxy).
+                return httpx.request(method, url, auth=(self.user, self.password),
+                                     timeout=timeout, trust_env=False, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Nothing was sent on a failed connect, so trying elsewhere is safe.
+                if not self.fallbacks:
+                    raise
+                self.server, self.fallbacks = self.fallbacks[0], self.fallbacks[1:]
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        url = f"{self.server}/api/requests{path}"
         try:
-            # trust_env=False: the Airlock's proxy variables must not divert calls to the
-            # in-cluster code service (nor carry the Authorization header to a proxy).
-            resp = httpx.request(method, url, auth=(self.user, self.password),
-                                 timeout=self.timeout, trust_env=False, **kwargs)
+            resp = self._send(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise TemporaryError(
                 f"{self.server}: cannot reach the code service: {type(exc).__name__}",
