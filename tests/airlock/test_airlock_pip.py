@@ -230,3 +230,26 @@ def test_requirements_file_with_markers_and_comments(tmp_path, wheel_factory) ->
     assert "added gamma-1.0-py3-none-any.whl" in proc.stdout
     assert "present alpha-1.0-py3-none-any.whl" in proc.stdout
     assert "1 added, 2 already present, 0 built from source" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "pure"),
+    [("docopt-0.6.2-py2.py3-none-any.whl", True), ("six-1.17.0-py3-none-any.whl", True),
+     ("markupsafe-3.0.4-cp311-cp311-manylinux_2_17_x86_64.whl", False), ("x-1.0-cp311-none-any.whl", False),
+     ("x-1.0-py3-none-linux_x86_64.whl", False)],
+    ids=["py2py3", "py3", "cpython-ext", "cp-tag", "platform"],
+)
+def test_is_pure(name, pure) -> None:
+    assert pip.is_pure(name) is pure
+
+
+def test_foreign_target_builds_pure_sdist(tmp_path, wheel_factory, sdist_factory, pip_target) -> None:
+    src = tmp_path / "src"
+    wheel_factory(src, "app", "1.0", requires=["sdistonly"])
+    sdist_factory(src, "sdistonly", "0.3")
+    share = tmp_path / "share"
+    res = pip.stage(share, ["app"], sources=pip.Sources(find_links=(str(src),)),
+                    target=pip.Target(python_version="3.10", platforms=("manylinux_2_17_x86_64",)))
+    assert res.built == ["sdistonly-0.3-py3-none-any.whl"]
+    assert sorted(w.filename for w in res.added) == ["app-1.0-py3-none-any.whl", "sdistonly-0.3-py3-none-any.whl"]
+    assert pip_target(share / "pip" / "simple", tmp_path / "t", "app").returncode == 0

@@ -7,8 +7,9 @@ evaluates environment markers for the interpreter it runs on. So:
 1. pip resolves and fetches. For the local interpreter (the default: the Airlock runs the
    HomePod's image) ``pip wheel`` downloads wheels and builds wheels from sdists in one
    pass. For another target (``--python-version``/``--platform``) ``pip download
-   --only-binary=:all:`` with pip's target options is used (nothing can be built for an
-   interpreter that is not here).
+   --only-binary=:all:`` with pip's target options is used; sdists that build here into
+   pure-Python (``none-any``) wheels are offered to it, compiled ones cannot be staged for
+   an interpreter that is not here.
 2. The closure is checked against the *target's* markers (:func:`missing_requirements`),
    because ``pip download --python-version`` evaluates markers such as
    ``python_version < "3.11"`` for the running interpreter, not the target; anything
@@ -254,6 +255,18 @@ _CREATED = re.compile(r"Created wheel for \S+: filename=(\S+\.whl)")
 _COLLECTING = re.compile(r"^\s*(?:Collecting|Processing|Building wheel for) (\S+)")
 
 
+class NotFoundError(MlabError):
+    """pip found no distribution for a requirement (``requirement`` holds it as pip printed it)."""
+
+    def __init__(self, requirement: str) -> None:
+        super().__init__(
+            f"pip found no distribution for {requirement} on the configured indexes",
+            hint="check the name and version (https://pypi.org/project/NAME/); for another "
+            "--python-version/--platform only wheels and pure-Python sdists can be staged",
+        )
+        self.requirement = requirement
+
+
 def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[str]]:
     """Run ``python -m pip ARGS``; return (all output lines, created wheel names).
 
@@ -277,11 +290,7 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
     if code != 0:
         text = "\n".join(lines)
         if (m := _NOT_FOUND.search(text)):
-            raise MlabError(
-                f"pip found no distribution for {m.group(1)} on the configured indexes",
-                hint="check the name and version (https://pypi.org/project/NAME/); "
-                "for another --python-version/--platform only wheels can be staged",
-            )
+            raise NotFoundError(m.group(1))
         if (m := _BUILD_FAILED.search(text)):
             reasons = [ln.strip() for ln in lines if re.match(r"\s*error:", ln) and "subprocess-exited" not in ln]
             why = f": {reasons[-1][:200]}" if reasons else ""
@@ -292,6 +301,88 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:] or [f"exit {code}"]
         raise MlabError(f"pip {args[0]} failed: {errors[-1]}")
     return lines, created
+
+
+MAX_PURE_BUILDS = 10
+"""sdist-only requirements built per round for another target before giving up."""
+
+
+def is_pure(wheel_name: str) -> bool:
+    """True when a wheel installs on any interpreter and platform (``none-any`` tags) (pure)."""
+    _n, _v, _b, tags = parse_wheel_filename(wheel_name)
+    return all(t.abi == "none" and t.platform == "any" and t.interpreter.startswith("py") for t in tags)
+
+
+def _prebuild_pure(reqs: list[str], pure_dir: Path, sources: Sources, report: Report | None) -> list[str]:
+    """Build here the pure-Python wheels of the sdists in the local closure of ``reqs``.
+
+    Best effort (a failure only means nothing is pre-built): the closure for this
+    interpreter approximates the target's; sdists among it that build into ``none-any``
+    wheels are kept in ``pure_dir``, the others are dropped.
+    """
+    scratch = ensure_dir(pure_dir.parent / ".scratch")
+    try:
+        _run_pip(["download", "--dest", str(scratch), "--progress-bar", "off", *sources.pip_args(), *reqs], report)
+    except MlabError:
+        return []
+    built: list[str] = []
+    for sdist in sorted(p for p in scratch.iterdir() if not p.name.endswith(".whl")):
+        try:
+            created = _run_pip(["wheel", "--no-deps", "--use-pep517", "--wheel-dir", str(pure_dir), "--progress-bar",
+                                "off", *sources.pip_args(), str(sdist)], report)[1]
+        except MlabError:
+            continue
+        for name in created:
+            if is_pure(name):
+                built.append(name)
+            else:
+                (pure_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return built
+
+
+def _download_foreign(
+    args: list[str], reqs: list[str], dest: Path, target: Target, sources: Sources, report: Report | None
+) -> list[str]:
+    """``pip download`` for another target, building pure-Python sdists here when needed.
+
+    pip insists on ``--only-binary=:all:`` for another interpreter, so a dependency that
+    ships only an sdist is "not found" there, and pip's resolver may silently fall back to
+    an old release of its dependent that did not need it. So the sdists of the local
+    closure are built first (:func:`_prebuild_pure`); a ``none-any`` wheel suits every
+    target and is offered to pip through ``--find-links``. A requirement still not found
+    is built and the download retried. Returns the names of the wheels built.
+
+    Raises:
+        NotFoundError: a requirement has no wheel for the target and no pure sdist.
+        MlabError: an sdist for another target contains compiled code.
+    """
+    pure_dir = ensure_dir(dest / ".pure")
+    built: list[str] = _prebuild_pure(reqs, pure_dir, sources, report)
+    tried: set[str] = set()
+    for _attempt in range(MAX_PURE_BUILDS):
+        try:
+            _run_pip([*args, "--find-links", str(pure_dir)], report)
+            return built
+        except NotFoundError as exc:
+            if exc.requirement in tried:
+                raise
+            tried.add(exc.requirement)
+            try:
+                _lines, created = _run_pip(
+                    ["wheel", "--no-deps", "--use-pep517", "--wheel-dir", str(pure_dir), "--progress-bar", "off",
+                     *sources.pip_args(), exc.requirement], report)
+            except MlabError:
+                raise exc from None
+            for name in created:
+                if not is_pure(name):
+                    raise MlabError(
+                        f"{exc.requirement} ships only a source distribution with compiled code; "
+                        f"it cannot be built here for Python {target.python_version or 'local'} {' '.join(target.platforms)}",
+                        hint="stage it on an Airlock that runs the target image",
+                    ) from None
+            built += created
+    raise MlabError(f"more than {MAX_PURE_BUILDS} sdist-only requirements for the target")
 
 
 def fetch(
@@ -323,13 +414,15 @@ def fetch(
             # backend (setuptools + wheel for setup.py-only projects), as pip will by default
             args = ["wheel", "--use-pep517", "--wheel-dir", str(dest)]
         args += ["--progress-bar", "off", *sources.pip_args(), *pending, *req_args]
-        _lines, created = _run_pip(args, report)
-        built += created
+        if target.foreign:
+            built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
+        else:
+            built += _run_pip(args, report)[1]
         req_args = []
         dists = [read_dist(p) for p in dest.glob("*.whl")]
         missing = missing_requirements(roots, dists, env)
         if not missing:
-            return sorted(set(built))
+            return sorted({b for b in built if (dest / b).exists()})
         pending = [_strip_marker(r) for r in missing]
     raise MlabError(
         f"the closure for the target stays incomplete: {', '.join(str(r) for r in missing)}",
