@@ -186,6 +186,20 @@ def test_second_up_changes_nothing(site: Site) -> None:
     assert nft_after == nft_before
 
 
+def test_without_the_firewall_verify_fails_and_up_restores_it(site: Site) -> None:
+    """The gateway leak of internal networks is real: with MLab's inet table gone, a HomePod
+    reaches a host service on 0.0.0.0, and `mlab verify` exits 1 naming that edge."""
+    subprocess.run(["nft", "delete", "table", "inet", f"mlab_{SITE}"], check=True)
+    proc = site.mlab("verify", "-o", "json", check=False)
+    assert proc.returncode == 1
+    bad = {(r["source"], r["target"].split(" 10.")[0]) for r in json.loads(proc.stdout)
+           if not r["ok"]}
+    assert ("homepod-alice", "host service on 0.0.0.0 via gateway") in bad, bad
+    out = site.mlab("up").stderr
+    assert "4 unchanged" in out
+    assert site.mlab("verify", check=False).returncode == 0
+
+
 def test_adding_and_removing_a_user_touches_only_theirs(site: Site) -> None:
     before = container_ids()
     site.write(["alice", "bob", "carol"])
