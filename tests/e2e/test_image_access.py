@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.e2e
 PREFIX = "mlabtest-img-"
 PASSWORD = "Alice-Passw0rd-42"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-VNCDO = str(Path(os.sys.executable).with_name("vncdo"))
+VNCDO = str(Path(sys.executable).with_name("vncdo"))
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -150,6 +150,37 @@ def build_app(base_ref: str, base_hash: str, *, progress: Progress | None = None
     return ref
 
 
+def prune_old_recipes(base_hash: str) -> list[str]:
+    """Remove the hash-tagged images (app and base) of other recipes; return the removed tags.
+
+    Only ``<repository>:<16 hex>`` tags are removed, never ``latest`` or a ``--tag``; an
+    image that a container uses stays (podman refuses, and the error is ignored). Called
+    after a new base was built: each base is about 1.4 GB.
+    """
+    import json
+    import re
+
+    images = json.loads(podman(["images", "--filter", "label=mlab.recipe-hash",
+                                "--format", "json"]).stdout or "[]")
+    app, base = [], []
+    for img in images:
+        if (img.get("Labels") or {}).get("mlab.recipe-hash") == base_hash:
+            continue
+        for name in img.get("Names") or []:
+            repo, _, tag = name.rpartition(":")
+            if not re.fullmatch(r"[0-9a-f]{16}", tag):
+                continue
+            if repo == recipe.REPOSITORY:
+                app.append(name)
+            elif repo == recipe.BASE_REPOSITORY:
+                base.append(name)
+    removed = []
+    for name in app + base:
+        if podman(["rmi", name], check=False).returncode == 0:
+            removed.append(name)
+    return removed
+
+
 def normalize_tag(tag: str) -> str:
     """An extra tag as a full reference: ``T`` -> ``localhost/mlab/homepod:T``; a reference
     with a repository (``registry/name:T``) is kept.
@@ -191,9 +222,13 @@ def ensure_image(*, tag: str | None = None, progress: Progress | None = None) ->
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / "build.lock"), timeout=3600):
+        new_base = not image_exists(f"{recipe.BASE_REPOSITORY}:{base_hash[:16]}")
         base_ref = build_base(base_hash, progress=progress)
         ref = build_app(base_ref, base_hash, progress=progress)
         for t in filter(None, [f"{recipe.REPOSITORY}:latest", extra]):
             podman(["tag", ref, t])
+        if new_base:
+            say("removing images of older recipes")
+            log.info("removed %s", prune_old_recipes(base_hash))
     say("done")
     return ref

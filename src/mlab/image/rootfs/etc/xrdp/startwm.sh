@@ -6,6 +6,6 @@ if [ -r /etc/default/locale ]; then
   export LANG
 fi
 unset DBUS_SESSION_BUS_ADDRESS SESSION_MANAGER XDG_RUNTIME_DIR
-export XDG_SESSION_TYPE=x11 XDG_CURRENT_DESKTOP=XFCE
+export XDG_SESSION_TYPE=x11 XDG_CURRENT_DESKTOP=XFCE NO_AT_BRIDGE=1
 cd "$HOME"
 exec dbus-run-session -- startxfce4
