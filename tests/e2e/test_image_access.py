@@ -329,6 +329,9 @@ def test_rdp_gives_a_desktop_while_the_vnc_session_is_open(pod, e2e, tmp_path) -
         assert seen, "no desktop over RDP"
         keep_screenshot(shot, "screenshot-rdp.png")
         assert viewer.poll() is None, "the VNC viewer lost its connection"
+        # The session's channel socket (clipboard) is reachable by xrdp (group xrdp).
+        groups = pod.exec("bash", "-c", "stat -c %G /run/xrdp/sockdir/xrdp_chansrv_socket_*").stdout
+        assert groups.split() and set(groups.split()) == {"xrdp"}
     finally:
         viewer.terminate()
         viewer.wait(timeout=10)

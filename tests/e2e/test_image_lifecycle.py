@@ -49,7 +49,7 @@ def test_home_and_host_keys_survive_recreation_and_sigterm_stops_fast(
 
 def test_airlock_mode_keeps_debian_sources_and_plain_pip(homepod_image, e2e, containers) -> None:
     c = e2e.run_container(homepod_image, PREFIX, env={**ENV, "MLAB_MODE": "airlock",
-                                                      "MLAB_SUDO": "0"})
+                                                      "MLAB_SUDO": "0", "MLAB_CLIPBOARD": "to-pod"})
     containers.append(c)
     e2e.wait_until_ready(c)
     assert c.exec("test", "-e", "/etc/pip.conf", check=False).returncode != 0
@@ -57,6 +57,12 @@ def test_airlock_mode_keeps_debian_sources_and_plain_pip(homepod_image, e2e, con
     assert sources == c.exec("cat", "/usr/share/mlab/pristine/sources.list").stdout
     assert "deb.debian.org" in sources
     assert c.exec("sudo", "-n", "true", user="bob", check=False).returncode != 0
+    # Clipboard policy to-pod: VNC accepts the client's clipboard but never sends its own;
+    # xrdp restricts the outbound direction.
+    args = c.exec("bash", "-c", "tr '\\0' ' ' < /proc/$(pgrep -x Xtigervnc)/cmdline").stdout
+    assert "-AcceptCutText=1 -SendCutText=0" in args
+    sesman = c.exec("cat", "/etc/xrdp/sesman.ini").stdout
+    assert "RestrictOutboundClipboard=all" in sesman and "RestrictInboundClipboard=none" in sesman
 
 
 @pytest.mark.parametrize(("env", "message"), [
