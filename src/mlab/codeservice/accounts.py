@@ -74,6 +74,10 @@ def load_accounts(store: Store, site: Site, users_dir: Path, admin: str) -> list
     keep = {ADMIN}
     store.set_password(ADMIN, admin, is_admin=True)
     for user in site.users:
+        if user.name == ADMIN:
+            log.warning("[mlab/admin] a site user named admin cannot log in to the code "
+                        "service (the name is the admin account's); rename the user")
+            continue
         path = users_dir / user.name / "password"
         try:
             password = _read_secret(path)

@@ -146,9 +146,16 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
 
     async def api_approve(request: Request) -> Response:
         principal = await require_admin(request)
-        body = await request.json()
-        url = str(body.get("url") or "")
-        name = names.validate_name(body["name"]) if body.get("name") else names.default_name(url)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "body: not JSON; send {\"url\": URL, \"name\": ORG/REPO}"
+                                ) from None
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+            raise HTTPException(400, "body: 'url' (the upstream URL) is required")
+        url = body["url"]
+        given = body.get("name")
+        name = names.validate_name(str(given)) if given else names.default_name(url)
         names.check_upstream(url, cs.allowed_hosts, cs.allow_local_upstreams)
         if store.get_repo(name) is not None or config.repo_path(name).exists():
             raise HTTPException(409, f"{name} is already approved (revoke it first)")
@@ -249,10 +256,18 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
     return app
 
 
-async def _sync_loop(store: Store, interval: int, run_sync: Any) -> None:
-    """Sync each mirror every ``interval`` s (plus up to 10% jitter), one at a time."""
+async def _sync_loop(store: Store, interval: int, run_sync: Any, tick: float = 60.0) -> None:
+    """Sync each mirror every ``interval`` s (plus up to 10% jitter), one at a time.
+
+    Args:
+        store: the registry (``last_sync`` says when a mirror is due).
+        interval: seconds, the site's ``codeService.syncInterval``.
+        run_sync: ``async (name, wait) -> dict``; ``wait=0`` skips a mirror whose sync is
+            already running.
+        tick: seconds between looks at the registry (jittered +-50 %).
+    """
     while True:
-        await asyncio.sleep(min(60.0, interval / 10) * random.uniform(0.5, 1.5))
+        await asyncio.sleep(min(tick, interval / 10) * random.uniform(0.5, 1.5))
         now = time.time()
         for record in store.list_repos():
             due = (record.last_sync or 0) + interval * random.uniform(1.0, 1.1)
