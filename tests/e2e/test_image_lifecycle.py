@@ -30,6 +30,7 @@ def test_home_and_host_keys_survive_recreation_and_sigterm_stops_fast(
     containers.append(first)
     e2e.wait_until_ready(first)
     first.exec("bash", "-c", "echo keep > /home/bob/work.txt", user="bob")
+    first.exec("bash", "-c", "mkdir /home/bob/data && chown 4321:4321 /home/bob/data")
     key1 = first.exec("cat", "/home/bob/.mlab/host-keys/ssh_host_ed25519_key.pub").stdout
     start = time.monotonic()
     podman(["stop", "-t", "30", first.name])
@@ -43,6 +44,8 @@ def test_home_and_host_keys_survive_recreation_and_sigterm_stops_fast(
     e2e.wait_until_ready(second)
     assert second.exec("cat", "/home/bob/work.txt").stdout == "keep\n"
     assert second.exec("stat", "-c", "%U:%G", "/home/bob/work.txt").stdout.strip() == "bob:bob"
+    # Existing files are never re-owned by the entrypoint.
+    assert second.exec("stat", "-c", "%u", "/home/bob/data").stdout.strip() == "4321"
     assert second.exec("cat", "/home/bob/.mlab/host-keys/ssh_host_ed25519_key.pub").stdout == key1
     assert second.exec("stat", "-c", "%U %a", "/home/bob/.mlab/host-keys").stdout.strip() == "root 700"
 
