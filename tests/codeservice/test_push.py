@@ -151,3 +151,34 @@ def test_kill_during_push_leaves_repository_consistent(tmp_path: Path) -> None:
         assert git("--git-dir", str(mirror), "fsck", "--no-progress").returncode == 0
     finally:
         stop_service(svc)
+
+
+def test_client_killed_during_push(service: Service, repo: str, work: Path) -> None:
+    mirror = _mirror(service, repo)
+    c = work / "ck"
+    git("clone", "-q", service.clone_url(repo), str(c))
+    git("config", "core.compression", "0", cwd=c)
+    with open(c / "blob.bin", "wb") as fh:
+        for _ in range(60):
+            fh.write(os.urandom(1024 * 1024))
+    git("add", ".", cwd=c)
+    git("commit", "-q", "-m", "blob", cwd=c)
+    push = subprocess.Popen(["git", "push", "origin", "HEAD:refs/heads/alice/ck"], cwd=c,
+                            env=git_env(work), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and push.poll() is None:
+        if list((mirror / "objects").glob("incoming-*")):
+            break
+        time.sleep(0.01)
+    if push.poll() is None:
+        os.killpg(push.pid, signal.SIGKILL)
+    push.wait(timeout=30)
+    time.sleep(1)
+    assert _ref(mirror, "refs/heads/alice/ck") in ("", git("rev-parse", "HEAD", cwd=c
+                                                          ).stdout.strip())
+    assert git("--git-dir", str(mirror), "fsck", "--no-progress").returncode == 0
+    # The service is fine and takes the same push again.
+    git("push", "-q", "origin", "HEAD:refs/heads/alice/ck", cwd=c, timeout=120)
+    assert _ref(mirror, "refs/heads/alice/ck") == git("rev-parse", "HEAD", cwd=c).stdout.strip()

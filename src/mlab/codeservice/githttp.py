@@ -121,6 +121,16 @@ async def serve(
     errors = asyncio.create_task(_collect_stderr(proc))
     assert proc.stdout is not None
     status, headers = await _read_cgi_headers(proc.stdout)
+    if not headers and status == 200:
+        # No CGI header at all: http-backend failed before answering (it said why on stderr).
+        await proc.wait()
+        await pump
+        log.error("[mlab/%s] git http-backend gave no answer: %s", repo,
+                  (await errors).strip()[-300:])
+        if report:
+            with contextlib.suppress(OSError):
+                os.unlink(report)
+        return PlainTextResponse("git http-backend failed; see the service log\n", 502)
 
     async def body() -> AsyncIterator[bytes]:
         finished = False
@@ -183,6 +193,8 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
         async for chunk in request.stream():
             if not chunk:
                 continue
+            if counts["in"] == 0:
+                counts["ls_refs"] = int(chunk.startswith(b"0014command=ls-refs"))
             counts["in"] += len(chunk)
             proc.stdin.write(chunk)
             await proc.stdin.drain()
@@ -231,8 +243,8 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
     if code != 0 and stderr.strip():
         log.warning("[mlab/%s] git http-backend (%s) exited %s: %s", repo, service, code,
                     stderr.strip().splitlines()[-1])
-    if request.url.path.endswith("/info/refs"):
-        return  # the ref advertisement; the fetch or push itself is logged
+    if request.url.path.endswith("/info/refs") or counts.get("ls_refs"):
+        return  # ref advertisements (v0 GET, v2 ls-refs); the fetch or push itself is logged
     fields: dict[str, object] = {
         "user": principal.name, "repo": repo, "remote": request.client.host
         if request.client else None, "status": status, "bytes_in": counts["in"],
