@@ -85,7 +85,7 @@ def test_read_only_share_is_a_clear_error(tmp_path, kind) -> None:
     else:
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
-    args = {"pip": ["six"], "apt": ["jq"], "url": ["https://example.org/x.bin"], "git": ["https://example.org/r.git"]}[kind]
+    args = {"pip": ["six"], "apt": ["jq"], "url": ["https://mirror.invalid/x.bin"], "git": ["https://mirror.invalid/r.git"]}[kind]
     proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", kind, "--share", str(ro), *args],
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
