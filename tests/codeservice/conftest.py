@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.codeservice.cs_support import Service, start_service, stop_service
+from cs_support import Service, start_service, stop_service
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.codeservice.cs_support import PASSWORDS, Service, git, make_upstream
+from cs_support import PASSWORDS, Service, git, make_upstream
 
 
 @pytest.fixture(scope="module")

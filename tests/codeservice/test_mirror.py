@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlab.codeservice.mirror import plan_sync
-from tests.codeservice.cs_support import Service, git, make_upstream
+from cs_support import Service, git, make_upstream
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 

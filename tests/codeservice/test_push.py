@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.codeservice.cs_support import (
+from cs_support import (
     Service, git, git_env, make_upstream, start_service, stop_service,
 )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlab.relay import check_branch, pull_request_url
-from tests.codeservice.cs_support import PASSWORDS, Service, git, make_upstream
+from cs_support import PASSWORDS, Service, git, make_upstream
 
 
 def relay(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
