@@ -182,3 +182,14 @@ def test_client_killed_during_push(service: Service, repo: str, work: Path) -> N
     # The service is fine and takes the same push again.
     git("push", "-q", "origin", "HEAD:refs/heads/alice/ck", cwd=c, timeout=120)
     assert _ref(mirror, "refs/heads/alice/ck") == git("rev-parse", "HEAD", cwd=c).stdout.strip()
+
+
+def test_pages_escape_user_branch_names(service: Service, repo: str, work: Path) -> None:
+    c = work / "esc"
+    git("clone", "-q", service.clone_url(repo), str(c))
+    git("push", "-q", "origin", "HEAD:refs/heads/x<svg/onload=alert(1)>", cwd=c)
+    with service.client("bob") as client:
+        page = client.get(f"/{repo}").text
+        index = client.get("/").text
+    for html in (page, index):
+        assert "<svg" not in html and "&lt;svg/onload=alert(1)&gt;" in html
