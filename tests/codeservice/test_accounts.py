@@ -30,6 +30,8 @@ def test_load_accounts(tmp_path: Path) -> None:
     site = parse_site({"name": "t", "users": [{"name": "alice"}, {"name": "carol"}]})
     (tmp_path / "users" / "alice").mkdir(parents=True)
     (tmp_path / "users" / "alice" / "password").write_text("pw-alice\n")
+    (tmp_path / "users" / "airlock").mkdir(parents=True)
+    (tmp_path / "users" / "airlock" / "password").write_text("pw-airlock")
     store = Store(tmp_path / "db.sqlite")
     store.set_password("mallory", "old")  # a user no longer in the site
     missing = load_accounts(store, site, tmp_path / "users", "admin-pw")
@@ -38,6 +40,7 @@ def test_load_accounts(tmp_path: Path) -> None:
     assert store.check_password("alice", "wrong") is None
     assert store.check_password("admin", "admin-pw") is True
     assert store.check_password("mallory", "old") is None
+    assert store.check_password("airlock", "pw-airlock") is False
     raw = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT hash FROM accounts").fetchall()
     assert all(h.startswith("$argon2id$") for (h,) in raw)
     assert not any("pw-alice" in h for (h,) in raw)
