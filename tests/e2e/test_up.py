@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,13 +73,24 @@ class Site:
         return json.loads(self.mlab("status", "-o", "json").stdout)
 
 
+def _names(args: list[str]) -> str:
+    """A podman listing, retried when another user's object vanishes mid-listing (podman
+    4.3 then fails the whole listing with "no such ...")."""
+    for _attempt in range(5):
+        proc = podman(args, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(0.2)
+    return podman(args).stdout
+
+
 def listings() -> dict[str, set[str]]:
     """Names of every podman object and nft table on the host."""
     out = {
-        "containers": podman(["ps", "-a", "--format", "{{.Names}}"]).stdout,
-        "pods": podman(["pod", "ps", "--format", "{{.Name}}"]).stdout,
-        "networks": podman(["network", "ls", "--format", "{{.Name}}"]).stdout,
-        "volumes": podman(["volume", "ls", "--format", "{{.Name}}"]).stdout,
+        "containers": _names(["ps", "-a", "--format", "{{.Names}}"]),
+        "pods": _names(["pod", "ps", "--format", "{{.Name}}"]),
+        "networks": _names(["network", "ls", "--format", "{{.Name}}"]),
+        "volumes": _names(["volume", "ls", "--format", "{{.Name}}"]),
         "nft": subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
                               check=True).stdout,
     }
@@ -92,7 +104,7 @@ def ours(listing: dict[str, set[str]], name: str) -> dict[str, set[str]]:
 
 
 def container_ids() -> dict[str, str]:
-    out = podman(["ps", "--format", "{{.Names}} {{.ID}}"]).stdout.split("\n")
+    out = _names(["ps", "--format", "{{.Names}} {{.ID}}"]).split("\n")
     return dict(line.split() for line in out if line.startswith(f"mlab-{SITE}-"))
 
 
@@ -224,7 +236,7 @@ def test_adding_and_removing_a_user_touches_only_theirs(site: Site) -> None:
     for name in ("homepod-alice", "homepod-bob", "airlock"):
         key = f"mlab-{SITE}-{name}-{name.split('-')[0]}"
         assert final[key] == before[key]
-    nets = podman(["network", "ls", "--format", "{{.Name}}"]).stdout.split()
+    nets = _names(["network", "ls", "--format", "{{.Name}}"]).split()
     assert f"mlab-{SITE}-hp-carol" not in nets
 
 

@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from mlab.deploy.podman_translate import (
     PodPlan,
     translate,
 )
-from mlab.errors import DeployError, MlabError
+from mlab.errors import DeployError, MlabError, ToolMissingError
 from mlab.podman import podman, podman_version
 from mlab.site import Site
 
@@ -196,21 +196,8 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
 
 
 def save_plan(root: Path, plan: Plan, placeholder: bool) -> None:
-    """Write ``plan.json`` (no secrets: pod names, ports, networks) for status and verify."""
-    data = {
-        "site": plan.site,
-        "bind_address": plan.bind_address,
-        "placeholder_code_service": placeholder,
-        "networks": [asdict(n) | {"code_ip": n.code_ip, "pod_ip": n.pod_ip, "gateway": n.gateway}
-                     for n in plan.networks],
-        "pods": [
-            {"name": p.name, "component": p.component, "user": p.user,
-             "deployment": p.name.removeprefix(f"mlab-{plan.site}-"),
-             "containers": p.container_names(), "networks": [list(n) for n in p.networks],
-             "ports": [asdict(x) for x in p.ports]}
-            for p in plan.pods
-        ],
-    }
+    """Write ``plan.json`` (:meth:`Plan.record`) for status and verify."""
+    data = plan.record(placeholder)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".plan-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -272,8 +259,13 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     """
     say = say or (lambda _m: None)
     podman_version()
+    if not shutil.which("nft"):
+        raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
+    image = image_ref(site, say)  # may build for minutes: not under the host lock
+    if placeholder is None:
+        placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
-        return _up(site, say, placeholder, wait)
+        return _up(site, say, image, placeholder, wait)
 
 
 def host_lock(say: Say) -> FileLock:
@@ -289,15 +281,8 @@ def host_lock(say: Say) -> FileLock:
     return lock
 
 
-def _up(site: Site, say: Say, placeholder: bool | None, wait: bool) -> UpResult:
+def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpResult:
     start = time.monotonic()
-    if not shutil.which("nft"):
-        from mlab.errors import ToolMissingError
-
-        raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
-    image = image_ref(site, say)
-    if placeholder is None:
-        placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     say("rendering the site")
     plan = build_plan(site, image, placeholder)
     root = state_dir(site.name)

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,8 +44,22 @@ network or a host route is skipped."""
 
 
 def _json(args: list[str]) -> Any:
-    out = podman(args).stdout.strip()
-    return json.loads(out) if out else []
+    """Run a podman listing with JSON output and parse it.
+
+    podman 4.3 fails a whole listing when an object disappears while it is being listed
+    ("no such volume", measured with other users' containers coming and going), so such a
+    failure is retried a few times.
+    """
+    for attempt in range(5):
+        proc = podman(args, check=False)
+        if proc.returncode == 0:
+            out = proc.stdout.strip()
+            return json.loads(out) if out else []
+        if "no such" not in proc.stderr or attempt == 4:
+            break
+        time.sleep(0.2)
+    err = (proc.stderr or "").strip().splitlines()
+    raise DeployError(f"podman {' '.join(args[:2])} failed: {err[-1] if err else proc.returncode}")
 
 
 def site_pods(site_name: str) -> dict[str, dict[str, Any]]:

@@ -35,6 +35,8 @@ PYPI_URL = "https://pypi.org/simple/pip/"
 DEBIAN_URL = "http://deb.debian.org/debian/dists/bookworm/Release"
 INTERNET_NAME = "pypi.org"
 METADATA_IP = "169.254.169.254"
+SHARE = "/opt/public/airlock"
+"""The Airlock share: read-write in the Airlock, read-only in HomePods (a write probe)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class Probe:
         container: podman container the probe runs in ('' for the host).
         target: what is tried, for the table (``code-service :8080``).
         kind: ``tcp`` (connect), ``dns`` (getaddrinfo), ``udp-dns`` (raw query to a
-            server), ``http`` (GET a URL; any HTTP status counts as reached).
-        host: address or name; for ``http`` the URL.
+            server), ``http`` (GET a URL; any HTTP status counts as reached), ``write``
+            (create and delete a file in a directory; "allowed" means writable).
+        host: address or name; for ``http`` the URL; for ``write`` the directory.
         port: TCP/UDP port (0 for dns/http).
         expected: True when the edge is allowed.
     """
@@ -118,6 +121,7 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
             out.append(Probe(src, box, target, kind, host, port, expected))  # noqa: B023
 
         add(f"code service {code_host}:8080", "tcp", code_host, 8080, True)
+        add(f"write to the share {SHARE}", "write", SHARE, 0)
         add("code service :22 (other port)", "tcp", code, 22)
         add("code service :80 (other port)", "tcp", code, 80)
         if airlock:
@@ -146,6 +150,7 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
             Probe(src, box, "PyPI over HTTPS", "http", PYPI_URL, 0, True),
             Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
             Probe(src, box, f"code service {code_host}:8080", "tcp", code_host, 8080, True),
+            Probe(src, box, f"write to the share {SHARE}", "write", SHARE, 0, True),
             Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),
             Probe(src, box, f"host service on 0.0.0.0 via gateway {nat['gateway']}", "tcp",
                   nat["gateway"], facts.listener_port, False),
@@ -178,13 +183,18 @@ def udp_dns(host, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(TCP)
     s.sendto(q, (host, port)); s.recvfrom(512)
     return "answered"
+def write(path, port):
+    import os, tempfile
+    fd, name = tempfile.mkstemp(dir=path, prefix=".mlab-verify-")
+    os.close(fd); os.unlink(name)
+    return "wrote a file"
 def http(url, port):
     try:
         with urllib.request.urlopen(url, timeout=HTTP) as r:
             return "HTTP %d" % r.status
     except urllib.error.HTTPError as e:
         return "HTTP %d" % e.code
-KINDS = {"tcp": tcp, "dns": dns, "udp-dns": udp_dns, "http": http}
+KINDS = {"tcp": tcp, "dns": dns, "udp-dns": udp_dns, "http": http, "write": write}
 probes = json.loads(sys.argv[1]); out = [None] * len(probes)
 def one(i, kind, host, port):
     try:

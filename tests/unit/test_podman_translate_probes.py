@@ -1,0 +1,67 @@
+"""The isolation probe matrix (pure): every edge of DESIGN.md from every source, with the
+expected outcome, built from a translated plan. Running it is the e2e tests' job."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from mlab.deploy.podman_translate import translate, wanted_networks
+from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
+from mlab.render import render_site
+from mlab.secrets import password_keys
+from mlab.site import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTS = HostFacts(listener_port=40000, host_ip="192.0.2.2", internet_ip="203.0.113.80",
+                  resolvers=("10.255.255.53",))
+
+
+def _matrix() -> list[Probe]:
+    site = load_site(ROOT / "examples" / "local.yaml")
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
+    return matrix(plan.record(), FACTS, site.code_service.host)
+
+
+def test_homepods_reach_the_code_service_and_nothing_else() -> None:
+    probes = _matrix()
+    for user in ("alice", "bob"):
+        mine = [p for p in probes if p.source == f"homepod-{user}"]
+        allowed = [p.target for p in mine if p.expected]
+        assert allowed == ["code service code.mlab.local:8080"]
+        targets = " | ".join(p.target for p in mine)
+        for needle in ("code service :22", "airlock :22", "airlock :7030", ":5900",
+                       "via gateway 10.89.", "via host address 192.0.2.2",
+                       "internet by IP (pypi.org = 203.0.113.80)", "internet by name",
+                       "metadata 169.254.169.254", "DNS query via gateway",
+                       "DNS query via host resolver 10.255.255.53", "write to the share"):
+            assert needle in targets, (user, needle)
+        other = "bob" if user == "alice" else "alice"
+        assert {p.port for p in mine if p.target.startswith(f"homepod-{other}")} == {5900, 22}
+        assert all(p.container == f"mlab-local-homepod-{user}-homepod" for p in mine)
+
+
+def test_airlock_reaches_pypi_debian_and_the_code_service_only() -> None:
+    mine = [p for p in _matrix() if p.source == "airlock"]
+    allowed = sorted(p.target for p in mine if p.expected)
+    assert allowed == ["Debian mirror over HTTP", "PyPI over HTTPS",
+                       "code service code.mlab.local:8080",
+                       "write to the share /opt/public/airlock"]
+    blocked = Counter(p.target.split(" :")[0] for p in mine if not p.expected)
+    assert blocked["homepod-alice"] == 2 and blocked["homepod-bob"] == 2
+
+
+def test_host_reaches_every_published_port() -> None:
+    host = [p for p in _matrix() if p.source == "host"]
+    assert all(p.expected and p.host == "127.0.0.1" for p in host)
+    assert sorted(p.port for p in host) == sorted(
+        [80, 10022, 15900, 17030, 15901, 13389, 17031, 12201, 15902, 13390, 17032, 12202])
+
+
+def test_results_as_json() -> None:
+    probe = Probe("homepod-alice", "c", "metadata", "tcp", "169.254.169.254", 80, False)
+    assert to_json([Result(probe, True, "connected")]) == [{
+        "source": "homepod-alice", "target": "metadata", "kind": "tcp",
+        "expected": "blocked", "observed": "allowed", "ok": False, "detail": "connected"}]
