@@ -136,3 +136,32 @@ def test_approve_bad_bodies_are_400(service: Service) -> None:
         assert c.post("/api/repos", json=["x"]).status_code == 400
         r = c.post("/api/repos", json={"url": "file:///x/y.git", "name": "../etc"})
         assert r.status_code == 400 and "ORG/REPO" in r.json()["error"]
+
+
+def _mlab(service: Service, *args: str, password: str | None = None):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
+    env.update({"MLAB_PASSWORD": password or service.admin_password})
+    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--server", service.url],
+                          capture_output=True, text=True, env=env, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_repo_cli_approve_list_revoke(service: Service, tmp_path: Path) -> None:
+    bare = make_upstream(tmp_path, "cli", commits=1)
+    done = _mlab(service, "repo", "approve", f"file://{bare}", "--as", "org/cli")
+    assert done.returncode == 0 and "approved org/cli" in done.stdout, done.stderr
+    listed = _mlab(service, "repo", "list")
+    assert listed.returncode == 0 and "org/cli" in listed.stdout
+    done = _mlab(service, "repo", "revoke", "org/cli")
+    assert done.returncode == 0 and "revoked org/cli" in done.stdout
+    again = _mlab(service, "repo", "revoke", "org/cli")
+    assert again.returncode == 1 and "no approved repository org/cli" in again.stderr
+    bad = _mlab(service, "repo", "list", password="wrong")
+    assert bad.returncode == 1 and "wrong user name or password" in bad.stderr
+    assert "wrong" not in bad.stderr.replace("wrong user", "")
+    usage = _mlab(service, "repo", "revoke", "../x")
+    assert usage.returncode == 2 and "ORG/REPO" in usage.stderr

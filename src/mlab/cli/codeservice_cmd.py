@@ -101,7 +101,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Mirror URL (its host must be in codeService.allowedHosts); clones it now."""
         client = _client(server, site)
-        data = client.request("POST", "/api/repos", json={"url": url, "name": name})
+        with Console(stderr=True).status(f"cloning {url} into the code service..."):
+            data = client.request("POST", "/api/repos", json={"url": url, "name": name})
         print(f"approved {data['name']} <- {data['upstream']}")
 
     @repo.command("revoke")
@@ -134,10 +135,11 @@ def register(app: typer.Typer) -> None:
         from mlab.codeservice.names import validate_name
 
         client = _client(server, site)
-        if name:
-            results = [client.request("POST", f"/api/repos/{validate_name(name)}/sync")]
-        else:
-            results = client.request("POST", "/api/sync")
+        with Console(stderr=True).status(f"syncing {name or 'every mirror'}..."):
+            if name:
+                results = [client.request("POST", f"/api/repos/{validate_name(name)}/sync")]
+            else:
+                results = client.request("POST", "/api/sync")
         failed = [r for r in results if not r["ok"]]
         for r in results:
             if r["ok"]:
