@@ -238,14 +238,14 @@ def _sync_locked(repo: Path, upstream: str) -> SyncResult:
 
 
 def _set_head(repo: Path, upstream: str, incoming: dict[str, str]) -> None:
+    """Point HEAD at upstream's default branch (asked at every sync: it can change)."""
     head = _git(repo, "symbolic-ref", "HEAD", check=False).stdout.strip()
-    if head.startswith("refs/heads/") and f"heads/{head[11:]}" in incoming:
-        return
     out = _git(repo, "ls-remote", "--symref", upstream, "HEAD", check=False).stdout
     for line in out.splitlines():
         if line.startswith("ref: ") and line.endswith("\tHEAD"):
             target = line[5:].split("\t")[0]
-            if target.startswith("refs/heads/"):
+            if target.startswith("refs/heads/") and target != head and \
+                    f"heads/{target[11:]}" in incoming:
                 _git(repo, "symbolic-ref", "HEAD", target)
             return
 
