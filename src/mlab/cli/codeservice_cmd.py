@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request "
                                         "to stderr. Default: off (the audit log has pushes "
                                         "and fetches)."),
+        log_format: str = typer.Option("text", "--log-format", help="text or json (one "
+                                       "object a line on stderr). Default: text."),
     ) -> None:
         """Serve approved mirrors over git smart HTTP on PORT (admin password:
         MLAB_ADMIN_PASSWORD_FILE, or generated into DATA/admin-password and printed once)."""
@@ -65,6 +67,12 @@ def register(app: typer.Typer) -> None:
         from mlab.codeservice.app import ServiceConfig, create_app, prepare_data_dir
         from mlab.site import load_site
 
+        if log_format not in ("text", "json"):
+            raise UsageError(f"--log-format {log_format!r}: use text or json")
+        if log_format == "json":
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(_JsonFormatter())
+            logging.getLogger().handlers = [handler]
         the_site = load_site(site)
         config = ServiceConfig(data_dir=data.resolve(), site=the_site,
                                background_sync=background_sync)
@@ -88,7 +96,7 @@ def register(app: typer.Typer) -> None:
               flush=True)
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="info" if access_log else "warning", access_log=access_log,
-            timeout_keep_alive=30, lifespan="on",
+            timeout_keep_alive=30, lifespan="on", log_config=None,
         ))
         server.run(sockets=[sock])
 
@@ -153,6 +161,18 @@ def register(app: typer.Typer) -> None:
                 print(f"{r['name']}: FAILED: {r['error']}")
         if failed:
             raise MlabError(f"{len(failed)} sync(s) failed; the last good state is kept")
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+
+        return json.dumps({
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        })
 
 
 def _client(server: str | None, site: str | None) -> Any:
