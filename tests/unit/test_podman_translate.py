@@ -186,7 +186,7 @@ def test_probes_placement_and_gpus_dropped() -> None:
     container = spec["containers"][0]
     assert "nodeName" not in spec and "automountServiceAccountToken" not in spec
     assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
-    assert container["resources"] == {"requests": {}, "limits": {"memory": "4Gi"}}
+    assert container["resources"] == {"limits": {"memory": "4Gi"}}
 
 
 def test_airlock_trusts_the_host_ca_bundle() -> None:
@@ -247,7 +247,8 @@ def _ruleset(plan: Plan) -> str:
                 for n in plan.homepod_networks()]
     dnats = [firewall.Dnat(p.host_ip, p.host_port, pod.networks[0][1], p.container_port, pod.name)
              for pod in plan.pods for p in pod.ports if p.via == "nft"]
-    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet)
+    return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
+                            offices=["127.0.0.0/8"])
 
 
 def test_firewall_rules_cover_each_homepod_edge() -> None:
@@ -271,6 +272,23 @@ def test_firewall_lets_the_airlock_reach_its_proxy_in_a_private_range() -> None:
     allow = f"ip saddr {plan.nat_network().subnet} ip daddr 10.1.2.3 tcp dport 3128 accept"
     assert allow in text
     assert text.index(allow) < text.index("private and link-local ranges: denied")
+
+
+def test_firewall_published_ports_only_from_office_cidrs() -> None:
+    """NetworkPolicy edges `office --> homepod`/`office --> airlock`: other hosts reach the
+    published ports only from access.officeCIDRs; the Airlock never reaches a HomePod."""
+    plan = _plan(_site())
+    nat = plan.nat_network().subnet
+    alice = next(n for n in plan.homepod_networks() if n.user == "alice")
+    text = firewall.ruleset(plan.site, [firewall.HomepodNet("alice", alice.subnet,
+                            alice.code_ip, alice.pod_ip)], [], nat, offices=["192.168.0.0/16"])
+    assert (f"ip daddr {alice.pod_ip} ct status dnat ip saddr {{ 192.168.0.0/16 }} accept"
+            in text)
+    assert f"ip daddr {nat} ct status dnat ip saddr != {{ 192.168.0.0/16 }} drop" in text
+    airlock_drop = f"ip saddr {nat} ip daddr {alice.subnet} drop"
+    assert text.index(airlock_drop) < text.index("ct status dnat ip saddr { 192.168.0.0/16 } accept")
+    closed = firewall.ruleset(plan.site, [], [], nat, offices=[])
+    assert f"ip daddr {nat} ct status dnat drop" in closed
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")

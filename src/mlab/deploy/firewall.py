@@ -88,6 +88,7 @@ def ruleset(
     nat_subnet: str | None,
     code_port: int = 8080,
     proxies: Sequence[tuple[str, int]] = (),
+    offices: Sequence[str] = (),
 ) -> str:
     """The nft script that (re)creates the site's two tables atomically.
 
@@ -99,6 +100,10 @@ def ruleset(
         code_port: the code service's container port.
         proxies: (IPv4, TCP port) of the Airlock's outbound proxies, allowed from the NAT
             network even inside a private range (``airlock.proxy``).
+        offices: ``access.officeCIDRs``: the only sources that other hosts may reach
+            published ports from (the NetworkPolicies' office edges); empty: none. The
+            host's own connections (to a loopback bind address) are not forwarded and are
+            not affected.
 
     Returns:
         Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an
@@ -155,10 +160,25 @@ def ruleset(
         f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;",
         "    ct state established,related accept",
     ]
+    office = f"{{ {', '.join(offices)} }}" if offices else ""
+    if nat_subnet:
+        # Published ports of the NAT pods (netavark's DNAT) from other hosts: offices only.
+        lines.append(
+            f"    ip daddr {nat_subnet} ct status dnat "
+            + (f"ip saddr != {office} " if office else "")
+            + "drop comment \"not office --> airlock, code-service published ports: denied\""
+        )
     for hp in homepods:
+        if nat_subnet:
+            lines.append(
+                f"    ip saddr {nat_subnet} ip daddr {hp.subnet} drop"
+                f" comment \"airlock, code-service --> homepod-{hp.user} published ports: denied\""
+            )
+        if office:
+            lines.append(
+                f"    ip daddr {hp.pod_ip} ct status dnat ip saddr {office} accept"
+                f" comment \"office --> homepod-{hp.user} published ports\"")
         lines += [
-            f"    ip daddr {hp.pod_ip} ct status dnat accept"
-            f" comment \"office --> homepod-{hp.user} published ports\"",
             f"    ip saddr {hp.subnet} ip daddr != {hp.subnet} drop"
             f" comment \"homepod-{hp.user} --> anything routed: denied\"",
             f"    ip daddr {hp.subnet} ip saddr != {hp.subnet} drop"

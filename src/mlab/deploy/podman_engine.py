@@ -150,7 +150,8 @@ def proxy_endpoints(site: Site) -> list[tuple[str, int]]:
     return out
 
 
-def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = ()) -> str:
+def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
+                     offices: Sequence[str] = ()) -> str:
     homepods = [
         firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
         for n in plan.homepod_networks()
@@ -163,7 +164,7 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = ()) -> str
                 dnats.append(firewall.Dnat(port.host_ip, port.host_port, ip, port.container_port,
                                            f"{pod.name} {port.name}"))
     return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
-                            proxies=list(proxies))
+                            proxies=list(proxies), offices=list(offices))
 
 
 def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
@@ -326,7 +327,8 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
             podman([*args, net.name])
             made_nets.append(net.name)
         say("firewall")
-        firewall.apply(_firewall_script(plan, proxy_endpoints(site)))
+        firewall.apply(_firewall_script(plan, proxy_endpoints(site),
+                                        [c for c in site.access.office_cidrs if ":" not in c]))
         _write_files(root, plan)
         replace = [p.name for p in to_play if p.name in current]
         if replace:

@@ -445,6 +445,10 @@ def translate(
                 for part in ("requests", "limits"):
                     for key in [k for k in res.get(part, {}) if "/" in k]:
                         del res[part][key]  # extended resources (nvidia.com/gpu)
+                    if part in res and not res[part]:
+                        del res[part]
+                if not res:
+                    del container["resources"]
             for env in container.get("env", []):
                 if "valueFrom" in env:
                     raise DeployError(
