@@ -268,7 +268,24 @@ def set_route_localnet(interface: str) -> None:
     Raises:
         DeployError: the sysctl could not be written.
     """
-    path = f"/proc/sys/net/ipv4/conf/{interface}/route_localnet"
+    _sysctl(f"/proc/sys/net/ipv4/conf/{interface}/route_localnet")
+
+
+def set_forwarding(interface: str) -> None:
+    """Let replies of published HomePod ports be routed back to other hosts.
+
+    netavark turns forwarding off on an internal network's bridge (measured: the SYN-ACK of a
+    DNAT'd connection from another host died there). A HomePod still cannot send anything
+    routed: it has no route beyond its subnet, and :func:`ruleset`'s forward chain drops
+    every new connection out of HomePod subnets; only replies (conntrack) pass.
+
+    Raises:
+        DeployError: the sysctl could not be written.
+    """
+    _sysctl(f"/proc/sys/net/ipv4/conf/{interface}/forwarding")
+
+
+def _sysctl(path: str) -> None:
     try:
         with open(path, "w", encoding="ascii") as fh:
             fh.write("1")

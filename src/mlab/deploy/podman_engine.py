@@ -16,6 +16,7 @@ run) and :mod:`firewall` (which rules). Invariants:
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -342,8 +343,11 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
             play(pod)
             played.append(pod.name)
         # A bridge exists once a container is attached; DNAT from loopback needs this.
+        remote = not ipaddress.ip_address(site.access.bind_address).is_loopback
         for net in plan.homepod_networks():
             firewall.set_route_localnet(bridge_of(net.name))
+            if remote:  # other hosts reach published ports: replies are routed
+                firewall.set_forwarding(bridge_of(net.name))
         for name in have_nets:
             if name not in {n.name for n in plan.networks}:
                 say(f"removing network {name}")

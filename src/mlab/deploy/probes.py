@@ -120,7 +120,7 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
         def add(target: str, kind: str, host: str, port: int, expected: bool = False) -> None:
             out.append(Probe(src, box, target, kind, host, port, expected))  # noqa: B023
 
-        add(f"code service {code_host}:8080", "tcp", code_host, 8080, True)
+        add(f"code service {code_host}:8080", "http", f"http://{code_host}:8080/", 0, True)
         add(f"write to the share {SHARE}", "write", SHARE, 0)
         add("code service :22 (other port)", "tcp", code, 22)
         add("code service :80 (other port)", "tcp", code, 80)
@@ -149,7 +149,8 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
         out += [
             Probe(src, box, "PyPI over HTTPS", "http", PYPI_URL, 0, True),
             Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
-            Probe(src, box, f"code service {code_host}:8080", "tcp", code_host, 8080, True),
+            Probe(src, box, f"code service {code_host}:8080", "http",
+                  f"http://{code_host}:8080/", 0, True),
             Probe(src, box, f"write to the share {SHARE}", "write", SHARE, 0, True),
             Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),
             Probe(src, box, f"host service on 0.0.0.0 via gateway {nat['gateway']}", "tcp",
