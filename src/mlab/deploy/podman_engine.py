@@ -24,12 +24,13 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from mlab.deploy import firewall
 from mlab.deploy.podman_objects import (
@@ -52,12 +53,14 @@ from mlab.deploy.podman_translate import (
     PodPlan,
     translate,
 )
-from mlab.errors import DeployError, MlabError, ToolMissingError
+from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman import podman, podman_version
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
 
+LOCK_TIMEOUT = 900.0
+"""Seconds ``up``/``down`` wait for another one on the same host."""
 READY_TIMEOUT = 180.0
 """Seconds ``up`` waits for every published port to accept a connection."""
 
@@ -270,17 +273,32 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         return _up(site, say, image, placeholder, wait)
 
 
-def host_lock(say: Say) -> FileLock:
+@contextmanager
+def host_lock(say: Say) -> Iterator[None]:
     """The host-wide lock held by ``up`` and ``down`` of any site.
 
     Sites share the host's subnets, ports and firewall: two ``up`` at once could pick the
     same free subnet. Held for the whole command (seconds), so a second command waits.
+
+    Raises:
+        TemporaryError: another command held it for :data:`LOCK_TIMEOUT` seconds.
     """
     base = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path(tempfile.gettempdir())
-    lock = FileLock(str(base / "mlab-podman.lock"), timeout=900)
-    if lock.is_locked:  # pragma: no cover - informative only
+    lock = FileLock(str(base / "mlab-podman.lock"))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
         say("waiting for another mlab up/down on this host")
-    return lock
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT)
+        except Timeout:
+            raise TemporaryError(
+                f"another mlab up/down held {lock.lock_file} for {LOCK_TIMEOUT:.0f} s",
+                hint="wait for it to finish, then try again") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpResult:
