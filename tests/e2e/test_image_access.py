@@ -124,7 +124,12 @@ def vnc_capture(port: int, password: str, out: Path, timeout: float = 30) -> sub
 # --- image contents ----------------------------------------------------------------------
 
 def test_image_has_services_tools_and_mlab(pod) -> None:
-    status = pod.exec("supervisorctl", "-c", "/etc/mlab/supervisord.conf", "status").stdout
+    for _ in range(50):  # supervisord calls a service RUNNING after its startsecs
+        status = pod.exec("supervisorctl", "-c", "/etc/mlab/supervisord.conf", "status",
+                          check=False).stdout
+        if "STARTING" not in status:
+            break
+        time.sleep(0.2)
     for service in ("xvnc", "desktop", "novnc", "sshd", "xrdp", "xrdp-sesman"):
         assert re.search(rf"^{service}\s+RUNNING", status, re.M), status
     tools = pod.exec("bash", "-c", "for t in python3 pip3 gcc make git sudo curl wget ip "
