@@ -79,6 +79,7 @@ def test_homepod_contract() -> None:
     assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "both"
     assert env["MLAB_PASSWORD_FILE"] == "/etc/mlab/secret/password"
     assert env["MLAB_CODE_HOST"] == "code.mlab.local" and env["TZ"] == "UTC"
+    assert env["MLAB_IMAGE"] == site.image.ref
     assert "MLAB_PASSWORD" not in env
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/opt/public/airlock"]["readOnly"] is True
@@ -120,7 +121,9 @@ def test_code_service_contract() -> None:
         "/etc/mlab/users", "/etc/mlab/admin", "/etc/mlab/site.yaml", "/var/lib/mlab/code"}
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     paths = [s["secret"]["items"][0]["path"] for s in vols["user-passwords"]["projected"]["sources"]]
-    assert paths == ["alice/password", "bob/password"]
+    assert paths == ["alice/password", "bob/password", "airlock/password"]
+    names = [s["secret"]["name"] for s in vols["user-passwords"]["projected"]["sources"]]
+    assert names[-1] == "airlock-password"
     cm = _by(objs, "ConfigMap", "mlab-site")
     assert parse_site(yaml.safe_load(cm["data"]["site.yaml"])) == site
     assert _by(objs, "PersistentVolumeClaim", "code-service-data")
@@ -174,3 +177,25 @@ def test_users_share_nothing_private(path: Path) -> None:
             private = {f"secret:{password_secret_name(other)}", f"claim:{home_claim(other)}",
                        f"outbox:{other.name}"}
             assert not refs & private, f"{user.name} gets {refs & private}"
+
+
+def test_airlock_reaches_code_service() -> None:
+    """The Airlock's publisher logs in to the code service by host name (docs/requests.md)."""
+    site = load_site(ROOT / "examples" / "local.yaml")
+    dep = _by(render_site(site).files["airlock.yaml"], "Deployment", "airlock")
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["hostAliases"] == [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["MLAB_CODE_HOST"] == site.code_service.host
+    assert env["MLAB_IMAGE"] == site.image.ref
+    assert env["MLAB_USER"] == site.airlock.user
+
+
+def test_no_airlock_no_airlock_account() -> None:
+    """With the Airlock disabled no airlock password is projected into the code service."""
+    site = parse_site({"name": "s", "airlock": {"enabled": False}, "users": [{"name": "carol"}]})
+    objs = render_site(site).files["code-service.yaml"]
+    dep = _by(objs, "Deployment", "code-service")
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    names = [s["secret"]["name"] for s in vols["user-passwords"]["projected"]["sources"]]
+    assert names == ["homepod-carol-password"]

@@ -120,6 +120,7 @@ def deployment(site: Site) -> dict[str, Any]:
         {"name": "MLAB_CLIPBOARD", "value": site.clipboard},
         {"name": "MLAB_SUDO", "value": "1"},
         {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
+        {"name": "MLAB_IMAGE", "value": site.image.ref},
         *common_env(site),
         *proxy_env(site),
     ]

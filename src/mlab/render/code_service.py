@@ -3,7 +3,9 @@
 Invariant: the Service has the site's fixed clusterIP (HomePods reach it through a
 hostAliases entry, with no DNS); the container runs ``mlab code-service serve`` from the
 HomePod image, reading the site from the ``mlab-site`` ConfigMap and users' passwords from
-their Secrets projected at /etc/mlab/users/<user>/password (docs/CONTRACTS.md).
+their Secrets projected at /etc/mlab/users/<user>/password (docs/CONTRACTS.md); with the
+Airlock enabled its password Secret is projected there too, under ``airlock.user``, so the
+Airlock's export publisher can log in.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mlab.render.common import (
     resources_spec,
     selector,
 )
+from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.airlock import proxy_env
 from mlab.render.homepod import password_secret_name
 from mlab.site import Site
@@ -63,6 +66,17 @@ def data_claim_name(site: Site) -> str:
     return site.code_service.storage.claim or DATA_CLAIM
 
 
+def _password_source(secret: str, account: str) -> dict[str, Any]:
+    """A projected-volume source putting Secret ``secret``'s key ``password`` at
+    ``<account>/password`` (core/v1 SecretProjection)."""
+    return {
+        "secret": {
+            "name": secret,
+            "items": [{"key": "password", "path": f"{account}/password"}],
+        }
+    }
+
+
 def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
     """The code-service Deployment.
 
@@ -90,23 +104,15 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         }
     )
     vols.mount(admin, ADMIN_DIR, read_only=True)
-    if site.users:
+    sources = [
+        _password_source(password_secret_name(user), user.name) for user in site.users
+    ]
+    if site.airlock.enabled:
+        # The Airlock's publisher logs in as airlock.user (docs/requests.md).
+        sources.append(_password_source(airlock_secret_name(site), site.airlock.user))
+    if sources:
         users = vols.add(
-            {
-                "name": "user-passwords",
-                "projected": {
-                    "defaultMode": 0o400,
-                    "sources": [
-                        {
-                            "secret": {
-                                "name": password_secret_name(user),
-                                "items": [{"key": "password", "path": f"{user.name}/password"}],
-                            }
-                        }
-                        for user in site.users
-                    ],
-                },
-            }
+            {"name": "user-passwords", "projected": {"defaultMode": 0o400, "sources": sources}}
         )
         vols.mount(users, USERS_DIR, read_only=True)
     env = [

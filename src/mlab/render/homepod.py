@@ -153,6 +153,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         {"name": "MLAB_CLIPBOARD", "value": site.clipboard},
         {"name": "MLAB_SUDO", "value": "1" if user.sudo else "0"},
         {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
+        {"name": "MLAB_IMAGE", "value": site.image.ref},
         *common_env(site),
     ]
     if user.groups:
