@@ -98,6 +98,10 @@ def test_secrets_become_root_only_files_never_manifest_text() -> None:
     assert code is not None
     paths = {f.path for f in code.files}
     assert "files/code-service/user-passwords/alice/password" in paths
+    # The Airlock's publisher logs in to the code service with the Airlock password.
+    airlock_pw = next(f for f in code.files
+                      if f.path == "files/code-service/user-passwords/airlock/password")
+    assert airlock_pw.content == b"pw-airlock-0123456789" and airlock_pw.mode == 0o400
     assert "files/code-service/site/site.yaml" in paths
     site_mount = next(m for m in code.manifest["spec"]["containers"][0]["volumeMounts"]
                       if m["mountPath"] == "/etc/mlab/site.yaml")
