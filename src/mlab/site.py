@@ -11,8 +11,10 @@ the Python attributes are snake_case.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -74,6 +76,27 @@ def _quantity(value: str | int) -> str:
     if not QUANTITY.match(text):
         raise ValueError(f"{text!r} is not a Kubernetes quantity like 6Gi, 500m or 2")
     return text
+
+
+@functools.lru_cache(maxsize=1)
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _timezone(value: str) -> str:
+    """Accept a name of the IANA time zone database (what TZ in the pods takes).
+
+    Checked against the zoneinfo files when this machine has them (Debian's tzdata); a
+    machine without them accepts any well-formed name rather than rejecting every one.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", value):
+        raise ValueError(f"{value!r} is not a time zone name like Asia/Shanghai or UTC")
+    known = _known_timezones()
+    if known and value not in known:
+        raise ValueError(
+            f"{value!r} is not in the IANA time zone database; use a name like Asia/Shanghai"
+        )
+    return value
 
 
 CIDR = Annotated[str, AfterValidator(_cidr)]
@@ -460,7 +483,9 @@ class Site(Model):
     name: Label = Field(description="Site name; app.kubernetes.io/instance on every object.")
     namespace: Label = Field("mlab", description="Kubernetes namespace. Default: mlab.")
     image: Image = Field(default_factory=Image, description="The HomePod image.")
-    timezone: str = Field("UTC", description="TZ database name, e.g. Asia/Shanghai.")
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        "UTC", description="IANA time zone database name, e.g. Asia/Shanghai. Default: UTC."
+    )
     locale: str = Field("en_US.UTF-8", description="LANG in every pod. Default: en_US.UTF-8.")
     clipboard: Literal["both", "to-pod", "from-pod", "none"] = Field(
         "both",
@@ -658,12 +683,32 @@ def load_site(path: str | Path) -> Site:
     except OSError as exc:
         raise SiteError(f"{path}: cannot read the site file: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SiteError(f"{path}: not valid YAML{where}") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or ""
+        raise SiteError(f"{path}: not valid YAML{where}: {problem}".rstrip(": ")) from None
     return parse_site(data, str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a key given twice in one mapping.
+
+    YAML 1.2 requires mapping keys to be unique; PyYAML silently keeps the last one, which
+    would hide a site-file mistake (two ``users:`` lists, one of them ignored).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def site_schema() -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""Site-file mistakes that would otherwise surface only when a pod starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = [
+    ("name: x\ntimezone: Mars/Base\n", "timezone: 'Mars/Base' is not in the IANA time zone database"),
+    ("name: x\ntimezone: 'Asia/Shanghai; rm'\n", "is not a time zone name"),
+    ("name: x\nusers: []\nusers: []\n", "line 3, column 1: key 'users' is given twice"),
+    ("name: x\nusers:\n  - name: a\n    uid: 1001\n    uid: 1002\n", "key 'uid' is given twice"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CASES, ids=["unknown-tz", "bad-tz", "dup-top", "dup-nested"])
+def test_site_check_rejects(tmp_path: Path, text: str, message: str) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlab.cli.main", "site", "check", "--site", str(site)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_known_timezone_accepted(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("name: x\ntimezone: Asia/Shanghai\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlab.cli.main", "site", "check", "--site", str(site)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
