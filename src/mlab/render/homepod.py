@@ -12,6 +12,7 @@ from typing import Any
 from mlab.render.common import (
     CONTAINER_PORTS,
     GROUP_LABEL_PREFIX,
+    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
     PASSWORD_DIR,
     PASSWORD_FILE,
@@ -124,7 +125,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
             "secret": {
                 "secretName": password_secret_name(user),
                 "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
+                "defaultMode": LOGIN_PASSWORD_MODE,
             },
         }
     )
