@@ -127,3 +127,17 @@ def test_image_build_needs_local(capsys: pytest.CaptureFixture[str]) -> None:
                                     "rootfs/usr/local/lib/mlab/desktop-ready"])
 def test_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(recipe.image_dir() / script)], check=True)
+
+
+def test_image_build_steps_options_fail_before_building(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["image", "build", "--local", "--steps", "a.json", "--requests-from", "http://x"])
+    assert exc.value.code == 2
+    assert "give one of them" in capsys.readouterr().err
+    bad = tmp_path / "approved.json"
+    bad.write_text('{"packages": [{"id": 1}]}')
+    with pytest.raises(SystemExit) as exc:
+        main(["image", "build", "--local", "--steps", str(bad)])
+    assert exc.value.code == 2
+    assert "packages[0] lacks id, script" in capsys.readouterr().err
