@@ -304,3 +304,31 @@ def test_firewall_ruleset_parses() -> None:
     if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
         pytest.skip("nft -c needs CAP_NET_ADMIN")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_claim_sub_path_becomes_a_host_path_inside_the_volume() -> None:
+    """4.3.1's kube play ignores subPath on a volume: alice's outbox would be everyone's."""
+    plan = _plan(_site())
+    alice = plan.pod("homepod", "alice")
+    assert alice is not None
+    spec = alice.manifest["spec"]
+    mount = next(m for m in spec["containers"][0]["volumeMounts"]
+                 if m["mountPath"] == "/opt/outbox")
+    assert "subPath" not in mount
+    vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert vol["hostPath"] == {
+        "path": "/var/lib/containers/storage/volumes/mlab-local-outbox/_data/alice",
+        "type": "DirectoryOrCreate"}
+    airlock = plan.pod("airlock")
+    assert airlock is not None
+    mounts = {m["mountPath"]: m for m in airlock.manifest["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/opt/outbox"]["readOnly"] is True and "subPath" not in mounts["/opt/outbox"]
+    for pod in plan.pods:
+        for m in pod.manifest["spec"]["containers"][0]["volumeMounts"]:
+            assert "subPath" not in m or m["readOnly"], (pod.name, m)
+
+
+def test_a_sub_path_leaving_the_volume_is_an_error() -> None:
+    site = _site(airlock={"outbox": {"subPath": "../x"}})
+    with pytest.raises(DeployError, match="subPath"):
+        _plan(site)

@@ -51,6 +51,7 @@ from mlab.deploy.podman_translate import (
     LABEL_SPEC,
     Plan,
     PodPlan,
+    VOLUME_ROOT,
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
@@ -233,7 +234,13 @@ def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
     host_ca = ca.read_bytes() if ca.is_file() else None
     return translate(site, rendered.files, rendered.secrets, choose_subnets(site, existing),
                      str(state_dir(site.name)), host_ca=host_ca,
-                     placeholder_code_service=placeholder)
+                     placeholder_code_service=placeholder, volume_root=volume_root())
+
+
+def volume_root() -> str:
+    """Where podman keeps named volumes (``podman info``'s Store.VolumePath)."""
+    out = podman(["info", "--format", "{{.Store.VolumePath}}"]).stdout.strip()
+    return out or VOLUME_ROOT
 
 
 def firewall_ca_path() -> str:

@@ -12,7 +12,10 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   ``mlab.io/podman-spec``, a hash of the translated pod used to decide whether ``mlab up``
   must replace it (idempotence).
 - PersistentVolumeClaim -> podman named volume ``mlab-<site>-<claim>`` (volume names are
-  global on a host, so they carry the site).
+  global on a host, so they carry the site). A mount of a claim with ``subPath`` becomes a
+  ``hostPath`` (DirectoryOrCreate) of that directory inside the volume: 4.3.1's kube play
+  ignores ``subPath`` on a volume and mounts the whole of it (every HomePod would see every
+  outbox).
 - Secret / ConfigMap / projected volumes -> files written by the engine under the state
   directory, mounted as read-only ``hostPath`` (4.3.1's kube play crashes on ``secret``
   volumes); a mount with ``subPath`` becomes a hostPath of that one file.
@@ -53,6 +56,8 @@ LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
 
 CODE_PORT = 8080
+VOLUME_ROOT = "/var/lib/containers/storage/volumes"
+"""podman's default volume directory as root (``podman info`` Store.VolumePath)."""
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 """The host's CA bundle; the Airlock trusts it on podman (a TLS-intercepting proxy's CA is
 installed there on such hosts)."""
@@ -329,6 +334,7 @@ def translate(
     state_dir: str,
     host_ca: bytes | None = None,
     placeholder_code_service: bool = False,
+    volume_root: str = VOLUME_ROOT,
 ) -> Plan:
     """Turn the rendered site into a podman plan.
 
@@ -342,6 +348,8 @@ def translate(
         host_ca: the host's CA bundle; when given the Airlock trusts it (mounted at
             ``/etc/ssl/certs/ca-certificates.crt`` and as ``MLAB_CA_BUNDLE``).
         placeholder_code_service: run :data:`PLACEHOLDER_COMMAND` in the code service.
+        volume_root: where podman keeps named volumes (``podman info`` Store.VolumePath);
+            a volume's data is ``<volume_root>/<name>/_data``.
 
     Returns:
         The plan; pods code service first, then Airlock, then HomePods in site order.
@@ -413,10 +421,12 @@ def translate(
         pod_files: list[FileSpec] = []
         new_volumes: list[Obj] = []
         file_volumes: dict[str, str] = {}
+        claim_volumes: dict[str, str] = {}
         for vol in spec.get("volumes", []):
             if "persistentVolumeClaim" in vol:
                 claim = volume_name(site, vol["persistentVolumeClaim"]["claimName"])
                 volumes.add(claim)
+                claim_volumes[vol["name"]] = claim
                 new_volumes.append({"name": vol["name"], "persistentVolumeClaim": {"claimName": claim}})
             elif "emptyDir" in vol:
                 new_volumes.append({"name": vol["name"], "emptyDir": {}})
@@ -470,6 +480,19 @@ def translate(
                     mounts.append({"name": vname, "mountPath": mount["mountPath"], "readOnly": True})
                 elif mount["name"] in file_volumes:
                     mounts.append({**mount, "readOnly": True})
+                elif mount["name"] in claim_volumes and mount.get("subPath"):
+                    sub = PurePosixPath(mount["subPath"])
+                    if sub.is_absolute() or ".." in sub.parts:
+                        raise DeployError(f"{where} mount {mount['mountPath']}: subPath "
+                                          f"{mount['subPath']!r} must be relative, without '..'")
+                    vname = f"{mount['name']}-{len(new_volumes)}"
+                    new_volumes.append({"name": vname, "hostPath": {
+                        "path": f"{volume_root}/{claim_volumes[mount['name']]}/_data/{sub}",
+                        "type": "DirectoryOrCreate"}})
+                    item = {"name": vname, "mountPath": mount["mountPath"]}
+                    if mount.get("readOnly"):
+                        item["readOnly"] = True
+                    mounts.append(item)
                 else:
                     mounts.append(mount)
             container["volumeMounts"] = mounts

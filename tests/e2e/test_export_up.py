@@ -1,0 +1,205 @@
+"""An export through the whole platform of `mlab up`: HomePod --> code service --> Airlock.
+
+One site (``t4exp``, its own bind address 127.0.4.7 and MLAB_STATE_DIR) with alice and
+reviewer bob. Alice exports two small files from her HomePod (``mlab request export`` as
+alice, logged in with her own password file); bob approves one export and rejects the
+other with the CLI from this machine against the code service's published port; the
+Airlock's export publisher, logged in to the code service as ``airlock.user`` with the
+Airlock password (the password Secret projected into the code-service pod), publishes the
+approved one into /opt/public/airlock/export/<id>/, and the files download over SFTP from
+the Airlock's published SSH port with the recorded sha256. The rejected export is never
+published. ``mlab down --volumes`` removes the site at the end.
+
+The image's supervised publisher (``mlab request publish --watch 30``) does the publishing
+when the image has it (/usr/local/lib/mlab/run-publisher); an image without it gets one
+``mlab request publish`` run inside the Airlock as the Airlock user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+import yaml
+
+from mlab.podman import podman
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+SITE = "t4exp"
+BIND = "127.0.4.7"
+AIRLOCK_SSH = 10122
+PUBLISH_WAIT = 120.0
+"""Seconds to wait for the supervised publisher (it passes every 30 s)."""
+
+
+def _site_doc(image: str) -> dict[str, Any]:
+    repo, tag = image.rsplit(":", 1)
+    return {
+        "apiVersion": "mlab.io/v1",
+        "name": SITE,
+        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+        "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
+        "users": [
+            {"name": u, "uid": 1001 + i, "home": {"size": "1Gi"}, "service": {"ports": {
+                "vnc": 15911 + i, "rdp": 13399 + i, "novnc": 17041 + i, "ssh": 12211 + i}}}
+            for i, u in enumerate(["alice", "bob"])
+        ],
+        "airlock": {"service": {"ports": {"vnc": 15910, "novnc": 17040, "ssh": AIRLOCK_SSH}}},
+        "codeService": {"reviewers": ["bob"]},
+    }
+
+
+class Lab:
+    """The running test site: its file, state directory, passwords and container names."""
+
+    def __init__(self, root: Path, image: str) -> None:
+        self.root = root
+        self.file = root / f"{SITE}.yaml"
+        self.file.write_text(yaml.safe_dump(_site_doc(image)))
+        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
+        for var in ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER",
+                    "MLAB_PASSWORD", "MLAB_PASSWORD_FILE"):
+            self.env.pop(var, None)
+        self.passwords: dict[str, str] = {}
+        self.server = ""
+        self.airlock = f"mlab-{SITE}-airlock-airlock"
+        self.alice = f"mlab-{SITE}-homepod-alice-homepod"
+
+    def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "mlab.cli.main", *args]
+        if site:
+            argv += ["--site", str(self.file)]
+        proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True,
+                              text=True, timeout=600, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def request_as(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``mlab request ARGS`` from this machine, logged in as ``user``."""
+        return self.mlab("request", *args, "--server", self.server, site=False,
+                         env={"MLAB_USER": user, "MLAB_PASSWORD": self.passwords[user]})
+
+
+def _exec(container: str, script: str, user: str, timeout: float = 120
+          ) -> subprocess.CompletedProcess[str]:
+    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
+                  timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{container} as {user}: {script}\n--- stdout\n{proc.stdout[-3000:]}\n"
+        f"--- stderr\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The t4exp site, up; torn down with its volumes at the end."""
+    s = Lab(tmp_path_factory.mktemp(SITE), homepod_image)
+    s.mlab("down", "--volumes", check=False)  # leftovers of an interrupted run
+    try:
+        s.mlab("up")
+        rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
+        s.passwords = {row["user"].split(" ")[0]: row["password"] for row in rows}
+        code = next(c for c in json.loads(s.mlab("status", "-o", "json").stdout)
+                    if c["name"] == "code-service")
+        endpoint = code["endpoints"][0]
+        s.server = f"http://{endpoint['host']}:{endpoint['port']}"
+        yield s
+    finally:
+        s.mlab("down", "--volumes", check=False)
+
+
+def _request_id(out: str) -> int:
+    match = re.search(r"request (\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def _sftp(lab: Lab) -> tuple[paramiko.SSHClient, paramiko.SFTPClient]:
+    ssh = paramiko.SSHClient()
+    ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test host
+    ssh.connect(BIND, port=AIRLOCK_SSH, username="airlock", password=lab.passwords["airlock"],
+                timeout=30, allow_agent=False, look_for_keys=False)
+    return ssh, ssh.open_sftp()
+
+
+def _published(lab: Lab, rid: int) -> bool:
+    proc = podman(["exec", lab.airlock, "test", "-f",
+                   f"/opt/public/airlock/export/{rid}/SHA256SUMS"], check=False)
+    return proc.returncode == 0
+
+
+def _publish(lab: Lab, rid: int) -> str:
+    """Wait for the supervised publisher, or run ``mlab request publish`` once (an image
+    without it). Returns how it was published."""
+    supervised = podman(["exec", lab.airlock, "test", "-x",
+                         "/usr/local/lib/mlab/run-publisher"], check=False).returncode == 0
+    if not supervised:
+        pw = shlex.quote(lab.passwords["airlock"])
+        _exec(lab.airlock, f"MLAB_PASSWORD={pw} MLAB_PASSWORD_FILE= mlab request publish",
+              "airlock")
+        assert _published(lab, rid)
+        return "mlab request publish (run by the test)"
+    deadline = time.monotonic() + PUBLISH_WAIT
+    while not _published(lab, rid):
+        if time.monotonic() > deadline:
+            logs = podman(["logs", lab.airlock], check=False).stdout[-3000:]
+            raise AssertionError(f"request {rid} not published after {PUBLISH_WAIT} s:\n{logs}")
+        time.sleep(2)
+    return "supervised publisher"
+
+
+def test_export_approved_is_published_rejected_is_not(lab: Lab) -> None:
+    _exec(lab.alice, "mkdir -p ~/out/run && cd ~/out && echo 'model v3' > notes.txt"
+                     " && head -c 200000 /dev/urandom > run/weights.bin", "alice")
+    local = _exec(lab.alice, "cd ~/out && sha256sum notes.txt run/weights.bin", "alice")
+    sums = dict(reversed(line.split()) for line in local.stdout.splitlines())
+    good = _request_id(_exec(
+        lab.alice, "cd ~/out && mlab request export notes.txt run --reason 'model for ACME'",
+        "alice").stdout)
+    bad = _request_id(_exec(
+        lab.alice, "cd ~/out && mlab request export notes.txt --reason 'raw data'",
+        "alice").stdout)
+    assert good != bad
+
+    shown = json.loads(lab.request_as("bob", "show", str(good), "-o", "json").stdout)
+    assert {f["path"]: f["sha256"] for f in shown["files"]} == sums
+    lab.request_as("bob", "reject", str(bad), "--comment", "raw customer data")
+    lab.request_as("bob", "approve", str(good), "--comment", "ok for ACME")
+
+    how = _publish(lab, good)
+    print(f"\npublished by the {how}")
+    ssh, sftp = _sftp(lab)
+    try:
+        base = f"/opt/public/airlock/export/{good}"
+        for path, digest in sums.items():
+            with sftp.open(f"{base}/{path}", "rb") as fh:
+                assert hashlib.sha256(fh.read()).hexdigest() == digest, path
+        checks = sftp.open(f"{base}/SHA256SUMS").read().decode()
+        assert f"{sums['notes.txt']}  notes.txt" in checks
+        with pytest.raises(FileNotFoundError):
+            sftp.stat(f"/opt/public/airlock/export/{bad}")
+        assert sorted(sftp.listdir("/opt/public/airlock/export")) == [str(good)]
+    finally:
+        sftp.close()
+        ssh.close()
+    history = json.loads(lab.request_as("alice", "show", str(good), "-o", "json").stdout)
+    actions = [h["action"] for h in history["history"]]
+    assert "published" in actions, actions
+    states = json.loads(lab.request_as("bob", "show", str(bad), "-o", "json").stdout)
+    assert states["state"] == "rejected"
+    assert "published" not in [h["action"] for h in states["history"]]
