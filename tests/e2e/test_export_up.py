@@ -175,6 +175,9 @@ def test_export_approved_is_published_rejected_is_not(lab: Lab) -> None:
         lab.alice, "cd ~/out && mlab request export notes.txt --reason 'raw data'",
         "alice").stdout)
     assert good != bad
+    # Each HomePod sees only its own outbox (a subPath of the outbox volume).
+    assert _exec(f"mlab-{SITE}-homepod-bob-homepod", "ls -A /opt/outbox", "bob").stdout == ""
+    assert _exec(lab.airlock, "ls /opt/outbox", "airlock").stdout.split() == ["alice", "bob"]
 
     shown = json.loads(lab.request_as("bob", "show", str(good), "-o", "json").stdout)
     assert {f["path"]: f["sha256"] for f in shown["files"]} == sums
