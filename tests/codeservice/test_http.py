@@ -114,7 +114,11 @@ def test_approve_rejects_disallowed_hosts(service: Service) -> None:
         r = c.post("/api/repos", json={"url": "ext::sh -c touch% /tmp/pwned", "name": "a/b"})
         assert r.status_code == 400
         r = c.post("/api/repos", json={"url": "file:///nonexistent/repo.git", "name": "a/b"})
-        assert r.status_code in (400, 503)
+        # A permanent failure: 4xx, with git's own error lines, not a fragment of its advice.
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert "'/nonexistent/repo.git' does not appear to be a git repository" in error, error
+        assert "and the repository exists" not in error
         assert c.get("/api/repos").json() == [] or all(
             x["name"] != "a/b" for x in c.get("/api/repos").json())
 

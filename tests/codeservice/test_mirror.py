@@ -134,3 +134,31 @@ def test_failed_sync_keeps_last_good_state(service: Service, tmp_path: Path) -> 
     assert failed.returncode == 1 and "FAILED" in failed.stdout
     shutil.move(str(moved), bare)
     assert service.sync("org/fl")["ok"] is True
+
+
+GIT_NOT_A_REPO = """fatal: '/tmp/nu/up' does not appear to be a git repository
+fatal: Could not read from remote repository.
+
+Please make sure you have the correct access rights
+and the repository exists.
+"""
+
+
+def test_fetch_errors_show_gits_lines_and_tell_permanent_from_temporary() -> None:
+    from mlab.codeservice.mirror import SyncError, UpstreamError, fetch_error, git_error
+
+    assert git_error(GIT_NOT_A_REPO) == (
+        "fatal: '/tmp/nu/up' does not appear to be a git repository; "
+        "fatal: Could not read from remote repository.")
+    assert git_error("") == "(no message)"
+    permanent = fetch_error(GIT_NOT_A_REPO)
+    assert isinstance(permanent, UpstreamError) and not permanent.retryable
+    assert permanent.http_status == 422
+    assert "does not appear to be a git repository" in permanent.one_line()
+    gone = fetch_error("remote: Repository not found.\nfatal: repository "
+                       "'https://github.com/a/b/' not found\n")
+    assert isinstance(gone, UpstreamError)
+    down = fetch_error("fatal: unable to access 'https://github.com/a/b/': "
+                       "Could not resolve host: github.com\n")
+    assert isinstance(down, SyncError) and down.retryable
+    assert "Could not resolve host: github.com" in down.one_line()

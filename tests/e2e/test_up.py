@@ -135,6 +135,8 @@ def test_up_starts_every_component_with_endpoints(site: Site) -> None:
     shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
     users = {row["user"]: row["password"] for row in shown}
     assert len(users["alice"]) == 20
+    roles = {row["role"]: row["user"] for row in shown}
+    assert roles == {"homepod": "bob", "airlock": "airlock", "code-service admin": "admin"}
     assert users["alice"] in site.up_output.stdout  # type: ignore[attr-defined]
     # Pods carry the rendered labels.
     found = podman(["pod", "ps", "--filter", "label=mlab.io/user=alice",
@@ -170,7 +172,14 @@ def test_verify_probe_matrix(site: Site) -> None:
     assert not bad, json.dumps(bad, indent=1)
     assert proc.returncode == 0
     edges = {(r["source"], r["target"].split(" (")[0]) for r in results}
+    # The URL users type (Service port 80, DNAT'd to :8080) and the container port.
+    assert ("homepod-alice", "code service code.mlab.local:80") in edges
     assert ("homepod-alice", "code service code.mlab.local:8080") in edges
+    assert ("airlock", "code service code.mlab.local:80") in edges
+    for port in (22, 443, 9418):
+        assert ("homepod-alice", f"code service :{port}") in edges
+    # The share write runs as the Airlock's user: root would hide a wrong owner.
+    assert ("airlock", "write to the share /opt/public/airlock as airlock") in edges
     assert ("airlock", "PyPI over HTTPS") in edges
     assert len(results) >= 40
 
@@ -183,6 +192,66 @@ def test_share_read_write_in_airlock_read_only_in_homepods(site: Site) -> None:
     proc = podman(["exec", alice, "sh", "-c", "echo x > /opt/public/airlock/t4up-write.txt"],
                   check=False)
     assert proc.returncode != 0 and "Read-only" in proc.stderr
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_approve_a_local_repository_and_clone_it_from_a_homepod_on_port_80(
+    site: Site, tmp_path: Path
+) -> None:
+    """The admin's way under `mlab up` (docs/local.md): a bare repository under
+    $MLAB_STATE_DIR/<site>/upstreams is file:///srv/mlab/upstreams/... in the code service;
+    alice clones it in her HomePod with the URL users type (port 80, no port given)."""
+    import base64
+
+    shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
+    pw = {row["role"] + ":" + row["user"]: row["password"] for row in shown}
+    work = tmp_path / "up"
+    work.mkdir()
+    _git("init", "-q", "-b", "main", cwd=work)
+    (work / "README").write_text("t4up\n")
+    _git("add", "README", cwd=work)
+    _git("-c", "user.name=T", "-c", "user.email=t@example.org", "commit", "-q", "-m",
+         "t4up first", cwd=work)
+    upstreams = site.root / "state" / SITE / "upstreams"
+    assert upstreams.is_dir(), "mlab up makes the upstreams directory"
+    _git("clone", "-q", "--bare", str(work), str(upstreams / "up.git"))
+    env = {"MLAB_USER": "admin", "MLAB_PASSWORD": pw["code-service admin:admin"]}
+    server = f"http://{BIND}:80"
+    site.env.update(env)
+    try:
+        # A path that is not in the code service: a permanent failure, git's own words.
+        bad = site.mlab("repo", "approve", "file:///tmp/nu/up", "--as", "demo/bad",
+                        "--server", server, check=False)
+        assert bad.returncode == 1, bad.stderr
+        errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("mlab: error:")]
+        assert len(errors) == 1, bad.stderr
+        assert "'/tmp/nu/up' does not appear to be a git repository" in errors[0]
+        assert "(HTTP 422)" in errors[0] and "and the repository exists" not in errors[0]
+        site.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
+                  "--server", server)
+    finally:
+        for key in env:
+            site.env.pop(key)
+    # The index page shows the URL users type.
+    import urllib.request
+
+    req = urllib.request.Request(server + "/", headers={"Authorization": "Basic " + (
+        base64.b64encode(b"admin:" + pw["code-service admin:admin"].encode()).decode())})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - our loopback
+        assert "git clone http://code.mlab.local/demo/up" in resp.read().decode()
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    auth = base64.b64encode(f"alice:{pw['homepod:alice']}".encode()).decode()
+    podman(["exec", "-u", "alice", "-e", "GIT_CONFIG_COUNT=1",
+            "-e", "GIT_CONFIG_KEY_0=http.extraHeader",
+            "-e", f"GIT_CONFIG_VALUE_0=Authorization: Basic {auth}",
+            alice, "git", "clone", "-q", "http://code.mlab.local/demo/up", "/tmp/t4up-clone"])
+    log = podman(["exec", "-u", "alice", alice, "git", "-C", "/tmp/t4up-clone", "log",
+                  "--format=%s"]).stdout
+    assert log == "t4up first\n"
 
 
 def test_second_up_changes_nothing(site: Site) -> None:

@@ -264,6 +264,13 @@ def test_firewall_rules_cover_each_homepod_edge() -> None:
         assert (f"ip saddr {net.subnet} ip daddr {net.code_ip} tcp dport 8080 accept "
                 f"comment \"homepod-{net.user} --> code-service :8080\"") in text
         assert f"ip daddr {net.subnet} ip saddr != {net.subnet} drop" in text
+        # The Service's port 80 -> targetPort 8080, as kube-proxy would do on a cluster.
+        assert (f"ip saddr {net.subnet} ip daddr {net.code_ip} tcp dport 80 "
+                f"dnat ip to {net.code_ip}:8080") in text
+    nat = plan.nat_network()
+    assert f"ip saddr {nat.subnet} ip daddr {nat.code_ip} tcp dport 80 dnat ip to {nat.code_ip}:8080" in text
+    # The bridge filter still admits only :8080 (it sees packets after the DNAT).
+    assert "tcp dport 80 accept" not in text.split("table bridge")[-1]
     assert "ip daddr 127.0.0.1 tcp dport 15901 dnat ip to 10.89.249.3:5900" in text
     assert "169.254.0.0/16" in text
     assert firewall.table_name("t4-up") == "mlab_t4_up"
@@ -332,3 +339,21 @@ def test_a_sub_path_leaving_the_volume_is_an_error() -> None:
     site = _site(airlock={"outbox": {"subPath": "../x"}})
     with pytest.raises(DeployError, match="subPath"):
         _plan(site)
+
+
+def test_code_service_sees_the_local_upstreams_read_only() -> None:
+    """`mlab repo approve file:///srv/mlab/upstreams/X.git` under `mlab up`: the admin's
+    bare repositories under $MLAB_STATE_DIR/<site>/upstreams, mounted read-only."""
+    from mlab.deploy.podman_translate import UPSTREAMS_MOUNT
+
+    pod = _plan(_site()).pod("code-service")
+    assert pod is not None
+    spec = pod.manifest["spec"]
+    vol = next(v for v in spec["volumes"] if v["name"] == "local-upstreams")
+    assert vol["hostPath"]["path"] == "/state/site/upstreams"  # STATE is <root>/site/podman
+    mount = next(m for m in spec["containers"][0]["volumeMounts"]
+                 if m["name"] == "local-upstreams")
+    assert mount == {"name": "local-upstreams", "mountPath": UPSTREAMS_MOUNT, "readOnly": True}
+    closed = _plan(_site(codeService={"allowLocalUpstreams": False})).pod("code-service")
+    assert closed is not None
+    assert all(v["name"] != "local-upstreams" for v in closed.manifest["spec"]["volumes"])

@@ -22,7 +22,7 @@ def _matrix() -> list[Probe]:
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
     plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
-    return matrix(plan.record(), FACTS, site.code_service.host)
+    return matrix(plan.record(), FACTS, site.code_service.host, site.airlock.user)
 
 
 def test_homepods_reach_the_code_service_and_nothing_else() -> None:
@@ -30,9 +30,12 @@ def test_homepods_reach_the_code_service_and_nothing_else() -> None:
     for user in ("alice", "bob"):
         mine = [p for p in probes if p.source == f"homepod-{user}"]
         allowed = [p.target for p in mine if p.expected]
-        assert allowed == ["code service code.mlab.local:8080"]
+        assert allowed == ["code service code.mlab.local:80", "code service code.mlab.local:8080"]
+        assert [p.host for p in mine if p.expected] == [
+            "http://code.mlab.local/", "http://code.mlab.local:8080/"]
         targets = " | ".join(p.target for p in mine)
-        for needle in ("code service :22", "airlock :22", "airlock :7030", ":5900",
+        for needle in ("code service :22", "code service :443", "code service :9418",
+                       "airlock :22", "airlock :7030", ":5900",
                        "via gateway 10.89.", "via host address 192.0.2.2",
                        "internet by IP (pypi.org = 203.0.113.80)", "internet by name",
                        "metadata 169.254.169.254", "DNS query via gateway",
@@ -47,8 +50,11 @@ def test_airlock_reaches_pypi_debian_and_the_code_service_only() -> None:
     mine = [p for p in _matrix() if p.source == "airlock"]
     allowed = sorted(p.target for p in mine if p.expected)
     assert allowed == ["Debian mirror over HTTP", "PyPI over HTTPS",
+                       "code service code.mlab.local:80",
                        "code service code.mlab.local:8080",
-                       "write to the share /opt/public/airlock"]
+                       "write to the share /opt/public/airlock as airlock"]
+    write = next(p for p in mine if p.kind == "write")
+    assert write.user == "airlock", "root would hide a wrong owner of the share"
     blocked = Counter(p.target.split(" :")[0] for p in mine if not p.expected)
     assert blocked["homepod-alice"] == 2 and blocked["homepod-bob"] == 2
 

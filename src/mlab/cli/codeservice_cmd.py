@@ -26,7 +26,8 @@ SERVER_OPT = typer.Option(
 )
 SITE_OPT = typer.Option(
     "site.yaml", "--site", envvar="MLAB_SITE",
-    help="Site file, used for the default --server. Default: ./site.yaml.",
+    help="Site file, used for the default --server. Default: ./site.yaml; if it does not "
+         "exist, the code service `mlab up` runs for examples/local.yaml.",
 )
 
 
@@ -175,9 +176,50 @@ class _JsonFormatter(logging.Formatter):
         })
 
 
+LOCAL_SITE = Path("examples/local.yaml")
+"""The local commands' default site (``mlab up``)."""
+
+
+def local_server(site_file: Path = LOCAL_SITE) -> str | None:
+    """The code service ``mlab up`` published for ``site_file``: ``http://<bind>:<port>``
+    from the engine's last plan (what ``mlab status`` prints), or None when that site is not
+    up under podman (no site file or no plan)."""
+    if not site_file.exists():
+        return None
+    from mlab.deploy import podman_engine
+    from mlab.site import load_site
+
+    try:
+        plan = podman_engine.load_plan(load_site(site_file).name)
+    except MlabError:
+        return None
+    for pod in (plan or {}).get("pods", []):
+        if pod.get("component") == "code-service" and pod.get("ports"):
+            port = pod["ports"][0]
+            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
+            return f"http://{host}:{port['host_port']}"
+    return None
+
+
 def _client(server: str | None, site: str | None) -> Any:
+    """A client for ``--server``; else for ``--site`` when that file exists; else, when
+    neither is given, for the code service of ``mlab up``'s default site (examples/local.yaml)
+    if it is up."""
     from mlab.codeservice.client import make_client
 
+    if not server and (not site or not Path(site).exists()):
+        found = local_server()
+        if found:
+            server = found
+        elif site and site != "site.yaml":
+            raise UsageError(f"--site {site}: no such file",
+                             "pass the site file, or --server URL (`mlab status` prints it)")
+        else:
+            raise UsageError(
+                "no code service given: ./site.yaml does not exist and examples/local.yaml "
+                "is not up",
+                "pass --server URL (the code-service URL `mlab status` prints, e.g. "
+                "http://127.0.0.1:80) or --site FILE")
     return make_client(server, site, default_user="admin")
 
 

@@ -68,14 +68,18 @@ def _print_status(components: list[dict[str, Any]], fmt: str) -> None:
 
 
 def password_rows(site: Site, passwords: dict[str, str]) -> list[dict[str, str]]:
-    """``[{"user", "password"}]``: the site's users, then the Airlock and the code-service
-    admin (only keys present in ``passwords``)."""
+    """``[{"user", "role", "password"}]``: the site's users (role ``homepod``), then the
+    Airlock's login (role ``airlock``) and the code-service admin (role ``code-service admin``),
+    only keys present in ``passwords``; ``user`` is always the login name."""
     keys = [u.name for u in site.users]
-    out = [{"user": k, "password": passwords[k]} for k in keys if k in passwords]
+    out = [{"user": k, "role": "homepod", "password": passwords[k]}
+           for k in keys if k in passwords]
     if site.airlock.enabled and "airlock" in passwords:
-        out.append({"user": site.airlock.user + " (airlock)", "password": passwords["airlock"]})
+        out.append({"user": site.airlock.user, "role": "airlock",
+                    "password": passwords["airlock"]})
     if "admin" in passwords:
-        out.append({"user": "admin (code service)", "password": passwords["admin"]})
+        out.append({"user": "admin", "role": "code-service admin",
+                    "password": passwords["admin"]})
     return out
 
 
@@ -83,9 +87,9 @@ def _print_passwords(rows: list[dict[str, str]], fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table("user", "password")
+    table = Table("user", "role", "password")
     for row in rows:
-        table.add_row(row["user"], row["password"])
+        table.add_row(row["user"], row["role"], row["password"])
     Console().print(table)
 
 
@@ -167,7 +171,8 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     console = _stderr()
     start = time.monotonic()
     with console.status("mlab verify: probing"):
-        results = probes.run(plan, loaded.code_service.host)
+        airlock_user = loaded.airlock.user if loaded.airlock.enabled else ""
+        results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user)
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")

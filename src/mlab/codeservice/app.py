@@ -293,5 +293,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _mlab_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MlabError)
-    status = 503 if exc.retryable else 400
+    # A temporary failure (upstream unreachable, a busy lock) is 503: try again later. A
+    # permanent one the request caused is 4xx: 422 when the upstream refused the URL
+    # (mirror.UpstreamError), 400 for other bad input.
+    status = 503 if exc.retryable else int(getattr(exc, "http_status", 400))
     return JSONResponse({"error": exc.one_line()}, status_code=status)

@@ -43,7 +43,25 @@ FETCH_TIMEOUT = 3600
 
 
 class SyncError(TemporaryError):
-    """A sync failed (upstream unreachable, authentication, a racing push); retried later."""
+    """A sync failed for a reason that may pass (upstream unreachable, a racing push);
+    retried later."""
+
+
+class UpstreamError(MlabError):
+    """The upstream answered that it will not serve this URL (no such repository, not a git
+    repository, authentication refused): retrying the same URL cannot help. The code service
+    answers it with HTTP 422."""
+
+    http_status = 422
+
+
+PERMANENT_GIT_ERRORS = (
+    "does not appear to be a git repository", "not found", "no such file",
+    "does not exist", "authentication failed", "could not read username",
+    "permission denied", "error: 401", "error: 403", "error: 404", "the requested url returned error: 4",
+    "not valid: is this a git repository", "unsupported url", "protocol '",
+)
+"""Substrings (lower case) of git's stderr that make a fetch failure permanent."""
 
 
 @dataclass
@@ -166,6 +184,29 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(no message)"
 
 
+def git_error(stderr: str) -> str:
+    """git's meaningful error lines, joined with ``; ``.
+
+    The ``fatal:``/``error:`` lines when there are any (git's advice that follows, such as
+    "Please make sure you have the correct access rights / and the repository exists.", is
+    wrapped prose, and its last line alone reads as a fragment); otherwise every non-empty
+    line. ``'(no message)'`` when git said nothing.
+    """
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
+    return "; ".join(errors or lines) or "(no message)"
+
+
+def fetch_error(stderr: str) -> MlabError:
+    """The error for a failed ``git fetch``: :class:`UpstreamError` when git's message says
+    the URL cannot be served (:data:`PERMANENT_GIT_ERRORS`), else :class:`SyncError`."""
+    message = f"fetch from upstream failed: {git_error(stderr)}"
+    lowered = stderr.lower()
+    if any(needle in lowered for needle in PERMANENT_GIT_ERRORS):
+        return UpstreamError(message, hint="check the upstream URL")
+    return SyncError(message)
+
+
 @dataclass(frozen=True)
 class SyncResult:
     """Outcome of a successful sync: ``changes`` and ``conflicts`` are one line each."""
@@ -185,7 +226,9 @@ def sync_repo(repo: Path, upstream: str, wait: float = 600) -> SyncResult:
         wait: seconds to wait for another sync of the same repository; 0 to give up.
 
     Raises:
-        SyncError: the fetch or the ref transaction failed; the visible refs are unchanged.
+        SyncError: the fetch or the ref transaction failed for a reason that may pass; the
+            visible refs are unchanged.
+        UpstreamError: the upstream cannot serve this URL (git's message names why).
     """
     lock = FileLock(str(repo) + ".sync.lock")
     try:
@@ -209,7 +252,7 @@ def _sync_locked(repo: Path, upstream: str) -> SyncResult:
     except subprocess.TimeoutExpired:
         raise SyncError(f"fetch from upstream timed out after {FETCH_TIMEOUT} s") from None
     if fetched.returncode != 0:
-        raise SyncError(f"fetch from upstream failed: {_last_line(fetched.stderr)}")
+        raise fetch_error(fetched.stderr)
     incoming = _refs(repo, INCOMING)
     owned = _refs(repo, UPSTREAM)
     current = {f"heads/{k}": v for k, v in _refs(repo, "refs/heads/").items()}
@@ -261,4 +304,4 @@ def locked(repo: Path) -> bool:
     return False
 
 
-__all__ = ["MlabError", "SyncError", "SyncResult", "init_mirror", "plan_sync", "sync_repo"]
+__all__ = ["MlabError", "SyncError", "UpstreamError", "fetch_error", "git_error", "SyncResult", "init_mirror", "plan_sync", "sync_repo"]

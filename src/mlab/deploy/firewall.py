@@ -16,6 +16,14 @@ Why these rules (measured on Debian 12, podman 4.3.1, netavark):
 - HomePod and code service share a bridge, where ``inet`` rules do not apply to switched
   frames: the ``bridge`` table lets through only TCP to the code service's :8080 and its
   replies (edge ``homepod --> code-service :8080``) and drops the rest.
+- The code Service maps port 80 to targetPort 8080 (kube-proxy's job on a cluster):
+  ``prerouting`` DNATs ``<code-service address>:80`` to ``:8080`` for traffic from the
+  HomePod networks and the NAT network (Airlock), so ``http://<codeService.host>/<org>/<repo>``
+  works there. Those packets are switched, not routed; they meet the ``inet`` hooks because
+  the bridge netfilter (``br_netfilter``, ``net.bridge.bridge-nf-call-iptables=1``) passes
+  bridged IPv4 through them (measured: set on the Debian 12 hosts, loaded with podman's
+  bridge networks). The ``bridge`` filter sees the packet after the DNAT, so it still lets
+  only :8080 through.
 - netavark publishes no ports on internal networks: HomePod Services are DNAT rules here
   (``prerouting`` for other hosts, ``output`` for the host itself), masqueraded to the
   gateway so the reply comes back through the host. Loopback bind addresses also need
@@ -87,6 +95,7 @@ def ruleset(
     dnats: Sequence[Dnat],
     nat_subnet: str | None,
     code_port: int = 8080,
+    service_port: int = 80,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
 ) -> str:
@@ -97,7 +106,9 @@ def ruleset(
         homepods: the HomePod networks.
         dnats: published HomePod ports.
         nat_subnet: the Airlock/code-service NAT network's CIDR, or None.
-        code_port: the code service's container port.
+        code_port: the code service's container port (the Service's ``targetPort``).
+        service_port: the code Service's ``port``: DNAT'd to ``code_port`` on the code
+            service's address of each network, for sources on that network.
         proxies: (IPv4, TCP port) of the Airlock's outbound proxies, allowed from the NAT
             network even inside a private range (``airlock.proxy``).
         offices: ``access.officeCIDRs``: the only sources that other hosts may reach
@@ -124,6 +135,19 @@ def ruleset(
         for d in dnats
     ]
     lines += dnat_rules
+    service_rules = [
+        f"    ip saddr {hp.subnet} ip daddr {hp.code_ip} tcp dport {service_port}"
+        f" dnat ip to {hp.code_ip}:{code_port}"
+        f" comment \"homepod-{hp.user} --> code Service :{service_port} -> :{code_port}\""
+        for hp in homepods
+    ]
+    if nat_subnet:
+        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
+        service_rules.append(
+            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {service_port}"
+            f" dnat ip to {nat_code}:{code_port}"
+            f" comment \"airlock --> code Service :{service_port} -> :{code_port}\"")
+    lines += service_rules
     lines += [
         "  }",
         "  chain output {",
@@ -135,7 +159,7 @@ def ruleset(
     ]
     for hp in homepods:
         lines.append(
-            f"    ip daddr {hp.subnet} ct status dnat masquerade"
+            f"    ip saddr != {hp.subnet} ip daddr {hp.subnet} ct status dnat masquerade"
             f" comment \"published ports of homepod-{hp.user}: reply through the gateway\""
         )
     lines += [
@@ -162,6 +186,11 @@ def ruleset(
     ]
     office = f"{{ {', '.join(offices)} }}" if offices else ""
     if nat_subnet:
+        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
+        lines.append(
+            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {code_port} ct status dnat"
+            f" ct original proto-dst {service_port} accept"
+            f" comment \"airlock --> code Service :{service_port} (DNAT to :{code_port})\"")
         # Published ports of the NAT pods (netavark's DNAT) from other hosts: offices only.
         lines.append(
             f"    ip daddr {nat_subnet} ct status dnat "

@@ -238,6 +238,17 @@ def homepod_network_name(site: Site, user: str) -> str:
     return f"{prefix(site)}-hp-{user}"
 
 
+UPSTREAMS_MOUNT = "/srv/mlab/upstreams"
+"""Where the code service sees :func:`local_upstreams_dir` (``codeService.allowLocalUpstreams``):
+``mlab repo approve file:///srv/mlab/upstreams/<name>.git``."""
+
+
+def local_upstreams_dir(state_dir: str) -> str:
+    """``$MLAB_STATE_DIR/<site>/upstreams`` (next to the engine's ``podman`` directory, so
+    ``mlab down --volumes`` keeps it): host directory of local upstream repositories."""
+    return str(PurePosixPath(state_dir).parent / "upstreams")
+
+
 def volume_name(site: Site, claim: str) -> str:
     """``mlab-<site>-<claim>``: the named volume standing in for a claim."""
     return f"{prefix(site)}-{claim}"
@@ -496,6 +507,13 @@ def translate(
                 else:
                     mounts.append(mount)
             container["volumeMounts"] = mounts
+            if component == "code-service" and site.code_service.allow_local_upstreams:
+                # `mlab repo approve file:///...` names a path inside this container: the
+                # admin's bare repositories under <state>/<site>/upstreams, read-only.
+                new_volumes.append({"name": "local-upstreams", "hostPath": {
+                    "path": local_upstreams_dir(state_dir), "type": "DirectoryOrCreate"}})
+                container["volumeMounts"].append({"name": "local-upstreams",
+                                                  "mountPath": UPSTREAMS_MOUNT, "readOnly": True})
             if component == "code-service" and placeholder_code_service:
                 container["command"] = list(PLACEHOLDER_COMMAND)
                 container.pop("args", None)

@@ -53,6 +53,8 @@ class Probe:
         host: address or name; for ``http`` the URL; for ``write`` the directory.
         port: TCP/UDP port (0 for dns/http).
         expected: True when the edge is allowed.
+        user: the user the probe runs as inside the container (``podman exec -u``);
+            '' for the container's default (root).
     """
 
     source: str
@@ -62,6 +64,7 @@ class Probe:
     host: str
     port: int
     expected: bool
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,16 @@ class HostFacts:
     resolvers: tuple[str, ...]
 
 
-def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe]:
+def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
+           airlock_user: str = "") -> list[Probe]:
     """Every probe for a deployed site.
 
     Args:
         plan: the engine's ``plan.json`` (pods with containers, networks, ports).
         facts: host addresses.
         code_host: the code service's host name (``codeService.host``).
+        airlock_user: ``airlock.user``: the Airlock's share-write probe runs as this user
+            (root would hide a wrong owner of the share); '' runs it as root.
 
     Returns:
         Probes grouped by source: each HomePod, the Airlock, then the host.
@@ -120,10 +126,12 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
         def add(target: str, kind: str, host: str, port: int, expected: bool = False) -> None:
             out.append(Probe(src, box, target, kind, host, port, expected))  # noqa: B023
 
+        # The URL users type (Service port 80, DNAT'd to :8080) and the container port.
+        add(f"code service {code_host}:80", "http", f"http://{code_host}/", 0, True)
         add(f"code service {code_host}:8080", "http", f"http://{code_host}:8080/", 0, True)
         add(f"write to the share {SHARE}", "write", SHARE, 0)
-        add("code service :22 (other port)", "tcp", code, 22)
-        add("code service :80 (other port)", "tcp", code, 80)
+        for other_port in (22, 443, 9418):
+            add(f"code service :{other_port} (other port)", "tcp", code, other_port)
         if airlock:
             add("airlock :22", "tcp", airlock["networks"][0][1], 22)
             add("airlock :7030", "tcp", airlock["networks"][0][1], 7030)
@@ -149,9 +157,12 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str) -> list[Probe
         out += [
             Probe(src, box, "PyPI over HTTPS", "http", PYPI_URL, 0, True),
             Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
+            Probe(src, box, f"code service {code_host}:80", "http",
+                  f"http://{code_host}/", 0, True),
             Probe(src, box, f"code service {code_host}:8080", "http",
                   f"http://{code_host}:8080/", 0, True),
-            Probe(src, box, f"write to the share {SHARE}", "write", SHARE, 0, True),
+            Probe(src, box, f"write to the share {SHARE} as {airlock_user or 'root'}",
+                  "write", SHARE, 0, True, airlock_user),
             Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),
             Probe(src, box, f"host service on 0.0.0.0 via gateway {nat['gateway']}", "tcp",
                   nat["gateway"], facts.listener_port, False),
@@ -208,9 +219,10 @@ print(json.dumps(out))
 """
 
 
-def _run_in(container: str, probes: list[Probe]) -> list[Result]:
+def _run_in(container: str, probes: list[Probe], user: str = "") -> list[Result]:
     args = json.dumps([[p.kind, p.host, p.port] for p in probes])
-    argv = podman_command(["exec", container, "python3", "-c", PROBE_PROGRAM, args,
+    as_user = ["-u", user] if user else []
+    argv = podman_command(["exec", *as_user, container, "python3", "-c", PROBE_PROGRAM, args,
                            str(TCP_TIMEOUT), str(HTTP_TIMEOUT)])
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=podman_env(),
@@ -264,7 +276,8 @@ def host_facts(listener_port: int) -> HostFacts:
 
 
 def run(plan: dict[str, Any], code_host: str,
-        on_source: Callable[[str], None] | None = None) -> list[Result]:
+        on_source: Callable[[str], None] | None = None,
+        airlock_user: str = "") -> list[Result]:
     """Run the whole matrix against a deployed site.
 
     Opens a TCP listener on 0.0.0.0 (an ephemeral port) for the run, so "a service the host
@@ -274,6 +287,7 @@ def run(plan: dict[str, Any], code_host: str,
         plan: the engine's ``plan.json``.
         code_host: ``codeService.host``.
         on_source: called with each source name as its probes start.
+        airlock_user: see :func:`matrix`.
 
     Returns:
         One result per probe, in :func:`matrix` order.
@@ -282,17 +296,18 @@ def run(plan: dict[str, Any], code_host: str,
         listener.bind(("0.0.0.0", 0))
         listener.listen(64)
         facts = host_facts(listener.getsockname()[1])
-        probes = matrix(plan, facts, code_host)
-        groups: dict[str, list[int]] = {}
+        probes = matrix(plan, facts, code_host, airlock_user)
+        groups: dict[tuple[str, str], list[int]] = {}
         for index, p in enumerate(probes):
-            groups.setdefault(p.container, []).append(index)
+            groups.setdefault((p.container, p.user), []).append(index)
         results: list[Result | None] = [None] * len(probes)
 
-        def one_group(container: str, indexes: list[int]) -> None:
+        def one_group(key: tuple[str, str], indexes: list[int]) -> None:
+            container, user = key
             items = [probes[i] for i in indexes]
-            if on_source:
+            if on_source and not user:
                 on_source(items[0].source)
-            done = _run_in(container, items) if container else _run_host(items)
+            done = _run_in(container, items, user) if container else _run_host(items)
             for i, res in zip(indexes, done, strict=True):
                 results[i] = res
 
