@@ -113,7 +113,7 @@ def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         s.mlab("up")
         rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
-        s.passwords = {row["user"].split(" ")[0]: row["password"] for row in rows}
+        s.passwords = {row["user"]: row["password"] for row in rows}
         code = next(c for c in json.loads(s.mlab("status", "-o", "json").stdout)
                     if c["name"] == "code-service")
         endpoint = code["endpoints"][0]
