@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,77 @@ def test_read_only_share_is_a_clear_error(tmp_path, kind) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert "is not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SUDO_USER": "alice", "MLAB_USER": "bob"}, "alice"),
+        ({"SUDO_USER": "root", "MLAB_USER": "bob"}, "bob"),
+        ({"MLAB_USER": "bob"}, "bob"),
+    ],
+    ids=["sudo-names-the-person", "sudo-from-root", "mlab-user"],
+)
+def test_current_user_names_the_person(monkeypatch, env, expected) -> None:
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert audit.current_user() == expected
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another uid")
+def test_root_creates_the_log_for_the_share_owner_who_can_append() -> None:
+    # pytest's tmp_path is under a 0700 folder of root's: uid 1000 needs a reachable one
+    with tempfile.TemporaryDirectory(prefix="mlabtest-audit-") as top:
+        share = Path(top) / "share"
+        share.mkdir(mode=0o755)
+        Path(top).chmod(0o755)
+        _root_and_user_append(share)
+
+
+def _root_and_user_append(share: Path) -> None:
+    os.chown(share, 1000, 1000)
+    audit.record(share, "stage-url", "by-root", user="alice")
+    log = share / "audit.log"
+    assert (log.stat().st_uid, log.stat().st_gid) == (1000, 1000)
+    pid = os.fork()
+    if pid == 0:  # the child appends as uid 1000 (the Airlock user), then exits at once
+        status = 1
+        try:
+            os.setgid(1000)
+            os.setuid(1000)
+            audit.record(share, "stage-url", "by-user", user="alice")
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    audit.record(share, "stage-url", "root-again", user="alice")
+    assert [r["item"] for r in audit.read(share)] == ["by-root", "by-user", "root-again"]
+    assert log.stat().st_uid == 1000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another uid")
+def test_staging_probes_its_folder_under_a_root_owned_chroot_share() -> None:
+    from mlab.airlock.fsutil import check_writable
+    from mlab.errors import MlabError
+
+    with tempfile.TemporaryDirectory(prefix="mlabtest-audit-") as top:
+        share = Path(top) / "share"
+        (share / "pip").mkdir(parents=True)
+        os.chown(share / "pip", 1000, 1000)
+        Path(top).chmod(0o755)
+        share.chmod(0o755)
+        pid = os.fork()
+        if pid == 0:  # as uid 1000: the folder passes, the root-owned share root does not
+            status = 1
+            try:
+                os.setgid(1000)
+                os.setuid(1000)
+                check_writable(share, "pip")
+                try:
+                    check_writable(share)
+                except MlabError:
+                    status = 0
+            finally:
+                os._exit(status)
+        assert os.waitpid(pid, 0)[1] == 0

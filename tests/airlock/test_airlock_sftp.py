@@ -119,3 +119,20 @@ def test_sftp_upload_is_audited_and_world_readable(sshd) -> None:
 )
 def test_with_audited_subsystem(config, expected) -> None:
     assert sftp.with_audited_subsystem(config) == expected
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another uid")
+def test_chroot_keeps_log_and_folders_the_users(tmp_path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "pip").mkdir()
+    (share / "pip" / "old.whl").write_text("x")
+    os.chown(share / "pip", 1000, 1000)
+    (share / "apt").mkdir()  # root's, as from an older image
+    changed = sftp._keep_user_paths(share, 1000, 1000)
+    assert changed and "audit.log" in changed[0] and "apt/" in changed[0] and "pip/" not in changed[0]
+    for name in ("audit.log", *sftp.SHARE_FOLDERS):
+        assert (share / name).stat().st_uid == 1000, name
+    assert (share / "pip" / "old.whl").stat().st_uid == 0  # content is never re-owned
+    assert sftp._keep_user_paths(share, 1000, 1000) == []  # idempotent
+    assert sftp._keep_user_paths(share, 0, 0) == []

@@ -32,8 +32,10 @@ CA = "/etc/ssl/certs/ca-certificates.crt"
 
 @pytest.fixture(scope="module")
 def pods(homepod_image, tmp_path_factory, e2e):
+    # Like a fresh PVC subPath or podman volume: root-owned. The entrypoint must make it
+    # the Airlock user's (the regression: `mlab stage` as the user failed on a root share).
     share = tmp_path_factory.mktemp("air-share")
-    os.chown(share, UID, UID)
+    os.chown(share, 0, 0)
     share.chmod(0o755)
     password = secrets.token_urlsafe(12)
     env = {"MLAB_USER": USER, "MLAB_UID": str(UID), "MLAB_PASSWORD": password}
@@ -64,7 +66,9 @@ def sh(container, script: str, user: str = USER, timeout: float = 300):
 
 @pytest.fixture(scope="module")
 def staged(pods):
+    """Stage as the Airlock user (not root), through the real entrypoint's share setup."""
     airlock, homepod, share, password = pods
+    assert (share.stat().st_uid, (share / "audit.log").stat().st_uid) == (UID, UID)
     pip_out = sh(airlock, "mlab stage pip six markupsafe num2words").stdout
     apt_out = sh(airlock, "mlab stage apt jq htop").stdout
     return pip_out, apt_out
@@ -151,6 +155,7 @@ def test_audit_log_has_a_line_for_each(pods, staged, uploaded) -> None:
     for name in ("jq", "libjq1", "libonig5", "htop"):
         assert ("stage-apt", name) in items, name
     assert all(r["user"] == USER for r in records)
+    assert (share / "audit.log").stat().st_uid == UID
     uploads = [r for r in records if r["action"] == "sftp-upload"]
     assert [(r["item"], r["size"]) for r in uploads] == [(uploaded, 11)]
 
@@ -184,3 +189,12 @@ def test_sftp_only_account_is_chrooted_to_the_share(pods, staged, uploaded) -> N
     finally:
         client.close()
     assert sh(homepod, "cat /opt/public/airlock/upload/drop.txt").stdout == "from drop\n"
+    # the chroot keeps the share root root's; the Airlock user still owns the log and the
+    # folders, appends to the log, and sudo records the person, not root
+    assert share.stat().st_uid == 0
+    assert {(share / n).stat().st_uid for n in ("audit.log", "pip", "apt", "downloads", "git", "export")} == {UID}
+    sh(airlock, "/opt/mlab/venv/bin/python -c 'from mlab.airlock import audit; audit.record(\"/opt/public/airlock\", \"stage-url\", \"as-user\")'"
+       " && sudo /opt/mlab/venv/bin/python -c 'from mlab.airlock import audit; audit.record(\"/opt/public/airlock\", \"stage-url\", \"as-sudo\")'")
+    out = sh(homepod, "mlab airlock log -o json").stdout
+    tail = {json.loads(line)["item"]: json.loads(line)["user"] for line in out.splitlines()[-2:]}
+    assert tail == {"as-user": USER, "as-sudo": USER}

@@ -1,7 +1,8 @@
 """What the rendered pods ask of the entrypoint (docs/CONTRACTS.md): extra groups, a site CA
 trusted by curl and Python, the image reference for transcripts, proxies for login
 sessions, the HomePod's outbox owned by its user; in airlock mode the audited SFTP
-subsystem, the share's top-level folders and the export publisher under supervisord. Also
+subsystem, the share root, audit.log and top-level folders owned by the Airlock user, and
+the export publisher under supervisord. Also
 `mlab image build --local --steps FILE` (approved package scripts baked in, with a label).
 """
 
@@ -105,6 +106,7 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
     (share / "pip").mkdir(parents=True)
     os.chown(share / "pip", 4321, 4321)
     share.chmod(0o755)
+    (share / "audit.log").write_text("")  # root's, as an older image left it
     secret = tmp_path / "password"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
@@ -124,6 +126,10 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
                                             ("pip", "apt", "downloads", "git", "export"))).stdout
     assert owners.split("\n")[0] == "/opt/public/airlock/pip 4321"  # existing: not re-owned
     assert all(line.endswith(" 1999") for line in owners.strip().split("\n")[1:]), owners
+    # the root-owned mount point and log became the Airlock user's (not pip's content)
+    assert (share.stat().st_uid, (share / "audit.log").stat().st_uid) == (1999, 1999)
+    c.exec("bash", "-c", "touch /opt/public/airlock/by-user && echo {} >> /opt/public/airlock/audit.log",
+           user="airlock")
     deadline = time.monotonic() + 60
     while "next try in" not in c.logs() and time.monotonic() < deadline:
         time.sleep(0.5)

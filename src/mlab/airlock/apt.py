@@ -302,7 +302,7 @@ def stage(
         MlabError: a package or a dependency cannot be found (named), or apt failed.
     """
     check_names(packages)
-    check_writable(share)
+    check_writable(share, "apt")
     status = Path(status) if status else PRISTINE_STATUS
     if not status.is_file():
         raise UsageError(

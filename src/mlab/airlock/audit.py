@@ -38,7 +38,14 @@ class AuditRecord(TypedDict):
 
 
 def current_user() -> str:
-    """The acting user: ``MLAB_USER`` (set in MLab containers), else the login name."""
+    """The person acting: ``SUDO_USER`` under sudo, else ``MLAB_USER``, else the login name.
+
+    ``SUDO_USER`` (set by sudo(8) to the invoking user's login name) comes first, so
+    ``sudo mlab stage ...`` records the person, not ``root``; ``root`` there is ignored.
+    """
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and sudo_user != "root":
+        return sudo_user
     user = os.environ.get("MLAB_USER")
     if user:
         return user
@@ -92,6 +99,10 @@ def make_record(
 def append(share: Path, records: Iterable[AuditRecord]) -> None:
     """Append ``records`` to ``<share>/audit.log`` (created mode 0644 if missing).
 
+    When root creates the file (sudo, the publisher) it is given to the share's owner, or
+    to the owner of ``<share>/pip`` when the share root is root's (an SFTP chroot), so the
+    Airlock user can append to it afterwards.
+
     Raises:
         MlabError: the log cannot be written (read-only share: run this on the Airlock).
     """
@@ -100,7 +111,12 @@ def append(share: Path, records: Iterable[AuditRecord]) -> None:
         return
     path = Path(share) / AUDIT_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        else:
+            _give_to_share_owner(fd, Path(share))
     except OSError as exc:
         raise MlabError(
             f"cannot write the audit log {path}: {exc.strerror}",
@@ -114,6 +130,23 @@ def append(share: Path, records: Iterable[AuditRecord]) -> None:
             view = view[written:]
     finally:
         os.close(fd)
+
+
+def _give_to_share_owner(fd: int, share: Path) -> None:
+    """chown a log file root just created to the share's (non-root) owner; best effort."""
+    if os.geteuid() != 0:
+        return
+    for owner in (share, share / "pip"):
+        try:
+            st = owner.stat()
+        except OSError:
+            continue
+        if st.st_uid != 0:
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            except OSError:
+                pass
+            return
 
 
 def record(share: Path, action: str, item: str, **kwargs: Any) -> None:

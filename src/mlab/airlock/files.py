@@ -169,7 +169,7 @@ def stage_url(
     client: httpx.Client | None = None,
 ) -> UrlResult:
     """Download ``url`` into the share (see :func:`download`, :func:`target_path`) and audit it."""
-    dest = target_path(check_writable(share), url, output)
+    dest = target_path(check_writable(share, "downloads" if output is None else None), url, output)
     result = download(url, dest, sha256=sha256, report=report, client=client)
     rel = dest.relative_to(share).as_posix()
     audit.record(Path(share), "stage-url", f"{audit.redact_url(url)} -> {rel}", size=result.size, sha256=result.sha256)
@@ -213,7 +213,7 @@ def stage_git(share: Path, url: str, *, name: str | None = None) -> GitResult:
     name = name or repo_name(url)
     if not _NAME.match(name):
         raise UsageError(f"--name {name!r} must be letters, digits, '.', '_' or '-'")
-    share = check_writable(share)
+    share = check_writable(share, ".git-mirrors")
     mirrors = ensure_dir(share / ".git-mirrors")
     mirror = mirrors / f"{name}.git"
     if mirror.exists():

@@ -72,8 +72,13 @@ def ensure_dir(path: Path, mode: int = 0o755) -> Path:
     return path
 
 
-def check_writable(share: Path) -> Path:
-    """Return ``share`` after making sure staging can write there (created if missing).
+def check_writable(share: Path, sub: str | None = None) -> Path:
+    """Return ``share`` after making sure staging can write there (the share is created if missing).
+
+    When the folder ``share/sub`` (a top-level folder such as ``pip``) exists it is probed
+    instead of the share root, so staging works when the root is root's (an SFTP chroot
+    account, docs/airlock.md) while the folder is the Airlock user's. A missing folder is
+    not created here (a refused request leaves nothing behind); the root is probed.
 
     Raises:
         MlabError: the share cannot be created or written (a HomePod mounts it read-only).
@@ -81,14 +86,15 @@ def check_writable(share: Path) -> Path:
     from mlab.errors import MlabError
 
     share = Path(share)
+    target = share / sub if sub and (share / sub).is_dir() else share
     try:
         share.mkdir(parents=True, exist_ok=True)
-        probe = share / f".write-test-{os.getpid()}"
+        probe = target / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
         raise MlabError(
-            f"the share {share} is not writable: {exc.strerror}",
+            f"the share {target} is not writable: {exc.strerror}",
             hint="staging runs on the Airlock (in a HomePod the share is read-only); or pass --share DIR",
         ) from None
     return share

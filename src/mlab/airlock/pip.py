@@ -468,7 +468,7 @@ def stage(
     for path in requirement_files:
         if not Path(path).is_file():
             raise UsageError(f"-r {path}: no such file")
-    check_writable(share)
+    check_writable(share, "pip")
     tmp_root = ensure_dir(pip_dir(share) / ".tmp")
     work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
     try:

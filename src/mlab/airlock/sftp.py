@@ -102,7 +102,9 @@ def add_chroot_account(
     Run as root on the Airlock. Steps: the user (no home outside the chroot, no shell),
     its password from the first line of ``password_file`` (given to ``chpasswd`` on
     stdin, never logged), the share root made root-owned and not group/world-writable
-    (sshd refuses the chroot otherwise), ``<share>/upload`` owned by the user, the
+    (sshd refuses the chroot otherwise) while ``audit.log`` and the top-level folders
+    go to the share root's former owner (the Airlock user), ``<share>/upload`` owned by
+    the account, the
     ``sshd_config.d`` snippet (checked with ``sshd -t``, removed again if invalid) and a
     reload of the running sshd (SIGHUP to ``/run/sshd.pid``).
 
@@ -134,6 +136,7 @@ def add_chroot_account(
         os.chown(share, 0, 0)
         os.chmod(share, 0o755)
         changes.append(f"{share} is now root:root 0755 (sshd requires it for a chroot)")
+    changes += _keep_user_paths(share, st.st_uid, st.st_gid)
     upload = share / "upload"
     upload.mkdir(mode=0o755, exist_ok=True)
     pw = subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout.strip()
@@ -155,6 +158,42 @@ def add_chroot_account(
         except (ValueError, ProcessLookupError, PermissionError):
             changes.append("sshd is not running: the account works from its next start")
     return changes
+
+
+SHARE_FOLDERS = ("pip", "apt", "downloads", "git", "export")
+"""The share's top-level folders (docs/CONTRACTS.md, "Share layout")."""
+
+
+def _keep_user_paths(share: Path, uid: int, gid: int) -> list[str]:
+    """Give ``audit.log`` and the top-level folders to the share root's former owner ``uid``.
+
+    The Airlock user owned the share root (the entrypoint makes it so); once it is root's
+    for the chroot, the user can no longer create anything at the top, so ``audit.log``
+    and :data:`SHARE_FOLDERS` must exist and be theirs. Only these paths are re-owned,
+    never their content; symbolic links are not followed. Nothing happens when the former
+    owner was root.
+    """
+    if uid == 0:
+        return []
+    changed: list[str] = []
+    for name in (*SHARE_FOLDERS, ".git-mirrors"):  # .git-mirrors: `mlab stage git`
+        path = share / name
+        if not path.exists() and not path.is_symlink():
+            path.mkdir(mode=0o755)
+        if path.is_dir() and not path.is_symlink() and path.stat().st_uid != uid:
+            os.chown(path, uid, gid)
+            changed.append(name + "/")
+    log = share / audit.AUDIT_FILE
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        if os.fstat(fd).st_uid != uid:
+            os.fchown(fd, uid, gid)
+            changed.append(audit.AUDIT_FILE)
+    finally:
+        os.close(fd)
+    if not changed:
+        return []
+    return [f"{', '.join(changed)} in {share} now owned by uid {uid} (the Airlock user keeps writing there)"]
 
 
 _SUBSYSTEM = re.compile(r"^[ \t]*Subsystem[ \t]+sftp[ \t].*$", re.M | re.I)
