@@ -125,19 +125,7 @@ def deployment(site: Site) -> dict[str, Any]:
         *common_env(site),
         *proxy_env(site),
     ]
-    if air.ca_bundle_secret:
-        ca = vols.add(
-            {
-                "name": "ca-bundle",
-                "secret": {
-                    "secretName": air.ca_bundle_secret,
-                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    "defaultMode": 0o444,
-                },
-            }
-        )
-        vols.mount(ca, CA_DIR, read_only=True)
-        env.append({"name": "MLAB_CA_BUNDLE", "value": f"{CA_DIR}/ca.crt"})
+    mount_ca_bundle(site, vols, env)
     container: dict[str, Any] = {
         "name": "airlock",
         "image": site.image.ref,
@@ -206,3 +194,25 @@ def render_airlock(site: Site) -> list[dict[str, Any]]:
     if site.airlock.enabled:
         out += [deployment(site), service(site)]
     return out
+
+
+def mount_ca_bundle(site: Site, vols: VolumeSet, env: list[dict[str, Any]]) -> None:
+    """Mount ``airlock.caBundleSecret`` (key ``ca.crt``) at CA_DIR and set MLAB_CA_BUNDLE.
+
+    Used by the Airlock and the code service, the two pods that reach the internet (through
+    a site's TLS-intercepting proxy). Mutates ``vols`` and ``env``; no-op without the Secret.
+    """
+    if not site.airlock.ca_bundle_secret:
+        return
+    ca = vols.add(
+        {
+            "name": "ca-bundle",
+            "secret": {
+                "secretName": site.airlock.ca_bundle_secret,
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "defaultMode": 0o444,
+            },
+        }
+    )
+    vols.mount(ca, CA_DIR, read_only=True)
+    env.append({"name": "MLAB_CA_BUNDLE", "value": f"{CA_DIR}/ca.crt"})

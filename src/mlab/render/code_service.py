@@ -27,7 +27,7 @@ from mlab.render.common import (
     selector,
 )
 from mlab.render.airlock import password_secret_name as airlock_secret_name
-from mlab.render.airlock import proxy_env
+from mlab.render.airlock import mount_ca_bundle, proxy_env
 from mlab.render.homepod import password_secret_name
 from mlab.site import Site
 
@@ -121,19 +121,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         *common_env(site),
         *proxy_env(site),
     ]
-    if site.airlock.ca_bundle_secret:
-        ca = vols.add(
-            {
-                "name": "ca-bundle",
-                "secret": {
-                    "secretName": site.airlock.ca_bundle_secret,
-                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    "defaultMode": 0o444,
-                },
-            }
-        )
-        vols.mount(ca, CA_DIR, read_only=True)
-        env.append({"name": "MLAB_CA_BUNDLE", "value": f"{CA_DIR}/ca.crt"})
+    mount_ca_bundle(site, vols, env)
     container: dict[str, Any] = {
         "name": "code-service",
         "image": site.image.ref,
