@@ -14,7 +14,6 @@ import hashlib
 from typing import Any
 
 from mlab.render.common import (
-    CA_DIR,
     PORT_CODE,
     VolumeSet,
     common_env,
