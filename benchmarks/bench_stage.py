@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "airlock"
 
 from airlock_testlib import make_wheel  # noqa: E402  (tiny valid wheels)
 
-from mlab.airlock import pip, pipindex  # noqa: E402
+from mlab.airlock import pipindex  # noqa: E402
 
 FULL_SET = ["numpy", "pandas", "scikit-learn", "requests"]
 QUICK_SET = ["requests"]

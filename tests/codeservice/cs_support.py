@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob:with:colons"}
 
