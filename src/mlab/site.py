@@ -375,6 +375,55 @@ class Airlock(Model):
     )
 
 
+class CodeServiceLimits(Model):
+    """Limits that keep one user (or one attacker with an account) from exhausting the code
+    service: git processes, pushes, logins. Every field has a sane default."""
+
+    git_timeout: int = Field(
+        3600, ge=10,
+        description="Seconds one git request (clone, fetch, push) may run before its git "
+        "processes are killed. Default: 3600.",
+    )
+    max_git_processes: int = Field(
+        32, ge=1,
+        description="git requests running at once in total; more are answered 503 with "
+        "Retry-After. Default: 32.",
+    )
+    max_git_processes_per_user: int = Field(
+        6, ge=1,
+        description="git requests running at once per account; more are answered 429 with "
+        "Retry-After. Default: 6.",
+    )
+    max_refs_per_day: int = Field(
+        1000, ge=1,
+        description="Ref updates (creations, updates, deletions) one user may push per UTC "
+        "day, all repositories together. Default: 1000.",
+    )
+    max_push_bytes_per_day: int = Field(
+        4 * 1024**3, ge=1,
+        description="Bytes one user may push per UTC day (pack data, all repositories "
+        "together). Default: 4294967296 (4 GiB).",
+    )
+    login_failures_per_account: int = Field(
+        10, ge=1,
+        description="Failed logins per account within `loginWindow` before the account is "
+        "refused with 429 until the window passes. Default: 10.",
+    )
+    login_failures_per_address: int = Field(
+        30, ge=1,
+        description="Failed logins per client address within `loginWindow` before the "
+        "address is refused with 429. Default: 30.",
+    )
+    login_window: int = Field(
+        300, ge=1, description="Seconds over which failed logins are counted. Default: 300.",
+    )
+    max_concurrent_hashes: int = Field(
+        2, ge=1,
+        description="argon2 password checks running at once (each takes 64 MiB); further "
+        "logins wait their turn. Default: 2.",
+    )
+
+
 class CodeService(Model):
     """The code service: approved mirrors over git smart HTTP."""
 
@@ -416,6 +465,18 @@ class CodeService(Model):
         default_factory=list,
         description="Users who review package and export requests. Empty: only admin.",
     )
+    ref_policy: Literal["creator", "namespace"] = Field(
+        "creator",
+        description="Who may change a user branch or tag. creator: anyone may create a "
+        "name nobody holds, and only its creator may update or delete it; names under "
+        "`<user>/` are reserved for that user. namespace: users push only under "
+        "`refs/heads/<user>/` and `refs/tags/<user>/`. Reviewers delete any user ref with "
+        "`mlab repo delete-ref`. Default: creator.",
+    )
+    limits: CodeServiceLimits = Field(
+        default_factory=CodeServiceLimits,
+        description="git processes, deadlines, push quotas and login rate limits.",
+    )
     two_person_approval: list[Literal["package", "export"]] = Field(
         default_factory=list,
         description="Request kinds that need two distinct approvers. Empty: one is enough.",
@@ -428,7 +489,13 @@ class CodeService(Model):
     notify_url: str | None = Field(
         None, description="Webhook URL POSTed the event JSON on each transition. None: none."
     )
-    resources: Resources = Field(default_factory=Resources, description="CPU and memory.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "250m", "memory": "256Mi"}, limits={"cpu": "2", "memory": "4Gi"}
+        ),
+        description="CPU and memory. Default: requests cpu 250m, memory 256Mi; limits cpu "
+        "2, memory 4Gi (the git processes of one pod share them; see `limits`).",
+    )
     placement: Placement = Field(default_factory=Placement, description="Node placement.")
     service: Exposure = Field(
         default_factory=Exposure,

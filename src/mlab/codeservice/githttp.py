@@ -12,6 +12,15 @@ through ``receive-pack`` and its hooks.
 Why a subprocess per request is safe under a kill: if the service dies mid-push, the CGI's
 stdin closes early, ``receive-pack`` sees a truncated pack and updates no ref; the objects
 it received sit in a quarantine directory that never becomes visible.
+
+Denial of service (issue 13, item 1): the client's ``Content-Length`` is never passed to
+git. git 2.39's ``http-backend`` given ``CONTENT_LENGTH=1000`` and a stdin that ends after
+4 bytes loops on EOF at full CPU forever; without it git reads the body to EOF, and the
+service closes git's stdin when the body ends (starlette has already checked the length
+against what arrived). Every git request runs in its own process group, killed when the
+client goes away before its body is complete, when the client goes away during a fetch's
+answer, and when ``limits.gitTimeout`` passes. :class:`GitSlots` caps git requests per
+account (429) and in total (503), both with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,12 +61,62 @@ class GitSettings:
         audit_log: the JSON-lines audit file.
         max_blob_size: bytes; passed to the pre-receive hook as ``MLAB_MAX_BLOB``.
         home: a directory used as ``HOME`` for git (keeps users' configs out).
+        timeout: seconds a git request may run before its process group is killed.
+        db_path: the service's SQLite file (the hooks read ref owners and quotas there).
+        ref_policy: ``creator`` or ``namespace`` (site ``codeService.refPolicy``).
+        max_refs_per_day: ref updates per user per UTC day (the hook enforces it).
+        max_push_bytes_per_day: pushed bytes per user per UTC day.
+        slots: the shared counter of running git requests (None: no cap).
     """
 
     repos_dir: Path
     audit_log: Path
     max_blob_size: int
     home: Path
+    timeout: float = 3600.0
+    db_path: Path | None = None
+    ref_policy: str = "creator"
+    max_refs_per_day: int = 1000
+    max_push_bytes_per_day: int = 4 * 1024**3
+    slots: GitSlots | None = None
+
+
+class GitSlots:
+    """Counts running git requests per account and in total (one event loop: no lock).
+
+    Args:
+        total: requests at once over all accounts; beyond it :meth:`take` answers 503.
+        per_user: requests at once per account; beyond it 429.
+    """
+
+    def __init__(self, total: int, per_user: int) -> None:
+        self.total = total
+        self.per_user = per_user
+        self.running: dict[str, int] = {}
+
+    def take(self, user: str) -> Response | None:
+        """Reserve a slot for ``user``; a 429/503 response when none is free, else None."""
+        mine = self.running.get(user, 0)
+        if mine >= self.per_user:
+            return PlainTextResponse(
+                f"too many git requests of {user} at once (limit {self.per_user}, site "
+                "codeService.limits.maxGitProcessesPerUser); retry when one has finished\n",
+                429, headers={"Retry-After": "5"})
+        if sum(self.running.values()) >= self.total:
+            return PlainTextResponse(
+                f"the code service runs {self.total} git requests already (site "
+                "codeService.limits.maxGitProcesses); retry in a moment\n",
+                503, headers={"Retry-After": "5"})
+        self.running[user] = mine + 1
+        return None
+
+    def give(self, user: str) -> None:
+        """Release a slot taken by :meth:`take`."""
+        left = self.running.get(user, 0) - 1
+        if left > 0:
+            self.running[user] = left
+        else:
+            self.running.pop(user, None)
 
 
 def _service_of(request: Request, rest: str) -> str | None:
@@ -80,7 +140,20 @@ async def serve(
     service = _service_of(request, rest)
     if service is None:
         return PlainTextResponse("not found (only git's smart HTTP protocol is served)\n", 404)
-    report = None
+    if settings.slots is not None:
+        refused = settings.slots.take(principal.name)
+        if refused is not None:
+            return refused
+    try:
+        return await _serve_slot(request, repo, rest, service, principal, settings)
+    except BaseException:
+        if settings.slots is not None:
+            settings.slots.give(principal.name)
+        raise
+
+
+def _cgi_env(request: Request, repo: str, rest: str, principal: Principal,
+             settings: GitSettings) -> dict[str, str]:
     env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
     env.update({
         "HOME": str(settings.home),
@@ -97,39 +170,71 @@ async def serve(
         "GATEWAY_INTERFACE": "CGI/1.1",
         "MLAB_MAX_BLOB": str(settings.max_blob_size),
         "MLAB_USER": principal.name,
+        "MLAB_REPO": repo,
+        "MLAB_REF_POLICY": settings.ref_policy,
+        "MLAB_MAX_REFS_PER_DAY": str(settings.max_refs_per_day),
     })
-    # A request body of unknown length (chunked) is read by git until EOF.
-    if "content-length" in request.headers:
-        env["CONTENT_LENGTH"] = request.headers["content-length"]
+    if settings.db_path is not None:
+        env["MLAB_DB"] = str(settings.db_path)
+    # No CONTENT_LENGTH, ever: git reads the body until EOF (the module docstring says why).
     if "content-encoding" in request.headers:
         env["HTTP_CONTENT_ENCODING"] = request.headers["content-encoding"]
     if "git-protocol" in request.headers:
         env["GIT_PROTOCOL"] = request.headers["git-protocol"]
+    return env
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL git's whole process group (http-backend, receive-pack or upload-pack, hooks)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _serve_slot(request: Request, repo: str, rest: str, service: str,
+                      principal: Principal, settings: GitSettings) -> Response:
+    report = None
+    env = _cgi_env(request, repo, rest, principal, settings)
     if service == "git-receive-pack" and request.method == "POST":
         fd, report = tempfile.mkstemp(prefix="push-", suffix=".json", dir=settings.home)
         os.close(fd)
         env["MLAB_PUSH_REPORT"] = report
+        if settings.db_path is not None:
+            from mlab.codeservice import quota
+
+            left = await asyncio.get_running_loop().run_in_executor(
+                None, quota.bytes_left, settings.db_path, principal.name,
+                settings.max_push_bytes_per_day)
+            if left <= 0:
+                os.unlink(report)
+                if settings.slots is not None:
+                    settings.slots.give(principal.name)
+                return PlainTextResponse(
+                    f"{principal.name} pushed {settings.max_push_bytes_per_day} bytes today "
+                    "already (site codeService.limits.maxPushBytesPerDay); try again "
+                    "tomorrow (UTC) or ask the admin\n", 429)
+            # git's own limit on the pack it receives: the push fails cleanly beyond it.
+            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "receive.maxInputSize",
+                        "GIT_CONFIG_VALUE_0": str(left)})
 
     proc = await asyncio.create_subprocess_exec(
         "git", "http-backend",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, limit=4 * CHUNK,
+        stderr=asyncio.subprocess.PIPE, env=env, limit=4 * CHUNK, start_new_session=True,
     )
     _grow_pipe(proc)
     counts = {"in": 0, "out": 0}
     pump = asyncio.create_task(_pump_body(request, proc, counts))
     errors = asyncio.create_task(_collect_stderr(proc))
+    watchdog = asyncio.create_task(_watchdog(proc, settings.timeout, counts))
+    finish_args = (proc, pump, errors, watchdog, request, repo, service, principal,
+                   settings, counts, report)
     assert proc.stdout is not None
     status, headers = await _read_cgi_headers(proc.stdout)
     if not headers and status == 200:
-        # No CGI header at all: http-backend failed before answering (it said why on stderr).
-        await proc.wait()
-        await pump
+        # No CGI header at all: http-backend failed (or was killed) before answering.
+        await _finish(*finish_args, 502)
         log.error("[mlab/%s] git http-backend gave no answer: %s", repo,
                   (await errors).strip()[-300:])
-        if report:
-            with contextlib.suppress(OSError):
-                os.unlink(report)
         return PlainTextResponse("git http-backend failed; see the service log\n", 502)
 
     async def body() -> AsyncIterator[bytes]:
@@ -141,21 +246,28 @@ async def serve(
             finished = True
         finally:
             if not finished and service == "git-upload-pack":
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                _kill_group(proc)
             if not finished:
-                # Let receive-pack finish its ref transaction; drain whatever it says.
-                task = asyncio.get_running_loop().create_task(
-                    _finish(proc, pump, errors, request, repo, service, principal,
-                            settings, counts, report, status)
-                )
+                # Let receive-pack finish its ref transaction (the watchdog still bounds it);
+                # drain whatever it says.
+                task = asyncio.get_running_loop().create_task(_finish(*finish_args, status))
                 _background.add(task)
                 task.add_done_callback(_background.discard)
             else:
-                await _finish(proc, pump, errors, request, repo, service, principal,
-                              settings, counts, report, status)
+                await _finish(*finish_args, status)
 
     return _DuplexResponse(body(), status_code=status, headers=headers)
+
+
+async def _watchdog(proc: asyncio.subprocess.Process, timeout: float,
+                    counts: dict[str, int]) -> None:
+    """Kill git's process group when it outlives ``timeout`` seconds."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+        return
+    counts["timeout"] = 1
+    log.warning("git request ran over %s s: killing its processes", timeout)
+    _kill_group(proc)
 
 
 class _DuplexResponse(StreamingResponse):
@@ -198,7 +310,13 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
             counts["in"] += len(chunk)
             proc.stdin.write(chunk)
             await proc.stdin.drain()
-    except (ClientDisconnect, BrokenPipeError, ConnectionResetError):
+    except ClientDisconnect:
+        # The client left before its body was complete: nothing git does now can reach it,
+        # and a partial push must not be applied. receive-pack has not started its ref
+        # transaction before the pack is complete, so killing it loses nothing.
+        counts["aborted"] = 1
+        _kill_group(proc)
+    except (BrokenPipeError, ConnectionResetError):
         pass
     finally:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -231,19 +349,35 @@ async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str
 
 
 async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
-                  errors: asyncio.Task[str], request: Request, repo: str, service: str,
-                  principal: Principal, settings: GitSettings, counts: dict[str, int],
-                  report: str | None, status: int) -> None:
-    with contextlib.suppress(Exception):
-        while await proc.stdout.read(CHUNK):  # type: ignore[union-attr]
-            pass
-    code = await proc.wait()
-    await pump
-    stderr = await errors
+                  errors: asyncio.Task[str], watchdog: asyncio.Task[None], request: Request,
+                  repo: str, service: str, principal: Principal, settings: GitSettings,
+                  counts: dict[str, int], report: str | None, status: int) -> None:
+    try:
+        with contextlib.suppress(Exception):
+            while await proc.stdout.read(CHUNK):  # type: ignore[union-attr]
+                pass
+        code = await proc.wait()
+        await pump
+        watchdog.cancel()
+        stderr = await errors
+    finally:
+        if settings.slots is not None:
+            settings.slots.give(principal.name)
     if code != 0 and stderr.strip():
         log.warning("[mlab/%s] git http-backend (%s) exited %s: %s", repo, service, code,
                     stderr.strip().splitlines()[-1])
-    if request.url.path.endswith("/info/refs") or counts.get("ls_refs"):
+    if service == "git-receive-pack" and settings.db_path is not None and counts["in"]:
+        from mlab.codeservice import quota
+
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(
+                None, quota.add_bytes, settings.db_path, principal.name, counts["in"])
+    aborted = None
+    if counts.get("timeout"):
+        aborted = f"killed after {settings.timeout:g} s (site codeService.limits.gitTimeout)"
+    elif counts.get("aborted"):
+        aborted = "the client went away before its request was complete"
+    if (request.url.path.endswith("/info/refs") or counts.get("ls_refs")) and not aborted:
         return  # ref advertisements (v0 GET, v2 ls-refs); the fetch or push itself is logged
     fields: dict[str, object] = {
         "user": principal.name, "repo": repo, "remote": request.client.host
@@ -265,11 +399,13 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
                         refused, refs = data["refused"], data["refs"]
             with contextlib.suppress(OSError):
                 os.unlink(report)
-        if not refs and counts["in"] <= 4:
+        if not refs and counts["in"] <= 4 and not aborted:
             return  # git's auth probe ("0000") before a large chunked push
         fields["refs"] = refs
         if refused:
             fields["refused"] = refused
+    if aborted:
+        fields["aborted"] = aborted
     try:
         audit.append(settings.audit_log, event, **fields)
     except OSError as exc:

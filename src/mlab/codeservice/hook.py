@@ -11,7 +11,15 @@ Policy (pre-receive), first failure refuses the whole push:
 - only ``refs/heads/*`` and ``refs/tags/*`` may be pushed (``refs/mlab/*`` is the service's);
 - upstream branches and tags (those with a marker under ``refs/mlab/upstream/``) may not be
   created, updated or deleted by users;
+- user refs have owners (:mod:`mlab.codeservice.owners`, site ``codeService.refPolicy``):
+  a user changes or deletes only refs they own, creates only names nobody holds outside
+  other accounts' namespaces, and no ambiguous names (``refs/heads/HEAD``);
+- at most ``MLAB_MAX_REFS_PER_DAY`` ref updates per user and UTC day (:mod:`quota`);
 - no blob larger than ``MLAB_MAX_BLOB`` bytes (site ``codeService.maxBlobSize``).
+
+The post-receive hook records the owners of created refs, counts the ref updates, and
+prints the pusher's pending notices (a user ref a sync moved aside) as ``remote:`` lines.
+Without ``MLAB_DB`` (a hook run outside the service) the owner and quota rules are off.
 
 The hooks report to the service through the file named by ``MLAB_PUSH_REPORT`` (one JSON
 line per hook), which the service folds into the push's audit record.
@@ -93,12 +101,44 @@ def find_large_blobs(updates: list[tuple[str, str, str]], limit: int) -> list[tu
     return large
 
 
+def check_owners(updates: list[tuple[str, str, str]], db: str, user: str,
+                 repo: str) -> str | None:
+    """Ownership, ambiguous names and the daily ref quota; the refusal or None."""
+    from mlab.codeservice import owners, quota
+
+    policy = os.environ.get("MLAB_REF_POLICY", "creator")
+    limit = int(os.environ.get("MLAB_MAX_REFS_PER_DAY", "1000"))
+    left = quota.refs_left(db, user, limit)
+    if len(updates) > left:
+        return (f"refusing push: it updates {len(updates)} refs and {user} may push "
+                f"{max(left, 0)} more ref updates today (limit {limit} a day, site "
+                "codeService.limits.maxRefsPerDay)")
+    existing = set(_git("for-each-ref", "--format=%(refname)", "refs/heads/",
+                        "refs/tags/").split())
+    names = owners.accounts(db)
+    held = owners.owners(db, repo, [ref for _o, _n, ref in updates])
+    for old, new, ref in updates:
+        if old == ZERO and new != ZERO:
+            why = owners.ambiguous(ref, existing)
+            if why:
+                return f"refusing {why}; choose another name"
+        message = owners.check_update(user, ref, old, new, policy=policy,
+                                      owner=held.get(ref), accounts=names)
+        if message:
+            return message
+    return None
+
+
 def pre_receive(stdin: str) -> int:
     """Apply the push policy; print the refusal (git shows it as ``remote: ...``)."""
     updates = read_updates(stdin)
     marks = _git("for-each-ref", "--format=%(refname)", UPSTREAM_MARK).split()
     upstream_refs = {"refs/" + m.removeprefix(UPSTREAM_MARK) for m in marks}
     message = check_refs(updates, upstream_refs)
+    db = os.environ.get("MLAB_DB")
+    if message is None and db:
+        message = check_owners(updates, db, os.environ.get("MLAB_USER", ""),
+                               os.environ.get("MLAB_REPO", ""))
     if message is None:
         limit = int(os.environ.get("MLAB_MAX_BLOB", str(100 * 1024 * 1024)))
         large = find_large_blobs(updates, limit)
@@ -122,6 +162,15 @@ def post_receive(stdin: str) -> int:
     updates = read_updates(stdin)
     _report({"hook": "post-receive",
              "refs": [{"ref": r, "old": o, "new": n} for o, n, r in updates]})
+    db = os.environ.get("MLAB_DB")
+    user = os.environ.get("MLAB_USER", "")
+    if db and user:
+        from mlab.codeservice import owners, quota
+
+        owners.record(db, os.environ.get("MLAB_REPO", ""), user, updates)
+        quota.add_refs(db, user, len(updates))
+        for line in owners.take_notices(db, user):
+            print(f"mlab: notice: {line}", file=sys.stderr)
     return 0
 
 

@@ -10,9 +10,14 @@ pure function and :func:`sync_repo` applies in one ``git update-ref --stdin`` tr
   the new) or an upstream deletion first keeps the old tip as
   ``refs/mlab/backup/<UTC time>/<heads|tags>/X`` and logs ``old..new``;
 - a ref upstream has and the mirror lacks is created and becomes owned;
-- a ref upstream has that the mirror already holds without a marker is a *user's* ref: it
-  is left alone and reported as a conflict (every sync, until someone renames it);
-- a sync never deletes or changes a ref without a marker;
+- upstream always wins its own names (issue 13, item 5): a user ref (no marker) with the
+  name of an upstream ref, or one that blocks it on disk (``hotfix/x`` blocks ``hotfix``,
+  ``hotfix`` blocks ``hotfix/x``), is moved aside to
+  ``refs/<heads|tags>/moved-by-mlab/<UTC time>/<name>`` (kept, its owner told and the move
+  audited by the caller) in a first transaction, and upstream's ref is created in the
+  second; a user ref already equal to upstream's is simply adopted. So a user ref never
+  stops a sync, and no clone ever sees a user's commit under upstream's name;
+- apart from that, a sync never deletes or changes a ref without a marker;
 - a failed fetch changes nothing in the visible refs (the error is recorded by the caller).
 
 Every update in the transaction names the value it expects, so a push racing with a sync
@@ -71,6 +76,28 @@ class SyncPlan:
     commands: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    moves: list[tuple[str, str, str]] = field(default_factory=list)
+    """User refs moved aside first: ``(old full name, new full name, sha)``."""
+    adopted: list[str] = field(default_factory=list)
+    """User refs equal to upstream's that became upstream refs (full names)."""
+
+    @property
+    def move_commands(self) -> list[str]:
+        """The first transaction: ``git update-ref --stdin`` lines that move user refs."""
+        lines = []
+        for old, new, sha in self.moves:
+            lines += [f"create {new} {sha}", f"delete {old} {sha}"]
+        return lines
+
+
+MOVED = "moved-by-mlab"
+"""Directory (under ``refs/heads/`` or ``refs/tags/``) of user refs moved aside by a sync."""
+
+
+def _blocking(short: str, user_refs: dict[str, str]) -> list[str]:
+    """User refs that ``short`` clashes with: same name, or a file/directory clash."""
+    return sorted(u for u in user_refs
+                  if u == short or u.startswith(short + "/") or short.startswith(u + "/"))
 
 
 def plan_sync(
@@ -93,13 +120,34 @@ def plan_sync(
         The plan; an empty ``commands`` list means nothing changes.
     """
     plan = SyncPlan()
+    current = dict(current)
+    user_refs = {k: v for k, v in current.items() if k not in owned}
 
     def backup(short: str, old: str) -> None:
         plan.commands.append(f"create {BACKUP}{stamp}/{short} {old}")
 
     for short, new in sorted(incoming.items()):
+        if short in owned:
+            continue
+        for clash in _blocking(short, user_refs):
+            sha = user_refs.pop(clash)
+            if clash == short and sha == new:
+                plan.adopted.append(f"refs/{short}")
+                continue
+            kind, _, rest = clash.partition("/")
+            target = f"refs/{kind}/{MOVED}/{stamp}/{rest}"
+            plan.moves.append((f"refs/{clash}", target, sha))
+            plan.changes.append(f"refs/{clash}: moved aside to {target} (upstream has "
+                                f"refs/{short})")
+            del current[clash]
+
+    for short, new in sorted(incoming.items()):
         ref = f"refs/{short}"
         have = current.get(short)
+        if ref in plan.adopted:
+            plan.commands.append(f"create {UPSTREAM}{short} {new}")
+            plan.changes.append(f"{ref}: a user's ref equal to upstream's is now upstream's")
+            continue
         if short in owned:
             if have == new:
                 if owned[short] != new:
@@ -119,10 +167,7 @@ def plan_sync(
                     )
                 plan.commands.append(f"update {ref} {new} {have}")
             plan.commands.append(f"update {UPSTREAM}{short} {new} {owned[short]}")
-        elif have is not None:
-            if have != new:
-                plan.conflicts.append(ref)
-        else:
+        else:  # a clashing user ref was moved aside or adopted above
             plan.commands.append(f"create {ref} {new}")
             plan.commands.append(f"create {UPSTREAM}{short} {new}")
             plan.changes.append(f"{ref}: new at {new[:12]}")
@@ -209,10 +254,14 @@ def fetch_error(stderr: str) -> MlabError:
 
 @dataclass(frozen=True)
 class SyncResult:
-    """Outcome of a successful sync: ``changes`` and ``conflicts`` are one line each."""
+    """Outcome of a successful sync: ``changes`` and ``conflicts`` are one line each;
+    ``moved`` lists user refs moved aside ``(old, new, sha)``; ``adopted`` user refs that
+    became upstream's (same value)."""
 
     changes: list[str]
     conflicts: list[str]
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
 
 
 def sync_repo(repo: Path, upstream: str, wait: float = 600) -> SyncResult:
@@ -263,21 +312,35 @@ def _sync_locked(repo: Path, upstream: str) -> SyncResult:
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     plan = plan_sync(incoming, owned, current, is_ancestor, stamp)
-    if plan.commands:
-        script = "start\n" + "\n".join(plan.commands) + "\nprepare\ncommit\n"
+    # Two transactions: git cannot delete refs/heads/a/b and create refs/heads/a in one.
+    for commands in (plan.move_commands, plan.commands):
+        if not commands:
+            continue
+        script = "start\n" + "\n".join(commands) + "\nprepare\ncommit\n"
         done = _git(repo, "update-ref", "--stdin", input=script, check=False)
         if done.returncode != 0:
-            raise SyncError(
-                f"updating refs failed (a push raced with the sync; it is retried): "
-                f"{_last_line(done.stderr)}"
-            )
+            raise SyncError(f"updating refs failed: {ref_error(done.stderr)}")
     _set_head(repo, upstream, incoming)
     for line in plan.changes:
         log.info("[mlab/%s] %s", repo.name, line)
     for ref in plan.conflicts:
         log.warning("[mlab/%s] %s exists upstream and as a user's branch; kept the user's",
                     repo.name, ref)
-    return SyncResult(plan.changes, plan.conflicts)
+    return SyncResult(plan.changes, plan.conflicts, plan.moves, plan.adopted)
+
+
+def ref_error(stderr: str) -> str:
+    """git's ref-transaction error with its real cause named (not a guess).
+
+    ``is at X but expected Y`` means a push changed the ref during the sync (retried at the
+    next sync); ``exists; cannot create`` is a file/directory name clash.
+    """
+    line = _last_line(stderr)
+    if "but expected" in line:
+        return f"{line} (a push changed this ref during the sync; the next sync retries)"
+    if "exists; cannot create" in line:
+        return f"{line} (two ref names clash as file and directory)"
+    return line
 
 
 def _set_head(repo: Path, upstream: str, incoming: dict[str, str]) -> None:

@@ -1,0 +1,85 @@
+"""Per-user push quotas: ref updates and pushed bytes per UTC day (issue 13, item 8).
+
+Invariant: usage is counted in the service's SQLite file (table ``quota_usage``), one row
+per user and UTC day, all repositories together. Bytes are counted by the service (the
+request body it copied to git) after each push, refused or not: a refused 200 MB push
+still cost the service 200 MB. Ref updates are counted by the post-receive hook (only the
+updates git applied). Limits come from the site (``codeService.limits.maxRefsPerDay``,
+``maxPushBytesPerDay``); the service hands the remaining bytes to git as
+``receive.maxInputSize``, and the pre-receive hook refuses a push with more ref updates
+than are left.
+
+Imports only the standard library: the hooks use it once per push.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_usage (
+    user TEXT NOT NULL,
+    day TEXT NOT NULL,               -- UTC date, YYYY-MM-DD
+    refs INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, day)
+);
+"""
+
+
+def today() -> str:
+    """The current UTC day as ``YYYY-MM-DD``."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def connect(db_path: Path | str) -> sqlite3.Connection:
+    """A connection to the service's database with the quota table present."""
+    db = sqlite3.connect(str(db_path), timeout=30)
+    db.execute("PRAGMA busy_timeout=30000")
+    db.executescript(SCHEMA)
+    return db
+
+
+def usage(db_path: Path | str, user: str) -> tuple[int, int]:
+    """Today's ``(ref updates, bytes)`` of ``user``."""
+    db = connect(db_path)
+    try:
+        row = db.execute("SELECT refs, bytes FROM quota_usage WHERE user=? AND day=?",
+                         (user, today())).fetchone()
+    finally:
+        db.close()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _add(db_path: Path | str, user: str, refs: int, nbytes: int) -> None:
+    db = connect(db_path)
+    try:
+        with db:
+            db.execute(
+                "INSERT INTO quota_usage(user, day, refs, bytes) VALUES (?,?,?,?) "
+                "ON CONFLICT(user, day) DO UPDATE SET refs=refs+excluded.refs, "
+                "bytes=bytes+excluded.bytes", (user, today(), refs, nbytes))
+    finally:
+        db.close()
+
+
+def add_bytes(db_path: Path | str, user: str, nbytes: int) -> None:
+    """Count ``nbytes`` pushed by ``user`` today."""
+    _add(db_path, user, 0, nbytes)
+
+
+def add_refs(db_path: Path | str, user: str, count: int) -> None:
+    """Count ``count`` ref updates pushed by ``user`` today."""
+    _add(db_path, user, count, 0)
+
+
+def bytes_left(db_path: Path | str, user: str, limit: int) -> int:
+    """Bytes ``user`` may still push today (0 or less: none)."""
+    return limit - usage(db_path, user)[1]
+
+
+def refs_left(db_path: Path | str, user: str, limit: int) -> int:
+    """Ref updates ``user`` may still push today."""
+    return limit - usage(db_path, user)[0]
