@@ -394,6 +394,11 @@ class CodeServiceLimits(Model):
         description="git requests running at once per account; more are answered 429 with "
         "Retry-After. Default: 6.",
     )
+    git_queue_wait: int = Field(
+        30, ge=0,
+        description="Seconds a git request beyond `maxGitProcesses` or "
+        "`maxGitProcessesPerUser` waits for a free slot before it is refused. Default: 30.",
+    )
     max_refs_per_day: int = Field(
         1000, ge=1,
         description="Ref updates (creations, updates, deletions) one user may push per UTC "

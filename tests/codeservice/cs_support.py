@@ -94,7 +94,7 @@ class Service:
     def sync(self, name: str) -> dict[str, object]:
         """Sync one mirror through the API."""
         with self.client() as c:
-            r = c.post(f"/api/repos/{name}/sync")
+            r = c.post(f"/api/repos/{name}/sync", json={})
         assert r.status_code == 200, r.text
         return r.json()
 

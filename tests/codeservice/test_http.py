@@ -136,7 +136,8 @@ def test_approve_twice_is_409_and_revoke_gives_404(service: Service, tmp_path: P
 
 def test_approve_bad_bodies_are_400(service: Service) -> None:
     with service.client() as c:
-        assert c.post("/api/repos", content=b"not json").status_code == 400
+        assert c.post("/api/repos", content=b"not json",
+                      headers={"content-type": "application/json"}).status_code == 400
         assert c.post("/api/repos", json=["x"]).status_code == 400
         r = c.post("/api/repos", json={"url": "file:///x/y.git", "name": "../etc"})
         assert r.status_code == 400 and "ORG/REPO" in r.json()["error"]

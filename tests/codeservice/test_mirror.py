@@ -30,18 +30,39 @@ def _ancestor(old: str, new: str) -> bool:
     ({"heads/main": C}, {"heads/main": A}, {"heads/main": A},
      [f"create refs/mlab/backup/T/heads/main {A}", f"update refs/heads/main {C} {A}",
       f"update refs/mlab/upstream/heads/main {C} {A}"], []),
-    ({"heads/feat": B}, {}, {"heads/feat": A}, [], ["refs/heads/feat"]),
+    ({"heads/feat": B}, {}, {"heads/feat": A},
+     [f"create refs/heads/feat {B}", f"create refs/mlab/upstream/heads/feat {B}"], []),
     ({}, {"heads/old": A}, {"heads/old": A, "heads/mine": B},
      [f"create refs/mlab/backup/T/heads/old {A}", f"delete refs/heads/old {A}",
       f"delete refs/mlab/upstream/heads/old {A}"], []),
     ({"heads/main": A}, {"heads/main": A}, {"heads/main": A, "heads/mine": C}, [], []),
-], ids=["new-branch", "fast-forward", "force-push-backup", "user-branch-conflict",
+], ids=["new-branch", "fast-forward", "force-push-backup", "upstream-wins-its-name",
         "upstream-delete-keeps-user-branch", "nothing-to-do"])
 def test_plan_sync(incoming, owned, current, commands, conflicts) -> None:  # type: ignore[no-untyped-def]
     plan = plan_sync(incoming, owned, current, _ancestor, "T")
     assert plan.commands == commands
     assert plan.conflicts == conflicts
     assert not any("heads/mine" in c for c in plan.commands)
+
+
+def test_plan_sync_moves_clashing_user_refs_aside_first() -> None:
+    """A user ref with upstream's name, or one that blocks it as file or directory, is
+    moved aside in a first transaction; one equal to upstream's is adopted."""
+    plan = plan_sync({"heads/feat": B, "heads/hotfix": A, "heads/x/y": A, "tags/v2": A},
+                     {}, {"heads/feat": A, "heads/hotfix/x": B, "heads/x": C,
+                          "tags/v2": A, "heads/mine": C}, _ancestor, "T")
+    assert plan.moves == [
+        ("refs/heads/feat", "refs/heads/moved-by-mlab/T/feat", A),
+        ("refs/heads/hotfix/x", "refs/heads/moved-by-mlab/T/hotfix/x", B),
+        ("refs/heads/x", "refs/heads/moved-by-mlab/T/x", C),
+    ]
+    assert plan.move_commands[:2] == [f"create refs/heads/moved-by-mlab/T/feat {A}",
+                                      f"delete refs/heads/feat {A}"]
+    assert plan.adopted == ["refs/tags/v2"]
+    assert f"create refs/heads/hotfix {A}" in plan.commands
+    assert f"create refs/heads/x/y {A}" in plan.commands
+    assert f"create refs/mlab/upstream/tags/v2 {A}" in plan.commands
+    assert not any("heads/mine" in c for c in plan.commands + plan.move_commands)
 
 
 def _refs(repo: Path) -> dict[str, str]:
@@ -91,23 +112,33 @@ def test_force_push_sync_keeps_backup_and_user_branches(service: Service, tmp_pa
                any(old_main[:12] in c and new_main[:12] in c for c in a["changes"])
                for a in audit)
 
-    # Upstream now creates a branch with the user's name: conflict, user's branch kept.
+    # Upstream now creates a branch with the user's name: upstream wins its name, the
+    # user's branch is moved aside (kept), its owner told, the move audited.
     git("checkout", "-q", "-b", "alice/feat", cwd=up)
-    _commit(up, "upstream-same-name")
+    upstream_feat = _commit(up, "upstream-same-name")
     git("push", "-q", "origin", "alice/feat", cwd=up)
-    for _ in range(2):
-        result = service.sync("org/fp")
-        assert result["ok"] is True and result["conflicts"] == ["refs/heads/alice/feat"]
-        assert _refs(mirror)["refs/heads/alice/feat"] == user_tip
-    with service.client() as c:
-        listed = {r["name"]: r for r in c.get("/api/repos").json()}
-    assert listed["org/fp"]["conflicts"] == ["refs/heads/alice/feat"]
+    result = service.sync("org/fp")
+    assert result["ok"] is True and result["conflicts"] == []
+    [moved] = result["moved"]
+    assert moved["ref"] == "refs/heads/alice/feat"
+    assert moved["to"].startswith("refs/heads/moved-by-mlab/")
+    refs = _refs(mirror)
+    assert refs["refs/heads/alice/feat"] == upstream_feat
+    assert refs[moved["to"]] == user_tip
+    assert service.sync("org/fp")["moved"] == []
+    with service.client("alice") as c:
+        notes = c.get("/api/notices").json()
+    assert any(moved["to"] in n["text"] for n in notes)
+    audit = [json.loads(x) for x in (service.data / "audit.log").read_text().splitlines()]
+    assert any(a["event"] == "ref-moved" and a["owner"] == "alice" and a["to"] == moved["to"]
+               for a in audit)
 
-    # Upstream deletes both its branches except main: the user's branch still stays.
+    # Upstream deletes that branch again: it goes (with a backup), the moved one stays.
     git("push", "-q", "origin", "--delete", "alice/feat", cwd=up)
     result = service.sync("org/fp")
     assert result["ok"] is True and result["conflicts"] == []
-    assert _refs(mirror)["refs/heads/alice/feat"] == user_tip
+    refs = _refs(mirror)
+    assert "refs/heads/alice/feat" not in refs and refs[moved["to"]] == user_tip
     assert git("--git-dir", str(mirror), "fsck", "--no-progress").returncode == 0
 
 

@@ -98,7 +98,8 @@ def test_errors_are_one_line_json(service) -> None:  # type: ignore[no-untyped-d
     resp = httpx.post(f"{service.url}/api/requests", auth=auth,
                       json={**EXPORT, "files": [{"path": "../x", "size": 1, "sha256": "a" * 64}]})
     assert resp.status_code == 400 and "files[0].path" in resp.json()["error"]
-    resp = httpx.post(f"{service.url}/api/requests", auth=auth, content=b"x" * (3 << 20))
+    resp = httpx.post(f"{service.url}/api/requests", auth=auth, content=b"x" * (3 << 20),
+                      headers={"content-type": "application/json"})
     assert resp.status_code == 400 and "larger than" in resp.json()["error"]
     assert httpx.get(f"{service.url}/api/requests").status_code == 401
     assert httpx.get(f"{service.url}/api/requests", auth=("alice", "wrong")).status_code == 401

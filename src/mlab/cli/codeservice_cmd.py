@@ -124,6 +124,24 @@ def register(app: typer.Typer) -> None:
         _client(server, site).request("DELETE", f"/api/repos/{repo_name}")
         print(f"revoked {repo_name}")
 
+    @repo.command("delete-ref")
+    def delete_ref(name: str = typer.Argument(..., help="ORG/REPO."),
+                   ref: str = typer.Argument(..., help="A user branch or tag: refs/heads/X, "
+                                             "refs/tags/X, or X for refs/heads/X."),
+                   server: str = SERVER_OPT, site: str = SITE_OPT) -> None:
+        """Delete any user's branch or tag (reviewers and admin); its tip is kept as a
+        backup ref under refs/mlab/backup/, and the deletion is audited."""
+        from urllib.parse import quote
+
+        from mlab.codeservice.names import validate_name
+
+        repo_name = validate_name(name)
+        data = _client(server, site).request(
+            "DELETE", f"/api/repos/{repo_name}/refs/{quote(ref, safe='/')}")
+        owner = f" (owner {data['owner']})" if data.get("owner") else ""
+        print(f"deleted {data['ref']}{owner} of {repo_name} at {data['old'][:12]}; "
+              f"kept as {data['backup']}")
+
     @repo.command("list")
     def list_(output: str = typer.Option("table", "-o", "--output",
                                          help="table or json. Default: table."),
@@ -146,9 +164,10 @@ def register(app: typer.Typer) -> None:
         client = _client(server, site)
         with Console(stderr=True).status(f"syncing {name or 'every mirror'}..."):
             if name:
-                results = [client.request("POST", f"/api/repos/{validate_name(name)}/sync")]
+                results = [client.request("POST", f"/api/repos/{validate_name(name)}/sync",
+                                          json={})]
             else:
-                results = client.request("POST", "/api/sync")
+                results = client.request("POST", "/api/sync", json={})
         failed = [r for r in results if not r["ok"]]
         for r in results:
             if r["ok"]:
@@ -158,6 +177,9 @@ def register(app: typer.Typer) -> None:
                 for ref in r["conflicts"]:
                     print(f"  conflict: {ref} exists upstream and as a user's branch; "
                           "the user's branch was kept")
+                for moved in r.get("moved", []):
+                    print(f"  moved aside: {moved['ref']} -> {moved['to']} (upstream has "
+                          "that name; its owner is told)")
             else:
                 print(f"{r['name']}: FAILED: {r['error']}")
         if failed:

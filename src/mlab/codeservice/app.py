@@ -24,14 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mlab.codeservice import audit, githttp, mirror, names, pages
-from mlab.codeservice.auth import Authenticator, authenticate, require_admin
+from mlab.codeservice import audit, githttp, mirror, names, owners, pages
+from mlab.codeservice.auth import (
+    Authenticator, LoginLimits, authenticate, require_admin, require_reviewer,
+)
+from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
@@ -105,9 +109,15 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
     """
     store = store or prepare_data_dir(config)
     cs = config.site.code_service
+    lim = cs.limits
     git_settings = githttp.GitSettings(
         repos_dir=config.repos_dir, audit_log=config.audit_log,
         max_blob_size=cs.max_blob_size, home=config.data_dir / "tmp",
+        timeout=float(lim.git_timeout), db_path=config.db_path, ref_policy=cs.ref_policy,
+        max_refs_per_day=lim.max_refs_per_day,
+        max_push_bytes_per_day=lim.max_push_bytes_per_day,
+        slots=githttp.GitSlots(lim.max_git_processes, lim.max_git_processes_per_user,
+                              float(lim.git_queue_wait)),
     )
     sync_locks: dict[str, asyncio.Lock] = {}
 
@@ -129,11 +139,13 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
                 return {"name": name, "ok": False, "error": exc.one_line()}
         import json
 
+        await run_in_threadpool(_record_moves, config, name, result)
         store.record_sync(name, True, "ok", json.dumps(result.conflicts))
         audit.append(config.audit_log, "sync", repo=name, ok=True, changes=result.changes,
                      conflicts=result.conflicts)
         return {"name": name, "ok": True, "changes": result.changes,
-                "conflicts": result.conflicts}
+                "conflicts": result.conflicts,
+                "moved": [{"ref": old, "to": new} for old, new, _sha in result.moved]}
 
     async def api_list(request: Request) -> Response:
         await authenticate(request)
@@ -198,6 +210,25 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         await require_admin(request)
         return JSONResponse([await run_sync(r.name) for r in store.list_repos()])
 
+    async def api_delete_ref(request: Request) -> Response:
+        principal = await require_reviewer(request)
+        name = names.validate_name(f"{request.path_params['org']}/{request.path_params['repo']}")
+        if store.get_repo(name) is None:
+            raise HTTPException(404, f"no approved repository {name}")
+        ref = request.path_params["ref"]
+        if not ref.startswith(("refs/heads/", "refs/tags/")):
+            ref = "refs/heads/" + ref
+        done = await run_in_threadpool(mirror.delete_user_ref, config.repo_path(name), ref)
+        owner = await run_in_threadpool(owners.forget, config.db_path, name, ref)
+        audit.append(config.audit_log, "ref-delete", user=principal.name, repo=name, ref=ref,
+                     owner=owner, old=done["old"], backup=done["backup"])
+        return JSONResponse({"name": name, "ref": ref, "owner": owner, **done})
+
+    async def api_notices(request: Request) -> Response:
+        principal = await authenticate(request)
+        return JSONResponse(await run_in_threadpool(owners.notices, config.db_path,
+                                                    principal.name))
+
     async def index(request: Request) -> Response:
         await authenticate(request)
         html = await run_in_threadpool(pages.index_page, store.list_repos(), config)
@@ -226,6 +257,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         Route("/api/repos/{org}/{repo}", api_revoke, methods=["DELETE"]),
         Route("/api/repos/{org}/{repo}/sync", api_sync_one, methods=["POST"]),
         Route("/api/sync", api_sync_all, methods=["POST"]),
+        Route("/api/repos/{org}/{repo}/refs/{ref:path}", api_delete_ref, methods=["DELETE"]),
+        Route("/api/notices", api_notices, methods=["GET"]),
         *config.extra_routes,
         *request_routes(config.site, config.data_dir),  # issue 7: /api/requests, /requests
         Route("/{path:path}", repo_route, methods=["GET", "POST"]),
@@ -248,12 +281,34 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, MlabError: _mlab_error},
+        middleware=[Middleware(CSRFMiddleware)],
     )
     app.state.config = config
     app.state.store = store
-    app.state.auth = Authenticator(store, set(cs.reviewers))
+    app.state.auth = Authenticator(
+        store, set(cs.reviewers),
+        LoginLimits(per_account=lim.login_failures_per_account,
+                    per_address=lim.login_failures_per_address,
+                    window=float(lim.login_window),
+                    concurrent_hashes=lim.max_concurrent_hashes),
+        audit_log=config.audit_log)
     app.state.run_sync = run_sync
     return app
+
+
+def _record_moves(config: ServiceConfig, name: str, result: mirror.SyncResult) -> None:
+    """Carry owners of user refs a sync moved aside, tell them, audit it; adopted refs
+    lose their owner (they are upstream's now)."""
+    accounts = owners.accounts(config.db_path)
+    for old, new, sha in result.moved:
+        text = (f"your {old} was moved to {new} because upstream created a ref of that "
+                f"name (or one that clashes with it); fetch it with git fetch origin {new}")
+        owner = owners.moved(config.db_path, name, old, new, accounts, text)
+        audit.append(config.audit_log, "ref-moved", repo=name, ref=old, to=new, sha=sha,
+                     owner=owner, reason="upstream has a ref of this name")
+    for ref in result.adopted:
+        owner = owners.forget(config.db_path, name, ref)
+        audit.append(config.audit_log, "ref-adopted", repo=name, ref=ref, owner=owner)
 
 
 async def _sync_loop(store: Store, interval: int, run_sync: Any, tick: float = 60.0) -> None:

@@ -49,6 +49,8 @@ CHUNK = 256 * 1024
 SERVICES = ("git-upload-pack", "git-receive-pack")
 _background: set[asyncio.Task[None]] = set()
 """Finishing tasks of pushes whose client went away (kept referenced until done)."""
+_watchers: dict[int, asyncio.Task[None]] = {}
+"""Disconnect watchers of running fetches, by the id of their ``counts`` dict."""
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
@@ -82,41 +84,67 @@ class GitSettings:
 
 
 class GitSlots:
-    """Counts running git requests per account and in total (one event loop: no lock).
+    """Caps running git requests per account and in total (one event loop: no lock).
+
+    A request beyond a cap waits up to ``wait`` seconds for a slot (a clone of 20 repos at
+    once by one user queues instead of failing), then gets 429 (its account's cap) or 503
+    (the service's), both with ``Retry-After``.
 
     Args:
-        total: requests at once over all accounts; beyond it :meth:`take` answers 503.
-        per_user: requests at once per account; beyond it 429.
+        total: requests at once over all accounts.
+        per_user: requests at once per account.
+        wait: seconds a request may wait for a slot.
     """
 
-    def __init__(self, total: int, per_user: int) -> None:
+    def __init__(self, total: int, per_user: int, wait: float = 30.0) -> None:
         self.total = total
         self.per_user = per_user
+        self.wait = wait
         self.running: dict[str, int] = {}
+        self._changed: asyncio.Condition | None = None
 
-    def take(self, user: str) -> Response | None:
-        """Reserve a slot for ``user``; a 429/503 response when none is free, else None."""
-        mine = self.running.get(user, 0)
-        if mine >= self.per_user:
+    def _free(self, user: str) -> bool:
+        return (self.running.get(user, 0) < self.per_user
+                and sum(self.running.values()) < self.total)
+
+    async def take(self, user: str) -> Response | None:
+        """Reserve a slot for ``user``; a 429/503 response when none came free in time."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._free(user)), self.wait)
+            if self._free(user):
+                self.running[user] = self.running.get(user, 0) + 1
+                return None
+        if self.running.get(user, 0) >= self.per_user:
             return PlainTextResponse(
                 f"too many git requests of {user} at once (limit {self.per_user}, site "
                 "codeService.limits.maxGitProcessesPerUser); retry when one has finished\n",
-                429, headers={"Retry-After": "5"})
-        if sum(self.running.values()) >= self.total:
-            return PlainTextResponse(
-                f"the code service runs {self.total} git requests already (site "
-                "codeService.limits.maxGitProcesses); retry in a moment\n",
-                503, headers={"Retry-After": "5"})
-        self.running[user] = mine + 1
-        return None
+                429, headers={"Retry-After": "10"})
+        return PlainTextResponse(
+            f"the code service runs {self.total} git requests already (site "
+            "codeService.limits.maxGitProcesses); retry in a moment\n",
+            503, headers={"Retry-After": "10"})
 
     def give(self, user: str) -> None:
-        """Release a slot taken by :meth:`take`."""
+        """Release a slot taken by :meth:`take` and wake the waiters."""
         left = self.running.get(user, 0) - 1
         if left > 0:
             self.running[user] = left
         else:
             self.running.pop(user, None)
+        if self._changed is not None:
+            changed = self._changed
+
+            async def wake() -> None:
+                async with changed:
+                    changed.notify_all()
+
+            task = asyncio.get_running_loop().create_task(wake())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
 
 def _service_of(request: Request, rest: str) -> str | None:
@@ -141,7 +169,7 @@ async def serve(
     if service is None:
         return PlainTextResponse("not found (only git's smart HTTP protocol is served)\n", 404)
     if settings.slots is not None:
-        refused = settings.slots.take(principal.name)
+        refused = await settings.slots.take(principal.name)
         if refused is not None:
             return refused
     try:
@@ -223,7 +251,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
     )
     _grow_pipe(proc)
     counts = {"in": 0, "out": 0}
-    pump = asyncio.create_task(_pump_body(request, proc, counts))
+    pump = asyncio.create_task(_pump_body(request, proc, counts, service))
     errors = asyncio.create_task(_collect_stderr(proc))
     watchdog = asyncio.create_task(_watchdog(proc, settings.timeout, counts))
     finish_args = (proc, pump, errors, watchdog, request, repo, service, principal,
@@ -244,6 +272,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
                 counts["out"] += len(chunk)
                 yield chunk
             finished = True
+            counts["done"] = 1
         finally:
             if not finished and service == "git-upload-pack":
                 _kill_group(proc)
@@ -298,8 +327,26 @@ def _grow_pipe(proc: asyncio.subprocess.Process) -> None:
         pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB works
 
 
+async def _watch_disconnect(request: Request, proc: asyncio.subprocess.Process,
+                            counts: dict[str, int]) -> None:
+    """After a fetch's request body: kill upload-pack when the client goes away.
+
+    uvicorn answers ``receive`` with ``http.disconnect`` once the client is gone (or the
+    response is complete; :func:`_finish` cancels this task before that). Only fetches:
+    receive-pack may be inside its ref transaction, and a SIGKILL there would leave
+    ``.lock`` files behind, so a push whose body arrived completes (bounded by the deadline).
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            if proc.returncode is None and not counts.get("done"):
+                counts["aborted"] = 1
+                _kill_group(proc)
+            return
+
+
 async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
-                     counts: dict[str, int]) -> None:
+                     counts: dict[str, int], service: str) -> None:
     assert proc.stdin is not None
     try:
         async for chunk in request.stream():
@@ -318,6 +365,11 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
         _kill_group(proc)
     except (BrokenPipeError, ConnectionResetError):
         pass
+    else:
+        if service == "git-upload-pack":
+            watcher = asyncio.get_running_loop().create_task(
+                _watch_disconnect(request, proc, counts))
+            _watchers[id(counts)] = watcher
     finally:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             proc.stdin.close()
@@ -359,6 +411,9 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
         code = await proc.wait()
         await pump
         watchdog.cancel()
+        watcher = _watchers.pop(id(counts), None)
+        if watcher is not None:
+            watcher.cancel()
         stderr = await errors
     finally:
         if settings.slots is not None:

@@ -60,6 +60,12 @@ class UpstreamError(MlabError):
     http_status = 422
 
 
+class RefNotFound(MlabError):
+    """The named ref does not exist (HTTP 404)."""
+
+    http_status = 404
+
+
 PERMANENT_GIT_ERRORS = (
     "does not appear to be a git repository", "not found", "no such file",
     "does not exist", "authentication failed", "could not read username",
@@ -341,6 +347,32 @@ def ref_error(stderr: str) -> str:
     if "exists; cannot create" in line:
         return f"{line} (two ref names clash as file and directory)"
     return line
+
+
+def delete_user_ref(repo: Path, ref: str) -> dict[str, str]:
+    """Delete the user branch or tag ``ref``, keeping its tip as a backup ref.
+
+    Returns:
+        ``{"old": sha, "backup": backup ref name}``.
+
+    Raises:
+        MlabError: ``ref`` is upstream's (it follows upstream; it is not deleted by hand),
+            or it does not exist.
+    """
+    short = ref.removeprefix("refs/")
+    if _git(repo, "rev-parse", "--verify", "-q", f"{UPSTREAM}{short}", check=False).stdout:
+        raise MlabError(f"{ref} mirrors upstream and cannot be deleted by hand",
+                        hint="only user branches and tags can be deleted")
+    old = _git(repo, "rev-parse", "--verify", "-q", ref, check=False).stdout.strip()
+    if not old:
+        raise RefNotFound(f"no ref {ref} in this repository", hint="list them with git ls-remote")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    backup = f"{BACKUP}{stamp}/{short}"
+    script = f"start\ncreate {backup} {old}\ndelete {ref} {old}\nprepare\ncommit\n"
+    done = _git(repo, "update-ref", "--stdin", input=script, check=False)
+    if done.returncode != 0:
+        raise SyncError(f"deleting {ref} failed: {ref_error(done.stderr)}")
+    return {"old": old, "backup": backup}
 
 
 def _set_head(repo: Path, upstream: str, incoming: dict[str, str]) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from mlab.dbfile import private_db
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY,
@@ -76,6 +78,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_db(path)
         with self.connect() as db:
             db.executescript(SCHEMA)
 
@@ -110,6 +113,12 @@ class Store:
             for (name,) in db.execute("SELECT name FROM accounts").fetchall():
                 if name not in keep:
                     db.execute("DELETE FROM accounts WHERE name=?", (name,))
+
+    def has_account(self, name: str) -> bool:
+        """True when an account ``name`` exists (cheap: no hash)."""
+        with self.connect() as db:
+            return db.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone() \
+                is not None
 
     def check_password(self, name: str, password: str) -> bool | None:
         """Verify a password (slow: argon2).

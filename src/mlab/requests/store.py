@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlab.dbfile import private_db
 from mlab.requests.model import (
     Actor,
     Forbidden,
@@ -87,6 +88,9 @@ class RequestStore:
 
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_db(self.path)  # it holds no passwords, but who asked for what: 0600
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
