@@ -409,7 +409,10 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
             while await proc.stdout.read(CHUNK):  # type: ignore[union-attr]
                 pass
         code = await proc.wait()
-        await pump
+        if not pump.done():
+            pump.cancel()  # git is gone (killed, or done early): the rest of the body is moot
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
         watchdog.cancel()
         watcher = _watchers.pop(id(counts), None)
         if watcher is not None:
