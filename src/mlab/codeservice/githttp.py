@@ -222,27 +222,27 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
                       principal: Principal, settings: GitSettings) -> Response:
     report = None
     env = _cgi_env(request, repo, rest, principal, settings)
+    if service == "git-receive-pack" and settings.db_path is not None:
+        from mlab.codeservice import quota
+
+        left = await asyncio.get_running_loop().run_in_executor(
+            None, quota.bytes_left, settings.db_path, principal.name,
+            settings.max_push_bytes_per_day)
+        if left <= 0:
+            # Refused at the ref advertisement too: git shows a text/plain error body then.
+            if settings.slots is not None:
+                settings.slots.give(principal.name)
+            return PlainTextResponse(
+                f"{principal.name} pushed {settings.max_push_bytes_per_day} bytes today "
+                "already (site codeService.limits.maxPushBytesPerDay); try again "
+                "tomorrow (UTC) or ask the admin\n", 429)
+        # git's own limit on the pack it receives: the push fails cleanly beyond it.
+        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "receive.maxInputSize",
+                    "GIT_CONFIG_VALUE_0": str(left)})
     if service == "git-receive-pack" and request.method == "POST":
         fd, report = tempfile.mkstemp(prefix="push-", suffix=".json", dir=settings.home)
         os.close(fd)
         env["MLAB_PUSH_REPORT"] = report
-        if settings.db_path is not None:
-            from mlab.codeservice import quota
-
-            left = await asyncio.get_running_loop().run_in_executor(
-                None, quota.bytes_left, settings.db_path, principal.name,
-                settings.max_push_bytes_per_day)
-            if left <= 0:
-                os.unlink(report)
-                if settings.slots is not None:
-                    settings.slots.give(principal.name)
-                return PlainTextResponse(
-                    f"{principal.name} pushed {settings.max_push_bytes_per_day} bytes today "
-                    "already (site codeService.limits.maxPushBytesPerDay); try again "
-                    "tomorrow (UTC) or ask the admin\n", 429)
-            # git's own limit on the pack it receives: the push fails cleanly beyond it.
-            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "receive.maxInputSize",
-                        "GIT_CONFIG_VALUE_0": str(left)})
 
     proc = await asyncio.create_subprocess_exec(
         "git", "http-backend",
