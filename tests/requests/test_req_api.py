@@ -114,8 +114,22 @@ def test_publisher_role(service) -> None:  # type: ignore[no-untyped-def]
         alice.exports()
     with pytest.raises(NotFound):  # the publisher reviews nothing, and sees no request
         airlock.act(rid, "approve", "no")
+    # The publisher notes only what it did to approved exports (issue 13, item 8): a fake
+    # "published" on an unapproved export, a free-form note, a package request: refused.
+    for action in ("published", "blocked", "note"):
+        with pytest.raises(Forbidden):
+            airlock.note(rid, action, "fake")
+    package = alice.submit(PACKAGE)["id"]
+    with pytest.raises(Forbidden):
+        airlock.note(package, "published", "fake")
+    assert [h["action"] for h in alice.get(rid)["history"]] == ["submit"]
+    service.client("bob").act(rid, "approve", "fine")
+    with pytest.raises(Forbidden):
+        airlock.note(rid, "unpublished", "not yet")
     airlock.note(rid, "blocked", "sha256 differs")
     assert alice.get(rid)["history"][-1]["action"] == "blocked"
+    service.client("bob").act(rid, "revoke", "pulled")
+    airlock.note(rid, "unpublished", "removed")
 
 
 def test_page_lists_with_history(service) -> None:  # type: ignore[no-untyped-def]

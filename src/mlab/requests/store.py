@@ -70,6 +70,28 @@ def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def publisher_note_refusal(kind: str, state: State, action: str) -> str | None:
+    """What the Airlock's publisher account may note (issue 13, item 8), pure.
+
+    The publisher reports what it did to exports, nothing else: ``published`` and
+    ``blocked`` only on an approved export (a "published" note on an unapproved one would
+    claim a review that never happened), ``unpublished`` only on an export that is no
+    longer approved, and no free-form notes. Reviewers note anything.
+
+    Returns:
+        Why the note is refused, or None to accept it.
+    """
+    if kind != "export":
+        return f"the publisher notes exports only, not {kind} requests"
+    if action in ("published", "blocked") and state is not State.APPROVED:
+        return f"the publisher cannot note {action!r} on a {state.value} export (only approved)"
+    if action == "unpublished" and state is State.APPROVED:
+        return "the publisher cannot note 'unpublished' on an approved export"
+    if action == "note":
+        return "the publisher adds only published, blocked and unpublished notes"
+    return None
+
+
 class RequestStore:
     """Requests and their history in one SQLite file.
 
@@ -202,10 +224,15 @@ class RequestStore:
         if action not in ("published", "blocked", "unpublished", "note"):
             raise InvalidRequest(f"action: {action!r} is not a note kind")
         with self._connect(write=True) as conn:
-            row = conn.execute("SELECT state FROM requests WHERE id = ?", (request_id,)).fetchone()
+            row = conn.execute("SELECT state, kind FROM requests WHERE id = ?",
+                               (request_id,)).fetchone()
             if row is None:
                 raise NotFound(f"request {request_id}: no such request")
             state = State(row["state"])
+            if not actor.reviews:
+                refusal = publisher_note_refusal(str(row["kind"]), state, action)
+                if refusal:
+                    raise Forbidden(f"request {request_id}: {refusal}")
             return self._record(
                 conn, request_id, now_utc(), actor.name, Step(action, state, state, comment[:4000])
             )
