@@ -142,6 +142,8 @@ def test_page_lists_with_history(service) -> None:  # type: ignore[no-untyped-de
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     page = httpx.get(f"{service.url}/requests", auth=("bob", "bob-pw-1")).text
     assert "carol&#x27;s secret plan" in page and "all requests (reviewer)" in page
+    # The page says what it cannot vouch for: a transcript is the requester's word.
+    assert "<b>Not verified:</b> the test run" in page
 
 
 def test_notification_per_transition(service) -> None:  # type: ignore[no-untyped-def]

@@ -235,6 +235,17 @@ td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:lef
 pre{max-height:20em;overflow:auto;background:#f6f6f6;padding:.5em}"""
 
 
+TRANSCRIPT_TRUST = (
+    "<p class='trust'><b>Verified:</b> who submitted this request (their signed-in account), "
+    "and that the script below is byte for byte the one an approval adds to the image build. "
+    "<b>Not verified:</b> the test run. Its transcript (output, exit status, image, time) was "
+    "made and sent by the requester's own client; the service did not run the script and "
+    "cannot tell a real run from an edited one. If the run matters, run the script yourself on "
+    "the Airlock (<code>bash SCRIPT</code>) before approving.</p>"
+)
+"""Shown with every package request (issue 13, item 8): what the review page can vouch for."""
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -249,6 +260,7 @@ def _details(item: dict[str, Any]) -> str:
         parts.append(f"<table><tr><th>file</th><th>bytes</th><th>sha256</th></tr>{rows}</table>")
     else:
         tr = item.get("transcript", {})
+        parts.append(TRANSCRIPT_TRUST)
         parts.append(
             f"<p>test run on {_e(tr.get('image', '?'))} at {_e(tr.get('started_at', '?'))}: "
             f"exit status {_e(tr.get('exit_status', '?'))}, {_e(tr.get('duration_s', '?'))} s</p>"
