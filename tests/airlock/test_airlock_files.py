@@ -88,6 +88,33 @@ def test_wrong_checksum_keeps_nothing(tmp_path, server) -> None:
     assert list((tmp_path / "downloads").iterdir()) == []
 
 
+def test_links_planted_in_the_share_are_never_written_through(tmp_path, server) -> None:
+    """Issue 13, item 8: on main `-o` followed a link planted in the share (another Airlock
+    user can plant one: the share is world-writable) and wrote outside it."""
+    share, outside = tmp_path / "share", tmp_path / "outside"
+    share.mkdir()
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("precious\n")
+    # A directory link: refused, nothing written outside.
+    (share / "datasets").symlink_to(outside)
+    with pytest.raises(MlabError, match="symbolic link"):
+        files.stage_url(share, f"{server}/data.bin", output="datasets/victim")
+    with pytest.raises(MlabError, match="symbolic link"):
+        files.stage_url(share, f"{server}/data.bin", output="datasets/new.bin")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    # A link as the partial file or as the target: replaced, never followed.
+    (share / "downloads").mkdir()
+    (share / "downloads" / ".data.bin.part").symlink_to(victim)
+    res = files.stage_url(share, f"{server}/data.bin", sha256=SHA)
+    assert res.path.read_bytes() == PAYLOAD and not res.path.is_symlink()
+    (share / "downloads" / "data.bin").unlink()
+    (share / "downloads" / "data.bin").symlink_to(victim)
+    res = files.stage_url(share, f"{server}/data.bin", sha256=SHA)
+    assert not res.path.is_symlink() and res.path.read_bytes() == PAYLOAD
+    assert victim.read_text() == "precious\n"
+
+
 def test_http_error_is_named(tmp_path, server) -> None:
     with pytest.raises(MlabError, match="HTTP 404"):
         files.stage_url(tmp_path, f"{server}/missing.bin")

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import ssl
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from mlab.airlock import audit
-from mlab.airlock.fsutil import CHUNK, check_writable, ensure_dir
+from mlab.airlock.fsutil import CHUNK, check_writable, ensure_dir, open_dir_beneath
 from mlab.errors import MlabError, TemporaryError, ToolMissingError, UsageError
 
 Progress = Callable[[int, "int | None"], None]
@@ -91,12 +92,16 @@ def download(
     sha256: str | None = None,
     report: Progress | None = None,
     client: httpx.Client | None = None,
+    root: Path | None = None,
 ) -> UrlResult:
     """Download ``url`` to ``dest``, resuming ``.<name>.part`` if present; verify; rename.
 
     Args:
         url: http or https URL.
         dest: final path (its directory is created).
+        root: a directory above ``dest`` (the share): no component between it and ``dest``
+            may be a symbolic link, and neither may the partial file. None: ``dest``'s
+            directory is trusted as it is.
         sha256: expected hex digest; None: no check (the digest is still reported).
         report: called with (bytes so far, total bytes or None).
         client: an httpx client (tests); None: a new one with the system CA store.
@@ -111,23 +116,44 @@ def download(
         raise UsageError(f"URL {audit.redact_url(url)} is not http(s)", hint="use mlab stage git for repositories")
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise UsageError("--sha256 must be 64 hex digits")
-    ensure_dir(dest.parent)
-    part = dest.with_name(f".{dest.name}.part")
+    # Issue 13, item 8: every path component below ``root`` is opened without following
+    # links (a link planted in the share cannot send the download elsewhere).
+    base = Path(root) if root is not None else dest.parent
+    parts = dest.parent.relative_to(base).parts if root is not None else ()
+    dirfd = open_dir_beneath(base, parts)
+    try:
+        return _download_into(url, dirfd, dest, sha256, report, client)
+    finally:
+        os.close(dirfd)
+
+
+def _download_into(url: str, dirfd: int, dest: Path, sha256: str | None,
+                   report: Progress | None, client: httpx.Client | None) -> UrlResult:
+    part = f".{dest.name}.part"
     own = client is None
     client = client or httpx.Client(follow_redirects=True, timeout=60, verify=_ssl_context())
     digest = hashlib.sha256()
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        have = part.stat().st_size if part.exists() else 0
+        try:
+            st = os.stat(part, dir_fd=dirfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):  # a planted link or device: never written through
+                os.unlink(part, dir_fd=dirfd)
+                have = 0
+            else:
+                have = st.st_size
+        except FileNotFoundError:
+            have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
         with client.stream("GET", url, headers=headers) as resp:
             if resp.status_code == 416 and have:  # the partial file is complete or stale
-                part.unlink()
-                return download(url, dest, sha256=sha256, report=report, client=client)
+                os.unlink(part, dir_fd=dirfd)
+                return _download_into(url, dirfd, dest, sha256, report, client)
             if resp.status_code >= 400:
                 raise MlabError(f"GET {audit.redact_url(url)} answered HTTP {resp.status_code}")
             resuming = resp.status_code == 206 and have > 0
             if resuming:
-                with open(part, "rb") as fh:
+                with os.fdopen(os.open(part, os.O_RDONLY | nofollow, dir_fd=dirfd), "rb") as fh:
                     while chunk := fh.read(CHUNK):
                         digest.update(chunk)
             else:
@@ -135,13 +161,15 @@ def download(
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
             done = have
-            with open(part, "ab" if resuming else "wb") as fh:
+            flags = os.O_WRONLY | os.O_CREAT | nofollow | (os.O_APPEND if resuming else os.O_TRUNC)
+            with os.fdopen(os.open(part, flags, 0o644, dir_fd=dirfd), "wb") as fh:
                 for chunk in resp.iter_bytes(CHUNK):
                     fh.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     if report:
                         report(done, total)
+                os.fchmod(fh.fileno(), 0o644)
     except httpx.HTTPError as exc:
         raise TemporaryError(
             f"download of {audit.redact_url(url)} failed: {type(exc).__name__}",
@@ -152,11 +180,12 @@ def download(
             client.close()
     got = digest.hexdigest()
     if sha256 is not None and got != sha256.lower():
-        part.unlink(missing_ok=True)
+        os.unlink(part, dir_fd=dirfd)
         raise MlabError(f"{dest.name}: sha256 is {got}, expected {sha256.lower()}", hint="check the URL and the checksum")
-    os.chmod(part, 0o644)
-    os.replace(part, dest)
-    return UrlResult(dest, dest.stat().st_size, got)
+    # rename(2) replaces a link at ``dest`` itself; it never writes through it.
+    os.replace(part, dest.name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    size = os.stat(dest.name, dir_fd=dirfd, follow_symlinks=False).st_size
+    return UrlResult(dest, size, got)
 
 
 def stage_url(
@@ -170,7 +199,7 @@ def stage_url(
 ) -> UrlResult:
     """Download ``url`` into the share (see :func:`download`, :func:`target_path`) and audit it."""
     dest = target_path(check_writable(share, "downloads" if output is None else None), url, output)
-    result = download(url, dest, sha256=sha256, report=report, client=client)
+    result = download(url, dest, sha256=sha256, report=report, client=client, root=Path(share))
     rel = dest.relative_to(share).as_posix()
     audit.record(Path(share), "stage-url", f"{audit.redact_url(url)} -> {rel}", size=result.size, sha256=result.sha256)
     return result

@@ -98,3 +98,41 @@ def check_writable(share: Path, sub: str | None = None) -> Path:
             hint="staging runs on the Airlock (in a HomePod the share is read-only); or pass --share DIR",
         ) from None
     return share
+
+
+def open_dir_beneath(root: Path, parts: tuple[str, ...], mode: int = 0o755) -> int:
+    """Open ``root/parts...`` as a directory without following any symbolic link below
+    ``root``, creating missing directories; returns the directory's file descriptor.
+
+    Every component is opened relative to its parent's descriptor with ``O_NOFOLLOW``, so
+    a link planted anywhere in the (world-writable) share cannot redirect a write outside
+    it, and swapping a directory for a link after the check changes nothing (the
+    descriptor stays on the directory that was opened). The caller closes the descriptor.
+
+    Raises:
+        MlabError: a component is a symbolic link or not a directory.
+    """
+    from mlab.errors import MlabError
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            try:
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    os.mkdir(part, mode, dir_fd=fd)
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except (NotADirectoryError, OSError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise MlabError(
+                    f"{part!r} under {root} is a symbolic link or not a directory; refusing "
+                    "to write through it", hint="remove it from the share or choose another -o"
+                ) from None
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
