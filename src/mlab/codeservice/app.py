@@ -93,7 +93,12 @@ def prepare_data_dir(config: ServiceConfig) -> Store:
                 config.data_dir / "revoked"):
         sub.mkdir(parents=True, exist_ok=True)
     install_hooks(config.hooks_dir)
-    return Store(config.db_path)
+    store = Store(config.db_path)
+    from mlab.codeservice import quota
+
+    owners.create_tables(config.db_path)
+    quota.create_tables(config.db_path)
+    return store
 
 
 def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:

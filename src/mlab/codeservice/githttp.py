@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -210,6 +209,21 @@ def _cgi_env(request: Request, repo: str, rest: str, principal: Principal,
     if "git-protocol" in request.headers:
         env["GIT_PROTOCOL"] = request.headers["git-protocol"]
     return env
+
+
+def _record_push(db_path: Path, repo: str, user: str, updated: list[dict[str, str]],
+                 nbytes: int) -> None:
+    """After a push: owners of created refs, the user's daily refs and bytes (one
+    connection, one transaction)."""
+    from mlab.codeservice import owners, quota
+
+    db = owners.connect(db_path)
+    try:
+        with db:
+            owners.record(db, repo, user, [(u["old"], u["new"], u["ref"]) for u in updated])
+            quota.add(db, user, len(updated), nbytes)
+    finally:
+        db.close()
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -424,12 +438,25 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
     if code != 0 and stderr.strip():
         log.warning("[mlab/%s] git http-backend (%s) exited %s: %s", repo, service, code,
                     stderr.strip().splitlines()[-1])
-    if service == "git-receive-pack" and settings.db_path is not None and counts["in"]:
-        from mlab.codeservice import quota
+    refused_refs: list[dict[str, str]] = []
+    refused = None
+    updated: list[dict[str, str]] = []
+    if report:
+        from mlab.codeservice.hook import read_report
 
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):
+            refused_refs, refused, updated = read_report(
+                Path(report).read_text(encoding="utf-8"))
+        with contextlib.suppress(OSError):
+            os.unlink(report)
+    if service == "git-receive-pack" and settings.db_path is not None and (
+            counts["in"] or updated):
+        try:
             await asyncio.get_running_loop().run_in_executor(
-                None, quota.add_bytes, settings.db_path, principal.name, counts["in"])
+                None, _record_push, settings.db_path, repo, principal.name, updated,
+                counts["in"])
+        except Exception:  # noqa: BLE001 - the push stands; the books are best effort
+            log.exception("[mlab/%s] recording the push of %s failed", repo, principal.name)
     aborted = None
     if counts.get("timeout"):
         aborted = f"killed after {settings.timeout:g} s (site codeService.limits.gitTimeout)"
@@ -445,18 +472,7 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
     event = "fetch"
     if service == "git-receive-pack":
         event = "push"
-        refs: list[object] = []
-        refused = None
-        if report:
-            with contextlib.suppress(OSError):
-                for line in Path(report).read_text(encoding="utf-8").splitlines():
-                    data = json.loads(line)
-                    if data.get("hook") == "post-receive":
-                        refs = data["refs"]
-                    elif data.get("refused"):
-                        refused, refs = data["refused"], data["refs"]
-            with contextlib.suppress(OSError):
-                os.unlink(report)
+        refs = refused_refs if refused else updated
         if not refs and counts["in"] <= 4 and not aborted:
             return  # git's auth probe ("0000") before a large chunked push
         fields["refs"] = refs

@@ -1,8 +1,8 @@
 """git hooks of the mirrors: the push policy, run by ``git receive-pack``.
 
-Invoked as ``python -m mlab.codeservice.hook pre-receive|post-receive`` from the scripts
-that :func:`install_hooks` writes into the data directory (every mirror's
-``core.hooksPath``). git gives one ``<old> <new> <ref>`` line per update on stdin
+pre-receive is a Python script that :func:`install_hooks` writes into the data directory
+(every mirror's ``core.hooksPath``) and that runs this module's :func:`main`; post-receive is
+a two-line sh script (:data:`POST_RECEIVE`), so a push starts Python once. git gives one ``<old> <new> <ref>`` line per update on stdin
 (githooks(5)); the new objects sit in the quarantine directory, reachable from ``<new>``
 but not from any existing ref, so ``rev-list <new> --not --all`` lists exactly what the
 push adds.
@@ -83,13 +83,20 @@ def check_refs(updates: list[tuple[str, str, str]], upstream_refs: set[str]) -> 
 
 
 def find_large_blobs(updates: list[tuple[str, str, str]], limit: int) -> list[tuple[str, int]]:
-    """Blobs larger than ``limit`` bytes that the push adds: ``[(path, size)]``."""
+    """Blobs larger than ``limit`` bytes that the push adds: ``[(path, size)]``.
+
+    One ``rev-list`` with ``--filter=blob:limit=<limit+1> --filter-print-omitted`` answers
+    the common case (nothing too large: no ``~`` line); only then are names and sizes
+    looked up.
+    """
     news = [new for _old, new, _ref in updates if new != ZERO]
     if not news:
         return []
-    objects = _git("rev-list", "--objects", *news, "--not", "--all")
-    if not objects:
+    omitted = _git("rev-list", "--objects", f"--filter=blob:limit={limit + 1}",
+                   "--filter-print-omitted", *news, "--not", "--all")
+    if not any(line.startswith("~") for line in omitted.splitlines()):
         return []
+    objects = _git("rev-list", "--objects", *news, "--not", "--all")
     checked = _git(
         "cat-file", "--batch-check=%(objecttype) %(objectsize) %(rest)", input=objects
     )
@@ -101,22 +108,30 @@ def find_large_blobs(updates: list[tuple[str, str, str]], limit: int) -> list[tu
     return large
 
 
-def check_owners(updates: list[tuple[str, str, str]], db: str, user: str,
-                 repo: str) -> str | None:
-    """Ownership, ambiguous names and the daily ref quota; the refusal or None."""
+def check_owners(updates: list[tuple[str, str, str]], existing: set[str], db: str,
+                 user: str, repo: str) -> str | None:
+    """Ownership, ambiguous names and the daily ref quota; the refusal or None.
+
+    Also prints the pusher's pending notices (user refs a sync moved aside): git shows them
+    as ``remote: mlab: notice: ...``. One database connection for all of it.
+    """
     from mlab.codeservice import owners, quota
 
     policy = os.environ.get("MLAB_REF_POLICY", "creator")
     limit = int(os.environ.get("MLAB_MAX_REFS_PER_DAY", "1000"))
-    left = quota.refs_left(db, user, limit)
-    if len(updates) > left:
-        return (f"refusing push: it updates {len(updates)} refs and {user} may push "
-                f"{max(left, 0)} more ref updates today (limit {limit} a day, site "
-                "codeService.limits.maxRefsPerDay)")
-    existing = set(_git("for-each-ref", "--format=%(refname)", "refs/heads/",
-                        "refs/tags/").split())
-    names = owners.accounts(db)
-    held = owners.owners(db, repo, [ref for _o, _n, ref in updates])
+    db_conn = owners.connect(db)
+    try:
+        for line in owners.take_notices(db_conn, user):
+            print(f"mlab: notice: {line}", file=sys.stderr)
+        left = limit - quota.usage(db_conn, user)[0]
+        if len(updates) > left:
+            return (f"refusing push: it updates {len(updates)} refs and {user} may push "
+                    f"{max(left, 0)} more ref updates today (limit {limit} a day, site "
+                    "codeService.limits.maxRefsPerDay)")
+        names = owners.accounts(db_conn)
+        held = owners.owners(db_conn, repo, [ref for _o, _n, ref in updates])
+    finally:
+        db_conn.close()
     for old, new, ref in updates:
         if old == ZERO and new != ZERO:
             why = owners.ambiguous(ref, existing)
@@ -132,12 +147,15 @@ def check_owners(updates: list[tuple[str, str, str]], db: str, user: str,
 def pre_receive(stdin: str) -> int:
     """Apply the push policy; print the refusal (git shows it as ``remote: ...``)."""
     updates = read_updates(stdin)
-    marks = _git("for-each-ref", "--format=%(refname)", UPSTREAM_MARK).split()
-    upstream_refs = {"refs/" + m.removeprefix(UPSTREAM_MARK) for m in marks}
+    refs = _git("for-each-ref", "--format=%(refname)", UPSTREAM_MARK, "refs/heads/",
+                "refs/tags/").split()
+    upstream_refs = {"refs/" + m.removeprefix(UPSTREAM_MARK) for m in refs
+                     if m.startswith(UPSTREAM_MARK)}
+    existing = {r for r in refs if not r.startswith(UPSTREAM_MARK)}
     message = check_refs(updates, upstream_refs)
     db = os.environ.get("MLAB_DB")
     if message is None and db:
-        message = check_owners(updates, db, os.environ.get("MLAB_USER", ""),
+        message = check_owners(updates, existing, db, os.environ.get("MLAB_USER", ""),
                                os.environ.get("MLAB_REPO", ""))
     if message is None:
         limit = int(os.environ.get("MLAB_MAX_BLOB", str(100 * 1024 * 1024)))
@@ -157,32 +175,60 @@ def pre_receive(stdin: str) -> int:
     return 0
 
 
-def post_receive(stdin: str) -> int:
-    """Report the updated refs to the service for the audit record."""
-    updates = read_updates(stdin)
-    _report({"hook": "post-receive",
-             "refs": [{"ref": r, "old": o, "new": n} for o, n, r in updates]})
-    db = os.environ.get("MLAB_DB")
-    user = os.environ.get("MLAB_USER", "")
-    if db and user:
-        from mlab.codeservice import owners, quota
+POST_RECEIVE = """#!/bin/sh
+# Written by the MLab code service at start; do not edit.
+# Appends git's '<old> <new> <ref>' lines to the push report after a marker line; the
+# service records owners, quotas and the audit entry from it (no Python start here).
+[ -n "$MLAB_PUSH_REPORT" ] || { cat >/dev/null; exit 0; }
+{ echo '#post-receive'; cat; } >> "$MLAB_PUSH_REPORT"
+"""
+"""The post-receive hook: plain sh, so a push starts Python once (pre-receive), not twice."""
 
-        owners.record(db, os.environ.get("MLAB_REPO", ""), user, updates)
-        quota.add_refs(db, user, len(updates))
-        for line in owners.take_notices(db, user):
-            print(f"mlab: notice: {line}", file=sys.stderr)
-    return 0
+
+def read_report(text: str) -> tuple[list[dict[str, str]], str | None, list[dict[str, str]]]:
+    """Parse a push report: ``(refused refs, refusal message, updated refs)`` (pure).
+
+    Args:
+        text: the report file: JSON lines from pre-receive, then after a ``#post-receive``
+            line git's ``<old> <new> <ref>`` lines of the applied updates.
+    """
+    import json
+
+    refused_refs: list[dict[str, str]] = []
+    refused = None
+    updated: list[dict[str, str]] = []
+    after = False
+    for line in text.splitlines():
+        if line == "#post-receive":
+            after = True
+        elif after:
+            updated += [{"ref": r, "old": o, "new": n} for o, n, r in read_updates(line)]
+        elif line.startswith("{"):
+            data = json.loads(line)
+            if data.get("refused"):
+                refused, refused_refs = data["refused"], data["refs"]
+    return refused_refs, refused, updated
 
 
 def install_hooks(hooks_dir: Path) -> None:
-    """Write the hook scripts (idempotent; temp file + rename), calling this interpreter."""
+    """Write the hook scripts (idempotent; temp file + rename).
+
+    pre-receive runs this interpreter isolated (``-I -S``: no site import, no user
+    environment) with only this package's directory on ``sys.path``; post-receive is sh.
+    """
     hooks_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("pre-receive", "post-receive"):
-        script = (
-            "#!/bin/sh\n"
+    root = Path(__file__).resolve().parents[2]
+    scripts = {
+        "pre-receive": (
+            f"#!{sys.executable} -IS\n"
             "# Written by the MLab code service at start; do not edit.\n"
-            f"exec '{sys.executable}' -m mlab.codeservice.hook {name}\n"
-        )
+            f"import sys\nsys.path.insert(0, {str(root)!r})\n"
+            "from mlab.codeservice.hook import main\n"
+            "sys.exit(main(['pre-receive']))\n"
+        ),
+        "post-receive": POST_RECEIVE,
+    }
+    for name, script in scripts.items():
         tmp = hooks_dir / f".{name}.tmp"
         tmp.write_text(script, encoding="utf-8")
         tmp.chmod(0o755)
@@ -194,8 +240,6 @@ def main(argv: list[str]) -> int:
     stdin = sys.stdin.read()
     if argv[:1] == ["pre-receive"]:
         return pre_receive(stdin)
-    if argv[:1] == ["post-receive"]:
-        return post_receive(stdin)
     print(f"mlab hook: unknown hook {argv!r}", file=sys.stderr)
     return 1
 

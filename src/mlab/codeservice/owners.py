@@ -29,7 +29,9 @@ Imports only the standard library: the hooks use it once per push.
 from __future__ import annotations
 
 import re
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 import time
 from pathlib import Path
 
@@ -55,12 +57,30 @@ _HEXISH = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _NAMESPACES = ("refs/", "heads/", "tags/", "remotes/", "mlab/")
 
 
+@contextlib.contextmanager
+def _use(db: Path | str | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``db`` itself when it is a connection (left open), else a new one (closed after)."""
+    if isinstance(db, sqlite3.Connection):
+        yield db
+        return
+    conn = connect(db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
-    """A connection to the service's database with the ownership tables present."""
+    """A connection to the service's database (:func:`create_tables` made the tables)."""
     db = sqlite3.connect(str(db_path), timeout=30)
     db.execute("PRAGMA busy_timeout=30000")
-    db.executescript(SCHEMA)
     return db
+
+
+def create_tables(db_path: Path | str) -> None:
+    """Create this module's tables (the service does it once at start)."""
+    with _use(db_path) as db:
+        db.executescript(SCHEMA)
 
 
 def short_name(ref: str) -> str:
@@ -129,10 +149,9 @@ def check_update(user: str, ref: str, old: str, new: str, *, policy: str, owner:
     return None
 
 
-def owners(db_path: Path | str, repo: str, refs: list[str]) -> dict[str, str]:
+def owners(db_path: Path | str | sqlite3.Connection, repo: str, refs: list[str]) -> dict[str, str]:
     """The recorded owners of ``refs`` in ``repo`` (refs without one are absent)."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         found = {}
         for ref in refs:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
@@ -140,26 +159,20 @@ def owners(db_path: Path | str, repo: str, refs: list[str]) -> dict[str, str]:
             if row:
                 found[ref] = row[0]
         return found
-    finally:
-        db.close()
 
 
 def accounts(db_path: Path | str) -> set[str]:
     """Every account name of the service."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         with_table = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='accounts'").fetchone()
         return {r[0] for r in db.execute("SELECT name FROM accounts")} if with_table else set()
-    finally:
-        db.close()
 
 
-def record(db_path: Path | str, repo: str, user: str,
+def record(db_path: Path | str | sqlite3.Connection, repo: str, user: str,
            updates: list[tuple[str, str, str]]) -> None:
     """After a push: created refs become ``user``'s, deleted refs lose their owner."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         with db:
             for old, new, ref in updates:
                 if new == ZERO:
@@ -169,32 +182,26 @@ def record(db_path: Path | str, repo: str, user: str,
                         "INSERT INTO ref_owners(repo, ref, owner, created) VALUES (?,?,?,?) "
                         "ON CONFLICT(repo, ref) DO UPDATE SET owner=excluded.owner, "
                         "created=excluded.created", (repo, ref, user, time.time()))
-    finally:
-        db.close()
 
 
-def forget(db_path: Path | str, repo: str, ref: str) -> str | None:
+def forget(db_path: Path | str | sqlite3.Connection, repo: str, ref: str) -> str | None:
     """Drop the owner record of ``ref``; returns the owner it had."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         with db:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
                              (repo, ref)).fetchone()
             db.execute("DELETE FROM ref_owners WHERE repo=? AND ref=?", (repo, ref))
         return row[0] if row else None
-    finally:
-        db.close()
 
 
-def moved(db_path: Path | str, repo: str, old_ref: str, new_ref: str,
+def moved(db_path: Path | str | sqlite3.Connection, repo: str, old_ref: str, new_ref: str,
           accounts_: set[str], text: str) -> str | None:
     """A sync moved a user ref aside: carry its owner over and leave the owner a notice.
 
     Returns:
         The owner (recorded, else the namespace's account), or None when nobody owns it.
     """
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         with db:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
                              (repo, old_ref)).fetchone()
@@ -207,30 +214,22 @@ def moved(db_path: Path | str, repo: str, old_ref: str, new_ref: str,
                 db.execute("INSERT INTO ref_notices(user, repo, text, created) "
                            "VALUES (?,?,?,?)", (owner, repo, text, time.time()))
         return owner
-    finally:
-        db.close()
 
 
-def take_notices(db_path: Path | str, user: str) -> list[str]:
+def take_notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[str]:
     """Unshown notices of ``user`` (marked shown): ``"org/repo: text"`` lines."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         with db:
             rows = db.execute("SELECT id, repo, text FROM ref_notices WHERE user=? AND "
                               "shown=0 ORDER BY id", (user,)).fetchall()
             db.executemany("UPDATE ref_notices SET shown=1 WHERE id=?",
                            [(r[0],) for r in rows])
         return [f"{r[1]}: {r[2]}" for r in rows]
-    finally:
-        db.close()
 
 
-def notices(db_path: Path | str, user: str) -> list[dict[str, object]]:
+def notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[dict[str, object]]:
     """Every notice of ``user``, newest first (the API's shape)."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         rows = db.execute("SELECT repo, text, created FROM ref_notices WHERE user=? "
                           "ORDER BY id DESC", (user,)).fetchall()
         return [{"repo": r[0], "text": r[1], "time": r[2]} for r in rows]
-    finally:
-        db.close()

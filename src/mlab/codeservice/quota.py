@@ -15,7 +15,9 @@ Imports only the standard library: the hooks use it once per push.
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 SCHEMA = """
@@ -34,52 +36,65 @@ def today() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
 
 
+@contextlib.contextmanager
+def _use(db: Path | str | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``db`` itself when it is a connection (left open), else a new one (closed after)."""
+    if isinstance(db, sqlite3.Connection):
+        yield db
+        return
+    conn = connect(db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def connect(db_path: Path | str) -> sqlite3.Connection:
-    """A connection to the service's database with the quota table present."""
+    """A connection to the service's database (:func:`create_tables` made the table)."""
     db = sqlite3.connect(str(db_path), timeout=30)
     db.execute("PRAGMA busy_timeout=30000")
-    db.executescript(SCHEMA)
     return db
 
 
-def usage(db_path: Path | str, user: str) -> tuple[int, int]:
+def create_tables(db_path: Path | str) -> None:
+    """Create this module's table (the service does it once at start)."""
+    with _use(db_path) as db:
+        db.executescript(SCHEMA)
+
+
+def usage(db_path: Path | str | sqlite3.Connection, user: str) -> tuple[int, int]:
     """Today's ``(ref updates, bytes)`` of ``user``."""
-    db = connect(db_path)
-    try:
+    with _use(db_path) as db:
         row = db.execute("SELECT refs, bytes FROM quota_usage WHERE user=? AND day=?",
                          (user, today())).fetchone()
-    finally:
-        db.close()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def _add(db_path: Path | str, user: str, refs: int, nbytes: int) -> None:
-    db = connect(db_path)
-    try:
+def add(db_path: Path | str | sqlite3.Connection, user: str, refs: int, nbytes: int) -> None:
+    """Count ``refs`` ref updates and ``nbytes`` bytes pushed by ``user`` today."""
+    with _use(db_path) as db:
         with db:
             db.execute(
                 "INSERT INTO quota_usage(user, day, refs, bytes) VALUES (?,?,?,?) "
                 "ON CONFLICT(user, day) DO UPDATE SET refs=refs+excluded.refs, "
                 "bytes=bytes+excluded.bytes", (user, today(), refs, nbytes))
-    finally:
-        db.close()
 
 
-def add_bytes(db_path: Path | str, user: str, nbytes: int) -> None:
+def add_bytes(db_path: Path | str | sqlite3.Connection, user: str, nbytes: int) -> None:
     """Count ``nbytes`` pushed by ``user`` today."""
-    _add(db_path, user, 0, nbytes)
+    add(db_path, user, 0, nbytes)
 
 
-def add_refs(db_path: Path | str, user: str, count: int) -> None:
+def add_refs(db_path: Path | str | sqlite3.Connection, user: str, count: int) -> None:
     """Count ``count`` ref updates pushed by ``user`` today."""
-    _add(db_path, user, count, 0)
+    add(db_path, user, count, 0)
 
 
-def bytes_left(db_path: Path | str, user: str, limit: int) -> int:
+def bytes_left(db_path: Path | str | sqlite3.Connection, user: str, limit: int) -> int:
     """Bytes ``user`` may still push today (0 or less: none)."""
     return limit - usage(db_path, user)[1]
 
 
-def refs_left(db_path: Path | str, user: str, limit: int) -> int:
+def refs_left(db_path: Path | str | sqlite3.Connection, user: str, limit: int) -> int:
     """Ref updates ``user`` may still push today."""
     return limit - usage(db_path, user)[0]
