@@ -74,6 +74,9 @@ def connect(db_path: Path | str) -> sqlite3.Connection:
     """A connection to the service's database (:func:`create_tables` made the tables)."""
     db = sqlite3.connect(str(db_path), timeout=30)
     db.execute("PRAGMA busy_timeout=30000")
+    # WAL (set by the Store) with synchronous=NORMAL: a commit does not wait for the disk;
+    # a power cut may lose the last bookkeeping rows, never corrupt the file (sqlite.org/wal).
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 
@@ -217,13 +220,15 @@ def moved(db_path: Path | str | sqlite3.Connection, repo: str, old_ref: str, new
 
 
 def take_notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[str]:
-    """Unshown notices of ``user`` (marked shown): ``"org/repo: text"`` lines."""
+    """Unshown notices of ``user`` (marked shown): ``"org/repo: text"`` lines. Reads only
+    (no write transaction, no disk sync) when there is nothing to show."""
     with _use(db_path) as db:
-        with db:
-            rows = db.execute("SELECT id, repo, text FROM ref_notices WHERE user=? AND "
-                              "shown=0 ORDER BY id", (user,)).fetchall()
-            db.executemany("UPDATE ref_notices SET shown=1 WHERE id=?",
-                           [(r[0],) for r in rows])
+        rows = db.execute("SELECT id, repo, text FROM ref_notices WHERE user=? AND "
+                          "shown=0 ORDER BY id", (user,)).fetchall()
+        if rows:
+            with db:
+                db.executemany("UPDATE ref_notices SET shown=1 WHERE id=?",
+                               [(r[0],) for r in rows])
         return [f"{r[1]}: {r[2]}" for r in rows]
 
 

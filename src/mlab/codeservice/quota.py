@@ -53,6 +53,7 @@ def connect(db_path: Path | str) -> sqlite3.Connection:
     """A connection to the service's database (:func:`create_tables` made the table)."""
     db = sqlite3.connect(str(db_path), timeout=30)
     db.execute("PRAGMA busy_timeout=30000")
+    db.execute("PRAGMA synchronous=NORMAL")  # see owners.connect
     return db
 
 
