@@ -29,11 +29,13 @@ This module imports nothing heavy: it runs once per push.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the hook starts on every push: import only what it runs
+    from pathlib import Path
 
 ZERO = "0" * 40
 UPSTREAM_MARK = "refs/mlab/upstream/"
@@ -46,6 +48,8 @@ def _git(*args: str, input: str | None = None) -> str:
 
 
 def _report(data: dict[str, object]) -> None:
+    import json
+
     path = os.environ.get("MLAB_PUSH_REPORT")
     if path:
         with open(path, "a", encoding="utf-8") as fh:
@@ -217,6 +221,8 @@ def install_hooks(hooks_dir: Path) -> None:
     environment) with only this package's directory on ``sys.path``; post-receive is sh.
     """
     hooks_dir.mkdir(parents=True, exist_ok=True)
+    from pathlib import Path
+
     root = Path(__file__).resolve().parents[2]
     scripts = {
         "pre-receive": (

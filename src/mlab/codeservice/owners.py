@@ -28,12 +28,15 @@ Imports only the standard library: the hooks use it once per push.
 
 from __future__ import annotations
 
-import re
 import contextlib
+import re
 import sqlite3
-from collections.abc import Iterator
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the hook on every push: only what runs
+    from collections.abc import Iterator
+    from pathlib import Path
 
 ZERO = "0" * 40
 SCHEMA = """

@@ -14,11 +14,14 @@ Imports only the standard library: the hooks use it once per push.
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the hook on every push: only what runs
+    from collections.abc import Iterator
+    from pathlib import Path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_usage (
