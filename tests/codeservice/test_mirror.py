@@ -193,3 +193,18 @@ def test_fetch_errors_show_gits_lines_and_tell_permanent_from_temporary() -> Non
                        "Could not resolve host: github.com\n")
     assert isinstance(down, SyncError) and down.retryable
     assert "Could not resolve host: github.com" in down.one_line()
+
+
+@pytest.mark.parametrize("stderr,expected", [
+    ("fatal: prepare: cannot lock ref 'refs/heads/main': is at aaaa but expected bbbb",
+     "a push changed this ref during the sync"),
+    ("fatal: prepare: cannot lock ref 'refs/heads/hotfix': 'refs/heads/hotfix/x' exists; "
+     "cannot create 'refs/heads/hotfix'", "clash as file and directory"),
+], ids=["race", "file-directory"])
+def test_sync_errors_name_the_real_cause(stderr: str, expected: str) -> None:
+    """Main called every ref failure "a push raced with the sync"."""
+    from mlab.codeservice.mirror import ref_error
+
+    message = ref_error(stderr)
+    assert expected in message and stderr.removeprefix("fatal: ") in message
+    assert "raced" not in ref_error("fatal: something else")
