@@ -2,8 +2,8 @@
 
 pre-receive is a Python script that :func:`install_hooks` writes into the data directory
 (every mirror's ``core.hooksPath``) and that runs this module's :func:`main`; post-receive is
-a two-line sh script (:data:`POST_RECEIVE`), so a push starts Python once. git gives one ``<old> <new> <ref>`` line per update on stdin
-(githooks(5)); the new objects sit in the quarantine directory, reachable from ``<new>``
+a two-line sh script (:data:`POST_RECEIVE`), so a push starts Python once. git gives one
+``<old> <new> <ref>`` line per update on stdin (githooks(5)); the new objects sit in the quarantine directory, reachable from ``<new>``
 but not from any existing ref, so ``rev-list <new> --not --all`` lists exactly what the
 push adds.
 
@@ -17,12 +17,14 @@ Policy (pre-receive), first failure refuses the whole push:
 - at most ``MLAB_MAX_REFS_PER_DAY`` ref updates per user and UTC day (:mod:`quota`);
 - no blob larger than ``MLAB_MAX_BLOB`` bytes (site ``codeService.maxBlobSize``).
 
-The post-receive hook records the owners of created refs, counts the ref updates, and
-prints the pusher's pending notices (a user ref a sync moved aside) as ``remote:`` lines.
-Without ``MLAB_DB`` (a hook run outside the service) the owner and quota rules are off.
+pre-receive also prints the pusher's pending notices (a user ref a sync moved aside) as
+``remote:`` lines. Without ``MLAB_DB`` (a hook run outside the service) the owner and quota
+rules are off.
 
-The hooks report to the service through the file named by ``MLAB_PUSH_REPORT`` (one JSON
-line per hook), which the service folds into the push's audit record.
+The hooks report to the service through the file named by ``MLAB_PUSH_REPORT``: a JSON line
+from pre-receive when it refuses, then post-receive's marker and git's update lines
+(:func:`read_report`). From them the service writes the push's audit record, records the
+owners of created refs and counts the user's ref updates and bytes.
 
 This module imports nothing heavy: it runs once per push.
 """
