@@ -54,6 +54,17 @@ def up(
     print(f"export KUBECONFIG={result.kubeconfig}")
 
 
+@node_app.command("build")
+def build_cmd(quiet: bool = QUIET) -> None:
+    """Build the node's programs from the pinned Go modules (or find them cached); start
+    nothing. Prints the folder of each program."""
+    from mlab.node.build import ensure_binaries
+
+    _status, say = _progress(quiet)
+    for name, path in sorted(ensure_binaries(default_layout(), say).items()):
+        print(f"{name}\t{path}")
+
+
 @node_app.command("down")
 def down(
     purge: bool = typer.Option(
