@@ -173,6 +173,9 @@ class Component:
 def components(lay: NodeLayout, bins: dict[str, Path]) -> list[Component]:
     """Every process of the node, in start order (each waits for the previous to answer).
 
+    Boolean flags are written ``--flag=value``: Kubernetes' flag parser reads ``--flag value``
+    as a bare ``--flag`` and a stray argument.
+
     Args:
         bins: program name -> path (``kube-apiserver``... ``kube-router``, ``etcd``,
             ``containerd``).
@@ -211,8 +214,8 @@ def components(lay: NodeLayout, bins: dict[str, Path]) -> list[Component]:
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--authorization-mode", "Node,RBAC",
             "--enable-admission-plugins", "NodeRestriction",
-            "--allow-privileged", "true",
-            "--profiling", "false",
+            "--allow-privileged=true",
+            "--profiling=false",
         ]),
         Component("kube-controller-manager", [
             str(bins["kube-controller-manager"]),
@@ -222,12 +225,12 @@ def components(lay: NodeLayout, bins: dict[str, Path]) -> list[Component]:
             "--bind-address", "127.0.0.1", "--secure-port", str(layout.CONTROLLER_MANAGER_PORT),
             "--root-ca-file", str(pki / "ca.crt"),
             "--service-account-private-key-file", str(pki / "sa.key"),
-            "--use-service-account-credentials", "true",
+            "--use-service-account-credentials=true",
             "--service-cluster-ip-range", layout.SERVICE_CIDR,
             # One-node storage: the in-tree host-path provisioner (docs/node.md).
-            "--enable-hostpath-provisioner", "true",
-            "--leader-elect", "false",
-            "--profiling", "false",
+            "--enable-hostpath-provisioner=true",
+            "--leader-elect=false",
+            "--profiling=false",
         ]),
         Component("kube-scheduler", [
             str(bins["kube-scheduler"]),
@@ -235,8 +238,8 @@ def components(lay: NodeLayout, bins: dict[str, Path]) -> list[Component]:
             "--authentication-kubeconfig", kc("scheduler"),
             "--authorization-kubeconfig", kc("scheduler"),
             "--bind-address", "127.0.0.1", "--secure-port", str(layout.SCHEDULER_PORT),
-            "--leader-elect", "false",
-            "--profiling", "false",
+            "--leader-elect=false",
+            "--profiling=false",
         ]),
         Component("containerd", [
             str(bins["containerd"]), "--config", str(cfg / "containerd.toml"),

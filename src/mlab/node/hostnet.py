@@ -20,7 +20,7 @@ IPT_RAW = ["iptables", "-w", "10", "-t", "raw"]
 JUMP = ["PREROUTING", "-i", layout.BRIDGE, "-m", "physdev", "--physdev-is-in",
         "-m", "comment", "--comment", "mlab-node anti-spoofing", "-j", layout.ANTISPOOF_CHAIN]
 FINAL_DROP = [layout.ANTISPOOF_CHAIN, "-m", "comment", "--comment",
-              "mlab-node: source is not the pod's own", "-j", "DROP"]
+              "mlab-node: source is not the pod address", "-j", "DROP"]
 
 
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ shell) does not stop the node; ``mlab node down`` does.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -122,7 +123,10 @@ def last_line(path: Path) -> str:
             lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "(no log)"
-    return lines[-1][:300] if lines else "(empty log)"
+    lines = [ln for ln in lines if not ln.startswith("=== mlab node:")]
+    errors = [ln for ln in lines if re.match(r"(Error|error|[EF]\d{4} |fatal|panic)", ln)]
+    pick = errors or lines
+    return pick[-1][:300] if pick else "(empty log)"
 
 
 def port_owner_free(host: str, port: int) -> bool:
