@@ -21,7 +21,10 @@ from nodekit import SITE, Node
 def node() -> Node:
     """Start the node (or find it running) and return how to use it."""
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "node", "up"],
+    # MLAB_NODE_KEEP_IMAGE=1 (a developer's loop, never CI): use the HomePod image the
+    # node already holds instead of building the current one.
+    keep = ["--no-homepod-image"] if os.environ.get("MLAB_NODE_KEEP_IMAGE") == "1" else []
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "node", "up", *keep],
                           capture_output=True, text=True, env=env, timeout=5400, check=False)
     assert proc.returncode == 0, f"mlab node up failed: {proc.stderr.strip()[-2000:]}"
     line = proc.stdout.strip().splitlines()[-1]
@@ -34,7 +37,7 @@ def node() -> Node:
     env["KUBECONFIG"] = str(kubeconfig)
     env["MLAB_KUBECTL"] = str(kubectl_bin)
     env.pop("MLAB_REQUIRE_E2E", None)
-    return Node(kubeconfig, kubectl_bin, env)
+    return Node(kubeconfig, kubectl_bin, env, tuple(keep))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ class Node:
     kubeconfig: Path
     kubectl_bin: Path
     env: dict[str, str]
+    up_args: tuple[str, ...] = ()
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
                 timeout: float = 180) -> subprocess.CompletedProcess[str]:

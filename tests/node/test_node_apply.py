@@ -24,7 +24,7 @@ def test_node_status_says_ready(node: Node) -> None:
 
 def test_second_up_is_quick_and_changes_nothing(node: Node) -> None:
     before = node.mlab("node", "status", "-o", "json").stdout
-    proc = node.mlab("node", "up", "-q", timeout=600)
+    proc = node.mlab("node", "up", "-q", *node.up_args, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"export KUBECONFIG={node.kubeconfig}"
     assert node.mlab("node", "status", "-o", "json").stdout == before  # same pids
