@@ -71,7 +71,7 @@ def test_server_side_apply_takes_back_a_field_changed_by_kubectl(site_up: Node) 
     assert refused.returncode != 0 and "conflict" in refused.stderr.lower()
     proc = site_up.mlab("apply", "--site", str(SITE), "--timeout", "300")
     assert proc.returncode == 0, proc.stderr
-    cm = site_up.json("-n", NAMESPACE, "get", "configmap", "mlab-site")
+    cm = site_up.json("-n", NAMESPACE, "get", "configmap", "mlab-site", "--show-managed-fields")
     assert "tampered" not in cm["data"]["site.yaml"] and "alice" in cm["data"]["site.yaml"]
     owners = {m["manager"] for m in cm["metadata"]["managedFields"]
               if "f:site.yaml" in json.dumps(m.get("fieldsV1", {}))}
