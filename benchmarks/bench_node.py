@@ -67,14 +67,17 @@ def rss_mib() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--keep-image", action="store_true",
+                        help="use the HomePod image the node holds (do not build the current one)")
     args = parser.parse_args()
-    _mlab("node", "up", "-q")  # build and import what is missing (not timed)
-    image = ensure_image()
+    keep = ["--no-homepod-image"] if args.keep_image else []
+    _mlab("node", "up", "-q", *keep)  # build and import what is missing (not timed)
+    image = "localhost/mlab/homepod:latest" if args.keep_image else ensure_image()
     start = time.monotonic()
     podman(["run", "--rm", "--network", "none", image, "true"])
     baseline = time.monotonic() - start
     _mlab("node", "down", "-q")
-    up = _mlab("node", "up", "-q")
+    up = _mlab("node", "up", "-q", *keep)
     env = dict(os.environ, KUBECONFIG=str(default_layout().kubeconfig),
                MLAB_KUBECTL=str(lifecycle.known_bins(default_layout())["kubectl"]))
     apply = _mlab("apply", "--site", str(SITE), "--timeout", "600", env=env)
