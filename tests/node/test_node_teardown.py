@@ -107,3 +107,46 @@ def test_delete_never_lets_a_homepod_out(site_up: Node) -> None:
                         "--wait=false"], env=site_up.env, capture_output=True, check=False)
     assert control in listener.peers  # the edge exists without policies
     assert alice not in listener.peers, "alice's HomePod got out during mlab delete"
+
+
+def _node_processes() -> list[str]:
+    """Command lines of live processes that belong to the node (its programs and shims)."""
+    from pathlib import Path
+
+    from mlab.node.layout import RUN_DIR, default_layout
+
+    marks = (str(default_layout().root), str(RUN_DIR))
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks) and "pytest" not in cmd:
+            found.append(cmd[:120])
+    return found
+
+
+def test_down_stops_everything_and_up_comes_back(node: Node) -> None:
+    node.kubectl("-n", "default", "run", "sleeper", "--image=localhost/mlab/homepod:latest",
+                 "--image-pull-policy=Never", "--restart=Never", "--command", "--",
+                 "sleep", "infinity", check=False)
+    node.kubectl("-n", "default", "wait", "pod/sleeper", "--for=condition=Ready",
+                 "--timeout=180s", timeout=200)
+    proc = node.mlab("node", "down", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert _node_processes() == []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert layout.BRIDGE not in links
+    addrs = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                           text=True).stdout
+    assert layout.NODE_IP not in addrs
+    raw = subprocess.run(["iptables", "-t", "raw", "-S"], capture_output=True, text=True).stdout
+    assert layout.ANTISPOOF_CHAIN not in raw
+    status = node.mlab("node", "status")
+    assert status.returncode == 1 and "stopped" in status.stdout
+    start = time.monotonic()
+    proc = node.mlab("node", "up", "-q", *node.up_args, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    print(f"node up (cached) after down: {time.monotonic() - start:.1f}s")
+    assert node.mlab("node", "status").returncode == 0

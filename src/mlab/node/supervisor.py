@@ -106,13 +106,19 @@ def wait_until(lay: NodeLayout, comp: Component, ready: Callable[[], bool],
                 return
         except Exception:  # noqa: BLE001 - any probe failure means "not yet"
             pass
-        if not running_pid(lay, comp.name, comp.argv[0]):
+        if not running_pid(lay, comp.name, comp.argv[0]) and not _still_running(lay, comp):
             raise DeployError(f"node: {comp.name} exited; last line of {lay.log(comp.name)}: "
                               f"{last_line(lay.log(comp.name))}")
         if time.monotonic() > deadline:
             raise DeployError(f"node: {comp.name} did not {what} in {timeout:g}s; see "
                               f"{lay.log(comp.name)}")
         time.sleep(0.5)
+
+
+def _still_running(lay: NodeLayout, comp: Component) -> bool:
+    """A second look one second later (a pid file being rewritten reads as empty)."""
+    time.sleep(1.0)
+    return running_pid(lay, comp.name, comp.argv[0]) is not None
 
 
 def last_line(path: Path) -> str:
