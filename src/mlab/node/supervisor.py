@@ -64,7 +64,9 @@ def start(lay: NodeLayout, comp: Component) -> int:
         start_new_session=True, env=env, close_fds=True,
     )
     logf.close()
-    lay.pid(comp.name).write_text(f"{proc.pid}\n")
+    tmp = lay.pid(comp.name).with_suffix(".tmp")
+    tmp.write_text(f"{proc.pid}\n")
+    tmp.replace(lay.pid(comp.name))  # atomic: a reader never sees an empty pid file
     return proc.pid
 
 
