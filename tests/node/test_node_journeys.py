@@ -52,7 +52,9 @@ def test_ssh_vnc_and_home_survives_pod_deletion(site_up: Node) -> None:
     assert _ssh(ip, ports["ssh"], "alice", password, "id -un; echo kept > ~/journey.txt; "
                 "cat ~/journey.txt").split() == ["alice", "kept"]
     with socket.create_connection((ip, ports["vnc"]), timeout=10) as s:
-        assert s.recv(12) == b"RFB 003.008\n"
+        # TigerVNC's greeting: "RFB 003.008" (or 003.003 while it rate-limits a source).
+        banner = s.recv(12)
+        assert banner.startswith(b"RFB 003.") and banner.endswith(b"\n"), banner
     old = site_up.json("-n", NAMESPACE, "get", "pods", "-l", "mlab.io/user=alice")["items"]
     site_up.kubectl("-n", NAMESPACE, "delete", "pod", old[0]["metadata"]["name"], "--wait=true")
     site_up.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/homepod-alice",
