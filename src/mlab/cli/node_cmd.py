@@ -12,14 +12,23 @@ import sys
 import typer
 from rich.console import Console
 
-from mlab.errors import DeployError, UsageError
-from mlab.node import lifecycle
+from mlab.errors import DeployError, ToolMissingError, UsageError
 from mlab.node.layout import default_layout
 
 node_app = typer.Typer(help="A real one-node Kubernetes on this machine (see docs/node.md).",
                        no_args_is_help=True)
 
 QUIET = typer.Option(False, "-q", "--quiet", help="No progress on stderr. Default: off.")
+
+
+def _lifecycle():  # type: ignore[no-untyped-def]
+    """:mod:`mlab.node.lifecycle`, imported on use: it needs the ``node`` extra."""
+    try:
+        from mlab.node import lifecycle
+    except ImportError as exc:
+        raise ToolMissingError(f"mlab node needs {exc.name}",
+                               hint="pip install 'mlab[node]'") from None
+    return lifecycle
 
 
 def _progress(quiet: bool):  # type: ignore[no-untyped-def]
@@ -47,9 +56,9 @@ def up(
     status, say = _progress(quiet)
     if status:
         with status:
-            result = lifecycle.up(default_layout(), say, homepod_image=homepod_image)
+            result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
     else:
-        result = lifecycle.up(default_layout(), say, homepod_image=homepod_image)
+        result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
     say(f"node Ready in {result.timings['total']:.0f}s")
     print(f"export KUBECONFIG={result.kubeconfig}")
 
@@ -77,9 +86,9 @@ def down(
     status, say = _progress(quiet)
     if status:
         with status:
-            problems = lifecycle.down(default_layout(), say, purge=purge)
+            problems = _lifecycle().down(default_layout(), say, purge=purge)
     else:
-        problems = lifecycle.down(default_layout(), say, purge=purge)
+        problems = _lifecycle().down(default_layout(), say, purge=purge)
     if problems:
         raise DeployError("node down left: " + "; ".join(problems))
     say("node stopped" + (" and purged" if purge else ""))
@@ -92,7 +101,7 @@ def status(
     """What runs: each component (pid) and whether the node is Ready. Exit 1 if not Ready."""
     if output not in ("table", "json"):
         raise UsageError(f"--output {output!r}: choose table or json")
-    state = lifecycle.status(default_layout())
+    state = _lifecycle().status(default_layout())
     if output == "json":
         print(json.dumps(state, indent=2))
     else:
