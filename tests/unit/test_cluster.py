@@ -118,7 +118,8 @@ def test_apply_applies_prunes_and_waits(fake) -> None:
     proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05", "--context", "prod")
     assert proc.returncode == 0, proc.stderr
     calls = fake.calls()
-    assert _verbs(calls) == ["apply", "get", "delete", "get", "get"]
+    # Prune: the removed user's Deployment first (foreground, waited), policies after.
+    assert _verbs(calls) == ["apply", "get", "get", "delete", "delete", "get", "get"]
     apply = calls[0]["argv"]
     assert apply[:3] == ["--context", "prod", "--request-timeout=60s"]
     assert {"--server-side", "--field-manager=mlab", "-f", "-"} <= set(apply)
@@ -129,10 +130,12 @@ def test_apply_applies_prunes_and_waits(fake) -> None:
         d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
     get = calls[1]["argv"]
     assert "app.kubernetes.io/instance=local,app.kubernetes.io/managed-by=mlab" in get
-    delete = calls[2]["argv"]
-    assert sorted(a for a in delete if "/" in a) == [
-        "deployment/homepod-carol", "networkpolicy/homepod-to-dns",
-        "secret/homepod-carol-password", "service/homepod-carol"]
+    first, then = calls[3]["argv"], calls[4]["argv"]
+    assert [a for a in first if "/" in a] == ["deployment/homepod-carol"]
+    assert "--cascade=foreground" in first and "--wait=true" in first
+    assert sorted(a for a in then if "/" in a) == [
+        "networkpolicy/homepod-to-dns", "secret/homepod-carol-password",
+        "service/homepod-carol"]
     assert "kept persistentvolumeclaim/home-carol" in proc.stderr
     assert "all 4 deployments ready" in proc.stderr
     passwords = json.loads((fake.dir.parent / "st" / "local" / "passwords.json").read_text())
@@ -177,8 +180,12 @@ def test_apply_error_is_one_line_without_secrets(fake) -> None:
 def test_delete_keeps_claims_unless_asked(fake) -> None:
     proc = fake.run("delete", "--site", str(SITE))
     assert proc.returncode == 0, proc.stderr
-    first, second = (c["argv"] for c in fake.calls())
+    first, wait, second = (c["argv"] for c in fake.calls())
     assert "deployments.apps" in first and "--wait=true" in first
+    assert "--cascade=foreground" in first
+    # The pods themselves must be gone before any NetworkPolicy goes (CVE-2024-7598).
+    assert "wait" in wait
+    assert "--for=delete" in wait and "pods" in wait
     assert "persistentvolumeclaims" not in second[second.index("-n") + 2]
     proc = fake.run("delete", "--site", str(SITE), "--delete-data")
     assert "persistentvolumeclaims" in fake.calls()[-1]["argv"][-5]

@@ -58,7 +58,7 @@ def apply(
     count = apply_objects(kubectl, loaded, rendered, dry_run)
     err.print(f"{'checked' if dry_run else 'applied'} {count} objects in namespace {loaded.namespace}")
     stale, kept = stale_objects(kubectl, loaded, rendered, delete_data)
-    prune(kubectl, loaded, stale, dry_run)
+    prune(kubectl, loaded, stale, dry_run, timeout=timeout or 300.0)
     for ref in stale:
         err.print(f"{'would prune' if dry_run else 'pruned'} {ref}")
     for ref in kept:

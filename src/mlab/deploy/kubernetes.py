@@ -164,14 +164,66 @@ def stale_objects(
     return sorted(delete), sorted(kept)
 
 
-def prune(kubectl: Kubectl, site: Site, refs: list[str], dry_run: bool) -> None:
-    """Delete ``refs`` (``kind/name``) in the site's namespace."""
+def prune(kubectl: Kubectl, site: Site, refs: list[str], dry_run: bool,
+          timeout: float = 300.0) -> None:
+    """Delete ``refs`` (``kind/name``) in the site's namespace; Deployments first, and
+    nothing else until their pods are gone (:func:`remove_deployments`), so a removed user's
+    HomePod never runs without its NetworkPolicies."""
     if not refs:
         return
-    args = ["delete", "-n", site.namespace, "--ignore-not-found", "--wait=false", *refs]
     if dry_run:
-        args.append("--dry-run=server")
-    kubectl.run(args)
+        kubectl.run(["delete", "-n", site.namespace, "--ignore-not-found",
+                     "--dry-run=server", *refs])
+        return
+    deployments = [r for r in refs if r.startswith("deployment/")]
+    rest = [r for r in refs if not r.startswith("deployment/")]
+    selectors = []
+    for ref in deployments:
+        obj = kubectl.get_json(["-n", site.namespace, ref, "--ignore-not-found"])
+        match = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if match:
+            selectors.append(",".join(f"{k}={v}" for k, v in sorted(match.items())))
+    if deployments:
+        remove_deployments(kubectl, site, deployments, selectors, timeout)
+    if rest:
+        kubectl.run(["delete", "-n", site.namespace, "--ignore-not-found", "--wait=false",
+                     *rest])
+
+
+def remove_deployments(kubectl: Kubectl, site: Site, targets: list[str],
+                       pod_selectors: list[str], timeout: float) -> None:
+    """Delete Deployments and return only once their pods are gone from the API server.
+
+    ``kubectl delete --wait`` with the default (background) propagation returns when the
+    Deployment objects are gone while their pods still run for seconds (seen on the node:
+    all four pods Terminating one second after ``mlab delete`` returned, and 23 forbidden
+    connections got out once the policies were gone: CVE-2024-7598). So the delete uses
+    foreground propagation (the Deployment stays until its ReplicaSets and pods are
+    deleted) and then waits on the pods by label: a pod leaves the API only after the
+    kubelet has stopped its containers.
+
+    Args:
+        targets: ``deployment/NAME`` refs, or ``["-l", SELECTOR]``.
+        pod_selectors: label selectors of the pods to wait for.
+        timeout: seconds for each wait.
+
+    Raises:
+        TemporaryError: pods still there after ``timeout`` (nothing else was deleted).
+    """
+    kubectl.run([
+        "delete", "-n", site.namespace, *targets, "--ignore-not-found",
+        "--cascade=foreground", "--wait=true", f"--timeout={int(timeout)}s",
+    ], timeout=timeout + 60)
+    for sel in pod_selectors:
+        try:
+            kubectl.run(["wait", "-n", site.namespace, "pods", "-l", sel, "--for=delete",
+                         f"--timeout={int(timeout)}s"], timeout=timeout + 60)
+        except DeployError as exc:
+            raise TemporaryError(
+                f"pods ({sel}) still running after {timeout:g}s; their NetworkPolicies "
+                f"were kept ({exc.message})",
+                hint=f"kubectl -n {site.namespace} get pods -l {sel}; run the command again",
+            ) from None
 
 
 def deployment_state(obj: dict[str, Any]) -> str:
@@ -248,14 +300,11 @@ def wait_for_rollout(
 
 
 def delete_site(kubectl: Kubectl, site: Site, delete_data: bool, timeout: float) -> None:
-    """Delete the site's objects by label: Deployments first (waiting for their pods to
-    go, so no pod outlives its NetworkPolicies), then the rest; PVCs only with
-    ``delete_data``. The namespace is left alone."""
+    """Delete the site's objects by label: Deployments first, waiting until their pods are
+    gone (:func:`remove_deployments`), so no pod outlives its NetworkPolicies; then the
+    rest; PVCs only with ``delete_data``. The namespace is left alone."""
     selector = site_selector(site)
-    kubectl.run([
-        "delete", "-n", site.namespace, "deployments.apps", "-l", selector,
-        "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s",
-    ], timeout=timeout + 60)
+    remove_deployments(kubectl, site, ["deployments.apps", "-l", selector], [selector], timeout)
     kinds = [k for k in PRUNE_KINDS if k != "deployments.apps"]
     if not delete_data:
         kinds.remove("persistentvolumeclaims")

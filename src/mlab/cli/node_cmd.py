@@ -1,0 +1,117 @@
+"""``mlab node up|down|status``: the one-node Kubernetes built from pinned Go modules.
+
+Data (the ``export KUBECONFIG=`` line, the status table) goes to stdout; progress to
+stderr (a rich status line on a TTY, plain lines otherwise, nothing with ``-q``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from mlab.errors import DeployError, ToolMissingError, UsageError
+from mlab.node.layout import default_layout
+
+node_app = typer.Typer(help="A real one-node Kubernetes on this machine (see docs/node.md).",
+                       no_args_is_help=True)
+
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress on stderr. Default: off.")
+
+
+def _lifecycle():  # type: ignore[no-untyped-def]
+    """:mod:`mlab.node.lifecycle`, imported on use: it needs the ``node`` extra."""
+    try:
+        from mlab.node import lifecycle
+    except ImportError as exc:
+        raise ToolMissingError(f"mlab node needs {exc.name}",
+                               hint="pip install 'mlab[node]'") from None
+    return lifecycle
+
+
+def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+    err = Console(stderr=True)
+
+    def plain(message: str) -> None:
+        if not quiet:
+            print(f"mlab node: {message}", file=sys.stderr, flush=True)
+
+    if quiet or not err.is_terminal:
+        return None, plain
+    status = err.status("mlab node")
+    return status, lambda m: (status.update(f"mlab node: {m}"), err.log(m))
+
+
+@node_app.command("up")
+def up(
+    quiet: bool = QUIET,
+    homepod_image: bool = typer.Option(
+        True, "--homepod-image/--no-homepod-image",
+        help="Build (cached) and import the HomePod image into the node. Default: on."),
+) -> None:
+    """Build what is missing, start the node, wait until it is Ready; print the
+    ``export KUBECONFIG=...`` line."""
+    status, say = _progress(quiet)
+    if status:
+        with status:
+            result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
+    else:
+        result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
+    say(f"node Ready in {result.timings['total']:.0f}s")
+    print(f"export KUBECONFIG={result.kubeconfig}")
+
+
+@node_app.command("build")
+def build_cmd(quiet: bool = QUIET) -> None:
+    """Build the node's programs from the pinned Go modules (or find them cached); start
+    nothing. Prints the folder of each program."""
+    from mlab.node.build import ensure_binaries
+
+    _status, say = _progress(quiet)
+    for name, path in sorted(ensure_binaries(default_layout(), say).items()):
+        print(f"{name}\t{path}")
+
+
+@node_app.command("down")
+def down(
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete the node's data (etcd, volumes, images in "
+        "containerd), certificates and configuration; built binaries stay. Default: off."),
+    quiet: bool = QUIET,
+) -> None:
+    """Delete every pod (waiting, so none outlives its policies), stop every process the
+    node started and remove its network state."""
+    status, say = _progress(quiet)
+    if status:
+        with status:
+            problems = _lifecycle().down(default_layout(), say, purge=purge)
+    else:
+        problems = _lifecycle().down(default_layout(), say, purge=purge)
+    if problems:
+        raise DeployError("node down left: " + "; ".join(problems))
+    say("node stopped" + (" and purged" if purge else ""))
+
+
+@node_app.command("status")
+def status(
+    output: str = typer.Option("table", "-o", "--output", help="table or json. Default: table."),
+) -> None:
+    """What runs: each component (pid) and whether the node is Ready. Exit 1 if not Ready."""
+    if output not in ("table", "json"):
+        raise UsageError(f"--output {output!r}: choose table or json")
+    state = _lifecycle().status(default_layout())
+    if output == "json":
+        print(json.dumps(state, indent=2))
+    else:
+        width = max(len(k) for k in state)
+        for name, value in state.items():
+            print(f"{name:<{width}}  {value}")
+    if state.get("node") != "Ready":
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``node`` group to ``app``."""
+    app.add_typer(node_app, name="node")
