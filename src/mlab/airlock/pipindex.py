@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
@@ -103,12 +103,22 @@ def read_wheel(path: Path) -> WheelFile:
     Raises:
         MlabError: the file name is not a valid wheel name, or the archive is unreadable.
     """
+    return inspect_wheel(path)[0]
+
+
+def inspect_wheel(path: Path) -> tuple[WheelFile, list[str]]:
+    """A wheel's :class:`WheelFile` and its ``Requires-Dist`` lines, from one open.
+
+    Raises:
+        MlabError: the file name is not a valid wheel name, or the archive is unreadable.
+    """
     path = Path(path)
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
     except InvalidWheelFilename as exc:
         raise MlabError(f"{path.name} is not a wheel file name: {exc}") from None
     requires_python = None
+    requires_dist: list[str] = []
     try:
         size = path.stat().st_size
         # One open and one read for a wheel that fits in memory comfortably: hash it and
@@ -120,9 +130,10 @@ def read_wheel(path: Path) -> WheelFile:
             if meta:
                 headers = HeaderParser().parsestr(zf.read(meta[0]).decode("utf-8", "replace"))
                 requires_python = headers.get("Requires-Python")
+                requires_dist = list(headers.get_all("Requires-Dist") or [])
     except (zipfile.BadZipFile, OSError) as exc:
         raise MlabError(f"wheel {path.name} cannot be read: {exc}") from None
-    return WheelFile(
+    info = WheelFile(
         filename=path.name,
         project=str(canonicalize_name(name)),
         version=str(version),
@@ -130,6 +141,7 @@ def read_wheel(path: Path) -> WheelFile:
         size=size,
         requires_python=requires_python.strip() if requires_python else None,
     )
+    return info, requires_dist
 
 
 def render_project_html(project: str, files: Sequence[WheelFile]) -> str:
@@ -232,7 +244,8 @@ def _lock(share: Path) -> FileLock:
 
 
 def publish(
-    share: Path, wheels: Sequence[Path], report: Callable[[int, int], None] | None = None
+    share: Path, wheels: Sequence[Path], report: Callable[[int, int], None] | None = None,
+    known: Mapping[Path, WheelFile] | None = None,
 ) -> PublishResult:
     """Add ``wheels`` to the share's repository and update the index, under the lock.
 
@@ -244,6 +257,7 @@ def publish(
         share: the share root.
         wheels: paths of ``.whl`` files to publish (moved when on the same file system).
         report: called with (wheels done, wheels in all) as publishing proceeds.
+        known: wheels already inspected (:func:`inspect_wheel`) by path, not read again.
 
     Returns:
         What was added and what was already there.
@@ -253,8 +267,9 @@ def publish(
         TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
     """
     infos = []
+    known = known or {}
     for i, w in enumerate(wheels):
-        infos.append((Path(w), read_wheel(Path(w))))
+        infos.append((Path(w), known.get(Path(w)) or read_wheel(Path(w))))
         if report:
             report(i + 1, len(wheels))
     root = pip_dir(share)
