@@ -77,12 +77,19 @@ def _load_syncfs():  # type: ignore[no-untyped-def]
 _SYNCFS = _load_syncfs()
 
 
+FSYNC_EACH_UP_TO = 16
+"""Files written by one :func:`write_many_atomic` call that are fsync'd one by one."""
+
+
 def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o644) -> None:
     """Write several files, each atomically, with one flush to disk for all of them.
 
-    Each content goes to a temporary file beside its target (no fsync), then the file
-    system is synced once (:func:`sync_filesystem`), then every temporary file is renamed
-    over its target. A crash leaves each target old or new, never partial.
+    Each content goes to a temporary file beside its target, then made durable, then every
+    temporary file is renamed over its target. A crash leaves each target old or new, never
+    partial. Durable: up to :data:`FSYNC_EACH_UP_TO` files are fsync'd one by one (a few
+    small flushes); more are flushed by one :func:`sync_filesystem`, whose cost does not
+    grow with the number of files but includes whatever else is waiting to be written on
+    that file system.
 
     Args:
         items: (target path, content) pairs; all on one file system, parents existing.
@@ -95,10 +102,14 @@ def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o6
             raw = data.encode() if isinstance(data, str) else data
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             temps.append((tmp, path))
+            each = len(items) <= FSYNC_EACH_UP_TO
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
+                if each:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.chmod(tmp, mode)
-        if temps:
+        if temps and len(temps) > FSYNC_EACH_UP_TO:
             sync_filesystem(temps[0][1].parent)
         for tmp, path in temps:
             os.replace(tmp, path)
