@@ -83,7 +83,8 @@ def make_object_repo(path: Path, objects: int, refs: int = 300) -> None:
                             stdin=subprocess.PIPE)
     assert proc.stdin is not None
     per_commit = 25
-    commits = max(1, objects // (per_commit + 3))
+    # each commit: 25 blobs, about 25 folder trees and the root tree, the commit
+    commits = max(1, objects // (2 * per_commit + 2))
     every = max(1, commits // refs)
     for i in range(commits):
         msg = f"commit {i}\n".encode()
