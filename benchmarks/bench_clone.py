@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5, help="Counted runs per case. Default: 5.")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     args = parser.parse_args()
+    # A terminated run still stops its service and removes its repositories (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="mlab-bench-clone-"))
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
            "GIT_CONFIG_GLOBAL": "/dev/null"}
