@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from mlab.errors import SiteError
+from mlab.strict_yaml import load_strict
 
 API_VERSION = "mlab.io/v1"
 
@@ -755,32 +756,13 @@ def load_site(path: str | Path) -> Site:
     except OSError as exc:
         raise SiteError(f"{path}: cannot read the site file: {exc.strerror}") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_strict(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or ""
         raise SiteError(f"{path}: not valid YAML{where}: {problem}".rstrip(": ")) from None
     return parse_site(data, str(path))
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader that refuses a key given twice in one mapping.
-
-    YAML 1.2 requires mapping keys to be unique; PyYAML silently keeps the last one, which
-    would hide a site-file mistake (two ``users:`` lists, one of them ignored).
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def site_schema() -> dict[str, Any]:

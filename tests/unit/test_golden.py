@@ -44,7 +44,8 @@ def test_benchmark_runs() -> None:
     import sys
 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_render.py"),
-                           "--users", "5", "--repeat", "1"], capture_output=True, text=True,
-                          timeout=120, check=False)
+                           "--users", "20", "--samples", "1"], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "PyYAML CSafeDumper" in proc.stdout
+    assert "baseline: CSafeLoader + CSafeDumper" in proc.stdout
+    assert "mlab render -o (20 users)" in proc.stdout

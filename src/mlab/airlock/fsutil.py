@@ -8,10 +8,13 @@ renamed over the target with ``os.replace`` (atomic on POSIX, rename(2)).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -42,6 +45,110 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make everything written so far on the file system holding ``path`` durable.
+
+    One ``syncfs(2)`` call (Linux) flushes that file system only; where it is missing,
+    ``sync(2)`` flushes all of them. One call after many plain writes replaces an
+    ``fsync`` per file (issue 18: two fsync'd pages per project made a 10,000-project
+    index rebuild take 20 s on a quiet disk and 140 s on a busy one).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS is None or _SYNCFS(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs():  # type: ignore[no-untyped-def]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+FSYNC_EACH_UP_TO = 16
+"""Files written by one :func:`write_many_atomic` call that are fsync'd one by one."""
+
+
+def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o644) -> None:
+    """Write several files, each atomically, with one flush to disk for all of them.
+
+    Each content goes to a temporary file beside its target, then made durable, then every
+    temporary file is renamed over its target. A crash leaves each target old or new, never
+    partial. Durable: up to :data:`FSYNC_EACH_UP_TO` files are fsync'd one by one (a few
+    small flushes); more are flushed by one :func:`sync_filesystem`, whose cost does not
+    grow with the number of files but includes whatever else is waiting to be written on
+    that file system.
+
+    Args:
+        items: (target path, content) pairs; all on one file system, parents existing.
+        mode: permission bits of the written files.
+    """
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            path = Path(path)
+            raw = data.encode() if isinstance(data, str) else data
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            each = len(items) <= FSYNC_EACH_UP_TO
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                if each:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+        if temps and len(temps) > FSYNC_EACH_UP_TO:
+            sync_filesystem(temps[0][1].parent)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+        temps = []
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE = 2
+"""``renameat2(2)`` flag: swap two paths atomically (Linux 3.15+)."""
+
+
+def exchange_dirs(new: Path, current: Path) -> bool:
+    """Swap directory ``new`` with ``current`` atomically; afterwards ``new`` holds the old one.
+
+    Uses ``renameat2(RENAME_EXCHANGE)``, so a reader sees the old or the new tree, never
+    none. When ``current`` does not exist, ``new`` is simply renamed to it. Where the call
+    is missing (not Linux, a file system without it), the old tree is renamed aside first,
+    leaving a moment with no tree.
+
+    Returns:
+        True when an old tree is now at ``new`` (to delete), False when there was none.
+    """
+    if not os.path.lexists(current):
+        os.rename(new, current)
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    at_fdcwd = -100
+    if renameat2 is not None and renameat2(
+        at_fdcwd, os.fsencode(new), at_fdcwd, os.fsencode(current), _RENAME_EXCHANGE
+    ) == 0:
+        return True
+    aside = Path(f"{new}.old")
+    os.rename(current, aside)
+    os.rename(new, current)
+    os.rename(aside, new)
+    return True
 
 
 def install_file(src: Path, dest: Path, mode: int = 0o644) -> None:

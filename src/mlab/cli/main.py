@@ -16,22 +16,42 @@ import typer
 
 from mlab.errors import MlabError
 
-# One module per command group; each owns its commands.
-GROUPS = (
-    "mlab.cli.site_cmd",  # init, site schema/check, render
-    "mlab.cli.cluster_cmd",  # apply, delete (kubectl)
-    "mlab.cli.image_cmd",  # image build
-    "mlab.cli.local_cmd",  # up, down, status, verify, passwords (podman)
-    "mlab.cli.codeservice_cmd",  # code-service serve, repo ...
-    "mlab.cli.relay_cmd",  # relay init/start/finish
-    "mlab.cli.stage_cmd",  # stage pip/apt/url/git, install pip/apt, airlock log
-    "mlab.cli.request_cmd",  # request package/export/list/show/...
-    "mlab.cli.node_cmd",  # node up/down/status (one-node Kubernetes)
-)
+# One module per command group; each owns its commands. The names are the top-level
+# commands each registers (tests/unit/test_cli_groups.py checks them against the modules):
+# a command line imports only the module of its command, so `mlab render` does not pay
+# for importing podman, httpx or the code service (issue 18); help imports them all.
+GROUPS = {
+    "mlab.cli.site_cmd": ("init", "render", "site"),
+    "mlab.cli.cluster_cmd": ("apply", "delete"),  # kubectl
+    "mlab.cli.image_cmd": ("image",),
+    "mlab.cli.local_cmd": ("up", "down", "status", "verify", "passwords"),  # podman
+    "mlab.cli.codeservice_cmd": ("code-service", "repo"),
+    "mlab.cli.relay_cmd": ("relay",),
+    "mlab.cli.stage_cmd": ("stage", "install", "airlock"),
+    "mlab.cli.request_cmd": ("request",),
+    "mlab.cli.node_cmd": ("node",),  # one-node Kubernetes
+}
 
 
-def build_app() -> typer.Typer:
-    """Create the typer application with every command group registered."""
+def _modules_for(argv: list[str] | None) -> list[str]:
+    """The command-group modules a command line needs: its command's, or all of them."""
+    for arg in argv or ():
+        if arg.startswith("-"):
+            continue  # a root option such as --debug
+        for module, commands in GROUPS.items():
+            if arg in commands:
+                return [module]
+        break
+    return list(GROUPS)
+
+
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """Create the typer application with the command groups ``argv`` needs.
+
+    Args:
+        argv: the command line without the program name; None registers every group
+            (for help, completion and tests).
+    """
     app = typer.Typer(
         name="mlab",
         help="MLab: secure graphical ML development environments (HomePods), the Airlock "
@@ -54,7 +74,7 @@ def build_app() -> typer.Typer:
             stream=sys.stderr,
         )
 
-    for name in GROUPS:
+    for name in _modules_for(argv) if argv is not None else GROUPS:
         module = importlib.import_module(name)
         module.register(app)
     return app
@@ -62,11 +82,12 @@ def build_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and exit with) its status code."""
-    app = build_app()
+    args = sys.argv[1:] if argv is None else argv
+    app = build_app(args)
     debug = os.environ.get("MLAB_DEBUG") == "1" or "--debug" in (argv or sys.argv[1:])
     try:
         # Standalone mode: click itself reports usage errors (exit 2) and aborts (exit 1).
-        app(args=argv, standalone_mode=True)
+        app(args=args, standalone_mode=True)
     except MlabError as exc:
         if debug:
             raise

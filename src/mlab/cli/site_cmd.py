@@ -6,6 +6,7 @@ renders everything in memory before writing, so a bad site leaves DIR untouched.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from importlib import resources
@@ -94,6 +95,10 @@ def render(
     ),
 ) -> None:
     """Render the site into Kubernetes manifests (deterministic: same input, same bytes)."""
+    # Everything built from here on is kept until the command ends, so the garbage
+    # collector's passes only cost time: on a 10,000-user site they tripled it (issue 18).
+    gc.freeze()
+    gc.disable()
     loaded = load_site(site)
     rendered = render_with_passwords(loaded)
     if output is None:

@@ -96,23 +96,62 @@ def _literal(value: str, indent: str) -> str | None:
 def _emit(value: Any, indent: str, out: list[str]) -> None:
     """Append the block-style lines of a mapping or sequence at ``indent``."""
     if isinstance(value, dict):
-        for key, item in value.items():
-            key_text = _scalar_str(key) if isinstance(key, str) else _scalar(key)
-            _emit_entry(f"{indent}{key_text}:", item, indent, out, in_list=False)
+        _emit_map(value, indent, indent, out)
     else:
-        for item in value:
-            if isinstance(item, dict) and item:
-                first = True
-                for key, sub in item.items():
-                    key_text = _scalar_str(key) if isinstance(key, str) else _scalar(key)
-                    prefix = f"{indent}- " if first else f"{indent}  "
-                    _emit_entry(f"{prefix}{key_text}:", sub, indent + "  ", out, in_list=False)
-                    first = False
+        _emit_seq(value, indent, out)
+
+
+def _emit_map(value: dict[Any, Any], indent: str, first: str, out: list[str]) -> None:
+    """A mapping's entries at ``indent``; the first one starts with ``first`` (``- `` in a list).
+
+    Hot path (a 10,000-user site writes 2.4 million entries): the common value types are
+    told apart by ``type()`` inline; anything else goes through :func:`_emit_entry`.
+    """
+    append = out.append
+    sub = indent + "  "
+    prefix = first
+    for key, item in value.items():
+        head = f"{prefix}{_scalar_str(key) if type(key) is str else _scalar(key)}:"
+        prefix = indent
+        kind = type(item)
+        if kind is str:
+            if "\n" in item:
+                block = _literal(item, sub)
+                append(f"{head} {block if block is not None else _quote(item)}")
             else:
-                _emit_entry(f"{indent}-", item, indent, out, in_list=True)
+                append(f"{head} {_scalar_str(item)}")
+        elif kind is dict:
+            if item:
+                append(head)
+                _emit_map(item, sub, sub, out)
+            else:
+                append(head + " {}")
+        elif kind is list:
+            if item:
+                append(head)
+                # kubectl style: a list under a key sits at the key's indent.
+                _emit_seq(item, indent, out)
+            else:
+                append(head + " []")
+        elif kind is int:
+            append(f"{head} {item}")
+        elif kind is bool:
+            append(f"{head} {'true' if item else 'false'}")
+        else:
+            _emit_entry(head, item, indent, out, in_list=False)
+
+
+def _emit_seq(value: Any, indent: str, out: list[str]) -> None:
+    """A sequence's items at ``indent``."""
+    for item in value:
+        if isinstance(item, dict) and item:
+            _emit_map(item, indent + "  ", indent + "- ", out)
+        else:
+            _emit_entry(f"{indent}-", item, indent, out, in_list=True)
 
 
 def _emit_entry(head: str, item: Any, indent: str, out: list[str], in_list: bool) -> None:
+    """One entry whose line starts with ``head`` (``key:`` or ``-``), any value type."""
     if isinstance(item, dict):
         if item:
             out.append(head)
