@@ -41,8 +41,14 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P|E|Ei)?$")
 """A Kubernetes resource.Quantity in its common forms (``500m``, ``6Gi``, ``2``)."""
 
-RESERVED_USERS = ("admin", "airlock")
-"""User names that would clash with the password state's ``admin`` and ``airlock`` keys."""
+PUBLISHER_ACCOUNT = "mlab-publisher"
+"""The code-service account of the export publisher (its own container next to the Airlock,
+docs/requests.md): it may list exports and add notes, has no git access, and no person
+logs in with it. Also its key in the password state."""
+
+RESERVED_USERS = ("admin", "airlock", PUBLISHER_ACCOUNT)
+"""User names that would clash with the password state's ``admin``, ``airlock`` and
+publisher keys."""
 
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 """RFC 1918 private ranges and the RFC 3927 link-local range (cloud metadata 169.254.169.254)."""
@@ -518,12 +524,18 @@ class Site(Model):
             if user.name in RESERVED_USERS:
                 raise ValueError(
                     f"users[{index}].name: {user.name!r} is reserved (the password state "
-                    "keeps the Airlock's and the admin's under these names); pick another name"
+                    "keeps the Airlock's, the admin's and the export publisher's under these names); pick "
+                    "another name"
                 )
             seen[user.name] = index
         if self.airlock.enabled and self.airlock.user in seen:
             raise ValueError(
                 f"airlock.user: {self.airlock.user!r} is also a HomePod user; pick another name"
+            )
+        if self.airlock.user in set(RESERVED_USERS) - {"airlock"}:
+            raise ValueError(
+                f"airlock.user: {self.airlock.user!r} is a code-service account of its own; "
+                "pick another name"
             )
         self._check_port_clashes()
         self._check_private_claims()

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-1", "bob": "bob-pw-1",
-             "dave": "dave-pw-1", "admin": "admin-pw-1", "airlock": "airlock-pw-1"}
+             "dave": "dave-pw-1", "admin": "admin-pw-1", "airlock": "airlock-pw-1",
+             "mlab-publisher": "publisher-pw-1"}
 
 
 @dataclass

@@ -105,15 +105,17 @@ def test_errors_are_one_line_json(service) -> None:  # type: ignore[no-untyped-d
 
 
 def test_publisher_role(service) -> None:  # type: ignore[no-untyped-def]
-    alice, airlock = service.client("alice"), service.client("airlock")
+    alice, publisher = service.client("alice"), service.client("mlab-publisher")
     rid = alice.submit(EXPORT)["id"]
-    exports = {r["id"]: r for r in airlock.exports()}
+    exports = {r["id"]: r for r in publisher.exports()}
     assert exports[rid]["files"] == EXPORT["files"] and "reason" not in exports[rid]
     with pytest.raises(Forbidden):
         alice.exports()
+    with pytest.raises(Forbidden):  # issue 13: the Airlock's login is not the publisher
+        service.client("airlock").exports()
     with pytest.raises(NotFound):  # the publisher reviews nothing, and sees no request
-        airlock.act(rid, "approve", "no")
-    airlock.note(rid, "blocked", "sha256 differs")
+        publisher.act(rid, "approve", "no")
+    publisher.note(rid, "blocked", "sha256 differs")
     assert alice.get(rid)["history"][-1]["action"] == "blocked"
 
 

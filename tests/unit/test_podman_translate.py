@@ -328,11 +328,17 @@ def test_claim_sub_path_becomes_a_host_path_inside_the_volume() -> None:
         "type": "DirectoryOrCreate"}
     airlock = plan.pod("airlock")
     assert airlock is not None
-    mounts = {m["mountPath"]: m for m in airlock.manifest["spec"]["containers"][0]["volumeMounts"]}
+    login, publisher = airlock.manifest["spec"]["containers"]
+    assert "/opt/outbox" not in {m["mountPath"] for m in login["volumeMounts"]}  # issue 13
+    mounts = {m["mountPath"]: m for m in publisher["volumeMounts"]}
     assert mounts["/opt/outbox"]["readOnly"] is True and "subPath" not in mounts["/opt/outbox"]
+    export = next(v for v in airlock.manifest["spec"]["volumes"]
+                  if v["name"] == mounts["/opt/public/airlock/export"]["name"])
+    assert export["hostPath"]["path"].endswith("/mlab-local-airlock-share/_data/export")
     for pod in plan.pods:
-        for m in pod.manifest["spec"]["containers"][0]["volumeMounts"]:
-            assert "subPath" not in m or m["readOnly"], (pod.name, m)
+        for container in pod.manifest["spec"]["containers"]:
+            for m in container["volumeMounts"]:
+                assert "subPath" not in m, (pod.name, m)
 
 
 def test_a_sub_path_leaving_the_volume_is_an_error() -> None:

@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 from mlab.codeservice import audit, githttp, mirror, names, pages
 from mlab.codeservice.auth import Authenticator, authenticate, require_admin
 from mlab.codeservice.hook import install_hooks
+from mlab.codeservice.service_accounts import may_use_git
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
 from mlab.requests.api import request_routes
@@ -206,6 +207,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
     async def repo_route(request: Request) -> Response:
         parsed = names.parse_repo_path(request.url.path, request.scope.get("raw_path"))
         principal = await authenticate(request)
+        if not may_use_git(config.site, principal.name):  # issue 13: the Airlock, the publisher
+            raise HTTPException(403, f"the account {principal.name!r} has no git access")
         if parsed is None:
             raise HTTPException(404, "not found")
         record = store.get_repo(parsed.repo)

@@ -44,6 +44,7 @@ from mlab.requests.model import (
 )
 from mlab.requests.notify import Notifier, make_event
 from mlab.requests.store import RequestStore
+from mlab.site import PUBLISHER_ACCOUNT
 
 MAX_BODY = 2 * 1024 * 1024
 """Largest request body accepted, in bytes."""
@@ -85,7 +86,7 @@ class RequestsApp:
             ``name``, ``is_admin``, ``is_reviewer``. Default: the code service's.
         reviewers: ``codeService.reviewers``, also consulted for the reviewer role.
         notifier: called in the background after each transition. None: no notifications.
-        publishers: accounts that run the Airlock's publisher (the site's ``airlock.user``):
+        publishers: accounts that run the export publisher (``mlab-publisher``):
             they may read every export's file list and add notes, and nothing else.
     """
 
@@ -223,7 +224,7 @@ def request_routes(site: Any, data_dir: str | Path, *,
     airlock = getattr(site, "airlock", None)
     app = RequestsApp(store, authenticate=authenticate,
                       reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier,
-                      publishers=(airlock.user,) if airlock is not None else ())
+                      publishers=(PUBLISHER_ACCOUNT,) if airlock is not None else ())
     return app.routes()
 
 
