@@ -77,7 +77,8 @@ def test_homepod_contract() -> None:
     (c,) = pod["containers"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["MLAB_USER"] == "alice" and env["MLAB_UID"] == "1001"
-    assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "both"
+    assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "to-pod"
+    assert env["MLAB_SSH_ACCESS"] == "shell"  # posture: reviewed
     assert env["MLAB_PASSWORD_FILE"] == "/etc/mlab/secret/password"
     assert env["MLAB_CODE_HOST"] == "code.mlab.local" and env["TZ"] == "UTC"
     assert env["MLAB_IMAGE"] == site.image.ref

@@ -95,8 +95,17 @@ def outbox_claim(site: Site) -> str:
     return site.airlock.outbox.claim or "outbox"
 
 
+def exports_claim(site: Site) -> str | None:
+    """Name of the claim of delivered exports (``airlock.exports``), or None when exports
+    go to the share (``egress.exportDelivery: share``) or there is no Airlock."""
+    if not site.airlock.enabled or site.export_delivery() != "requester":
+        return None
+    return site.airlock.exports.claim or "exports"
+
+
 def claims(site: Site) -> list[dict[str, Any]]:
-    """The share and outbox PVCs MLab creates (ReadWriteMany: mounted on many nodes)."""
+    """The share, outbox and (requester delivery) exports PVCs MLab creates (ReadWriteMany:
+    mounted on many nodes)."""
     out = []
     share = site.airlock.share
     if not share.claim:
@@ -107,6 +116,11 @@ def claims(site: Site) -> list[dict[str, Any]]:
     if not outbox.claim:
         out.append(
             pvc(site, "outbox", "airlock", outbox.size, outbox.storage_class, "ReadWriteMany")
+        )
+    exports = site.airlock.exports
+    if exports_claim(site) and not exports.claim:
+        out.append(
+            pvc(site, "exports", "airlock", exports.size, exports.storage_class, "ReadWriteMany")
         )
     return out
 
@@ -146,7 +160,7 @@ def deployment(site: Site) -> dict[str, Any]:
         {"name": "MLAB_UID", "value": str(AIRLOCK_UID)},
         {"name": "MLAB_PASSWORD_FILE", "value": PASSWORD_FILE},
         {"name": "MLAB_MODE", "value": "airlock"},
-        {"name": "MLAB_CLIPBOARD", "value": site.clipboard},
+        {"name": "MLAB_CLIPBOARD", "value": site.clipboard_mode()},
         {"name": "MLAB_SUDO", "value": "1"},
         {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
         {"name": "MLAB_IMAGE", "value": site.image.ref},
@@ -219,8 +233,16 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
         }
     )
     vols.mount(secret, PUBLISHER_PASSWORD_DIR, read_only=True)
-    export_sub = "/".join(p for p in (air.share.sub_path, EXPORT_DIR) if p)
-    vols.mount(vols.claim(share_claim(site)), f"{SHARE_PATH}/{EXPORT_DIR}", sub_path=export_sub)
+    delivered = exports_claim(site)
+    if delivered:
+        # Requester delivery: the publication root is the exports claim, which only the
+        # code service reads (owner-only downloads); the publisher sees no share at all.
+        vols.mount(vols.claim(delivered), f"{SHARE_PATH}/{EXPORT_DIR}",
+                   sub_path=air.exports.sub_path)
+    else:
+        export_sub = "/".join(p for p in (air.share.sub_path, EXPORT_DIR) if p)
+        vols.mount(vols.claim(share_claim(site)), f"{SHARE_PATH}/{EXPORT_DIR}",
+                   sub_path=export_sub)
     vols.mount(
         vols.claim(outbox_claim(site)), OUTBOX_PATH, read_only=True,
         sub_path=air.outbox.sub_path,

@@ -25,13 +25,15 @@ from mlab.render.common import (
     resources_spec,
     selector,
 )
-from mlab.render.airlock import PUBLISHER_SECRET
+from mlab.render.airlock import PUBLISHER_SECRET, exports_claim
 from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.airlock import mount_ca_bundle, proxy_env
 from mlab.render.homepod import password_secret_name
 from mlab.site import PUBLISHER_ACCOUNT, Site
 
 DATA_DIR = "/var/lib/mlab/code"
+EXPORTS_DIR = "/var/lib/mlab/exports"
+"""Where the code service reads delivered exports (``egress.exportDelivery: requester``)."""
 SITE_FILE = "/etc/mlab/site.yaml"
 USERS_DIR = "/etc/mlab/users"
 ADMIN_DIR = "/etc/mlab/admin"
@@ -117,8 +119,14 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
             {"name": "user-passwords", "projected": {"defaultMode": 0o400, "sources": sources}}
         )
         vols.mount(users, USERS_DIR, read_only=True)
+    delivered = exports_claim(site)
+    if delivered:
+        # Approved exports, verified by the publisher, served to their requester only.
+        vols.mount(vols.claim(delivered), EXPORTS_DIR, read_only=True,
+                   sub_path=site.airlock.exports.sub_path)
     env = [
         {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
+        *([{"name": "MLAB_EXPORTS_DIR", "value": EXPORTS_DIR}] if delivered else []),
         {"name": "MLAB_CODE_HOST", "value": cs.host},
         *common_env(site),
         *proxy_env(site),
