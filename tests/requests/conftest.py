@@ -41,7 +41,7 @@ class Service:
         return RequestsClient(self.url, user, PASSWORDS[user])
 
 
-def _site(notify_log: Path, two_person: list[str]) -> Any:
+def _site(notify_log: Path, two_person: list[str], extra: dict[str, Any] | None = None) -> Any:
     from mlab.site import parse_site
 
     return parse_site({
@@ -54,10 +54,11 @@ def _site(notify_log: Path, two_person: list[str]) -> Any:
                               "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')",
                               str(notify_log)],
         },
-    })
+    } | (extra or {}))
 
 
-def start_service(tmp: Path, two_person: list[str]) -> Iterator[Service]:
+def start_service(tmp: Path, two_person: list[str],
+                  site_extra: dict[str, Any] | None = None) -> Iterator[Service]:
     """Start the service; yield it; stop it."""
     import uvicorn
 
@@ -66,7 +67,7 @@ def start_service(tmp: Path, two_person: list[str]) -> Iterator[Service]:
 
     data = tmp / "data"
     notify_log = tmp / "notify.jsonl"
-    site = _site(notify_log, two_person)
+    site = _site(notify_log, two_person, site_extra)
     config = ServiceConfig(data_dir=data, site=site, background_sync=False)
     store = prepare_data_dir(config)
     for name, password in PASSWORDS.items():
