@@ -223,6 +223,10 @@ def test_export_approved_is_published_rejected_is_not(lab: Lab) -> None:
                                     "sudo -n ps -eo args")
         assert out.startswith("0\n") and "request publish" not in out, out
         assert "/root/opt/outbox\n" not in out, out
+        # Nor can root capture the publisher's code-service login on the shared network.
+        status, out = _ssh_run(ssh, "sudo -n python3 -c 'import socket; "
+                                    "socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'")
+        assert status != 0 and "PermissionError" in out, out
         # The Airlock's code-service account has no git access (user branches included).
         pw = shlex.quote(lab.passwords["airlock"])
         status, out = _ssh_run(ssh, "for p in 80 8080; do curl -s -o /dev/null -w '%{http_code} ' "

@@ -184,6 +184,10 @@ def deployment(site: Site) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "volumeMounts": vols.volume_mounts(),
+        # The publisher shares this pod's network: no raw sockets here, so root through
+        # sudo cannot capture its code-service login (containerd grants NET_RAW by default;
+        # podman does not).
+        "securityContext": {"capabilities": {"drop": ["NET_RAW"]}},
     }
     res = resources_spec(air.resources)
     if res:
