@@ -168,8 +168,9 @@ def test_ssh_gives_an_interactive_shell(lab: Lab) -> None:
 def test_no_file_transfer_over_ssh(lab: Lab, tmp_path: Path) -> None:
     _exec(lab.alice, "echo secret-weights > ~/model.bin", "alice")
     target = f"alice@{BIND}"
-    proc = lab.openssh("sftp", "-P", str(ALICE_SSH), "-b", "-", f"{target}:model.bin",
-                       str(tmp_path / "sftp.bin"))
+    batch = tmp_path / "batch"
+    batch.write_text(f"get model.bin {tmp_path / 'sftp.bin'}\n")
+    proc = lab.openssh("sftp", "-P", str(ALICE_SSH), "-b", str(batch), target)
     assert proc.returncode != 0 and not (tmp_path / "sftp.bin").exists(), proc
     for mode in ([], ["-O"]):  # scp over SFTP (OpenSSH 9 default) and the legacy protocol
         dest = tmp_path / f"scp{len(mode)}.bin"
@@ -177,6 +178,7 @@ def test_no_file_transfer_over_ssh(lab: Lab, tmp_path: Path) -> None:
         assert proc.returncode != 0 and not dest.exists(), (mode, proc)
     proc = lab.openssh("ssh", "-p", str(ALICE_SSH), target, "cat model.bin")
     assert proc.returncode != 0 and "secret-weights" not in proc.stdout, proc
+    assert "interactive shell only" in proc.stderr, proc  # the key logged in; the command not
     # Uploads the same way in: none (files come in through the Airlock share).
     (tmp_path / "in.txt").write_text("x")
     proc = lab.openssh("scp", "-P", str(ALICE_SSH), str(tmp_path / "in.txt"), f"{target}:in.txt")
@@ -225,7 +227,7 @@ def test_no_tunnels(lab: Lab) -> None:
 
 
 def test_clipboard_only_into_the_desktop(lab: Lab) -> None:
-    args = _exec(lab.alice, "ps -eo args | grep '^Xtigervnc' || ps -eo args | grep -i Xvnc")
+    args = _exec(lab.alice, "ps -eo args | grep -E '[X]tigervnc|[X]vnc'")
     assert "-SendCutText=0" in args and "-AcceptCutText=1" in args, args
     sesman = _exec(lab.alice, "cat /etc/xrdp/sesman.ini")
     assert re.search(r"(?m)^RestrictOutboundClipboard=all$", sesman), sesman
