@@ -110,3 +110,27 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def service_two_person(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The code service where exports need two approvers."""
     yield from start_service(tmp_path_factory.mktemp("reqsvc2"), ["export"])
+
+
+@pytest.fixture(scope="module")
+def delivering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
+    """A code service delivering exports (``MLAB_EXPORTS_DIR``, as the rendered pod has it)
+    whose site lets only group ``ml`` (alice) and dave request exports; and that directory."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("delivery")
+    exports = tmp / "exports"
+    exports.mkdir()
+    extra = {
+        "users": [{"name": "alice", "groups": ["ml"]}, {"name": "carol"}, {"name": "bob"},
+                  {"name": "dave"}],
+        "egress": {"exportRequesters": ["group:ml", "dave"]},
+    }
+    os.environ["MLAB_EXPORTS_DIR"] = str(exports)
+    try:
+        gen = start_service(tmp, [], extra)
+        service = next(gen)
+    finally:
+        del os.environ["MLAB_EXPORTS_DIR"]
+    yield service, exports
+    next(gen, None)

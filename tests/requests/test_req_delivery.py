@@ -12,36 +12,19 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from conftest import PASSWORDS, Service, start_service
 
 
-@pytest.fixture(scope="module")
-def delivering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
-    tmp = tmp_path_factory.mktemp("delivery")
-    exports = tmp / "exports"
-    exports.mkdir()
-    extra = {
-        "users": [{"name": "alice", "groups": ["ml"]}, {"name": "carol"}, {"name": "bob"},
-                  {"name": "dave"}],
-        "egress": {"exportRequesters": ["group:ml", "dave"]},
-    }
-    os.environ["MLAB_EXPORTS_DIR"] = str(exports)
-    try:
-        gen = start_service(tmp, [], extra)
-        service = next(gen)
-    finally:
-        del os.environ["MLAB_EXPORTS_DIR"]
-    yield service, exports
-    next(gen, None)
+def _pw(service: Any, user: str) -> str:
+    return service.env(user)["MLAB_PASSWORD"]
 
 
-def _mlab(service: Service, user: str, *args: str, cwd: Path | None = None,
+def _mlab(service: Any, user: str, *args: str, cwd: Path | None = None,
           check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
     env.update(service.env(user))
@@ -65,7 +48,7 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
     rid = int(out.split("request ")[1].split()[0].rstrip(":"))
     url = f"{service.url}/api/requests/{rid}/files/notes.txt"
     # Submitted, not approved: nothing downloads, not even for the owner.
-    assert httpx.get(url, auth=("alice", PASSWORDS["alice"])).status_code == 409
+    assert httpx.get(url, auth=("alice", _pw(service, "alice"))).status_code == 409
     _mlab(service, "bob", "approve", str(rid), "--comment", "ok")
     # Approved but the publisher has not passed yet: a clear 409.
     proc = _mlab(service, "alice", "download", str(rid), "-o", str(tmp_path / "early"),
@@ -82,7 +65,7 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
                 == hashlib.sha256((home / rel).read_bytes()).hexdigest())
     # Nobody else: not a reviewer, not the admin, not the Airlock's login or the publisher.
     for user in ("carol", "bob", "admin", "airlock", "mlab-publisher"):
-        resp = httpx.get(url, auth=(user, PASSWORDS[user]))
+        resp = httpx.get(url, auth=(user, _pw(service, user)))
         assert resp.status_code == 404, (user, resp.status_code, resp.text)
         assert b"v3" not in resp.content
     proc = _mlab(service, "bob", "download", str(rid), "-o", str(tmp_path / "bob"), check=False)
@@ -91,13 +74,13 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
     # Only files of the request; no way out of the export's directory.
     for bad in ("other.txt", "..%2F1%2Fnotes.txt", "run%2F..%2Fnotes.txt"):  # raw, not normalised
         resp = httpx.get(f"{service.url}/api/requests/{rid}/files/{bad}",
-                         auth=("alice", PASSWORDS["alice"]))
+                         auth=("alice", _pw(service, "alice")))
         assert resp.status_code == 404, (bad, resp.status_code)
     audit = (service.data / "audit.log").read_text()
     assert f'"event": "export-download", "user": "alice", "request": {rid}' in audit
     # Revoked: refused at once, before the publisher removes the copy.
     _mlab(service, "bob", "revoke", str(rid), "--comment", "contract ended")
-    assert httpx.get(url, auth=("alice", PASSWORDS["alice"])).status_code == 409
+    assert httpx.get(url, auth=("alice", _pw(service, "alice"))).status_code == 409
 
 
 def test_export_requesters(delivering, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +95,7 @@ def test_export_requesters(delivering, tmp_path: Path) -> None:  # type: ignore[
     _mlab(service, "alice", *args, "--outbox", str(tmp_path / "a"))  # group:ml
     _mlab(service, "dave", *args, "--outbox", str(tmp_path / "d"))   # by name
     # Package requests are not limited by it.
-    resp = httpx.post(f"{service.url}/api/requests", auth=("carol", PASSWORDS["carol"]),
+    resp = httpx.post(f"{service.url}/api/requests", auth=("carol", _pw(service, "carol")),
                       json={"kind": "package", "reason": "tree", "script": "true\n",
                             "transcript": {"output": "", "exit_status": 0, "duration_s": 0.1,
                                            "started_at": "2026-12-05T00:00:00Z",
