@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from mlab.errors import MlabError
-from mlab.site import Site
+from mlab.site import PUBLISHER_ACCOUNT, Site
 
 ALPHABET = string.ascii_letters + string.digits
 """Letters and digits: safe in every client, URL and shell without quoting."""
@@ -51,8 +51,9 @@ def generate_password() -> str:
 
 
 def password_keys(site: Site) -> list[str]:
-    """Keys of the passwords a site needs: every user, ``airlock`` and ``admin``."""
-    return [u.name for u in site.users] + ["airlock", "admin"]
+    """Keys of the passwords a site needs: every user, ``airlock``, ``admin`` and the export
+    publisher's account (:data:`mlab.site.PUBLISHER_ACCOUNT`)."""
+    return [u.name for u in site.users] + ["airlock", "admin", PUBLISHER_ACCOUNT]
 
 
 def _read(path: Path) -> dict[str, str]:

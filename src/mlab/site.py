@@ -42,8 +42,14 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P|E|Ei)?$")
 """A Kubernetes resource.Quantity in its common forms (``500m``, ``6Gi``, ``2``)."""
 
-RESERVED_USERS = ("admin", "airlock")
-"""User names that would clash with the password state's ``admin`` and ``airlock`` keys."""
+PUBLISHER_ACCOUNT = "mlab-publisher"
+"""The code-service account of the export publisher (its own container next to the Airlock,
+docs/requests.md): it may list exports and add notes, has no git access, and no person
+logs in with it. Also its key in the password state."""
+
+RESERVED_USERS = ("admin", "airlock", PUBLISHER_ACCOUNT)
+"""User names that would clash with the password state's ``admin``, ``airlock`` and
+publisher keys."""
 
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 """RFC 1918 private ranges and the RFC 3927 link-local range (cloud metadata 169.254.169.254)."""
@@ -364,6 +370,12 @@ class Airlock(Model):
         description="One claim holding every user's export outbox (a subPath per user). "
         "Default: a new 50Gi claim.",
     )
+    exports: Storage = Field(
+        default_factory=lambda: Storage(size="50Gi"),
+        description="Verified copies of approved exports when `egress.exportDelivery` is "
+        "requester: written by the export publisher, read (read-only) by the code service, "
+        "mounted nowhere else. Default: a new 50Gi claim.",
+    )
     proxy: Proxy = Field(default_factory=Proxy, description="Outbound proxy. Default: none.")
     ca_bundle_secret: Label | None = Field(
         None,
@@ -549,6 +561,48 @@ class Cluster(Model):
     )
 
 
+POSTURE_DEFAULTS: dict[str, dict[str, str]] = {
+    "reviewed": {"ssh": "shell", "clipboard": "to-pod", "exportDelivery": "requester"},
+    "open": {"ssh": "full", "clipboard": "both", "exportDelivery": "share"},
+}
+"""What each egress knob is when the site leaves it unset, per ``posture`` (issue 17): the
+one place these defaults live; docs/egress.md shows this table."""
+
+
+class Egress(Model):
+    """How data may leave HomePods; every knob left unset follows ``posture``."""
+
+    ssh: Literal["shell", "full"] | None = Field(
+        None,
+        description="SSH to HomePods. shell: an interactive login shell only (no SFTP, scp, "
+        "remote commands, TCP/agent/X11 forwarding or tunnels); full: all of OpenSSH. "
+        "None: shell when posture is reviewed, full when open.",
+    )
+    export_delivery: Literal["requester", "share"] | None = Field(
+        None,
+        description="Where approved exports go. requester: downloaded from the code service "
+        "by their requester with their own credentials (`mlab request download`), never on "
+        "the Airlock share; share: published to /opt/public/airlock/export/<id>/ (the "
+        "Airlock's SFTP login, readable in every HomePod). None: requester when posture is "
+        "reviewed, share when open.",
+    )
+    export_requesters: list[str] = Field(
+        default_factory=list,
+        description="Who may request exports: user names and `group:<name>` entries "
+        "(users[].groups). Empty: every user.",
+    )
+
+    @field_validator("export_requesters")
+    @classmethod
+    def _requesters(cls, value: list[str]) -> list[str]:
+        for i, item in enumerate(value):
+            name = item.removeprefix("group:")
+            if not DNS1123_LABEL.match(name):
+                raise ValueError(f"exportRequesters[{i}]: {item!r} must be a user name or "
+                                 "group:<name> (a DNS-1123 label)")
+        return value
+
+
 class Site(Model):
     """A whole MLab site: everything `mlab render` and `mlab up` need."""
 
@@ -560,9 +614,23 @@ class Site(Model):
         "UTC", description="IANA time zone database name, e.g. Asia/Shanghai. Default: UTC."
     )
     locale: str = Field("en_US.UTF-8", description="LANG in every pod. Default: en_US.UTF-8.")
-    clipboard: Literal["both", "to-pod", "from-pod", "none"] = Field(
-        "both",
-        description="Clipboard between client and desktop: both, to-pod, from-pod or none.",
+    posture: Literal["reviewed", "open"] = Field(
+        "reviewed",
+        description="Egress posture (docs/egress.md). reviewed: data leaves HomePods only "
+        "through a reviewed export (SSH shell only, clipboard into the desktop only, exports "
+        "downloaded by their requester); open: the seed's free paths (SFTP, forwarding, "
+        "clipboard both ways, exports on the Airlock share). Sets the defaults of `clipboard` "
+        "and `egress`. Default: reviewed.",
+    )
+    clipboard: Literal["both", "to-pod", "from-pod", "none"] | None = Field(
+        None,
+        description="Clipboard between client and desktop (VNC, noVNC, RDP): both, to-pod "
+        "(paste in only), from-pod or none. None: to-pod when posture is reviewed, both "
+        "when open.",
+    )
+    egress: Egress = Field(
+        default_factory=Egress,
+        description="Egress knobs; each unset one follows `posture`.",
     )
     dns: Literal["none", "cluster"] = Field(
         "none",
@@ -591,12 +659,22 @@ class Site(Model):
             if user.name in RESERVED_USERS:
                 raise ValueError(
                     f"users[{index}].name: {user.name!r} is reserved (the password state "
-                    "keeps the Airlock's and the admin's under these names); pick another name"
+                    "keeps the Airlock's, the admin's and the export publisher's under these names); pick "
+                    "another name"
                 )
             seen[user.name] = index
         if self.airlock.enabled and self.airlock.user in seen:
             raise ValueError(
                 f"airlock.user: {self.airlock.user!r} is also a HomePod user; pick another name"
+            )
+        for i, item in enumerate(self.egress.export_requesters):
+            if not item.startswith("group:") and item not in seen:
+                raise ValueError(f"egress.exportRequesters[{i}]: {item!r} is not a site user "
+                                 "(write group:<name> for a group)")
+        if self.airlock.user in set(RESERVED_USERS) - {"airlock"}:
+            raise ValueError(
+                f"airlock.user: {self.airlock.user!r} is a code-service account of its own; "
+                "pick another name"
             )
         self._check_port_clashes()
         self._check_private_claims()
@@ -607,6 +685,29 @@ class Site(Model):
                 f"{self.cluster.service_cidr}; pick an address inside it"
             )
         return self
+
+    def clipboard_mode(self) -> str:
+        """``clipboard``, or the posture's default (:data:`POSTURE_DEFAULTS`)."""
+        return self.clipboard or POSTURE_DEFAULTS[self.posture]["clipboard"]
+
+    def ssh_access(self) -> str:
+        """``egress.ssh``, or the posture's default: ``shell`` or ``full``."""
+        return self.egress.ssh or POSTURE_DEFAULTS[self.posture]["ssh"]
+
+    def export_delivery(self) -> str:
+        """``egress.exportDelivery``, or the posture's default: ``requester`` or ``share``."""
+        return self.egress.export_delivery or POSTURE_DEFAULTS[self.posture]["exportDelivery"]
+
+    def may_request_exports(self, user: str) -> bool:
+        """Whether ``user`` may submit export requests (``egress.exportRequesters``:
+        empty means every user; ``group:<g>`` matches ``users[].groups``)."""
+        allowed = self.egress.export_requesters
+        if not allowed:
+            return True
+        if user in allowed:
+            return True
+        groups = next((set(u.groups) for u in self.users if u.name == user), set())
+        return any(f"group:{g}" in allowed for g in groups)
 
     @property
     def code_service_ip(self) -> str:

@@ -32,6 +32,8 @@ def test_load_accounts(tmp_path: Path) -> None:
     (tmp_path / "users" / "alice" / "password").write_text("pw-alice\n")
     (tmp_path / "users" / "airlock").mkdir(parents=True)
     (tmp_path / "users" / "airlock" / "password").write_text("pw-airlock")
+    (tmp_path / "users" / "mlab-publisher").mkdir(parents=True)
+    (tmp_path / "users" / "mlab-publisher" / "password").write_text("pw-publisher\n")
     store = Store(tmp_path / "db.sqlite")
     store.set_password("mallory", "old")  # a user no longer in the site
     missing = load_accounts(store, site, tmp_path / "users", "admin-pw")
@@ -41,6 +43,7 @@ def test_load_accounts(tmp_path: Path) -> None:
     assert store.check_password("admin", "admin-pw") is True
     assert store.check_password("mallory", "old") is None
     assert store.check_password("airlock", "pw-airlock") is False
+    assert store.check_password("mlab-publisher", "pw-publisher") is False
     raw = sqlite3.connect(tmp_path / "db.sqlite").execute("SELECT hash FROM accounts").fetchall()
     assert all(h.startswith("$argon2id$") for (h,) in raw)
     assert not any("pw-alice" in h for (h,) in raw)

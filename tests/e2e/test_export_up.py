@@ -1,18 +1,19 @@
 """An export through the whole platform of `mlab up`: HomePod --> code service --> Airlock.
 
 One site (``t4exp``, its own bind address 127.0.4.7 and MLAB_STATE_DIR) with alice and
-reviewer bob. Alice exports two small files from her HomePod (``mlab request export`` as
-alice, logged in with her own password file); bob approves one export and rejects the
-other with the CLI from this machine against the code service's published port; the
-Airlock's export publisher, logged in to the code service as ``airlock.user`` with the
-Airlock password (the password Secret projected into the code-service pod), publishes the
-approved one into /opt/public/airlock/export/<id>/, and the files download over SFTP from
-the Airlock's published SSH port with the recorded sha256. The rejected export is never
-published. ``mlab down --volumes`` removes the site at the end.
+reviewer bob. Alice exports files from her HomePod (``mlab request export`` as alice,
+logged in with her own password file); bob approves one export and rejects another with
+the CLI from this machine against the code service's published port, and leaves a third
+unreviewed. The export publisher, the Airlock pod's second container (the only one that
+mounts the outboxes), logged in to the code service as ``mlab-publisher`` with its own
+Secret, publishes the approved one into /opt/public/airlock/export/<id>/, and the files
+download over SFTP from the Airlock's published SSH port with the recorded sha256.
 
-The image's supervised publisher (``mlab request publish --watch 30``) does the publishing
-when the image has it (/usr/local/lib/mlab/run-publisher); an image without it gets one
-``mlab request publish`` run inside the Airlock as the Airlock user.
+Issue 13 item 2, as the Airlock's own user over SSH and SFTP, with sudo: the unreviewed and
+rejected bytes are nowhere on the Airlock's filesystem (a root ``grep -r`` of ``/``), no
+outbox is mounted or reachable through ``/proc``, the publisher's processes are not
+visible, and the Airlock's code-service account gets 403 for git. ``mlab down --volumes``
+removes the site at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import yaml
 
 from mlab.podman import podman
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SITE = "t4exp"
 BIND = "127.0.4.7"
@@ -58,6 +59,9 @@ def _site_doc(image: str) -> dict[str, Any]:
         ],
         "airlock": {"service": {"ports": {"vnc": 15910, "novnc": 17040, "ssh": AIRLOCK_SSH}}},
         "codeService": {"reviewers": ["bob"]},
+        # Exports on the Airlock share (the open posture's delivery): what the Airlock may
+        # and may not see. The reviewed default (requester delivery) is test_egress_up.py.
+        "egress": {"exportDelivery": "share"},
     }
 
 
@@ -76,6 +80,8 @@ class Lab:
         self.server = ""
         self.airlock = f"mlab-{SITE}-airlock-airlock"
         self.alice = f"mlab-{SITE}-homepod-alice-homepod"
+        self.publisher = f"mlab-{SITE}-airlock-publisher"
+
 
     def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -143,49 +149,53 @@ def _published(lab: Lab, rid: int) -> bool:
     return proc.returncode == 0
 
 
-def _publish(lab: Lab, rid: int) -> str:
-    """Wait for the supervised publisher, or run ``mlab request publish`` once (an image
-    without it). Returns how it was published."""
-    supervised = podman(["exec", lab.airlock, "test", "-x",
-                         "/usr/local/lib/mlab/run-publisher"], check=False).returncode == 0
-    if not supervised:
-        pw = shlex.quote(lab.passwords["airlock"])
-        _exec(lab.airlock, f"MLAB_PASSWORD={pw} MLAB_PASSWORD_FILE= mlab request publish",
-              "airlock")
-        assert _published(lab, rid)
-        return "mlab request publish (run by the test)"
+def _wait_published(lab: Lab, rid: int) -> None:
+    """Wait for the publisher container (it passes every 30 s)."""
     deadline = time.monotonic() + PUBLISH_WAIT
     while not _published(lab, rid):
         if time.monotonic() > deadline:
-            logs = podman(["logs", lab.airlock], check=False).stdout[-3000:]
-            raise AssertionError(f"request {rid} not published after {PUBLISH_WAIT} s:\n{logs}")
+            logs = podman(["logs", lab.publisher], check=False)
+            raise AssertionError(f"request {rid} not published after {PUBLISH_WAIT} s:\n"
+                                 f"{(logs.stdout + logs.stderr)[-3000:]}")
         time.sleep(2)
-    return "supervised publisher"
+
+
+def _ssh_run(ssh: paramiko.SSHClient, command: str, timeout: float = 300) -> tuple[int, str]:
+    """Run ``command`` over the SSH session; (exit status, stdout + stderr)."""
+    _, out, err = ssh.exec_command(command, timeout=timeout)
+    text = out.read().decode(errors="replace") + err.read().decode(errors="replace")
+    return out.channel.recv_exit_status(), text
 
 
 def test_export_approved_is_published_rejected_is_not(lab: Lab) -> None:
+    marker = f"UNREVIEWED-{os.urandom(8).hex()}"
     _exec(lab.alice, "mkdir -p ~/out/run && cd ~/out && echo 'model v3' > notes.txt"
-                     " && head -c 200000 /dev/urandom > run/weights.bin", "alice")
+                     " && head -c 200000 /dev/urandom > run/weights.bin"
+                     f" && echo {marker} > raw.csv", "alice")
     local = _exec(lab.alice, "cd ~/out && sha256sum notes.txt run/weights.bin", "alice")
     sums = dict(reversed(line.split()) for line in local.stdout.splitlines())
     good = _request_id(_exec(
         lab.alice, "cd ~/out && mlab request export notes.txt run --reason 'model for ACME'",
         "alice").stdout)
     bad = _request_id(_exec(
-        lab.alice, "cd ~/out && mlab request export notes.txt --reason 'raw data'",
+        lab.alice, "cd ~/out && mlab request export raw.csv --reason 'raw data'",
         "alice").stdout)
-    assert good != bad
+    pending = _request_id(_exec(
+        lab.alice, "cd ~/out && mlab request export raw.csv --reason 'not reviewed yet'",
+        "alice").stdout)
+    assert len({good, bad, pending}) == 3
     # Each HomePod sees only its own outbox (a subPath of the outbox volume).
     assert _exec(f"mlab-{SITE}-homepod-bob-homepod", "ls -A /opt/outbox", "bob").stdout == ""
-    assert _exec(lab.airlock, "ls /opt/outbox", "airlock").stdout.split() == ["alice", "bob"]
+    # Issue 13: only the publisher container mounts the outboxes, never the Airlock.
+    assert _exec(lab.publisher, "ls /opt/outbox", "root").stdout.split() == ["alice", "bob"]
+    assert podman(["exec", lab.airlock, "test", "-e", "/opt/outbox"], check=False).returncode == 1
 
     shown = json.loads(lab.request_as("bob", "show", str(good), "-o", "json").stdout)
     assert {f["path"]: f["sha256"] for f in shown["files"]} == sums
     lab.request_as("bob", "reject", str(bad), "--comment", "raw customer data")
     lab.request_as("bob", "approve", str(good), "--comment", "ok for ACME")
 
-    how = _publish(lab, good)
-    print(f"\npublished by the {how}")
+    _wait_published(lab, good)
     ssh, sftp = _sftp(lab)
     try:
         base = f"/opt/public/airlock/export/{good}"
@@ -194,15 +204,47 @@ def test_export_approved_is_published_rejected_is_not(lab: Lab) -> None:
                 assert hashlib.sha256(fh.read()).hexdigest() == digest, path
         checks = sftp.open(f"{base}/SHA256SUMS").read().decode()
         assert f"{sums['notes.txt']}  notes.txt" in checks
-        with pytest.raises(FileNotFoundError):
-            sftp.stat(f"/opt/public/airlock/export/{bad}")
+        for rid in (bad, pending):
+            with pytest.raises(FileNotFoundError):
+                sftp.stat(f"/opt/public/airlock/export/{rid}")
         assert sorted(sftp.listdir("/opt/public/airlock/export")) == [str(good)]
+        # SFTP over the whole filesystem: no outbox anywhere.
+        assert "outbox" not in sftp.listdir("/opt")
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("/opt/outbox/alice")
+        # SSH with sudo (root in the Airlock): the unreviewed file is nowhere to be read.
+        status, out = _ssh_run(ssh, "sudo -n id -u 2>/dev/null")
+        assert (status, out) == (0, "0\n"), out
+        # (/usr is the image's own read-only content, no mount point: skipped for time.)
+        status, out = _ssh_run(ssh, "sudo -n grep -rlF -D skip --exclude-dir=proc "
+                                    "--exclude-dir=sys --exclude-dir=dev --exclude-dir=usr "
+                                    f"{marker} / 2>/dev/null; echo done")
+        assert out == "done\n", out  # no file on the Airlock holds the unreviewed bytes
+        status, out = _ssh_run(ssh, "awk '$2 ~ \"^/usr\"' /proc/mounts")
+        assert out == "", out
+        status, out = _ssh_run(ssh, "sudo -n grep -c outbox /proc/mounts 2>/dev/null; "
+                                    "sudo -n sh -c 'ls -d /proc/[0-9]*/root/opt/outbox' 2>&1; "
+                                    "sudo -n ps -eo args")
+        assert out.startswith("0\n") and "request publish" not in out, out
+        assert "/root/opt/outbox\n" not in out, out
+        # Nor can root capture the publisher's code-service login on the shared network.
+        status, out = _ssh_run(ssh, "sudo -n python3 -c 'import socket; "
+                                    "socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'")
+        assert status != 0 and "PermissionError" in out, out
+        # The Airlock's code-service account has no git access (user branches included).
+        pw = shlex.quote(lab.passwords["airlock"])
+        status, out = _ssh_run(ssh, "for p in 80 8080; do curl -s -o /dev/null -w '%{http_code} ' "
+                                    f"-u airlock:{pw} http://code.mlab.local:$p/org/repo/info/refs"
+                                    "?service=git-upload-pack; done")
+        assert "403" in out.split() and "200" not in out.split(), out
     finally:
         sftp.close()
         ssh.close()
     history = json.loads(lab.request_as("alice", "show", str(good), "-o", "json").stdout)
     actions = [h["action"] for h in history["history"]]
     assert "published" in actions, actions
+    assert {h["by"] for h in history["history"] if h["action"] == "published"} == {
+        "mlab-publisher"}
     states = json.loads(lab.request_as("bob", "show", str(bad), "-o", "json").stdout)
     assert states["state"] == "rejected"
     assert "published" not in [h["action"] for h in states["history"]]

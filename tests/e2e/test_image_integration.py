@@ -2,7 +2,7 @@
 trusted by curl and Python, the image reference for transcripts, proxies for login
 sessions, the HomePod's outbox owned by its user; in airlock mode the audited SFTP
 subsystem, the share root, audit.log and top-level folders owned by the Airlock user, and
-the export publisher under supervisord. Also
+the export publisher in a container of its own. Also
 `mlab image build --local --steps FILE` (approved package scripts baked in, with a label).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mlab.podman import podman
+from mlab.render.airlock import PUBLISHER_COMMAND
 
 pytestmark = pytest.mark.e2e
 
@@ -130,13 +131,25 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
     assert (share.stat().st_uid, (share / "audit.log").stat().st_uid) == (1999, 1999)
     c.exec("bash", "-c", "touch /opt/public/airlock/by-user && echo {} >> /opt/public/airlock/audit.log",
            user="airlock")
-    deadline = time.monotonic() + 60
-    while "next try in" not in c.logs() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    # Issue 13: the Airlock runs no export publisher (it has its own container).
     status = c.exec("supervisorctl", "-c", "/etc/mlab/supervisord.conf", "status", "publisher",
                     check=False).stdout
-    assert "RUNNING" in status, status
-    logs = c.logs()
+    assert "no such process" in status.lower(), status
+    # The publisher container as rendered (render.airlock.PUBLISHER_COMMAND): no entrypoint,
+    # read-only root, DAC_OVERRIDE only; with no code service it waits, not spins.
+    p = e2e.run_container(
+        homepod_image, PREFIX,
+        env={"MLAB_USER": "mlab-publisher", "MLAB_PASSWORD_FILE": "/etc/mlab/publisher/password",
+             "MLAB_CODE_URL": "http://127.0.0.1:9", "HOME": "/tmp"},
+        volumes=[f"{secret}:/etc/mlab/publisher/password:ro", f"{share}/export:/opt/public/airlock/export"],
+        extra=["--read-only", "--cap-drop=all", "--cap-add=DAC_OVERRIDE",
+               "--security-opt=no-new-privileges", "--entrypoint", PUBLISHER_COMMAND[0]],
+    )
+    containers.append(p)
+    deadline = time.monotonic() + 60
+    while "next try in" not in p.logs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logs = p.logs()
     assert logs.count("next try in 30 s") == 1, logs[-2000:]
     assert "cannot reach the code service" in logs
     assert PASSWORD not in logs

@@ -45,6 +45,8 @@ def _site_doc(image: str, users: list[str], name: str = SITE, bind: str = BIND) 
         ],
         "airlock": {"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
         "codeService": {"allowLocalUpstreams": True, "reviewers": [users[-1]]},
+        # The seed's paths (SSH commands below); the reviewed posture: test_egress_up.py.
+        "posture": "open",
     }
 
 

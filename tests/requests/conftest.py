@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-1", "bob": "bob-pw-1",
-             "dave": "dave-pw-1", "admin": "admin-pw-1", "airlock": "airlock-pw-1"}
+             "dave": "dave-pw-1", "admin": "admin-pw-1", "airlock": "airlock-pw-1",
+             "mlab-publisher": "publisher-pw-1"}
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Service:
         return RequestsClient(self.url, user, PASSWORDS[user])
 
 
-def _site(notify_log: Path, two_person: list[str]) -> Any:
+def _site(notify_log: Path, two_person: list[str], extra: dict[str, Any] | None = None) -> Any:
     from mlab.site import parse_site
 
     return parse_site({
@@ -53,10 +54,11 @@ def _site(notify_log: Path, two_person: list[str]) -> Any:
                               "import sys; open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')",
                               str(notify_log)],
         },
-    })
+    } | (extra or {}))
 
 
-def start_service(tmp: Path, two_person: list[str]) -> Iterator[Service]:
+def start_service(tmp: Path, two_person: list[str],
+                  site_extra: dict[str, Any] | None = None) -> Iterator[Service]:
     """Start the service; yield it; stop it."""
     import uvicorn
 
@@ -65,7 +67,7 @@ def start_service(tmp: Path, two_person: list[str]) -> Iterator[Service]:
 
     data = tmp / "data"
     notify_log = tmp / "notify.jsonl"
-    site = _site(notify_log, two_person)
+    site = _site(notify_log, two_person, site_extra)
     config = ServiceConfig(data_dir=data, site=site, background_sync=False)
     store = prepare_data_dir(config)
     for name, password in PASSWORDS.items():
@@ -108,3 +110,27 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def service_two_person(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The code service where exports need two approvers."""
     yield from start_service(tmp_path_factory.mktemp("reqsvc2"), ["export"])
+
+
+@pytest.fixture(scope="module")
+def delivering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
+    """A code service delivering exports (``MLAB_EXPORTS_DIR``, as the rendered pod has it)
+    whose site lets only group ``ml`` (alice) and dave request exports; and that directory."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("delivery")
+    exports = tmp / "exports"
+    exports.mkdir()
+    extra = {
+        "users": [{"name": "alice", "groups": ["ml"]}, {"name": "carol"}, {"name": "bob"},
+                  {"name": "dave"}],
+        "egress": {"exportRequesters": ["group:ml", "dave"]},
+    }
+    os.environ["MLAB_EXPORTS_DIR"] = str(exports)
+    try:
+        gen = start_service(tmp, [], extra)
+        service = next(gen)
+    finally:
+        del os.environ["MLAB_EXPORTS_DIR"]
+    yield service, exports
+    next(gen, None)

@@ -106,30 +106,32 @@ def test_errors_are_one_line_json(service) -> None:  # type: ignore[no-untyped-d
 
 
 def test_publisher_role(service) -> None:  # type: ignore[no-untyped-def]
-    alice, airlock = service.client("alice"), service.client("airlock")
+    alice, publisher = service.client("alice"), service.client("mlab-publisher")
     rid = alice.submit(EXPORT)["id"]
-    exports = {r["id"]: r for r in airlock.exports()}
+    exports = {r["id"]: r for r in publisher.exports()}
     assert exports[rid]["files"] == EXPORT["files"] and "reason" not in exports[rid]
     with pytest.raises(Forbidden):
         alice.exports()
+    with pytest.raises(Forbidden):  # issue 13: the Airlock's login is not the publisher
+        service.client("airlock").exports()
     with pytest.raises(NotFound):  # the publisher reviews nothing, and sees no request
-        airlock.act(rid, "approve", "no")
+        publisher.act(rid, "approve", "no")
     # The publisher notes only what it did to approved exports (issue 13, item 8): a fake
     # "published" on an unapproved export, a free-form note, a package request: refused.
     for action in ("published", "blocked", "note"):
         with pytest.raises(Forbidden):
-            airlock.note(rid, action, "fake")
+            publisher.note(rid, action, "fake")
     package = alice.submit(PACKAGE)["id"]
     with pytest.raises(Forbidden):
-        airlock.note(package, "published", "fake")
+        publisher.note(package, "published", "fake")
     assert [h["action"] for h in alice.get(rid)["history"]] == ["submit"]
     service.client("bob").act(rid, "approve", "fine")
     with pytest.raises(Forbidden):
-        airlock.note(rid, "unpublished", "not yet")
-    airlock.note(rid, "blocked", "sha256 differs")
+        publisher.note(rid, "unpublished", "not yet")
+    publisher.note(rid, "blocked", "sha256 differs")
     assert alice.get(rid)["history"][-1]["action"] == "blocked"
     service.client("bob").act(rid, "revoke", "pulled")
-    airlock.note(rid, "unpublished", "removed")
+    publisher.note(rid, "unpublished", "removed")
 
 
 def test_page_lists_with_history(service) -> None:  # type: ignore[no-untyped-def]

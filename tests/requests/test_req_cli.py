@@ -103,7 +103,7 @@ def test_export_review_publish_revoke(service, tmp_path: Path) -> None:  # type:
     def publish() -> subprocess.CompletedProcess[str]:
         # Other tests share the service and leave approved exports without an outbox here,
         # so the exit status is 1 (blocked); each assertion looks at this test's ids.
-        proc = mlab(service, "airlock", "publish", "--outbox-root", str(outboxes),
+        proc = mlab(service, "mlab-publisher", "publish", "--outbox-root", str(outboxes),
                     "--export-root", str(export_root), check=False)
         assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
         return proc
@@ -128,7 +128,7 @@ def test_export_review_publish_revoke(service, tmp_path: Path) -> None:  # type:
         assert _sha(published / f["path"]) == f["sha256"]
     assert not (export_root / str(bad)).exists()
     history = json.loads(mlab(service, "alice", "show", str(good), "-o", "json").stdout)["history"]
-    assert history[-1]["action"] == "published" and history[-1]["by"] == "airlock"
+    assert history[-1]["action"] == "published" and history[-1]["by"] == "mlab-publisher"
 
     # Changed after approval: blocked, nothing published, exit 1.
     third = _rid(mlab(service, "alice", *args, "--reason", "again"))
@@ -168,5 +168,7 @@ def test_publish_needs_the_publisher(service, tmp_path: Path) -> None:  # type: 
     args = ["publish", "--outbox-root", str(tmp_path), "--export-root", str(tmp_path / "e")]
     proc = mlab(service, "alice", *args, check=False)
     assert proc.returncode == 1 and "neither a reviewer nor the publisher" in proc.stderr
-    proc = mlab(service, "airlock", *args, check=False)
+    proc = mlab(service, "airlock", *args, check=False)  # issue 13: not the Airlock's login
+    assert proc.returncode == 1 and "neither a reviewer nor the publisher" in proc.stderr
+    proc = mlab(service, "mlab-publisher", *args, check=False)
     assert "neither" not in proc.stderr

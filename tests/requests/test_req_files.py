@@ -99,6 +99,50 @@ def test_symlink_in_outbox_blocks_publication(tmp_path: Path) -> None:
     assert publish_one(request2, outboxes2, export2).action == "blocked"
 
 
+def test_outbox_swapped_for_a_link_mid_publication_is_not_followed(tmp_path: Path) -> None:
+    """Issue 13 item 8: the outbox directory is opened once; swapping it for a link to
+    another user's outbox while the first file is being copied changes nothing: every later
+    file is read through the descriptor of the directory opened first."""
+    request, outboxes, export = _staged(tmp_path)
+    mine = outboxes / "alice" / "exp-1"
+    theirs = outboxes / "bob" / "exp-9"
+    theirs.mkdir(parents=True)
+    swapped: list[bool] = []
+
+    def swap(_n: int) -> None:
+        if not swapped:
+            os.rename(mine, outboxes / "alice" / ".real")
+            mine.symlink_to(Path("..") / ".." / "bob" / "exp-9")
+            swapped.append(True)
+
+    outcome = publish_one(request, outboxes, export, swap)
+    assert swapped and mine.is_symlink()
+    assert outcome.action == "published", outcome.detail
+    for entry in request["files"]:
+        assert sha256_file(export / "5" / entry["path"])[1] == entry["sha256"]
+
+
+def test_link_planted_in_the_publication_directory_is_not_followed(tmp_path: Path) -> None:
+    """The export root is in the share, which the Airlock's root can change: a directory
+    of a publication in progress swapped for a link must not redirect a write."""
+    request, outboxes, export = _staged(tmp_path)
+    outside = tmp_path / "publisher-files"
+    outside.mkdir()
+    planted: list[Path] = []
+
+    def plant(_n: int) -> None:
+        if not planted:
+            (tmp,) = export.glob(".tmp-5-*")
+            (tmp / "res").symlink_to(outside)
+            planted.append(tmp)
+
+    outcome = publish_one(request, outboxes, export, plant)
+    assert planted
+    assert outcome.action == "blocked" and "res/metrics.json" in outcome.detail, outcome
+    assert list(outside.iterdir()) == []
+    assert list(export.iterdir()) == []
+
+
 def test_missing_outbox_blocks(tmp_path: Path) -> None:
     request, outboxes, export = _staged(tmp_path)
     request = {**request, "owner": "bob"}

@@ -83,7 +83,7 @@ def test_api_server_rules(path: Path) -> None:
             paths = [m["mountPath"] for m in container["volumeMounts"]]
             assert len(paths) == len(set(paths)), f"{name}: two mounts at one path"
             assert {m["name"] for m in container["volumeMounts"]} <= set(volumes)
-            port_names = {p["name"] for p in container["ports"]}
+            port_names = {p["name"] for p in container.get("ports", [])}
             assert all(IANA_SVC_NAME.match(p) for p in port_names)
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 if probe in container:

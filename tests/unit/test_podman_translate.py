@@ -72,7 +72,7 @@ def test_claims_become_site_prefixed_volumes() -> None:
     plan = _plan(_site())
     assert set(plan.volumes) == {
         "mlab-local-home-alice", "mlab-local-home-bob", "mlab-local-airlock-share",
-        "mlab-local-outbox", "mlab-local-code-service-data"}
+        "mlab-local-outbox", "mlab-local-code-service-data", "mlab-local-exports"}
     alice = plan.pod("homepod", "alice")
     assert alice is not None
     claims = {v["persistentVolumeClaim"]["claimName"]
@@ -328,11 +328,25 @@ def test_claim_sub_path_becomes_a_host_path_inside_the_volume() -> None:
         "type": "DirectoryOrCreate"}
     airlock = plan.pod("airlock")
     assert airlock is not None
-    mounts = {m["mountPath"]: m for m in airlock.manifest["spec"]["containers"][0]["volumeMounts"]}
+    login, publisher = airlock.manifest["spec"]["containers"]
+    assert "/opt/outbox" not in {m["mountPath"] for m in login["volumeMounts"]}  # issue 13
+    mounts = {m["mountPath"]: m for m in publisher["volumeMounts"]}
     assert mounts["/opt/outbox"]["readOnly"] is True and "subPath" not in mounts["/opt/outbox"]
+    export = next(v for v in airlock.manifest["spec"]["volumes"]
+                  if v["name"] == mounts["/opt/public/airlock/export"]["name"])
+    # posture reviewed: the publisher writes to the exports claim, never to the share
+    assert export["persistentVolumeClaim"]["claimName"] == "mlab-local-exports"
+    assert "/opt/public/airlock" not in mounts
+    shared = _plan(_site(egress={"exportDelivery": "share"})).pod("airlock")
+    assert shared is not None
+    mounts = {m["mountPath"]: m for m in shared.manifest["spec"]["containers"][1]["volumeMounts"]}
+    export = next(v for v in shared.manifest["spec"]["volumes"]
+                  if v["name"] == mounts["/opt/public/airlock/export"]["name"])
+    assert export["hostPath"]["path"].endswith("/mlab-local-airlock-share/_data/export")
     for pod in plan.pods:
-        for m in pod.manifest["spec"]["containers"][0]["volumeMounts"]:
-            assert "subPath" not in m or m["readOnly"], (pod.name, m)
+        for container in pod.manifest["spec"]["containers"]:
+            for m in container["volumeMounts"]:
+                assert "subPath" not in m, (pod.name, m)
 
 
 def test_a_sub_path_leaving_the_volume_is_an_error() -> None:

@@ -14,7 +14,8 @@ from mlab.site import load_site, parse_site
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 PASSWORDS = {"alice": "pw-alice-123", "bob": "pw-bob-456", "gemfield": "pw-gem-789",
-             "airlock": "pw-airlock-0", "admin": "pw-admin-1"}
+             "airlock": "pw-airlock-0", "admin": "pw-admin-1",
+             "mlab-publisher": "pw-publisher-2"}
 
 LABEL_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
               "app.kubernetes.io/component", "app.kubernetes.io/managed-by")
@@ -76,7 +77,8 @@ def test_homepod_contract() -> None:
     (c,) = pod["containers"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["MLAB_USER"] == "alice" and env["MLAB_UID"] == "1001"
-    assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "both"
+    assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "to-pod"
+    assert env["MLAB_SSH_ACCESS"] == "shell"  # posture: reviewed
     assert env["MLAB_PASSWORD_FILE"] == "/etc/mlab/secret/password"
     assert env["MLAB_CODE_HOST"] == "code.mlab.local" and env["TZ"] == "UTC"
     assert env["MLAB_IMAGE"] == site.image.ref
@@ -123,9 +125,10 @@ def test_code_service_contract() -> None:
         "/etc/mlab/users", "/etc/mlab/admin", "/etc/mlab/site.yaml", "/var/lib/mlab/code"}
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     paths = [s["secret"]["items"][0]["path"] for s in vols["user-passwords"]["projected"]["sources"]]
-    assert paths == ["alice/password", "bob/password", "airlock/password"]
+    assert paths == ["alice/password", "bob/password", "airlock/password",
+                     "mlab-publisher/password"]
     names = [s["secret"]["name"] for s in vols["user-passwords"]["projected"]["sources"]]
-    assert names[-1] == "airlock-password"
+    assert names[-2:] == ["airlock-password", "export-publisher-password"]
     cm = _by(objs, "ConfigMap", "mlab-site")
     assert parse_site(yaml.safe_load(cm["data"]["site.yaml"])) == site
     assert _by(objs, "PersistentVolumeClaim", "code-service-data")
@@ -133,7 +136,7 @@ def test_code_service_contract() -> None:
 
 def test_existing_password_secret_not_generated() -> None:
     site = parse_site({"name": "s", "users": [{"name": "carol", "passwordSecret": "carol-pw"}]})
-    rendered = render_site(site, {"carol": "x", "airlock": "y", "admin": "z"})
+    rendered = render_site(site, {"carol": "x", "airlock": "y", "admin": "z", "mlab-publisher": "p"})
     assert "homepod-carol-password" not in {s["metadata"]["name"] for s in rendered.secrets}
     dep = _by(rendered.files["homepod.yaml"], "Deployment", "homepod-carol")
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}

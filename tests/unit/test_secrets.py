@@ -18,8 +18,8 @@ def _site(*users: str):
 
 def test_created_once_and_stable(tmp_path: Path) -> None:
     first = load_or_create_passwords(_site("alice"), tmp_path)
-    assert set(first) == {"alice", "airlock", "admin"}
-    assert len(set(first.values())) == 3 and all(len(v) == 20 for v in first.values())
+    assert set(first) == {"alice", "airlock", "admin", "mlab-publisher"}
+    assert len(set(first.values())) == 4 and all(len(v) == 20 for v in first.values())
     path = passwords_path(_site("alice"), tmp_path)
     assert path == tmp_path / "t" / "passwords.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -25,16 +25,15 @@ def seed():
     return site, rendered, objs, passwords
 
 
-def _container(dep):
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    return c
+def _container(dep, index=0):
+    return dep["spec"]["template"]["spec"]["containers"][index]
 
 
-def _mounts(dep):
+def _mounts(dep, index=0):
     pod = dep["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     out = {}
-    for m in _container(dep)["volumeMounts"]:
+    for m in _container(dep, index)["volumeMounts"]:
         vol = volumes[m["name"]]
         source = (vol.get("persistentVolumeClaim") or {}).get("claimName") or (
             "emptyDir:" + vol["emptyDir"].get("medium", "") if "emptyDir" in vol else m["name"])
@@ -93,7 +92,13 @@ def test_airlock_as_seed(seed) -> None:
     mounts = _mounts(dep)
     assert mounts["/opt/public/airlock"] == ("public-dataset", "airlock", False)
     assert mounts["/dev/shm"] == ("emptyDir:Memory", None, False)
-    assert mounts["/opt/outbox"] == ("outbox", None, True)
+    assert "/opt/outbox" not in mounts  # issue 13: only the publisher reads outboxes
+    assert c["securityContext"] == {"capabilities": {"drop": ["NET_RAW"]}}  # no sniffing
+    assert _container(dep, 1)["name"] == "publisher"
+    publisher = _mounts(dep, 1)
+    assert publisher["/opt/outbox"] == ("outbox", None, True)
+    assert publisher["/opt/public/airlock/export"] == ("public-dataset", "airlock/export", False)
+    assert publisher["/etc/mlab/publisher"] == ("publisher-password", None, True)
     svc = objs[("Service", "airlock")]["spec"]
     assert svc["externalIPs"] == ["192.168.0.168"]
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["ports"]}

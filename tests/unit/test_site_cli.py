@@ -111,7 +111,7 @@ def test_render_stdout_hides_secrets_unless_asked(tmp_path: Path, capsys) -> Non
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
     assert "Secret" not in kinds and "NetworkPolicy" in kinds
     code, out, _ = run(capsys, "render", "--site", str(SEED), "--with-secrets")
-    assert [d["kind"] for d in yaml.safe_load_all(out) if d].count("Secret") == 3
+    assert [d["kind"] for d in yaml.safe_load_all(out) if d].count("Secret") == 4  # + the publisher
 
 
 def test_render_output_is_a_file(tmp_path: Path, capsys) -> None:

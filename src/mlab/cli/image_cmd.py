@@ -1,4 +1,5 @@
-"""`mlab image build`: build the HomePod image (docs/image.md).
+"""`mlab image build` and `mlab image status`: build the HomePod image, and say how old it
+is and which security updates it lacks (docs/image.md).
 
 The image reference is the last line of standard output (scripts capture it); progress
 goes to standard error.
@@ -102,3 +103,31 @@ def register(app: typer.Typer) -> None:
         err.print(f"image ready in {time.monotonic() - start:.0f} s", highlight=False)
         sys.stdout.write(ref + "\n")
         sys.stdout.flush()
+
+    @image.command("status")
+    def status_cmd(
+        ref: str = typer.Option("localhost/mlab/homepod:latest", "--image",
+                                help="Image reference. Default: localhost/mlab/homepod:latest."),
+        output: str = typer.Option("text", "-o", "--output", help="text or json. Default: text."),
+    ) -> None:
+        """The image's age and the Debian updates it lacks (security ones counted apart),
+        from `apt-get -s upgrade` in a throw-away container of it."""
+        import json
+
+        from mlab.image.status import status
+
+        if output not in ("text", "json"):
+            raise UsageError(f"-o {output!r}: use text or json")
+        err = Console(stderr=True)
+        with err.status("asking the Debian mirror what the image lacks"):
+            info = status(ref)
+        if output == "json":
+            sys.stdout.write(json.dumps(info, indent=2) + "\n")
+            return
+        print(f"{info['image']}: built {info['created']} ({info['age_days']} days ago); "
+              f"{info['pending']} updates pending, {info['security']} of them security")
+        for u in info["updates"]:
+            if u["security"]:
+                print(f"  {u['package']} {u['installed']} -> {u['candidate']} ({u['suites']})")
+        if info["security"]:
+            print("rebuild with the updates: mlab image build --local (after a recipe change)")

@@ -206,6 +206,24 @@ def register(app: typer.Typer) -> None:
                 return
             time.sleep(watch)
 
+    @group.command("download")
+    def download(
+        request_id: int = typer.Argument(..., metavar="ID", help="Your approved export."),
+        output: Path = typer.Option(None, "-o", "--output", help="Directory for the files. "
+                                    "Default: ./export-<ID>."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Download your approved export with your own credentials; every file is checked
+        against its recorded sha256 (sites with egress.exportDelivery: requester)."""
+        client = _client(server)
+        dest = output or Path(f"export-{request_id}")
+        with _progress() as progress:
+            task = progress.add_task(f"request {request_id}", total=None)
+            files = client.download(request_id, dest, lambda n: progress.advance(task, n))
+        total = sum(int(f["size"]) for f in files)
+        print(f"request {request_id}: {len(files)} files, {total} bytes in {dest}, "
+              "sha256 verified")
+
     @group.command("packages")
     def packages(
         output: Path = typer.Option(None, "-o", "--output", help="Write the JSON here "

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from mlab.codeservice.auth import ADMIN
+from mlab.codeservice.service_accounts import load_service_accounts
 from mlab.codeservice.store import Store
 from mlab.errors import UsageError
 from mlab.site import Site
@@ -60,7 +61,7 @@ def admin_password(data_dir: Path, password_file: Path | None) -> tuple[str, boo
 
 def load_accounts(store: Store, site: Site, users_dir: Path, admin: str) -> list[str]:
     """Store the hashes of every site user with a password file, of admin, and of the
-    Airlock's account (``airlock.user``) when its password file exists.
+    service accounts (the Airlock's and the export publisher's) whose password files exist.
 
     Args:
         store: the database.
@@ -89,16 +90,8 @@ def load_accounts(store: Store, site: Site, users_dir: Path, admin: str) -> list
             continue
         store.set_password(user.name, password)
         keep.add(user.name)
-    # The Airlock's account (it publishes approved exports through the requests API) logs
-    # in when its password file is present, like a user's; without one it simply cannot.
-    if site.airlock.enabled and site.airlock.user not in keep:
-        try:
-            password = _read_secret(users_dir / site.airlock.user / "password")
-        except OSError:
-            password = ""
-        if password:
-            store.set_password(site.airlock.user, password)
-            keep.add(site.airlock.user)
+    # The Airlock's and the export publisher's accounts (issue 13: no git access).
+    keep |= load_service_accounts(store, site, users_dir, keep)
     store.remove_accounts_except(keep)
     for name in missing:
         log.warning("[mlab/%s] no password file %s/%s/password: this user cannot log in",

@@ -37,6 +37,7 @@ from mlab.codeservice.auth import (
 )
 from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks
+from mlab.codeservice.service_accounts import may_use_git
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
 from mlab.requests.api import request_routes
@@ -242,6 +243,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
     async def repo_route(request: Request) -> Response:
         parsed = names.parse_repo_path(request.url.path, request.scope.get("raw_path"))
         principal = await authenticate(request)
+        if not may_use_git(config.site, principal.name):  # issue 13: the Airlock, the publisher
+            raise HTTPException(403, f"the account {principal.name!r} has no git access")
         if parsed is None:
             raise HTTPException(404, "not found")
         record = store.get_repo(parsed.repo)

@@ -14,7 +14,7 @@ from typing import Any
 
 from mlab.render import airlock, code_service, homepod, network
 from mlab.render.dump import dump_document, dump_yaml
-from mlab.site import API_VERSION, Site
+from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site
 
 __all__ = ["FILES", "Rendered", "dump_document", "dump_yaml", "render_site", "SECRETS_FILE"]
 
@@ -87,8 +87,8 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
 
     Args:
         site: a validated site.
-        passwords: ``mlab.secrets.load_or_create_passwords`` output: user name, ``airlock``
-            and ``admin`` to password. None: render no Secrets (manifests only, e.g. for
+        passwords: ``mlab.secrets.load_or_create_passwords`` output: user name, ``airlock``,
+            ``admin`` and ``mlab-publisher`` to password. None: render no Secrets (manifests only, e.g. for
             golden files); the manifests are the same either way.
 
     Returns:
@@ -116,5 +116,7 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
         ]
         if site.airlock.enabled and not site.airlock.password_secret:
             secrets.append(airlock.password_secret(site, passwords["airlock"]))
+        if site.airlock.enabled:
+            secrets.append(airlock.publisher_secret(site, passwords[PUBLISHER_ACCOUNT]))
         secrets.append(code_service.admin_secret(site, passwords["admin"]))
     return Rendered(files=files, secrets=secrets)

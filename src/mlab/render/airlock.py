@@ -1,8 +1,15 @@
-"""Airlock objects: the share and outbox PVCs, the password Secret, Deployment and Service.
+"""Airlock objects: the share and outbox PVCs, the password Secrets, Deployment and Service.
 
-Invariant: the Airlock mounts the share read-write and every user's outbox read-only (the
-whole outbox claim at /opt/outbox); it never mounts a home or a user's password. The share
-and outbox claims are rendered even when the Airlock is disabled, because HomePods mount them.
+Invariant: the Airlock's login container mounts the share read-write and never an outbox, a
+home or another account's password. Every user's outbox (the whole outbox claim) is mounted,
+read-only, only in the pod's second container, the export *publisher*: it runs as no login
+user, with its own code-service account (:data:`mlab.site.PUBLISHER_ACCOUNT`, its own
+Secret) and sees of the share only ``export/``, where it writes verified copies of approved
+exports. Containers of a pod share the network but not their filesystems or processes
+(no ``shareProcessNamespace``), so nobody who logs in to the Airlock, root through sudo
+included, can read an outbox: the Airlock sees ``export/<id>/`` of approved requests and
+nothing else (issue 13). The share and outbox claims are rendered even when the Airlock is
+disabled, because HomePods mount them.
 """
 
 from __future__ import annotations
@@ -28,13 +35,38 @@ from mlab.render.common import (
     service_ports,
 )
 from mlab.render.homepod import container_ports, shm_volume
-from mlab.site import Site
+from mlab.site import PUBLISHER_ACCOUNT, Site
 
 ACCESS = ["ssh", "novnc", "vnc"]
 """The Airlock Service's ports, in this order (no RDP: the seed published none)."""
 
 AIRLOCK_UID = 1000
 """uid of the Airlock login user (the Airlock has no home of its own)."""
+
+
+PUBLISHER_SECRET = "export-publisher-password"
+"""Secret (key ``password``) of the publisher's code-service account, generated."""
+
+PUBLISHER_PASSWORD_DIR = "/etc/mlab/publisher"
+"""Where the publisher container sees its password file (mode 0400, root's)."""
+
+PUBLISHER_COMMAND = ["/usr/local/lib/mlab/run-publisher"]
+"""The publisher container's command (the image's wrapper of ``mlab request publish
+--watch 30``, with back-off); it replaces the image entrypoint: no login user, no sshd."""
+
+EXPORT_DIR = "export"
+"""The share's sub-directory of published exports (docs/CONTRACTS.md)."""
+
+
+def publisher_secret(site: Site, password: str) -> dict[str, Any]:
+    """The generated Secret of the publisher's code-service account (key ``password``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, PUBLISHER_SECRET, "airlock"),
+        "type": "Opaque",
+        "stringData": {"password": password},
+    }
 
 
 def password_secret_name(site: Site) -> str:
@@ -63,8 +95,17 @@ def outbox_claim(site: Site) -> str:
     return site.airlock.outbox.claim or "outbox"
 
 
+def exports_claim(site: Site) -> str | None:
+    """Name of the claim of delivered exports (``airlock.exports``), or None when exports
+    go to the share (``egress.exportDelivery: share``) or there is no Airlock."""
+    if not site.airlock.enabled or site.export_delivery() != "requester":
+        return None
+    return site.airlock.exports.claim or "exports"
+
+
 def claims(site: Site) -> list[dict[str, Any]]:
-    """The share and outbox PVCs MLab creates (ReadWriteMany: mounted on many nodes)."""
+    """The share, outbox and (requester delivery) exports PVCs MLab creates (ReadWriteMany:
+    mounted on many nodes)."""
     out = []
     share = site.airlock.share
     if not share.claim:
@@ -75,6 +116,11 @@ def claims(site: Site) -> list[dict[str, Any]]:
     if not outbox.claim:
         out.append(
             pvc(site, "outbox", "airlock", outbox.size, outbox.storage_class, "ReadWriteMany")
+        )
+    exports = site.airlock.exports
+    if exports_claim(site) and not exports.claim:
+        out.append(
+            pvc(site, "exports", "airlock", exports.size, exports.storage_class, "ReadWriteMany")
         )
     return out
 
@@ -109,16 +155,12 @@ def deployment(site: Site) -> dict[str, Any]:
     )
     vols.mount(secret, PASSWORD_DIR, read_only=True)
     vols.mount(vols.claim(share_claim(site)), SHARE_PATH, sub_path=air.share.sub_path)
-    vols.mount(
-        vols.claim(outbox_claim(site)), OUTBOX_PATH, read_only=True,
-        sub_path=air.outbox.sub_path,
-    )
     env = [
         {"name": "MLAB_USER", "value": air.user},
         {"name": "MLAB_UID", "value": str(AIRLOCK_UID)},
         {"name": "MLAB_PASSWORD_FILE", "value": PASSWORD_FILE},
         {"name": "MLAB_MODE", "value": "airlock"},
-        {"name": "MLAB_CLIPBOARD", "value": site.clipboard},
+        {"name": "MLAB_CLIPBOARD", "value": site.clipboard_mode()},
         {"name": "MLAB_SUDO", "value": "1"},
         {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
         {"name": "MLAB_IMAGE", "value": site.image.ref},
@@ -142,10 +184,16 @@ def deployment(site: Site) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "volumeMounts": vols.volume_mounts(),
+        # The publisher shares this pod's network: no raw sockets here, so root through
+        # sudo cannot capture its code-service login (containerd grants NET_RAW by default;
+        # podman does not).
+        "securityContext": {"capabilities": {"drop": ["NET_RAW"]}},
     }
     res = resources_spec(air.resources)
     if res:
         container["resources"] = res
+    vols.mounts = []
+    publisher = publisher_container(site, vols)
     pod_spec: dict[str, Any] = {
         **placement_spec(air.placement),
         **pull_secrets(site),
@@ -153,7 +201,7 @@ def deployment(site: Site) -> dict[str, Any]:
         "enableServiceLinks": False,
         "hostname": "airlock",
         "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}],
-        "containers": [container],
+        "containers": [container, publisher],
         "volumes": vols.volumes(),
     }
     return {
@@ -166,6 +214,61 @@ def deployment(site: Site) -> dict[str, Any]:
             "selector": {"matchLabels": selector(site, "airlock")},
             "template": {"metadata": {"labels": labels(site, "airlock")}, "spec": pod_spec},
         },
+    }
+
+
+def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
+    """The export publisher: every outbox read-only, the share's ``export/``, its password.
+
+    Runs as root (outboxes hold files of every user id) with only ``DAC_OVERRIDE`` (read
+    any outbox file, write into ``export/`` whoever owns it), a read-only root filesystem
+    and no privilege escalation. Adds its volumes to ``vols``; uses ``vols.mounts`` only
+    for its own mounts (the caller empties it first).
+    """
+    air = site.airlock
+    secret = vols.add(
+        {
+            "name": "publisher-password",
+            "secret": {
+                "secretName": PUBLISHER_SECRET,
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": 0o400,
+            },
+        }
+    )
+    vols.mount(secret, PUBLISHER_PASSWORD_DIR, read_only=True)
+    delivered = exports_claim(site)
+    if delivered:
+        # Requester delivery: the publication root is the exports claim, which only the
+        # code service reads (owner-only downloads); the publisher sees no share at all.
+        vols.mount(vols.claim(delivered), f"{SHARE_PATH}/{EXPORT_DIR}",
+                   sub_path=air.exports.sub_path)
+    else:
+        export_sub = "/".join(p for p in (air.share.sub_path, EXPORT_DIR) if p)
+        vols.mount(vols.claim(share_claim(site)), f"{SHARE_PATH}/{EXPORT_DIR}",
+                   sub_path=export_sub)
+    vols.mount(
+        vols.claim(outbox_claim(site)), OUTBOX_PATH, read_only=True,
+        sub_path=air.outbox.sub_path,
+    )
+    return {
+        "name": "publisher",
+        "image": site.image.ref,
+        "imagePullPolicy": site.image.pull_policy,
+        "command": list(PUBLISHER_COMMAND),
+        "env": [
+            {"name": "MLAB_USER", "value": PUBLISHER_ACCOUNT},
+            {"name": "MLAB_PASSWORD_FILE", "value": f"{PUBLISHER_PASSWORD_DIR}/password"},
+            {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
+            {"name": "HOME", "value": "/tmp"},
+            *common_env(site),
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
+        },
+        "volumeMounts": vols.volume_mounts(),
     }
 
 

@@ -4,8 +4,8 @@ Invariant: the Service has the site's fixed clusterIP (HomePods reach it through
 hostAliases entry, with no DNS); the container runs ``mlab code-service serve`` from the
 HomePod image, reading the site from the ``mlab-site`` ConfigMap and users' passwords from
 their Secrets projected at /etc/mlab/users/<user>/password (docs/CONTRACTS.md); with the
-Airlock enabled its password Secret is projected there too, under ``airlock.user``, so the
-Airlock's export publisher can log in.
+Airlock enabled its password Secret is projected there too, under ``airlock.user`` (package
+requests), and the export publisher's, under ``mlab-publisher``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from mlab.render.common import (
     resources_spec,
     selector,
 )
+from mlab.render.airlock import PUBLISHER_SECRET, exports_claim
 from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.airlock import mount_ca_bundle, proxy_env
 from mlab.render.homepod import password_secret_name
-from mlab.site import Site
+from mlab.site import PUBLISHER_ACCOUNT, Site
 
 DATA_DIR = "/var/lib/mlab/code"
+EXPORTS_DIR = "/var/lib/mlab/exports"
+"""Where the code service reads delivered exports (``egress.exportDelivery: requester``)."""
 SITE_FILE = "/etc/mlab/site.yaml"
 USERS_DIR = "/etc/mlab/users"
 ADMIN_DIR = "/etc/mlab/admin"
@@ -107,15 +110,23 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         _password_source(password_secret_name(user), user.name) for user in site.users
     ]
     if site.airlock.enabled:
-        # The Airlock's publisher logs in as airlock.user (docs/requests.md).
+        # The Airlock's account (package requests; no git access) and the export
+        # publisher's own account (docs/requests.md).
         sources.append(_password_source(airlock_secret_name(site), site.airlock.user))
+        sources.append(_password_source(PUBLISHER_SECRET, PUBLISHER_ACCOUNT))
     if sources:
         users = vols.add(
             {"name": "user-passwords", "projected": {"defaultMode": 0o400, "sources": sources}}
         )
         vols.mount(users, USERS_DIR, read_only=True)
+    delivered = exports_claim(site)
+    if delivered:
+        # Approved exports, verified by the publisher, served to their requester only.
+        vols.mount(vols.claim(delivered), EXPORTS_DIR, read_only=True,
+                   sub_path=site.airlock.exports.sub_path)
     env = [
         {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
+        *([{"name": "MLAB_EXPORTS_DIR", "value": EXPORTS_DIR}] if delivered else []),
         {"name": "MLAB_CODE_HOST", "value": cs.host},
         *common_env(site),
         *proxy_env(site),

@@ -13,6 +13,8 @@ Routes (JSON unless stated)::
     GET  /api/requests/{id}                             one request with history
     POST /api/requests/{id}/{action}  {"comment": str}  review|approve|reject|revoke|cancel
     GET  /api/requests/exports                          every export, for the publisher
+    GET  /api/requests/{id}/files/{path}                an approved export's file, owner only
+                                                        (mlab.requests.delivery)
     POST /api/requests/{id}/notes {"action", "comment"} publisher notes
 
     GET  /requests                                      HTML page: requests with history
@@ -43,7 +45,9 @@ from mlab.requests.model import (
     validate_submission,
 )
 from mlab.requests.notify import Notifier, make_event
+from mlab.requests.delivery import Delivery, exports_dir_from_env
 from mlab.requests.store import RequestStore
+from mlab.site import PUBLISHER_ACCOUNT
 
 MAX_BODY = 2 * 1024 * 1024
 """Largest request body accepted, in bytes."""
@@ -85,13 +89,16 @@ class RequestsApp:
             ``name``, ``is_admin``, ``is_reviewer``. Default: the code service's.
         reviewers: ``codeService.reviewers``, also consulted for the reviewer role.
         notifier: called in the background after each transition. None: no notifications.
-        publishers: accounts that run the Airlock's publisher (the site's ``airlock.user``):
+        may_export: whether a user may submit export requests (the site's
+            ``egress.exportRequesters``); None: everyone.
+        publishers: accounts that run the export publisher (``mlab-publisher``):
             they may read every export's file list and add notes, and nothing else.
     """
 
     def __init__(self, store: RequestStore, *, authenticate: Authenticate | None = None,
                  reviewers: Sequence[str] = (), notifier: Notifier | None = None,
-                 publishers: Sequence[str] = ()) -> None:
+                 publishers: Sequence[str] = (),
+                 may_export: Callable[[str], bool] | None = None) -> None:
         if authenticate is None:
             from mlab.codeservice.auth import authenticate as code_auth
 
@@ -101,6 +108,7 @@ class RequestsApp:
         self.reviewers = tuple(reviewers)
         self.notifier = notifier
         self.publishers = tuple(publishers)
+        self.may_export = may_export
 
     async def _actor(self, request: Request):  # type: ignore[no-untyped-def]
         return actor_from(await self.authenticate(request), self.reviewers)
@@ -125,6 +133,10 @@ class RequestsApp:
         actor = await self._actor(request)
         try:
             fields = validate_submission(await _read_json(request))
+            if (fields["kind"] == "export" and self.may_export is not None
+                    and not self.may_export(actor.name)):
+                raise Forbidden(f"{actor.name!r} may not request exports on this site",
+                                hint="an admin can add you to egress.exportRequesters")
             item = await run_in_threadpool(
                 self.store.create, kind=fields["kind"], owner=actor.name,
                 reason=fields["reason"], payload=fields["payload"],
@@ -223,8 +235,11 @@ def request_routes(site: Any, data_dir: str | Path, *,
     airlock = getattr(site, "airlock", None)
     app = RequestsApp(store, authenticate=authenticate,
                       reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier,
-                      publishers=(airlock.user,) if airlock is not None else ())
-    return app.routes()
+                      publishers=(PUBLISHER_ACCOUNT,) if airlock is not None else (),
+                      may_export=getattr(site, "may_request_exports", None))
+    delivery = Delivery(store, app.authenticate, exports_dir_from_env(),
+                        Path(data_dir) / "audit.log")
+    return [*delivery.routes(), *app.routes()]
 
 
 # --- the page ----------------------------------------------------------------------------

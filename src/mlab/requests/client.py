@@ -21,13 +21,16 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from mlab.errors import MlabError, TemporaryError, UsageError
+from mlab.requests.checksums import sha256_stream
 from mlab.requests.model import Conflict, Forbidden, InvalidRequest, NotFound, RequestError
 
 _STATUS: dict[int, type[RequestError]] = {
@@ -145,6 +148,10 @@ class RequestsClient:
                 f"{self.server}: cannot reach the code service: {type(exc).__name__}",
                 hint="check --server / MLAB_CODE_URL and that the code service runs",
             ) from None
+        self._raise_for(resp)
+        return resp.json()
+
+    def _raise_for(self, resp: httpx.Response) -> None:
         if resp.status_code == 401:
             raise MlabError(f"{self.server}: user {self.user!r}: wrong user name or password")
         if resp.status_code >= 400:
@@ -155,7 +162,6 @@ class RequestsClient:
                 message, hint = resp.text.strip()[:200] or resp.reason_phrase, None
             error = _STATUS.get(resp.status_code, MlabError)
             raise error(message, hint=hint)
-        return resp.json()
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Submit a request (see ``model.validate_submission``); return it."""
@@ -186,6 +192,59 @@ class RequestsClient:
         """Every export request with state, owner, outbox and files (publisher, reviewers)."""
         return self._call("GET", "/exports")["requests"]  # type: ignore[no-any-return]
 
+    def download(self, request_id: int, dest: Path,
+                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Download an approved export of this user into ``dest/<path>`` and check every
+        file against its recorded size and sha256 (``egress.exportDelivery: requester``).
+
+        Each file is streamed to ``dest/.<name>.part`` and renamed into place only when it
+        matches; an existing file is never overwritten.
+
+        Returns:
+            The request's file list (``path``, ``size``, ``sha256``).
+
+        Raises:
+            NotFound, Conflict: not this user's approved export, or not delivered yet.
+            MlabError: a file differs from its record, or exists already in ``dest``.
+        """
+        rid = int(request_id)
+        files: list[dict[str, Any]] = self.get(rid)["files"]
+        for entry in files:
+            target = dest / str(entry["path"])
+            if target.exists():
+                raise UsageError(f"{target}: exists already; pick another -o directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(f".{target.name}.part")
+            path = quote(str(entry["path"]))
+            try:
+                with httpx.stream("GET", f"{self.server}/api/requests/{rid}/files/{path}",
+                                  auth=(self.user, self.password), timeout=self.timeout,
+                                  trust_env=False) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        self._raise_for(resp)
+                    with open(part, "wb") as out:
+                        size, digest = sha256_stream(_reader(resp.iter_bytes()), out.write,
+                                                     progress)
+            except httpx.HTTPError as exc:
+                part.unlink(missing_ok=True)
+                raise TemporaryError(f"{self.server}: download of request {rid} "
+                                     f"{entry['path']} failed: {type(exc).__name__}") from None
+            if (size, digest) != (entry["size"], entry["sha256"]):
+                part.unlink(missing_ok=True)
+                raise MlabError(f"request {rid} {entry['path']}: received {size} bytes with "
+                                f"sha256 {digest[:12]}..., recorded {entry['size']} bytes "
+                                f"{str(entry['sha256'])[:12]}...; nothing kept")
+            os.replace(part, target)
+        return files
+
     def packages(self) -> list[dict[str, Any]]:
         """Approved package scripts in approval order (reviewers and admin)."""
         return self._call("GET", "/packages")["packages"]  # type: ignore[no-any-return]
+
+
+def _reader(chunks: Iterator[bytes]) -> Callable[[int], bytes]:
+    """A ``read(n)`` over an iterator of chunks (the size hint is ignored)."""
+    def read(_n: int) -> bytes:
+        return next(chunks, b"")
+    return read

@@ -1,0 +1,34 @@
+"""`mlab image status` on the built image: real podman, real apt against the Debian mirror."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlab.podman import podman
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def test_status_reports_age_and_pending_updates(homepod_image: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "image", "status", "--image",
+                           homepod_image, "-o", "json"], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout)
+    created = podman(["image", "inspect", "--format", "{{.Created.Unix}}", homepod_image]).stdout
+    import datetime as dt
+
+    assert info["created"] == dt.datetime.fromtimestamp(
+        int(created), dt.timezone.utc).isoformat(timespec="seconds")
+    assert info["age_days"] >= 0 and info["pending"] == len(info["updates"])
+    assert info["security"] == sum(u["security"] for u in info["updates"])
+    # A wrong reference is one clear line, exit 1, no traceback.
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "image", "status", "--image",
+                           "localhost/mlab/no-such-image:x"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not found" in proc.stderr
