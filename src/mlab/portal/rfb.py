@@ -60,8 +60,8 @@ def vnc_auth_response(password: str, challenge: bytes) -> bytes:
         raise ValueError(f"a VncAuth challenge is 16 bytes, got {len(challenge)}")
     key = password.encode("utf-8")[:8].ljust(8, b"\0")
     key = bytes(_reverse_bits(b) for b in key)
-    # Triple DES with K1 = K2 = K3 (an 8-byte key) is single DES.
-    enc = Cipher(TripleDES(key), modes.ECB()).encryptor()  # noqa: S305 - RFB mandates DES-ECB
+    # Triple DES with K1 = K2 = K3 is single DES.
+    enc = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()  # noqa: S305 - RFB mandates DES-ECB
     return enc.update(challenge) + enc.finalize()
 
 
