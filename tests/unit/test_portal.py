@@ -179,3 +179,27 @@ def test_portal_only_site_admits_desktop_ports_from_the_portal_alone() -> None:
     assert len(both["homepod-from-office"]["spec"]["ingress"][0]["ports"]) == 4
     none = _policies(parse_site({"name": "t", "users": [{"name": "a"}]}))
     assert not [n for n in none if "portal" in n]
+
+
+def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None:
+    from mlab.deploy.podman_translate import translate, wanted_networks
+    from mlab.secrets import password_keys
+
+    site = parse_site({"name": "t", "users": [{"name": "alice"}, {"name": "bob"}],
+                       "portal": {"enabled": True, "url": "http://localhost:8443"}})
+    rendered = render_site(site, {k: "pw" for k in password_keys(site)})
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state", host_ca=None)
+    pod = plan.pod("portal")
+    assert pod is not None and pod.networks == ()
+    spec = pod.manifest["spec"]
+    assert spec["hostNetwork"] is True
+    command = spec["containers"][0]["command"]
+    assert command[command.index("--port") + 1] == "8443"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    backends = [command[i + 1] for i, a in enumerate(command) if a == "--backend"]
+    hp = {n.user: n.pod_ip for n in plan.homepod_networks()}
+    assert backends == [f"alice={hp['alice']}:5900", f"bob={hp['bob']}:5900"]
+    assert [(p.host_ip, p.host_port, p.via) for p in pod.ports] == [("127.0.0.1", 8443, "host")]
+    paths = {f.path for f in pod.files}
+    assert any(p.endswith("alice/password") for p in paths)

@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
               flush=True)
         server = uvicorn.Server(uvicorn.Config(
             build_app(config), log_level="warning", access_log=False, lifespan="off",
-            log_config=None, ws="websockets", ws_max_size=16 * 1024 * 1024,
+            log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
         ))
