@@ -185,7 +185,10 @@ def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None
     from mlab.deploy.podman_translate import translate, wanted_networks
     from mlab.secrets import password_keys
 
-    site = parse_site({"name": "t", "users": [{"name": "alice"}, {"name": "bob"}],
+    ports = lambda n: {"vnc": 5900 + n, "rdp": 3389 + n, "novnc": 7030 + n, "ssh": 2222 + n}  # noqa: E731
+    site = parse_site({"name": "t", "airlock": {"enabled": False},
+                       "users": [{"name": "alice", "service": {"ports": ports(1)}},
+                                 {"name": "bob", "service": {"ports": ports(2)}}],
                        "portal": {"enabled": True, "url": "http://localhost:8443"}})
     rendered = render_site(site, {k: "pw" for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
