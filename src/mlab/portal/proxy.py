@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
 """Bytes read from the VNC server per WebSocket message (a full 1280x800 raw frame is 4 MB)."""
+STREAM_LIMIT = 4 * 1024 * 1024
+"""The upstream reader's buffer (asyncio's default, 64 KiB, pauses the socket after 128 KiB
+and splits every frame into many small WebSocket messages)."""
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 
@@ -55,7 +58,7 @@ async def desktop_socket(ws: WebSocket) -> None:
     writer: asyncio.StreamWriter | None = None
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, backend.port), timeout=10)
+            asyncio.open_connection(backend.host, backend.port, limit=STREAM_LIMIT), timeout=10)
         upstream = writer
 
         async def write_up(data: bytes) -> None:
