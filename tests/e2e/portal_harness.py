@@ -69,15 +69,17 @@ class Person:
     groups: tuple[str, ...] = ()
 
 
-def realm_json(portal_url: str, secret: str, people: list[Person]) -> dict[str, Any]:
-    """A Keycloak realm export: the portal's client and ``people``."""
+def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dict[str, Any]:
+    """A Keycloak realm export: the portal's client (public, PKCE only, when ``secret`` is
+    None) and ``people``."""
     groups = sorted({g for p in people for g in p.groups})
     return {
         "realm": REALM, "enabled": True, "sslRequired": "none",
         "groups": [{"name": g} for g in groups],
         "clients": [{
             "clientId": CLIENT_ID, "enabled": True, "protocol": "openid-connect",
-            "publicClient": False, "secret": secret, "standardFlowEnabled": True,
+            "publicClient": secret is None, **({"secret": secret} if secret else {}),
+            "standardFlowEnabled": True,
             "directAccessGrantsEnabled": False, "redirectUris": [f"{portal_url}/auth/callback"],
             "webOrigins": [portal_url],
             "attributes": {"pkce.code.challenge.method": "S256"},
