@@ -52,6 +52,7 @@ def up(homepod_image: str, tmp_path_factory) -> Iterator[SimpleNamespace]:
             "users": [{"name": "alice", "service": {"ports": {
                 "vnc": 15951, "rdp": 13451, "novnc": 17051, "ssh": 12251}}}],
             "airlock": {"enabled": False},
+            "codeService": {"reviewers": ["alice"]},
             "portal": {"enabled": True, "url": url,
                        "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}},
         }))
@@ -70,6 +71,10 @@ def test_up_runs_the_portal_and_it_opens_alices_desktop(up, e2e, tmp_path) -> No
     browser = Browser(tmp_path)
     try:
         sign_in(browser, up.url, ALICE.name, ALICE.password)
+        # Her requests and, as a reviewer, the queue: read from the code service as alice.
+        text = browser.evaluate("document.body.innerText")
+        assert "Your requests" in text and "Review queue" in text, text
+        assert "not available" not in text, text
         open_desktop(browser, timeout=60)
         time.sleep(2)
         shot = tmp_path / "desktop.png"

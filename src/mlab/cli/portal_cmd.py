@@ -38,6 +38,9 @@ def register(app: typer.Typer) -> None:
                                        "(created 0600). Default: log only."),
         novnc_dir: Path = typer.Option(Path("/usr/share/novnc"), "--novnc-dir",
                                        help="noVNC's files. Default: /usr/share/novnc."),
+        code_url: str = typer.Option(
+            None, "--code-url", help="Code service base URL for the requests API (the "
+            "user's requests, the review queue). Default: none shown."),
         tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate chain: "
                                       "serve HTTPS. Default: plain HTTP."),
         tls_key: Path = typer.Option(None, "--tls-key", help="PEM key for --tls-cert."),
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--tls-cert and --tls-key go together")
         config = PortalConfig(site=the_site, users_dir=users_dir,
                               backends=parse_backends(backend, the_site),
-                              client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir)
+                              client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
+                              code_url=code_url.rstrip("/") if code_url else None)
         logging.getLogger("mlab").setLevel(logging.INFO)
         try:
             sock = socket.create_server((host, port), backlog=256)

@@ -34,7 +34,8 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   ``access.bindAddress`` at its Service port: the host already reaches every HomePod's
   address (published ports are DNAT rules to them) and the provider (often on the host, as
   in tests), and the firewall keeps HomePod networks closed to everything routed. Its
-  ``--backend`` options name each HomePod's address and VNC port (no cluster DNS here).
+  ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
+  service's address on the NAT network (no cluster DNS here).
 """
 
 from __future__ import annotations
@@ -352,6 +353,9 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None
     command = list(container["command"])
     command[command.index("--port") + 1] = str(site.access.ports.portal)
     command += ["--host", site.access.bind_address]
+    if "--code-url" in command:  # the code service's fixed address on the NAT network
+        nat = nets[nat_network_name(site)]
+        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{CODE_PORT}"
     for net in nets.values():
         if net.internal and net.user is not None:
             command += ["--backend", f"{net.user}={net.pod_ip}:{CONTAINER_VNC}"]

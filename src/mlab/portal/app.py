@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from mlab.portal import pages
+from mlab.portal import pages, requests_view
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
 from mlab.portal.proxy import desktop_socket
@@ -90,9 +90,32 @@ async def index(request: Request) -> Response:
     host = urlsplit(config.url).hostname or "localhost"
     ssh_port = config.site.user(user).service.ports.get("ssh", config.site.access.ports.ssh) \
         if has_desktop else config.site.access.ports.ssh
+    reviewer = "reviewer" in request.session.get("roles", [])
+    extra = ""
+    if has_desktop and config.code_url:
+        mine, queue, error = await requests_view.load(config, user, reviewer)
+        extra = requests_view.section(mine, queue, error, csrf, reviewer)
     return _html(pages.home(
         user, csrf, state, f"ssh -p {ssh_port} {user}@{host}",
-        rdp=config.site.portal.direct_desktop_ports, has_desktop=has_desktop))
+        rdp=config.site.portal.direct_desktop_ports, has_desktop=has_desktop, extra=extra))
+
+
+async def review(request: Request) -> Response:
+    """``POST /requests/{id}``: approve or reject with a comment (reviewers; CSRF-checked)."""
+    config = _config(request)
+    form = await request.form()
+    user = request.session.get("user")
+    if not user or not _origin_ok(request) or not check_csrf(request.session, form.get("csrf")):
+        return _html(pages.message("Refused", "The form expired; reload the page."), 403)
+    if "reviewer" not in request.session.get("roles", []) or not _is_site_user(config, user):
+        return _html(pages.message("Refused", "Only reviewers act on requests."), 403)
+    error = await requests_view.act(config, user, int(request.path_params["id"]),
+                                    str(form.get("action") or ""), str(form.get("comment") or ""))
+    audit(config, "review", user=user, request=request.path_params["id"],
+          action=form.get("action"), error=error)
+    if error:
+        return _html(pages.message("Not done", error), 409)
+    return RedirectResponse("/", status_code=303)
 
 
 async def _desktop_state(config: PortalConfig, user: str) -> str:
@@ -213,6 +236,7 @@ def build_app(config: PortalConfig) -> Starlette:
     routes: list[Any] = [
         Route("/", index),
         Route("/auth/logout", logout, methods=["POST"]),
+        Route("/requests/{id:int}", review, methods=["POST"]),
         Route("/desktop/{user}.rdp", rdp),
         Route("/desktop/{user}", desktop),
         WebSocketRoute("/desktop/{user}/websockify", desktop_socket),

@@ -42,6 +42,8 @@ class PortalConfig:
         client_secret: the OIDC client secret, or None for a public client (PKCE only).
         audit_log: JSON-lines file for sign-ins and desktop openings; None: log only.
         novnc_dir: noVNC's static files, served under ``/novnc/``.
+        code_url: the code service's base URL for the requests API, or None to show no
+            requests.
     """
 
     site: Site
@@ -50,6 +52,7 @@ class PortalConfig:
     client_secret: str | None = None
     audit_log: Path | None = None
     novnc_dir: Path = NOVNC_DIR
+    code_url: str | None = None
 
     @property
     def url(self) -> str:

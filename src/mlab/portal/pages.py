@@ -46,7 +46,8 @@ def sign_in(oidc: bool, csrf: str, error: str | None = None) -> str:
     return page("Sign in", f"<h1>MLab</h1>{msg}{form}")
 
 
-def home(user: str, csrf: str, desktop: str, ssh: str, rdp: bool, has_desktop: bool) -> str:
+def home(user: str, csrf: str, desktop: str, ssh: str, rdp: bool, has_desktop: bool,
+         extra: str = "") -> str:
     """The signed-in user's page.
 
     Args:
@@ -56,6 +57,7 @@ def home(user: str, csrf: str, desktop: str, ssh: str, rdp: bool, has_desktop: b
         ssh: how to reach SSH/SFTP (``host`` and ``port`` in words), already plain text.
         rdp: offer the ``.rdp`` file (the site exposes desktop ports directly).
         has_desktop: the user is a site user with a HomePod.
+        extra: more HTML (already escaped): the requests section.
     """
     parts = [f"<h1>MLab: {escape(user)}</h1>"]
     if has_desktop:
@@ -71,6 +73,7 @@ def home(user: str, csrf: str, desktop: str, ssh: str, rdp: bool, has_desktop: b
         parts.append(f"<h2>Native clients</h2><ul>{native}</ul>")
     else:
         parts.append("<p>You have no HomePod on this site.</p>")
+    parts.append(extra)
     parts.append(
         '<form class=inline method=post action="/auth/logout">' + _csrf(csrf)
         + "<button id=signout>Sign out</button></form>"

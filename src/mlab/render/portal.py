@@ -9,6 +9,7 @@ browser never holds a VNC password). Its edges (each policy annotated ``mlab.io/
 - office --> portal :8443 (the container port; the Service port is ``access.ports.portal``)
 - portal --> homepod :5900, and homepod <-- portal :5900 (the desktop proxy)
 - portal --> kube-dns :53 (it reaches ``homepod-<user>.<namespace>.svc`` by name)
+- portal --> code-service :8080 (the requests API, as the signed-in user)
 - portal --> the identity provider: ``portal.oidc.cidrs`` or, without them, the internet
   (not private or cluster ranges), on the issuer's port
 
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
 from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
+    PORT_CODE,
     PORT_VNC,
     VolumeSet,
     common_env,
@@ -39,6 +41,8 @@ from mlab.site import Site
 PORT_PORTAL = 8443
 """The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
 NAME = "portal"
+CODE_URL = "http://code-service"
+"""The code service's Service (port 80) in the portal's namespace: the requests API."""
 SECRET_DIR = "/etc/mlab/portal"
 CLIENT_SECRET_KEY = "clientSecret"
 """Key of ``portal.oidc.clientSecretSecret`` that holds the client secret."""
@@ -66,7 +70,8 @@ def deployment(site: Site) -> dict[str, Any]:
                           "projected": {"defaultMode": 0o400, "sources": sources}})
         vols.mount(users, USERS_DIR, read_only=True)
     command = ["mlab", "portal", "serve", "--site", SITE_FILE, "--port", str(PORT_PORTAL),
-               "--users-dir", USERS_DIR, "--audit-log", "/dev/stderr"]
+               "--users-dir", USERS_DIR, "--audit-log", "/dev/stderr",
+               "--code-url", CODE_URL]
     secret_sources: list[dict[str, Any]] = []
     if portal.oidc and portal.oidc.client_secret_secret:
         secret_sources.append({"secret": {
@@ -153,6 +158,11 @@ def render_policies(site: Site) -> list[dict[str, Any]]:
                 egress=[{"to": [_pods(site, "homepod")], "ports": _tcp([PORT_VNC])}]),
         _policy(site, "homepod-from-portal", f"portal --> homepod :{PORT_VNC}", "homepod",
                 ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_VNC])}]),
+        _policy(site, "portal-to-code-service", f"portal --> code-service :{PORT_CODE}", "portal",
+                egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}]),
+        _policy(site, "code-service-from-portal", f"portal --> code-service :{PORT_CODE}",
+                "code-service",
+                ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_CODE])}]),
         _policy(site, "portal-to-dns", "portal --> kube-dns :53/udp :53/tcp", "portal",
                 egress=[{"to": [_kube_dns(site)],
                          "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
