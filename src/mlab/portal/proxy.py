@@ -26,11 +26,9 @@ from mlab.portal.config import PortalConfig
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
-"""Bytes read from the VNC server per WebSocket message (a full 1280x800 raw frame is 4 MB)."""
-STREAM_LIMIT = 4 * 1024 * 1024
-"""The upstream reader's buffer (asyncio's default, 64 KiB, pauses the socket after 128 KiB
-and splits every frame into many small WebSocket messages)."""
+QUEUE_HIGH = 16
+"""Chunks from the VNC server (each what one read gave, up to 256 KiB with uvloop) that may
+wait for the browser before the portal stops reading from the server."""
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 
@@ -55,17 +53,12 @@ async def desktop_socket(ws: WebSocket) -> None:
         return
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol="binary" if "binary" in offered else None)
-    writer: asyncio.StreamWriter | None = None
+    upstream: _Upstream | None = None
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, backend.port, limit=STREAM_LIMIT), timeout=10)
-        upstream = writer
-
-        async def write_up(data: bytes) -> None:
-            upstream.write(data)
-            await upstream.drain()
-
-        await rfb.client_handshake(reader.readexactly, write_up, config.vnc_password(user))
+        loop = asyncio.get_running_loop()
+        _, upstream = await asyncio.wait_for(
+            loop.create_connection(_Upstream, backend.host, backend.port), timeout=10)
+        await rfb.client_handshake(upstream.read_exactly, upstream.write, config.vnc_password(user))
         pending = bytearray()
 
         async def read_browser(n: int) -> bytes:
@@ -77,9 +70,9 @@ async def desktop_socket(ws: WebSocket) -> None:
 
         await rfb.server_handshake(read_browser, ws.send_bytes)
         if pending:
-            await write_up(bytes(pending))
+            await upstream.write(bytes(pending))
         audit(config, "desktop-open", user=user, backend=f"{backend.host}:{backend.port}")
-        await _relay(ws, reader, writer)
+        await _relay(ws, upstream)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, rfb.HandshakeError) as exc:
         audit(config, "desktop-error", user=user, error=str(exc) or type(exc).__name__)
         with contextlib.suppress(Exception):
@@ -87,10 +80,81 @@ async def desktop_socket(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        if upstream is not None:
+            upstream.close()
+
+
+class _Upstream(asyncio.Protocol):
+    """The TCP connection to the VNC server, as a protocol: chunks go to a queue as the
+    event loop reads them (no StreamReader buffer to copy through), and reading pauses
+    while more than :data:`QUEUE_HIGH` chunks wait for the browser (backpressure)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.leftover = b""
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.queue.put_nowait(data)
+        if self.queue.qsize() >= QUEUE_HIGH and not self.paused and self.transport:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def eof_received(self) -> bool | None:
+        self.queue.put_nowait(b"")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.put_nowait(b"")
+        self._drained.set()
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    async def chunk(self) -> bytes:
+        """The next chunk from the server; b"" at its end."""
+        if self.leftover:
+            data, self.leftover = self.leftover, b""
+            return data
+        data = await self.queue.get()
+        if self.paused and self.queue.qsize() <= 1 and self.transport:
+            self.transport.resume_reading()
+            self.paused = False
+        return data
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (the handshake).
+
+        Raises:
+            asyncio.IncompleteReadError: the server closed first.
+        """
+        buf = b""
+        while len(buf) < n:
+            data = await self.chunk()
+            if not data:
+                raise asyncio.IncompleteReadError(buf, n)
+            buf += data
+        self.leftover = buf[n:]
+        return buf[:n]
+
+    async def write(self, data: bytes) -> None:
+        """Send to the server, waiting while its socket buffer is full."""
+        assert self.transport is not None
+        self.transport.write(data)
+        await self._drained.wait()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def _receive(ws: WebSocket) -> bytes:
@@ -103,18 +167,17 @@ async def _receive(ws: WebSocket) -> bytes:
     return bytes(data)
 
 
-async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay(ws: WebSocket, upstream: _Upstream) -> None:
     async def up() -> None:
         while True:
-            writer.write(await _receive(ws))
-            await writer.drain()
+            await upstream.write(await _receive(ws))
 
     async def down() -> None:
         while True:
-            data = await reader.read(READ_SIZE)
+            data = await upstream.chunk()
             if not data:
                 return
-            await ws.send_bytes(data)
+            await ws.send({"type": "websocket.send", "bytes": data})
 
     tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
     done, rest = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
