@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from conftest import run_container, wait_for_port, wait_until_ready  # noqa: E402
 from portal_harness import (  # noqa: E402
-    Browser, Keycloak, Person, Portal, free_port, open_desktop, realm_json, sign_in,
+    Browser, Keycloak, Person, Portal, free_port, open_desktop, realm_json, sign_in, wait_novnc,
 )
 
 from mlab.image.build import ensure_image  # noqa: E402
@@ -175,7 +175,7 @@ def main() -> int:
         try:
             start = time.monotonic()
             browser.goto(f"http://127.0.0.1:{pod.port(7030)}/vnc.html?autoconnect=1&password={vnc_password}")
-            browser.wait_for("document.documentElement.classList.contains('noVNC_connected')", 60)
+            wait_novnc(browser, 60)
             results["direct_novnc_s"] = round(time.monotonic() - start, 2)
         finally:
             browser.close()

@@ -294,8 +294,28 @@ def sign_in(browser: Browser, portal_url: str, user: str, password: str) -> None
                      f"document.title.startsWith({json.dumps(user)})", timeout=60)
 
 
+def wait_novnc(browser: Browser, timeout: float = 40) -> None:
+    """Wait for noVNC's connected state. Under heavy load headless Chromium sometimes leaves
+    noVNC's page loading without a connection attempt; like a user, reload it (twice at
+    most, as tests/e2e/test_image_access.py does).
+
+    Raises:
+        TimeoutError: not connected after the reloads.
+    """
+    connected = "document.documentElement.classList.contains('noVNC_connected')"
+    for attempt in range(3):
+        if attempt:
+            browser.call("Page.reload", ignoreCache=True)
+        try:
+            browser.wait_for(connected, timeout=timeout / 3 if attempt < 2 else timeout)
+            return
+        except TimeoutError:
+            if attempt == 2:
+                raise
+
+
 def open_desktop(browser: Browser, timeout: float = 40) -> None:
-    """Press "Open desktop" and wait for noVNC's connected state and a first frame."""
+    """Press "Open desktop" and wait for noVNC's connected state."""
     browser.evaluate("document.getElementById('open').click()")
-    browser.wait_for("document.documentElement.classList.contains('noVNC_connected')",
-                     timeout=timeout)
+    browser.wait_for("location.pathname.endsWith('vnc.html')", timeout=timeout)
+    wait_novnc(browser, timeout)
