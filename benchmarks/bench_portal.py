@@ -159,7 +159,7 @@ def main() -> int:
             "MLAB_USER": "alice", "MLAB_MODE": "homepod",
             "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password", "MLAB_SUDO": "0"},
             volumes=(f"{tmp / 'users' / 'alice' / 'password'}:/etc/mlab/secret/password:ro",))
-        wait_until_ready(pod)
+        wait_until_ready(pod, timeout=240)
         wait_for_port(pod.port(7030))
         results["keycloak_start_s"] = round(keycloak.wait(), 1)
         site = tmp / "site.yaml"
