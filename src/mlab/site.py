@@ -521,6 +521,114 @@ class CodeService(Model):
     )
 
 
+def _issuer(value: str) -> str:
+    """An OpenID Connect issuer: an https:// URL, or http:// on a loopback host only (a
+    provider on the same machine, as in tests); no query or fragment (OIDC Discovery 1.0,
+    section 4: the issuer is a URL the discovery path is appended to)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an https:// URL like https://sso.example.org/realms/lab")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an issuer has no query or fragment")
+    loopback = parts.hostname == "localhost" or parts.hostname.startswith("127.")
+    if parts.scheme == "http" and not loopback:
+        raise ValueError(
+            f"{value!r}: tokens would cross the network in clear; use https:// "
+            "(http:// is accepted for localhost and 127.x only)"
+        )
+    return value.rstrip("/")
+
+
+class OpenIDConnect(Model):
+    """The organisation's OpenID Connect provider the portal signs users in with
+    (authorization code flow with PKCE, OpenID Connect Core 1.0 and RFC 7636)."""
+
+    issuer: Annotated[str, AfterValidator(_issuer)] = Field(
+        description="Issuer URL; `<issuer>/.well-known/openid-configuration` must answer. "
+        "https:// (http:// only on localhost)."
+    )
+    client_id: str = Field(description="The portal's client id at the provider.")
+    client_secret_secret: Label | None = Field(
+        None,
+        description="Existing Secret with key `clientSecret` holding the client secret. "
+        "None: a public client (PKCE only).",
+    )
+    username_claim: str = Field(
+        "preferred_username",
+        description="ID-token claim whose value is the MLab user name. Default: "
+        "preferred_username. A signed-in name that is not a site user gets no desktop.",
+    )
+    groups_claim: str = Field(
+        "groups", description="ID-token claim listing the user's groups. Default: groups."
+    )
+    reviewer_group: str | None = Field(
+        None, description="Group whose members see the review queue. None: no one by group."
+    )
+    admin_group: str | None = Field(
+        None, description="Group whose members are portal admins. None: no one by group."
+    )
+    cidrs: list[CIDR] = Field(
+        default_factory=list,
+        description="Addresses of the provider, for the portal's egress NetworkPolicy. "
+        "Empty: the internet (not private ranges) on the issuer's port.",
+    )
+
+
+class PortalService(Model):
+    """How the portal's Service is exposed (core/v1 ServiceSpec)."""
+
+    type: ServiceType = Field("ClusterIP", description="Service type. Default: ClusterIP.")
+    external_ips: list[IP] = Field(
+        default_factory=list,
+        alias="externalIPs",
+        description="ServiceSpec.externalIPs. Empty: none.",
+    )
+    node_port: Annotated[int, Field(ge=30000, le=32767)] | None = Field(
+        None, description="Fixed nodePort (NodePort, LoadBalancer). None: Kubernetes picks."
+    )
+
+
+class Portal(Model):
+    """The front door: one web portal with sign-in, each user's desktop in the browser."""
+
+    enabled: bool = Field(False, description="Deploy the portal. Default: false.")
+    url: str = Field(
+        "http://localhost:8443",
+        description="The URL users open (scheme, host, port); the provider redirects back "
+        "to `<url>/auth/callback`. Default: http://localhost:8443.",
+    )
+    oidc: OpenIDConnect | None = Field(
+        None,
+        description="Single sign-on provider. None: users sign in with their MLab "
+        "password (the one of their HomePod).",
+    )
+    tls_secret: Label | None = Field(
+        None,
+        description="Existing kubernetes.io/tls Secret; the portal then serves HTTPS "
+        "itself. None: plain HTTP behind a TLS-terminating proxy (or on localhost).",
+    )
+    direct_desktop_ports: bool = Field(
+        True,
+        description="Also admit office CIDRs to HomePods' VNC, RDP and noVNC ports. "
+        "false: desktops are reached through the portal alone (SSH stays open to offices).",
+    )
+    session_hours: int = Field(
+        8, ge=1, le=168, description="Hours a portal session lasts. Default: 8."
+    )
+    service: PortalService = Field(
+        default_factory=lambda: PortalService(),
+        description="How the portal Service is exposed (port `access.ports.portal`).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise ValueError(f"{value!r} is not a URL like https://mlab.example.org")
+        return value.rstrip("/")
+
+
 class Ports(Model):
     """Default Service ports per access protocol (container ports are fixed)."""
 
@@ -528,6 +636,7 @@ class Ports(Model):
     rdp: Port = Field(3389, description="RDP. Default: 3389.")
     novnc: Port = Field(7030, description="noVNC web page and websocket. Default: 7030.")
     ssh: Port = Field(22, description="SSH and SFTP. Default: 22.")
+    portal: Port = Field(8443, description="The portal's web page. Default: 8443.")
 
 
 class Access(Model):
@@ -646,6 +755,7 @@ class Site(Model):
     )
     airlock: Airlock = Field(default_factory=Airlock, description="The Airlock.")
     code_service: CodeService = Field(default_factory=CodeService, description="Code service.")
+    portal: Portal = Field(default_factory=Portal, description="The web portal (front door).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

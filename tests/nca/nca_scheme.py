@@ -110,6 +110,8 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
     homepods = {inst: site.name, COMPONENT: "homepod"}
     airlock = {inst: site.name, COMPONENT: "airlock"}
     code = {inst: site.name, COMPONENT: "code-service"}
+    portal = {inst: site.name, COMPONENT: "portal"}
+    portal_only = site.portal.enabled and not site.portal.direct_desktop_ports
     dns = dict(site.cluster.dns_labels)
     dns_ns = site.cluster.dns_namespace
     dns_ports = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
@@ -139,10 +141,18 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
     for i, cidr in enumerate(site.access.office_cidrs):
         office = [_ip(cidr)]
         if site.users:
-            q.append((f"office{i}-to-homepod-5900-3389-7030-22", "permits",
-                      ingress(homepods, office, _tcp(5900, 3389, 7030, 22))))
-            q.append((f"office{i}-to-homepod-other-ports", "forbids",
-                      ingress(homepods, office, _all_but(5900, 3389, 7030, 22))))
+            if portal_only:  # desktops through the portal alone; SSH stays open
+                q.append((f"office{i}-to-homepod-22", "permits", ingress(homepods, office, _tcp(22))))
+                q.append((f"office{i}-to-homepod-desktop-ports", "forbids",
+                          ingress(homepods, office, _all_but(22))))
+                q.append((f"office{i}-to-portal-8443", "permits", ingress(portal, office, _tcp(8443))))
+                q.append((f"office{i}-to-portal-other-ports", "forbids",
+                          ingress(portal, office, _all_but(8443))))
+            else:
+                q.append((f"office{i}-to-homepod-5900-3389-7030-22", "permits",
+                          ingress(homepods, office, _tcp(5900, 3389, 7030, 22))))
+                q.append((f"office{i}-to-homepod-other-ports", "forbids",
+                          ingress(homepods, office, _all_but(5900, 3389, 7030, 22))))
         if site.airlock.enabled:
             q.append((f"office{i}-to-airlock-22-7030-5900", "permits",
                       ingress(airlock, office, _tcp(22, 7030, 5900))))
@@ -211,6 +221,24 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
         ("decoy-namespace-to-code-service", "forbids",
          egress({COMPONENT: "homepod"}, [_peer_pods(ns, code)])),
     ]
+    if site.portal.enabled:
+        q += [
+            ("portal-to-homepod-5900", "permits", egress(portal, [_peer_pods(ns, homepods)], _tcp(5900))),
+            ("portal-to-homepod-other-ports", "forbids",
+             egress(portal, [_peer_pods(ns, homepods)], _all_but(5900))),
+            ("portal-to-code-service-8080", "permits", egress(portal, [_peer_pods(ns, code)], _tcp(8080))),
+            ("portal-to-code-service-other-ports", "forbids",
+             egress(portal, [_peer_pods(ns, code)], _all_but(8080))),
+            ("portal-to-airlock", "forbids", egress(portal, [_peer_pods(ns, airlock)])),
+            ("homepod-to-portal", "forbids", egress(homepods, [_peer_pods(ns, portal)])),
+            ("portal-to-decoy-namespace", "forbids", egress(portal, [_peer_pods(DECOY_NS, {})])),
+            ("portal-to-kube-dns-53", "permits", egress(portal, [_peer_pods(dns_ns, dns)], dns_ports)),
+        ]
+        oidc = site.portal.oidc
+        if oidc is not None and oidc.cidrs:
+            q.append(("portal-to-identity-provider", "permits",
+                      egress(portal, [_ip(c) for c in oidc.cidrs], _tcp(443))))
+            q.append(("portal-to-internet", "forbids", egress(portal, [_ip("8.8.8.8/32")])))
     return q
 
 

@@ -33,13 +33,14 @@ def _by(objs, kind, name):
 def test_files_and_labels(path: Path) -> None:
     site = load_site(path)
     rendered = render_site(site, _passwords(site))
-    assert sorted(rendered.files) == sorted(FILES)
+    expected = [f for f in FILES if f != "portal.yaml" or site.portal.enabled]
+    assert sorted(rendered.files) == sorted(expected)
     for objs in [*rendered.files.values(), rendered.secrets]:
         for obj in objs:
             labels = obj["metadata"]["labels"]
             assert [labels[k] for k in LABEL_KEYS][0:2] == ["mlab", site.name]
             assert labels["app.kubernetes.io/managed-by"] == "mlab"
-            assert labels["app.kubernetes.io/component"] in ("homepod", "airlock", "code-service")
+            assert labels["app.kubernetes.io/component"] in ("homepod", "airlock", "code-service", "portal")
             assert obj["metadata"]["namespace"] == site.namespace
     for obj in rendered.files["homepod.yaml"]:
         assert obj["metadata"]["labels"]["mlab.io/user"] in [u.name for u in site.users]

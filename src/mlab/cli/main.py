@@ -30,6 +30,7 @@ GROUPS = {
     "mlab.cli.stage_cmd": ("stage", "install", "airlock"),
     "mlab.cli.request_cmd": ("request",),
     "mlab.cli.node_cmd": ("node",),  # one-node Kubernetes
+    "mlab.cli.portal_cmd": ("portal",),
 }
 
 

@@ -30,6 +30,12 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   bridge filter), the Airlock and code service on a NAT network; nothing else attached.
 - hostAliases that point at the code service's clusterIP point at its fixed address on the
   pod's network instead; HomePods keep the rendered resolver that answers nothing.
+- The portal (``portal.enabled``) runs with ``hostNetwork``, listening on
+  ``access.bindAddress`` at its Service port: the host already reaches every HomePod's
+  address (published ports are DNAT rules to them) and the provider (often on the host, as
+  in tests), and the firewall keeps HomePod networks closed to everything routed. Its
+  ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
+  service's address on the NAT network (no cluster DNS here).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
 
 CODE_PORT = 8080
+CONTAINER_VNC = 5900
+"""The HomePod's VNC container port (docs/CONTRACTS.md); the portal's backend on podman."""
 VOLUME_ROOT = "/var/lib/containers/storage/volumes"
 """podman's default volume directory as root (``podman info`` Store.VolumePath)."""
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -337,6 +345,23 @@ def _check_clashes(pods: list[PodPlan]) -> None:
             seen[key] = where
 
 
+def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None:
+    """The portal pod on the host's network: listen on ``access.bindAddress`` at the
+    Service port, reach each HomePod at its fixed address (mutates ``spec``)."""
+    spec["hostNetwork"] = True
+    container = spec["containers"][0]
+    command = list(container["command"])
+    command[command.index("--port") + 1] = str(site.access.ports.portal)
+    command += ["--host", site.access.bind_address]
+    if "--code-url" in command:  # the code service's fixed address on the NAT network
+        nat = nets[nat_network_name(site)]
+        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{CODE_PORT}"
+    for net in nets.values():
+        if net.internal and net.user is not None:
+            command += ["--backend", f"{net.user}={net.pod_ip}:{CONTAINER_VNC}"]
+    container["command"] = command
+
+
 def translate(
     site: Site,
     files: dict[str, list[Obj]],
@@ -418,6 +443,10 @@ def translate(
             )
             alias_ip = nat.code_ip
             via = "podman"
+        elif component == "portal":
+            attach = ()
+            alias_ip = nat.code_ip
+            via = "host"
         else:
             attach = ((nat.name, nat.pod_ip),)
             alias_ip = nat.code_ip
@@ -533,6 +562,8 @@ def translate(
                     if not any(e["name"] == var for e in env):
                         env.append({"name": var, "value": HOST_CA_BUNDLE})
         spec["volumes"] = new_volumes
+        if component == "portal":
+            _portal_on_host(site, spec, nets)
 
         ports: list[Port] = []
         for svc in services:
@@ -553,6 +584,8 @@ def translate(
                         f"Service {svc['metadata']['name']} port {sp.get('name')}: targetPort "
                         f"{target!r} names no container port"
                     )
+                if via == "host":  # listens on the host at the Service port itself
+                    cport = int(sp["port"])
                 ports.append(Port(sp.get("name", str(sp["port"])), site.access.bind_address,
                                   int(sp["port"]), int(cport), via))
         # podman 4.3 publishes a containerPort without hostPort on the same host port

@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlab.render import airlock, code_service, homepod, network
+from mlab.render import airlock, code_service, homepod, network, portal
 from mlab.render.dump import dump_document, dump_yaml
 from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site
 
 __all__ = ["FILES", "Rendered", "dump_document", "dump_yaml", "render_site", "SECRETS_FILE"]
 
-FILES = ("homepod.yaml", "airlock.yaml", "network.yaml", "code-service.yaml")
-"""The four manifest files, in the order ``mlab apply`` applies them (network first there)."""
+FILES = ("homepod.yaml", "airlock.yaml", "network.yaml", "code-service.yaml", "portal.yaml")
+"""The manifest files, in the order ``mlab apply`` applies them (network first there);
+portal.yaml only when the site enables the portal."""
 SECRETS_FILE = "secrets.yaml"
 """Generated password Secrets, written only by ``mlab render -o DIR`` (mode 0600)."""
 
@@ -48,6 +49,7 @@ class Rendered:
             *self.files["code-service.yaml"],
             *self.files["airlock.yaml"],
             *self.files["homepod.yaml"],
+            *self.files.get("portal.yaml", []),
         ]
 
     def texts(self, with_secrets: bool = False) -> dict[str, str]:
@@ -64,6 +66,7 @@ _HEADERS = {
     "network.yaml": "NetworkPolicies: default deny, then one policy per allowed edge.\n"
     "Apply this file first (mlab apply does) so no pod runs unprotected.",
     "code-service.yaml": "Code service: site ConfigMap, data PVC, Deployment, Service.",
+    "portal.yaml": "Portal: Deployment and Service of the web front door (sign-in, desktops).",
     SECRETS_FILE: "Generated passwords. Keep this file private (mode 0600); never commit it.",
 }
 
@@ -104,9 +107,11 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
     files = {
         "homepod.yaml": users,
         "airlock.yaml": airlock.render_airlock(site),
-        "network.yaml": network.render_network(site),
+        "network.yaml": network.render_network(site) + portal.render_policies(site),
         "code-service.yaml": code_service.render_code_service(site, text),
     }
+    if site.portal.enabled:
+        files["portal.yaml"] = portal.render_portal(site)
     secrets: list[Obj] = []
     if passwords is not None:
         secrets = [

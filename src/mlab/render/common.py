@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from mlab.site import Placement, Resources, Site
 
-Component = Literal["homepod", "airlock", "code-service"]
+Component = Literal["homepod", "airlock", "code-service", "portal"]
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

@@ -161,14 +161,22 @@ def proxy_policies(site: Site) -> list[dict[str, Any]]:
     return out
 
 
+def _direct_desktops(site: Site) -> bool:
+    """Offices reach HomePods' VNC, RDP and noVNC ports (false only when an enabled portal
+    is the sole door to desktops)."""
+    return not (site.portal.enabled and not site.portal.direct_desktop_ports)
+
+
 def render_network(site: Site) -> list[dict[str, Any]]:
     """Every NetworkPolicy of the site, default deny first."""
     office = _office(site)
     out = [default_deny(site)]
     if office:
+        # portal.directDesktopPorts false: offices keep SSH; desktops go through the portal.
+        homepod_in = HOMEPOD_IN if _direct_desktops(site) else [PORT_SSH]
         out.append(_policy(
-            site, "homepod-from-office", f"office --> homepod {_ports_text(HOMEPOD_IN)}",
-            "homepod", ingress=[{"from": office, "ports": _tcp(HOMEPOD_IN)}],
+            site, "homepod-from-office", f"office --> homepod {_ports_text(homepod_in)}",
+            "homepod", ingress=[{"from": office, "ports": _tcp(homepod_in)}],
         ))
     out.append(_policy(
         site, "homepod-to-code-service", f"homepod --> code-service :{PORT_CODE}", "homepod",

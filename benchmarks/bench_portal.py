@@ -1,0 +1,230 @@
+"""Benchmark the portal: its desktop proxy's throughput and the time from sign-in to a
+visible desktop, each against a baseline measured in the same run.
+
+Run: ``.venv/bin/python benchmarks/bench_portal.py [--seconds 8] [--rounds 3] [--json]``
+
+Real parts: a HomePod container for alice (the local image), Keycloak with the portal's
+realm, ``mlab portal serve``, headless Chromium.
+
+- throughput: full-screen raw framebuffer updates (``FramebufferUpdateRequest`` with
+  incremental=0, encoding Raw, so every frame is width x height x 4 bytes) pulled over a
+  WebSocket for ``--seconds``, through the portal's proxy (session cookie, security None)
+  and directly from the HomePod's websockify (VncAuth), alternated ``--rounds`` times;
+  goal: the portal adds under 10 % (ratio of medians >= 0.90). On a shared machine
+  wall-clock throughput mostly measures other load, so the relays' own CPU time per MB is
+  reported too (the portal process against the HomePod's websockify process, both
+  relaying TCP to WebSocket);
+- sign-in to desktop: Chromium from the portal's sign-in button through Keycloak's login
+  page to noVNC's connected state, against opening noVNC directly on the HomePod with the
+  password in the URL (no sign-in); goal: under 5 s with the HomePod running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from conftest import run_container, wait_for_port, wait_until_ready  # noqa: E402
+from portal_harness import (  # noqa: E402
+    Browser, Keycloak, Person, Portal, free_port, open_desktop, realm_json, sign_in, wait_novnc,
+)
+
+from mlab.image.build import ensure_image  # noqa: E402
+from mlab.portal import rfb  # noqa: E402
+
+PREFIX = "mlabtest-portal-bench-"
+
+
+class WsStream:
+    """Exact reads over a websocket-client connection (RFB does not align with frames)."""
+
+    def __init__(self, ws) -> None:  # type: ignore[no-untyped-def]
+        self.ws = ws
+        self.buf = bytearray()
+        self.received = 0
+
+    async def read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            data = self.ws.recv()
+            self.received += len(data)
+            self.buf.extend(data if isinstance(data, bytes) else data.encode("latin-1"))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        self.ws.send_binary(data)
+
+
+async def _frames(stream: WsStream, password: str | None, seconds: float) -> tuple[int, int]:
+    await rfb.client_handshake(stream.read, stream.write, password or "")
+    await stream.write(b"\x01")  # ClientInit, shared
+    width, height = struct.unpack(">HH", await stream.read(4))
+    await stream.read(16)  # pixel format (32 bpp true colour in TigerVNC's default)
+    (name_len,) = struct.unpack(">I", await stream.read(4))
+    await stream.read(name_len)
+    await stream.write(struct.pack(">BxHi", 2, 1, 0))  # SetEncodings: Raw only
+    frames = 0
+    start_bytes = stream.received
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await stream.write(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height))
+        msg_type, _, rects = struct.unpack(">BBH", await stream.read(4))
+        assert msg_type == 0, f"unexpected server message {msg_type}"
+        for _ in range(rects):
+            _, _, w, h, enc = struct.unpack(">HHHHi", await stream.read(12))
+            if enc == 0:
+                await stream.read(w * h * 4)
+        frames += 1
+    return frames, stream.received - start_bytes
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat, proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pull(url: str, seconds: float, password: str | None, cookie: str | None = None,
+         origin: str | None = None,
+         relay_pids: Callable[[], list[int]] = list) -> tuple[float, float, float]:
+    """Frames per second, MB/s, and the relay's CPU milliseconds per MB over ``url``.
+
+    ``relay_pids`` gives the processes relaying the WebSocket (the portal, or the HomePod's
+    websockify, which forks one child per connection); their CPU time per byte is what the proxy costs, whatever else runs on the
+    machine (wall-clock throughput on a shared machine is mostly other people's load).
+    """
+    import websocket
+
+    ws = websocket.create_connection(url, subprotocols=["binary"], cookie=cookie,
+                                     origin=origin, timeout=30)
+    try:
+        pids = relay_pids()
+        cpu = sum(cpu_seconds(p) for p in pids)
+        start = time.monotonic()
+        frames, nbytes = asyncio.run(_frames(WsStream(ws), password, seconds))
+        took = time.monotonic() - start
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu
+    finally:
+        ws.close()
+    return frames / took, nbytes / took / 1e6, cpu * 1e3 / (nbytes / 1e6)
+
+
+def websockify_pids(container: str) -> list[int]:
+    """Host PIDs of the websockify processes in ``container`` (``podman top ... hpid``)."""
+    from mlab.podman import podman
+
+    out = []
+    for line in podman(["top", container, "hpid", "args"]).stdout.splitlines()[1:]:
+        hpid, _, args = line.strip().partition(" ")
+        if "websockify" in args:
+            out.append(int(hpid))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated runs per path")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--image", help="HomePod image reference (default: ensure_image())")
+    args = parser.parse_args()
+    image = args.image or ensure_image()
+    tmp = Path(tempfile.mkdtemp(prefix="mlab-bench-portal-"))
+    port = free_port()
+    url = f"http://localhost:{port}"
+    alice = Person("alice", "Alice-" + secrets.token_hex(4))
+    client_secret = secrets.token_urlsafe(24)
+    keycloak = Keycloak(tmp, realm_json(url, client_secret, [alice]))
+    vnc_password = "Vnc-" + secrets.token_hex(2)  # VncAuth uses 8 characters
+    (tmp / "users" / "alice").mkdir(parents=True)
+    (tmp / "users" / "alice" / "password").write_text(vnc_password + "\n")
+    pod = portal = None
+    results: dict[str, object] = {}
+    try:
+        pod = run_container(image, PREFIX, ports=(5900, 7030), env={
+            "MLAB_USER": "alice", "MLAB_MODE": "homepod",
+            "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password", "MLAB_SUDO": "0"},
+            volumes=(f"{tmp / 'users' / 'alice' / 'password'}:/etc/mlab/secret/password:ro",))
+        wait_until_ready(pod, timeout=240)
+        wait_for_port(pod.port(7030))
+        results["keycloak_start_s"] = round(keycloak.wait(), 1)
+        site = tmp / "site.yaml"
+        site.write_text(json.dumps({
+            "apiVersion": "mlab.io/v1", "name": "bench", "users": [{"name": "alice"}],
+            "portal": {"enabled": True, "url": url,
+                       "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}}}))
+        portal = Portal(tmp, site, port, tmp / "users",
+                        {"alice": f"127.0.0.1:{pod.port(5900)}"}, client_secret)
+
+        # Sign-in to desktop, and the baseline: noVNC straight from the HomePod.
+        browser = Browser(tmp)
+        try:
+            start = time.monotonic()
+            browser.goto(f"http://127.0.0.1:{pod.port(7030)}/vnc.html?autoconnect=1&password={vnc_password}")
+            wait_novnc(browser, 60)
+            results["direct_novnc_s"] = round(time.monotonic() - start, 2)
+        finally:
+            browser.close()
+        browser = Browser(tmp)
+        try:
+            start = time.monotonic()
+            sign_in(browser, url, alice.name, alice.password)
+            signed = time.monotonic() - start
+            open_desktop(browser, timeout=60)
+            results["sign_in_s"] = round(signed, 2)
+            results["sign_in_to_desktop_s"] = round(time.monotonic() - start, 2)
+            cookie = next(c["value"] for c in browser.cookies() if c["name"] == "mlab_portal")
+        finally:
+            browser.close()
+
+        direct, proxied = [], []
+        for _ in range(args.rounds):
+            direct.append(pull(f"ws://127.0.0.1:{pod.port(7030)}/websockify", args.seconds,
+                               vnc_password, relay_pids=lambda: websockify_pids(pod.name)))
+            proxied.append(pull(f"ws://127.0.0.1:{port}/desktop/alice/websockify", args.seconds,
+                                None, cookie=f"mlab_portal={cookie}", origin=url,
+                                relay_pids=lambda: [portal.proc.pid]))
+        d_fps = statistics.median(r[0] for r in direct)
+        p_fps = statistics.median(r[0] for r in proxied)
+        d_cpu = statistics.median(r[2] for r in direct)
+        p_cpu = statistics.median(r[2] for r in proxied)
+        results.update(
+            direct_fps=round(d_fps, 2), portal_fps=round(p_fps, 2),
+            direct_mb_s=round(statistics.median(r[1] for r in direct), 1),
+            portal_mb_s=round(statistics.median(r[1] for r in proxied), 1),
+            portal_to_direct_fps=round(p_fps / d_fps, 3),
+            per_round_ratios=[round(p[0] / d[0], 2) for d, p in zip(direct, proxied)],
+            websockify_cpu_ms_per_mb=round(d_cpu, 2), portal_cpu_ms_per_mb=round(p_cpu, 2),
+            portal_to_websockify_cpu=round(p_cpu / d_cpu, 3), goal_ratio=0.90,
+            load_average=os.getloadavg()[0],
+        )
+    finally:
+        if portal is not None:
+            portal.stop()
+        if pod is not None:
+            pod.remove()
+        keycloak.stop()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:24} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

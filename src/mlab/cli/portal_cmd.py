@@ -1,0 +1,88 @@
+"""``mlab portal serve``: the web portal (sign-in, each user's desktop in the browser)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import typer
+
+from mlab.errors import UsageError
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``portal`` to ``app``."""
+    portal = typer.Typer(help="Run the web portal.", no_args_is_help=True)
+    app.add_typer(portal, name="portal")
+
+    @portal.command("serve")
+    def serve(
+        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
+                                 "Default: 0.0.0.0."),
+        port: int = typer.Option(8443, "--port", help="TCP port; 0 picks a free one "
+                                 "(printed). Default: 8443."),
+        users_dir: Path = typer.Option(Path("/etc/mlab/users"), "--users-dir",
+                                       help="Directory of <user>/password files (VNC and, "
+                                       "without a provider, sign-in). Default: /etc/mlab/users."),
+        client_secret_file: Path = typer.Option(
+            None, "--client-secret-file", envvar="MLAB_PORTAL_CLIENT_SECRET_FILE",
+            help="File holding the OpenID Connect client secret. Default: none (a public "
+            "client, PKCE only)."),
+        backend: list[str] = typer.Option(
+            [], "--backend", help="USER=HOST:PORT of a user's VNC server, repeatable. "
+            "Default: homepod-<user>.<namespace>.svc and the VNC Service port."),
+        audit_log: Path = typer.Option(None, "--audit-log", help="JSON-lines audit file "
+                                       "(created 0600). Default: log only."),
+        novnc_dir: Path = typer.Option(Path("/usr/share/novnc"), "--novnc-dir",
+                                       help="noVNC's files. Default: /usr/share/novnc."),
+        code_url: str = typer.Option(
+            None, "--code-url", help="Code service base URL for the requests API (the "
+            "user's requests, the review queue). Default: none shown."),
+        tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate chain: "
+                                      "serve HTTPS. Default: plain HTTP."),
+        tls_key: Path = typer.Option(None, "--tls-key", help="PEM key for --tls-cert."),
+    ) -> None:
+        """Serve the portal on PORT for the users of SITE."""
+        import uvicorn
+
+        from mlab.portal.app import build_app
+        from mlab.portal.config import PortalConfig, parse_backends, read_secret
+        from mlab.site import load_site
+
+        the_site = load_site(site)
+        secret = None
+        if client_secret_file is not None:
+            try:
+                secret = read_secret(client_secret_file)
+            except OSError as exc:
+                raise UsageError(f"--client-secret-file {client_secret_file}: cannot read "
+                                 f"it: {exc.strerror}") from None
+        if not novnc_dir.is_dir():
+            raise UsageError(f"--novnc-dir {novnc_dir}: not a directory (install Debian's "
+                             "novnc package)")
+        if (tls_cert is None) != (tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        config = PortalConfig(site=the_site, users_dir=users_dir,
+                              backends=parse_backends(backend, the_site),
+                              client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
+                              code_url=code_url.rstrip("/") if code_url else None)
+        logging.getLogger("mlab").setLevel(logging.INFO)
+        try:
+            sock = socket.create_server((host, port), backlog=256)
+        except OSError as exc:
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}") from None
+        bound = sock.getsockname()[1]
+        scheme = "https" if tls_cert else "http"
+        print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
+              flush=True)
+        server = uvicorn.Server(uvicorn.Config(
+            build_app(config), log_level="warning", access_log=False, lifespan="off",
+            log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+        ))
+        server.run(sockets=[sock])

@@ -1,0 +1,181 @@
+"""Portal objects: its Deployment and Service, and the NetworkPolicies of its edges.
+
+Invariant: nothing is rendered unless ``portal.enabled``. The portal runs ``mlab portal
+serve`` from the HomePod image (like the code service), reads the site from the
+``mlab-site`` ConfigMap and every user's password from their Secret projected at
+``/etc/mlab/users/<user>/password`` (it answers each HomePod's VncAuth itself, so the
+browser never holds a VNC password). Its edges (each policy annotated ``mlab.io/edge``):
+
+- office --> portal :8443 (the container port; the Service port is ``access.ports.portal``)
+- portal --> homepod :5900, and homepod <-- portal :5900 (the desktop proxy)
+- portal --> kube-dns :53 (it reaches ``homepod-<user>.<namespace>.svc`` by name)
+- portal --> code-service :8080 (the requests API, as the signed-in user)
+- portal --> the identity provider: ``portal.oidc.cidrs`` or, without them, the internet
+  (not private or cluster ranges), on the issuer's port
+
+With ``portal.directDesktopPorts: false`` the office edge to HomePods keeps only SSH
+(:mod:`mlab.render.network`), so desktops are reached through the portal alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
+from mlab.render.code_service import _password_source as password_source
+from mlab.render.common import (
+    PORT_CODE,
+    PORT_VNC,
+    VolumeSet,
+    common_env,
+    labels,
+    metadata,
+    pull_secrets,
+    selector,
+)
+from mlab.render.homepod import password_secret_name
+from mlab.render.network import _kube_dns, _office, _pods, _policy, _tcp, internet
+from mlab.site import Site
+
+PORT_PORTAL = 8443
+"""The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
+NAME = "portal"
+CODE_URL = "http://code-service"
+"""The code service's Service (port 80) in the portal's namespace: the requests API."""
+SECRET_DIR = "/etc/mlab/portal"
+CLIENT_SECRET_KEY = "clientSecret"
+"""Key of ``portal.oidc.clientSecretSecret`` that holds the client secret."""
+
+
+def issuer_port(site: Site) -> int:
+    """TCP port of the provider's issuer URL (443 for https://, 80 for http://)."""
+    assert site.portal.oidc is not None
+    parts = urlsplit(site.portal.oidc.issuer)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def deployment(site: Site) -> dict[str, Any]:
+    """The portal Deployment (one replica: sessions live in its memory)."""
+    portal = site.portal
+    vols = VolumeSet()
+    cm = vols.add({
+        "name": "site",
+        "configMap": {"name": SITE_CONFIGMAP, "items": [{"key": "site.yaml", "path": "site.yaml"}]},
+    })
+    vols.mount(cm, SITE_FILE, read_only=True, sub_path="site.yaml")
+    sources = [password_source(password_secret_name(u), u.name) for u in site.users]
+    if sources:
+        users = vols.add({"name": "user-passwords",
+                          "projected": {"defaultMode": 0o400, "sources": sources}})
+        vols.mount(users, USERS_DIR, read_only=True)
+    command = ["mlab", "portal", "serve", "--site", SITE_FILE, "--port", str(PORT_PORTAL),
+               "--users-dir", USERS_DIR, "--audit-log", "/dev/stderr",
+               "--code-url", CODE_URL]
+    secret_sources: list[dict[str, Any]] = []
+    if portal.oidc and portal.oidc.client_secret_secret:
+        secret_sources.append({"secret": {
+            "name": portal.oidc.client_secret_secret,
+            "items": [{"key": CLIENT_SECRET_KEY, "path": "client-secret"}]}})
+        command += ["--client-secret-file", f"{SECRET_DIR}/client-secret"]
+    if portal.tls_secret:
+        secret_sources.append({"secret": {
+            "name": portal.tls_secret,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+        command += ["--tls-cert", f"{SECRET_DIR}/tls.crt", "--tls-key", f"{SECRET_DIR}/tls.key"]
+    if secret_sources:
+        secrets = vols.add({"name": "portal-secrets",
+                            "projected": {"defaultMode": 0o400, "sources": secret_sources}})
+        vols.mount(secrets, SECRET_DIR, read_only=True)
+    container = {
+        "name": NAME,
+        "image": site.image.ref,
+        "imagePullPolicy": site.image.pull_policy,
+        "command": command,
+        "env": common_env(site),
+        "ports": [{"name": "portal", "containerPort": PORT_PORTAL, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": "portal"}, "periodSeconds": 10},
+        "livenessProbe": {"tcpSocket": {"port": "portal"}, "periodSeconds": 20,
+                          "failureThreshold": 3},
+        "volumeMounts": vols.volume_mounts(),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(site, NAME, "portal"),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(site, "portal")},
+            "template": {
+                "metadata": {"labels": labels(site, "portal")},
+                "spec": {
+                    **pull_secrets(site),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": vols.volumes(),
+                },
+            },
+        },
+    }
+
+
+def service(site: Site) -> dict[str, Any]:
+    """The portal Service: ``access.ports.portal`` to the container's 8443."""
+    exp = site.portal.service
+    port: dict[str, Any] = {"name": "portal", "port": site.access.ports.portal,
+                            "targetPort": "portal", "protocol": "TCP"}
+    if exp.node_port is not None and exp.type != "ClusterIP":
+        port["nodePort"] = exp.node_port
+    spec: dict[str, Any] = {"type": exp.type, "selector": selector(site, "portal"),
+                            "ports": [port]}
+    if exp.external_ips:
+        spec["externalIPs"] = list(exp.external_ips)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata(site, NAME, "portal"),
+            "spec": spec}
+
+
+def render_portal(site: Site) -> list[dict[str, Any]]:
+    """The objects of portal.yaml; empty unless ``portal.enabled``."""
+    if not site.portal.enabled:
+        return []
+    return [deployment(site), service(site)]
+
+
+def render_policies(site: Site) -> list[dict[str, Any]]:
+    """The portal's NetworkPolicies (appended to network.yaml); empty unless enabled."""
+    if not site.portal.enabled:
+        return []
+    out = []
+    office = _office(site)
+    if office:
+        out.append(_policy(
+            site, "portal-from-office", f"office --> portal :{PORT_PORTAL}", "portal",
+            ingress=[{"from": office, "ports": _tcp([PORT_PORTAL])}]))
+    out += [
+        _policy(site, "portal-to-homepods", f"portal --> homepod :{PORT_VNC}", "portal",
+                egress=[{"to": [_pods(site, "homepod")], "ports": _tcp([PORT_VNC])}]),
+        _policy(site, "homepod-from-portal", f"portal --> homepod :{PORT_VNC}", "homepod",
+                ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_VNC])}]),
+        _policy(site, "portal-to-code-service", f"portal --> code-service :{PORT_CODE}", "portal",
+                egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}]),
+        _policy(site, "code-service-from-portal", f"portal --> code-service :{PORT_CODE}",
+                "code-service",
+                ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_CODE])}]),
+        _policy(site, "portal-to-dns", "portal --> kube-dns :53/udp :53/tcp", "portal",
+                egress=[{"to": [_kube_dns(site)],
+                         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
+    ]
+    oidc = site.portal.oidc
+    if oidc is not None:
+        port = issuer_port(site)
+        if oidc.cidrs:
+            peers = [{"ipBlock": {"cidr": c}} for c in oidc.cidrs]
+            edge = f"portal --> identity provider {' '.join(oidc.cidrs)} :{port}"
+        else:
+            peers = [internet(site)]
+            edge = f"portal --> identity provider on the internet :{port}"
+        out.append(_policy(site, "portal-to-identity-provider", edge, "portal",
+                           egress=[{"to": peers, "ports": _tcp([port])}]))
+    return out

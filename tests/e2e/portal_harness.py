@@ -1,0 +1,321 @@
+"""Real parts for the portal's end-to-end tests and benchmark (imported by name: pytest puts
+this directory on sys.path; the benchmark does the same).
+
+- :class:`Keycloak`: Keycloak (``scripts/setup.d/40-keycloak.sh`` unpacks it) started from a
+  private copy with a realm imported from JSON: client ``mlab-portal`` (confidential, PKCE
+  S256, a ``groups`` claim) and users with passwords and groups.
+- :func:`start_portal`: ``mlab portal serve`` as a process, for a site file.
+- :class:`Browser`: headless Chromium (Debian's) driven over the DevTools protocol, with a
+  fresh profile each; :func:`sign_in` goes through Keycloak's own login page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+KEYCLOAK_VERSION = "26.5.6"
+REALM = "mlab"
+CLIENT_ID = "mlab-portal"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--remote-allow-origins=*", "--window-size=1280,800",
+]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keycloak_home() -> Path:
+    """Where the setup step unpacked Keycloak."""
+    cache = os.environ.get("MLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlab")
+    return Path(cache) / "keycloak" / f"keycloak-{KEYCLOAK_VERSION}"
+
+
+def java_home() -> str | None:
+    """A JDK of version 21 or newer under /usr/lib/jvm (Keycloak 26 needs one)."""
+    for java in sorted(Path("/usr/lib/jvm").glob("*/bin/java")):
+        out = subprocess.run([str(java), "-XshowSettings:properties", "-version"],
+                             capture_output=True, text=True, check=False).stderr
+        m = re.search(r"java\.specification\.version = (\d+)", out)
+        if m and int(m.group(1)) >= 21:
+            return str(java.parent.parent)
+    return None
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    password: str
+    groups: tuple[str, ...] = ()
+
+
+def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dict[str, Any]:
+    """A Keycloak realm export: the portal's client (public, PKCE only, when ``secret`` is
+    None) and ``people``."""
+    groups = sorted({g for p in people for g in p.groups})
+    return {
+        "realm": REALM, "enabled": True, "sslRequired": "none",
+        "groups": [{"name": g} for g in groups],
+        "clients": [{
+            "clientId": CLIENT_ID, "enabled": True, "protocol": "openid-connect",
+            "publicClient": secret is None, **({"secret": secret} if secret else {}),
+            "standardFlowEnabled": True,
+            "directAccessGrantsEnabled": False, "redirectUris": [f"{portal_url}/auth/callback"],
+            "webOrigins": [portal_url],
+            "attributes": {"pkce.code.challenge.method": "S256"},
+            "protocolMappers": [{
+                "name": "groups", "protocol": "openid-connect",
+                "protocolMapper": "oidc-group-membership-mapper",
+                "config": {"claim.name": "groups", "full.path": "false",
+                           "id.token.claim": "true", "access.token.claim": "true",
+                           "userinfo.token.claim": "true"},
+            }],
+        }],
+        "users": [{
+            "username": p.name, "enabled": True, "emailVerified": True,
+            "email": f"{p.name}@example.org", "firstName": p.name.title(), "lastName": "Test",
+            "credentials": [{"type": "password", "value": p.password, "temporary": False}],
+            "groups": [f"/{g}" for g in p.groups],
+        } for p in people],
+    }
+
+
+class Keycloak:
+    """A Keycloak server on 127.0.0.1:``port`` with the realm imported (about 20-40 s)."""
+
+    def __init__(self, tmp: Path, realm: dict[str, Any]) -> None:
+        home = keycloak_home()
+        if not (home / "bin" / "kc.sh").exists():
+            raise RuntimeError(f"Keycloak is not unpacked at {home}: run bash scripts/setup.sh")
+        jdk = java_home()
+        if jdk is None:
+            raise RuntimeError("no Java 21+ under /usr/lib/jvm: run bash scripts/setup.sh")
+        self.home = tmp / "keycloak"
+        shutil.copytree(home, self.home, symlinks=True)
+        (self.home / "data" / "import").mkdir(parents=True)
+        (self.home / "data" / "import" / "mlab-realm.json").write_text(json.dumps(realm))
+        self.port = free_port()
+        self.log = tmp / "keycloak.log"
+        env = {**os.environ, "JAVA_HOME": jdk, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
+               "KC_BOOTSTRAP_ADMIN_PASSWORD": base64.b32encode(os.urandom(10)).decode(),
+               "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx512m"}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", "127.0.0.1",
+                 "--http-port", str(self.port), "--import-realm",
+                 "--http-management-port", str(free_port())],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+
+    def wait(self, timeout: float = 240) -> float:
+        """Wait until the realm's discovery document answers; return the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Keycloak exited: {self.log.read_text()[-2000:]}")
+            try:
+                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                if r.status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"Keycloak not ready after {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+class Portal:
+    """``mlab portal serve`` as a child process on 127.0.0.1:``port``."""
+
+    def __init__(self, tmp: Path, site_file: Path, port: int, users_dir: Path,
+                 backends: dict[str, str], client_secret: str | None = None) -> None:
+        self.port = port
+        self.audit = tmp / "portal-audit.log"
+        self.log = tmp / "portal.log"
+        argv = [str(Path(sys.executable).with_name("mlab")), "portal", "serve",
+                "--site", str(site_file), "--host", "127.0.0.1", "--port", str(port),
+                "--users-dir", str(users_dir), "--audit-log", str(self.audit)]
+        if client_secret is not None:
+            secret = tmp / "client-secret"
+            secret.write_text(client_secret + "\n")
+            secret.chmod(0o600)
+            argv += ["--client-secret-file", str(secret)]
+        for user, address in backends.items():
+            argv += ["--backend", f"{user}={address}"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while b"listening on" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"portal did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Browser:
+    """Headless Chromium with a fresh profile, one tab, driven over the DevTools protocol."""
+
+    def __init__(self, tmp: Path) -> None:
+        import websocket
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
+        self.log = Path(self.profile + ".log")
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                 "--remote-debugging-port=0", "about:blank"],
+                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None:
+            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text())
+            if m:
+                port = int(m.group(1))
+            elif time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-500:]}")
+            else:
+                time.sleep(0.1)
+        pages: list[dict[str, Any]] = []
+        while not pages:
+            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+                     if t["type"] == "page"]
+            if not pages and time.monotonic() > deadline:
+                raise RuntimeError("chromium has no tab")
+            time.sleep(0.1)
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
+                                              suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]  # type: ignore[no-any-return]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        return result["result"].get("value")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        """Poll ``expression`` until it is truthy; return its value.
+
+        Raises:
+            TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                value = None  # navigating: no execution context for a moment
+            if value:
+                return value
+            time.sleep(0.2)
+        where = self.evaluate("location.href + ' ' + document.title")
+        raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
+
+    def screenshot(self, out: Path) -> None:
+        shot = self.call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+
+    def cookies(self) -> list[dict[str, Any]]:
+        return self.call("Network.getAllCookies")["cookies"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def sign_in(browser: Browser, portal_url: str, user: str, password: str) -> None:
+    """Open the portal, press Sign in, fill Keycloak's own login form, wait for the page
+    that says "MLab: <user>"."""
+    browser.goto(portal_url + "/")
+    browser.wait_for("document.getElementById('signin') !== null")
+    browser.evaluate("document.getElementById('signin').click()")
+    browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+    browser.evaluate(
+        f"document.getElementById('username').value = {json.dumps(user)};"
+        f"document.getElementById('password').value = {json.dumps(password)};"
+        "document.getElementById('kc-login').click(); true")
+    browser.wait_for(f"location.href.startsWith({json.dumps(portal_url)}) && "
+                     f"document.title.startsWith({json.dumps(user)})", timeout=60)
+
+
+def wait_novnc(browser: Browser, timeout: float = 40) -> None:
+    """Wait for noVNC's connected state. Under heavy load headless Chromium sometimes leaves
+    noVNC's page loading without a connection attempt; like a user, reload it (twice at
+    most, as tests/e2e/test_image_access.py does).
+
+    Raises:
+        TimeoutError: not connected after the reloads.
+    """
+    connected = "document.documentElement.classList.contains('noVNC_connected')"
+    for attempt in range(3):
+        if attempt:
+            browser.call("Page.reload", ignoreCache=True)
+        try:
+            browser.wait_for(connected, timeout=timeout / 3 if attempt < 2 else timeout)
+            return
+        except TimeoutError:
+            if attempt == 2:
+                raise
+
+
+def open_desktop(browser: Browser, timeout: float = 40) -> None:
+    """Press "Open desktop" and wait for noVNC's connected state."""
+    browser.evaluate("document.getElementById('open').click()")
+    browser.wait_for("location.pathname.endsWith('vnc.html')", timeout=timeout)
+    wait_novnc(browser, timeout)

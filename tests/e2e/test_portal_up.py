@@ -1,0 +1,88 @@
+"""The portal under the local engine: ``mlab up`` of a site with ``portal.enabled`` runs
+the rendered portal pod (from the HomePod image, on the host network), and a browser signs
+in through Keycloak (a public client, PKCE only) and sees alice's desktop through it.
+
+Own site ``t4portal`` on its own bind address (127.0.7.1) and MLAB_STATE_DIR; the Airlock
+is disabled to keep the machine's load down. ``mlab down --volumes`` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from mlab.podman import podman
+from portal_harness import Browser, Keycloak, Person, open_desktop, realm_json, sign_in
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+SITE = "t4portal"
+BIND = "127.0.7.1"
+PORTAL_PORT = 18443
+ALICE = Person("alice", "Alice-Up-" + secrets.token_hex(4))
+
+
+@pytest.fixture(scope="module")
+def up(homepod_image: str, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    tmp = tmp_path_factory.mktemp("portal-up")
+    url = f"http://{BIND}:{PORTAL_PORT}"
+    keycloak = Keycloak(tmp, realm_json(url, None, [ALICE]))
+    site_file = tmp / f"{SITE}.yaml"
+    env = {**os.environ, "MLAB_STATE_DIR": str(tmp / "state")}
+
+    def mlab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site", str(site_file)],
+                              env=env, capture_output=True, text=True, timeout=900, check=False)
+
+    try:
+        repo, tag = homepod_image.rsplit(":", 1)
+        site_file.write_text(yaml.safe_dump({
+            "apiVersion": "mlab.io/v1", "name": SITE,
+            "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+            "access": {"bindAddress": BIND, "ports": {"portal": PORTAL_PORT}},
+            "users": [{"name": "alice", "service": {"ports": {
+                "vnc": 15951, "rdp": 13451, "novnc": 17051, "ssh": 12251}}}],
+            "airlock": {"enabled": False},
+            "codeService": {"reviewers": ["alice"]},
+            "portal": {"enabled": True, "url": url,
+                       "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}},
+        }))
+        mlab("down", "--volumes")  # leftovers of an interrupted run
+        keycloak.wait()
+        proc = mlab("up")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        yield SimpleNamespace(url=url, keycloak=keycloak)
+    finally:
+        proc = mlab("down", "--volumes")
+        keycloak.stop()
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_up_runs_the_portal_and_it_opens_alices_desktop(up, e2e, tmp_path) -> None:
+    browser = Browser(tmp_path)
+    try:
+        sign_in(browser, up.url, ALICE.name, ALICE.password)
+        # Her requests and, as a reviewer, the queue: read from the code service as alice.
+        text = browser.evaluate("document.body.innerText")
+        assert "Your requests" in text and "Review queue" in text, text
+        assert "not available" not in text, text
+        open_desktop(browser, timeout=60)
+        time.sleep(2)
+        shot = tmp_path / "desktop.png"
+        browser.screenshot(shot)
+        assert e2e.looks_like_desktop(shot), f"no desktop in {shot}"
+    finally:
+        browser.close()
+    logs = podman(["logs", f"mlab-{SITE}-portal-portal"], check=False)
+    text = logs.stdout + logs.stderr
+    assert '"event": "login", "user": "alice"' in text, text[-2000:]
+    assert '"event": "desktop-open", "user": "alice"' in text, text[-2000:]
