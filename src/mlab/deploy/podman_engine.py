@@ -55,7 +55,7 @@ from mlab.deploy.podman_translate import (
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import podman, podman_version
+from mlab.podman import check_network_backend, podman, podman_version
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -265,12 +265,14 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         What changed.
 
     Raises:
-        ToolMissingError: podman or nft missing, podman too old.
+        ToolMissingError: podman or nft missing, podman too old, or podman's network
+            backend is not netavark with aardvark-dns (checked before anything starts).
         DeployError: a port is taken, a podman step failed, or a pod did not get ready;
             what this run created is removed first.
     """
     say = say or (lambda _m: None)
     podman_version()
+    check_network_backend()
     if not shutil.which("nft"):
         raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
     image = image_ref(site, say)  # may build for minutes: not under the host lock
