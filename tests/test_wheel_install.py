@@ -53,11 +53,13 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     purelib = Path(subprocess.run(
         [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True).stdout.strip())
-    # The dependencies (pydantic, typer, ...) from the project venv; the editable mlab there is
-    # not on this path (its .pth files are not read), so `import mlab` finds only the wheel.
-    (purelib / "zz-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(root / "bin" / "pip"), "install", "-q", "--no-deps",
                     "--disable-pip-version-check", str(wheel)], check=True, capture_output=True)
+    # Then the dependencies (pydantic, typer, ...) from the project venv, after pip ran (pip
+    # would otherwise see the project's mlab there and uninstall it). The editable mlab of
+    # the project venv is not importable this way (its .pth files are not read), so
+    # `import mlab` finds only the wheel.
+    (purelib / "zz-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return root
 
 
