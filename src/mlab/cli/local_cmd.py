@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
 
@@ -28,6 +29,7 @@ SITE_OPTION = typer.Option(
 OUTPUT_OPTION = typer.Option(
     "table", "--output", "-o", help="Output format: table or json. Default: table.",
 )
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
 def _format(value: str) -> str:
@@ -38,13 +40,6 @@ def _format(value: str) -> str:
 
 def _stderr() -> Console:
     return Console(stderr=True)
-
-
-def _say(console: Console, status: Any) -> Any:
-    def say(message: str) -> None:
-        status.update(f"mlab up: {message}")
-
-    return say
 
 
 def status_rows(components: list[dict[str, Any]]) -> list[list[str]]:
@@ -99,6 +94,7 @@ def up(
         True, "--wait/--no-wait", help="Wait until every published port answers. Default: wait.",
     ),
     output: str = OUTPUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
     from mlab.deploy import podman_engine
@@ -109,8 +105,8 @@ def up(
     first = not passwords_path(loaded).exists()
     console = _stderr()
     start = time.monotonic()
-    with console.status("mlab up: starting") as status:
-        result = podman_engine.up(loaded, say=_say(console, status), wait=wait)
+    with Steps("mlab up", progress_console(quiet)) as steps:
+        result = podman_engine.up(loaded, say=steps.say, wait=wait)
     parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
@@ -133,15 +129,15 @@ def down(
         help="Also delete the volumes (homes, share, repositories) and the engine's state "
         "files. Default: keep them, so the next `mlab up` brings them back.",
     ),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Stop and remove the site's pods, networks and firewall rules."""
     from mlab.deploy import podman_engine
 
     loaded = load_site(site)
     console = _stderr()
-    with console.status("mlab down") as status:
-        removed = podman_engine.down(loaded.name, volumes=volumes,
-                                     say=lambda m: status.update(f"mlab down: {m}"))
+    with Steps("mlab down", progress_console(quiet)) as steps:
+        removed = podman_engine.down(loaded.name, volumes=volumes, say=steps.say)
     kept = "" if volumes else " (volumes kept; `mlab down --volumes` deletes them)"
     console.print(f"mlab down: site {loaded.name}: removed {len(removed)} object(s){kept}")
 
@@ -159,7 +155,8 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     _print_status(components, fmt)
 
 
-def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
+def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
+           quiet: bool = QUIET_OPTION) -> None:
     """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
     from mlab.deploy import podman_engine, probes
 
@@ -170,9 +167,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
         raise MlabError(f"site {loaded.name} is not up", hint="run `mlab up` first")
     console = _stderr()
     start = time.monotonic()
-    with console.status("mlab verify: probing"):
+    with Steps("mlab verify", progress_console(quiet)) as steps:
         airlock_user = loaded.airlock.user if loaded.airlock.enabled else ""
-        results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user)
+        results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user,
+                             on_source=lambda src: steps.say(f"probing from {src}"))
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")
