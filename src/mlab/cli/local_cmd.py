@@ -126,8 +126,9 @@ def down(
     site: Path = SITE_OPTION,
     volumes: bool = typer.Option(
         False, "--volumes",
-        help="Also delete the volumes (homes, share, repositories) and the engine's state "
-        "files. Default: keep them, so the next `mlab up` brings them back.",
+        help="Also delete the volumes (homes, share, repositories), the generated passwords "
+        "and the engine's state files (the next `mlab up` shows new passwords). Default: keep "
+        "them, so the next `mlab up` brings them back.",
     ),
     quiet: bool = QUIET_OPTION,
 ) -> None:
