@@ -42,12 +42,39 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
+VNC_NOTE = "password: its first 8 characters (VncAuth)"
+"""What a VNC client needs to know: VncAuth uses only the first 8 characters of a password
+(RFC 6143 section 7.2.2); the entrypoint stores exactly those."""
+
+
+def with_site_notes(components: list[dict[str, Any]], code_host: str) -> list[dict[str, Any]]:
+    """``status`` components with what the engine cannot know (pure, copies): every VNC
+    endpoint gets ``note`` :data:`VNC_NOTE`; the code service gets the URL HomePods use,
+    ``http://<codeService.host>/<org>/<repo>`` (endpoint ``where: "homepod"``)."""
+    out = []
+    for comp in components:
+        endpoints = [dict(e, note=VNC_NOTE) if e["protocol"] == "vnc" else dict(e)
+                     for e in comp["endpoints"]]
+        if comp["kind"] == "code-service":
+            endpoints.append({"protocol": "http", "host": code_host, "port": 80,
+                              "url": f"http://{code_host}/<org>/<repo>", "where": "homepod"})
+        out.append({**comp, "endpoints": endpoints})
+    return out
+
+
 def status_rows(components: list[dict[str, Any]]) -> list[list[str]]:
     """Table rows (component, kind, state, how to connect) for ``mlab status``."""
     rows = []
     for comp in components:
-        how = "\n".join(e["url"] for e in comp["endpoints"]) or "-"
-        rows.append([comp["name"], comp["kind"], comp["state"], how])
+        lines = []
+        for e in comp["endpoints"]:
+            line = e["url"]
+            if e.get("where") == "homepod":
+                line = f"in HomePods: git clone {line}"
+            if e.get("note"):
+                line += f" ({e['note']})"
+            lines.append(line)
+        rows.append([comp["name"], comp["kind"], comp["state"], "\n".join(lines) or "-"])
     return rows
 
 
@@ -114,7 +141,8 @@ def up(
     if result.placeholder_code_service:
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
                       "service is a PLACEHOLDER HTTP server on :8080")
-    _print_status(podman_engine.status(loaded.name), fmt)
+    _print_status(with_site_notes(podman_engine.status(loaded.name),
+                                  loaded.code_service.host), fmt)
     if first and fmt == "table":
         from mlab.secrets import load_or_create_passwords
 
@@ -153,7 +181,7 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     if not components and fmt == "table":
         _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
         return
-    _print_status(components, fmt)
+    _print_status(with_site_notes(components, loaded.code_service.host), fmt)
 
 
 def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
