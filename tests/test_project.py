@@ -63,7 +63,7 @@ def test_cli_usage_errors_exit_2(args: list[str]) -> None:
 # hand ran CI green while a fresh one fell back to CNI (issue 10).
 TOOLS = ("podman", "/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns", "runc", "nft",
          "mmdebstrap", "git", "sshfs", "xfreerdp", "Xvfb", "chromium", "ssh", "/usr/sbin/sshd",
-         "apt-ftparchive", "dpkg-scanpackages", "/usr/bin/convert", "xwd")
+         "apt-ftparchive", "dpkg-scanpackages", "xwd")
 
 
 def _listed_packages() -> set[str]:
