@@ -306,7 +306,7 @@ def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
     assert system.strip().startswith("1."), "the system Python keeps Debian's numpy"
     # The desktop session (and so its terminals) has the same PATH.
     alice = f"mlab-{SITE}-homepod-alice-homepod"
-    desktop = podman(["exec", alice, "sh", "-c",
+    desktop = podman(["exec", "-u", "alice", alice, "sh", "-c",
                       "tr '\\0' '\\n' < /proc/$(pgrep -u alice -x xfce4-session | head -n1)"
                       "/environ | grep '^PATH='"]).stdout
     assert desktop.startswith("PATH=/home/alice/.venv/bin:"), desktop
