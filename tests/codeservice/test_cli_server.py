@@ -91,7 +91,8 @@ def test_request_approve_on_the_host_reaches_the_local_code_service(tmp_path: Pa
            if k not in ("MLAB_SERVER", "MLAB_SITE", "MLAB_CODE_HOST")}
     env.update({"MLAB_STATE_DIR": str(tmp_path / "state"), "MLAB_USER": "bob",
                 "MLAB_PASSWORD": "x"})
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", "approve", "1", "--comment", "ok"],
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", "approve", "1",
+                           "--comment", "ok"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     line = proc.stderr.strip().splitlines()[-1]

@@ -14,8 +14,10 @@ from mlab.cli.progress import Steps, progress_console, step_of
     ("message", "step"),
     [
         ("image: hashing the recipe", "image: hashing the"),
-        ("image: bootstrapping Debian (mmdebstrap): I: extracting", "image: bootstrapping Debian (mmdebstrap)"),
-        ("image: bootstrapping Debian (mmdebstrap): starting", "image: bootstrapping Debian (mmdebstrap)"),
+        ("image: bootstrapping Debian (mmdebstrap): I: extracting",
+         "image: bootstrapping Debian (mmdebstrap)"),
+        ("image: bootstrapping Debian (mmdebstrap): starting",
+         "image: bootstrapping Debian (mmdebstrap)"),
         ("image: installing MLab into the image (podman build)", "image: installing MLab"),
         ("volume mlab-t-home-alice", "volume mlab-t-home-alice"),
         ("waiting for every port", "waiting for"),

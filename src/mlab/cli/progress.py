@@ -21,7 +21,8 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-QUIET_HELP = "Do not show progress on standard error (it is also off when stderr is not a terminal)."
+QUIET_HELP = ("Do not show progress on standard error (it is also off when stderr is not a "
+              "terminal).")
 
 
 def step_of(message: str) -> str:
