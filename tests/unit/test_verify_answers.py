@@ -12,6 +12,7 @@ import errno
 import socket
 import struct
 import threading
+import urllib.error
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -70,9 +71,11 @@ def test_rdp_request_is_an_x224_connection_request_with_negotiation() -> None:
          "unreachable (Network is unreachable)"),
         (socket.gaierror(-2, "Name or service not known"),
          "name not resolved (Name or service not known)"),
+        (urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")),
+         "refused"),
     ],
     ids=["refused", "timeout", "socket-timeout", "reset", "host-unreachable",
-         "net-unreachable", "dns"],
+         "net-unreachable", "dns", "urllib-refused"],
 )
 def test_failure_names(exc: BaseException, expected: str) -> None:
     assert answers.failure(exc) == expected

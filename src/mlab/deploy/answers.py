@@ -123,12 +123,15 @@ def failure(exc: BaseException) -> str:
     """Name a failed attempt: refused, timed out, reset, unreachable, or the error itself.
 
     Args:
-        exc: what ``socket.create_connection`` (or a later read) raised.
+        exc: what ``socket.create_connection`` (or a later read, or ``urlopen``) raised.
 
     Returns:
         ``refused``, ``timed out``, ``reset``, ``unreachable (...)``,
         ``name not resolved (...)`` or ``TypeName: message``.
     """
+    reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket's error
+    if isinstance(reason, BaseException):
+        exc = reason
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     if isinstance(exc, (TimeoutError, socket.timeout)):
