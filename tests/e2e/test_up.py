@@ -270,8 +270,12 @@ def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
 
     air = f"mlab-{SITE}-airlock-airlock"
     wheel = _tiny_wheel(tmp_path, "numpy", "99.1.0")
-    podman(["cp", str(wheel), f"{air}:/opt/public/airlock/pip/files/{wheel.name}"])
-    podman(["exec", air, "chown", "airlock:airlock", f"/opt/public/airlock/pip/files/{wheel.name}"])
+    import base64
+
+    files = "/opt/public/airlock/pip/files"
+    podman(["exec", "-i", "-u", "airlock", air, "sh", "-c",
+            f"mkdir -p {files} && base64 -d > {files}/{wheel.name}"],
+           input=base64.b64encode(wheel.read_bytes()).decode())
     podman(["exec", "-u", "airlock", air, "mlab", "airlock", "reindex"])
 
     shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
