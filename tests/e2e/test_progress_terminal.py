@@ -19,7 +19,8 @@ def _on_a_terminal(*args: str) -> str:
     """Run `mlab ARGS` with stderr on a pseudo-terminal; return what it drew there."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlab.cli.main", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "mlab.cli.main", *args],
+                            stdout=subprocess.DEVNULL,
                             stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
     os.close(slave)
     chunks = []
