@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,14 +26,21 @@ def _on_a_terminal(*args: str) -> str:
                             stderr=slave, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
     os.close(slave)
     chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
+    deadline = time.monotonic() + 300
+    # Read until the command has exited and the terminal is drained (a process that inherited
+    # the terminal may keep it open after the command is gone).
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
             break
-        if not data:
-            break
-        chunks.append(data)
     proc.wait(timeout=120)
     os.close(master)
     return b"".join(chunks).decode(errors="replace")
