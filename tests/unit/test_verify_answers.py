@@ -1,7 +1,8 @@
 """`mlab verify` counts an allowed edge only when the service answers (issue 10, point 2).
 
-The parsers are table-driven with the bytes real servers send (captured from the HomePod's
-Xtigervnc, OpenSSH, xrdp and websockify); the probe program runs for real on the host against
+The parsers are table-driven with the bytes the HomePod's servers send (Xtigervnc's and
+OpenSSH's banners, websockify's page; xrdp's Connection Confirm exactly as captured from a
+running HomePod on 2026-12-05); the probe program runs for real on the host against
 listeners on loopback: a port nobody listens on (refused), one that accepts and says nothing,
 one that answers like the upstream proxy of these machines (HTTP 403), and one that resets.
 """
@@ -20,7 +21,7 @@ import pytest
 from mlab.deploy import answers
 from mlab.deploy.probes import Probe, _run_in, host_kind, observed
 
-# The Connection Confirm xrdp 0.9.21 sends to the request of `answers.request("rdp")`.
+# The Connection Confirm xrdp sends to `answers.request("rdp")` (captured from a HomePod).
 XRDP_CC = bytes.fromhex("030000130ed000001234000201080001000000")
 
 
