@@ -116,7 +116,7 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
         homepod_image, PREFIX,
         env={"MLAB_USER": "airlock", "MLAB_UID": "1999", "MLAB_MODE": "airlock",
              "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password",
-             "MLAB_CODE_URL": "http://127.0.0.1:9"},
+             "MLAB_SERVER": "http://127.0.0.1:9"},
         volumes=[f"{share}:/opt/public/airlock", f"{secret}:/etc/mlab/secret/password:ro"],
     )
     containers.append(c)
@@ -140,7 +140,7 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
     p = e2e.run_container(
         homepod_image, PREFIX,
         env={"MLAB_USER": "mlab-publisher", "MLAB_PASSWORD_FILE": "/etc/mlab/publisher/password",
-             "MLAB_CODE_URL": "http://127.0.0.1:9", "HOME": "/tmp"},
+             "MLAB_SERVER": "http://127.0.0.1:9", "HOME": "/tmp"},
         volumes=[f"{secret}:/etc/mlab/publisher/password:ro", f"{share}/export:/opt/public/airlock/export"],
         extra=["--read-only", "--cap-drop=all", "--cap-add=DAC_OVERRIDE",
                "--security-opt=no-new-privileges", "--entrypoint", PUBLISHER_COMMAND[0]],
