@@ -161,7 +161,7 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
 
 def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
-    from mlab.deploy import podman_engine, probes
+    from mlab.deploy import podman_engine, probes, probes_link
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -173,6 +173,8 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     with console.status("mlab verify: probing"):
         airlock_user = loaded.airlock.user if loaded.airlock.enabled else ""
         results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user)
+        # IPv6 link-local paths, raw sockets and forged sources (issue 20).
+        results += probes_link.run(plan, probes.host_facts(0).host_ip)
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")
