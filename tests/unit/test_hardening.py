@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from mlab.deploy import firewall, probes_link
-from mlab.deploy.podman_translate import IPV6_OFF_SYSCTLS, translate, wanted_networks
+from mlab.deploy.podman_translate import translate, wanted_networks
+from mlab.podman import KEEP_IPV6_ENV, containers_conf
 from mlab.homepod import startgate
 from mlab.render import render_site
 from mlab.render.common import SESSION_CAPABILITIES
@@ -73,25 +74,34 @@ def test_escalation_only_where_the_user_has_sudo() -> None:
     assert "add" not in sc["code-service"]["capabilities"]
 
 
-def _plan(site: Site, ipv6_off: bool = True):  # noqa: ANN202
+def _plan(site: Site):  # noqa: ANN202
     rendered = render_site(site, {k: "pw-0123456789" for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    return translate(site, rendered.files, rendered.secrets, subnets, "/state", ipv6_off=ipv6_off)
+    return translate(site, rendered.files, rendered.secrets, subnets, "/state")
 
 
-def test_podman_pods_keep_the_security_context_and_get_ipv6_off() -> None:
+def test_podman_pods_keep_the_security_context_and_homepods_check_the_airlock() -> None:
     plan = _plan(_site())
     for pod in plan.pods:
         spec = pod.manifest["spec"]
-        assert spec["securityContext"]["sysctls"] == [dict(s) for s in IPV6_OFF_SYSCTLS], pod.name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
     homepods = [p for p in plan.pods if p.component == "homepod"]
     env = {e["name"]: e["value"] for e in homepods[0].manifest["spec"]["containers"][0]["env"]}
     assert env["MLAB_EGRESS_CHECK"] == f"{plan.nat_network().pod_ip}:22"
-    # The test switch leaves IPv6 on, and the spec hash tells the two apart.
-    open_plan = _plan(_site(), ipv6_off=False)
-    assert all("sysctls" not in p.manifest["spec"]["securityContext"] for p in open_plan.pods)
-    assert open_plan.pods[0].spec_hash != plan.pods[0].spec_hash
+
+
+def test_podman_containers_get_ipv6_off_unless_the_test_switch_is_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube play 4.3.1 ignores pod sysctls: MLab's containers.conf sets them for every
+    container; the test switch picks the file without them."""
+    monkeypatch.delenv(KEEP_IPV6_ENV, raising=False)
+    text = containers_conf().read_text()
+    for sysctl in ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                   "net.ipv4.ping_group_range=0 0"):
+        assert f'"{sysctl}"' in text
+    monkeypatch.setenv(KEEP_IPV6_ENV, "1")
+    assert "disable_ipv6" not in containers_conf().read_text().split("[containers]")[1]
 
 
 def _ruleset(block: bool = True) -> str:

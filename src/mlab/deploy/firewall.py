@@ -34,8 +34,8 @@ Why these rules (measured on Debian 12, podman 4.3.1, netavark):
 - IPv6: every rule above matches IPv4 only, and a netavark network without ``--ipv6`` still
   gives each container and the bridge an ``fe80::`` link-local address (measured: a "HomePod"
   reached a host service and a non-allowed code-service port over IPv6 link-local). MLab
-  networks carry no IPv6 at all: the containers have ``disable_ipv6`` set (the podman
-  translation), the engine sets it on the bridges, and here every IPv6 packet in or out of
+  networks carry no IPv6 at all: the containers have ``disable_ipv6`` set (MLab's
+  containers.conf), the engine sets it on the bridges, and here every IPv6 packet in or out of
   an MLab bridge is dropped (``input``, ``forward`` and the bridge ``forward``), so no chain
   default-accepts IPv6 on an MLab network even if a container had an IPv6 address.
 """
@@ -132,7 +132,7 @@ def ruleset(
             the engine): the bridge table matches switched IPv6 frames by them.
         block_ipv6: drop every IPv6 packet in or out of the site's bridges (HomePods and
             NAT network). False only for the test switch that shows what verify finds
-            without it (:data:`mlab.deploy.podman_engine.KEEP_IPV6_ENV`).
+            without it (:data:`mlab.podman.KEEP_IPV6_ENV`).
 
     Returns:
         Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an

@@ -56,7 +56,7 @@ from mlab.deploy.podman_translate import (
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import podman, podman_version
+from mlab.podman import keep_ipv6, podman, podman_version
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,6 @@ LOCK_TIMEOUT = 900.0
 """Seconds ``up``/``down`` wait for another one on the same host."""
 READY_TIMEOUT = 180.0
 """Seconds ``up`` waits for every published port to accept a connection."""
-KEEP_IPV6_ENV = "MLAB_TEST_PODMAN_KEEP_IPV6"
-"""Test switch: set to ``1``, ``up`` leaves IPv6 on the site's networks (no pod sysctls, no
-bridge sysctl, no IPv6 drop rules), so a test can see ``mlab verify`` fail on the IPv6
-edges. Never for a real site."""
-
-
-def keep_ipv6() -> bool:
-    """True when the :data:`KEEP_IPV6_ENV` test switch is on."""
-    return os.environ.get(KEEP_IPV6_ENV) == "1"
-
-
 def state_dir(site_name: str) -> Path:
     """``<state root>/<site>/podman``: the engine's files (Secrets, ConfigMaps, last plan)."""
     from mlab.secrets import state_root
@@ -249,8 +238,7 @@ def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
     host_ca = ca.read_bytes() if ca.is_file() else None
     return translate(site, rendered.files, rendered.secrets, choose_subnets(site, existing),
                      str(state_dir(site.name)), host_ca=host_ca,
-                     placeholder_code_service=placeholder, volume_root=volume_root(),
-                     ipv6_off=not keep_ipv6())
+                     placeholder_code_service=placeholder, volume_root=volume_root())
 
 
 def volume_root() -> str:

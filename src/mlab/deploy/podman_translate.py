@@ -30,11 +30,12 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   bridge filter), the Airlock and code service on a NAT network; nothing else attached.
 - hostAliases that point at the code service's clusterIP point at its fixed address on the
   pod's network instead; HomePods keep the rendered resolver that answers nothing.
-- IPv6: every pod gets the sysctls :data:`IPV6_OFF_SYSCTLS` (pod ``securityContext.sysctls``,
-  which kube play applies to the pod's network namespace), so no MLab container has an IPv6
-  address, not even ``fe80::`` (docs/security.md). Not in the rendered Kubernetes manifests:
-  there ``net.ipv6.*`` sysctls are "unsafe" and a pod asking for them is rejected unless the
-  kubelet's ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.
+- IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
+  ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
+  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
+  are not in the rendered Kubernetes manifests either: there ``net.ipv6.*`` sysctls are
+  "unsafe" and a pod asking for them is rejected unless the kubelet's
+  ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.
 - The start gate (:mod:`mlab.homepod.startgate`): HomePods get ``MLAB_EGRESS_CHECK`` with
   the Airlock's SSH address, which they must see refused before their sessions start.
 - The ``securityContext`` (capabilities, seccomp, allowPrivilegeEscalation) is kept as
@@ -79,13 +80,6 @@ PLACEHOLDER_COMMAND = [
 ]
 """PLACEHOLDER code service (until `mlab code-service serve` is in the image): an HTTP
 server on the same port, so networks, published ports and probes are the final ones."""
-
-IPV6_OFF_SYSCTLS = (
-    {"name": "net.ipv6.conf.all.disable_ipv6", "value": "1"},
-    {"name": "net.ipv6.conf.default.disable_ipv6", "value": "1"},
-)
-"""Pod sysctls that take IPv6 off every interface of a pod's network namespace (``all``
-also applies to the eth0 that exists when they are set; ``default`` to later ones)."""
 
 _DROP_POD_FIELDS = (
     "automountServiceAccountToken", "enableServiceLinks", "nodeName", "nodeSelector",
@@ -362,7 +356,6 @@ def translate(
     host_ca: bytes | None = None,
     placeholder_code_service: bool = False,
     volume_root: str = VOLUME_ROOT,
-    ipv6_off: bool = True,
 ) -> Plan:
     """Turn the rendered site into a podman plan.
 
@@ -378,8 +371,6 @@ def translate(
         placeholder_code_service: run :data:`PLACEHOLDER_COMMAND` in the code service.
         volume_root: where podman keeps named volumes (``podman info`` Store.VolumePath);
             a volume's data is ``<volume_root>/<name>/_data``.
-        ipv6_off: add :data:`IPV6_OFF_SYSCTLS` to every pod; False only for the test
-            switch that shows what verify finds without it.
 
     Returns:
         The plan; pods code service first, then Airlock, then HomePods in site order.
@@ -445,9 +436,6 @@ def translate(
         spec = copy.deepcopy(template["spec"])
         for key in _DROP_POD_FIELDS:
             spec.pop(key, None)
-        if ipv6_off:
-            pod_sc = spec.setdefault("securityContext", {})
-            pod_sc["sysctls"] = [*pod_sc.get("sysctls", []), *map(dict, IPV6_OFF_SYSCTLS)]
         for alias in spec.get("hostAliases", []):
             if alias.get("ip") == code_cluster_ip:
                 alias["ip"] = alias_ip
