@@ -218,3 +218,12 @@ def test_start_gate_without_targets_starts_and_says_so() -> None:
 def test_start_gate_rejects_a_malformed_target(bad: str) -> None:
     with pytest.raises(ValueError, match="MLAB_EGRESS_CHECK"):
         startgate.targets({"MLAB_EGRESS_CHECK": bad})
+
+
+def test_link_local_of_reads_the_interface_address_not_its_mac(tmp_path: Path) -> None:
+    """A bridge keeps the fe80:: address of the MAC it came up with (measured)."""
+    inet6 = tmp_path / "if_inet6"
+    inet6.write_text("fe80000000000000e057b7fffe2e8c97 6f 40 20 80  podman5\n"
+                     "00000000000000000000000000000001 01 80 10 80       lo\n")
+    assert probes_link.link_local_of("podman5", str(inet6)) == ["fe80::e057:b7ff:fe2e:8c97"]
+    assert probes_link.link_local_of("no-such-bridge-x", str(inet6)) == []

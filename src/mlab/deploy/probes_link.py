@@ -26,6 +26,7 @@ docs/security.md).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import socket
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
+from mlab.errors import MlabError
 from mlab.podman import podman_command, podman_env
 
 LINK_PORTS = (22, 3389, 5900, 7030, 8080, 6443, 10250, 10256)
@@ -82,6 +84,29 @@ def eui64_link_local(mac: str) -> str:
     eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
     groups = [f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2)]
     return "fe80::" + ":".join(groups)
+
+
+def link_local_of(interface: str, inet6: str = "/proc/net/if_inet6") -> list[str]:
+    """The ``fe80::`` addresses a host interface has now, else the EUI-64 address of its
+    current MAC (what it would have with IPv6 on).
+
+    A bridge keeps the link-local address made from the MAC it had when it came up, and
+    takes a port's MAC later (measured on a podman network), so the MAC alone is not enough.
+    """
+    found = []
+    try:
+        for line in Path(inet6).read_text().splitlines():
+            parts = line.split()
+            if parts[-1] == interface and parts[0].startswith("fe80"):
+                found.append(str(ipaddress.IPv6Address(int(parts[0], 16))))
+    except OSError:
+        pass
+    if found:
+        return found
+    try:
+        return [eui64_link_local(Path(f"/sys/class/net/{interface}/address").read_text().strip())]
+    except (OSError, ValueError):
+        return []
 
 
 @dataclass(frozen=True)
@@ -164,8 +189,13 @@ try:
             out["forged_eth"] = err(e)
 except OSError as e:
     out["packet"] = err(e); out["forged_eth"] = "no packet socket"
-out["addrs6"] = [l.split()[0] for l in open("/proc/net/if_inet6").read().splitlines()
-                 if l.split()[-1] != "lo"] if os.path.exists("/proc/net/if_inet6") else []
+def inet6():
+    if not os.path.exists("/proc/net/if_inet6"): return []
+    return [l.split() for l in open("/proc/net/if_inet6").read().splitlines() if l.split()[-1] != "lo"]
+end = time.time() + 3  # a tentative address (duplicate detection) cannot be used yet
+while any(int(f[4], 16) & 0x40 for f in inet6()) and time.time() < end:
+    time.sleep(0.2)
+out["addrs6"] = [f[0] for f in inet6()]
 found = {}
 def fmt(h): return ":".join(h[i:i + 4] for i in range(0, 32, 4))
 try:
@@ -218,7 +248,7 @@ print(json.dumps(out))
 """
 
 
-def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridge_macs: dict[str, str],
+def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridges: dict[str, list[str]],
          token: str) -> list[LinkJob]:
     """One :class:`LinkJob` per HomePod of a podman plan (``plan.json``).
 
@@ -226,12 +256,14 @@ def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridge_macs: dict[s
         plan: the engine's plan record.
         host_ip: the host's address, where the forged datagram goes.
         listener6: the TCP port of the host's IPv6 listener.
-        bridge_macs: network name -> its bridge's MAC (the host's side of each network).
+        bridges: network name -> the link-local addresses of its bridge (the host's side;
+            :func:`link_local_of`).
         token: run token; each job's is ``<token>-<user>``.
 
     Returns:
-        Jobs in plan order; their IPv6 targets are every other container's and the host
-        bridges' EUI-64 link-local addresses on :data:`LINK_PORTS` plus ``listener6``.
+        Jobs in plan order; their IPv6 targets are every other container's EUI-64
+        link-local address (MLab fixes their MACs) on its service ports, and the host
+        bridge's on ``listener6``, 22, 6443 and 10250.
     """
     from mlab.deploy.podman_objects import mac_for
 
@@ -250,9 +282,7 @@ def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridge_macs: dict[s
                 ll = eui64_link_local(mac_for(net, ip))
                 targets += [(f"IPv6 {who} [{ll}]:{port}", ll, port) for port in ports]
         for net, _ip in hp["networks"]:
-            mac = bridge_macs.get(net)
-            if mac:
-                ll = eui64_link_local(mac)
+            for ll in bridges.get(net, []):
                 targets += [(f"IPv6 host (bridge of {net}) [{ll}]:{port}", ll, port)
                             for port in (listener6, 22, 6443, 10250)]
         forged_src = airlock["networks"][0][1] if airlock else ""
@@ -351,12 +381,11 @@ def run(plan: dict[str, Any], host_ip: str,
     """
     from mlab.deploy.podman_objects import bridge_of
 
-    bridge_macs = {}
+    bridges: dict[str, list[str]] = {}
     for net in plan["networks"]:
         try:
-            name = bridge_of(net["name"])
-            bridge_macs[net["name"]] = Path(f"/sys/class/net/{name}/address").read_text().strip()
-        except (OSError, Exception):  # noqa: BLE001 - a missing bridge only loses targets
+            bridges[net["name"]] = link_local_of(bridge_of(net["name"]))
+        except MlabError:  # a missing network only loses its targets
             continue
     token = "mlab-forged-" + secrets.token_hex(6)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
@@ -365,7 +394,7 @@ def run(plan: dict[str, Any], host_ip: str,
         tcp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         tcp6.bind(("::", 0))
         tcp6.listen(64)
-        todo = jobs(plan, host_ip, tcp6.getsockname()[1], bridge_macs, token)
+        todo = jobs(plan, host_ip, tcp6.getsockname()[1], bridges, token)
 
         def one(job: LinkJob) -> dict[str, Any] | None:
             if on_source:
