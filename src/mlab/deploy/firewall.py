@@ -43,6 +43,7 @@ Why these rules (measured on Debian 12, podman 4.3.1, netavark):
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -366,9 +367,14 @@ def set_forwarding(interface: str) -> None:
 def set_ipv6_off(interface: str) -> None:
     """Take IPv6 off a site bridge (no ``fe80::`` address of the host on that network).
 
+    A kernel without IPv6 (``ipv6.disable=1``, no ``/proc/sys/net/ipv6``) has nothing to
+    take off.
+
     Raises:
         DeployError: the sysctl could not be written.
     """
+    if not os.path.isdir("/proc/sys/net/ipv6"):
+        return
     _sysctl(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6")
 
 
