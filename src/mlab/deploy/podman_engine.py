@@ -65,6 +65,8 @@ LOCK_TIMEOUT = 900.0
 """Seconds ``up``/``down`` wait for another one on the same host."""
 READY_TIMEOUT = 180.0
 """Seconds ``up`` waits for every published port to accept a connection."""
+
+
 def state_dir(site_name: str) -> Path:
     """``<state root>/<site>/podman``: the engine's files (Secrets, ConfigMaps, last plan)."""
     from mlab.secrets import state_root
