@@ -64,6 +64,10 @@ def test_without_the_ipv6_fix_verify_fails_naming_the_ipv6_edge(site: Any) -> No
     host = [r for r in bad if r["target"].startswith("IPv6 host (bridge of mlab-t4v6-hp-alice)")]
     assert host, json.dumps(bad, indent=1)
     assert "fix: the podman engine takes IPv6 off" in host[0]["detail"]
+    # The same edge as one line on stderr, with the fix.
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlab verify: MISMATCH")]
+    assert any("homepod-alice --> IPv6 host (bridge of mlab-t4v6-hp-alice)" in ln
+               and "fix: the podman engine takes IPv6 off" in ln for ln in lines), proc.stderr
     # The switch left the firewall without its IPv6 rules.
     rules = subprocess.run(["nft", "list", "table", "inet", "mlab_t4v6"], capture_output=True,
                            text=True, check=True).stdout

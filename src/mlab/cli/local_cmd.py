@@ -188,6 +188,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
                 "[green]ok[/]" if r.ok else "[red]MISMATCH[/]", r.detail,
             )
         Console(width=200).print(table)
+    # One line per mismatch, naming the edge and (for the link probes) the fix.
+    for r in bad:
+        console.print(f"mlab verify: MISMATCH {r.probe.source} --> {r.probe.target}: "
+                      f"{r.detail}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"mlab verify: {len(results) - len(bad)}/{len(results)} probes as expected "
                   f"in {time.monotonic() - start:.1f} s")
     if bad:
