@@ -22,15 +22,18 @@ from mlab.render.common import (
     OUTBOX_PATH,
     PASSWORD_DIR,
     PASSWORD_FILE,
+    SESSION_CAPABILITIES,
     SHARE_PATH,
     VolumeSet,
     common_env,
     labels,
     metadata,
     placement_spec,
+    pod_security_context,
     pull_secrets,
     pvc,
     resources_spec,
+    security_context,
     selector,
     service_ports,
 )
@@ -184,10 +187,10 @@ def deployment(site: Site) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "volumeMounts": vols.volume_mounts(),
-        # The publisher shares this pod's network: no raw sockets here, so root through
-        # sudo cannot capture its code-service login (containerd grants NET_RAW by default;
-        # podman does not).
-        "securityContext": {"capabilities": {"drop": ["NET_RAW"]}},
+        # The Airlock's user has sudo (staging, install tests): escalation stays allowed.
+        # drop ALL includes NET_RAW: the publisher shares this pod's network, so root through
+        # sudo cannot capture its code-service login.
+        "securityContext": security_context(SESSION_CAPABILITIES, escalation=True),
     }
     res = resources_spec(air.resources)
     if res:
@@ -200,6 +203,7 @@ def deployment(site: Site) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostname": "airlock",
+        "securityContext": pod_security_context(),
         "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}],
         "containers": [container, publisher],
         "volumes": vols.volumes(),
