@@ -31,7 +31,9 @@ from mlab.render.common import (
     common_env,
     labels,
     metadata,
+    pod_security_context,
     pull_secrets,
+    security_context,
     selector,
 )
 from mlab.render.homepod import password_secret_name
@@ -98,6 +100,8 @@ def deployment(site: Site) -> dict[str, Any]:
         "livenessProbe": {"tcpSocket": {"port": "portal"}, "periodSeconds": 20,
                           "failureThreshold": 3},
         "volumeMounts": vols.volume_mounts(),
+        # A web server on an unprivileged port: no capability, no escalation.
+        "securityContext": security_context((), escalation=False),
     }
     return {
         "apiVersion": "apps/v1",
@@ -113,6 +117,7 @@ def deployment(site: Site) -> dict[str, Any]:
                     **pull_secrets(site),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": vols.volumes(),
                 },
