@@ -416,7 +416,7 @@ class CodeService(Model):
         default_factory=list,
         description="Users who review package and export requests. Empty: only admin.",
     )
-    two_person_approval: list[Literal["package", "export"]] = Field(
+    two_person_approval: list[Literal["package", "export", "mirror"]] = Field(
         default_factory=list,
         description="Request kinds that need two distinct approvers. Empty: one is enough.",
     )
