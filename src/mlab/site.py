@@ -462,6 +462,25 @@ class Access(Model):
     )
 
 
+class Security(Model):
+    """Where users report a hole in the isolation, and what they get for it (SECURITY.md)."""
+
+    report: str | None = Field(
+        None,
+        description="Where to report a hole: an address (mailto:, https://) or a command "
+        "users run, shown by `mlab verify` (and the portal). None: the admin, in person.",
+    )
+    reward: str | None = Field(
+        None,
+        description="What the first reporter of a hole gets, e.g. 'a 30 yuan red packet'. "
+        "None: thanks and credit in the fix.",
+    )
+
+    def where(self) -> str:
+        """One line naming where to report (``report``, or the admin when unset)."""
+        return self.report or "the site's admin, in person (no security.report in the site file)"
+
+
 class Cluster(Model):
     """Facts about the Kubernetes cluster that the NetworkPolicies need."""
 
@@ -505,6 +524,9 @@ class Site(Model):
     )
     airlock: Airlock = Field(default_factory=Airlock, description="The Airlock.")
     code_service: CodeService = Field(default_factory=CodeService, description="Code service.")
+    security: Security = Field(
+        default_factory=Security, description="Reporting holes in the isolation (SECURITY.md)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

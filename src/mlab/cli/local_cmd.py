@@ -188,8 +188,13 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
         Console(width=200).print(table)
     console.print(f"mlab verify: {len(results) - len(bad)}/{len(results)} probes as expected "
                   f"in {time.monotonic() - start:.1f} s")
+    where = loaded.security.where()
     if bad:
+        console.print(f"mlab verify: a probe found a leak; report it to {where} (SECURITY.md)",
+                      highlight=False)
         raise typer.Exit(1)
+    console.print(f"mlab verify: found a hole anyway? report it to {where} (SECURITY.md)",
+                  highlight=False)
 
 
 def passwords(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
