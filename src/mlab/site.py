@@ -135,6 +135,12 @@ class Image(Model):
         description="Names of existing docker-registry Secrets for imagePullSecrets. "
         "Empty: none.",
     )
+    plain_http: bool = Field(
+        False,
+        description="The registry in `repository` speaks plain HTTP, not TLS (a registry on "
+        "a trusted local network): `mlab image push` and the podman engine's pull skip TLS; "
+        "on Kubernetes, containerd needs the same (docs/image.md). Default: false.",
+    )
 
     @property
     def ref(self) -> str:

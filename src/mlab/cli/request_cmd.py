@@ -256,6 +256,11 @@ def register(app: typer.Typer) -> None:
                                        "code service (admin or a reviewer)."),
         tag: str = typer.Option(None, "--tag", help="Also tag the result with this full "
                                 "reference. Default: only localhost/mlab/homepod:pkg-<hash>."),
+        push: bool = typer.Option(False, "--push", help="Then push it to the site's "
+                                  "image.repository (`mlab image push`); needs --site. "
+                                  "Default: local only."),
+        site: Path = typer.Option(None, "--site", "-s", envvar="MLAB_SITE",
+                                  help="The site file, for --push. Default: none."),
         server: str = SERVER_OPT,
     ) -> None:
         """Build the image with every approved package script (approval order); print its
@@ -269,8 +274,18 @@ def register(app: typer.Typer) -> None:
             steps = load_steps(server=_client(server).server)
         ids = ", ".join(str(s.id) for s in steps) or "none"
         err.print(f"mlab: approved package requests, in order: {ids}")
+        if push and site is None:
+            raise UsageError("--push needs --site FILE (its image.repository is the registry)")
         with err.status("building the image with the package scripts"):
             ref = build_packages_layer(base, steps, tag=tag)
+        if push:
+            from mlab.image.push import push_image
+            from mlab.site import load_site
+
+            with err.status(f"pushing {ref}"):
+                ref = push_image(ref, load_site(site).image)
+            err.print(f"mlab: pushed; set image.tag: {ref.rsplit(':', 1)[1]} in {site}, then "
+                      "mlab apply (or mlab up)", highlight=False)
         print(ref)
 
 
