@@ -49,7 +49,9 @@ class SeedSite:
             "apiVersion": "mlab.io/v1", "name": SITE,
             "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
             "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
-            "users": [{"name": "alice", "uid": 1001}],
+            "users": [{"name": "alice", "uid": 1001, "service": {"ports": {
+                "vnc": 15901, "rdp": 13389, "novnc": 17031, "ssh": 12201}}}],
+            "airlock": {"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
             "security": {"report": "mailto:holes@example.com"},
         }))
 
