@@ -31,7 +31,8 @@ RESTART_LOSES = ("packages installed with sudo apt-get / dpkg -i and pip outside
 
 def running_images(site_name: str) -> dict[str, str]:
     """Pod name -> image reference its main container runs, for a site's running pods."""
-    proc = podman(["ps", "--filter", f"label=app.kubernetes.io/instance={site_name}",
+    # --pod fills PodName (podman 4.3 leaves it empty otherwise)
+    proc = podman(["ps", "--pod", "--filter", f"label=app.kubernetes.io/instance={site_name}",
                    "--format", "json"], check=False)
     out: dict[str, str] = {}
     for c in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
