@@ -221,10 +221,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     where = loaded.security.where()
     if bad:
         console.print(f"mlab verify: a probe found a leak; report it to {where} (SECURITY.md)",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"mlab verify: found a hole anyway? report it to {where} (SECURITY.md)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def passwords(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
