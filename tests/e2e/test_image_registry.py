@@ -109,7 +109,11 @@ def site(homepod_image: str, registry: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegSite]:
     s = RegSite(tmp_path_factory.mktemp(SITE), registry)
     s.write("unset")
-    first = s.mlab("image", "push", homepod_image).stdout.strip().splitlines()[-1]
+    # A tag of our own with the same content tag: other sessions building other recipes
+    # prune localhost/mlab/homepod:<hash> tags (mlab.image.build.prune_old_recipes).
+    s.base = f"localhost/mlab/{SITE}:{homepod_image.rsplit(':', 1)[1]}"  # type: ignore[attr-defined]
+    podman(["tag", homepod_image, s.base])  # type: ignore[attr-defined]
+    first = s.mlab("image", "push", s.base).stdout.strip().splitlines()[-1]  # type: ignore[attr-defined]
     assert first == f"{registry}/mlab/homepod:{homepod_image.rsplit(':', 1)[1]}"
     s.first = first  # type: ignore[attr-defined]
     s.write(first.rsplit(":", 1)[1])
@@ -120,6 +124,7 @@ def site(homepod_image: str, registry: str,
     yield s
     s.mlab("down", "--volumes")
     podman(["rmi", "-f", first], check=False)
+    podman(["untag", s.base, s.base], check=False)  # type: ignore[attr-defined]
 
 
 def test_up_pulls_the_pushed_image(site: RegSite) -> None:
@@ -127,7 +132,7 @@ def test_up_pulls_the_pushed_image(site: RegSite) -> None:
     assert podman(["exec", CAROL, "cat", "/etc/mlab/image"]).stdout.strip() == site.first  # type: ignore[attr-defined]
 
 
-def test_bake_push_then_restart_moves_carol(site: RegSite, homepod_image: str) -> None:
+def test_bake_push_then_restart_moves_carol(site: RegSite) -> None:
     steps = site.root / "approved.json"
     steps.write_text(dump_steps([PackageStep(
         id=7, owner="carol", reason="sl for the demo", approved_at="2026-12-05T00:00:00Z",
@@ -135,7 +140,7 @@ def test_bake_push_then_restart_moves_carol(site: RegSite, homepod_image: str) -
                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends sl\n",
     )]))
     start = time.monotonic()
-    baked = site.mlab("request", "bake", "--base", homepod_image, "--from", str(steps),
+    baked = site.mlab("request", "bake", "--base", site.base, "--from", str(steps),  # type: ignore[attr-defined]
                       "--push").stdout.strip().splitlines()[-1]
     pushed = time.monotonic()
     assert baked.startswith(f"{site.registry}/mlab/homepod:pkg-"), baked

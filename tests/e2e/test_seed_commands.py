@@ -66,11 +66,16 @@ class SeedSite:
 
 @pytest.fixture(scope="module")
 def site(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedSite]:
-    s = SeedSite(tmp_path_factory.mktemp(SITE), homepod_image)
+    # A tag of our own: other sessions building other recipes prune hash tags of
+    # localhost/mlab/homepod (mlab.image.build.prune_old_recipes), never this one.
+    image = f"localhost/mlab/{SITE}:{homepod_image.rsplit(':', 1)[1]}"
+    podman(["tag", homepod_image, image])
+    s = SeedSite(tmp_path_factory.mktemp(SITE), image)
     s.mlab("down", "--volumes", check=False)
     s.mlab("up")
     yield s
     s.mlab("down", "--volumes", check=False)
+    podman(["untag", image, image], check=False)
 
 
 def run(container: str, user: str, cwd: str, command: str,
