@@ -149,6 +149,12 @@ class Image(Model):
         description="Names of existing docker-registry Secrets for imagePullSecrets. "
         "Empty: none.",
     )
+    plain_http: bool = Field(
+        False,
+        description="The registry in `repository` speaks plain HTTP, not TLS (a registry on "
+        "a trusted local network): `mlab image push` and the podman engine's pull skip TLS; "
+        "on Kubernetes, containerd needs the same (docs/image.md). Default: false.",
+    )
 
     @property
     def ref(self) -> str:
@@ -502,7 +508,7 @@ class CodeService(Model):
         default_factory=CodeServiceLimits,
         description="git processes, deadlines, push quotas and login rate limits.",
     )
-    two_person_approval: list[Literal["package", "export"]] = Field(
+    two_person_approval: list[Literal["package", "export", "mirror"]] = Field(
         default_factory=list,
         description="Request kinds that need two distinct approvers. Empty: one is enough.",
     )
@@ -663,6 +669,25 @@ class Access(Model):
     )
 
 
+class Security(Model):
+    """Where users report a hole in the isolation, and what they get for it (SECURITY.md)."""
+
+    report: str | None = Field(
+        None,
+        description="Where to report a hole: an address (mailto:, https://) or a command "
+        "users run, shown by `mlab verify` (and the portal). None: the admin, in person.",
+    )
+    reward: str | None = Field(
+        None,
+        description="What the first reporter of a hole gets, e.g. 'a 30 yuan red packet'. "
+        "None: thanks and credit in the fix.",
+    )
+
+    def where(self) -> str:
+        """One line naming where to report (``report``, or the admin when unset)."""
+        return self.report or "the site's admin, in person (no security.report in the site file)"
+
+
 class Cluster(Model):
     """Facts about the Kubernetes cluster that the NetworkPolicies need."""
 
@@ -763,6 +788,9 @@ class Site(Model):
     airlock: Airlock = Field(default_factory=Airlock, description="The Airlock.")
     code_service: CodeService = Field(default_factory=CodeService, description="Code service.")
     portal: Portal = Field(default_factory=Portal, description="The web portal (front door).")
+    security: Security = Field(
+        default_factory=Security, description="Reporting holes in the isolation (SECURITY.md)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

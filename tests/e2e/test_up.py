@@ -457,6 +457,7 @@ def test_without_the_firewall_verify_fails_and_up_restores_it(site: Site) -> Non
     subprocess.run(["nft", "delete", "table", "inet", f"mlab_{SITE}"], check=True)
     proc = site.mlab("verify", "-o", "json", check=False)
     assert proc.returncode == 1
+    assert "a probe found a leak; report it to the site's admin" in proc.stderr  # SECURITY.md
     bad = {(r["source"], r["target"].split(" 10.")[0]) for r in json.loads(proc.stdout)
            if not r["ok"]}
     assert ("homepod-alice", "host service on 0.0.0.0 via gateway") in bad, bad

@@ -118,6 +118,9 @@ def test_apply_applies_prunes_and_waits(fake) -> None:
     proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05", "--context", "prod")
     assert proc.returncode == 0, proc.stderr
     calls = fake.calls()
+    # the first get reads the live HomePod Deployments (their images are kept, docs/image.md)
+    assert "app.kubernetes.io/component=homepod" in calls[0]["argv"][-3]
+    calls = calls[1:]
     # Prune: the removed user's Deployment first (foreground, waited), policies after.
     assert _verbs(calls) == ["apply", "get", "get", "delete", "delete", "get", "get"]
     apply = calls[0]["argv"]
@@ -147,9 +150,44 @@ def test_apply_dry_run_does_not_wait(fake) -> None:
     proc = fake.run("apply", "--site", str(SITE), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     calls = fake.calls()
-    assert _verbs(calls) == ["apply", "get", "delete"]
-    assert "--dry-run=server" in calls[0]["argv"] and "--dry-run=server" in calls[2]["argv"]
+    assert _verbs(calls) == ["get", "apply", "get", "delete"]
+    assert "--dry-run=server" in calls[1]["argv"] and "--dry-run=server" in calls[3]["argv"]
     assert "would prune service/homepod-carol" in proc.stderr
+
+
+def _live_homepod(name: str, image: str, ready: int = 1) -> dict:
+    return {"kind": "Deployment", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"containers": [{"name": "homepod", "image": image}]}}},
+            "status": {"readyReplicas": ready}}
+
+
+def _applied_images(call: dict) -> dict[str, tuple[str, str]]:
+    out = {}
+    for doc in yaml.safe_load_all(call["stdin"]):
+        if doc and doc["kind"] == "Deployment":
+            c = doc["spec"]["template"]["spec"]["containers"][0]
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            out[doc["metadata"]["name"]] = (c["image"], env.get("MLAB_IMAGE", ""))
+    return out
+
+
+def test_apply_keeps_running_homepods_on_their_image(fake) -> None:
+    """A new image in the site does not restart a working user's HomePod; --restart-user does."""
+    old = "registry.example.com:5000/mlab/homepod:pkg-0123456789abcdef"
+    fake.steps([_deployment(n, True) for n in ALL])
+    fake.objects([_live_homepod("homepod-alice", old), _live_homepod("homepod-bob", old, 0)])
+    proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    images = _applied_images(fake.calls()[1])
+    site_image = images["airlock"][0]
+    assert images["homepod-alice"] == (old, old)  # held: image and MLAB_IMAGE
+    assert images["homepod-bob"][0] == site_image  # not ready: nobody is working there
+    assert f"kept homepod-alice on {old}" in proc.stderr
+
+    proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05", "--restart-user", "alice")
+    assert proc.returncode == 0, proc.stderr
+    applies = [c for c in fake.calls() if c["argv"][0] == "apply" or "apply" in c["argv"][:3]]
+    assert _applied_images(applies[-1])["homepod-alice"][0] == site_image
 
 
 def test_apply_times_out_naming_deployments(fake) -> None:

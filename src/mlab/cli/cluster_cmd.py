@@ -19,6 +19,7 @@ from mlab.deploy.kubernetes import (
     delete_site,
     deployment_names,
     prune,
+    site_selector,
     stale_objects,
     wait_for_rollout,
 )
@@ -48,13 +49,26 @@ def apply(
         help="Also prune the PersistentVolumeClaims (homes) of removed users. Default: "
         "keep them and name them.",
     ),
+    restart_user: list[str] = typer.Option(
+        [], "--restart-user", help="Move this user's running HomePod to the site's image "
+        "now (repeatable). Default: running HomePods keep their image (docs/image.md).",
+    ),
     context: str | None = CONTEXT_OPTION,
 ) -> None:
     """Apply the site to a cluster: server-side apply, prune removed objects, wait."""
+    from mlab.deploy.rollout import hold_deployments
+
     loaded = load_site(site)
     rendered = render_with_passwords(loaded)
     kubectl = Kubectl(context=context)
     err = Console(stderr=True)
+    live = kubectl.get_json(["deployments.apps", "-n", loaded.namespace, "-l",
+                             f"{site_selector(loaded)},app.kubernetes.io/component=homepod"])
+    held = hold_deployments(rendered.files["homepod.yaml"], live.get("items", []),
+                            loaded.image.ref, restart_user)
+    for name, image in held.items():
+        err.print(f"kept {name} on {image} for its user (--restart-user USER moves it)",
+                  soft_wrap=True, highlight=False)
     count = apply_objects(kubectl, loaded, rendered, dry_run)
     err.print(f"{'checked' if dry_run else 'applied'} {count} objects in namespace {loaded.namespace}")
     stale, kept = stale_objects(kubectl, loaded, rendered, delete_data)

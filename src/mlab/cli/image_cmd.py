@@ -20,8 +20,35 @@ from mlab.errors import UsageError
 
 def register(app: typer.Typer) -> None:
     """Add the ``image`` command group to ``app``."""
-    image = typer.Typer(help="Build the HomePod image.", no_args_is_help=True)
+    image = typer.Typer(help="Build and push the HomePod image.", no_args_is_help=True)
     app.add_typer(image, name="image")
+
+    @image.command("push")
+    def push(
+        ref: str = typer.Argument(
+            "localhost/mlab/homepod:latest",
+            help="Local image to push. Default: localhost/mlab/homepod:latest (pushed under "
+            "its content tag, never as latest)."),
+        site: Path = typer.Option(..., "--site", "-s", envvar="MLAB_SITE",
+                                  help="The site file; its image.repository is the "
+                                  "destination. Required."),
+    ) -> None:
+        """Push REF to the site's image.repository under its content-derived tag; print the
+        pushed reference as the last line. Pin that tag in the site (image.tag), then
+        `mlab apply` / `mlab up` runs it."""
+        from mlab.image.push import push_image
+        from mlab.site import load_site
+
+        loaded = load_site(site)
+        err = Console(stderr=True)
+        start = time.monotonic()
+        with err.status("pushing the image"):
+            dest = push_image(ref, loaded.image, say=lambda m: err.print(m, highlight=False))
+        err.print(f"pushed in {time.monotonic() - start:.0f} s; to run it set image.tag: "
+                  f"{dest.rsplit(':', 1)[1]} in {site}, then mlab apply (or mlab up)",
+                  highlight=False)
+        sys.stdout.write(dest + "\n")
+        sys.stdout.flush()
 
     @image.command("build")
     def build(

@@ -1,6 +1,7 @@
 """``mlab request``: package and export requests, their review, and the Airlock's publisher.
 
-Users: ``package`` (on the Airlock), ``export`` (in a HomePod), ``list``, ``show``, ``cancel``.
+Users: ``package`` (on the Airlock), ``export`` (in a HomePod), ``mirror`` (anywhere: a git
+repository for the code service), ``list``, ``show``, ``cancel``.
 Reviewers: ``approve``, ``reject``, ``revoke`` (and ``review`` to take one into review).
 Airlock: ``publish`` (approved exports to the share). Image build: ``packages``.
 All talk to the code service (``--server`` / ``MLAB_SERVER``, credentials ``MLAB_USER`` and
@@ -47,7 +48,7 @@ def _progress() -> Progress:
 
 def register(app: typer.Typer) -> None:
     """Add the ``request`` group to ``app``."""
-    group = typer.Typer(help="Package and export requests with review.", no_args_is_help=True)
+    group = typer.Typer(help="Package, export and mirror requests with review.", no_args_is_help=True)
     app.add_typer(group, name="request")
 
     @group.command("package")
@@ -108,11 +109,31 @@ def register(app: typer.Typer) -> None:
         print(f"submitted export request {item['id']}: {len(files)} files, {total} bytes "
               f"in {outbox / name}")
 
+    @group.command("mirror")
+    def mirror(
+        url: str = typer.Argument(..., help="Upstream repository URL, e.g. "
+                                  "https://github.com/DeepVAC/deepvac."),
+        why: str = typer.Option(..., "--why", "--reason", help="Why you need it on the code "
+                                "service (required)."),
+        name: str = typer.Option(None, "--as", help="ORG/REPO on the code service. Default: "
+                                 "the URL's last two path parts, lower-cased."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Ask for URL to be mirrored on the code service; on approval it appears there."""
+        if not why.strip():
+            raise UsageError("--why: give a non-empty reason")
+        body = {"kind": "mirror", "reason": why, "url": url}
+        if name:
+            body["name"] = name
+        item = _client(server).submit(body)
+        print(f"submitted mirror request {item['id']}: {item['url']} as {item['name']} "
+              f"({item['state']})")
+
     @group.command("list")
     def list_(
         all_users: bool = typer.Option(False, "--all", help="Every user's requests "
                                        "(reviewers). Default: your own."),
-        kind: str = typer.Option(None, "--kind", help="package or export. Default: both."),
+        kind: str = typer.Option(None, "--kind", help="package, export or mirror. Default: all."),
         state: str = typer.Option(None, "--state", help="Only this state. Default: all."),
         output: str = OUTPUT_OPT,
         server: str = SERVER_OPT,
@@ -254,6 +275,11 @@ def register(app: typer.Typer) -> None:
                                        "code service (admin or a reviewer)."),
         tag: str = typer.Option(None, "--tag", help="Also tag the result with this full "
                                 "reference. Default: only localhost/mlab/homepod:pkg-<hash>."),
+        push: bool = typer.Option(False, "--push", help="Then push it to the site's "
+                                  "image.repository (`mlab image push`); needs --site. "
+                                  "Default: local only."),
+        site: Path = typer.Option(None, "--site", "-s", envvar="MLAB_SITE",
+                                  help="The site file, for --push. Default: none."),
         server: str = SERVER_OPT,
     ) -> None:
         """Build the image with every approved package script (approval order); print its
@@ -267,8 +293,18 @@ def register(app: typer.Typer) -> None:
             steps = load_steps(server=_client(server).server)
         ids = ", ".join(str(s.id) for s in steps) or "none"
         err.print(f"mlab: approved package requests, in order: {ids}")
+        if push and site is None:
+            raise UsageError("--push needs --site FILE (its image.repository is the registry)")
         with err.status("building the image with the package scripts"):
             ref = build_packages_layer(base, steps, tag=tag)
+        if push:
+            from mlab.image.push import push_image
+            from mlab.site import load_site
+
+            with err.status(f"pushing {ref}"):
+                ref = push_image(ref, load_site(site).image)
+            err.print(f"mlab: pushed; set image.tag: {ref.rsplit(':', 1)[1]} in {site}, then "
+                      "mlab apply (or mlab up)", highlight=False)
         print(ref)
 
 

@@ -174,6 +174,25 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         url = body["url"]
         given = body.get("name")
         name = names.validate_name(str(given)) if given else names.default_name(url)
+        return JSONResponse(await approve_mirror(url, name, principal.name), status_code=201)
+
+    async def approve_mirror(url: str, name: str, by: str, **context: Any) -> dict[str, Any]:
+        """Create the mirror ``name`` of ``url`` and sync it: ``mlab repo approve``'s code,
+        also run when a mirror request is approved (``app.state.approve_mirror``).
+
+        Args:
+            url: the upstream URL, checked against ``codeService.allowedHosts`` here.
+            name: ``org/repo``, already validated.
+            by: who approves (recorded in the registry and the audit log).
+            **context: extra audit fields (the request id and requester).
+
+        Returns:
+            The new mirror's record (``RepoRecord.as_json()``).
+
+        Raises:
+            UsageError: the upstream is not allowed. HTTPException: 409 when ``name`` exists.
+            MlabError: the first sync failed (nothing is kept then).
+        """
         names.check_upstream(url, cs.allowed_hosts, cs.allow_local_upstreams)
         if store.get_repo(name) is not None or config.repo_path(name).exists():
             raise HTTPException(409, f"{name} is already approved (revoke it first)")
@@ -187,13 +206,13 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         finally:
             if tmp.exists():
                 await run_in_threadpool(shutil.rmtree, tmp, True)
-        store.add_repo(name, url, principal.name)
+        store.add_repo(name, url, by)
         store.record_sync(name, True, "ok", "[]")
-        audit.append(config.audit_log, "approve", user=principal.name, repo=name,
-                     upstream=url, changes=len(result.changes))
+        audit.append(config.audit_log, "approve", user=by, repo=name,
+                     upstream=url, changes=len(result.changes), **context)
         record = store.get_repo(name)
         assert record is not None
-        return JSONResponse(record.as_json(), status_code=201)
+        return record.as_json()
 
     async def api_revoke(request: Request) -> Response:
         principal = await require_admin(request)
@@ -301,6 +320,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
                     concurrent_hashes=lim.max_concurrent_hashes),
         audit_log=config.audit_log)
     app.state.run_sync = run_sync
+    app.state.approve_mirror = approve_mirror
     return app
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from mlab.deploy import firewall
+from mlab.deploy import firewall, rollout
 from mlab.deploy.podman_objects import (
     Say,
     bridge_of,
@@ -82,6 +82,8 @@ class UpResult:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    """HomePods kept on their running image for their user (:mod:`mlab.deploy.rollout`)."""
     placeholder_code_service: bool = False
     seconds: float = 0.0
 
@@ -207,9 +209,10 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
         )
 
 
-def save_plan(root: Path, plan: Plan, placeholder: bool) -> None:
-    """Write ``plan.json`` (:meth:`Plan.record`) for status and verify."""
-    data = plan.record(placeholder)
+def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
+    """Write ``plan.json`` (:meth:`Plan.record`, plus the site's ``image``) for status and
+    verify."""
+    data = plan.record(placeholder) | {"image": image}
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".plan-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -257,7 +260,7 @@ def firewall_ca_path() -> str:
 
 
 def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
-       wait: bool = True) -> UpResult:
+       wait: bool = True, restart_users: Sequence[str] = ()) -> UpResult:
     """Bring the site up (or up to date) on this machine.
 
     Args:
@@ -266,6 +269,8 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         placeholder: force (True) or forbid (False) the placeholder code service; None:
             use it only when the image has no ``mlab code-service serve``.
         wait: wait until every published port answers.
+        restart_users: users whose running HomePods move to the site's image now; others
+            whose only change is the image are held (:mod:`mlab.deploy.rollout`).
 
     Returns:
         What changed.
@@ -285,7 +290,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     if placeholder is None:
         placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
-        return _up(site, say, image, placeholder, wait)
+        return _up(site, say, image, placeholder, wait, tuple(restart_users))
 
 
 @contextmanager
@@ -316,7 +321,8 @@ def host_lock(say: Say) -> Iterator[None]:
         lock.release()
 
 
-def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpResult:
+def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
+        restart_users: tuple[str, ...] = ()) -> UpResult:
     start = time.monotonic()
     say("rendering the site")
     plan = build_plan(site, image, placeholder)
@@ -330,7 +336,13 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
                or current[p.name].get("Labels", {}).get(LABEL_SPEC) != p.spec_hash
                or current[p.name].get("Status") != "Running"]
     stale = [name for name in current if name not in wanted]
-    result.unchanged = [p.name for p in plan.pods if p not in to_play]
+    held = rollout.held_pods(to_play, current, rollout.running_images(site.name), image,
+                             lambda old: build_plan(site, old, placeholder), restart_users)
+    for name, old in held.items():
+        say(f"keeping {name} on {old} for its user (mlab restart --user to move it)")
+    to_play = [p for p in to_play if p.name not in held]
+    result.held = sorted(held)
+    result.unchanged = [p.name for p in plan.pods if p not in to_play and p.name not in held]
     # Ports of pods we replace are freed by their removal; the rest must be free now.
     check_ports([p for p in to_play if p.name not in current])
 
@@ -390,7 +402,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
             if name not in {n.name for n in plan.networks}:
                 say(f"removing network {name}")
                 podman(["network", "rm", "-f", name], check=False)
-        save_plan(root, plan, placeholder)
+        save_plan(root, plan, placeholder, image)
         if wait:
             say("waiting for every port")
             wait_ready(plan, say=say)
@@ -503,4 +515,4 @@ def status(site_name: str) -> list[dict[str, Any]]:
             "name": pod["deployment"], "kind": pod["component"], "user": pod["user"],
             "state": state, "pod": pod["name"], "endpoints": endpoints,
         })
-    return out
+    return rollout.annotate(out, plan.get("image", ""), rollout.running_images(site_name))

@@ -17,6 +17,10 @@ Routes (JSON unless stated)::
                                                         (mlab.requests.delivery)
     POST /api/requests/{id}/notes {"action", "comment"} publisher notes
 
+A ``mirror`` request's last approval first runs the code service's ``approve_mirror`` (the
+code of ``mlab repo approve``: the mirror appears and syncs); only when that succeeds is the
+approval recorded. Every request event is also appended to the code service's audit log.
+
     GET  /requests                                      HTML page: requests with history
 
 Request bodies are capped at :data:`MAX_BODY` bytes (an install script and its transcript
@@ -33,14 +37,19 @@ from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlab.errors import MlabError
 from mlab.requests.model import (
+    Conflict,
     Forbidden,
     InvalidRequest,
+    Kind,
     RequestError,
+    State,
     actor_from,
     validate_submission,
 )
@@ -56,6 +65,9 @@ DB_NAME = "requests.sqlite"
 """The store's file name in the code service's data directory."""
 
 Authenticate = Callable[[Request], Awaitable[Any]]
+MirrorPolicy = Callable[[str, str | None], str]
+"""``(url, name or None) -> org/repo``; raises :class:`~mlab.errors.MlabError` for an upstream
+the site does not allow (``codeService.allowedHosts``)."""
 
 
 def _error(exc: RequestError) -> JSONResponse:
@@ -93,12 +105,19 @@ class RequestsApp:
             ``egress.exportRequesters``); None: everyone.
         publishers: accounts that run the export publisher (``mlab-publisher``):
             they may read every export's file list and add notes, and nothing else.
+        mirror_policy: checks a mirror request's upstream against the site and names it.
+            None: mirror requests are refused.
+
+    Mirror requests also use the code service's ``app.state``: ``store`` (an existing mirror
+    is refused at submission), ``approve_mirror`` (run when the last approval is given,
+    before it is recorded) and ``config.audit_log`` (every request event is appended).
     """
 
     def __init__(self, store: RequestStore, *, authenticate: Authenticate | None = None,
                  reviewers: Sequence[str] = (), notifier: Notifier | None = None,
                  publishers: Sequence[str] = (),
-                 may_export: Callable[[str], bool] | None = None) -> None:
+                 may_export: Callable[[str], bool] | None = None,
+                 mirror_policy: MirrorPolicy | None = None) -> None:
         if authenticate is None:
             from mlab.codeservice.auth import authenticate as code_auth
 
@@ -109,6 +128,7 @@ class RequestsApp:
         self.notifier = notifier
         self.publishers = tuple(publishers)
         self.may_export = may_export
+        self.mirror_policy = mirror_policy
 
     async def _actor(self, request: Request):  # type: ignore[no-untyped-def]
         return actor_from(await self.authenticate(request), self.reviewers)
@@ -137,13 +157,64 @@ class RequestsApp:
                     and not self.may_export(actor.name)):
                 raise Forbidden(f"{actor.name!r} may not request exports on this site",
                                 hint="an admin can add you to egress.exportRequesters")
+            if fields["kind"] == Kind.MIRROR:
+                fields["payload"] = self._check_mirror(request, fields["payload"])
             item = await run_in_threadpool(
                 self.store.create, kind=fields["kind"], owner=actor.name,
                 reason=fields["reason"], payload=fields["payload"],
             )
         except RequestError as exc:
             return _error(exc)
+        _audit(request, item, item["history"])
         return JSONResponse(item, status_code=201, background=self._notify(item, item["history"]))
+
+    def _check_mirror(self, request: Request, payload: dict[str, Any]) -> dict[str, Any]:
+        """A mirror request's URL under the site's rules, and its ``org/repo`` name.
+
+        Raises:
+            InvalidRequest: the upstream is not allowed or the name is bad.
+            Conflict: the code service already has that mirror.
+        """
+        if self.mirror_policy is None:
+            raise InvalidRequest("kind: this server takes no mirror requests")
+        try:
+            name = self.mirror_policy(str(payload["url"]), payload.get("name"))
+        except RequestError:
+            raise
+        except MlabError as exc:
+            raise InvalidRequest(exc.message, exc.hint) from None
+        repos = getattr(request.app.state, "store", None)
+        if repos is not None and repos.get_repo(name) is not None:
+            raise Conflict(f"{name} is already on the code service",
+                           hint=f"clone it: git clone http://<code host>/{name}")
+        return {"url": payload["url"], "name": name}
+
+    async def _approve_mirror(self, request: Request, rid: int, actor: Any,
+                              comment: str | None) -> Response | None:
+        """Create the mirror when this approval is the last one needed, before recording it.
+
+        Returns:
+            None when the approval may be recorded; an error response when the mirror could
+            not be made (the request then stays where it was, and may be approved again).
+        """
+        current, steps = await run_in_threadpool(self.store.preview, rid, "approve", actor, comment)
+        if current["kind"] != Kind.MIRROR or steps[-1].to_state != State.APPROVED:
+            return None
+        approve = getattr(request.app.state, "approve_mirror", None)
+        if approve is None:
+            return _error(Conflict("mirror requests are approved only by the code service"))
+        hint = "the request stays in review; fix the cause and approve again, or reject it"
+        try:
+            await approve(current["url"], current["name"], actor.name,
+                          request_id=rid, requested_by=current["owner"])
+        except HTTPException as exc:
+            return JSONResponse({"error": f"request {rid}: {exc.detail}", "hint": hint},
+                                status_code=exc.status_code)
+        except MlabError as exc:
+            return JSONResponse({"error": f"request {rid}: {exc.one_line()}", "hint": hint},
+                                status_code=503 if exc.retryable
+                                else int(getattr(exc, "http_status", 400)))
+        return None
 
     async def get(self, request: Request) -> Response:
         """``GET /api/requests/{id}``."""
@@ -172,9 +243,14 @@ class RequestsApp:
             comment = body.get("comment")
             if comment is not None and not isinstance(comment, str):
                 raise InvalidRequest("comment: a string is required")
+            if action == "approve":
+                refused = await self._approve_mirror(request, rid, actor, comment)
+                if refused is not None:
+                    return refused
             item, recorded = await run_in_threadpool(self.store.act, rid, action, actor, comment)
         except RequestError as exc:
             return _error(exc)
+        _audit(request, item, recorded)
         return JSONResponse(item, background=self._notify(item, recorded))
 
     async def packages(self, request: Request) -> Response:
@@ -218,6 +294,35 @@ class RequestsApp:
         ]
 
 
+def _audit(request: Request, item: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """Append each request event to the code service's audit log (``event: request``)."""
+    config = getattr(request.app.state, "config", None)
+    path = getattr(config, "audit_log", None)
+    if path is None:
+        return
+    from mlab.codeservice import audit
+
+    extra = {k: item[k] for k in ("url", "name") if k in item}
+    for e in events:
+        audit.append(path, "request", id=item["id"], kind=item["kind"], owner=item["owner"],
+                     action=e["action"], to=e["to"], user=e["by"], comment=e["comment"], **extra)
+
+
+def _mirror_policy(cs: Any) -> MirrorPolicy:
+    """The site's rule for mirror requests: ``codeService.allowedHosts`` (and
+    ``allowLocalUpstreams``) bound the URL; the name is given or derived from the URL."""
+    from mlab.codeservice import names
+
+    allowed = list(cs.allowed_hosts) if cs else ["github.com"]
+    local = bool(cs.allow_local_upstreams) if cs else False
+
+    def check(url: str, name: str | None) -> str:
+        names.check_upstream(url, allowed, local)
+        return names.validate_name(name) if name else names.default_name(url)
+
+    return check
+
+
 def request_routes(site: Any, data_dir: str | Path, *,
                    authenticate: Authenticate | None = None) -> list[BaseRoute]:
     """The routes to mount in the code service (its ``extra_routes``).
@@ -236,7 +341,8 @@ def request_routes(site: Any, data_dir: str | Path, *,
     app = RequestsApp(store, authenticate=authenticate,
                       reviewers=tuple(cs.reviewers) if cs else (), notifier=notifier,
                       publishers=(PUBLISHER_ACCOUNT,) if airlock is not None else (),
-                      may_export=getattr(site, "may_request_exports", None))
+                      may_export=getattr(site, "may_request_exports", None),
+                      mirror_policy=_mirror_policy(cs))
     delivery = Delivery(store, app.authenticate, exports_dir_from_env(),
                         Path(data_dir) / "audit.log")
     return [*delivery.routes(), *app.routes()]
@@ -267,7 +373,10 @@ def _e(value: object) -> str:
 
 def _details(item: dict[str, Any]) -> str:
     parts: list[str] = []
-    if item["kind"] == "export":
+    if item["kind"] == "mirror":
+        parts.append(f"<p>mirror <code>{_e(item.get('url', ''))}</code> as "
+                     f"<code>{_e(item.get('name', ''))}</code></p>")
+    elif item["kind"] == "export":
         rows = "".join(
             f"<tr><td>{_e(f['path'])}</td><td>{_e(f['size'])}</td><td><code>{_e(f['sha256'])}</code></td></tr>"
             for f in item.get("files", [])[:500]

@@ -19,6 +19,8 @@ def human_size(n: int) -> str:
 
 
 def _summary(item: dict[str, Any]) -> str:
+    if item["kind"] == "mirror":
+        return f"{item.get('name', '?')} from {item.get('url', '?')}"
     if item["kind"] == "export":
         files = item.get("files", [])
         return f"{len(files)} files, {human_size(int(item.get('total_size', 0)))}"
@@ -45,7 +47,9 @@ def request_text(item: dict[str, Any]) -> str:
         f"reason: {item['reason']}",
         f"created: {item['created_at']}  updated: {item['updated_at']}",
     ]
-    if item["kind"] == "export":
+    if item["kind"] == "mirror":
+        lines.append(f"mirror: {item.get('url')} as {item.get('name')}")
+    elif item["kind"] == "export":
         lines.append(f"outbox: {item['owner']}/{item.get('outbox')}  ({_summary(item)})")
         for f in item.get("files", []):
             lines.append(f"  {f['sha256']}  {f['size']:>14}  {f['path']}")

@@ -39,6 +39,9 @@ class Kind(StrEnum):
     """Bake a tested install script into the next HomePod image."""
     EXPORT = "export"
     """Publish files from a HomePod outbox on the Airlock for download."""
+    MIRROR = "mirror"
+    """Mirror an upstream git repository on the code service (the seed's "ask the admin to
+    maintain a GitHub project on HomePods"); approval runs ``mlab repo approve``'s code."""
 
 
 class State(StrEnum):
@@ -320,6 +323,10 @@ def validate_submission(body: object) -> dict[str, object]:
                         "output": str, "started_at": str, "truncated": bool}}
         {"kind": "export", "reason": str, "outbox": str (one path component),
          "files": [{"path": relative path, "size": bytes, "sha256": 64 hex}, ...]}
+        {"kind": "mirror", "reason": str, "url": upstream URL, "name": "org/repo" or absent}
+
+    A mirror's URL is only checked for shape here; the code service checks it against the
+    site's ``codeService.allowedHosts`` (and derives ``name`` when absent) before storing.
 
     Returns:
         ``{"kind": Kind, "reason": str, "payload": dict}``.
@@ -342,6 +349,8 @@ def validate_submission(body: object) -> dict[str, object]:
         raise InvalidRequest(f"reason: too long (at most {COMMENT_MAX} characters)")
     if kind == Kind.PACKAGE:
         payload = _package_payload(body)
+    elif kind == Kind.MIRROR:
+        payload = _mirror_payload(body)
     else:
         payload = _export_payload(body)
     return {"kind": kind, "reason": reason.strip(), "payload": payload}
@@ -378,6 +387,26 @@ def _package_payload(body: dict[str, object]) -> dict[str, object]:
         "truncated": bool(tr.get("truncated", False)),
     }
     return {"script": script, "transcript": transcript}
+
+
+URL_MAX = 2048
+"""Longest upstream URL accepted for a mirror request, in characters."""
+
+
+def _mirror_payload(body: dict[str, object]) -> dict[str, object]:
+    url = body.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest("url: the upstream repository URL is required (mlab request mirror URL)")
+    url = url.strip()
+    if len(url) > URL_MAX or any(c.isspace() or ord(c) < 32 for c in url):
+        raise InvalidRequest(f"url: at most {URL_MAX} characters, no spaces or control characters")
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InvalidRequest("name: ORG/REPO text, or leave it out to derive it from the URL")
+    out: dict[str, object] = {"url": url}
+    if name:
+        out["name"] = str(name).strip()
+    return out
 
 
 def _export_payload(body: dict[str, object]) -> dict[str, object]:

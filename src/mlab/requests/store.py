@@ -192,6 +192,33 @@ class RequestStore:
             )
         return self.get(request_id, actor), recorded
 
+    def preview(self, request_id: int, action: str, actor: Actor,
+                comment: str | None = None) -> tuple[dict[str, Any], list[Step]]:
+        """Plan ``action`` without recording it: what :meth:`act` would do now.
+
+        Used where a decision has a side effect that must succeed before it is recorded
+        (approving a mirror request creates the mirror first). Between a preview and the
+        :meth:`act` another reviewer may act; :meth:`act` plans again and refuses what is no
+        longer allowed.
+
+        Returns:
+            ``(request, steps)``: the request (as :meth:`get`, without history) and the
+            planned events; the last step's ``to_state`` is the state after the action.
+
+        Raises:
+            NotFound, Forbidden, Conflict, InvalidRequest: as :meth:`act`.
+        """
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None or not can_see(actor, row["owner"]):
+                raise NotFound(f"request {request_id}: no such request")
+            steps = plan(
+                action, request_id=request_id, kind=Kind(row["kind"]), owner=row["owner"],
+                state=State(row["state"]), approvers=self._approvers(conn, request_id),
+                actor=actor, two_person=self.two_person, comment=comment,
+            )
+            return self._to_dict(row, None), steps
+
     @staticmethod
     def _record(conn: sqlite3.Connection, rid: int, at: str, who: str, step: Step) -> dict[str, Any]:
         cur = conn.execute(
