@@ -89,3 +89,12 @@ def test_every_tool_comes_from_a_package_setup_installs(tool: str) -> None:
     assert owners, f"{tool} ({real}) belongs to no Debian package: installed by hand?"
     assert owners & _listed_packages(), (
         f"{tool} comes from {sorted(owners)}, none of which scripts/apt-packages.txt lists")
+
+
+def test_test_module_names_are_unique() -> None:
+    """pytest imports test modules by basename (rootdir mode, no packages): two files with
+    one name in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parent
+    names = [p.name for p in tests.rglob("*.py") if p.name != "conftest.py"]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"test file names used twice: {dupes}"
