@@ -26,6 +26,7 @@ GROUPS = (
     "mlab.cli.relay_cmd",  # relay init/start/finish
     "mlab.cli.stage_cmd",  # stage pip/apt/url/git, install pip/apt, airlock log
     "mlab.cli.request_cmd",  # request package/export/list/show/...
+    "mlab.cli.cull_cmd",  # cull, wake, cull-rbac
 )
 
 
