@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from mlab.cull import local
-from mlab.cull.policy import decide, limits_for
+from mlab.cull.policy import decide, limits_for, warn_lead
 from mlab.deploy.kubernetes import Kubectl
 from mlab.errors import DeployError, UsageError
 from mlab.render.common import metadata
@@ -94,7 +94,7 @@ def cull_pass(site: Site, kubectl: Kubectl | None = None) -> list[dict[str, Any]
         d = decide(reading, limits, state["warned"].get(user.name), time.time())
         exec_ = ["-n", ns, "exec", f"deploy/{name}", "--", local.SAMPLER]
         if d.action == "warn":
-            k.run([*exec_, "warn", str(min(limits.warn_before, limits.idle_after or 0))])
+            k.run([*exec_, "warn", str(warn_lead(limits))])
             state["warned"][user.name] = time.time()
         elif d.action == "unwarn":
             k.run([*exec_, "unwarn"])

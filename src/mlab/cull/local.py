@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlab.cull.policy import Decision, decide, limits_for
+from mlab.cull.policy import Decision, decide, limits_for, warn_lead
 from mlab.errors import DeployError, UsageError
 from mlab.podman import podman
 from mlab.site import Site
@@ -150,7 +150,7 @@ def cull_pass(site: Site, now: Callable[[], float] = time.time) -> list[dict[str
         warned_at = state["warned"].get(user)
         d: Decision = decide(reading, limits, warned_at, now())
         if d.action == "warn":
-            _warn(hp, min(limits.warn_before, limits.idle_after or 0))
+            _warn(hp, warn_lead(limits))
             state["warned"][user] = now()
         elif d.action == "unwarn":
             _unwarn(hp)

@@ -6,7 +6,8 @@ is idle for ``input_idle_s`` (the activity sampler's smallest keyboard/mouse idl
 its X displays and terminals; an open but untouched VNC, RDP or SSH connection does not
 count). With a limit L (the user's override, else ``gpuIdleAfter`` for a pod with GPUs, else
 ``idleAfter``) and a warning lead W: idle >= L - W shows the warning; idle >= L, after a
-warning shown at least W ago (or L - W when W > L), stops the pod; any input or a busy reading
+warning shown at least W ago, stops the pod (W is at most L / 2, so a short limit still
+leaves time before the warning); any input or a busy reading
 cancels a pending warning.
 """
 
@@ -100,7 +101,7 @@ def decide(sample: dict[str, Any], limits: Limits, warned_at: float | None, now:
     idle = float(idle)
     if busy:
         return Decision("unwarn" if warned_at else "keep", busy, idle)
-    lead = min(limits.warn_before, limits.idle_after)
+    lead = warn_lead(limits)
     warn_at = limits.idle_after - lead
     limit_text = f"no input for {_human(idle)} (limit {_human(limits.idle_after)})"
     if idle < warn_at:
@@ -112,6 +113,11 @@ def decide(sample: dict[str, Any], limits: Limits, warned_at: float | None, now:
     if idle >= limits.idle_after and now - warned_at >= lead:
         return Decision("cull", f"idle: {limit_text}", idle)
     return Decision("keep", f"idle: {limit_text}; warned", idle)
+
+
+def warn_lead(limits: Limits) -> int:
+    """Seconds between the warning and the stop: ``warnBefore``, at most half the limit."""
+    return min(limits.warn_before, (limits.idle_after or 0) // 2)
 
 
 def _human(seconds: float) -> str:
