@@ -136,7 +136,7 @@ def test_xdotool_input_keeps_it_alive(hp: Pod) -> None:
 
 
 def test_cpu_busy_process_keeps_it_alive(hp: Pod) -> None:
-    pids = [hp.exec("sh", "-c", "nohup python3 -c 'while True: pass' >/dev/null 2>&1 & echo $!",
+    pids = [hp.exec("sh", "-c", "setsid python3 -c 'while True: pass' </dev/null >/dev/null 2>&1 & echo $!",
                     user=USER).strip() for _ in range(2)]
     try:
         time.sleep(32)  # no input for longer than idleAfter
@@ -144,6 +144,7 @@ def test_cpu_busy_process_keeps_it_alive(hp: Pod) -> None:
             row = hp.cull()
             assert row["action"] == "keep", row
             assert row["reason"].startswith("busy: CPU") and "python3" in row["reason"], row
+            print(row["reason"])
             assert row["idle_s"] >= 30
             time.sleep(3)
     finally:

@@ -71,6 +71,9 @@ def test_busy_cpu_or_gpu_keeps_it_and_cancels_a_warning() -> None:
     assert decide(reading(99999, cpu=24.9), lim, None, 1000).action == "warn"
     assert decide(reading(99999, gpu=55), lim, None, 1000).reason.startswith("busy: GPU 55")
     assert decide(reading(99999, gpu=9), lim, None, 1000).action == "warn"
+    starved = reading(99999, cpu=3.0)
+    starved["cpu_top"] = {"comm": "train", "percent": 99.0, "used_percent": 3.0}
+    assert decide(starved, lim, None, 1000).reason.startswith("busy: CPU train wants 99")
 
 
 def test_no_display_counts_from_container_start() -> None:

@@ -1,7 +1,8 @@
 """When an idle HomePod is warned and stopped: pure code, no podman, no clock of its own.
 
 Rule (docs/culling.md, issue 16): a HomePod is *busy* while its users' processes use at least
-``culling.cpuBusyPercent`` of one core or its busiest GPU at least ``gpuBusyPercent``; else it
+``culling.cpuBusyPercent`` of one core, or one of them wants (runs or waits to run) at least
+:data:`DEMAND_BUSY_PERCENT` of one or its busiest GPU at least ``gpuBusyPercent``; else it
 is idle for ``input_idle_s`` (the activity sampler's smallest keyboard/mouse idle time of all
 its X displays and terminals; an open but untouched VNC, RDP or SSH connection does not
 count). With a limit L (the user's override, else ``gpuIdleAfter`` for a pod with GPUs, else
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlab.site import Site, duration_seconds
+
+DEMAND_BUSY_PERCENT = 80.0
+"""A process whose threads ran or waited to run this share of the time (percent of one core)
+is a busy job, however little CPU the node gives it."""
 
 Action = Literal["keep", "warn", "unwarn", "cull", "never"]
 
@@ -67,10 +72,14 @@ class Decision:
 def busy_reason(sample: dict[str, Any], limits: Limits) -> str | None:
     """Why the sample counts as busy (CPU or GPU over the threshold), or None."""
     cpu = float(sample.get("cpu_percent") or 0.0)
+    top = sample.get("cpu_top") or {}
+    who = f" ({top.get('comm')} {top.get('percent')} %)" if top else ""
     if cpu >= limits.cpu_busy_percent:
-        top = sample.get("cpu_top") or {}
-        who = f" ({top.get('comm')} {top.get('percent')} %)" if top else ""
         return f"busy: CPU {cpu:g} % of a core >= {limits.cpu_busy_percent:g} %{who}"
+    # On a crowded node a CPU-bound job gets little CPU but waits for it all the time:
+    # its demand (schedstat run + wait) stays near a whole core.
+    if float(top.get("percent") or 0.0) >= DEMAND_BUSY_PERCENT:
+        return f"busy: CPU {top.get('comm')} wants {top.get('percent')} % of a core (uses {top.get('used_percent')} %)"
     gpu = sample.get("gpu") or {}
     util = gpu.get("util_percent")
     if util is not None and float(util) >= limits.gpu_busy_percent:
