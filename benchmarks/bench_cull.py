@@ -11,7 +11,7 @@ In one run, on a real HomePod pod (the image `mlab image build --local` makes):
 
 Prints a table; exit status 0 always (ratios are for people, not CI).
 
-    .venv/bin/python benchmarks/bench_cull.py [--samples 20]
+    .venv/bin/python benchmarks/bench_cull.py [--samples 20] [--image REF]
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def start_and_wait(pod: str, container: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--image", help="HomePod image reference. Default: ensure_image()'s.")
     args = ap.parse_args()
-    image = ensure_image()
+    image = args.image or ensure_image()
     pod = f"mlabbench-cull-{secrets.token_hex(3)}"
     container = f"{pod}-homepod"
     try:
