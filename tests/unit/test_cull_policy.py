@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlab.cull.kube import rbac_objects
+from mlab.cull.local import annotate_status
 from mlab.cull.policy import decide, limits_for
 from mlab.errors import SiteError
 from mlab.site import duration_seconds, parse_site
@@ -92,3 +93,15 @@ def test_rbac_scales_only_the_sites_homepods() -> None:
     assert "deployments/scale" in apps["resources"]
     assert all("delete" not in r["verbs"] and "*" not in r["verbs"] for r in role["rules"])
     assert binding["subjects"][0]["name"] == "mlab-culler"
+
+
+def test_status_marks_culled_homepods_only() -> None:
+    rows = [{"name": "homepod-alice", "kind": "homepod", "user": "alice", "state": "Exited"},
+            {"name": "homepod-bob", "kind": "homepod", "user": "bob", "state": "Running"},
+            {"name": "airlock", "kind": "airlock", "user": None, "state": "Exited"}]
+    record = {"at": 1.0, "reason": "idle: no input for 4h00m (limit 4h00m)"}
+    out = annotate_status(rows, {"alice": record, "bob": record})
+    assert out[0]["state"] == ("Exited (culled: idle: no input for 4h00m (limit 4h00m); "
+                               "`mlab wake alice`)")
+    assert out[0]["culled"] == record
+    assert out[1] == rows[1] and out[2] == rows[2]

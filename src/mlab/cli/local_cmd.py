@@ -153,14 +153,9 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     fmt = _format(output)
     loaded = load_site(site)
     components = podman_engine.status(loaded.name)
-    from mlab.cull.local import culled
+    from mlab.cull.local import annotate_status, culled
 
-    stopped = culled(loaded.name)
-    for comp in components:  # culled HomePods say so, and why (docs/culling.md)
-        record = stopped.get(comp.get("user") or "")
-        if comp["kind"] == "homepod" and record and not comp["state"].startswith("Running"):
-            comp["culled"] = record
-            comp["state"] += f" (culled: {record['reason']}; `mlab wake {comp['user']}`)"
+    components = annotate_status(components, culled(loaded.name))
     if not components and fmt == "table":
         _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
         return

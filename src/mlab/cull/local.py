@@ -206,3 +206,18 @@ def wake(site: Site, user: str, wait: Callable[[HomePod], None] | None = None) -
 def culled(site_name: str) -> dict[str, dict[str, Any]]:
     """HomePods the culler stopped and not woken since: user -> ``{"at", "reason", ...}``."""
     return load_state(site_name)["culled"]
+
+
+def annotate_status(components: list[dict[str, Any]],
+                    stopped: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``mlab status`` rows with culled HomePods marked: state ``Exited (culled: REASON;
+    `mlab wake USER`)`` and a ``culled`` record (pure; a running HomePod is not marked)."""
+    out = []
+    for comp in components:
+        record = stopped.get(comp.get("user") or "")
+        if comp["kind"] == "homepod" and record and not comp["state"].startswith("Running"):
+            comp = {**comp, "culled": record,
+                    "state": f"{comp['state']} (culled: {record['reason']}; "
+                             f"`mlab wake {comp['user']}`)"}
+        out.append(comp)
+    return out
