@@ -105,3 +105,19 @@ def test_status_marks_culled_homepods_only() -> None:
                                "`mlab wake alice`)")
     assert out[0]["culled"] == record
     assert out[1] == rows[1] and out[2] == rows[2]
+
+
+def test_rbac_is_valid_kubernetes(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlab.cull.kube import rbac_yaml
+
+    f = tmp_path / "rbac.yaml"
+    f.write_text(rbac_yaml(_site()))
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    proc = subprocess.run([str(exe), "-k", "1.29.0", "--strict", str(f)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") + proc.stderr.count("passed") == 3
