@@ -130,7 +130,7 @@ def test_xdotool_input_keeps_it_alive(hp: Pod) -> None:
         hp.move_mouse()
         row = hp.cull()
         assert row["action"] == "keep", row
-        assert row["reason"].startswith("active"), row
+        assert row["idle_s"] < 20, row  # the input reached the X server: no warning due
         time.sleep(4)
     assert hp.status() == "Running"
 
@@ -183,8 +183,8 @@ def test_idle_connected_vnc_client_is_warned_then_culled(hp: Pod, tmp_path: Path
                 break
             time.sleep(2)
         assert "warn" in seen and seen[-1] == "cull", seen
-        assert seen.index("warn") < seen.index("cull")
-        assert seen.count("unwarn") == 0, seen
+        last_warn = len(seen) - 1 - seen[::-1].index("warn")
+        assert "unwarn" not in seen[last_warn:], seen  # warned, then culled without a break
         # The screenshot shows the dialog: the middle of the screen changed.
         a, b = (Image.open(p).convert("L") for p in (before, warned_shot))
         w, h = a.size
