@@ -113,10 +113,38 @@ def _timezone(value: str) -> str:
     return value
 
 
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def duration_seconds(value: str) -> int | None:
+    """Seconds of a duration like ``90s``, ``10m``, ``3h``, ``1h30m``, ``2d``; None for
+    ``never``.
+
+    Raises:
+        ValueError: not such a duration (or zero).
+    """
+    if value == "never":
+        return None
+    match = _DURATION.match(value) if value else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration like 90s, 10m, 3h, 1h30m, 2d or never")
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    total = ((d * 24 + h) * 60 + m) * 60 + s
+    if total <= 0:
+        raise ValueError(f"{value!r} must be longer than zero (or never)")
+    return total
+
+
+def _duration(value: str) -> str:
+    duration_seconds(value)
+    return value
+
+
 CIDR = Annotated[str, AfterValidator(_cidr)]
 IP = Annotated[str, AfterValidator(_ip)]
 Label = Annotated[str, AfterValidator(_label)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
+Duration = Annotated[str, AfterValidator(_duration)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -265,6 +293,48 @@ class Exposure(Model):
     )
 
 
+class UserCulling(Model):
+    """Per-user overrides of the site's idle culling (docs/culling.md)."""
+
+    idle_after: Duration | None = Field(
+        None,
+        description="Idle time before this user's HomePod is stopped, e.g. 8h, or never. "
+        "None: the site's culling.idleAfter (gpuIdleAfter for a pod with GPUs).",
+    )
+
+
+class Culling(Model):
+    """Idle HomePods give their machine back (`mlab cull`, docs/culling.md). A HomePod is
+    idle while no keyboard or mouse input reaches any of its desktops or terminals and its
+    users' processes stay under both busy thresholds; an open connection is not use."""
+
+    enabled: bool = Field(True, description="Let `mlab cull` stop idle HomePods. Default: true.")
+    idle_after: Duration = Field(
+        "4h", description="Idle time before a HomePod is stopped (its home is kept), e.g. "
+        "90s, 30m, 4h, 1d, or never. Default: 4h.",
+    )
+    gpu_idle_after: Duration = Field(
+        "1h", description="Idle time before a HomePod with GPUs (resources.gpus > 0, or "
+        "nvidia-smi lists one) is stopped; GPUs are the scarcest thing. Default: 1h.",
+    )
+    warn_before: Duration = Field(
+        "10m", description="How long before the stop a desktop dialog warns the user with "
+        "the time left; any input cancels the stop. Default: 10m.",
+    )
+    cpu_busy_percent: float = Field(
+        25.0, gt=0, description="CPU use of the users' processes, in percent of one core "
+        "averaged since the last sample, at or above which the HomePod is busy (a training "
+        "run with nobody at the keyboard is not idle). Default: 25.",
+    )
+    gpu_busy_percent: float = Field(
+        10.0, gt=0, le=100, description="nvidia-smi utilisation.gpu (percent, the busiest "
+        "GPU) at or above which the HomePod is busy. Default: 10.",
+    )
+    interval: Duration = Field(
+        "1m", description="How often `mlab cull` samples each HomePod. Default: 1m.",
+    )
+
+
 class User(Model):
     """One engineer, who gets one HomePod."""
 
@@ -294,6 +364,9 @@ class User(Model):
     ssh_keys: list[str] = Field(
         default_factory=list,
         description="OpenSSH public keys for authorized_keys. Empty: password login only.",
+    )
+    culling: UserCulling = Field(
+        default_factory=UserCulling, description="Per-user idle culling overrides."
     )
 
 
@@ -791,6 +864,7 @@ class Site(Model):
     security: Security = Field(
         default_factory=Security, description="Reporting holes in the isolation (SECURITY.md)."
     )
+    culling: Culling = Field(default_factory=Culling, description="Idle HomePod culling.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

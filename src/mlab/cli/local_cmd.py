@@ -208,6 +208,9 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     fmt = _format(output)
     loaded = load_site(site)
     components = podman_engine.status(loaded.name)
+    from mlab.cull.local import annotate_status, culled
+
+    components = annotate_status(components, culled(loaded.name))
     if not components and fmt == "table":
         _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
         return

@@ -31,6 +31,7 @@ GROUPS = {
     "mlab.cli.request_cmd": ("request",),
     "mlab.cli.node_cmd": ("node",),  # one-node Kubernetes
     "mlab.cli.portal_cmd": ("portal",),
+    "mlab.cli.cull_cmd": ("cull", "wake", "cull-rbac"),
 }
 
 

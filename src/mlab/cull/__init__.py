@@ -1,0 +1,1 @@
+"""Idle HomePods give their machine back: activity policy, podman and Kubernetes cullers."""

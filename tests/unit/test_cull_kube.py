@@ -1,0 +1,84 @@
+"""`mlab cull --kubernetes` and `mlab wake --kubernetes` against a fake kubectl at the process
+boundary (no API server runs here): the script answers `get deployment` with the replicas
+in a file, `exec ... activity` with the reading in a file, and records every argv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+FAKE = r"""#!/usr/bin/env python3
+import json, os, sys
+d = os.environ["FAKE_DIR"]
+args = [a for a in sys.argv[1:] if not a.startswith("--request-timeout")]
+with open(os.path.join(d, "calls.jsonl"), "a") as f:
+    f.write(json.dumps(args) + "\n")
+if "get" in args and "deployment" in args:
+    print(open(os.path.join(d, "replicas")).read().strip())
+elif "exec" in args and args[-1].endswith("activity"):
+    print(open(os.path.join(d, "reading.json")).read().strip())
+elif "exec" in args:
+    print(json.dumps({"warned": 1}))
+"""
+
+
+def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLAB_KUBECTL": str(tmp / "kubectl"), "FAKE_DIR": str(tmp),
+           "MLAB_STATE_DIR": str(tmp / "state")}
+    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
+                           str(tmp / "site.yaml")], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _calls(tmp: Path) -> list[list[str]]:
+    return [json.loads(x) for x in (tmp / "calls.jsonl").read_text().splitlines()]
+
+
+def test_kubernetes_warn_scale_to_zero_and_wake(tmp_path: Path) -> None:
+    (tmp_path / "kubectl").write_text(FAKE)
+    (tmp_path / "kubectl").chmod(0o755)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({
+        "name": "k16", "namespace": "lab", "users": [{"name": "alice"}],
+        "culling": {"idleAfter": "1h", "warnBefore": "1m"}}))
+    (tmp_path / "replicas").write_text("1")
+    (tmp_path / "reading.json").write_text(json.dumps(
+        {"input_idle_s": 7200, "uptime_s": 9000, "cpu_percent": 0.5, "cpu_top": None,
+         "gpu": None, "sessions": {"vnc": 1}}))
+    first = _run(tmp_path, "cull", "--kubernetes", "--once", "-o", "json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)[0]["action"] == "warn"
+    assert ["-n", "lab", "exec", "deploy/homepod-alice", "--", "/usr/local/lib/mlab/activity",
+            "warn", "60"] in _calls(tmp_path)
+    # A minute later, still idle: scaled to 0 (not deleted).
+    state = tmp_path / "state" / "k16" / "cull.json"
+    data = json.loads(state.read_text())
+    data["warned"]["alice"] -= 61
+    state.write_text(json.dumps(data))
+    second = _run(tmp_path, "cull", "--kubernetes", "--once", "-o", "json")
+    assert json.loads(second.stdout)[0]["action"] == "cull", second.stdout
+    assert ["-n", "lab", "scale", "deployment/homepod-alice", "--replicas=0"] in _calls(tmp_path)
+    assert not any("delete" in c for c in _calls(tmp_path))
+    (tmp_path / "replicas").write_text("0")
+    third = _run(tmp_path, "cull", "--kubernetes", "--once", "-o", "json")
+    assert json.loads(third.stdout)[0]["action"] == "stopped"
+    woke = _run(tmp_path, "wake", "alice", "--kubernetes")
+    assert woke.returncode == 0, woke.stderr
+    assert ["-n", "lab", "scale", "deployment/homepod-alice", "--replicas=1"] in _calls(tmp_path)
+    audit = [json.loads(x) for x in
+             (tmp_path / "state" / "k16" / "cull-audit.jsonl").read_text().splitlines()]
+    assert [(a["event"], a["engine"]) for a in audit] == [("cull", "kubernetes"),
+                                                           ("wake", "kubernetes")]
+    assert audit[0]["sessions"] == {"vnc": 1} and audit[1]["was_culled"] is True
+
+
+def test_wake_unknown_user_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"name": "k16", "users": [{"name": "alice"}]}))
+    proc = _run(tmp_path, "wake", "mallory", "--kubernetes")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "mlab: error: wake: 'mallory' is not a user of site k16"]
