@@ -56,3 +56,36 @@ def test_cli_usage_errors_exit_2(args: list[str]) -> None:
     proc = _mlab(*args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+# Every program MLab or its tests run, and where it lives when it is not on PATH. netavark and
+# aardvark-dns are not dependencies of Debian's podman: a machine that had them installed by
+# hand ran CI green while a fresh one fell back to CNI (issue 10).
+TOOLS = ("podman", "/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns", "runc", "nft",
+         "mmdebstrap", "git", "sshfs", "xfreerdp", "Xvfb", "chromium", "ssh", "/usr/sbin/sshd",
+         "apt-ftparchive", "dpkg-scanpackages", "xwd")
+
+
+def _listed_packages() -> set[str]:
+    text = (ROOT / "scripts" / "apt-packages.txt").read_text(encoding="utf-8")
+    return {word for line in text.splitlines() for word in line.split("#", 1)[0].split()}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_comes_from_a_package_setup_installs(tool: str) -> None:
+    """CI proves the install steps: each tool is owned by a package of
+    scripts/apt-packages.txt, not by something installed by hand."""
+    import shutil
+
+    path = tool if tool.startswith("/") else shutil.which(tool)
+    assert path and Path(path).exists(), f"{tool} is missing: bash scripts/setup.sh installs it"
+    real = str(Path(path).resolve())
+    owners = set()
+    for candidate in {path, real}:
+        proc = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True,
+                              check=False)
+        for line in proc.stdout.splitlines():
+            owners |= {o.strip().split(":")[0] for o in line.split(": ", 1)[0].split(",")}
+    assert owners, f"{tool} ({real}) belongs to no Debian package: installed by hand?"
+    assert owners & _listed_packages(), (
+        f"{tool} comes from {sorted(owners)}, none of which scripts/apt-packages.txt lists")

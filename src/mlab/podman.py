@@ -19,6 +19,14 @@ from mlab.errors import DeployError, ToolMissingError
 MIN_VERSION = (4, 3)
 """Oldest podman MLab supports: Debian 12's 4.3.1 (kube play of Deployments and PVCs)."""
 
+NETWORK_BACKEND = "netavark"
+"""The only podman network backend MLab isolates with (see :func:`check_network_backend`)."""
+HELPER_DIRS = ("/usr/local/libexec/podman", "/usr/local/lib/podman", "/usr/libexec/podman",
+               "/usr/lib/podman")
+"""podman's default ``helper_binaries_dir`` (containers.conf(5)): where netavark and
+aardvark-dns are looked up."""
+BACKEND_FIX = "run `bash scripts/setup.sh` or `apt-get install netavark aardvark-dns`"
+
 
 def containers_conf() -> Path:
     """Path of the project-local containers.conf shipped in the package."""
@@ -110,3 +118,56 @@ def podman_version() -> tuple[int, int, int]:
             hint="install a newer podman: apt-get install podman runc",
         )
     return version
+
+
+def backend_problem(backend: str, aardvark: str | None) -> str | None:
+    """Why podman's network backend cannot isolate a site, or None when it can (pure).
+
+    Under CNI (Debian's podman without netavark), ``--internal`` networks get
+    ``isGateway: false`` (the host has no route to them: every published HomePod port is
+    dead) and ``dns_enabled: false`` (the Airlock resolves nothing); measured on Debian 12,
+    see docs/local.md. aardvark-dns is netavark's DNS server.
+
+    Args:
+        backend: ``podman info``'s ``Host.NetworkBackend`` (``netavark``, ``cni``) or the
+            error text podman printed when it could not start.
+        aardvark: path of the aardvark-dns binary, or None when it is missing.
+
+    Returns:
+        One line naming the problem and the fix, or None.
+    """
+    if 'could not find "netavark"' in backend:
+        return f"podman's network backend netavark is not installed ({BACKEND_FIX})"
+    if backend != NETWORK_BACKEND:
+        return (f"podman uses the {backend or 'unknown'} network backend; MLab isolates only "
+                f"with {NETWORK_BACKEND} ({BACKEND_FIX}; MLab's containers.conf selects it)")
+    if not aardvark:
+        return f"aardvark-dns (netavark's DNS server) is not installed ({BACKEND_FIX})"
+    return None
+
+
+def find_helper(name: str) -> str | None:
+    """Path of a podman helper binary (``netavark``, ``aardvark-dns``) in :data:`HELPER_DIRS`."""
+    for base in HELPER_DIRS:
+        path = Path(base) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def check_network_backend(extra_args: Sequence[str] = ()) -> None:
+    """Refuse a podman whose network backend MLab cannot isolate with.
+
+    Args:
+        extra_args: global podman options before ``info`` (tests pass ``--root``/``--runroot``
+            of a storage of their own).
+
+    Raises:
+        ToolMissingError: the backend is not netavark, or netavark or aardvark-dns is
+            missing; one line naming the fix.
+    """
+    proc = podman([*extra_args, "info", "--format", "{{.Host.NetworkBackend}}"], check=False)
+    backend = proc.stdout.strip() if proc.returncode == 0 else (proc.stderr or "").strip()
+    problem = backend_problem(backend, find_helper("aardvark-dns"))
+    if problem:
+        raise ToolMissingError(problem)

@@ -45,6 +45,23 @@ class RelayError(MlabError):
     """A relay step refused or failed; the message names the step and the fix."""
 
 
+def homepod_url(mlab_url: str, code_host: str) -> str:
+    """The URL a HomePod clones the mirror with (pure): the office PC may reach the code
+    service at another address (``http://127.0.0.1:80/demo/up`` on the host of a local site),
+    but inside a HomePod it is always ``http://<codeService.host>/<org>/<repo>`` (port 80).
+
+    Args:
+        mlab_url: the ``mlab`` remote of the office clone.
+        code_host: ``codeService.host`` of the site (``code.mlab.local`` by default).
+
+    Returns:
+        ``http://<code_host>/<org>/<repo>`` (no credentials, query or fragment).
+    """
+    from urllib.parse import urlsplit
+
+    return f"http://{code_host}{urlsplit(mlab_url).path}"
+
+
 def check_branch(name: str) -> str:
     """Validate a branch name for start/finish (letters, digits, ``._/-``; no ``..``).
 

@@ -39,9 +39,18 @@ def test_install_pip_into_venv_and_missing_hint(tmp_path, staged) -> None:
 
 
 def test_pip_command_shape(tmp_path) -> None:
-    argv = install.pip_command(sys.executable, tmp_path, ["x"], user=True)
+    argv = install.pip_command("/usr/bin/python3", tmp_path, ["x"], user=True)
     assert argv[argv.index("--index-url") + 1] == (tmp_path / "pip" / "simple").as_uri()
     assert "--isolated" in argv and "--user" in argv and argv[-1] == "x"
+    assert "--break-system-packages" in argv  # Debian's Python is externally managed
+
+
+def test_pip_command_in_a_virtualenv_drops_user(tmp_path) -> None:
+    """pip refuses --user in a virtualenv; a HomePod user's ~/.venv is on the home volume
+    already, so `mlab install pip --user NAME` installs there (issue 10)."""
+    assert sys.prefix != sys.base_prefix, "the tests run in the project venv"
+    argv = install.pip_command(sys.executable, tmp_path, ["x"], user=True)
+    assert "--user" not in argv and "--break-system-packages" not in argv
 
 
 def test_cli_without_index_names_stage_command(tmp_path) -> None:

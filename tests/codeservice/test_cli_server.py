@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlab.cli.codeservice_cmd import local_server
+from mlab.codeservice.locate import find_server, local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +43,59 @@ def test_without_server_or_site_the_error_names_the_fix(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "--server" in line and "mlab status" in line, line
+
+
+def test_every_client_command_finds_the_local_code_service_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlab request approve` on the host found no server where `mlab repo` did (issue 10):
+    both use find_server, with MLAB_SERVER as the one variable."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "local.yaml", tmp_path / "examples" / "local.yaml")
+    for var in ("MLAB_SERVER", "MLAB_SITE", "MLAB_CODE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
+    plan_dir = tmp_path / "state" / "local" / "podman"
+    plan_dir.mkdir(parents=True)
+    (plan_dir / "plan.json").write_text(json.dumps({"pods": [
+        {"component": "code-service", "ports": [{"host_ip": "127.0.0.1", "host_port": 80}]}]}))
+    assert find_server() == "http://127.0.0.1:80"
+    from mlab.requests.client import resolve_server
+
+    assert resolve_server(None) == "http://127.0.0.1:80"
+    monkeypatch.setenv("MLAB_SERVER", "http://10.0.0.9:8080/")
+    assert resolve_server(None) == find_server() == "http://10.0.0.9:8080"
+    monkeypatch.delenv("MLAB_SERVER")
+    monkeypatch.setenv("MLAB_CODE_HOST", "code.mlab.local")
+    assert find_server() == "http://code.mlab.local"
+    monkeypatch.setenv("MLAB_CODE_URL", "http://old.example")  # no longer a second name
+    assert find_server() == "http://code.mlab.local"
+
+
+def test_request_approve_on_the_host_reaches_the_local_code_service(tmp_path: Path) -> None:
+    """The real CLI: with the local site up (its plan) and nothing else set, `mlab request
+    approve` talks to the local code service: here a closed port, so the error names it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "local.yaml", tmp_path / "examples" / "local.yaml")
+    plan_dir = tmp_path / "state" / "local" / "podman"
+    plan_dir.mkdir(parents=True)
+    (plan_dir / "plan.json").write_text(json.dumps({"pods": [
+        {"component": "code-service", "ports": [{"host_ip": "127.0.0.1", "host_port": port}]}]}))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLAB_SERVER", "MLAB_SITE", "MLAB_CODE_HOST")}
+    env.update({"MLAB_STATE_DIR": str(tmp_path / "state"), "MLAB_USER": "bob",
+                "MLAB_PASSWORD": "x"})
+    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", "approve", "1",
+                           "--comment", "ok"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr
+    assert f"http://127.0.0.1:{port}: cannot reach the code service" in line, line
+    assert "MLAB_SERVER" in line and "MLAB_CODE_URL" not in line

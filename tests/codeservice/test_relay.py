@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlab.relay import check_branch, pull_request_url
+from mlab.relay import check_branch, homepod_url, pull_request_url
 from cs_support import PASSWORDS, Service, git, make_upstream
 
 
@@ -42,6 +42,15 @@ def _commit(work: Path, name: str, text: str | None = None) -> None:
 ], ids=["https", "ssh-fork", "not-github"])
 def test_pull_request_url(fork: str, upstream: str, url: str | None) -> None:
     assert pull_request_url(fork, upstream, "master", "feature_1") == url
+
+
+@pytest.mark.parametrize("url,host,expected", [
+    ("http://127.0.0.1:80/demo/up", "code.mlab.local", "http://code.mlab.local/demo/up"),
+    ("http://u:p@10.0.0.5:8080/org/repo", "code.corp", "http://code.corp/org/repo"),
+    ("http://code.mlab.local/a/b", "code.mlab.local", "http://code.mlab.local/a/b"),
+], ids=["local-host", "credentials-port", "same"])
+def test_homepod_url(url: str, host: str, expected: str) -> None:
+    assert homepod_url(url, host) == expected
 
 
 @pytest.mark.parametrize("name", ["../x", "-x", "a..b", "x.lock", "a b", ""])
@@ -75,6 +84,10 @@ def test_seed_workflow_end_to_end(service: Service, tmp_path: Path) -> None:
     done = relay("start", "feature_1", "-C", str(clone), cwd=office)
     assert done.returncode == 0, done.stderr
     assert "git checkout feature_1" in done.stdout
+    # The command for a HomePod names the code service as HomePods reach it (issue 10), not
+    # the office PC's address of it.
+    assert "git clone http://code.mlab.local/deepvac/deepvac && git checkout feature_1" \
+        in done.stdout, done.stdout
 
     # In a HomePod: clone, check out (not create) the branch, commit, push.
     home = tmp_path / "homepod"

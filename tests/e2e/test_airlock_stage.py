@@ -83,7 +83,8 @@ def test_pip_packages_install_offline(pods, staged) -> None:
     # no network in the HomePod: loopback is its only interface
     ifaces = homepod.exec("python3", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))").stdout
     assert ifaces.strip() == "['lo']"
-    sh(homepod, "pip install --user six markupsafe num2words")
+    # The user's default environment ~/.venv is first on PATH (docs/image.md "Python").
+    sh(homepod, "pip install six markupsafe num2words")
     out = sh(homepod, "python3 -c 'import six, markupsafe._speedups, docopt, num2words; print(num2words.num2words(42))'").stdout
     assert out.strip() == "forty-two"
     # the mlab wrapper, and its hint for what is not staged

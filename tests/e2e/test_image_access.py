@@ -160,10 +160,11 @@ def test_homepod_pip_and_apt_point_only_at_the_airlock_share(pod) -> None:
         "deb [trusted=yes] file:/opt/public/airlock/apt ./"
     assert pod.exec("ls", "/etc/apt/sources.list.d").stdout.strip() == ""
     assert "index-url = file:///opt/public/airlock/pip/simple" in pod.exec("cat", "/etc/pip.conf").stdout
-    # Plain `pip install SPEC` works for the user (PEP 668: into ~/.local on the home volume).
+    # Plain `pip install SPEC` works for the user: into the user's default environment
+    # ~/.venv on the home volume, first on PATH in a login shell (docs/image.md "Python").
     out = pod.exec("su", "-", "alice", "-c", "pip install mlabdemo && python3 -c "
                    "'import mlabdemo; print(mlabdemo.VALUE, mlabdemo.__file__)'")
-    assert "42 /home/alice/.local/" in out.stdout
+    assert "42 /home/alice/.venv/" in out.stdout
 
 
 # --- VNC ---------------------------------------------------------------------------------

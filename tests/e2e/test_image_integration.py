@@ -115,7 +115,7 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
         homepod_image, PREFIX,
         env={"MLAB_USER": "airlock", "MLAB_UID": "1999", "MLAB_MODE": "airlock",
              "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password",
-             "MLAB_CODE_URL": "http://127.0.0.1:9"},
+             "MLAB_SERVER": "http://127.0.0.1:9"},
         volumes=[f"{share}:/opt/public/airlock", f"{secret}:/etc/mlab/secret/password:ro"],
     )
     containers.append(c)

@@ -143,6 +143,10 @@ def test_up_starts_every_component_with_endpoints(site: Site) -> None:
                     "--filter", f"label=app.kubernetes.io/instance={SITE}",
                     "--format", "{{.Name}}"]).stdout.split()
     assert found == [f"mlab-{SITE}-homepod-alice"]
+    # The table says what VNC does with a password, and how HomePods reach the code service.
+    table = site.mlab("status").stdout
+    assert "(password: its first 8 characters (VncAuth))" in table
+    assert "in HomePods: git clone http://code.mlab.local/<org>/<repo>" in table
 
 
 def test_login_with_the_generated_password_over_published_ssh(site: Site) -> None:
@@ -182,6 +186,134 @@ def test_verify_probe_matrix(site: Site) -> None:
     assert ("airlock", "write to the share /opt/public/airlock as airlock") in edges
     assert ("airlock", "PyPI over HTTPS") in edges
     assert len(results) >= 40
+    # Every published port answered in its own protocol: a connect alone proves nothing.
+    seen = {r["target"].split()[1]: r["detail"] for r in results
+            if r["source"] == "host" and r["target"].startswith("homepod-alice")}
+    assert seen["vnc"].startswith("RFB 003.")
+    assert seen["ssh"].startswith("SSH-2.0-")
+    assert seen["novnc"] == "HTTP 200 noVNC page"
+    assert seen["rdp"].startswith("X.224 Connection Confirm")
+    blocked = [r for r in results if r["expected"] == "blocked"]
+    assert all(r["detail"].split(" (")[0] in ("refused", "timed out", "reset", "unreachable")
+               or r["kind"] in ("dns", "write", "udp-dns") for r in blocked), blocked
+
+
+def _supervisorctl(container: str, *args: str) -> str:
+    return podman(["exec", container, "supervisorctl", "-c", "/etc/mlab/supervisord.conf",
+                   *args], check=False).stdout
+
+
+def test_verify_fails_on_exactly_the_edge_of_a_stopped_service(site: Site) -> None:
+    """xrdp stopped inside alice's running HomePod: her published RDP port still has its
+    DNAT rule, but nothing answers; verify must fail on that edge and only on it."""
+    from mlab.deploy.answers import recognise, request
+
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    assert "stopped" in _supervisorctl(alice, "stop", "xrdp")
+    try:
+        proc = site.mlab("verify", "-o", "json", check=False)
+    finally:
+        _supervisorctl(alice, "start", "xrdp")
+    assert proc.returncode == 1, proc.stderr
+    bad = [(r["source"], r["target"], r["detail"]) for r in json.loads(proc.stdout)
+           if not r["ok"]]
+    assert bad == [("host", f"homepod-alice rdp {BIND}:13389", "refused")], bad
+    assert "MISMATCH" not in proc.stdout  # -o json: data only
+    # xrdp answers again before the next test.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection((BIND, 13389), timeout=3) as conn:
+                conn.sendall(request("rdp", BIND))
+                if recognise("rdp", conn.recv(4096)):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "xrdp did not come back"
+        time.sleep(0.5)
+
+
+def _tiny_wheel(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of project ``name`` (PEP 427) whose module has ``__version__``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: t4up\nRoot-Is-Purelib: true\n"
+                         "Tag: py3-none-any\n",
+    }
+    def digest(text: str) -> str:
+        raw = hashlib.sha256(text.encode()).digest()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = "".join(f"{path},sha256={digest(text)},{len(text.encode())}\n"
+                     for path, text in files.items()) + f"{dist}/RECORD,,\n"
+    files[f"{dist}/RECORD"] = record
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, text in files.items():
+            zf.writestr(member, text)
+    return path
+
+
+def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
+    site: Site, tmp_path: Path
+) -> None:
+    """Debian's python3-numpy (1.24) is in the image for websockify; a staged newer numpy must
+    be what `pip install numpy` gives the user in an SSH session (issue 10), in ~/.venv, while
+    the system Python keeps Debian's. The same session has MLAB_PASSWORD_FILE and no ssl-cert."""
+    import paramiko
+
+    air = f"mlab-{SITE}-airlock-airlock"
+    wheel = _tiny_wheel(tmp_path, "numpy", "99.1.0")
+    import base64
+
+    files = "/opt/public/airlock/pip/files"
+    podman(["exec", "-i", "-u", "airlock", air, "sh", "-c",
+            f"mkdir -p {files} && base64 -d > {files}/{wheel.name}"],
+           input=base64.b64encode(wheel.read_bytes()).decode())
+    podman(["exec", "-u", "airlock", air, "mlab", "airlock", "reindex"])
+
+    shown = json.loads(site.mlab("passwords", "-o", "json").stdout)
+    password = next(row["password"] for row in shown if row["user"] == "alice")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test host
+    client.connect(BIND, port=12201, username="alice", password=password, timeout=30,
+                   allow_agent=False, look_for_keys=False)
+
+    def run(command: str) -> str:
+        _in, out, err = client.exec_command(command, timeout=180)
+        text = out.read().decode()
+        assert out.channel.recv_exit_status() == 0, (command, text, err.read().decode())
+        return text
+
+    try:
+        env = run('echo "$MLAB_PASSWORD_FILE"; test -r "$MLAB_PASSWORD_FILE" && echo readable;'
+                  ' id -nG; command -v pip python3; echo "$VIRTUAL_ENV"').split("\n")
+        login = run("bash -lc 'command -v pip python3'").split()
+        installed = run("pip install numpy 2>&1 | tail -n 2; python3 -c "
+                        "'import numpy; print(numpy.__version__, numpy.__file__)'")
+        system = run("/usr/bin/python3 -c 'import numpy; print(numpy.__version__)'")
+    finally:
+        client.close()
+    assert env[0] == "/etc/mlab/secret/password" and env[1] == "readable", env
+    assert "ssl-cert" not in env[2].split(), env[2]
+    assert env[3:5] == ["/home/alice/.venv/bin/pip", "/home/alice/.venv/bin/python3"], env
+    assert login == ["/home/alice/.venv/bin/pip", "/home/alice/.venv/bin/python3"]
+    assert "Successfully installed numpy-99.1.0" in installed, installed
+    version, where = installed.strip().splitlines()[-1].split()
+    assert version == "99.1.0" and where.startswith("/home/alice/.venv/"), installed
+    assert system.strip().startswith("1."), "the system Python keeps Debian's numpy"
+    # The desktop session (and so its terminals) has the same PATH.
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    desktop = podman(["exec", "-u", "alice", alice, "sh", "-c",
+                      "tr '\\0' '\\n' < /proc/$(pgrep -u alice -x xfce4-session | head -n1)"
+                      "/environ | grep '^PATH='"]).stdout
+    assert desktop.startswith("PATH=/home/alice/.venv/bin:"), desktop
 
 
 def test_share_read_write_in_airlock_read_only_in_homepods(site: Site) -> None:
@@ -333,6 +465,8 @@ def test_down_volumes_leaves_nothing_behind(site: Site) -> None:
     ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
                              check=True).stdout
     assert f"mlab_{SITE}" not in ruleset and BIND not in ruleset
+    # The homes are gone, so the passwords go too: the next `up` shows new ones.
+    assert not (site.root / "state" / SITE / "passwords.json").exists()
 
 
 # --- bad input: nothing half-started --------------------------------------------------------

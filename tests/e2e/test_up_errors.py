@@ -63,3 +63,32 @@ def test_status_of_a_site_that_is_not_up(tmp_path: Path) -> None:
     proc = _mlab(["verify", "--site", str(SITE)], os.environ["PATH"], tmp_path / "state")
     assert proc.returncode == 1
     assert "site local is not up (run `mlab up` first)" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_down_volumes_forgets_the_passwords(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `mlab down --volumes` the next `up` is a first start and shows new passwords
+    (issue 10: passwords.json was kept, so the user never saw the new ones)."""
+    from mlab.secrets import load_or_create_passwords, passwords_path
+    from mlab.site import load_site
+
+    import secrets
+
+    # A site name of its own: `down` removes every podman object of the site's name.
+    own = tmp_path / "site.yaml"
+    own.write_text(SITE.read_text().replace("name: local", f"name: t10pw{secrets.token_hex(3)}",
+                                            1))
+    state = tmp_path / "state"
+    site = load_site(own)
+    assert site.name.startswith("t10pw")
+    monkeypatch.setenv("MLAB_STATE_DIR", str(state))
+    load_or_create_passwords(site)
+    pw = passwords_path(site)
+    assert pw.is_file()
+    kept = _mlab(["down", "--site", str(own)], os.environ["PATH"], state)
+    assert kept.returncode == 0, kept.stderr
+    assert pw.is_file(), "plain down keeps the passwords (the homes stay)"
+    gone = _mlab(["down", "--volumes", "--site", str(own)], os.environ["PATH"], state)
+    assert gone.returncode == 0, gone.stderr
+    assert not pw.exists()

@@ -171,7 +171,6 @@ def test_client_falls_back_to_the_container_port(service, monkeypatch) -> None: 
 
     port = service.url.rsplit(":", 1)[1]
     monkeypatch.delenv("MLAB_SERVER", raising=False)
-    monkeypatch.delenv("MLAB_CODE_URL", raising=False)
     monkeypatch.setenv("MLAB_CODE_HOST", "127.0.0.1")
     monkeypatch.setenv("MLAB_USER", "alice")
     monkeypatch.setenv("MLAB_PASSWORD", "alice-pw-1")

@@ -22,7 +22,8 @@ from mlab.errors import MlabError, UsageError
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
-    help="Code service URL. Default: http://<codeService.host> from --site.",
+    help="Code service URL. Default: the one `mlab up` published for --site (or "
+    "http://<codeService.host>), else http://$MLAB_CODE_HOST, else the local site's.",
 )
 SITE_OPT = typer.Option(
     "site.yaml", "--site", envvar="MLAB_SITE",
@@ -198,51 +199,16 @@ class _JsonFormatter(logging.Formatter):
         })
 
 
-LOCAL_SITE = Path("examples/local.yaml")
-"""The local commands' default site (``mlab up``)."""
-
-
-def local_server(site_file: Path = LOCAL_SITE) -> str | None:
-    """The code service ``mlab up`` published for ``site_file``: ``http://<bind>:<port>``
-    from the engine's last plan (what ``mlab status`` prints), or None when that site is not
-    up under podman (no site file or no plan)."""
-    if not site_file.exists():
-        return None
-    from mlab.deploy import podman_engine
-    from mlab.site import load_site
-
-    try:
-        plan = podman_engine.load_plan(load_site(site_file).name)
-    except MlabError:
-        return None
-    for pod in (plan or {}).get("pods", []):
-        if pod.get("component") == "code-service" and pod.get("ports"):
-            port = pod["ports"][0]
-            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
-            return f"http://{host}:{port['host_port']}"
-    return None
-
-
 def _client(server: str | None, site: str | None) -> Any:
-    """A client for ``--server``; else for ``--site`` when that file exists; else, when
-    neither is given, for the code service of ``mlab up``'s default site (examples/local.yaml)
-    if it is up."""
+    """A client for the code service :func:`mlab.codeservice.locate.find_server` finds
+    (``--server``/``MLAB_SERVER``, the site file, ``MLAB_CODE_HOST``, the local site)."""
     from mlab.codeservice.client import make_client
+    from mlab.codeservice.locate import find_server
 
-    if not server and (not site or not Path(site).exists()):
-        found = local_server()
-        if found:
-            server = found
-        elif site and site != "site.yaml":
-            raise UsageError(f"--site {site}: no such file",
-                             "pass the site file, or --server URL (`mlab status` prints it)")
-        else:
-            raise UsageError(
-                "no code service given: ./site.yaml does not exist and examples/local.yaml "
-                "is not up",
-                "pass --server URL (the code-service URL `mlab status` prints, e.g. "
-                "http://127.0.0.1:80) or --site FILE")
-    return make_client(server, site, default_user="admin")
+    if not server and site and site != "site.yaml" and not Path(site).exists():
+        raise UsageError(f"--site {site}: no such file",
+                         "pass the site file, or --server URL (`mlab status` prints it)")
+    return make_client(find_server(server, site), None, default_user="admin")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

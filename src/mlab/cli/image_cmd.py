@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mlab.cli.progress import QUIET_HELP
 from mlab.errors import UsageError
 
 
@@ -44,6 +45,7 @@ def register(app: typer.Typer) -> None:
             help="Also run the approved package scripts of FILE (`mlab request packages -o "
             "FILE`). Default: none.",
         ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
     ) -> None:
         """Build the HomePod image, or reuse it when the recipe and source are unchanged;
         print its reference (localhost/mlab/homepod:<hash>) as the last line.
@@ -72,22 +74,10 @@ def register(app: typer.Typer) -> None:
 
         err = Console(stderr=True)
         start = time.monotonic()
-        if err.is_terminal:
-            with err.status("building the HomePod image", spinner="dots") as status:
-                def progress(msg: str) -> None:
-                    status.update(f"[{time.monotonic() - start:4.0f} s] {msg}")
+        from mlab.cli.progress import Steps, progress_console
 
-                ref = ensure_image(tag=tag, progress=progress)
-        else:
-            last: list[str] = [""]
-
-            def progress(msg: str) -> None:
-                step = msg.split(":", 1)[0]
-                if step != last[0]:
-                    err.print(f"[{time.monotonic() - start:4.0f} s] {msg}", highlight=False)
-                    last[0] = step
-
-            ref = ensure_image(tag=tag, progress=progress)
+        with Steps("image", progress_console(quiet)) as shown:
+            ref = ensure_image(tag=tag, progress=shown.say)
         if steps is not None:
             from mlab.requests.imagelayer import build_packages_layer
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
 
@@ -28,6 +29,7 @@ SITE_OPTION = typer.Option(
 OUTPUT_OPTION = typer.Option(
     "table", "--output", "-o", help="Output format: table or json. Default: table.",
 )
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
 def _format(value: str) -> str:
@@ -40,19 +42,39 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
-def _say(console: Console, status: Any) -> Any:
-    def say(message: str) -> None:
-        status.update(f"mlab up: {message}")
+VNC_NOTE = "password: its first 8 characters (VncAuth)"
+"""What a VNC client needs to know: VncAuth uses only the first 8 characters of a password
+(RFC 6143 section 7.2.2); the entrypoint stores exactly those."""
 
-    return say
+
+def with_site_notes(components: list[dict[str, Any]], code_host: str) -> list[dict[str, Any]]:
+    """``status`` components with what the engine cannot know (pure, copies): every VNC
+    endpoint gets ``note`` :data:`VNC_NOTE`; the code service gets the URL HomePods use,
+    ``http://<codeService.host>/<org>/<repo>`` (endpoint ``where: "homepod"``)."""
+    out = []
+    for comp in components:
+        endpoints = [dict(e, note=VNC_NOTE) if e["protocol"] == "vnc" else dict(e)
+                     for e in comp["endpoints"]]
+        if comp["kind"] == "code-service":
+            endpoints.append({"protocol": "http", "host": code_host, "port": 80,
+                              "url": f"http://{code_host}/<org>/<repo>", "where": "homepod"})
+        out.append({**comp, "endpoints": endpoints})
+    return out
 
 
 def status_rows(components: list[dict[str, Any]]) -> list[list[str]]:
     """Table rows (component, kind, state, how to connect) for ``mlab status``."""
     rows = []
     for comp in components:
-        how = "\n".join(e["url"] for e in comp["endpoints"]) or "-"
-        rows.append([comp["name"], comp["kind"], comp["state"], how])
+        lines = []
+        for e in comp["endpoints"]:
+            line = e["url"]
+            if e.get("where") == "homepod":
+                line = f"in HomePods: git clone {line}"
+            if e.get("note"):
+                line += f" ({e['note']})"
+            lines.append(line)
+        rows.append([comp["name"], comp["kind"], comp["state"], "\n".join(lines) or "-"])
     return rows
 
 
@@ -99,6 +121,7 @@ def up(
         True, "--wait/--no-wait", help="Wait until every published port answers. Default: wait.",
     ),
     output: str = OUTPUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
     from mlab.deploy import podman_engine
@@ -109,8 +132,8 @@ def up(
     first = not passwords_path(loaded).exists()
     console = _stderr()
     start = time.monotonic()
-    with console.status("mlab up: starting") as status:
-        result = podman_engine.up(loaded, say=_say(console, status), wait=wait)
+    with Steps("mlab up", progress_console(quiet)) as steps:
+        result = podman_engine.up(loaded, say=steps.say, wait=wait)
     parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
@@ -118,7 +141,8 @@ def up(
     if result.placeholder_code_service:
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
                       "service is a PLACEHOLDER HTTP server on :8080")
-    _print_status(podman_engine.status(loaded.name), fmt)
+    _print_status(with_site_notes(podman_engine.status(loaded.name),
+                                  loaded.code_service.host), fmt)
     if first and fmt == "table":
         from mlab.secrets import load_or_create_passwords
 
@@ -130,18 +154,19 @@ def down(
     site: Path = SITE_OPTION,
     volumes: bool = typer.Option(
         False, "--volumes",
-        help="Also delete the volumes (homes, share, repositories) and the engine's state "
-        "files. Default: keep them, so the next `mlab up` brings them back.",
+        help="Also delete the volumes (homes, share, repositories), the generated passwords "
+        "and the engine's state files (the next `mlab up` shows new passwords). Default: keep "
+        "them, so the next `mlab up` brings them back.",
     ),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Stop and remove the site's pods, networks and firewall rules."""
     from mlab.deploy import podman_engine
 
     loaded = load_site(site)
     console = _stderr()
-    with console.status("mlab down") as status:
-        removed = podman_engine.down(loaded.name, volumes=volumes,
-                                     say=lambda m: status.update(f"mlab down: {m}"))
+    with Steps("mlab down", progress_console(quiet)) as steps:
+        removed = podman_engine.down(loaded.name, volumes=volumes, say=steps.say)
     kept = "" if volumes else " (volumes kept; `mlab down --volumes` deletes them)"
     console.print(f"mlab down: site {loaded.name}: removed {len(removed)} object(s){kept}")
 
@@ -156,10 +181,11 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     if not components and fmt == "table":
         _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
         return
-    _print_status(components, fmt)
+    _print_status(with_site_notes(components, loaded.code_service.host), fmt)
 
 
-def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
+def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
+           quiet: bool = QUIET_OPTION) -> None:
     """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
     from mlab.deploy import podman_engine, probes
 
@@ -170,9 +196,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
         raise MlabError(f"site {loaded.name} is not up", hint="run `mlab up` first")
     console = _stderr()
     start = time.monotonic()
-    with console.status("mlab verify: probing"):
+    with Steps("mlab verify", progress_console(quiet)) as steps:
         airlock_user = loaded.airlock.user if loaded.airlock.enabled else ""
-        results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user)
+        results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user,
+                             on_source=lambda src: steps.say(f"probing from {src}"))
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")

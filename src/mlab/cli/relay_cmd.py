@@ -35,15 +35,32 @@ def register(app: typer.Typer) -> None:
 
     @relay.command("start")
     def start(branch: str = typer.Argument(..., help="New branch, e.g. feature_1."),
-              directory: Path = DIR_OPT) -> None:
-        """Fetch upstream, rebase the default branch onto it, create BRANCH, push it to mlab."""
+              directory: Path = DIR_OPT,
+              code_host: str | None = typer.Option(
+                  None, "--code-host", envvar="MLAB_CODE_HOST",
+                  help="codeService.host, for the clone command printed for HomePods. "
+                  "Default: from --site, else code.mlab.local."),
+              site: Path = typer.Option(
+                  Path("examples/local.yaml"), "--site", envvar="MLAB_SITE",
+                  help="Site file giving codeService.host (used when it exists). "
+                  "Default: examples/local.yaml."),
+              ) -> None:
+        """Fetch upstream, rebase the default branch onto it, create BRANCH, push it to mlab;
+        print the command that clones it in a HomePod."""
         from mlab import relay as r
+        from mlab.site import CodeService
 
+        host = code_host
+        if not host and site.is_file():
+            from mlab.site import load_site
+
+            host = load_site(site).code_service.host
+        host = host or str(CodeService.model_fields["host"].default)
         rel = r.Relay(directory)
         base = r.start(rel, branch)
-        mlab_url = rel.git("remote", "get-url", "mlab").strip()
+        url = r.homepod_url(rel.git("remote", "get-url", "mlab").strip(), host)
         print(f"{branch} (from upstream/{base}) is on the code service. In a HomePod:\n"
-              f"  git clone {mlab_url} && git checkout {branch}")
+              f"  git clone {url} && git checkout {branch}")
 
     @relay.command("finish")
     def finish(branch: str = typer.Argument(..., help="The branch to bring back."),

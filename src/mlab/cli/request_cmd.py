@@ -25,8 +25,9 @@ from mlab.errors import MlabError, UsageError
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
-    help="Code service URL, e.g. http://code.mlab.local. Default: $MLAB_CODE_URL, else "
-    "http://$MLAB_CODE_HOST (set in HomePods and the Airlock).",
+    help="Code service URL, e.g. http://code.mlab.local. Default: http://$MLAB_CODE_HOST "
+    "(set in HomePods and the Airlock), else on the host the code service of the local site "
+    "when it is up (`mlab status`).",
 )
 OUTPUT_OPT = typer.Option("table", "-o", "--output", help="table or json. Default: table.")
 

@@ -149,7 +149,7 @@ def stage_git(
 @install_app.command("pip")
 def install_pip(
     specs: list[str] = typer.Argument(..., help="Requirements (PEP 508) to install."),
-    user: bool = typer.Option(False, "--user", help="Install into ~/.local (the home volume: survives a HomePod restart). Default: off."),
+    user: bool = typer.Option(False, "--user", help="Install into ~/.local (the home volume: survives a HomePod restart); not needed (and ignored) in the user's ~/.venv, which is on the home volume. Default: off."),
     python: Optional[str] = typer.Option(None, "--python", help="Interpreter to install for. Default: python3 on PATH (an active venv's)."),
     share: Path = _share_opt(),
 ) -> None:

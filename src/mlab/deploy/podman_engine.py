@@ -55,7 +55,7 @@ from mlab.deploy.podman_translate import (
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import podman, podman_version
+from mlab.podman import check_network_backend, podman, podman_version
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -265,12 +265,14 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         What changed.
 
     Raises:
-        ToolMissingError: podman or nft missing, podman too old.
+        ToolMissingError: podman or nft missing, podman too old, or podman's network
+            backend is not netavark with aardvark-dns (checked before anything starts).
         DeployError: a port is taken, a podman step failed, or a pod did not get ready;
             what this run created is removed first.
     """
     say = say or (lambda _m: None)
     podman_version()
+    check_network_backend()
     if not shutil.which("nft"):
         raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
     image = image_ref(site, say)  # may build for minutes: not under the host lock
@@ -410,10 +412,12 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
 
 def down(site_name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
     """Remove a site's pods, networks and firewall tables; with ``volumes`` also its
-    volumes and the engine's state files. Returns the names removed.
+    volumes, the engine's state files and the generated passwords. Returns the names removed.
 
-    Passwords (``<state>/<site>/passwords.json``) are kept, so a later ``up`` gives the
-    same logins; delete the state directory to forget them.
+    Without ``volumes`` the passwords (``<state>/<site>/passwords.json``) are kept, so a later
+    ``up`` gives the same logins to the kept homes. With ``volumes`` they go too: the next
+    ``up`` is a first start again and shows its new passwords (issue 10). Repositories under
+    ``<state>/<site>/upstreams`` are the admin's and stay.
     """
     say = say or (lambda _m: None)
     podman_version()
@@ -436,6 +440,12 @@ def _down(site_name: str, volumes: bool, say: Say) -> list[str]:
             podman(["volume", "rm", "-f", vol], check=False)
             removed.append(vol)
         shutil.rmtree(state_dir(site_name), ignore_errors=True)
+        from mlab.secrets import state_root
+
+        passwords = state_root() / site_name / "passwords.json"
+        if passwords.exists():
+            passwords.unlink()
+            removed.append(str(passwords))
     else:
         # Nothing runs: no secret files on disk, and `status` says the site is down.
         (state_dir(site_name) / "plan.json").unlink(missing_ok=True)

@@ -8,6 +8,10 @@ DESIGN.md ("a HomePod reaches the code service and nothing else"). The matrix is
 container, all of that source's probes concurrently, so the whole matrix takes about as long
 as its slowest blocked probe (a dropped packet waits for the time-out).
 
+An allowed probe counts only when the service answers in its own protocol (an RFB or SSH
+banner, an X.224 Connection Confirm, the noVNC page, an HTTP status: :mod:`answers`); a
+blocked probe names how it failed (refused, timed out, reset, unreachable).
+
 Targets are only the site's own containers, the host's own addresses, a listener this module
 opens on 0.0.0.0 for the duration of the run, the metadata address 169.254.169.254, and the
 addresses a package registry's name resolves to on the host (the Airlock must reach it, a
@@ -16,14 +20,17 @@ HomePod must not).
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlab.deploy import answers
 from mlab.podman import podman_command, podman_env
 
 TCP_TIMEOUT = 3.0
@@ -49,7 +56,9 @@ class Probe:
         target: what is tried, for the table (``code-service :8080``).
         kind: ``tcp`` (connect), ``dns`` (getaddrinfo), ``udp-dns`` (raw query to a
             server), ``http`` (GET a URL; any HTTP status counts as reached), ``write``
-            (create and delete a file in a directory; "allowed" means writable).
+            (create and delete a file in a directory; "allowed" means writable), or a
+            protocol of :data:`answers.PROTOCOLS` (``rfb``, ``ssh``, ``rdp``, ``novnc``:
+            reached only when the service answers in that protocol).
         host: address or name; for ``http`` the URL; for ``write`` the directory.
         port: TCP/UDP port (0 for dns/http).
         expected: True when the edge is allowed.
@@ -69,7 +78,11 @@ class Probe:
 
 @dataclass(frozen=True)
 class Result:
-    """A probe and what it observed (True: connected/answered) with a short detail."""
+    """A probe and what it observed, with a short detail.
+
+    ``observed`` is True for an allowed probe only when the service answered; for a
+    blocked probe as soon as a connection opened (an answer or not: a leak either way).
+    """
 
     probe: Probe
     observed: bool
@@ -133,13 +146,13 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
         for other_port in (22, 443, 9418):
             add(f"code service :{other_port} (other port)", "tcp", code, other_port)
         if airlock:
-            add("airlock :22", "tcp", airlock["networks"][0][1], 22)
-            add("airlock :7030", "tcp", airlock["networks"][0][1], 7030)
+            add("airlock :22", "ssh", airlock["networks"][0][1], 22)
+            add("airlock :7030", "novnc", airlock["networks"][0][1], 7030)
         for other in homepods:
             if other is hp:
                 continue
-            for port in (5900, 22):
-                add(f"homepod-{other['user']} :{port}", "tcp", other["networks"][0][1], port)
+            for port, kind in ((5900, "rfb"), (22, "ssh")):
+                add(f"homepod-{other['user']} :{port}", kind, other["networks"][0][1], port)
         add(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port)
         add(f"host service on 0.0.0.0 via host address {facts.host_ip}", "tcp",
             facts.host_ip, facts.listener_port)
@@ -168,25 +181,63 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
                   nat["gateway"], facts.listener_port, False),
         ]
         for hp in homepods:
-            for port in (5900, 22):
-                out.append(Probe(src, box, f"homepod-{hp['user']} :{port}", "tcp",
+            for port, kind in ((5900, "rfb"), (22, "ssh")):
+                out.append(Probe(src, box, f"homepod-{hp['user']} :{port}", kind,
                                  hp["networks"][0][1], port, False))
     for pod in pods:
         for port in pod["ports"]:
             host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
+            kind, where = host_kind(port["name"], host, port["host_port"])
             out.append(Probe("host", "", f"{pod['deployment']} {port['name']} "
-                             f"{host}:{port['host_port']}", "tcp", host, port["host_port"], True))
+                             f"{host}:{port['host_port']}", kind, where, port["host_port"], True))
     return out
 
 
-# The program run inside a container (python3 only, standard library). It reads a JSON list
-# of [kind, host, port] and prints a JSON list of [reached, detail].
-PROBE_PROGRAM = r"""
-import json, socket, sys, threading, urllib.request
+def host_kind(port_name: str, host: str, port: int) -> tuple[str, str]:
+    """The probe kind and target of a published port: its protocol (``vnc`` -> ``rfb``,
+    ``rdp``, ``novnc``, ``ssh``) with ``host``, or ``http`` with the URL for the code
+    service's ``http`` port; ``tcp`` for a port name MLab does not know."""
+    if port_name == "http":
+        return "http", f"http://{host}:{port}/"
+    return answers.PORT_PROTOCOL.get(port_name, "tcp"), host
+
+
+# The program run inside a container and on the host (python3, standard library only; the
+# source of `answers` comes first). It reads a JSON list of [kind, host, port] and prints a
+# JSON list of [state, detail], state "answered", "connected" (no answer) or "blocked".
+_PROGRAM_BODY = r"""
+import json, socket, sys, threading, time, urllib.request
 TCP, HTTP = float(sys.argv[2]), float(sys.argv[3])
+class Unanswered(Exception):
+    pass
 def tcp(host, port):
     with socket.create_connection((host, port), timeout=TCP):
         return "connected"
+def talk(kind, host, port):
+    s = socket.create_connection((host, port), timeout=TCP)
+    data, deadline = b"", time.monotonic() + TCP
+    try:
+        s.sendall(request(kind, host))
+        while len(data) < MAX_ANSWER and time.monotonic() < deadline:
+            found = recognise(kind, data)
+            if found:
+                return found
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+        found = recognise(kind, data)
+        if found:
+            return found
+        raise Unanswered(describe(kind, data))
+    except OSError as e:
+        raise Unanswered("connected, then " + failure(e))
+    finally:
+        s.close()
 def dns(host, port):
     return "resolved to " + socket.getaddrinfo(host, None)[0][4][0]
 def udp_dns(host, port):
@@ -210,42 +261,45 @@ KINDS = {"tcp": tcp, "dns": dns, "udp-dns": udp_dns, "http": http, "write": writ
 probes = json.loads(sys.argv[1]); out = [None] * len(probes)
 def one(i, kind, host, port):
     try:
-        out[i] = [True, KINDS[kind](host, port)]
+        if kind in PROTOCOLS:
+            out[i] = ["answered", talk(kind, host, port)]
+        else:
+            out[i] = ["answered", KINDS[kind](host, port)]
+    except Unanswered as e:
+        out[i] = ["connected", str(e)[:160]]
     except Exception as e:
-        out[i] = [False, (type(e).__name__ + ": " + str(e))[:120]]
+        out[i] = ["blocked", failure(e)]
 ts = [threading.Thread(target=one, args=(i, *p)) for i, p in enumerate(probes)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print(json.dumps(out))
 """
+PROBE_PROGRAM = inspect.getsource(answers) + _PROGRAM_BODY
+
+
+def observed(expected: bool, state: str) -> bool:
+    """What a probe observed from the program's state: an allowed edge counts only when
+    answered; a blocked one leaks as soon as a connection opened."""
+    return state == "answered" if expected else state != "blocked"
 
 
 def _run_in(container: str, probes: list[Probe], user: str = "") -> list[Result]:
+    """Run ``probes`` in ``container`` (as ``user``), or on the host when container is ''."""
     args = json.dumps([[p.kind, p.host, p.port] for p in probes])
     as_user = ["-u", user] if user else []
-    argv = podman_command(["exec", *as_user, container, "python3", "-c", PROBE_PROGRAM, args,
-                           str(TCP_TIMEOUT), str(HTTP_TIMEOUT)])
+    program = ["-c", PROBE_PROGRAM, args, str(TCP_TIMEOUT), str(HTTP_TIMEOUT)]
+    argv = (podman_command(["exec", *as_user, container, "python3", *program]) if container
+            else [sys.executable, *program])
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=podman_env(),
                               timeout=HTTP_TIMEOUT + 60, check=False)
-        answers = json.loads(proc.stdout) if proc.returncode == 0 else None
+        replies = json.loads(proc.stdout) if proc.returncode == 0 else None
     except (subprocess.TimeoutExpired, ValueError):
-        answers = None
-    if answers is None:
-        why = "could not run the probe in the container"
+        replies = None
+    if replies is None:
+        why = "could not run the probe " + (f"in {container}" if container else "on the host")
         return [Result(p, False, why) for p in probes]
-    return [Result(p, bool(a[0]), str(a[1])) for p, a in zip(probes, answers, strict=True)]
-
-
-def _run_host(probes: list[Probe]) -> list[Result]:
-    def one(p: Probe) -> Result:
-        try:
-            with socket.create_connection((p.host, p.port), timeout=TCP_TIMEOUT):
-                return Result(p, True, "connected")
-        except OSError as exc:
-            return Result(p, False, f"{type(exc).__name__}: {exc}"[:120])
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(one, probes))
+    return [Result(p, observed(p.expected, str(a[0])), str(a[1]))
+            for p, a in zip(probes, replies, strict=True)]
 
 
 def host_facts(listener_port: int) -> HostFacts:
@@ -307,7 +361,7 @@ def run(plan: dict[str, Any], code_host: str,
             items = [probes[i] for i in indexes]
             if on_source and not user:
                 on_source(items[0].source)
-            done = _run_in(container, items, user) if container else _run_host(items)
+            done = _run_in(container, items, user)
             for i, res in zip(indexes, done, strict=True):
                 results[i] = res
 

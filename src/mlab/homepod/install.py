@@ -44,14 +44,21 @@ def pip_command(python: str, share: Path, specs: Sequence[str], *, user: bool) -
     """
     argv = [python, "-m", "pip", "--isolated", "--disable-pip-version-check", "install",
             "--index-url", (Path(share) / "pip" / "simple").as_uri()]
-    if user:
+    in_venv, managed = _python_facts(python)
+    # pip refuses --user in a virtualenv; the HomePod user's ~/.venv is on the home volume.
+    if user and not in_venv:
         argv.append("--user")
-    if _externally_managed(python):
+    if managed:
         argv.append("--break-system-packages")
     return [*argv, *specs]
 
 
 def _externally_managed(python: str) -> bool:
+    return _python_facts(python)[1]
+
+
+def _python_facts(python: str) -> tuple[bool, bool]:
+    """(runs in a virtualenv, is externally managed per PEP 668) for interpreter ``python``."""
     if Path(python).resolve() == Path(sys.executable).resolve():
         in_venv = sys.prefix != sys.base_prefix
         stdlib = sysconfig.get_path("stdlib")
@@ -64,7 +71,7 @@ def _externally_managed(python: str) -> bool:
             raise UsageError(f"--python {python} does not run", hint="pass a Python interpreter")
         first, stdlib = probe.stdout.splitlines()[:2]
         in_venv = first == "True"
-    return not in_venv and (Path(stdlib) / "EXTERNALLY-MANAGED").exists()
+    return in_venv, not in_venv and (Path(stdlib) / "EXTERNALLY-MANAGED").exists()
 
 
 def stage_hint(kind: str, names: Sequence[str]) -> str:
@@ -78,7 +85,8 @@ def install_pip(share: Path, specs: Sequence[str], *, user: bool = False, python
     Args:
         share: the share root.
         specs: requirements (PEP 508).
-        user: install into ``~/.local`` (survives a HomePod restart).
+        user: install into ``~/.local`` (survives a HomePod restart); ignored when
+            ``python`` runs in a virtualenv (the user's ``~/.venv`` is on the home volume).
         python: interpreter; None: ``python3`` on PATH (an active virtualenv's).
 
     Raises:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from mlab.errors import DeployError, ToolMissingError, UsageError
 from mlab.image import recipe
@@ -104,7 +104,7 @@ def build_base(base_hash: str, *, progress: Progress | None = None) -> str:
             '--customize-hook=rm -rf "$1/var/tmp/mlab-image"',
             recipe.SUITE, str(tar), *recipe.MIRRORS,
         ]
-        say("bootstrapping Debian (mmdebstrap)")
+        say("bootstrapping Debian (mmdebstrap): starting (a few minutes)")
         start = time.monotonic()
         with open(logfile, "w") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -112,7 +112,7 @@ def build_base(base_hash: str, *, progress: Progress | None = None) -> str:
                 time.sleep(1)
                 last = _tail(logfile, 1)
                 if last:
-                    say(f"mmdebstrap: {last[:70]}")
+                    say(f"bootstrapping Debian (mmdebstrap): {last[:70]}")
         if proc.returncode != 0:
             raise DeployError(
                 f"mmdebstrap failed (exit {proc.returncode}): {_tail(logfile)}",
@@ -221,7 +221,13 @@ def ensure_image(*, tag: str | None = None, progress: Progress | None = None) ->
     base_hash = recipe.base_hash()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / "build.lock"), timeout=3600):
+    lock = FileLock(str(cache / "build.lock"), timeout=3600)
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        say(f"waiting for another image build ({lock.lock_file})")
+        lock.acquire()
+    try:
         new_base = not image_exists(f"{recipe.BASE_REPOSITORY}:{base_hash[:16]}")
         base_ref = build_base(base_hash, progress=progress)
         ref = build_app(base_ref, base_hash, progress=progress)
@@ -230,5 +236,7 @@ def ensure_image(*, tag: str | None = None, progress: Progress | None = None) ->
         if new_base:
             say("removing images of older recipes")
             log.info("removed %s", prune_old_recipes(base_hash))
+    finally:
+        lock.release()
     say("done")
     return ref

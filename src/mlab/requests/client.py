@@ -7,10 +7,9 @@ text for 4xx answers, the URL and cause for connection problems.
 
 Where the server and credentials come from (first found wins):
 
-- server: ``--server URL``, ``$MLAB_SERVER`` (as ``mlab repo``), ``$MLAB_CODE_URL``,
-  ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock; Kubernetes' Service
-  port 80), then ``http://$MLAB_CODE_HOST:8080`` if nothing answers there (the podman
-  engine lets HomePods reach only the container port);
+- server: :func:`mlab.codeservice.locate.find_server` (``--server URL`` / ``$MLAB_SERVER``,
+  ``http://$MLAB_CODE_HOST`` in every HomePod and the Airlock, then ``http://$MLAB_CODE_HOST:8080``
+  if nothing answers there; on the host, the local site's code service when it is up);
 - user: ``$MLAB_USER``;
 - password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE``, else the pod's
   ``/etc/mlab/secret/password`` when readable, else a prompt on the terminal.
@@ -36,22 +35,15 @@ _STATUS: dict[int, type[RequestError]] = {
 
 
 def resolve_server(server: str | None) -> str:
-    """The code service base URL without a trailing slash.
+    """The code service base URL without a trailing slash
+    (:func:`mlab.codeservice.locate.find_server`: the same rules as ``mlab repo``).
 
     Raises:
-        UsageError: no server given and none in the environment.
+        UsageError: no server given and none found.
     """
-    url = server or os.environ.get("MLAB_SERVER") or os.environ.get("MLAB_CODE_URL")
-    if not url and os.environ.get("MLAB_CODE_HOST"):
-        url = f"http://{os.environ['MLAB_CODE_HOST']}"
-    if not url:
-        raise UsageError(
-            "--server: the code service URL is not known",
-            hint="pass --server http://HOST:PORT or set MLAB_CODE_URL",
-        )
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--server: {url!r} must start with http:// or https://")
-    return url.rstrip("/")
+    from mlab.codeservice.locate import find_server
+
+    return find_server(server)
 
 
 CONTAINER_PORT = 8080
@@ -143,7 +135,7 @@ class RequestsClient:
         except httpx.HTTPError as exc:
             raise TemporaryError(
                 f"{self.server}: cannot reach the code service: {type(exc).__name__}",
-                hint="check --server / MLAB_CODE_URL and that the code service runs",
+                hint="check --server / MLAB_SERVER and that the code service runs",
             ) from None
         if resp.status_code == 401:
             raise MlabError(f"{self.server}: user {self.user!r}: wrong user name or password")

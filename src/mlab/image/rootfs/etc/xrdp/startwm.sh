@@ -7,5 +7,6 @@ if [ -r /etc/default/locale ]; then
 fi
 unset DBUS_SESSION_BUS_ADDRESS SESSION_MANAGER XDG_RUNTIME_DIR
 export XDG_SESSION_TYPE=x11 XDG_CURRENT_DESKTOP=XFCE NO_AT_BRIDGE=1
+. /usr/local/lib/mlab/user-env  # ~/.venv first on PATH (terminals inherit it)
 cd "$HOME"
 exec dbus-run-session -- startxfce4
