@@ -28,9 +28,22 @@ aardvark-dns are looked up."""
 BACKEND_FIX = "run `bash scripts/setup.sh` or `apt-get install netavark aardvark-dns`"
 
 
+KEEP_IPV6_ENV = "MLAB_TEST_PODMAN_KEEP_IPV6"
+"""Test switch: set to ``1``, podman runs with ``containers-keep-ipv6.conf`` (containers keep
+IPv6) and the podman engine leaves IPv6 on the site's networks, so a test can see ``mlab
+verify`` fail on the IPv6 edges (docs/security.md). Never for a real site."""
+
+
+def keep_ipv6() -> bool:
+    """True when the :data:`KEEP_IPV6_ENV` test switch is on."""
+    return os.environ.get(KEEP_IPV6_ENV) == "1"
+
+
 def containers_conf() -> Path:
-    """Path of the project-local containers.conf shipped in the package."""
-    return Path(str(resources.files("mlab").joinpath("containers.conf")))
+    """Path of the project-local containers.conf shipped in the package (with the
+    :data:`KEEP_IPV6_ENV` test switch on: the one without the IPv6 sysctls)."""
+    name = "containers-keep-ipv6.conf" if keep_ipv6() else "containers.conf"
+    return Path(str(resources.files("mlab").joinpath(name)))
 
 
 def podman_env() -> dict[str, str]:

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlab.podman import podman
+from mlab.render.common import SESSION_CAPABILITIES
 
 
 def unique_name(prefix: str) -> str:
@@ -95,6 +96,7 @@ def run_container(
     args: Sequence[str] = (),
     extra: Sequence[str] = (),
     name: str | None = None,
+    capabilities: Sequence[str] | None = SESSION_CAPABILITIES,
 ) -> Container:
     """Start ``image`` detached with a unique name; publish ``ports`` on 127.0.0.1.
 
@@ -107,6 +109,9 @@ def run_container(
         args: command arguments after the image (empty: the image's services).
         extra: more ``podman run`` options.
         name: exact container name (default: ``unique_name(prefix)``).
+        capabilities: the container keeps only these (``--cap-drop all``); the default is
+            the rendered HomePod/Airlock set, so every journey runs as on a site
+            (docs/security.md); None keeps podman's defaults.
 
     Raises:
         mlab.errors.DeployError: podman run failed.
@@ -119,6 +124,9 @@ def run_container(
         argv += ["-p", f"127.0.0.1::{p}"]
     for v in volumes:
         argv += ["-v", v]
+    if capabilities is not None:
+        argv += ["--cap-drop", "all"]
+        argv += [f"--cap-add={c}" for c in capabilities]
     argv += [*extra, image, *args]
     podman(argv)
     container = Container(name=cname)
@@ -187,8 +195,10 @@ def looks_like_desktop(png: str | Path) -> bool:
 def e2e() -> SimpleNamespace:
     """The helpers of this module: ``e2e.run_container(...)``, ``e2e.wait_for_port(...)``,
     ``e2e.wait_until_ready(container)``, ``e2e.looks_like_desktop(png)``,
-    ``e2e.unique_name(prefix)``, ``e2e.Container``."""
+    ``e2e.unique_name(prefix)``, ``e2e.Container``, ``e2e.capabilities`` (the rendered
+    HomePod capability set)."""
     return SimpleNamespace(run_container=run_container, wait_for_port=wait_for_port,
                            wait_until_ready=wait_until_ready,
                            looks_like_desktop=looks_like_desktop,
-                           unique_name=unique_name, Container=Container)
+                           unique_name=unique_name, Container=Container,
+                           capabilities=SESSION_CAPABILITIES)

@@ -316,6 +316,56 @@ def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
     assert desktop.startswith("PATH=/home/alice/.venv/bin:"), desktop
 
 
+def test_verify_runs_the_link_probes_and_they_hold(site: Site) -> None:
+    """Issue 20: from each HomePod, raw and packet sockets fail, a datagram forged with the
+    Airlock's source never arrives, and no IPv6 peer (other HomePods, the Airlock, the code
+    service, the host's bridge) answers."""
+    results = json.loads(site.mlab("verify", "-o", "json").stdout)
+    for user in ("alice", "bob"):
+        mine = [r for r in results if r["source"] == f"homepod-{user}"]
+        kinds = {r["kind"] for r in mine}
+        assert {"raw", "forged", "tcp6"} <= kinds, kinds
+        targets = {r["target"].split(" [")[0] for r in mine if r["kind"] == "tcp6"}
+        other = "bob" if user == "alice" else "alice"
+        assert {f"IPv6 homepod-{other}", "IPv6 airlock", "IPv6 code-service"} <= targets
+        assert any(t.startswith("IPv6 host (bridge of") for t in targets), targets
+        assert all(r["ok"] for r in mine if r["kind"] in ("raw", "forged", "tcp6"))
+    forged = [r for r in results if r["kind"] == "forged"]
+    assert len(forged) == 4 and all(r["observed"] == "blocked" for r in forged)
+
+
+def test_homepod_capabilities_and_raw_socket_under_sudo(site: Site) -> None:
+    """The rendered securityContext survives `podman kube play`: the nine named capabilities,
+    seccomp filter mode, no_new_privs only without sudo; root through sudo still cannot open
+    a raw socket; no container has IPv6 and the host's bridges have none either."""
+    from mlab.render.common import SESSION_CAPABILITIES
+
+    alice = f"mlab-{SITE}-homepod-alice-homepod"
+    status = podman(["exec", "-u", "alice", alice, "sudo", "grep", "-E",
+                     "^(CapEff|NoNewPrivs|Seccomp):", "/proc/self/status"]).stdout
+    fields = dict(line.split(":\t") for line in status.strip().splitlines())
+    decoded = podman(["exec", alice, "capsh", f"--decode={fields['CapEff']}"]).stdout
+    names = {c.removeprefix("cap_").upper() for c in decoded.split("=")[1].strip().split(",")}
+    assert names == set(SESSION_CAPABILITIES)
+    assert fields["Seccomp"] == "2" and fields["NoNewPrivs"] == "0"
+    raw = podman(["exec", "-u", "alice", alice, "sudo", "python3", "-c",
+                  "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 255)"],
+                 check=False)
+    assert raw.returncode != 0 and "PermissionError" in raw.stderr, raw.stderr
+    for name in ("homepod-alice-homepod", "homepod-bob-homepod", "airlock-airlock",
+                 "code-service-code-service"):
+        inet6 = podman(["exec", f"mlab-{SITE}-{name}", "cat", "/proc/net/if_inet6"]).stdout
+        assert all(line.split()[-1] == "lo" for line in inet6.splitlines()), (name, inet6)
+    nets = podman(["network", "ls", "--filter", f"label=mlab.io/site={SITE}",
+                   "--format", "{{.NetworkInterface}}"]).stdout.split()
+    assert nets
+    for bridge in nets:
+        assert Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6").read_text() == "1\n"
+    logs = podman(["logs", alice]).stderr + podman(["logs", alice]).stdout
+    assert "mlab-startgate: forbidden egress refused" in logs
+    assert logs.index("forbidden egress refused") < logs.index("starting services for alice")
+
+
 def test_share_read_write_in_airlock_read_only_in_homepods(site: Site) -> None:
     air = f"mlab-{SITE}-airlock-airlock"
     alice = f"mlab-{SITE}-homepod-alice-homepod"

@@ -128,7 +128,10 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
         return {"podSelector": {"matchLabels": sel}, "policyTypes": ["Ingress"], "ingress": [rule]}
 
     q: list[tuple[str, str, dict[str, Any]]] = []
-    internet = ["8.8.8.8/32", "140.82.112.0/20"]
+    internet = ["8.8.8.8/32", "140.82.112.0/20", "2606:4700::/32"]
+    # Dual-stack (issue 20): unique local and link-local IPv6 are private too, and NAT64
+    # would name the private IPv4 ranges.
+    private6 = [_ip("fc00::/7"), _ip("fe80::/10"), _ip("64:ff9b::/96")]
     private = []
     proxies = [ipaddress.ip_network(c) for c in site.airlock.proxy.cidrs]
     for cidr in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.169.254/32",
@@ -160,6 +163,7 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
             ("homepod-to-code-service-other-ports", "forbids",
              egress(homepods, [_peer_pods(ns, code)], _all_but(8080))),
             ("homepod-to-internet", "forbids", egress(homepods, [_ip("0.0.0.0/0")])),
+            ("homepod-to-ipv6", "forbids", egress(homepods, [_ip("::/0")])),
             ("homepod-to-metadata-169.254.169.254", "forbids",
              egress(homepods, [_ip("169.254.169.254/32")])),
             ("homepod-to-airlock", "forbids", egress(homepods, [_peer_pods(ns, airlock)])),
@@ -187,6 +191,7 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
             ("airlock-to-code-service-8080", "permits",
              egress(airlock, [_peer_pods(ns, code)], _tcp(8080))),
             ("airlock-to-private-and-metadata", "forbids", egress(airlock, private)),
+            ("airlock-to-ipv6-private-and-link-local", "forbids", egress(airlock, private6)),
             ("airlock-to-homepod", "forbids", egress(airlock, [_peer_pods(ns, homepods)])),
             ("airlock-to-decoy-namespace", "forbids", egress(airlock, [_peer_pods(DECOY_NS, {})])),
             ("airlock-to-any-pod-but-code-and-dns", "forbids",
@@ -206,6 +211,7 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
         ("code-service-to-internet", "permits", egress(code, [_ip(c) for c in internet], _tcp(443))),
         ("code-service-to-kube-dns-53", "permits", egress(code, [_peer_pods(dns_ns, dns)], dns_ports)),
         ("code-service-to-private-and-metadata", "forbids", egress(code, private)),
+        ("code-service-to-ipv6-private-and-link-local", "forbids", egress(code, private6)),
         ("code-service-to-homepod", "forbids", egress(code, [_peer_pods(ns, homepods)])),
         ("code-service-to-decoy-namespace", "forbids", egress(code, [_peer_pods(DECOY_NS, {})])),
         ("decoy-namespace-to-code-service", "forbids",

@@ -139,10 +139,13 @@ def test_airlock_has_policies_without_metadata(seed) -> None:
     policies = {name: o for (k, name), o in objs.items() if k == "NetworkPolicy"}
     assert {"airlock-from-office", "airlock-to-internet", "airlock-to-dns"} <= set(policies)
     (rule,) = policies["airlock-to-internet"]["spec"]["egress"]
-    (peer,) = rule["to"]
+    peer, peer6 = rule["to"]
     assert peer["ipBlock"]["cidr"] == "0.0.0.0/0"
     assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
             "10.244.0.0/16", "10.96.0.0/12"} <= set(peer["ipBlock"]["except"])
+    # On a dual-stack cluster the IPv6 internet excludes unique-local and link-local too.
+    assert peer6["ipBlock"]["cidr"] == "::/0"
+    assert {"fc00::/7", "fe80::/10"} <= set(peer6["ipBlock"]["except"])
     deny = policies["mlab-default-deny"]["spec"]
     assert deny["policyTypes"] == ["Ingress", "Egress"]
     assert deny["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "seed"

@@ -187,7 +187,7 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
 def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
            quiet: bool = QUIET_OPTION) -> None:
     """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
-    from mlab.deploy import podman_engine, probes
+    from mlab.deploy import podman_engine, probes, probes_link
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -200,6 +200,8 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
         airlock_user = loaded.airlock.user if loaded.airlock.enabled else ""
         results = probes.run(plan, loaded.code_service.host, airlock_user=airlock_user,
                              on_source=lambda src: steps.say(f"probing from {src}"))
+        # IPv6 link-local paths, raw sockets and forged sources (issue 20).
+        results += probes_link.run(plan, probes.host_facts(0).host_ip)
     bad = [r for r in results if not r.ok]
     if fmt == "json":
         sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")
@@ -213,6 +215,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
                 "[green]ok[/]" if r.ok else "[red]MISMATCH[/]", r.detail,
             )
         Console(width=200).print(table)
+    # One line per mismatch, naming the edge and (for the link probes) the fix.
+    for r in bad:
+        console.print(f"mlab verify: MISMATCH {r.probe.source} --> {r.probe.target}: "
+                      f"{r.detail}", soft_wrap=True, markup=False, highlight=False)
     console.print(f"mlab verify: {len(results) - len(bad)}/{len(results)} probes as expected "
                   f"in {time.monotonic() - start:.1f} s")
     if bad:

@@ -31,11 +31,19 @@ Why these rules (measured on Debian 12, podman 4.3.1, netavark):
 - The Airlock and code service (NAT network) reach the internet but not private and
   link-local ranges (cloud metadata 169.254.169.254) nor host services other than DNS
   (DESIGN.md: "Airlock --> internet, except 10/8, 172.16/12, 192.168/16, 169.254/16").
+- IPv6: every rule above matches IPv4 only, and a netavark network without ``--ipv6`` still
+  gives each container and the bridge an ``fe80::`` link-local address (measured: a "HomePod"
+  reached a host service and a non-allowed code-service port over IPv6 link-local). MLab
+  networks carry no IPv6 at all: the containers have ``disable_ipv6`` set (MLab's
+  containers.conf), the engine sets it on the bridges, and here every IPv6 packet in or out of
+  an MLab bridge is dropped (``input``, ``forward`` and the bridge ``forward``), so no chain
+  default-accepts IPv6 on an MLab network even if a container had an IPv6 address.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -59,12 +67,14 @@ class HomepodNet:
         subnet: IPv4 CIDR of the internal network.
         code_ip: the code service's address on it.
         pod_ip: the HomePod's address on it.
+        bridge: the network's Linux bridge (``podman3``); '' when unknown (no IPv6 rule).
     """
 
     user: str
     subnet: str
     code_ip: str
     pod_ip: str
+    bridge: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,9 @@ def ruleset(
     service_port: int = 80,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
+    nat_bridge: str = "",
+    macs: Sequence[str] = (),
+    block_ipv6: bool = True,
 ) -> str:
     """The nft script that (re)creates the site's two tables atomically.
 
@@ -115,12 +128,20 @@ def ruleset(
             published ports from (the NetworkPolicies' office edges); empty: none. The
             host's own connections (to a loopback bind address) are not forwarded and are
             not affected.
+        nat_bridge: the NAT network's bridge ('' when unknown).
+        macs: the MAC addresses of every site container on every site network (fixed by
+            the engine): the bridge table matches switched IPv6 frames by them.
+        block_ipv6: drop every IPv6 packet in or out of the site's bridges (HomePods and
+            NAT network). False only for the test switch that shows what verify finds
+            without it (:data:`mlab.podman.KEEP_IPV6_ENV`).
 
     Returns:
         Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an
         unchanged site gives the same ruleset (idempotent).
     """
     t = table_name(site)
+    bridges = sorted({b for b in [nat_bridge, *(hp.bridge for hp in homepods)] if b})
+    ip6_in, ip6_fwd, ip6_br = _ipv6_rules(bridges, macs) if block_ipv6 else ([], [], [])
     lines = [
         f"table inet {t}", f"delete table inet {t}",
         f"table bridge {t}", f"delete table bridge {t}",
@@ -166,6 +187,7 @@ def ruleset(
         "  }",
         "  chain input {",
         f"    type filter hook input priority {FILTER_PRIORITY}; policy accept;",
+        *ip6_in,
         "    ct state established,related accept",
     ]
     for hp in homepods:
@@ -182,6 +204,7 @@ def ruleset(
         "  }",
         "  chain forward {",
         f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;",
+        *ip6_fwd,
         "    ct state established,related accept",
     ]
     office = f"{{ {', '.join(offices)} }}" if offices else ""
@@ -223,7 +246,8 @@ def ruleset(
             " comment \"airlock, code-service --> private and link-local ranges: denied\""
         )
     lines += ["  }", "}", f"table bridge {t} {{", "  chain forward {",
-              f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;"]
+              f"    type filter hook forward priority {FILTER_PRIORITY}; policy accept;",
+              *ip6_br]
     for hp in homepods:
         lines += [
             f"    ip saddr {hp.subnet} ip daddr {hp.code_ip} tcp dport {code_port} accept"
@@ -234,6 +258,32 @@ def ruleset(
         ]
     lines += ["  }", "}", ""]
     return "\n".join(lines)
+
+
+def _ipv6_rules(bridges: Sequence[str], macs: Sequence[str]
+                ) -> tuple[list[str], list[str], list[str]]:
+    """Rules dropping IPv6 on the site's networks: (inet input, inet forward, bridge forward).
+
+    ``meta nfproto ipv6`` with the bridge names matches IPv6 in the ``inet`` family (to the
+    host, routed). Frames switched between a bridge's ports (container to container) never
+    meet the ``inet`` hooks as IPv6 (br_netfilter passes only IPv4 through them here), and
+    this kernel rejects ``meta ibrname`` in the bridge family ("Operation not supported",
+    measured), so the bridge table matches them by the containers' fixed MAC addresses.
+    """
+    why = "MLab networks carry no IPv6 (docs/security.md)"
+    inp: list[str] = []
+    fwd: list[str] = []
+    br: list[str] = []
+    if bridges:
+        names = "{ " + ", ".join(f'"{b}"' for b in bridges) + " }"
+        inp.append(f"    iifname {names} meta nfproto ipv6 drop comment \"--> host over IPv6: {why}\"")
+        fwd += [f"    iifname {names} meta nfproto ipv6 drop comment \"routed IPv6 out: {why}\"",
+                f"    oifname {names} meta nfproto ipv6 drop comment \"routed IPv6 in: {why}\""]
+    if macs:
+        set_ = "{ " + ", ".join(sorted(set(macs))) + " }"
+        br += [f"    ether saddr {set_} ether type ip6 drop comment \"switched IPv6 out: {why}\"",
+               f"    ether daddr {set_} ether type ip6 drop comment \"switched IPv6 in: {why}\""]
+    return inp, fwd, br
 
 
 def delete_script(site: str) -> str:
@@ -312,6 +362,20 @@ def set_forwarding(interface: str) -> None:
         DeployError: the sysctl could not be written.
     """
     _sysctl(f"/proc/sys/net/ipv4/conf/{interface}/forwarding")
+
+
+def set_ipv6_off(interface: str) -> None:
+    """Take IPv6 off a site bridge (no ``fe80::`` address of the host on that network).
+
+    A kernel without IPv6 (``ipv6.disable=1``, no ``/proc/sys/net/ipv6``) has nothing to
+    take off.
+
+    Raises:
+        DeployError: the sysctl could not be written.
+    """
+    if not os.path.isdir("/proc/sys/net/ipv6"):
+        return
+    _sysctl(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6")
 
 
 def _sysctl(path: str) -> None:

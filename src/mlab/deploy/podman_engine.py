@@ -39,6 +39,7 @@ from mlab.deploy.podman_objects import (
     choose_subnets,
     has_code_service,
     image_ref,
+    mac_for,
     play,
     remove_pod,
     remove_pods,
@@ -55,7 +56,7 @@ from mlab.deploy.podman_translate import (
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import check_network_backend, podman, podman_version
+from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,14 @@ def proxy_endpoints(site: Site) -> list[tuple[str, int]]:
 
 
 def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
-                     offices: Sequence[str] = ()) -> str:
+                     offices: Sequence[str] = (), bridges: dict[str, str] | None = None,
+                     ) -> str:
+    bridges = bridges or {}
     homepods = [
-        firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
+        firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip, bridges.get(n.name, ""))
         for n in plan.homepod_networks()
     ]
+    macs = [mac_for(name, ip) for pod in plan.pods for name, ip in pod.networks]
     dnats = []
     for pod in plan.pods:
         for port in pod.ports:
@@ -169,7 +173,9 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
                 dnats.append(firewall.Dnat(port.host_ip, port.host_port, ip, port.container_port,
                                            f"{pod.name} {port.name}"))
     return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
-                            proxies=list(proxies), offices=list(offices))
+                            proxies=list(proxies), offices=list(offices),
+                            nat_bridge=bridges.get(plan.nat_network().name, ""), macs=macs,
+                            block_ipv6=not keep_ipv6())
 
 
 def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
@@ -355,8 +361,10 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
             podman([*args, net.name])
             made_nets.append(net.name)
         say("firewall")
+        bridges = {n.name: bridge_of(n.name) for n in plan.networks}
         firewall.apply(_firewall_script(plan, proxy_endpoints(site),
-                                        [c for c in site.access.office_cidrs if ":" not in c]))
+                                        [c for c in site.access.office_cidrs if ":" not in c],
+                                        bridges))
         _write_files(root, plan)
         replace = [p.name for p in to_play if p.name in current]
         if replace:
@@ -372,9 +380,12 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool) -> UpRe
         # A bridge exists once a container is attached; DNAT from loopback needs this.
         remote = not ipaddress.ip_address(site.access.bind_address).is_loopback
         for net in plan.homepod_networks():
-            firewall.set_route_localnet(bridge_of(net.name))
+            firewall.set_route_localnet(bridges[net.name])
             if remote:  # other hosts reach published ports: replies are routed
-                firewall.set_forwarding(bridge_of(net.name))
+                firewall.set_forwarding(bridges[net.name])
+        if not keep_ipv6():  # the host keeps no fe80:: address on a site network
+            for net in plan.networks:
+                firewall.set_ipv6_off(bridges[net.name])
         for name in have_nets:
             if name not in {n.name for n in plan.networks}:
                 say(f"removing network {name}")

@@ -30,6 +30,16 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   bridge filter), the Airlock and code service on a NAT network; nothing else attached.
 - hostAliases that point at the code service's clusterIP point at its fixed address on the
   pod's network instead; HomePods keep the rendered resolver that answers nothing.
+- IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
+  ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
+  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
+  are not in the rendered Kubernetes manifests either: there ``net.ipv6.*`` sysctls are
+  "unsafe" and a pod asking for them is rejected unless the kubelet's
+  ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.
+- The start gate (:mod:`mlab.homepod.startgate`): HomePods get ``MLAB_EGRESS_CHECK`` with
+  the Airlock's SSH address, which they must see refused before their sessions start.
+- The ``securityContext`` (capabilities, seccomp, allowPrivilegeEscalation) is kept as
+  rendered: kube play maps it to ``--cap-drop``/``--cap-add`` and ``no-new-privileges``.
 """
 
 from __future__ import annotations
@@ -470,6 +480,9 @@ def translate(
                         del res[part]
                 if not res:
                     del container["resources"]
+            if component == "homepod":
+                container.setdefault("env", []).append(
+                    {"name": "MLAB_EGRESS_CHECK", "value": f"{nat.pod_ip}:22"})
             for env in container.get("env", []):
                 if "valueFrom" in env:
                     raise DeployError(

@@ -15,15 +15,18 @@ from mlab.render.common import (
     OUTBOX_PATH,
     PASSWORD_DIR,
     PASSWORD_FILE,
+    SESSION_CAPABILITIES,
     SHARE_PATH,
     VolumeSet,
     common_env,
     labels,
     metadata,
     placement_spec,
+    pod_security_context,
     pull_secrets,
     pvc,
     resources_spec,
+    security_context,
     selector,
     service_ports,
 )
@@ -142,6 +145,8 @@ def deployment(site: Site) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "volumeMounts": vols.volume_mounts(),
+        # The Airlock's user has sudo (staging, install tests): escalation stays allowed.
+        "securityContext": security_context(SESSION_CAPABILITIES, escalation=True),
     }
     res = resources_spec(air.resources)
     if res:
@@ -152,6 +157,7 @@ def deployment(site: Site) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostname": "airlock",
+        "securityContext": pod_security_context(),
         "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}],
         "containers": [container],
         "volumes": vols.volumes(),

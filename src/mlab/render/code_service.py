@@ -14,15 +14,18 @@ import hashlib
 from typing import Any
 
 from mlab.render.common import (
+    CODE_SERVICE_CAPABILITIES,
     PORT_CODE,
     VolumeSet,
     common_env,
     labels,
     metadata,
     placement_spec,
+    pod_security_context,
     pull_secrets,
     pvc,
     resources_spec,
+    security_context,
     selector,
 )
 from mlab.render.airlock import password_secret_name as airlock_secret_name
@@ -138,6 +141,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "volumeMounts": vols.volume_mounts(),
+        "securityContext": security_context(CODE_SERVICE_CAPABILITIES, escalation=False),
     }
     res = resources_spec(cs.resources)
     if res:
@@ -161,6 +165,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
                     **pull_secrets(site),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": vols.volumes(),
                 },

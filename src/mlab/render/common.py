@@ -240,3 +240,58 @@ class VolumeSet:
     def volumes(self) -> list[dict[str, Any]]:
         """The pod's volumes, in the order they were first used."""
         return list(self._volumes.values())
+
+
+# --- Linux capabilities and seccomp (docs/security.md) ------------------------------------
+SESSION_CAPABILITIES: tuple[str, ...] = (
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID",
+    "SETUID", "SYS_CHROOT",
+)
+"""The only capabilities a HomePod or the Airlock keeps (every other one is dropped).
+
+Each is needed by a program the image runs as root (docs/security.md names them):
+CHOWN (the entrypoint gives the home, outbox and keys to the user; dpkg unpacks files of
+other owners), DAC_OVERRIDE (root, sudo and dpkg read and write files they do not own:
+the user's 0700 home, apt's ``_apt`` directories), FOWNER (chmod and utime on files of other
+owners: ``install -m``, dpkg), FSETID (dpkg and ``install`` keep set-user/group-ID bits,
+e.g. ``/run/xrdp/sockdir`` 3777 root:xrdp), KILL (tini, supervisord and sudo signal
+processes of other users), NET_BIND_SERVICE (sshd on port 22), SETGID and SETUID (sudo,
+sshd, xrdp-sesman, supervisord ``user=`` and apt's ``_apt`` sandbox change user), SYS_CHROOT
+(sshd's privilege separation chroots its pre-auth child to /run/sshd; SFTP chroots).
+
+Never NET_RAW (raw and packet sockets: a forged source address inherits another pod's
+NetworkPolicy, and packets of others can be read) nor NET_ADMIN (addresses, routes,
+firewall, sysctls). Also left out on purpose: SETFCAP (file capabilities), SETPCAP, MKNOD,
+AUDIT_WRITE (podman's default lacks it; sshd and sudo work without it).
+"""
+CODE_SERVICE_CAPABILITIES: tuple[str, ...] = ()
+"""The code service (``mlab code-service serve`` on :8080, git) needs no capability: it
+runs as root only over files it created itself and binds a port above 1024."""
+
+
+def security_context(capabilities: tuple[str, ...], escalation: bool) -> dict[str, Any]:
+    """A container ``securityContext``: seccomp RuntimeDefault, drop ALL, add ``capabilities``.
+
+    Args:
+        capabilities: capability names without ``CAP_`` to keep (see
+            :data:`SESSION_CAPABILITIES`).
+        escalation: ``allowPrivilegeEscalation``; False sets the kernel's ``no_new_privs``,
+            so set-user-ID programs (sudo) cannot raise privileges: only where the pod's
+            user has no sudo.
+
+    Returns:
+        A new core/v1 SecurityContext dict (Kubernetes API reference, SecurityContext).
+    """
+    caps: dict[str, Any] = {"drop": ["ALL"]}
+    if capabilities:
+        caps["add"] = list(capabilities)
+    return {
+        "allowPrivilegeEscalation": escalation,
+        "capabilities": caps,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """The pod ``securityContext`` of every MLab pod: seccomp RuntimeDefault."""
+    return {"seccompProfile": {"type": "RuntimeDefault"}}

@@ -16,15 +16,18 @@ from mlab.render.common import (
     OUTBOX_PATH,
     PASSWORD_DIR,
     PASSWORD_FILE,
+    SESSION_CAPABILITIES,
     SHARE_PATH,
     VolumeSet,
     common_env,
     labels,
     metadata,
     placement_spec,
+    pod_security_context,
     pull_secrets,
     pvc,
     resources_spec,
+    security_context,
     selector,
     service_ports,
 )
@@ -171,6 +174,9 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         "ports": container_ports(ACCESS),
         **_probes(),
         "volumeMounts": vols.volume_mounts(),
+        # sudo: true means root inside the pod with SESSION_CAPABILITIES only; without sudo
+        # no_new_privs is set as well (docs/security.md).
+        "securityContext": security_context(SESSION_CAPABILITIES, escalation=user.sudo),
     }
     res = resources_spec(user.resources)
     if res:
@@ -185,6 +191,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostname": "homepod",
+        "securityContext": pod_security_context(),
         **dns_spec(site),
         "containers": [container],
         "volumes": vols.volumes(),

@@ -6,8 +6,9 @@ annotated ``mlab.io/edge`` with its edge, and dump_yaml writes that as a comment
 - office --> homepod :5900 :3389 :7030 :22;   office --> airlock :22 :7030 :5900
 - homepod, airlock, office --> code-service :8080
 - homepod --> code-service :8080 (and, only with ``dns: cluster``, kube-dns :53)
-- airlock, code-service --> internet (0.0.0.0/0 except private, link-local and cluster
-  ranges) and kube-dns :53, and the site's HTTP proxy addresses if it names any
+- airlock, code-service --> internet (0.0.0.0/0 and ::/0 except private, link-local and
+  cluster ranges of each family) and kube-dns :53, and the site's HTTP proxy addresses if
+  it names any
 
 Pod peers always combine a namespaceSelector on ``kubernetes.io/metadata.name`` (set by the
 API server since 1.22, so it cannot be forged by a tenant) AND a podSelector in the same
@@ -33,7 +34,7 @@ from mlab.render.common import (
     metadata,
     selector,
 )
-from mlab.site import PRIVATE_RANGES, Site
+from mlab.site import PRIVATE_RANGES, PRIVATE_RANGES_V6, Site
 
 NS_LABEL = "kubernetes.io/metadata.name"
 HOMEPOD_IN = [PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH]
@@ -85,14 +86,27 @@ def _office(site: Site) -> list[dict[str, Any]]:
     return out
 
 
-def internet(site: Site) -> dict[str, Any]:
-    """The internet peer: 0.0.0.0/0 except RFC 1918, link-local (cloud metadata at
-    169.254.169.254) and the cluster's pod and service ranges."""
-    excepts: list[str] = []
-    for cidr in (*PRIVATE_RANGES, site.cluster.pod_cidr, site.cluster.service_cidr):
-        if ipaddress.ip_network(cidr).version == 4 and cidr not in excepts:
-            excepts.append(cidr)
-    return {"ipBlock": {"cidr": "0.0.0.0/0", "except": excepts}}
+def internet(site: Site) -> list[dict[str, Any]]:
+    """The internet peers, one ipBlock per family.
+
+    IPv4: 0.0.0.0/0 except RFC 1918, link-local (cloud metadata at 169.254.169.254) and the
+    cluster's IPv4 pod and service ranges. IPv6: ::/0 except :data:`PRIVATE_RANGES_V6`
+    (unique local fc00::/7, link-local fe80::/10, ...) and the cluster's IPv6 ranges. On an
+    IPv4-only cluster the IPv6 peer matches nothing; on a dual-stack cluster it keeps the
+    Airlock's and code service's IPv6 egress to the internet as narrow as the IPv4 one
+    (issue 20: without it a policy engine that enforces IPv6 would either deny IPv6
+    entirely or, written as ``::/0``, admit the pods' own fc00::/7 and fe80::/10 peers).
+    """
+    cluster = (site.cluster.pod_cidr, site.cluster.service_cidr)
+    out = []
+    for everything, private in (("0.0.0.0/0", PRIVATE_RANGES), ("::/0", PRIVATE_RANGES_V6)):
+        version = ipaddress.ip_network(everything).version
+        excepts: list[str] = []
+        for cidr in (*private, *cluster):
+            if ipaddress.ip_network(cidr).version == version and cidr not in excepts:
+                excepts.append(cidr)
+        out.append({"ipBlock": {"cidr": everything, "except": excepts}})
+    return out
 
 
 def _policy(
@@ -189,7 +203,7 @@ def render_network(site: Site) -> list[dict[str, Any]]:
             _policy(
                 site, "airlock-to-internet",
                 "airlock --> internet (not private, link-local or cluster ranges)", "airlock",
-                egress=[{"to": [internet(site)]}],
+                egress=[{"to": internet(site)}],
             ),
             _policy(
                 site, "airlock-to-dns", "airlock --> kube-dns :53/udp :53/tcp", "airlock",
@@ -222,7 +236,7 @@ def render_network(site: Site) -> list[dict[str, Any]]:
         _policy(
             site, "code-service-to-internet",
             "code-service --> internet (not private, link-local or cluster ranges)",
-            "code-service", egress=[{"to": [internet(site)]}],
+            "code-service", egress=[{"to": internet(site)}],
         ),
         _policy(
             site, "code-service-to-dns", "code-service --> kube-dns :53/udp :53/tcp",
