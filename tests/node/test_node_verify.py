@@ -97,7 +97,7 @@ def test_canary_reports_a_node_without_policy_enforcement(site_up: Node,
     try:
         code, rows, err, _ = verify(site_up, tmp_path)
     finally:
-        proc = site_up.mlab("node", "up", "--no-homepod-image", timeout=900)
+        proc = site_up.mlab("node", "up", *site_up.up_args, timeout=1800)
         assert proc.returncode == 0, proc.stderr
     assert code == 1 and not rows
     assert "mlab verify: the CNI does not enforce NetworkPolicies" in err.splitlines()

@@ -82,7 +82,7 @@ def _facts() -> km.ClusterFacts:
             "airlock": ("l", "airlock", AIRLOCK.ip, AIRLOCK.labels),
             "code-service": ("c", "code-service", CODE.ip, CODE.labels)}
     return km.ClusterFacts(NS, pods, SITE.code_service.host, "10.96.0.10", DNS, "10.96.0.1",
-                           ("192.0.2.2", 6443), "192.0.2.2", INTERNET.ip, "9.9.9.9")
+                           ("192.0.2.2", 6443), "192.0.2.2", INTERNET.ip, "9.9.9.9", INTERNET.ip)
 
 
 def test_matrix_covers_every_denied_class_and_every_allowed_edge() -> None:
@@ -98,7 +98,7 @@ def test_matrix_covers_every_denied_class_and_every_allowed_edge() -> None:
                    "airlock :22", "homepod-bob :5900", "code service :22 (other port)"):
         assert home[denied] is False, denied
     lock = {p.target: p.expected for p in probes if p.source is air}
-    assert lock["PyPI over HTTPS (151.101.0.223)"] is True
+    assert lock["Debian mirror over HTTP (151.101.0.223)"] is True
     assert lock["homepod-alice :5900"] is False
     assert lock["DNS via kube-dns 10.96.0.10"] is True
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlab.deploy import policy_eval
 from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import METADATA_IP, PYPI_URL
+from mlab.deploy.probes import DEBIAN_URL, METADATA_IP
 from mlab.render.common import LABEL_COMPONENT, LABEL_USER, PORT_CODE, PORT_NOVNC, PORT_SSH
 from mlab.render.common import PORT_VNC
 
@@ -69,6 +69,7 @@ class ClusterFacts:
         node_ip: the node's address (a pod's ``status.hostIP``).
         internet_ip: an address of pypi.org ('' when it does not resolve).
         outside_resolver: a DNS server outside the cluster ('' for none).
+        mirror_ip: an address of deb.debian.org ('' when it does not resolve).
     """
 
     namespace: str
@@ -81,6 +82,7 @@ class ClusterFacts:
     node_ip: str
     internet_ip: str
     outside_resolver: str
+    mirror_ip: str = ""
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -179,7 +181,7 @@ def matrix(policies: list[dict[str, Any]], facts: ClusterFacts,
             ok, why = expect(policies, facts, src, dest, dport, proto)
             out.append(KProbe(src, target, kind, host, port, ok, why))
 
-        if code:
+        if code and src.role != "code-service":  # its own address never meets a policy
             add(f"code service http://{facts.code_host}/", "http",
                 f"http://{facts.code_host}/", 0, code, PORT_CODE)
             add(f"code service {code.ip}:{PORT_CODE}", "http",
@@ -197,9 +199,11 @@ def matrix(policies: list[dict[str, Any]], facts: ClusterFacts,
             assert hp is not None
             add(f"{key} :{PORT_VNC}", "rfb", hp.ip, PORT_VNC, hp, PORT_VNC)
             add(f"{key} :{PORT_SSH}", "ssh", hp.ip, PORT_SSH, hp, PORT_SSH)
-        if src.role in ("airlock", "code-service") and facts.internet_ip:
-            add(f"PyPI over HTTPS ({facts.internet_ip})", "http", PYPI_URL, 0,
-                Endpoint(facts.internet_ip), 443)
+        if src.role in ("airlock", "code-service") and facts.mirror_ip:
+            # Plain HTTP: any status is the mirror's (or the site proxy's) answer, with no
+            # TLS trust store in the way (a TLS-intercepting proxy's CA is not in certifi).
+            add(f"Debian mirror over HTTP ({facts.mirror_ip})", "http", DEBIAN_URL, 0,
+                Endpoint(facts.mirror_ip), 80)
         if src.role == "outsider":
             continue
         if src.role == "homepod":

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlab.deploy import kube_matrix as km
 from mlab.deploy.kubernetes import Kubectl
 from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import HTTP_TIMEOUT, PROBE_PROGRAM, TCP_TIMEOUT, host_facts, observed
+from mlab.deploy.probes import DEBIAN_URL, HTTP_TIMEOUT, PROBE_PROGRAM, TCP_TIMEOUT, host_facts, observed
 from mlab.errors import DeployError, MlabError
 from mlab.render import render_site
 from mlab.render.common import LABEL_INSTANCE
@@ -121,12 +123,17 @@ def read_facts(kubectl: Kubectl, site: Site) -> km.ClusterFacts:
     svc = _try_json(kubectl, ["service", "kubernetes", "-n", "default"])
     api_svc = svc.get("spec", {}).get("clusterIP", "")
     facts = host_facts(0)
+    try:
+        mirror_ip = socket.getaddrinfo(urlsplit(DEBIAN_URL).hostname, 80, socket.AF_INET,
+                                       socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        mirror_ip = ""
     resolver = next((r for r in facts.resolvers if not r.startswith("127.")), "")
     return km.ClusterFacts(
         namespace=ns, pods=found, code_host=site.code_service.host, dns_service_ip=dns_ip,
         dns_endpoint=Endpoint(dns_pod_ip, dns_ns, dns_labels), api_service_ip=api_svc,
         api_endpoint=(api_ip, api_port), node_ip=node_ip, internet_ip=facts.internet_ip,
-        outside_resolver=resolver)
+        outside_resolver=resolver, mirror_ip=mirror_ip)
 
 
 def _exec(kubectl: Kubectl, ns: str, pod: str, container: str,
