@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlab.deploy import kube_link
 from mlab.deploy import kube_matrix as km
 from mlab.deploy.kubernetes import Kubectl
 from mlab.deploy.policy_eval import Endpoint
@@ -238,8 +239,21 @@ def run(site: Site, kubectl: Kubectl, on_step: Callable[[str], None] | None = No
             role = km.role_of(facts.pods[key][3])[1]
             sources.append(km.source_for(facts, key, role, "", ""))
         probes_list = km.matrix(policies, facts, sources)
-        say(f"running {len(probes_list)} probes from {len(sources)} pods")
-        return _run_matrix(kubectl, ns, probes_list)
+        say(f"running {len(probes_list)} probes from {len(sources)} pods, and the link "
+            f"probes (raw sockets, forged source, IPv6)")
+        airlock_ip = facts.pods["airlock"][2] if "airlock" in facts.pods else ""
+        outsider = next(s for s in sources if s.role == "outsider")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            link = pool.submit(kube_link.run, kubectl, ns, sources, airlock_ip, outsider)
+            rows = _run_matrix(kubectl, ns, probes_list)
+            by_name = {s.name: s for s in sources}
+            for r in link.result():
+                p = r.probe
+                target = f"{p.target} :{p.port}" if p.kind == "tcp6" and p.port else p.target
+                rows.append(KResult(km.KProbe(by_name[p.source], target, p.kind, p.host,
+                                              p.port, False, "below the policies (issue 20)"),
+                                    r.observed, r.detail))
+        return rows
     finally:
         say("removing the probe pods")
         for kind in ("pods", "networkpolicies"):
