@@ -4,6 +4,9 @@ its edges, and a node without its NetworkPolicy implementation is caught by the 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -99,4 +102,24 @@ def test_canary_reports_a_node_without_policy_enforcement(site_up: Node,
         assert proc.returncode == 0, proc.stderr
     assert code == 1 and not rows
     assert "mlab verify: the CNI does not enforce NetworkPolicies" in err.splitlines()
+    no_probe_left(site_up)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_removes_its_probe_pods(site_up: Node, signum: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "mlab.cli.main", "verify", "--site",
+                             str(SITE), "--cluster", "-q"], env=site_up.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not site_up.json("-n", NAMESPACE, "get", "pods", "-l", VERIFY_LABEL)["items"]:
+            assert time.monotonic() < deadline and proc.poll() is None, "no probe pod appeared"
+            time.sleep(0.5)
+        proc.send_signal(signum)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
     no_probe_left(site_up)
