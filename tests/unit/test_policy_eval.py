@@ -112,3 +112,38 @@ def test_probe_pod_has_the_template_labels_and_is_never_ready() -> None:
     assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Never"
     assert pod["spec"]["containers"][0]["readinessProbe"]["exec"]["command"] == ["false"]
     assert pod["spec"]["hostAliases"] == tpl["spec"]["hostAliases"]
+
+
+def test_documented_role_is_the_rendered_one() -> None:
+    import re
+
+    import yaml
+
+    from mlab.deploy.kube_verify import verify_role
+
+    text = (ROOT / "docs" / "verify.md").read_text()
+    block = re.search(r"```yaml\n(kind: Role.*?|apiVersion: rbac.*?)```", text, re.S)
+    assert block, "docs/verify.md has no Role block"
+    documented = yaml.safe_load(block.group(1))
+    assert documented["rules"] == verify_role(SITE)["rules"]
+    assert documented["kind"] == "Role"  # namespace-scoped, never a ClusterRole
+
+
+def test_junit_and_json_rows() -> None:
+    from xml.etree import ElementTree as ET
+
+    from mlab.deploy.kube_verify import KResult, junit, to_json
+
+    src = km.Source("probe-homepod", "p", "probe", "homepod", HOME_A)
+    good = KResult(km.KProbe(src, "code service", "http", "h", 0, True, "egress x"), True,
+                   "HTTP 401")
+    bad = KResult(km.KProbe(src, "metadata", "tcp", "m", 80, False, "source egress isolated"),
+                  True, "connected")
+    rows = to_json([good, bad])
+    assert [r["ok"] for r in rows] == [True, False]
+    assert rows[1]["edge"] == "probe-homepod --> metadata"
+    assert rows[1]["observed"] == "allowed" and rows[1]["expected"] == "blocked"
+    suite = ET.fromstring(junit([good, bad], 1.5))
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    failure = suite.findall("testcase")[1].find("failure")
+    assert failure is not None and "expected blocked" in failure.get("message", "")
