@@ -54,12 +54,14 @@ publisher keys."""
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 """RFC 1918 private ranges and the RFC 3927 link-local range (cloud metadata 169.254.169.254)."""
 PRIVATE_RANGES_V6 = (
-    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "64:ff9b::/96", "::ffff:0:0/96",
+    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "64:ff9b::/96",
 )
 """IPv6 ranges the internet edges exclude on a dual-stack cluster: unique local (RFC 4193,
 the IPv6 private range), link-local (RFC 4291), the deprecated site-local range (RFC 3879),
-multicast, and the NAT64 (RFC 6052) and IPv4-mapped prefixes, through which an IPv6 peer
-names any IPv4 address, the private ranges above included."""
+multicast, and the NAT64 prefix (RFC 6052), through which an IPv6 peer names any IPv4
+address, the private ranges above included. Not ``::ffff:0:0/96`` (IPv4-mapped): the API
+server (v1.34) rejects it as an except of ``::/0`` ("must be a strict subset of `cidr`", Go
+reads it as IPv4), and an IPv4-mapped address never goes on the wire as IPv6."""
 
 
 def _cidr(value: str) -> str:

@@ -74,3 +74,48 @@ def test_results_as_json() -> None:
     assert to_json([Result(probe, True, "connected")]) == [{
         "source": "homepod-alice", "target": "metadata", "kind": "tcp",
         "expected": "blocked", "observed": "allowed", "ok": False, "detail": "connected"}]
+
+
+def test_podman_expectations_agree_with_the_rendered_policies() -> None:
+    """The podman matrix's hand-set expectations for pod and internet edges equal what the
+    NetworkPolicy evaluator (the cluster verify's source of truth) says about network.yaml."""
+    from mlab.deploy.policy_eval import Endpoint, allowed
+    from mlab.render.common import labels
+
+    site = load_site(ROOT / "examples" / "local.yaml")
+    policies = render_site(site).files["network.yaml"]
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state").record()
+    ns = site.namespace
+
+    def end(pod: dict) -> Endpoint:
+        user = pod.get("user") or None
+        return Endpoint(pod["networks"][0][1], ns, labels(site, pod["component"], user))
+
+    by_ip = {net[1]: end(p) for p in plan["pods"] for net in p["networks"]}
+    code = next(p for p in plan["pods"] if p["component"] == "code-service")
+    code_end = Endpoint("10.244.0.99", ns, labels(site, "code-service"))
+    for net in plan["networks"]:
+        if net.get("code_ip"):
+            by_ip[net["code_ip"]] = code_end
+    sources = {("homepod-" + p["user"]) if p["component"] == "homepod" else p["component"]: p
+               for p in plan["pods"]}
+    checked = 0
+    for probe in _matrix():
+        if probe.source not in sources or probe.kind == "write":
+            continue
+        dest, port = None, probe.port
+        if probe.kind == "http" and site.code_service.host in probe.host:
+            dest, port = code_end, 8080
+        elif probe.host in by_ip:
+            dest = by_ip[probe.host]
+        elif probe.host in (FACTS.internet_ip, "169.254.169.254"):
+            dest = Endpoint(probe.host)
+        if dest is None:
+            continue  # host-level targets (gateway, host listener, resolvers): podman only
+        want, why = allowed(policies, end(sources[probe.source]), dest, port)
+        assert probe.expected is want, (probe.source, probe.target, why)
+        checked += 1
+    assert checked >= 25, checked  # 29 with examples/local.yaml
+    assert code  # the site has a code service pod

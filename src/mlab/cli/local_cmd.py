@@ -218,12 +218,28 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
 
 
 def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
-           quiet: bool = QUIET_OPTION) -> None:
-    """Run the isolation probe matrix inside the running containers; exit 1 on any mismatch."""
+           quiet: bool = QUIET_OPTION,
+           cluster: bool = typer.Option(
+               False, "--cluster", help="verify the site on the cluster of the current "
+               "kubeconfig (probe pods, canary; docs/verify.md) instead of the podman site"),
+           junit: Path = typer.Option(None, "--junit", help="--cluster: write a JUnit XML "
+                                      "report to this file"),
+           context: str = typer.Option(None, "--context", help="--cluster: kubeconfig context"),
+           user: str = typer.Option("", "--user", help="--cluster: whose HomePod labels the "
+                                    "HomePod probe carries (default: the first user)")) -> None:
+    """Run the isolation probe matrix; exit 1 on any mismatch.
+
+    Without --cluster inside the running podman containers; with it on Kubernetes.
+    """
     from mlab.deploy import podman_engine, probes, probes_link
 
     fmt = _format(output)
     loaded = load_site(site)
+    if cluster:
+        from mlab.cli.verify_kube import verify_cluster
+
+        verify_cluster(loaded, fmt, quiet, junit, context, user)
+        return
     plan = podman_engine.load_plan(loaded.name)
     if plan is None:
         raise MlabError(f"site {loaded.name} is not up", hint="run `mlab up` first")
