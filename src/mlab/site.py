@@ -33,6 +33,7 @@ from pydantic.alias_generators import to_camel
 
 from mlab.errors import SiteError
 from mlab.strict_yaml import load_strict
+from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, service_port
 
 API_VERSION = "mlab.io/v1"
 
@@ -942,8 +943,8 @@ class Site(Model):
         homes = {u.home.claim or f"home-{u.name}": u.name for u in self.users}
         for i, user in enumerate(self.users):
             for j, extra in enumerate(user.volumes):
-                if extra.claim in (self.airlock.outbox.claim or "outbox",
-                                   self.airlock.share.claim or "airlock-share"):
+                if extra.claim in (self.airlock.outbox.claim or CLAIM_OUTBOX,
+                                   self.airlock.share.claim or CLAIM_SHARE):
                     raise ValueError(
                         f"users[{i}].volumes[{j}].claim: {extra.claim!r} is the airlock "
                         "share or outbox claim, which HomePods mount only read-only or per user"
@@ -955,8 +956,8 @@ class Site(Model):
                         f"{owner!r}; a home is private to its user"
                     )
         shared = [(f"datasets[{k}].claim", d.claim) for k, d in enumerate(self.datasets)]
-        shared += [("airlock.share.claim", self.airlock.share.claim or "airlock-share"),
-                   ("airlock.outbox.claim", self.airlock.outbox.claim or "outbox")]
+        shared += [("airlock.share.claim", self.airlock.share.claim or CLAIM_SHARE),
+                   ("airlock.outbox.claim", self.airlock.outbox.claim or CLAIM_OUTBOX)]
         for where, claim in shared:
             if claim in homes:
                 raise ValueError(
@@ -975,7 +976,7 @@ class Site(Model):
         for where, exposure, names in exposures:
             inside: dict[int, str] = {}
             for name in names:
-                port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[call-overload]
+                port = service_port(exposure.ports, self.access.ports, name)
                 if port in inside:
                     raise ValueError(
                         f"{where}.ports.{name}: port {port} is also used for "
@@ -984,7 +985,7 @@ class Site(Model):
                 inside[port] = name
             for ip in exposure.external_ips:
                 for name in names:
-                    port = exposure.ports.get(name, getattr(self.access.ports, name))  # type: ignore[call-overload]
+                    port = service_port(exposure.ports, self.access.ports, name)
                     key = (ip, port)
                     if key in claimed:
                         raise ValueError(

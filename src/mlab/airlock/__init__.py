@@ -6,5 +6,7 @@ by every module: a reader never sees a partial file (temporary name + ``os.repla
 index writers hold a lock, and every staged item gets a line in the audit log.
 """
 
-DEFAULT_SHARE = "/opt/public/airlock"
+from mlab.topology import SHARE_PATH
+
+DEFAULT_SHARE = SHARE_PATH
 """Mount point of the Airlock share in both the Airlock and HomePods (docs/CONTRACTS.md)."""

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlab.errors import MlabError, UsageError
+from mlab.topology import PORT_CODE
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
@@ -47,8 +48,8 @@ def register(app: typer.Typer) -> None:
         site: Path = typer.Option(..., "--site", help="The site file."),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
                                  "Default: 0.0.0.0."),
-        port: int = typer.Option(8080, "--port", help="TCP port; 0 picks a free one (printed). "
-                                 "Default: 8080."),
+        port: int = typer.Option(PORT_CODE, "--port", help="TCP port; 0 picks a free one (printed). "
+                                 f"Default: {PORT_CODE}."),
         users_dir: Path = typer.Option(Path("/etc/mlab/users"), "--users-dir",
                                        help="Directory of <user>/password files. "
                                        "Default: /etc/mlab/users."),

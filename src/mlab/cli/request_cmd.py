@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from mlab.errors import MlabError, UsageError
+from mlab.topology import EXPORT_PATH
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
@@ -207,9 +208,9 @@ def register(app: typer.Typer) -> None:
         outbox_root: Path = typer.Option(Path("/opt/outbox"), "--outbox-root",
                                          help="Every user's outbox, as <root>/<user>/. "
                                          "Default: /opt/outbox (the Airlock)."),
-        export_root: Path = typer.Option(Path("/opt/public/airlock/export"), "--export-root",
+        export_root: Path = typer.Option(Path(EXPORT_PATH), "--export-root",
                                          help="Where exports are published. Default: "
-                                         "/opt/public/airlock/export."),
+                                         f"{EXPORT_PATH}."),
         watch: float = typer.Option(0, "--watch", help="Repeat every SECONDS. Default: 0 "
                                     "(once)."),
         server: str = SERVER_OPT,

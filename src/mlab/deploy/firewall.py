@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 from mlab.errors import DeployError, ToolMissingError
 from mlab.site import PRIVATE_RANGES
+from mlab.topology import PORT_CODE, PORT_CODE_SERVICE
 
 DNAT_PRIORITY = -105
 """Before netavark's iptables-nft dstnat (-100), so our published ports win."""
@@ -104,8 +105,8 @@ def ruleset(
     homepods: Sequence[HomepodNet],
     dnats: Sequence[Dnat],
     nat_subnet: str | None,
-    code_port: int = 8080,
-    service_port: int = 80,
+    code_port: int = PORT_CODE,
+    service_port: int = PORT_CODE_SERVICE,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
     nat_bridge: str = "",

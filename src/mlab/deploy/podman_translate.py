@@ -61,6 +61,7 @@ from typing import Any
 
 from mlab.errors import DeployError
 from mlab.site import Site
+from mlab.topology import PORT_CODE
 
 Obj = dict[str, Any]
 
@@ -71,7 +72,7 @@ LABEL_SPEC = "mlab.io/podman-spec"
 LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
 
-CODE_PORT = 8080
+CODE_PORT = PORT_CODE
 CONTAINER_VNC = 5900
 """The HomePod's VNC container port (docs/CONTRACTS.md); the portal's backend on podman."""
 VOLUME_ROOT = "/var/lib/containers/storage/volumes"

@@ -32,6 +32,7 @@ from typing import Any
 
 from mlab.deploy import answers
 from mlab.podman import podman_command, podman_env
+from mlab.topology import PORT_CODE, SHARE_PATH
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -42,7 +43,7 @@ PYPI_URL = "https://pypi.org/simple/pip/"
 DEBIAN_URL = "http://deb.debian.org/debian/dists/bookworm/Release"
 INTERNET_NAME = "pypi.org"
 METADATA_IP = "169.254.169.254"
-SHARE = "/opt/public/airlock"
+SHARE = SHARE_PATH
 """The Airlock share: read-write in the Airlock, read-only in HomePods (a write probe)."""
 
 
@@ -141,7 +142,7 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
 
         # The URL users type (Service port 80, DNAT'd to :8080) and the container port.
         add(f"code service {code_host}:80", "http", f"http://{code_host}/", 0, True)
-        add(f"code service {code_host}:8080", "http", f"http://{code_host}:8080/", 0, True)
+        add(f"code service {code_host}:{PORT_CODE}", "http", f"http://{code_host}:{PORT_CODE}/", 0, True)
         add(f"write to the share {SHARE}", "write", SHARE, 0)
         for other_port in (22, 443, 9418):
             add(f"code service :{other_port} (other port)", "tcp", code, other_port)
@@ -172,8 +173,8 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
             Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
             Probe(src, box, f"code service {code_host}:80", "http",
                   f"http://{code_host}/", 0, True),
-            Probe(src, box, f"code service {code_host}:8080", "http",
-                  f"http://{code_host}:8080/", 0, True),
+            Probe(src, box, f"code service {code_host}:{PORT_CODE}", "http",
+                  f"http://{code_host}:{PORT_CODE}/", 0, True),
             Probe(src, box, f"write to the share {SHARE} as {airlock_user or 'root'}",
                   "write", SHARE, 0, True, airlock_user),
             Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),

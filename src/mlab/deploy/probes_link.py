@@ -41,8 +41,9 @@ from typing import Any
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
 from mlab.errors import MlabError
 from mlab.podman import podman_command, podman_env
+from mlab.topology import PORT_CODE, PORT_NOVNC, PORT_RDP, PORT_SSH, PORT_VNC
 
-LINK_PORTS = (22, 3389, 5900, 7030, 8080, 6443, 10250, 10256)
+LINK_PORTS = (PORT_SSH, PORT_RDP, PORT_VNC, PORT_NOVNC, PORT_CODE, 6443, 10250, 10256)
 """TCP ports tried on every IPv6 peer: SSH, RDP, VNC, noVNC, code service, API server,
 kubelet, kube-proxy health (the issue's list)."""
 
@@ -276,8 +277,9 @@ def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridges: dict[str, 
             if other is hp:
                 continue
             who = other["deployment"]
-            ports = {"homepod": (5900, 3389, 7030, 22), "airlock": (22, 7030, 5900),
-                     "code-service": (22, 8080)}.get(other["component"], (22,))
+            ports = {"homepod": (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH),
+                     "airlock": (PORT_SSH, PORT_NOVNC, PORT_VNC),
+                     "code-service": (PORT_SSH, PORT_CODE)}.get(other["component"], (PORT_SSH,))
             for net, ip in other["networks"]:
                 ll = eui64_link_local(mac_for(net, ip))
                 targets += [(f"IPv6 {who} [{ll}]:{port}", ll, port) for port in ports]

@@ -39,6 +39,14 @@ from mlab.render.common import (
 )
 from mlab.render.homepod import container_ports, shm_volume
 from mlab.site import PUBLISHER_ACCOUNT, Site
+from mlab.topology import (
+    CLAIM_EXPORTS,
+    CLAIM_OUTBOX,
+    CLAIM_SHARE,
+    EXPORT_DIR,
+    SECRET_AIRLOCK_PASSWORD,
+    service_port,
+)
 
 ACCESS = ["ssh", "novnc", "vnc"]
 """The Airlock Service's ports, in this order (no RDP: the seed published none)."""
@@ -57,7 +65,6 @@ PUBLISHER_COMMAND = ["/usr/local/lib/mlab/run-publisher"]
 """The publisher container's command (the image's wrapper of ``mlab request publish
 --watch 30``, with back-off); it replaces the image entrypoint: no login user, no sshd."""
 
-EXPORT_DIR = "export"
 """The share's sub-directory of published exports (docs/CONTRACTS.md)."""
 
 
@@ -74,7 +81,7 @@ def publisher_secret(site: Site, password: str) -> dict[str, Any]:
 
 def password_secret_name(site: Site) -> str:
     """``airlock.passwordSecret`` or ``airlock-password``."""
-    return site.airlock.password_secret or "airlock-password"
+    return site.airlock.password_secret or SECRET_AIRLOCK_PASSWORD
 
 
 def password_secret(site: Site, password: str) -> dict[str, Any]:
@@ -90,12 +97,12 @@ def password_secret(site: Site, password: str) -> dict[str, Any]:
 
 def share_claim(site: Site) -> str:
     """Name of the airlock share claim."""
-    return site.airlock.share.claim or "airlock-share"
+    return site.airlock.share.claim or CLAIM_SHARE
 
 
 def outbox_claim(site: Site) -> str:
     """Name of the outbox claim (one sub-directory per user)."""
-    return site.airlock.outbox.claim or "outbox"
+    return site.airlock.outbox.claim or CLAIM_OUTBOX
 
 
 def exports_claim(site: Site) -> str | None:
@@ -103,7 +110,7 @@ def exports_claim(site: Site) -> str | None:
     go to the share (``egress.exportDelivery: share``) or there is no Airlock."""
     if not site.airlock.enabled or site.export_delivery() != "requester":
         return None
-    return site.airlock.exports.claim or "exports"
+    return site.airlock.exports.claim or CLAIM_EXPORTS
 
 
 def claims(site: Site) -> list[dict[str, Any]]:
@@ -113,7 +120,7 @@ def claims(site: Site) -> list[dict[str, Any]]:
     share = site.airlock.share
     if not share.claim:
         out.append(
-            pvc(site, "airlock-share", "airlock", share.size, share.storage_class, "ReadWriteMany")
+            pvc(site, CLAIM_SHARE, "airlock", share.size, share.storage_class, "ReadWriteMany")
         )
     outbox = site.airlock.outbox
     if not outbox.claim:
@@ -280,7 +287,7 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
 def service(site: Site) -> dict[str, Any]:
     """The Airlock Service: SSH/SFTP, noVNC and VNC."""
     exp = site.airlock.service
-    ports = {n: exp.ports.get(n, getattr(site.access.ports, n)) for n in ACCESS}  # type: ignore[call-overload]
+    ports = {n: service_port(exp.ports, site.access.ports, n) for n in ACCESS}
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "airlock"),

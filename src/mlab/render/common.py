@@ -12,37 +12,34 @@ import hashlib
 from typing import Any, Literal
 
 from mlab.site import Placement, Resources, Site
+from mlab.topology import (  # noqa: F401  (re-exported: the renderers import them from here)
+    ANNOTATION_EDGE,
+    CA_DIR,
+    CONTAINER_PORTS,
+    GROUP_LABEL_PREFIX,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_USER,
+    OUTBOX_PATH,
+    PASSWORD_DIR,
+    PASSWORD_FILE,
+    PORT_CODE,
+    PORT_NOVNC,
+    PORT_RDP,
+    PORT_SSH,
+    PORT_VNC,
+    SHARE_PATH,
+)
 
 Component = Literal["homepod", "airlock", "code-service", "portal"]
 
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_USER = "mlab.io/user"
-GROUP_LABEL_PREFIX = "group.mlab.io/"
-"""``group.mlab.io/<group>: "true"`` on a HomePod pod for each of the user's groups."""
-ANNOTATION_EDGE = "mlab.io/edge"
-"""NetworkPolicy annotation naming the allowed edge; dump_yaml also writes it as a comment."""
-
-# Container ports (fixed by the image, docs/CONTRACTS.md).
-PORT_VNC = 5900
-PORT_RDP = 3389
-PORT_NOVNC = 7030
-PORT_SSH = 22
-PORT_CODE = 8080
-CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
-
-PASSWORD_DIR = "/etc/mlab/secret"
-PASSWORD_FILE = f"{PASSWORD_DIR}/password"
 LOGIN_PASSWORD_MODE = 0o444
 """Mode of the password file in a HomePod or the Airlock. The pod's one login user reads it
 (``mlab request`` logs in to the code service with MLAB_PASSWORD_FILE); Secret files are
 root-owned and, without ``fsGroup`` (which would re-own shared claims), only the "other"
 bits let that user read. The pod holds no other person's account."""
-SHARE_PATH = "/opt/public/airlock"
-OUTBOX_PATH = "/opt/outbox"
-CA_DIR = "/etc/mlab/ca"
 
 MAX_NAME = 63
 """Kubernetes DNS-1123 label limit, which also bounds volume and port names."""

@@ -32,6 +32,7 @@ from mlab.render.common import (
     service_ports,
 )
 from mlab.site import Site, User
+from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, service_port
 
 ACCESS = ["vnc", "rdp", "novnc", "ssh"]
 """The HomePod Service's ports, in this order."""
@@ -135,12 +136,12 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     vols.mount(secret, PASSWORD_DIR, read_only=True)
     share = site.airlock.share
     vols.mount(
-        vols.claim(share.claim or "airlock-share"), SHARE_PATH, read_only=True,
+        vols.claim(share.claim or CLAIM_SHARE), SHARE_PATH, read_only=True,
         sub_path=share.sub_path,
     )
     outbox = site.airlock.outbox
     outbox_sub = f"{outbox.sub_path.rstrip('/')}/{user.name}" if outbox.sub_path else user.name
-    vols.mount(vols.claim(outbox.claim or "outbox"), OUTBOX_PATH, sub_path=outbox_sub)
+    vols.mount(vols.claim(outbox.claim or CLAIM_OUTBOX), OUTBOX_PATH, sub_path=outbox_sub)
     for ds in site.datasets:
         vols.mount(vols.claim(ds.claim), ds.path, read_only=ds.read_only, sub_path=ds.sub_path)
     for extra in user.volumes:
@@ -230,7 +231,7 @@ def dns_spec(site: Site) -> dict[str, Any]:
 def service(site: Site, user: User) -> dict[str, Any]:
     """The HomePod Service of one user: VNC, RDP, noVNC and SSH as configured."""
     exp = user.service
-    ports = {n: exp.ports.get(n, getattr(site.access.ports, n)) for n in ACCESS}  # type: ignore[call-overload]
+    ports = {n: service_port(exp.ports, site.access.ports, n) for n in ACCESS}
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "homepod", user.name),

@@ -30,7 +30,14 @@ import httpx
 
 from mlab.errors import MlabError, TemporaryError, UsageError
 from mlab.requests.checksums import sha256_stream
-from mlab.requests.model import Conflict, Forbidden, InvalidRequest, NotFound, RequestError
+from mlab.requests.model import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RequestError,
+)
+from mlab.topology import PORT_CODE
 
 _STATUS: dict[int, type[RequestError]] = {
     400: InvalidRequest, 403: Forbidden, 404: NotFound, 409: Conflict,
@@ -49,7 +56,7 @@ def resolve_server(server: str | None) -> str:
     return find_server(server)
 
 
-CONTAINER_PORT = 8080
+CONTAINER_PORT = PORT_CODE
 """The code service's container port (docs/CONTRACTS.md)."""
 
 SECRET_FILE = Path("/etc/mlab/secret/password")
