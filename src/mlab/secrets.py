@@ -12,11 +12,11 @@ import json
 import os
 import secrets
 import string
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
 
+from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.site import PUBLISHER_ACCOUNT, Site
 
@@ -78,18 +78,7 @@ def _read(path: Path) -> dict[str, str]:
 
 
 def _write(path: Path, data: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".passwords-", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
 
 
 def load_or_create_passwords(site: Site, state_dir: Path | None = None) -> dict[str, str]:

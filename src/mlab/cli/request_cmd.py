@@ -10,7 +10,6 @@ All talk to the code service (``--server`` / ``MLAB_SERVER``, credentials ``MLAB
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import sys
@@ -22,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from mlab.atomic import write_atomic
 from mlab.errors import MlabError, UsageError
 from mlab.topology import EXPORT_PATH
 
@@ -261,9 +261,7 @@ def register(app: typer.Typer) -> None:
         if output is None:
             sys.stdout.write(text)
         else:
-            tmp = output.with_name(f".{output.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, output)
+            write_atomic(output, text)
 
 
     @group.command("bake")

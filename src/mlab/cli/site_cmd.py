@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from mlab.atomic import write_atomic
 from mlab.deploy import render_with_passwords, write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
@@ -52,19 +53,8 @@ def init(
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and a rename."""
-    import os
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, 0o644)
 
 
 def schema() -> None:

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.render import FILES, SECRETS_FILE, Rendered, render_site
 from mlab.secrets import load_or_create_passwords
@@ -24,15 +25,7 @@ def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered
 
 
 def _write_file(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode)
 
 
 def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:

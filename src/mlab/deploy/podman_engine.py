@@ -32,6 +32,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from mlab.atomic import write_atomic
 from mlab.deploy import firewall, rollout
 from mlab.deploy.podman_objects import (
     Say,
@@ -50,9 +51,9 @@ from mlab.deploy.podman_objects import (
 from mlab.deploy.podman_translate import (
     LABEL_SITE,
     LABEL_SPEC,
+    VOLUME_ROOT,
     Plan,
     PodPlan,
-    VOLUME_ROOT,
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
@@ -127,15 +128,7 @@ def _write_files(root: Path, plan: Plan) -> None:
         for spec in pod.files:
             path = root / spec.path
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                os.fchmod(fd, spec.mode)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(spec.content)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, spec.content, spec.mode)
 
 
 def proxy_endpoints(site: Site) -> list[tuple[str, int]]:
@@ -214,10 +207,7 @@ def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> Non
     verify."""
     data = plan.record(placeholder) | {"image": image}
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".plan-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, root / "plan.json")
+    write_atomic(root / "plan.json", json.dumps(data, indent=2), 0o600)
 
 
 def load_plan(site_name: str) -> dict[str, Any] | None:

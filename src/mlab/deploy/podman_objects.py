@@ -12,9 +12,7 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from mlab.atomic import write_atomic
 from mlab.deploy.podman_translate import (
     LABEL_INSTANCE,
     LABEL_SITE,
@@ -240,8 +239,5 @@ def has_code_service(image: str, cache: Path | None = None) -> bool:
     answer = proc.returncode == 0
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".images-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({image_id: answer}, fh)
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps({image_id: answer}), 0o600)
     return answer

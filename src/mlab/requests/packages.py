@@ -20,11 +20,11 @@ cannot reach the code service.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlab.atomic import write_atomic
 from mlab.errors import UsageError
 
 LABEL_KEY = "mlab.package-requests"
@@ -110,11 +110,7 @@ def write_steps(steps: list[PackageStep], directory: str | Path) -> list[Path]:
     paths = []
     for n, step in enumerate(steps, 1):
         path = directory / f"{n:03d}-request-{step.id}.sh"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(step.script if step.script.endswith("\n") else step.script + "\n",
-                       encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
+        write_atomic(path, step.script if step.script.endswith("\n") else step.script + "\n", 0o755)
         paths.append(path)
     (directory / "steps.json").write_text(dump_steps(steps), encoding="utf-8")
     return paths
