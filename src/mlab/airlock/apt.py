@@ -33,7 +33,13 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from mlab.airlock import audit
-from mlab.airlock.fsutil import check_writable, ensure_dir, install_file, sha256_file, write_atomic
+from mlab.airlock.fsutil import (
+    check_writable,
+    ensure_dir,
+    install_file,
+    sha256_file,
+    write_atomic,
+)
 from mlab.errors import MlabError, TemporaryError, ToolMissingError, UsageError
 
 PRISTINE_STATUS = Path("/usr/share/mlab/pristine/status")

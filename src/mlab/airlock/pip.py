@@ -40,7 +40,13 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from mlab.airlock import audit
 from mlab.airlock.fsutil import check_writable, ensure_dir
-from mlab.airlock.pipindex import PublishResult, WheelFile, inspect_wheel, pip_dir, publish
+from mlab.airlock.pipindex import (
+    PublishResult,
+    WheelFile,
+    inspect_wheel,
+    pip_dir,
+    publish,
+)
 from mlab.errors import MlabError, UsageError
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"

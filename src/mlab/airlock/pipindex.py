@@ -37,7 +37,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from filelock import FileLock, Timeout
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import (
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_wheel_filename,
+)
 
 from mlab.airlock.fsutil import (
     ensure_dir,

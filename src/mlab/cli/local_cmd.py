@@ -19,6 +19,7 @@ from rich.table import Table
 from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
+from mlab.topology import PORT_CODE
 
 DEFAULT_SITE = Path("examples/local.yaml")
 
@@ -146,7 +147,7 @@ def up(
                   f"in {time.monotonic() - start:.1f} s")
     if result.placeholder_code_service:
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
-                      "service is a PLACEHOLDER HTTP server on :8080")
+                      f"service is a PLACEHOLDER HTTP server on :{PORT_CODE}")
     _print_status(with_site_notes(podman_engine.status(loaded.name),
                                   loaded.code_service.host), fmt)
     if first and fmt == "table":
@@ -161,6 +162,7 @@ def restart(
     user: list[str] = typer.Option(..., "--user", "-u", help="User whose HomePod restarts "
                                    "on the site's image (repeatable). Required."),
     output: str = OUTPUT_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Admin: restart a user's HomePod on the site's current image (`mlab up` keeps a running
     HomePod on its image; its home stays, temporary installs outside it are lost)."""
@@ -174,8 +176,8 @@ def restart(
             raise UsageError(f"--user {name}: not a user of site {loaded.name}",
                              hint=f"users: {', '.join(sorted(known)) or 'none'}")
     console = _stderr()
-    with console.status("mlab restart") as status:
-        result = podman_engine.up(loaded, say=_say(console, status), restart_users=user)
+    with Steps("mlab restart", progress_console(quiet)) as steps:
+        result = podman_engine.up(loaded, say=steps.say, restart_users=user)
     console.print(f"mlab restart: {len(result.replaced)} replaced, {len(result.held)} held")
     _print_status(podman_engine.status(loaded.name), fmt)
 

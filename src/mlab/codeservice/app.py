@@ -24,16 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mlab.codeservice import audit, githttp, mirror, names, owners, pages
 from mlab.codeservice.auth import (
-    Authenticator, LoginLimits, authenticate, require_admin, require_reviewer,
+    Authenticator,
+    LoginLimits,
+    authenticate,
+    require_admin,
+    require_reviewer,
 )
 from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks

@@ -17,8 +17,14 @@ from typing import Any
 from mlab.deploy import policy_eval
 from mlab.deploy.policy_eval import Endpoint
 from mlab.deploy.probes import DEBIAN_URL, METADATA_IP
-from mlab.render.common import LABEL_COMPONENT, LABEL_USER, PORT_CODE, PORT_NOVNC, PORT_SSH
-from mlab.render.common import PORT_VNC
+from mlab.render.common import (
+    LABEL_COMPONENT,
+    LABEL_USER,
+    PORT_CODE,
+    PORT_NOVNC,
+    PORT_SSH,
+    PORT_VNC,
+)
 
 VERIFY_LABEL = "mlab.io/verify-probe"
 """Label of every probe pod and canary policy (value: the role); cleanup selects on it."""

@@ -26,7 +26,14 @@ from mlab.deploy import kube_link
 from mlab.deploy import kube_matrix as km
 from mlab.deploy.kubernetes import Kubectl
 from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import DEBIAN_URL, HTTP_TIMEOUT, PROBE_PROGRAM, TCP_TIMEOUT, host_facts, observed
+from mlab.deploy.probes import (
+    DEBIAN_URL,
+    HTTP_TIMEOUT,
+    PROBE_PROGRAM,
+    TCP_TIMEOUT,
+    host_facts,
+    observed,
+)
 from mlab.errors import DeployError, MlabError
 from mlab.render import render_site
 from mlab.render.common import LABEL_INSTANCE

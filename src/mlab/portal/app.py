@@ -25,7 +25,12 @@ from urllib.parse import urlencode, urlsplit
 from authlib.integrations.starlette_client import OAuth, OAuthError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -33,7 +38,13 @@ from mlab.portal import pages, requests_view
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
 from mlab.portal.proxy import desktop_socket
-from mlab.portal.sessions import ROTATE, SessionMiddleware, SessionStore, check_csrf, csrf_token
+from mlab.portal.sessions import (
+    ROTATE,
+    SessionMiddleware,
+    SessionStore,
+    check_csrf,
+    csrf_token,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from mlab.render.airlock import (
+    PUBLISHER_SECRET,
+    exports_claim,
+    mount_ca_bundle,
+    proxy_env,
+)
+from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.common import (
     CODE_SERVICE_CAPABILITIES,
     PORT_CODE,
@@ -28,9 +35,6 @@ from mlab.render.common import (
     security_context,
     selector,
 )
-from mlab.render.airlock import PUBLISHER_SECRET, exports_claim
-from mlab.render.airlock import password_secret_name as airlock_secret_name
-from mlab.render.airlock import mount_ca_bundle, proxy_env
 from mlab.render.homepod import password_secret_name
 from mlab.site import PUBLISHER_ACCOUNT, Site
 

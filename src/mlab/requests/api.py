@@ -43,6 +43,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mlab.errors import MlabError
+from mlab.requests.delivery import Delivery, exports_dir_from_env
 from mlab.requests.model import (
     Conflict,
     Forbidden,
@@ -54,7 +55,6 @@ from mlab.requests.model import (
     validate_submission,
 )
 from mlab.requests.notify import Notifier, make_event
-from mlab.requests.delivery import Delivery, exports_dir_from_env
 from mlab.requests.store import RequestStore
 from mlab.site import PUBLISHER_ACCOUNT
 

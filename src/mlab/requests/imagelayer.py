@@ -22,7 +22,12 @@ from pathlib import Path
 
 from mlab.errors import DeployError
 from mlab.podman import podman
-from mlab.requests.packages import LABEL_KEY, PackageStep, provision_fragment, write_steps
+from mlab.requests.packages import (
+    LABEL_KEY,
+    PackageStep,
+    provision_fragment,
+    write_steps,
+)
 
 REPOSITORY = "localhost/mlab/homepod"
 STEPS_DIR = "/usr/share/mlab/requests"
