@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
 
         from mlab.codeservice.accounts import admin_password, load_accounts
         from mlab.codeservice.app import ServiceConfig, create_app, prepare_data_dir
+        from mlab.requests.api import request_routes
         from mlab.site import load_site
 
         if log_format not in ("text", "json"):
@@ -77,8 +78,10 @@ def register(app: typer.Typer) -> None:
             handler.setFormatter(_JsonFormatter())
             logging.getLogger().handlers = [handler]
         the_site = load_site(site)
+        # The requests API (/api/requests, /requests) reaches the app through its hook.
         config = ServiceConfig(data_dir=data.resolve(), site=the_site,
-                               background_sync=background_sync)
+                               background_sync=background_sync,
+                               extra_routes=request_routes(the_site, data.resolve()))
         store = prepare_data_dir(config)
         env_file = os.environ.get("MLAB_ADMIN_PASSWORD_FILE")
         password, generated = admin_password(config.data_dir,

@@ -44,7 +44,6 @@ from mlab.codeservice.hook import install_hooks
 from mlab.codeservice.service_accounts import may_use_git
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
-from mlab.requests.api import request_routes
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -291,7 +290,6 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         Route("/api/repos/{org}/{repo}/refs/{ref:path}", api_delete_ref, methods=["DELETE"]),
         Route("/api/notices", api_notices, methods=["GET"]),
         *config.extra_routes,
-        *request_routes(config.site, config.data_dir),  # issue 7: /api/requests, /requests
         Route("/{path:path}", repo_route, methods=["GET", "POST"]),
     ]
 
