@@ -9,6 +9,7 @@ fixed by the image (docs/CONTRACTS.md); the labels are the Kubernetes recommende
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 # Labels and annotations.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -31,6 +32,13 @@ PORT_CODE = 8080
 PORT_CODE_SERVICE = 80
 """The code-service Service port (the URL users type: ``http://$MLAB_CODE_HOST``)."""
 CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
+PORT_PORTAL = 8443
+"""The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
+PORT_DNS = 53
+HOMEPOD_IN = (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH)
+"""What an office reaches on a HomePod (only SSH when the portal is the sole door to desktops)."""
+AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
+"""What an office reaches on the Airlock."""
 
 # Paths inside HomePods and the Airlock.
 SHARE_PATH = "/opt/public/airlock"
@@ -69,3 +77,82 @@ def service_port(overrides: Mapping[str, int], defaults: object, name: str) -> i
     if name in overrides:
         return int(overrides[name])
     return int(getattr(defaults, name))
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One allowed connection of the network; everything not in :data:`EDGES` is denied.
+
+    Attributes:
+        source: a component (``homepod``, ``airlock``, ``code-service``, ``portal``) or
+            ``office`` (the site's ``access.officeCidrs``).
+        destination: a component, ``office``, ``kube-dns`` (UDP and TCP), ``internet``
+            (public addresses: not private, link-local or cluster ranges) or ``proxy``
+            (``airlock.proxy.cidrs`` on the proxy URLs' ports).
+        ports: destination TCP ports; empty: every port (internet) or the proxy's ports.
+        condition: when the edge exists: ``always``, or the site facts it needs, joined by
+            ``+``: ``office`` (office CIDRs given), ``airlock`` (Airlock enabled), ``portal``
+            (portal enabled), ``dns-cluster`` (``dns: cluster``), ``proxy`` (proxy addresses
+            given), ``direct-desktops`` (offices reach desktop ports, not only the portal).
+    """
+
+    source: str
+    destination: str
+    ports: tuple[int, ...]
+    condition: str = "always"
+
+
+EDGES: tuple[Edge, ...] = (
+    Edge("office", "homepod", HOMEPOD_IN, "office+direct-desktops"),
+    Edge("office", "homepod", (PORT_SSH,), "office"),
+    Edge("homepod", "code-service", (PORT_CODE,)),
+    Edge("homepod", "kube-dns", (PORT_DNS,), "dns-cluster"),
+    Edge("office", "airlock", AIRLOCK_IN, "office+airlock"),
+    Edge("airlock", "internet", (), "airlock"),
+    Edge("airlock", "kube-dns", (PORT_DNS,), "airlock"),
+    Edge("airlock", "code-service", (PORT_CODE,), "airlock"),
+    Edge("airlock", "proxy", (), "airlock+proxy"),
+    Edge("code-service", "proxy", (), "proxy"),
+    Edge("office", "code-service", (PORT_CODE,), "office"),
+    Edge("code-service", "internet", ()),
+    Edge("code-service", "kube-dns", (PORT_DNS,)),
+    Edge("office", "portal", (PORT_PORTAL,), "office+portal"),
+    Edge("portal", "homepod", (PORT_VNC,), "portal"),
+    Edge("portal", "code-service", (PORT_CODE,), "portal"),
+    Edge("portal", "kube-dns", (PORT_DNS,), "portal"),
+)
+"""The network's allowed edges: the NetworkPolicies (``mlab.render.network``, ``.portal``)
+grant exactly these (tests/unit/test_topology.py checks both ways, with the evaluator
+``mlab.deploy.policy_eval``); the podman emulation and ``mlab verify`` probe them. The portal's
+OpenID Connect egress is rendered from ``portal.oidc`` and is not a fixed edge."""
+
+DENIED: tuple[tuple[str, str, int], ...] = (
+    ("homepod", "internet", 443),
+    ("homepod", "homepod", PORT_VNC),
+    ("homepod", "airlock", PORT_SSH),
+    ("homepod", "code-service", PORT_SSH),
+    ("airlock", "homepod", PORT_VNC),
+    ("code-service", "homepod", PORT_SSH),
+    ("homepod", "metadata", 80),
+    ("airlock", "metadata", 80),
+    ("airlock", "private", 443),
+)
+"""One representative of each denied class (source, destination, TCP port): HomePods reach
+no internet, no other HomePod, no Airlock; nothing reaches a HomePod but offices and the
+portal; no pod reaches cloud metadata (169.254.169.254) or private addresses."""
+
+
+def edge_active(edge: Edge, facts: set[str]) -> bool:
+    """Whether ``edge`` exists on a site with ``facts`` (the condition words that hold).
+
+    Args:
+        edge: one row of :data:`EDGES`.
+        facts: the words of :class:`Edge` ``condition`` true for the site, e.g.
+            ``{"office", "airlock"}``.
+
+    Returns:
+        True when every word of the edge's condition is in ``facts`` (``always``: True).
+    """
+    if edge.condition == "always":
+        return True
+    return all(word in facts for word in edge.condition.split("+"))

@@ -1,6 +1,7 @@
 """NetworkPolicies: default deny for every MLab pod, then one policy per allowed edge.
 
-Invariant: a connection is allowed only if it is one of the edges below (each policy is
+Invariant: a connection is allowed only if it is one of the edges below (the table
+:data:`mlab.topology.EDGES`; tests/unit/test_topology.py holds these policies to it) (each policy is
 annotated ``mlab.io/edge`` with its edge, and dump_yaml writes that as a comment):
 
 - office --> homepod :5900 :3389 :7030 :22;   office --> airlock :22 :7030 :5900
@@ -21,15 +22,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from mlab import topology
 from mlab.render.common import (
     ANNOTATION_EDGE,
     LABEL_INSTANCE,
     LABEL_NAME,
     PORT_CODE,
-    PORT_NOVNC,
-    PORT_RDP,
     PORT_SSH,
-    PORT_VNC,
     Component,
     metadata,
     selector,
@@ -37,8 +36,8 @@ from mlab.render.common import (
 from mlab.site import PRIVATE_RANGES, PRIVATE_RANGES_V6, Site
 
 NS_LABEL = "kubernetes.io/metadata.name"
-HOMEPOD_IN = [PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH]
-AIRLOCK_IN = [PORT_SSH, PORT_NOVNC, PORT_VNC]
+HOMEPOD_IN = list(topology.HOMEPOD_IN)
+AIRLOCK_IN = list(topology.AIRLOCK_IN)
 
 
 def _tcp(ports: list[int]) -> list[dict[str, Any]]:

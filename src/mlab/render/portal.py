@@ -39,9 +39,8 @@ from mlab.render.common import (
 from mlab.render.homepod import password_secret_name
 from mlab.render.network import _kube_dns, _office, _pods, _policy, _tcp, internet
 from mlab.site import Site
+from mlab.topology import PORT_PORTAL
 
-PORT_PORTAL = 8443
-"""The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
 NAME = "portal"
 CODE_URL = "http://code-service"
 """The code service's Service (port 80) in the portal's namespace: the requests API."""
