@@ -61,7 +61,7 @@ _NAMESPACES = ("refs/", "heads/", "tags/", "remotes/", "mlab/")
 
 
 @contextlib.contextmanager
-def _use(db: Path | str | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def use_connection(db: Path | str | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``db`` itself when it is a connection (left open), else a new one (closed after)."""
     if isinstance(db, sqlite3.Connection):
         yield db
@@ -85,7 +85,7 @@ def connect(db_path: Path | str) -> sqlite3.Connection:
 
 def create_tables(db_path: Path | str) -> None:
     """Create this module's tables (the service does it once at start)."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         db.executescript(SCHEMA)
 
 
@@ -157,7 +157,7 @@ def check_update(user: str, ref: str, old: str, new: str, *, policy: str, owner:
 
 def owners(db_path: Path | str | sqlite3.Connection, repo: str, refs: list[str]) -> dict[str, str]:
     """The recorded owners of ``refs`` in ``repo`` (refs without one are absent)."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         found = {}
         for ref in refs:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
@@ -169,7 +169,7 @@ def owners(db_path: Path | str | sqlite3.Connection, repo: str, refs: list[str])
 
 def accounts(db_path: Path | str) -> set[str]:
     """Every account name of the service."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         with_table = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='accounts'").fetchone()
         return {r[0] for r in db.execute("SELECT name FROM accounts")} if with_table else set()
@@ -178,7 +178,7 @@ def accounts(db_path: Path | str) -> set[str]:
 def record(db_path: Path | str | sqlite3.Connection, repo: str, user: str,
            updates: list[tuple[str, str, str]]) -> None:
     """After a push: created refs become ``user``'s, deleted refs lose their owner."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         with db:
             for old, new, ref in updates:
                 if new == ZERO:
@@ -192,7 +192,7 @@ def record(db_path: Path | str | sqlite3.Connection, repo: str, user: str,
 
 def forget(db_path: Path | str | sqlite3.Connection, repo: str, ref: str) -> str | None:
     """Drop the owner record of ``ref``; returns the owner it had."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         with db:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
                              (repo, ref)).fetchone()
@@ -207,7 +207,7 @@ def moved(db_path: Path | str | sqlite3.Connection, repo: str, old_ref: str, new
     Returns:
         The owner (recorded, else the namespace's account), or None when nobody owns it.
     """
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         with db:
             row = db.execute("SELECT owner FROM ref_owners WHERE repo=? AND ref=?",
                              (repo, old_ref)).fetchone()
@@ -225,7 +225,7 @@ def moved(db_path: Path | str | sqlite3.Connection, repo: str, old_ref: str, new
 def take_notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[str]:
     """Unshown notices of ``user`` (marked shown): ``"org/repo: text"`` lines. Reads only
     (no write transaction, no disk sync) when there is nothing to show."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         rows = db.execute("SELECT id, repo, text FROM ref_notices WHERE user=? AND "
                           "shown=0 ORDER BY id", (user,)).fetchall()
         if rows:
@@ -237,7 +237,7 @@ def take_notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[st
 
 def notices(db_path: Path | str | sqlite3.Connection, user: str) -> list[dict[str, object]]:
     """Every notice of ``user``, newest first (the API's shape)."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         rows = db.execute("SELECT repo, text, created FROM ref_notices WHERE user=? "
                           "ORDER BY id DESC", (user,)).fetchall()
         return [{"repo": r[0], "text": r[1], "time": r[2]} for r in rows]

@@ -14,13 +14,13 @@ Imports only the standard library: the hooks use it once per push.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import sqlite3
 from typing import TYPE_CHECKING
 
+from mlab.codeservice.owners import use_connection
+
 if TYPE_CHECKING:  # imported by the hook on every push: only what runs
-    from collections.abc import Iterator
     from pathlib import Path
 
 SCHEMA = """
@@ -39,36 +39,15 @@ def today() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-@contextlib.contextmanager
-def _use(db: Path | str | sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``db`` itself when it is a connection (left open), else a new one (closed after)."""
-    if isinstance(db, sqlite3.Connection):
-        yield db
-        return
-    conn = connect(db)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def connect(db_path: Path | str) -> sqlite3.Connection:
-    """A connection to the service's database (:func:`create_tables` made the table)."""
-    db = sqlite3.connect(str(db_path), timeout=30)
-    db.execute("PRAGMA busy_timeout=30000")
-    db.execute("PRAGMA synchronous=NORMAL")  # see owners.connect
-    return db
-
-
 def create_tables(db_path: Path | str) -> None:
     """Create this module's table (the service does it once at start)."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         db.executescript(SCHEMA)
 
 
 def usage(db_path: Path | str | sqlite3.Connection, user: str) -> tuple[int, int]:
     """Today's ``(ref updates, bytes)`` of ``user``."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         row = db.execute("SELECT refs, bytes FROM quota_usage WHERE user=? AND day=?",
                          (user, today())).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
@@ -76,7 +55,7 @@ def usage(db_path: Path | str | sqlite3.Connection, user: str) -> tuple[int, int
 
 def add(db_path: Path | str | sqlite3.Connection, user: str, refs: int, nbytes: int) -> None:
     """Count ``refs`` ref updates and ``nbytes`` bytes pushed by ``user`` today."""
-    with _use(db_path) as db:
+    with use_connection(db_path) as db:
         with db:
             db.execute(
                 "INSERT INTO quota_usage(user, day, refs, bytes) VALUES (?,?,?,?) "
