@@ -130,3 +130,18 @@ def test_removing_a_policy_breaks_its_edge() -> None:
     ok, _ = allowed(policies, _endpoint(site, "homepod"), _endpoint(site, "code-service"),
                     edge.ports[0])
     assert not ok
+
+
+def test_identity_provider_on_the_internet_is_one_flat_peer_list() -> None:
+    """portal.oidc without cidrs: egress to the internet ipBlocks (a flat peer list)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "examples" / "portal-cluster.yaml").read_text(encoding="utf-8"))
+    raw["portal"]["oidc"].pop("cidrs", None)
+    site = Site.model_validate(raw)
+    policy = next(p for p in render_site(site).files["network.yaml"]
+                  if p["metadata"]["name"] == "portal-to-identity-provider")
+    peers = policy["spec"]["egress"][0]["to"]
+    assert all(isinstance(p, dict) and "ipBlock" in p for p in peers), peers
+    ok, why = allowed([policy], _endpoint(site, "portal"), Endpoint(PUBLIC), 443)
+    assert ok, why

@@ -1,8 +1,10 @@
 """NetworkPolicies: default deny for every MLab pod, then one policy per allowed edge.
 
-Invariant: a connection is allowed only if it is one of the edges below (the table
-:data:`mlab.topology.EDGES`; tests/unit/test_topology.py holds these policies to it) (each policy is
-annotated ``mlab.io/edge`` with its edge, and dump_yaml writes that as a comment):
+Invariant: a connection is allowed only if it is an edge of the table
+:data:`mlab.topology.EDGES` (source, destination, ports, condition), from which the policies
+here are generated; each policy is annotated ``mlab.io/edge`` with its edge (dump_yaml writes
+that as a comment), and tests/unit/test_topology.py holds the rendered policies to the table.
+In short:
 
 - office --> homepod :5900 :3389 :7030 :22;   office --> airlock :22 :7030 :5900
 - homepod, airlock, office --> code-service :8080
@@ -20,15 +22,13 @@ list item; never an empty namespaceSelector (all namespaces), never an ipBlock f
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 from mlab import topology
 from mlab.render.common import (
     ANNOTATION_EDGE,
     LABEL_INSTANCE,
     LABEL_NAME,
-    PORT_CODE,
-    PORT_SSH,
     Component,
     metadata,
     selector,
@@ -36,8 +36,6 @@ from mlab.render.common import (
 from mlab.site import PRIVATE_RANGES, PRIVATE_RANGES_V6, Site
 
 NS_LABEL = "kubernetes.io/metadata.name"
-HOMEPOD_IN = list(topology.HOMEPOD_IN)
-AIRLOCK_IN = list(topology.AIRLOCK_IN)
 
 
 def _tcp(ports: list[int]) -> list[dict[str, Any]]:
@@ -180,74 +178,100 @@ def _direct_desktops(site: Site) -> bool:
     return not (site.portal.enabled and not site.portal.direct_desktop_ports)
 
 
-def render_network(site: Site) -> list[dict[str, Any]]:
-    """Every NetworkPolicy of the site, default deny first."""
-    office = _office(site)
-    out = [default_deny(site)]
-    if office:
-        # portal.directDesktopPorts false: offices keep SSH; desktops go through the portal.
-        homepod_in = HOMEPOD_IN if _direct_desktops(site) else [PORT_SSH]
-        out.append(_policy(
-            site, "homepod-from-office", f"office --> homepod {_ports_text(homepod_in)}",
-            "homepod", ingress=[{"from": office, "ports": _tcp(homepod_in)}],
-        ))
-    out.append(_policy(
-        site, "homepod-to-code-service", f"homepod --> code-service :{PORT_CODE}", "homepod",
-        egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}],
-    ))
+def site_facts(site: Site) -> set[str]:
+    """The words of :attr:`mlab.topology.Edge.condition` that hold for ``site``."""
+    facts = {"always"}
+    if site.access.office_cidrs:
+        facts.add("office")
+    if site.airlock.enabled:
+        facts.add("airlock")
+    if site.portal.enabled:
+        facts.add("portal")
+    if _direct_desktops(site):
+        facts.add("direct-desktops")
     if site.dns == "cluster":
-        out.append(_policy(
-            site, "homepod-to-dns", "homepod --> kube-dns :53/udp :53/tcp (dns: cluster)",
-            "homepod", egress=[{"to": [_kube_dns(site)], "ports": _dns_ports()}],
-        ))
-    if site.airlock.enabled:
-        if office:
-            out.append(_policy(
-                site, "airlock-from-office", f"office --> airlock {_ports_text(AIRLOCK_IN)}",
-                "airlock", ingress=[{"from": office, "ports": _tcp(AIRLOCK_IN)}],
-            ))
-        out += [
-            _policy(
-                site, "airlock-to-internet",
-                "airlock --> internet (not private, link-local or cluster ranges)", "airlock",
-                egress=[{"to": internet(site)}],
-            ),
-            _policy(
-                site, "airlock-to-dns", "airlock --> kube-dns :53/udp :53/tcp", "airlock",
-                egress=[{"to": [_kube_dns(site)], "ports": _dns_ports()}],
-            ),
-            _policy(
-                site, "airlock-to-code-service", f"airlock --> code-service :{PORT_CODE}",
-                "airlock",
-                egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}],
-            ),
-        ]
-    out += proxy_policies(site)
-    out.append(_policy(
-        site, "code-service-from-homepods", f"homepod --> code-service :{PORT_CODE}",
-        "code-service",
-        ingress=[{"from": [_pods(site, "homepod")], "ports": _tcp([PORT_CODE])}],
-    ))
-    if site.airlock.enabled:
-        out.append(_policy(
-            site, "code-service-from-airlock", f"airlock --> code-service :{PORT_CODE}",
-            "code-service",
-            ingress=[{"from": [_pods(site, "airlock")], "ports": _tcp([PORT_CODE])}],
-        ))
-    if office:
-        out.append(_policy(
-            site, "code-service-from-office", f"office --> code-service :{PORT_CODE}",
-            "code-service", ingress=[{"from": office, "ports": _tcp([PORT_CODE])}],
-        ))
-    out += [
-        _policy(
-            site, "code-service-to-internet",
-            "code-service --> internet (not private, link-local or cluster ranges)",
-            "code-service", egress=[{"to": internet(site)}],
-        ),
-        _policy(
-            site, "code-service-to-dns", "code-service --> kube-dns :53/udp :53/tcp",
-            "code-service", egress=[{"to": [_kube_dns(site)], "ports": _dns_ports()}],
-        ),
-    ]
+        facts.add("dns-cluster")
+    if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
+        facts.add("proxy")
+    return facts
+
+
+def _edge_text(edge: topology.Edge) -> str:
+    """The ``mlab.io/edge`` annotation of one table edge."""
+    head = f"{edge.source} --> {edge.destination}"
+    if edge.destination == "kube-dns":
+        return head + " :53/udp :53/tcp" + (" (dns: cluster)" if edge.condition == "dns-cluster" else "")
+    if edge.destination == "internet":
+        return head + " (not private, link-local or cluster ranges)"
+    return f"{head} {_ports_text(list(edge.ports))}"
+
+
+def _peers(site: Site, who: str) -> list[dict[str, Any]]:
+    if who == "office":
+        return _office(site)
+    if who == "kube-dns":
+        return [_kube_dns(site)]
+    if who == "internet":
+        return internet(site)
+    return [_pods(site, cast(Component, who))]
+
+
+def _rule(site: Site, edge: topology.Edge, side: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {("to" if side == "egress" else "from"):
+                            _peers(site, edge.destination if side == "egress" else edge.source)}
+    if edge.destination == "kube-dns":
+        rule["ports"] = _dns_ports()
+    elif edge.destination != "internet":
+        rule["ports"] = _tcp(list(edge.ports))
+    return rule
+
+
+def edge_policies(site: Site, order: list[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
+    """The policies of the active table edges (:data:`mlab.topology.EDGES`), in ``order``.
+
+    Args:
+        site: the site (its facts pick the active edges, see :func:`site_facts`).
+        order: (policy name, source, destination, ``egress`` or ``ingress``) rows; an
+            egress policy selects the source's pods, an ingress one the destination's. A row
+            whose edge is not active on the site renders nothing.
+
+    Returns:
+        New NetworkPolicy dicts, one per row with an active edge.
+    """
+    facts = site_facts(site)
+    out = []
+    for name, source, destination, side in order:
+        edge = next((e for e in topology.EDGES if (e.source, e.destination) == (source, destination)
+                     and topology.edge_active(e, facts)), None)
+        if edge is None:
+            continue
+        component = edge.source if side == "egress" else edge.destination
+        rules = [_rule(site, edge, side)]
+        out.append(_policy(site, name, _edge_text(edge), cast(Component, component),
+                           **{side: rules}))
     return out
+
+
+POLICIES_BEFORE_PROXY = [
+    ("homepod-from-office", "office", "homepod", "ingress"),
+    ("homepod-to-code-service", "homepod", "code-service", "egress"),
+    ("homepod-to-dns", "homepod", "kube-dns", "egress"),
+    ("airlock-from-office", "office", "airlock", "ingress"),
+    ("airlock-to-internet", "airlock", "internet", "egress"),
+    ("airlock-to-dns", "airlock", "kube-dns", "egress"),
+    ("airlock-to-code-service", "airlock", "code-service", "egress"),
+]
+POLICIES_AFTER_PROXY = [
+    ("code-service-from-homepods", "homepod", "code-service", "ingress"),
+    ("code-service-from-airlock", "airlock", "code-service", "ingress"),
+    ("code-service-from-office", "office", "code-service", "ingress"),
+    ("code-service-to-internet", "code-service", "internet", "egress"),
+    ("code-service-to-dns", "code-service", "kube-dns", "egress"),
+]
+"""The policies of :func:`render_network` around the proxy's (order kept for stable output)."""
+
+
+def render_network(site: Site) -> list[dict[str, Any]]:
+    """Every NetworkPolicy of the site, default deny first, then the table's edges."""
+    return ([default_deny(site)] + edge_policies(site, POLICIES_BEFORE_PROXY)
+            + proxy_policies(site) + edge_policies(site, POLICIES_AFTER_PROXY))

@@ -25,8 +25,6 @@ from urllib.parse import urlsplit
 from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
 from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
-    PORT_CODE,
-    PORT_VNC,
     VolumeSet,
     common_env,
     labels,
@@ -37,7 +35,7 @@ from mlab.render.common import (
     selector,
 )
 from mlab.render.homepod import password_secret_name
-from mlab.render.network import _kube_dns, _office, _pods, _policy, _tcp, internet
+from mlab.render.network import _policy, _tcp, edge_policies, internet
 from mlab.site import Site
 from mlab.topology import PORT_PORTAL
 
@@ -147,30 +145,22 @@ def render_portal(site: Site) -> list[dict[str, Any]]:
     return [deployment(site), service(site)]
 
 
+POLICIES = [
+    ("portal-from-office", "office", "portal", "ingress"),
+    ("portal-to-homepods", "portal", "homepod", "egress"),
+    ("homepod-from-portal", "portal", "homepod", "ingress"),
+    ("portal-to-code-service", "portal", "code-service", "egress"),
+    ("code-service-from-portal", "portal", "code-service", "ingress"),
+    ("portal-to-dns", "portal", "kube-dns", "egress"),
+]
+"""The portal's fixed edges (rows of :data:`mlab.topology.EDGES`), one policy per side."""
+
+
 def render_policies(site: Site) -> list[dict[str, Any]]:
     """The portal's NetworkPolicies (appended to network.yaml); empty unless enabled."""
     if not site.portal.enabled:
         return []
-    out = []
-    office = _office(site)
-    if office:
-        out.append(_policy(
-            site, "portal-from-office", f"office --> portal :{PORT_PORTAL}", "portal",
-            ingress=[{"from": office, "ports": _tcp([PORT_PORTAL])}]))
-    out += [
-        _policy(site, "portal-to-homepods", f"portal --> homepod :{PORT_VNC}", "portal",
-                egress=[{"to": [_pods(site, "homepod")], "ports": _tcp([PORT_VNC])}]),
-        _policy(site, "homepod-from-portal", f"portal --> homepod :{PORT_VNC}", "homepod",
-                ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_VNC])}]),
-        _policy(site, "portal-to-code-service", f"portal --> code-service :{PORT_CODE}", "portal",
-                egress=[{"to": [_pods(site, "code-service")], "ports": _tcp([PORT_CODE])}]),
-        _policy(site, "code-service-from-portal", f"portal --> code-service :{PORT_CODE}",
-                "code-service",
-                ingress=[{"from": [_pods(site, "portal")], "ports": _tcp([PORT_CODE])}]),
-        _policy(site, "portal-to-dns", "portal --> kube-dns :53/udp :53/tcp", "portal",
-                egress=[{"to": [_kube_dns(site)],
-                         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]),
-    ]
+    out = edge_policies(site, POLICIES)
     oidc = site.portal.oidc
     if oidc is not None:
         port = issuer_port(site)
@@ -178,7 +168,7 @@ def render_policies(site: Site) -> list[dict[str, Any]]:
             peers = [{"ipBlock": {"cidr": c}} for c in oidc.cidrs]
             edge = f"portal --> identity provider {' '.join(oidc.cidrs)} :{port}"
         else:
-            peers = [internet(site)]
+            peers = internet(site)
             edge = f"portal --> identity provider on the internet :{port}"
         out.append(_policy(site, "portal-to-identity-provider", edge, "portal",
                            egress=[{"to": peers, "ports": _tcp([port])}]))
