@@ -33,7 +33,15 @@ from pydantic.alias_generators import to_camel
 
 from mlab.errors import SiteError
 from mlab.strict_yaml import load_strict
-from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, service_port
+from mlab.topology import (
+    CLAIM_OUTBOX,
+    CLAIM_SHARE,
+    EXPORT_PATH,
+    PORT_CODE,
+    PORT_CODE_SERVICE,
+    SHARE_PATH,
+    service_port,
+)
 
 API_VERSION = "mlab.io/v1"
 
@@ -450,7 +458,7 @@ class Airlock(Model):
     resources: Resources = Field(default_factory=Resources, description="CPU and memory.")
     share: Storage = Field(
         default_factory=lambda: Storage(size="100Gi"),
-        description="The airlock share, read-write here and read-only at /opt/public/airlock "
+        description=f"The airlock share, read-write here and read-only at {SHARE_PATH} "
         "in every HomePod. Default: a new 100Gi claim (must be ReadWriteMany on a cluster "
         "with several nodes).",
     )
@@ -606,7 +614,7 @@ class CodeService(Model):
     placement: Placement = Field(default_factory=Placement, description="Node placement.")
     service: Exposure = Field(
         default_factory=Exposure,
-        description="How the code-service Service is exposed (port 80 to 8080).",
+        description=f"How the code-service Service is exposed (port {PORT_CODE_SERVICE} to {PORT_CODE}).",
     )
 
 
@@ -799,7 +807,7 @@ class Egress(Model):
         None,
         description="Where approved exports go. requester: downloaded from the code service "
         "by their requester with their own credentials (`mlab request download`), never on "
-        "the Airlock share; share: published to /opt/public/airlock/export/<id>/ (the "
+        f"the Airlock share; share: published to {EXPORT_PATH}/<id>/ (the "
         "Airlock's SFTP login, readable in every HomePod). None: requester when posture is "
         "reviewed, share when open.",
     )

@@ -29,7 +29,7 @@ from rich.progress import (
 from mlab.airlock import DEFAULT_SHARE
 from mlab.errors import UsageError
 
-SHARE_HELP = "The Airlock share. Default: /opt/public/airlock (env MLAB_SHARE)."
+SHARE_HELP = f"The Airlock share. Default: {DEFAULT_SHARE} (env MLAB_SHARE)."
 
 stage_app = typer.Typer(help="On the Airlock: stage packages, files and repositories into the share.", no_args_is_help=True)
 install_app = typer.Typer(help="In a HomePod: install staged packages offline from the share.", no_args_is_help=True)

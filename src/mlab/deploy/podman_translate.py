@@ -85,7 +85,7 @@ PLACEHOLDER_COMMAND = [
     "python3", "-c",
     "import http.server as h, signal, sys;"
     "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0));"
-    "h.ThreadingHTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()",
+    f"h.ThreadingHTTPServer(('', {PORT_CODE}), h.SimpleHTTPRequestHandler).serve_forever()",
 ]
 """PLACEHOLDER code service (until `mlab code-service serve` is in the image): an HTTP
 server on the same port, so networks, published ports and probes are the final ones."""
