@@ -106,6 +106,13 @@ def lab(homepod_image, tmp_path_factory, e2e):  # type: ignore[no-untyped-def]
         url = f"http://127.0.0.1:{code.port(8080)}"
         _wait_http(url, code)
         e2e.wait_for_port(airlock.port(22), timeout=60)
+        # The Airlock refreshes Debian's lists once at start (program apt-lists); a script's own
+        # `apt-get update` meanwhile finds the lists lock held (docs/airlock.md).
+        deadline = time.monotonic() + 240
+        while not any(m in airlock.logs() for m in ("apt package lists refreshed",
+                                                    "could not refresh the apt package lists")):
+            assert time.monotonic() < deadline, "the Airlock did not refresh its apt lists"
+            time.sleep(2)
         yield {"url": url, "image": homepod_image, "code": code, "airlock": airlock, "homepod": homepod,
                "share": share, "outboxes": outboxes, "tmp": tmp}
     finally:
