@@ -138,8 +138,7 @@ def test_link_probes_see_forged_sources_and_ipv6_only_where_they_exist(
             "homepod-test", c.name, forged, network["gateway"],
             ((f"IPv6 host [{gw_ll}]", gw_ll, tcp6.getsockname()[1]),), token)
         answer = _run_link_program(c.name, job, udp)
-        time.sleep(0.5)
-        arrived = probes_link._drain(udp)
+        arrived = probes_link.collect(udp)
     rows = {r.probe.target: r for r in probes_link.results(job, answer, arrived)}
     raw = rows["raw socket (AF_INET, SOCK_RAW) as root"]
     by_ip = next(r for t, r in rows.items() if t.endswith("by raw IP"))

@@ -355,6 +355,21 @@ def results(job: LinkJob, answer: dict[str, Any] | None, arrived: dict[str, str]
     return out
 
 
+def collect(sock: socket.socket, seconds: float = 3.0) -> dict[str, str]:
+    """Every datagram that reaches ``sock`` within ``seconds``: payload -> source address.
+
+    A forged datagram can be late on a loaded machine: reading once would call it "did not
+    arrive" and pass a hole, so the listener is read for the whole window.
+    """
+    got: dict[str, str] = {}
+    deadline = time.monotonic() + seconds
+    while True:
+        got.update(_drain(sock))
+        if time.monotonic() >= deadline:
+            return got
+        time.sleep(0.1)
+
+
 def _drain(sock: socket.socket) -> dict[str, str]:
     got: dict[str, str] = {}
     sock.setblocking(False)
@@ -405,8 +420,7 @@ def run(plan: dict[str, Any], host_ip: str,
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
             answers = list(pool.map(one, todo))
-        time.sleep(0.5)
-        arrived = _drain(udp)
+        arrived = collect(udp)
     out: list[Result] = []
     for job, answer in zip(todo, answers, strict=True):
         mine = {k: v for k, v in arrived.items() if k.startswith(job.token + ":")}
