@@ -342,7 +342,7 @@ def test_verify_runs_the_link_probes_and_they_hold(site: Site) -> None:
 
 
 def test_homepod_capabilities_and_raw_socket_under_sudo(site: Site) -> None:
-    """The rendered securityContext survives `podman kube play`: the nine named capabilities,
+    """The rendered securityContext survives `podman kube play`: the named capabilities,
     seccomp filter mode, no_new_privs only without sudo; root through sudo still cannot open
     a raw socket; no container has IPv6 and the host's bridges have none either."""
     from mlab.render.common import SESSION_CAPABILITIES

@@ -241,13 +241,15 @@ class VolumeSet:
 
 # --- Linux capabilities and seccomp (docs/security.md) ------------------------------------
 SESSION_CAPABILITIES: tuple[str, ...] = (
-    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID",
-    "SETUID", "SYS_CHROOT",
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE",
+    "SETGID", "SETUID", "SYS_CHROOT",
 )
 """The only capabilities a HomePod or the Airlock keeps (every other one is dropped).
 
 Each is needed by a program the image runs as root (docs/security.md names them):
-CHOWN (the entrypoint gives the home, outbox and keys to the user; dpkg unpacks files of
+AUDIT_WRITE (sshd writes a login record to the kernel's audit log for a terminal session;
+under containerd the write fails with EPERM without it and sshd closes the session, as
+measured on the node: "linux_audit_write_entry failed: Operation not permitted"), CHOWN (the entrypoint gives the home, outbox and keys to the user; dpkg unpacks files of
 other owners), DAC_OVERRIDE (root, sudo and dpkg read and write files they do not own:
 the user's 0700 home, apt's ``_apt`` directories), FOWNER (chmod and utime on files of other
 owners: ``install -m``, dpkg), FSETID (dpkg and ``install`` keep set-user/group-ID bits,
@@ -258,8 +260,7 @@ sshd, xrdp-sesman, supervisord ``user=`` and apt's ``_apt`` sandbox change user)
 
 Never NET_RAW (raw and packet sockets: a forged source address inherits another pod's
 NetworkPolicy, and packets of others can be read) nor NET_ADMIN (addresses, routes,
-firewall, sysctls). Also left out on purpose: SETFCAP (file capabilities), SETPCAP, MKNOD,
-AUDIT_WRITE (podman's default lacks it; sshd and sudo work without it).
+firewall, sysctls). Also left out on purpose: SETFCAP (file capabilities), SETPCAP, MKNOD.
 """
 CODE_SERVICE_CAPABILITIES: tuple[str, ...] = ()
 """The code service (``mlab code-service serve`` on :8080, git) needs no capability: it
