@@ -150,12 +150,18 @@ def build_app(base_ref: str, base_hash: str, *, progress: Progress | None = None
     return ref
 
 
+PRUNE_GRACE_S = 24 * 3600
+"""Seconds an image of another recipe is kept after it was built (see prune_old_recipes)."""
+
+
 def prune_old_recipes(base_hash: str) -> list[str]:
     """Remove the hash-tagged images (app and base) of other recipes; return the removed tags.
 
     Only ``<repository>:<16 hex>`` tags are removed, never ``latest`` or a ``--tag``; an
-    image that a container uses stays (podman refuses, and the error is ignored). Called
-    after a new base was built: each base is about 1.4 GB.
+    image that a container uses stays (podman refuses, and the error is ignored); an image
+    created less than ``PRUNE_GRACE_S`` seconds ago stays too, because another checkout on
+    the same machine (a second worktree, a CI clone) may have just built it and be about
+    to start it. Called after a new base was built: each base is about 1.4 GB.
     """
     import json
     import re
@@ -165,6 +171,8 @@ def prune_old_recipes(base_hash: str) -> list[str]:
     app, base = [], []
     for img in images:
         if (img.get("Labels") or {}).get("mlab.recipe-hash") == base_hash:
+            continue
+        if time.time() - float(img.get("Created") or 0) < PRUNE_GRACE_S:
             continue
         for name in img.get("Names") or []:
             repo, _, tag = name.rpartition(":")
