@@ -447,6 +447,14 @@ class Airlock(Model):
     """The Airlock: the one pod that reaches the internet."""
 
     enabled: bool = Field(True, description="Deploy the Airlock. Default: true.")
+    cluster_ip: IP | None = Field(
+        None,
+        alias="clusterIP",
+        description="Fixed Service clusterIP, inside `cluster.serviceCIDR`. Each HomePod's "
+        "start gate must see a connection to it refused before any user session starts "
+        "(docs/security.md). None: the address 201 past the start of serviceCIDR "
+        "(10.96.0.201 for 10.96.0.0/12).",
+    )
     user: Label = Field(
         "airlock",
         description="Login name on the Airlock for SSH/SFTP and the desktop. Default: airlock.",
@@ -914,6 +922,17 @@ class Site(Model):
                 f"codeService.clusterIP: {ip} is outside cluster.serviceCIDR "
                 f"{self.cluster.service_cidr}; pick an address inside it"
             )
+        air = ipaddress.ip_address(self.airlock_ip)
+        if air not in ipaddress.ip_network(self.cluster.service_cidr):
+            raise ValueError(
+                f"airlock.clusterIP: {air} is outside cluster.serviceCIDR "
+                f"{self.cluster.service_cidr}; pick an address inside it"
+            )
+        if air == ip:
+            raise ValueError(
+                f"airlock.clusterIP: {air} is the code service's clusterIP too; give "
+                "airlock.clusterIP (or codeService.clusterIP) another address"
+            )
         return self
 
     def clipboard_mode(self) -> str:
@@ -945,6 +964,19 @@ class Site(Model):
         if self.code_service.cluster_ip:
             return self.code_service.cluster_ip
         return str(ipaddress.ip_network(self.cluster.service_cidr)[200])
+
+    @property
+    def airlock_ip(self) -> str:
+        """The Airlock Service's fixed clusterIP: ``airlock.clusterIP`` or serviceCIDR + 201.
+
+        Fixed so that the renderer can give every HomePod's start gate the Airlock's address
+        (HomePods have no DNS and no Service links). Both defaults lie in the band of the
+        Service range that Kubernetes keeps for static addresses (KEP-3070: dynamic
+        allocation takes the upper band first).
+        """
+        if self.airlock.cluster_ip:
+            return self.airlock.cluster_ip
+        return str(ipaddress.ip_network(self.cluster.service_cidr)[201])
 
     def _check_private_claims(self) -> None:
         """A user's home claim is private: no other user, dataset or shared claim uses it."""

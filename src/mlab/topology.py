@@ -35,10 +35,19 @@ CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh":
 PORT_PORTAL = 8443
 """The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
 PORT_DNS = 53
+PORT_KUBELET = 10250
+"""The kubelet's API on every node (its default ``port``); a HomePod must not reach it. The
+HomePod start gate tries it on the pod's own node (``status.hostIP``)."""
 HOMEPOD_IN = (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH)
 """What an office reaches on a HomePod (only SSH when the portal is the sole door to desktops)."""
 AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
 """What an office reaches on the Airlock."""
+
+# The HomePod start gate's environment (mlab.homepod.startgate).
+EGRESS_CHECK_ENV = "MLAB_EGRESS_CHECK"
+"""Comma-separated ``[label=]host:port`` the gate must see refused before sessions start."""
+NODE_IP_ENV = "MLAB_NODE_IP"
+"""The pod's node address (downward API ``status.hostIP``), named in EGRESS_CHECK_ENV."""
 
 # Paths inside HomePods and the Airlock.
 SHARE_PATH = "/opt/public/airlock"

@@ -18,8 +18,8 @@ import yaml
 
 from mlab.deploy import firewall, probes_link
 from mlab.deploy.podman_translate import translate, wanted_networks
-from mlab.podman import KEEP_IPV6_ENV, containers_conf
 from mlab.homepod import startgate
+from mlab.podman import KEEP_IPV6_ENV, containers_conf
 from mlab.render import render_site
 from mlab.render.common import SESSION_CAPABILITIES
 from mlab.secrets import password_keys
@@ -88,7 +88,8 @@ def test_podman_pods_keep_the_security_context_and_homepods_check_the_airlock() 
         assert spec["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
     homepods = [p for p in plan.pods if p.component == "homepod"]
     env = {e["name"]: e["value"] for e in homepods[0].manifest["spec"]["containers"][0]["env"]}
-    assert env["MLAB_EGRESS_CHECK"] == f"{plan.nat_network().pod_ip}:22"
+    assert env["MLAB_EGRESS_CHECK"] == f"airlock={plan.nat_network().pod_ip}:22"
+    assert "MLAB_NODE_IP" not in env  # a downward-API field podman has no node for
 
 
 def test_podman_containers_get_ipv6_off_unless_the_test_switch_is_on(
@@ -206,6 +207,34 @@ def test_start_gate_opens_when_every_target_is_refused() -> None:
     assert startgate.wait(env, lines.append) is True
     assert "forbidden egress refused" in lines[-1] and "starting user sessions" in lines[-1]
     assert f"API server 127.0.0.1:{port}" in lines[-1]
+
+
+def test_start_gate_labels_its_targets() -> None:
+    env = {"MLAB_EGRESS_CHECK": "airlock=10.96.0.201:10022, 192.0.2.2:10250,node-kubelet=[::1]:1"}
+    assert startgate.targets(env) == [("airlock", "10.96.0.201", 10022),
+                                      ("forbidden", "192.0.2.2", 10250),
+                                      ("node-kubelet", "::1", 1)]
+
+
+def test_homepod_gate_env_names_airlock_and_node_kubelet() -> None:
+    """On Kubernetes the gate is given the Airlock (fixed clusterIP, its SSH Service port)
+    and the kubelet on the pod's node (downward API, expanded by the kubelet)."""
+    site = load_site(ROOT / "examples" / "local.yaml")
+    objs = render_site(site).files
+    dep = next(o for o in objs["homepod.yaml"] if o["kind"] == "Deployment")
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names.index("MLAB_NODE_IP") < names.index("MLAB_EGRESS_CHECK")  # $(VAR) order
+    node_ip = next(e for e in env if e["name"] == "MLAB_NODE_IP")
+    assert node_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    check = next(e["value"] for e in env if e["name"] == "MLAB_EGRESS_CHECK")
+    air = next(o for o in objs["airlock.yaml"] if o["kind"] == "Service")
+    ssh = next(p["port"] for p in air["spec"]["ports"] if p["name"] == "ssh")
+    assert check == f"airlock={air['spec']['clusterIP']}:{ssh},node-kubelet=$(MLAB_NODE_IP):10250"
+    assert air["spec"]["clusterIP"] == "10.96.0.201"
+    expanded = {**{e["name"]: e.get("value", "") for e in env}, "MLAB_NODE_IP": "192.0.2.2"}
+    expanded["MLAB_EGRESS_CHECK"] = check.replace("$(MLAB_NODE_IP)", "192.0.2.2")
+    assert [t[0] for t in startgate.targets(expanded)] == ["airlock", "node-kubelet"]
 
 
 def test_start_gate_without_targets_starts_and_says_so() -> None:

@@ -76,7 +76,7 @@ def test_homepod_contract() -> None:
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["MLAB_USER"] == "alice" and env["MLAB_UID"] == "1001"
     assert env["MLAB_MODE"] == "homepod" and env["MLAB_CLIPBOARD"] == "to-pod"
     assert env["MLAB_SSH_ACCESS"] == "shell"  # posture: reviewed
@@ -191,7 +191,7 @@ def test_airlock_reaches_code_service() -> None:
     dep = _by(render_site(site).files["airlock.yaml"], "Deployment", "airlock")
     spec = dep["spec"]["template"]["spec"]
     assert spec["hostAliases"] == [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]
-    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     assert env["MLAB_CODE_HOST"] == site.code_service.host
     assert env["MLAB_IMAGE"] == site.image.ref
     assert env["MLAB_USER"] == site.airlock.user

@@ -51,7 +51,7 @@ def test_homepod_as_seed(seed) -> None:
     c = _container(dep)
     assert c["image"] == "gemfield/homepod:2.0" and c["imagePullPolicy"] == "IfNotPresent"
     assert c["workingDir"] == "/home/gemfield"
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["TZ"] == "Asia/Shanghai" and env["MLAB_USER"] == "gemfield"
     assert c["resources"] == {"requests": {"memory": "6Gi"}, "limits": {"memory": "24Gi"}}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -86,7 +86,7 @@ def test_airlock_as_seed(seed) -> None:
     c = _container(dep)
     assert c["image"] == "gemfield/homepod:2.0" and c["workingDir"] == "/opt/public/airlock"
     assert c["resources"] == {"requests": {"memory": "3Gi"}, "limits": {"memory": "16Gi"}}
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["TZ"] == "Asia/Shanghai" and env["MLAB_MODE"] == "airlock"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"vnc": 5900, "novnc": 7030, "ssh": 22}
     mounts = _mounts(dep)
@@ -159,5 +159,5 @@ def test_airlock_has_policies_without_metadata(seed) -> None:
 
 def test_code_service_host(seed) -> None:
     _, _, objs, _ = seed
-    env = {e["name"]: e["value"] for e in _container(objs[("Deployment", "homepod-gemfield")])["env"]}
+    env = {e["name"]: e.get("value") for e in _container(objs[("Deployment", "homepod-gemfield")])["env"]}
     assert env["MLAB_CODE_HOST"] == "ai1.gemfield.org"

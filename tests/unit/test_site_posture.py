@@ -33,7 +33,7 @@ def test_render_follows_the_posture() -> None:
     def env(site):  # type: ignore[no-untyped-def]
         dep = next(o for o in render_site(site).files["homepod.yaml"]
                    if o["kind"] == "Deployment")
-        return {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert (env(_site())["MLAB_SSH_ACCESS"], env(_site())["MLAB_CLIPBOARD"]) == ("shell", "to-pod")
     opened = env(_site(posture="open"))
     assert (opened["MLAB_SSH_ACCESS"], opened["MLAB_CLIPBOARD"]) == ("full", "both")

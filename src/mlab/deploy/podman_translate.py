@@ -42,8 +42,10 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   are not in the rendered Kubernetes manifests either: there ``net.ipv6.*`` sysctls are
   "unsafe" and a pod asking for them is rejected unless the kubelet's
   ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.
-- The start gate (:mod:`mlab.homepod.startgate`): HomePods get ``MLAB_EGRESS_CHECK`` with
-  the Airlock's SSH address, which they must see refused before their sessions start.
+- The start gate (:mod:`mlab.homepod.startgate`): the rendered ``MLAB_EGRESS_CHECK`` (the
+  Airlock's clusterIP, the node's kubelet) and ``MLAB_NODE_IP`` (downward API) are replaced
+  by the Airlock's SSH address on its network, which HomePods must see refused before
+  their sessions start.
 - The ``securityContext`` (capabilities, seccomp, allowPrivilegeEscalation) is kept as
   rendered: kube play maps it to ``--cap-drop``/``--cap-add`` and ``no-new-privileges``.
 """
@@ -61,7 +63,7 @@ from typing import Any
 
 from mlab.errors import DeployError
 from mlab.site import Site
-from mlab.topology import PORT_CODE
+from mlab.topology import EGRESS_CHECK_ENV, NODE_IP_ENV, PORT_CODE
 
 Obj = dict[str, Any]
 
@@ -511,8 +513,12 @@ def translate(
                 if not res:
                     del container["resources"]
             if component == "homepod":
-                container.setdefault("env", []).append(
-                    {"name": "MLAB_EGRESS_CHECK", "value": f"{nat.pod_ip}:22"})
+                # The rendered gate targets (the Airlock's clusterIP, the node's kubelet from
+                # the downward API) do not exist here: the Airlock's SSH on its network.
+                container["env"] = [e for e in container.get("env", [])
+                                    if e["name"] not in (NODE_IP_ENV, EGRESS_CHECK_ENV)]
+                container["env"].append(
+                    {"name": EGRESS_CHECK_ENV, "value": f"airlock={nat.pod_ip}:22"})
             for env in container.get("env", []):
                 if "valueFrom" in env:
                     raise DeployError(

@@ -17,12 +17,16 @@ Targets (each ``host:port``, IPv6 as ``[addr]:port``):
 
 - ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``: the API server, which the kubelet
   puts in every pod's environment (even with ``enableServiceLinks: false``);
-- ``MLAB_EGRESS_CHECK``: a comma-separated list the engine adds (the podman engine names the
-  Airlock's SSH port; a HomePod has no edge to it).
+- ``MLAB_EGRESS_CHECK``: a comma-separated list of ``[label=]host:port``. On Kubernetes the
+  renderer names the Airlock's SSH port at the Airlock Service's fixed clusterIP and the
+  kubelet (10250) on the pod's own node, whose address the kubelet puts in
+  ``MLAB_NODE_IP`` (downward API ``status.hostIP``) and expands in the list
+  (``$(MLAB_NODE_IP)``); the podman engine names the Airlock's SSH address on its network.
+  A HomePod has no edge to any of them (mlab.render.homepod.gate_env).
 
 No target at all (a plain ``podman run`` of the image) starts at once and says so.
 
-Run as ``python -m mlab.homepod.startgate``; standard library only.
+Run as ``python -m mlab.homepod.startgate``; standard library and :mod:`mlab.topology` only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
+
+from mlab.topology import EGRESS_CHECK_ENV
 
 DEFAULT_SECONDS = 300.0
 """How long the gate waits for its forbidden egress to be refused before giving up."""
@@ -62,6 +68,9 @@ def parse_target(text: str) -> tuple[str, int]:
 def targets(env: Mapping[str, str]) -> list[tuple[str, str, int]]:
     """The forbidden destinations: (label, host, port), from the environment.
 
+    ``MLAB_EGRESS_CHECK`` entries are ``[label=]host:port``; an entry without a label is
+    labelled ``forbidden``.
+
     Raises:
         ValueError: an entry of MLAB_EGRESS_CHECK is not host:port (names it).
     """
@@ -69,12 +78,15 @@ def targets(env: Mapping[str, str]) -> list[tuple[str, str, int]]:
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
     if host and port.isdigit():
         out.append(("API server", host, int(port)))
-    for item in filter(None, (s.strip() for s in env.get("MLAB_EGRESS_CHECK", "").split(","))):
+    for item in filter(None, (s.strip() for s in env.get(EGRESS_CHECK_ENV, "").split(","))):
+        label, sep, spec = item.partition("=")
+        if not sep:
+            label, spec = "forbidden", item
         try:
-            h, p = parse_target(item)
+            h, p = parse_target(spec)
         except ValueError as exc:
             raise ValueError(f"MLAB_EGRESS_CHECK: {exc}") from None
-        out.append(("forbidden", h, p))
+        out.append((label.strip() or "forbidden", h, p))
     return out
 
 

@@ -290,6 +290,8 @@ def service(site: Site) -> dict[str, Any]:
     ports = {n: service_port(exp.ports, site.access.ports, n) for n in ACCESS}
     spec: dict[str, Any] = {
         "type": exp.type,
+        # Fixed, so HomePods' start gates can be given it (mlab.render.homepod.gate_env).
+        "clusterIP": site.airlock_ip,
         "selector": selector(site, "airlock"),
         "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
     }

@@ -32,7 +32,14 @@ from mlab.render.common import (
     service_ports,
 )
 from mlab.site import Site, User
-from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, service_port
+from mlab.topology import (
+    CLAIM_OUTBOX,
+    CLAIM_SHARE,
+    EGRESS_CHECK_ENV,
+    NODE_IP_ENV,
+    PORT_KUBELET,
+    service_port,
+)
 
 ACCESS = ["vnc", "rdp", "novnc", "ssh"]
 """The HomePod Service's ports, in this order."""
@@ -161,6 +168,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
         {"name": "MLAB_IMAGE", "value": site.image.ref},
         *common_env(site),
+        *gate_env(site),
     ]
     if user.groups:
         env.append({"name": "MLAB_GROUPS", "value": ",".join(user.groups)})
@@ -209,6 +217,27 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
             "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
     }
+
+
+def gate_env(site: Site) -> list[dict[str, Any]]:
+    """The start gate's forbidden destinations (:mod:`mlab.homepod.startgate`).
+
+    ``MLAB_NODE_IP`` is the pod's node (downward API ``status.hostIP``); ``MLAB_EGRESS_CHECK``
+    names the Airlock's SSH port at its fixed clusterIP (when the Airlock is deployed) and the
+    kubelet on the node, ``$(MLAB_NODE_IP)`` expanded by the kubelet (a later env value may
+    name an earlier one). With the API server, which the kubelet names in every pod, the
+    gate sees three edges the HomePod must not have refused before any session starts. The
+    podman engine replaces both (mlab.deploy.podman_translate).
+    """
+    checks = []
+    if site.airlock.enabled:
+        ssh = service_port(site.airlock.service.ports, site.access.ports, "ssh")
+        checks.append(f"airlock={site.airlock_ip}:{ssh}")
+    checks.append(f"node-kubelet=$({NODE_IP_ENV}):{PORT_KUBELET}")
+    return [
+        {"name": NODE_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+        {"name": EGRESS_CHECK_ENV, "value": ",".join(checks)},
+    ]
 
 
 def dns_spec(site: Site) -> dict[str, Any]:
