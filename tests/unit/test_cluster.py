@@ -233,3 +233,26 @@ def test_kubectl_missing(fake, tmp_path: Path) -> None:
     proc = fake.run("delete", "--site", str(SITE), PATH=str(tmp_path / "empty"))
     assert proc.returncode == 1
     assert "kubectl" in proc.stderr and "not found" in proc.stderr
+
+
+def test_apply_names_a_service_whose_fixed_cluster_ip_would_change() -> None:
+    """The Airlock's clusterIP is fixed (docs/security.md); a Service made before keeps
+    another one, which Kubernetes never changes: one line naming the Service and the fix."""
+    from mlab.deploy.kubernetes import Kubectl, apply_objects
+    from mlab.errors import DeployError
+    from mlab.render import render_site
+    from mlab.site import load_site
+
+    class Refusing(Kubectl):
+        def run(self, args, stdin=None, timeout=None):  # the kubectl process boundary
+            raise DeployError('kubectl apply failed: The Service "airlock" is invalid: '
+                              'spec.clusterIPs[0]: Invalid value: []string{"10.96.0.201"}: '
+                              "may not change once set")
+
+    site = load_site(SITE)
+    with pytest.raises(DeployError) as err:
+        apply_objects(Refusing(), site, render_site(site), dry_run=False)
+    assert err.value.one_line() == (
+        "Service mlab/airlock has another clusterIP than the site's fixed one (a clusterIP "
+        "never changes once set) (delete it once: kubectl -n mlab delete service airlock, "
+        "then apply again)")

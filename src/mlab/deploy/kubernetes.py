@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -136,8 +137,26 @@ def apply_objects(kubectl: Kubectl, site: Site, rendered: Rendered, dry_run: boo
     ]
     if dry_run:
         args.append("--dry-run=server")
-    kubectl.run(args, stdin=dump_yaml(objs))
+    try:
+        kubectl.run(args, stdin=dump_yaml(objs))
+    except DeployError as exc:
+        fixed = _FIXED_IP_CHANGE.search(exc.message)
+        if fixed:
+            name = fixed.group(1)
+            raise DeployError(
+                f"Service {site.namespace}/{name} has another clusterIP than the site's fixed "
+                "one (a clusterIP never changes once set)",
+                hint=f"delete it once: kubectl -n {site.namespace} delete service {name}, "
+                "then apply again",
+            ) from None
+        raise
     return len(objs)
+
+
+_FIXED_IP_CHANGE = re.compile(r'The Service "([^"]+)" is invalid: spec\.clusterIPs?\b.*'
+                              r"(immutable|may not change once set)")
+"""kubectl's line when a Service's clusterIP would change (the Airlock's fixed address,
+docs/security.md, meets a Service made before it)."""
 
 
 def stale_objects(

@@ -137,7 +137,8 @@ def wait(env: Mapping[str, str], say: Callable[[str], None],
                 "does not govern this HomePod; no user session is started")
             return False
         if rounds == 1 or rounds % 10 == 0:
-            say(f"{label} {h}:{p} {note} (network policy not in force yet): waiting")
+            how = "; ".join(f"{lb} {hh}:{pp} {nt}" for lb, hh, pp, nt in open_)
+            say(f"{how} (network policy not in force yet): waiting")
         sleep(RETRY_SECONDS)
 
 
