@@ -25,10 +25,10 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from access_clients import looks_like_desktop
 
 from mlab.podman import podman
 from mlab.render.common import SESSION_CAPABILITIES
@@ -169,26 +169,6 @@ def wait_until_ready(container: Container, timeout: float = 60.0) -> float:
         time.sleep(0.2)
     tail = "\n".join(container.logs().splitlines()[-20:])
     raise TimeoutError(f"{container.name}: desktop not ready after {timeout} s:\n{tail}")
-
-
-def looks_like_desktop(png: str | Path) -> bool:
-    """True when a screenshot shows the XFCE desktop: a light panel along the top and a
-    non-black wallpaper colour covering much of the screen, with many colours in all
-    (false for a black screen, noVNC's own page, or xrdp's login dialog)."""
-    from PIL import Image, ImageStat
-
-    with Image.open(png) as raw:
-        img = raw.convert("RGB")
-    w, h = img.size
-    colors = img.getcolors(maxcolors=w * h) or []
-    count, dominant = max(colors)
-    panel = ImageStat.Stat(img.crop((0, 0, w, 20))).mean
-    return (
-        len(colors) > 50
-        and count / (w * h) > 0.4
-        and sum(dominant) > 30
-        and sum(panel) / 3 > 150
-    )
 
 
 @pytest.fixture(scope="session")

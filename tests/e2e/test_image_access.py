@@ -9,16 +9,11 @@ Set MLAB_UPDATE_SCREENSHOTS=1 to copy the screenshots to docs/ (docs/image.md).
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -28,6 +23,7 @@ from pathlib import Path
 import httpx
 import paramiko
 import pytest
+from access_clients import VNCDO, novnc_screenshot, rdp_session, vnc_capture
 
 from mlab.podman import podman
 
@@ -36,12 +32,6 @@ pytestmark = pytest.mark.e2e
 PREFIX = "mlabtest-img-"
 PASSWORD = "Alice-Passw0rd-42"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-VNCDO = str(Path(sys.executable).with_name("vncdo"))
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-allow-origins=*", "--window-size=1280,800",
-]
 
 
 def keep_screenshot(src: Path, name: str) -> None:
@@ -115,12 +105,6 @@ def pod(homepod_image: str, e2e, ssh_key, tmp_path_factory) -> Iterator:
         podman(["volume", "rm", "-f", volume], check=False)
 
 
-def vnc_capture(port: int, password: str, out: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``vncdo capture`` through the published VNC port."""
-    return subprocess.run([VNCDO, "-s", f"127.0.0.1::{port}", "-p", password, "capture", str(out)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 # --- image contents ----------------------------------------------------------------------
 
 def test_image_has_services_tools_and_mlab(pod) -> None:
@@ -171,113 +155,22 @@ def test_homepod_pip_and_apt_point_only_at_the_airlock_share(pod) -> None:
 
 def test_vnc_shows_the_desktop(pod, e2e, tmp_path) -> None:
     out = tmp_path / "vnc.png"
-    proc = vnc_capture(pod.port(5900), PASSWORD, out)
+    proc = vnc_capture("127.0.0.1", pod.port(5900), PASSWORD, out)
     assert proc.returncode == 0, proc.stderr
     assert e2e.looks_like_desktop(out)
     keep_screenshot(out, "screenshot-vnc.png")
 
 
 def test_vnc_refuses_a_wrong_password_and_uses_its_first_8_characters(pod, tmp_path) -> None:
-    bad = vnc_capture(pod.port(5900), "Wrong-Passw0rd-42", tmp_path / "bad.png")
+    bad = vnc_capture("127.0.0.1", pod.port(5900), "Wrong-Passw0rd-42", tmp_path / "bad.png")
     assert bad.returncode != 0 and not (tmp_path / "bad.png").exists()
     assert "Authentication failure" in bad.stderr
     # VncAuth (RFB 3.8 section 7.2.2) keys DES with 8 bytes: only the prefix counts.
-    ok = vnc_capture(pod.port(5900), PASSWORD[:8] + "-anything", tmp_path / "ok.png")
+    ok = vnc_capture("127.0.0.1", pod.port(5900), PASSWORD[:8] + "-anything", tmp_path / "ok.png")
     assert ok.returncode == 0, ok.stderr
 
 
 # --- browser (noVNC) ---------------------------------------------------------------------
-
-class DevTools:
-    """Headless Chromium driven over the DevTools protocol (websocket JSON-RPC)."""
-
-    def __init__(self, tmp: Path, url: str) -> None:
-        import websocket
-
-        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-        self.log = tmp / "chromium.log"
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-                 "--remote-debugging-port=0", url],
-                stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text())
-            if m:
-                port = int(m.group(1))
-            elif time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-500:]}")
-            else:
-                time.sleep(0.1)
-        # The tab that shows ``url`` (not a new-tab page or a worker).
-        pages: list[dict] = []
-        while not pages:
-            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                     if t["type"] == "page" and t["url"].startswith(url.split("?")[0])]
-            if not pages and time.monotonic() > deadline:
-                raise RuntimeError(f"chromium has no tab with {url}")
-            time.sleep(0.1)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30,
-                                              suppress_origin=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params: object) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
-
-    def evaluate(self, expression: str) -> object:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def close(self) -> None:
-        self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-NOVNC_STATE = ("JSON.stringify({ready: document.readyState, cls: document.documentElement.className,"
-               " status: (document.getElementById('noVNC_status') || {}).textContent,"
-               " loaded: performance.getEntriesByType('resource').length})")
-
-
-def novnc_screenshot(url: str, out: Path, tmp: Path) -> bool:
-    """Open ``url`` and, once noVNC reports a connection, save a screenshot; return whether
-    it connected (else print noVNC's state).
-
-    Under heavy load headless Chromium sometimes leaves noVNC's page in its loading state
-    (``noVNC_loading``, no connection attempted); like a user, reload it (twice at most).
-    """
-    browser = DevTools(tmp, url)
-    try:
-        connected = False
-        for attempt in range(3):
-            if attempt:
-                print(f"noVNC attempt {attempt} stalled: {browser.evaluate(NOVNC_STATE)}; reloading")
-                browser.call("Page.reload", ignoreCache=True)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not connected:
-                connected = bool(browser.evaluate(
-                    "document.documentElement.classList.contains('noVNC_connected')"))
-                time.sleep(0.3)
-            if connected:
-                break
-        if not connected:
-            print("noVNC state:", browser.evaluate(NOVNC_STATE))
-            print("chromium:", browser.log.read_text()[-1500:])
-        time.sleep(1.5)  # the first framebuffer update after the connection
-        shot = browser.call("Page.captureScreenshot", format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
-        return connected
-    finally:
-        browser.close()
-
 
 class PrefixProxy:
     """A reverse proxy on 127.0.0.1 that serves ``http://127.0.0.1:<target>/`` under
@@ -387,64 +280,13 @@ def test_novnc_page_is_served(pod) -> None:
 
 # --- RDP ---------------------------------------------------------------------------------
 
-class Xvfb:
-    """A private X display for the RDP client."""
-
-    def __init__(self, tmp: Path) -> None:
-        rfd, wfd = os.pipe()
-        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0", "1280x800x24",
-                                      "-nolisten", "tcp"], pass_fds=(wfd,),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(wfd)
-        with os.fdopen(rfd) as r:
-            self.display = ":" + r.readline().strip()
-
-    def screenshot(self, out: Path) -> None:
-        xwd = subprocess.run(["xwd", "-root", "-silent", "-display", self.display],
-                             capture_output=True, check=True, timeout=30).stdout
-        from PIL import Image
-
-        try:
-            Image.open(io.BytesIO(xwd)).save(out)
-        except Exception:  # Pillow without an XWD reader: use ImageMagick.
-            subprocess.run(["convert", "xwd:-", str(out)], input=xwd, check=True, timeout=30)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-def rdp_session(port: int, password: str, tmp: Path, e2e, wait: float = 40) -> tuple[bool, Path]:
-    """Log in with xfreerdp under Xvfb; poll screenshots until the desktop shows (or
-    ``wait`` seconds pass). Returns (desktop seen, last screenshot)."""
-    x = Xvfb(tmp)
-    out = tmp / f"rdp-{password[:4]}.png"
-    client = subprocess.Popen(
-        ["xfreerdp", f"/v:127.0.0.1:{port}", "/u:alice", f"/p:{password}", "/cert:ignore",
-         "/size:1280x800", "/bpp:24", "-wallpaper"],
-        env={**os.environ, "DISPLAY": x.display}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            time.sleep(2)
-            x.screenshot(out)
-            if e2e.looks_like_desktop(out):
-                return True, out
-        return False, out
-    finally:
-        client.terminate()
-        client.wait(timeout=10)
-        x.close()
-
-
 def test_rdp_gives_a_desktop_while_the_vnc_session_is_open(pod, e2e, tmp_path) -> None:
     viewer = subprocess.Popen([VNCDO, "-s", f"127.0.0.1::{pod.port(5900)}", "-p", PASSWORD,
                                "pause", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1)
         assert viewer.poll() is None, "the VNC viewer did not stay connected"
-        seen, shot = rdp_session(pod.port(3389), PASSWORD, tmp_path, e2e)
+        seen, shot = rdp_session("127.0.0.1", pod.port(3389), "alice", PASSWORD, tmp_path)
         assert seen, "no desktop over RDP"
         keep_screenshot(shot, "screenshot-rdp.png")
         assert viewer.poll() is None, "the VNC viewer lost its connection"
@@ -463,7 +305,8 @@ def test_rdp_gives_a_desktop_while_the_vnc_session_is_open(pod, e2e, tmp_path) -
 def test_rdp_refuses_a_wrong_password(pod, e2e, tmp_path) -> None:
     # xrdp answers a failed login with its login dialog ("login failed for user alice")
     # instead of a desktop; `xfreerdp /auth-only` cannot tell, the screen can.
-    seen, shot = rdp_session(pod.port(3389), "Wrong-Passw0rd-42", tmp_path, e2e, wait=12)
+    seen, shot = rdp_session("127.0.0.1", pod.port(3389), "alice", "Wrong-Passw0rd-42", tmp_path,
+                             wait=12)
     assert not seen
     from PIL import Image
 
@@ -528,7 +371,7 @@ def test_supervisor_restarts_a_killed_vnc_server(pod, e2e, tmp_path) -> None:
     start = time.monotonic()
     out = tmp_path / "again.png"
     while time.monotonic() - start < 30:
-        if vnc_capture(pod.port(5900), PASSWORD, out, timeout=10).returncode == 0:
+        if vnc_capture("127.0.0.1", pod.port(5900), PASSWORD, out, timeout=10).returncode == 0:
             break
         time.sleep(0.3)
     elapsed = time.monotonic() - start

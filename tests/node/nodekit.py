@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "examples" / "local.yaml"
@@ -51,3 +54,36 @@ class Node:
         """Run ``python3 -c CODE ARGS`` in ``target`` (``deploy/NAME`` or ``pod/NAME``)."""
         return self.kubectl("-n", namespace, "exec", target, "--", "python3", "-c", code, *args,
                             timeout=timeout, check=check)
+
+
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_SECRET = "site-ca"
+
+
+def apply_with_machine_ca(node: Node, directory: Path) -> Path:
+    """Apply examples/local.yaml with ``airlock.caBundleSecret`` naming the machine's CA
+    bundle and return the variant's path.
+
+    These machines reach PyPI through a TLS-intercepting proxy: the Airlock trusts the
+    machine's CA bundle the way a site behind such a proxy does. Nothing else changes
+    (same users, Services and ports).
+    """
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": CA_SECRET, "namespace": NAMESPACE},
+              "data": {"ca.crt": base64.b64encode(CA_BUNDLE.read_bytes()).decode()}}
+    node.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(secret))
+    doc = yaml.safe_load(SITE.read_text())
+    doc["airlock"]["caBundleSecret"] = CA_SECRET
+    variant = directory / "site.yaml"
+    variant.write_text(yaml.safe_dump(doc))
+    proc = node.mlab("apply", "--site", str(variant), "--timeout", "600")
+    assert proc.returncode == 0, proc.stderr
+    return variant
+
+
+def passwords() -> dict[str, str]:
+    """The local site's generated passwords (user -> password), as ``mlab passwords``."""
+    from mlab.secrets import passwords_path
+    from mlab.site import load_site
+
+    return json.loads(passwords_path(load_site(SITE)).read_text())

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import yaml
-
 from nodekit import NAMESPACE, SELECTOR, SITE, Node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]

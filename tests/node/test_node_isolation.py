@@ -9,15 +9,13 @@ A blocked probe must fail to connect: a connect that succeeds is a hole, whateve
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from nodekit import NAMESPACE, SITE, Node
+from nodekit import NAMESPACE, Node, apply_with_machine_ca
 
 from mlab.node import layout
 
@@ -122,19 +120,7 @@ def test_pods_have_no_ipv6(site_up: Node) -> None:
 
 
 def test_airlock_reaches_pypi_and_debian(site_up: Node, tmp_path: Path) -> None:
-    # These machines reach PyPI through a TLS-intercepting proxy: the Airlock trusts the
-    # machine's CA bundle the way a site behind such a proxy does (airlock.caBundleSecret).
-    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-    secret = {"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": "site-ca", "namespace": NAMESPACE},
-              "data": {"ca.crt": base64.b64encode(bundle.read_bytes()).decode()}}
-    site_up.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(secret))
-    doc = yaml.safe_load(SITE.read_text())
-    doc["airlock"]["caBundleSecret"] = "site-ca"
-    variant = tmp_path / "site.yaml"
-    variant.write_text(yaml.safe_dump(doc))
-    proc = site_up.mlab("apply", "--site", str(variant), "--timeout", "600")
-    assert proc.returncode == 0, proc.stderr
+    apply_with_machine_ca(site_up, tmp_path)  # these machines' TLS-intercepting proxy
     for url in ("https://pypi.org/simple/pip/",
                 "http://deb.debian.org/debian/dists/bookworm/Release"):
         proc = site_up.exec_py("deploy/airlock", HTTP_STATUS, url, timeout=90)
