@@ -240,8 +240,9 @@ def shell_session(host: str, port: int, user: str, password: str, command: str,
             if not chunk:
                 break
             data += chunk
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", data.decode(errors="replace"))  # bash's
-        lines = [ln.strip() for ln in text.replace("\r", "").split("\n")]  # bracketed paste
+        # bash's bracketed paste and a pager's keypad mode (ESC = / ESC >) are no output.
+        text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[=>])", "", data.decode(errors="replace"))
+        lines = [ln.strip() for ln in text.replace("\r", "").split("\n")]
         return "\n".join(lines[lines.index("MLAB-BEGIN") + 1:lines.index("MLAB-END")])
     finally:
         client.close()

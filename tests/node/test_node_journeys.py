@@ -171,7 +171,7 @@ def test_git_clone_and_push_through_the_code_service(lab: Lab) -> None:
         "rm -rf /tmp/nodeclone; git config --global credential.helper "
         "'!f() { echo username=alice; echo password=\"$(cat $MLAB_PASSWORD_FILE)\"; }; f'; "
         f"git clone -q http://code.mlab.local/demo/{name} /tmp/nodeclone && cd /tmp/nodeclone && "
-        "git log --format=%s && echo work > alice.txt && git add alice.txt && "
+        "git --no-pager log --format=%s && echo work > alice.txt && git add alice.txt && "
         "git -c user.name=alice -c user.email=alice@example.org commit -q -m 'alice work' && "
         "git push -q origin HEAD:refs/heads/alice/node-topic 2>&1; echo PUSHED=$?", timeout=120)
     assert "node first" in out.splitlines(), out

@@ -89,7 +89,8 @@ def test_api_server_rules(path: Path) -> None:
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 if probe in container:
                     action = container[probe].get("tcpSocket") or container[probe].get("httpGet")
-                    assert action["port"] in port_names
+                    assert action is None and container[probe]["exec"]["command"] or \
+                        action["port"] in port_names
             names = [e["name"] for e in container["env"]]
             assert len(names) == len(set(names))
     services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}

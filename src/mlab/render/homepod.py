@@ -38,6 +38,7 @@ from mlab.topology import (
     EGRESS_CHECK_ENV,
     NODE_IP_ENV,
     PORT_KUBELET,
+    PORT_VNC,
     service_port,
 )
 
@@ -85,12 +86,25 @@ def home_pvc(site: Site, user: User) -> dict[str, Any] | None:
     )
 
 
+VNC_LISTENING = [
+    "sh", "-c",
+    f"grep -sqE ':{PORT_VNC:04X} [0-9A-F]+:0000 0A ' /proc/net/tcp /proc/net/tcp6",
+]
+"""Readiness: the VNC server listens (a TCP_LISTEN row for its port in the kernel's
+socket table), checked without connecting to it. A ``tcpSocket`` probe connects and closes
+before authenticating, which TigerVNC counts as a security failure: after five, it
+blacklists the probe's source address, which on a node is also the address NodePort and
+host connections arrive from (seen on the node: "Connections: blacklisted: 10.244.0.1",
+every VNC client from the node refused with "Too many security failures")."""
+
+
 def _probes() -> dict[str, Any]:
-    """Startup, readiness and liveness probes on the VNC and noVNC ports.
+    """Startup, readiness and liveness probes.
 
     startup: noVNC accepts TCP (up to 5 min for a first boot that populates a home);
-    readiness: the VNC server accepts TCP; liveness: the noVNC page answers HTTP
-    (as the seed did), restarting a desktop that hangs.
+    readiness: the VNC server listens (:data:`VNC_LISTENING`, no connection to it);
+    liveness: the noVNC page answers HTTP (as the seed did), restarting a desktop that
+    hangs. No probe connects to the VNC port itself.
     """
     return {
         "startupProbe": {
@@ -99,8 +113,9 @@ def _probes() -> dict[str, Any]:
             "failureThreshold": 60,
         },
         "readinessProbe": {
-            "tcpSocket": {"port": "vnc"},
+            "exec": {"command": VNC_LISTENING},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
