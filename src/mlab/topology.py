@@ -40,6 +40,25 @@ HOMEPOD_IN = (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH)
 AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
 """What an office reaches on the Airlock."""
 
+LOOPBACK = "127.0.0.1"
+
+
+def dial_address(bind_address: str) -> str:
+    """The address a client on the same host dials to reach a listener on ``bind_address``.
+
+    Args:
+        bind_address: a listener's IPv4 or IPv6 address (``access.bindAddress``, a published
+            port's host IP).
+
+    Returns:
+        ``127.0.0.1`` for an unspecified address (``0.0.0.0``, ``::``: every address of the
+        host, loopback included), else ``bind_address`` itself. This is the one statement of
+        "0.0.0.0 means 127.0.0.1" (the readiness wait, the endpoints table, the host probes
+        and the code-service locator use it).
+    """
+    return LOOPBACK if bind_address in ("0.0.0.0", "::") else bind_address
+
+
 # Paths inside HomePods and the Airlock.
 SHARE_PATH = "/opt/public/airlock"
 """The Airlock share: read-write in the Airlock, read-only in every HomePod."""

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from mlab.errors import MlabError, UsageError
+from mlab.topology import dial_address
 
 ENV = "MLAB_SERVER"
 """The environment variable naming the code service URL, for every client command."""
@@ -43,7 +44,7 @@ def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     for pod in (plan or {}).get("pods", []):
         if pod.get("component") == "code-service" and pod.get("ports"):
             port = pod["ports"][0]
-            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
+            host = dial_address(port["host_ip"])
             return f"http://{host}:{port['host_port']}"
     return None
 

@@ -59,6 +59,7 @@ from mlab.deploy.podman_translate import (
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
+from mlab.topology import dial_address
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for item in sorted(pending):
-            host = "127.0.0.1" if item[2] in ("0.0.0.0", "::") else item[2]
+            host = dial_address(item[2])
             try:
                 with socket.create_connection((host, item[3]), timeout=1):
                     pending.discard(item)
@@ -484,7 +485,7 @@ def status(site_name: str) -> list[dict[str, Any]]:
         endpoints = []
         for port in pod["ports"]:
             host = port["host_ip"]
-            shown = "127.0.0.1" if host == "0.0.0.0" else host
+            shown = dial_address(host)
             kinds = {"vnc": ["vnc"], "rdp": ["rdp"], "novnc": ["http"], "ssh": ["ssh", "sftp"],
                      "http": ["http"]}.get(port["name"], [port["name"]])
             for proto in kinds:

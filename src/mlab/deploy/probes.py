@@ -32,7 +32,7 @@ from typing import Any
 
 from mlab.deploy import answers
 from mlab.podman import podman_command, podman_env
-from mlab.topology import PORT_CODE, SHARE_PATH
+from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -187,7 +187,7 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
                                  hp["networks"][0][1], port, False))
     for pod in pods:
         for port in pod["ports"]:
-            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
+            host = dial_address(port["host_ip"])
             kind, where = host_kind(port["name"], host, port["host_port"])
             out.append(Probe("host", "", f"{pod['deployment']} {port['name']} "
                              f"{host}:{port['host_port']}", kind, where, port["host_port"], True))
