@@ -26,11 +26,8 @@ from mlab.render.common import (
     SHARE_PATH,
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
     pvc,
     resources_spec,
     security_context,
@@ -204,28 +201,10 @@ def deployment(site: Site) -> dict[str, Any]:
         container["resources"] = res
     vols.mounts = []
     publisher = publisher_container(site, vols)
-    pod_spec: dict[str, Any] = {
-        **placement_spec(air.placement),
-        **pull_secrets(site),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostname": "airlock",
-        "securityContext": pod_security_context(),
-        "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}],
-        "containers": [container, publisher],
-        "volumes": vols.volumes(),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, "airlock", "airlock"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "airlock")},
-            "template": {"metadata": {"labels": labels(site, "airlock")}, "spec": pod_spec},
-        },
-    }
+    aliases = [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]
+    return component_deployment(site, "airlock", "airlock", [container, publisher], vols.volumes(),
+                      placement=air.placement, hostname="airlock",
+                      pod_fields={"hostAliases": aliases})
 
 
 def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:

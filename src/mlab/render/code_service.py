@@ -25,11 +25,8 @@ from mlab.render.common import (
     PORT_CODE,
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
     pvc,
     resources_spec,
     security_context,
@@ -162,31 +159,8 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
     if res:
         container["resources"] = res
     digest = hashlib.sha256(site_yaml.encode()).hexdigest()[:16]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, "code-service", "code-service"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "code-service")},
-            "template": {
-                "metadata": {
-                    "labels": labels(site, "code-service"),
-                    "annotations": {"mlab.io/site-sha256": digest},
-                },
-                "spec": {
-                    **placement_spec(cs.placement),
-                    **pull_secrets(site),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": vols.volumes(),
-                },
-            },
-        },
-    }
+    return component_deployment(site, "code-service", "code-service", [container], vols.volumes(),
+                      placement=cs.placement, annotations={"mlab.io/site-sha256": digest})
 
 
 def service(site: Site) -> dict[str, Any]:

@@ -93,6 +93,67 @@ def metadata(
     return meta
 
 
+def component_deployment(
+    site: Site,
+    name: str,
+    component: Component,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    *,
+    user: str | None = None,
+    placement: Placement | None = None,
+    hostname: str | None = None,
+    pod_fields: dict[str, Any] | None = None,
+    pod_labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Deployment every MLab component runs as: one replica, ``Recreate``, locked-down pod.
+
+    Args:
+        site: the site (labels, pull secrets).
+        name: the Deployment's name (``homepod-<user>``, ``airlock``, ...).
+        component: its component label.
+        containers: the pod's containers.
+        volumes: the pod's volumes (``VolumeSet.volumes()``).
+        user: the HomePod's user (its labels and selector), else None.
+        placement: the component's ``placement`` (nodeName, nodeSelector, tolerations).
+        hostname: the pod's hostname, when fixed.
+        pod_fields: PodSpec fields placed after ``securityContext`` (hostAliases, DNS).
+        pod_labels: the pod template's labels when they add to :func:`labels` (groups).
+        annotations: the pod template's annotations (a restart on change), if any.
+
+    Returns:
+        An ``apps/v1`` Deployment. ``Recreate``: each pod mounts ReadWriteOnce claims, so a
+        rolling update's second pod could not start. The pod mounts no service-account token,
+        gets no Service environment variables and runs under :func:`pod_security_context`.
+    """
+    spec: dict[str, Any] = {
+        **(placement_spec(placement) if placement is not None else {}),
+        **pull_secrets(site),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        **({"hostname": hostname} if hostname else {}),
+        "securityContext": pod_security_context(),
+        **(pod_fields or {}),
+        "containers": containers,
+        "volumes": volumes,
+    }
+    meta: dict[str, Any] = {"labels": pod_labels or labels(site, component, user)}
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(site, name, component, user),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(site, component, user)},
+            "template": {"metadata": meta, "spec": spec},
+        },
+    }
+
+
 def short_name(prefix: str, name: str) -> str:
     """``prefix-name`` cut to 63 characters with a stable hash suffix when too long.
 

@@ -20,11 +20,9 @@ from mlab.render.common import (
     SHARE_PATH,
     VolumeSet,
     common_env,
+    component_deployment,
     labels,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
     pvc,
     resources_spec,
     security_context,
@@ -187,28 +185,9 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     pod_labels = labels(site, "homepod", user.name)
     for group in user.groups:
         pod_labels[GROUP_LABEL_PREFIX + group] = "true"
-    pod_spec: dict[str, Any] = {
-        **placement_spec(user.placement),
-        **pull_secrets(site),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostname": "homepod",
-        "securityContext": pod_security_context(),
-        **dns_spec(site),
-        "containers": [container],
-        "volumes": vols.volumes(),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, f"homepod-{user.name}", "homepod", user.name),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "homepod", user.name)},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-        },
-    }
+    return component_deployment(site, f"homepod-{user.name}", "homepod", [container], vols.volumes(),
+                      user=user.name, placement=user.placement, hostname="homepod",
+                      pod_fields=dns_spec(site), pod_labels=pod_labels)
 
 
 def dns_spec(site: Site) -> dict[str, Any]:

@@ -27,10 +27,8 @@ from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    pod_security_context,
-    pull_secrets,
     security_context,
     selector,
 )
@@ -100,27 +98,7 @@ def deployment(site: Site) -> dict[str, Any]:
         # A web server on an unprivileged port: no capability, no escalation.
         "securityContext": security_context((), escalation=False),
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, NAME, "portal"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "portal")},
-            "template": {
-                "metadata": {"labels": labels(site, "portal")},
-                "spec": {
-                    **pull_secrets(site),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": vols.volumes(),
-                },
-            },
-        },
-    }
+    return component_deployment(site, NAME, "portal", [container], vols.volumes())
 
 
 def service(site: Site) -> dict[str, Any]:
