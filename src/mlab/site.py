@@ -314,35 +314,54 @@ class UserCulling(Model):
     )
 
 
+def setting(default: Any, description: str, *, shown: str | None = None, **bounds: Any) -> Any:
+    """A site field with a default, its description ending in ``Default: <default>.``.
+
+    Args:
+        default: the value used when the site file leaves the field out.
+        description: what the field means (the site reference, ``mlab site docs``, shows it).
+        shown: how the default reads in the description when ``str(default)`` does not
+            (``25`` for 25.0, ``4294967296 (4 GiB)``).
+        **bounds: pydantic's numeric bounds (``ge``, ``gt``, ``le``).
+
+    Returns:
+        A pydantic ``Field``.
+    """
+    text = shown if shown is not None else str(default)
+    return Field(default, description=f"{description} Default: {text}.", **bounds)
+
+
 class Culling(Model):
     """Idle HomePods give their machine back (`mlab cull`, docs/culling.md). A HomePod is
     idle while no keyboard or mouse input reaches any of its desktops or terminals and its
     users' processes stay under both busy thresholds; an open connection is not use."""
 
     enabled: bool = Field(True, description="Let `mlab cull` stop idle HomePods. Default: true.")
-    idle_after: Duration = Field(
-        "4h", description="Idle time before a HomePod is stopped (its home is kept), e.g. "
-        "90s, 30m, 4h, 1d, or never. Default: 4h.",
+    idle_after: Duration = setting(
+        "4h", "Idle time before a HomePod is stopped (its home is kept), e.g. 90s, 30m, 4h, "
+        "1d, or never.",
     )
-    gpu_idle_after: Duration = Field(
-        "1h", description="Idle time before a HomePod with GPUs (resources.gpus > 0, or "
-        "nvidia-smi lists one) is stopped; GPUs are the scarcest thing. Default: 1h.",
+    gpu_idle_after: Duration = setting(
+        "1h", "Idle time before a HomePod with GPUs (resources.gpus > 0, or nvidia-smi lists "
+        "one) is stopped; GPUs are the scarcest thing.",
     )
-    warn_before: Duration = Field(
-        "10m", description="How long before the stop a desktop dialog warns the user with "
-        "the time left; any input cancels the stop. Default: 10m.",
+    warn_before: Duration = setting(
+        "10m", "How long before the stop a desktop dialog warns the user with the time left; "
+        "any input cancels the stop.",
     )
-    cpu_busy_percent: float = Field(
-        25.0, gt=0, description="CPU use of the users' processes, in percent of one core "
-        "averaged since the last sample, at or above which the HomePod is busy (a training "
-        "run with nobody at the keyboard is not idle). Default: 25.",
+    cpu_busy_percent: float = setting(
+        25.0, "CPU use of the users' processes, in percent of one core averaged since the "
+        "last sample, at or above which the HomePod is busy (a training run with nobody "
+        "at the keyboard is not idle).",
+        gt=0, shown="25",
     )
-    gpu_busy_percent: float = Field(
-        10.0, gt=0, le=100, description="nvidia-smi utilisation.gpu (percent, the busiest "
-        "GPU) at or above which the HomePod is busy. Default: 10.",
+    gpu_busy_percent: float = setting(
+        10.0, "nvidia-smi utilisation.gpu (percent, the busiest GPU) at or above which the "
+        "HomePod is busy.",
+        gt=0, le=100, shown="10",
     )
-    interval: Duration = Field(
-        "1m", description="How often `mlab cull` samples each HomePod. Default: 1m.",
+    interval: Duration = setting(
+        "1m", "How often `mlab cull` samples each HomePod.",
     )
 
 
@@ -489,53 +508,52 @@ class CodeServiceLimits(Model):
     """Limits that keep one user (or one attacker with an account) from exhausting the code
     service: git processes, pushes, logins. Every field has a sane default."""
 
-    git_timeout: int = Field(
-        3600, ge=10,
-        description="Seconds one git request (clone, fetch, push) may run before its git "
-        "processes are killed. Default: 3600.",
+    git_timeout: int = setting(
+        3600, "Seconds one git request (clone, fetch, push) may run before its git processes "
+        "are killed.",
+        ge=10,
     )
-    max_git_processes: int = Field(
-        32, ge=1,
-        description="git requests running at once in total; more are answered 503 with "
-        "Retry-After. Default: 32.",
+    max_git_processes: int = setting(
+        32, "git requests running at once in total; more are answered 503 with Retry-After.",
+        ge=1,
     )
-    max_git_processes_per_user: int = Field(
-        6, ge=1,
-        description="git requests running at once per account; more are answered 429 with "
-        "Retry-After. Default: 6.",
+    max_git_processes_per_user: int = setting(
+        6, "git requests running at once per account; more are answered 429 with "
+        "Retry-After.",
+        ge=1,
     )
-    git_queue_wait: int = Field(
-        30, ge=0,
-        description="Seconds a git request beyond `maxGitProcesses` or "
-        "`maxGitProcessesPerUser` waits for a free slot before it is refused. Default: 30.",
+    git_queue_wait: int = setting(
+        30, "Seconds a git request beyond `maxGitProcesses` or `maxGitProcessesPerUser` "
+        "waits for a free slot before it is refused.",
+        ge=0,
     )
-    max_refs_per_day: int = Field(
-        1000, ge=1,
-        description="Ref updates (creations, updates, deletions) one user may push per UTC "
-        "day, all repositories together. Default: 1000.",
+    max_refs_per_day: int = setting(
+        1000, "Ref updates (creations, updates, deletions) one user may push per UTC day, all "
+        "repositories together.",
+        ge=1,
     )
-    max_push_bytes_per_day: int = Field(
-        4 * 1024**3, ge=1,
-        description="Bytes one user may push per UTC day (pack data, all repositories "
-        "together). Default: 4294967296 (4 GiB).",
+    max_push_bytes_per_day: int = setting(
+        4 * 1024**3, "Bytes one user may push per UTC day (pack data, all repositories together).",
+        ge=1, shown="4294967296 (4 GiB)",
     )
-    login_failures_per_account: int = Field(
-        10, ge=1,
-        description="Failed logins per account within `loginWindow` before the account is "
-        "refused with 429 until the window passes. Default: 10.",
+    login_failures_per_account: int = setting(
+        10, "Failed logins per account within `loginWindow` before the account is refused "
+        "with 429 until the window passes.",
+        ge=1,
     )
-    login_failures_per_address: int = Field(
-        30, ge=1,
-        description="Failed logins per client address within `loginWindow` before the "
-        "address is refused with 429. Default: 30.",
+    login_failures_per_address: int = setting(
+        30, "Failed logins per client address within `loginWindow` before the address is "
+        "refused with 429.",
+        ge=1,
     )
-    login_window: int = Field(
-        300, ge=1, description="Seconds over which failed logins are counted. Default: 300.",
+    login_window: int = setting(
+        300, "Seconds over which failed logins are counted.",
+        ge=1,
     )
-    max_concurrent_hashes: int = Field(
-        2, ge=1,
-        description="argon2 password checks running at once (each takes 64 MiB); further "
-        "logins wait their turn. Default: 2.",
+    max_concurrent_hashes: int = setting(
+        2, "argon2 password checks running at once (each takes 64 MiB); further logins "
+        "wait their turn.",
+        ge=1,
     )
 
 
