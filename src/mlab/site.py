@@ -34,16 +34,19 @@ from pydantic.alias_generators import to_camel
 from mlab.errors import SiteError
 from mlab.strict_yaml import load_strict
 from mlab.topology import (
+    AIRLOCK_ACCESS,
     CLAIM_OUTBOX,
     CLAIM_SHARE,
     EXPORT_PATH,
+    HOMEPOD_ACCESS,
     PORT_CODE,
     PORT_CODE_SERVICE,
     SHARE_PATH,
+    AccessName,
     service_port,
 )
 
-API_VERSION = "mlab.io/v1"
+API_VERSION: Literal["mlab.io/v1"] = "mlab.io/v1"
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 """RFC 1123 label as Kubernetes uses it for names (IsDNS1123Label): at most 63 characters."""
@@ -292,12 +295,12 @@ class Exposure(Model):
         description="ServiceSpec.externalIPs: node addresses that route to the Service. "
         "Empty: none.",
     )
-    ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Port] = Field(
+    ports: dict[AccessName, Port] = Field(
         default_factory=dict,
         description="Service port per access name, overriding `access.ports`. Empty: the "
         "defaults. Every Service publishes all of its access ports.",
     )
-    node_ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Annotated[int, Field(ge=30000, le=32767)]] = Field(
+    node_ports: dict[AccessName, Annotated[int, Field(ge=30000, le=32767)]] = Field(
         default_factory=dict,
         description="Fixed nodePort per access name (NodePort and LoadBalancer only, "
         "30000-32767). Empty: Kubernetes assigns them.",
@@ -993,12 +996,11 @@ class Site(Model):
 
     def _check_port_clashes(self) -> None:
         claimed: dict[tuple[str, int], str] = {}
-        exposures: list[tuple[str, Exposure, list[str]]] = [
-            (f"users[{i}].service", u.service, ["vnc", "rdp", "novnc", "ssh"])
-            for i, u in enumerate(self.users)
+        exposures: list[tuple[str, Exposure, tuple[AccessName, ...]]] = [
+            (f"users[{i}].service", u.service, HOMEPOD_ACCESS) for i, u in enumerate(self.users)
         ]
         if self.airlock.enabled:
-            exposures.append(("airlock.service", self.airlock.service, ["ssh", "novnc", "vnc"]))
+            exposures.append(("airlock.service", self.airlock.service, AIRLOCK_ACCESS))
         for where, exposure, names in exposures:
             inside: dict[int, str] = {}
             for name in names:

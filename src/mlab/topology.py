@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 # Labels and annotations.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -31,10 +32,16 @@ PORT_CODE = 8080
 """The code service's container port (``mlab code-service serve``); its Service maps 80 here."""
 PORT_CODE_SERVICE = 80
 """The code-service Service port (the URL users type: ``http://$MLAB_CODE_HOST``)."""
-CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
+AccessName = Literal["vnc", "rdp", "novnc", "ssh"]
+"""The access names: the keys of ``access.ports`` and of a Service's ``ports``."""
+CONTAINER_PORTS: dict[str, int] = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
 PORT_PORTAL = 8443
 """The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
 PORT_DNS = 53
+HOMEPOD_ACCESS: tuple[AccessName, ...] = ("vnc", "rdp", "novnc", "ssh")
+"""The access names of a HomePod (its container ports and Service ports, in this order)."""
+AIRLOCK_ACCESS: tuple[AccessName, ...] = ("ssh", "novnc", "vnc")
+"""The access names of the Airlock (no RDP: one desktop, by VNC or noVNC)."""
 HOMEPOD_IN = (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH)
 """What an office reaches on a HomePod (only SSH when the portal is the sole door to desktops)."""
 AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
@@ -77,7 +84,7 @@ CLAIM_EXPORTS = "exports"
 SECRET_AIRLOCK_PASSWORD = "airlock-password"
 
 
-def service_port(overrides: Mapping[str, int], defaults: object, name: str) -> int:
+def service_port(overrides: Mapping[AccessName, int], defaults: object, name: AccessName) -> int:
     """The Service port of one access name: the Service's override, else ``access.ports``.
 
     Args:

@@ -65,6 +65,19 @@ def test_every_edge_holds(site_up: Node, tmp_path: Path) -> None:
         assert edges[needed]["expected"] == "blocked", needed
     assert any(e.startswith("probe-homepod --> kubernetes.default") for e in edges)
     assert any(e.startswith("probe-homepod --> node ") for e in edges)
+    # The office PC (this machine) reaches every exposed port, each in its own protocol.
+    office = [r for r in rows if r["source"] == "office"]
+    alice = {r["target"].split()[1]: r["detail"] for r in office
+             if r["target"].startswith("homepod-alice ")}
+    assert alice["ssh"].startswith("SSH-2.0-") and alice["vnc"].startswith("RFB 003."), alice
+    assert alice["novnc"] == "HTTP 200 noVNC page" and alice["rdp"].startswith("X.224"), alice
+    assert any(r["target"].startswith("code-service http ") and r["detail"].startswith("HTTP ")
+               for r in office), office
+    assert any(r["target"].startswith("airlock ssh ") for r in office), office
+    # One matrix: rows name the check of mlab.topology.checks they stand for.
+    assert {"homepod --> code-service :8080", "office --> homepod :22",
+            "homepod --> node :10250", "outsider --> code-service :8080",
+            "code-service --> homepod :22"} <= {r["check"] for r in rows}
     no_probe_left(site_up)
 
 
@@ -86,6 +99,26 @@ def test_deleted_policy_fails_exactly_its_edges(site_up: Node, tmp_path: Path) -
             for target in ("code service http://code.mlab.local/", code_ip)}
     assert failed == want, (want ^ failed)
     assert "MISMATCH" in err
+    no_probe_left(site_up)
+
+
+def test_deleted_office_policy_fails_exactly_the_office_rows(site_up: Node,
+                                                             tmp_path: Path) -> None:
+    """The office PC -> HomePod ingress is probed: without the policy that admits the
+    offices to HomePods, exactly the office rows to HomePod ports fail."""
+    removed = "homepod-from-office"
+    site_up.kubectl("-n", NAMESPACE, "delete", "networkpolicy", removed)
+    try:
+        code, rows, err, _ = verify(site_up, tmp_path)
+    finally:
+        policy = next(p for p in render_site(load_site(SITE)).files["network.yaml"]
+                      if p["metadata"]["name"] == removed)
+        site_up.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
+    assert code == 1, err
+    failed = {r["edge"] for r in rows if not r["ok"]}
+    want = {r["edge"] for r in rows if r["source"] == "office"
+            and r["target"].startswith("homepod-")}
+    assert len(want) >= 8 and failed == want, (want ^ failed)
     no_probe_left(site_up)
 
 

@@ -136,8 +136,8 @@ def read_facts(kubectl: Kubectl, site: Site) -> km.ClusterFacts:
     api_svc = svc.get("spec", {}).get("clusterIP", "")
     facts = host_facts(0)
     try:
-        mirror_ip = socket.getaddrinfo(urlsplit(DEBIAN_URL).hostname, 80, socket.AF_INET,
-                                       socket.SOCK_STREAM)[0][4][0]
+        mirror_ip = str(socket.getaddrinfo(urlsplit(DEBIAN_URL).hostname, 80, socket.AF_INET,
+                                           socket.SOCK_STREAM)[0][4][0])
     except OSError:
         mirror_ip = ""
     resolver = next((r for r in facts.resolvers if not r.startswith("127.")), "")

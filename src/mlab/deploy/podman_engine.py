@@ -405,8 +405,8 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
                     remove_pod(name, grace=0)
                 except MlabError as exc:
                     log.warning("[mlab/%s] rollback: %s", name, exc)
-        for net in made_nets:
-            podman(["network", "rm", "-f", net], check=False)
+        for made in made_nets:
+            podman(["network", "rm", "-f", made], check=False)
         for vol in made_vols:
             podman(["volume", "rm", "-f", vol], check=False)
         try:

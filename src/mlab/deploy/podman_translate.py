@@ -445,7 +445,7 @@ def translate(
             if user is None:
                 raise DeployError(f"{where}: a HomePod without the {LABEL_USER} label")
             net = nets[homepod_network_name(site, user)]
-            attach = ((net.name, net.pod_ip),)
+            attach: tuple[tuple[str, str], ...] = ((net.name, net.pod_ip),)
             alias_ip = net.code_ip
             via = "nft"
         elif component == "code-service":

@@ -365,7 +365,7 @@ def host_facts(listener_port: int) -> HostFacts:
     internet_ip = ""
     try:
         infos = socket.getaddrinfo(INTERNET_NAME, 443, socket.AF_INET, socket.SOCK_STREAM)
-        internet_ip = infos[0][4][0]
+        internet_ip = str(infos[0][4][0])
     except OSError:
         pass
     host_ip = "127.0.0.1"

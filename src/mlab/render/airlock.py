@@ -37,6 +37,7 @@ from mlab.render.common import (
 from mlab.render.homepod import container_ports, shm_volume
 from mlab.site import PUBLISHER_ACCOUNT, Site
 from mlab.topology import (
+    AIRLOCK_ACCESS,
     CLAIM_EXPORTS,
     CLAIM_OUTBOX,
     CLAIM_SHARE,
@@ -45,7 +46,7 @@ from mlab.topology import (
     service_port,
 )
 
-ACCESS = ["ssh", "novnc", "vnc"]
+ACCESS = list(AIRLOCK_ACCESS)
 """The Airlock Service's ports, in this order (no RDP: the seed published none)."""
 
 AIRLOCK_UID = 1000
@@ -270,7 +271,7 @@ def service(site: Site) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "airlock"),
-        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, exp.node_ports, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)

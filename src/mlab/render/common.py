@@ -9,6 +9,7 @@ Everything here is pure: site in, new dicts out, nothing mutated.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from mlab.site import Placement, Resources, Site
@@ -31,6 +32,7 @@ from mlab.topology import (  # noqa: F401  (re-exported: the renderers import th
     PORT_SSH,
     PORT_VNC,
     SHARE_PATH,
+    AccessName,
 )
 
 Component = Literal["homepod", "airlock", "code-service", "portal"]
@@ -237,7 +239,8 @@ def pvc(
 
 
 def service_ports(
-    names: list[str], ports: dict[str, int], node_ports: dict[str, int], with_node_ports: bool
+    names: Sequence[AccessName], ports: Mapping[AccessName, int],
+    node_ports: Mapping[AccessName, int], with_node_ports: bool,
 ) -> list[dict[str, Any]]:
     """ServicePorts for access names, targeting the named container ports."""
     out = []

@@ -7,6 +7,7 @@ generated password is returned separately (it never goes into homepod.yaml).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mlab.render.common import (
@@ -30,9 +31,9 @@ from mlab.render.common import (
     service_ports,
 )
 from mlab.site import Site, User
-from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, service_port
+from mlab.topology import CLAIM_OUTBOX, CLAIM_SHARE, HOMEPOD_ACCESS, service_port
 
-ACCESS = ["vnc", "rdp", "novnc", "ssh"]
+ACCESS = list(HOMEPOD_ACCESS)
 """The HomePod Service's ports, in this order."""
 
 NO_DNS_NAMESERVER = "127.0.0.1"
@@ -103,7 +104,7 @@ def _probes() -> dict[str, Any]:
     }
 
 
-def container_ports(names: list[str]) -> list[dict[str, Any]]:
+def container_ports(names: Sequence[str]) -> list[dict[str, Any]]:
     """Named container ports for the given access names."""
     return [
         {"name": n, "containerPort": CONTAINER_PORTS[n], "protocol": "TCP"} for n in names
@@ -214,7 +215,7 @@ def service(site: Site, user: User) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "homepod", user.name),
-        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, exp.node_ports, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)
