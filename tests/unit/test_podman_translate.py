@@ -371,3 +371,18 @@ def test_code_service_sees_the_local_upstreams_read_only() -> None:
     closed = _plan(_site(codeService={"allowLocalUpstreams": False})).pod("code-service")
     assert closed is not None
     assert all(v["name"] != "local-upstreams" for v in closed.manifest["spec"]["volumes"])
+
+
+def test_the_firewall_carries_every_edge_podman_can_have() -> None:
+    """The podman firewall's edges are rows of mlab.topology.EDGES: every edge that can be
+    active on a podman site (offices, Airlock, proxy; no portal, no HomePod resolver) is
+    one the ruleset carries, and the rules take their ports from the table."""
+    from mlab.topology import EDGES, edge_active
+
+    podman_words = {"office", "direct-desktops", "airlock", "proxy"}
+    want = {e for e in EDGES if edge_active(e, podman_words)}
+    assert set(firewall.RULE_EDGES) == want
+    text = _ruleset(_plan(_site()))
+    port = firewall.HOMEPOD_TO_CODE.ports[0]
+    assert f"tcp dport {port} accept comment" in text.split("table bridge")[-1]
+    assert f"udp dport {firewall.NAT_TO_DNS[0].ports[0]} accept" in text

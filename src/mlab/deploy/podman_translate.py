@@ -61,20 +61,16 @@ from typing import Any
 
 from mlab.errors import DeployError
 from mlab.site import Site
-from mlab.topology import PORT_CODE
+from mlab.topology import LABEL_USER, PORT_CODE, PORT_VNC
 
 Obj = dict[str, Any]
 
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_USER = "mlab.io/user"
 LABEL_SPEC = "mlab.io/podman-spec"
 LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
 
-CODE_PORT = PORT_CODE
-CONTAINER_VNC = 5900
-"""The HomePod's VNC container port (docs/CONTRACTS.md); the portal's backend on podman."""
 VOLUME_ROOT = "/var/lib/containers/storage/volumes"
 """podman's default volume directory as root (``podman info`` Store.VolumePath)."""
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -366,10 +362,10 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None
     command += ["--host", site.access.bind_address]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
         nat = nets[nat_network_name(site)]
-        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{CODE_PORT}"
+        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{PORT_CODE}"
     for net in nets.values():
         if net.internal and net.user is not None:
-            command += ["--backend", f"{net.user}={net.pod_ip}:{CONTAINER_VNC}"]
+            command += ["--backend", f"{net.user}={net.pod_ip}:{PORT_VNC}"]
     container["command"] = command
 
 
