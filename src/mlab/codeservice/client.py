@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from mlab.errors import MlabError, TemporaryError, UsageError
+from mlab.topology import PASSWORD_FILE
 
 DEFAULT_TIMEOUT = 3600.0
 """Seconds; approving a large repository clones all of it before the answer."""
@@ -80,28 +81,46 @@ class ServiceClient:
         self._http.close()
 
 
-def credentials(default_user: str | None = None) -> tuple[str, str]:
-    """User and password from the environment, else a prompt on the terminal.
+SECRET_FILE = Path(PASSWORD_FILE)
+"""The pod's own password file (docs/CONTRACTS.md), used when nothing else is set."""
+
+
+def credentials(default_user: str | None = None, ask_user: bool = True) -> tuple[str, str]:
+    """``(user, password)`` for the code service: the one rule every client follows.
+
+    User: ``$MLAB_USER``, else ``default_user``, else (with ``ask_user``) a prompt.
+    Password: ``$MLAB_PASSWORD``, else the file ``$MLAB_PASSWORD_FILE``, else the pod's
+    readable :data:`SECRET_FILE` (in HomePods and the Airlock), else a prompt.
+
+    Args:
+        default_user: the user when ``$MLAB_USER`` is unset (``admin`` for admin commands).
+        ask_user: prompt for a missing user on a terminal; False: a missing user is an error.
 
     Raises:
-        UsageError: they are not in the environment and there is no terminal to ask on.
+        UsageError: no user (and none may be asked), an unreadable ``MLAB_PASSWORD_FILE``, or
+            something missing with no terminal to ask on.
     """
     user = os.environ.get("MLAB_USER") or default_user
     password = os.environ.get("MLAB_PASSWORD")
     if password is None and os.environ.get("MLAB_PASSWORD_FILE"):
+        path = os.environ["MLAB_PASSWORD_FILE"]
         try:
-            password = Path(os.environ["MLAB_PASSWORD_FILE"]).read_text().strip("\r\n")
+            password = Path(path).read_text(encoding="utf-8").strip("\r\n")
         except OSError as exc:
-            raise UsageError(f"MLAB_PASSWORD_FILE: cannot read it: {exc.strerror}") from None
+            raise UsageError(f"MLAB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+    if password is None and os.access(SECRET_FILE, os.R_OK):
+        password = SECRET_FILE.read_text(encoding="utf-8").strip("\r\n")
+    if not user and not ask_user:
+        raise UsageError("MLAB_USER: set it to your user name (admin for the admin)")
     if user and password is not None:
         return user, password
     if not sys.stdin.isatty():
         raise UsageError("no credentials for the code service",
-                         "set MLAB_USER and MLAB_PASSWORD")
+                         "set MLAB_USER and MLAB_PASSWORD (or MLAB_PASSWORD_FILE)")
     if not user:
         user = input("code service user: ").strip()
     if password is None:
-        password = getpass.getpass(f"password for {user}: ")
+        password = getpass.getpass(f"code service password for {user}: ")
     return user, password
 
 

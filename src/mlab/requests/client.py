@@ -17,9 +17,7 @@ Where the server and credentials come from (first found wins):
 
 from __future__ import annotations
 
-import getpass
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,34 +57,16 @@ def resolve_server(server: str | None) -> str:
 CONTAINER_PORT = PORT_CODE
 """The code service's container port (docs/CONTRACTS.md)."""
 
-SECRET_FILE = Path("/etc/mlab/secret/password")
-"""The pod's own password file (docs/CONTRACTS.md), used when nothing else is set."""
-
-
 def resolve_credentials() -> tuple[str, str]:
-    """``(user, password)``: MLAB_USER; MLAB_PASSWORD, else the file MLAB_PASSWORD_FILE,
-    else the pod's readable :data:`SECRET_FILE`, else a prompt on the terminal.
+    """``(user, password)`` by :func:`mlab.codeservice.client.credentials` (the one rule of
+    every code-service client), ``MLAB_USER`` required.
 
     Raises:
         UsageError: no user, an unreadable MLAB_PASSWORD_FILE, or no password and no terminal.
     """
-    user = os.environ.get("MLAB_USER")
-    if not user:
-        raise UsageError("MLAB_USER: set it to your user name (admin for the admin)")
-    password = os.environ.get("MLAB_PASSWORD")
-    if password is None and os.environ.get("MLAB_PASSWORD_FILE"):
-        path = os.environ["MLAB_PASSWORD_FILE"]
-        try:
-            password = Path(path).read_text(encoding="utf-8").strip("\r\n")
-        except OSError as exc:
-            raise UsageError(f"MLAB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
-    if password is None and os.access(SECRET_FILE, os.R_OK):
-        password = SECRET_FILE.read_text(encoding="utf-8").strip("\r\n")
-    if password is None:
-        if not sys.stdin.isatty():
-            raise UsageError("MLAB_PASSWORD: set it, or MLAB_PASSWORD_FILE to a file holding it")
-        password = getpass.getpass(f"code service password for {user}: ")
-    return user, password
+    from mlab.codeservice.client import credentials
+
+    return credentials(ask_user=False)
 
 
 @dataclass
