@@ -33,15 +33,7 @@ from typing import Any
 from mlab import topology
 from mlab.deploy import answers
 from mlab.podman import podman_command, podman_env
-from mlab.topology import (
-    PORT_CODE,
-    PORT_NOVNC,
-    PORT_RDP,
-    PORT_SSH,
-    PORT_VNC,
-    SHARE_PATH,
-    dial_address,
-)
+from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -124,7 +116,8 @@ class HostFacts:
     resolvers: tuple[str, ...]
 
 
-PORT_KIND = {PORT_VNC: "rfb", PORT_SSH: "ssh", PORT_RDP: "rdp", PORT_NOVNC: "novnc"}
+PORT_KIND = {topology.PORT_VNC: "rfb", topology.PORT_SSH: "ssh", topology.PORT_RDP: "rdp",
+             topology.PORT_NOVNC: "novnc"}
 """A container port -> the protocol its service answers in (:mod:`answers`); else ``tcp``."""
 
 

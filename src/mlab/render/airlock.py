@@ -18,9 +18,7 @@ from typing import Any
 
 from mlab.render.common import (
     CA_DIR,
-    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
-    PASSWORD_DIR,
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
@@ -28,8 +26,9 @@ from mlab.render.common import (
     common_env,
     component_deployment,
     metadata,
+    mount_login_password,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
     service_ports,
@@ -151,17 +150,7 @@ def deployment(site: Site) -> dict[str, Any]:
     air = site.airlock
     vols = VolumeSet()
     vols.mount(vols.add(shm_volume()), "/dev/shm")
-    secret = vols.add(
-        {
-            "name": "password",
-            "secret": {
-                "secretName": password_secret_name(site),
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": LOGIN_PASSWORD_MODE,
-            },
-        }
-    )
-    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    mount_login_password(vols, password_secret_name(site))
     vols.mount(vols.claim(share_claim(site)), SHARE_PATH, sub_path=air.share.sub_path)
     env = [
         {"name": "MLAB_USER", "value": air.user},
@@ -196,10 +185,8 @@ def deployment(site: Site) -> dict[str, Any]:
         # drop ALL includes NET_RAW: the publisher shares this pod's network, so root through
         # sudo cannot capture its code-service login.
         "securityContext": security_context(SESSION_CAPABILITIES, escalation=True),
+        **resources_field(air.resources),
     }
-    res = resources_spec(air.resources)
-    if res:
-        container["resources"] = res
     vols.mounts = []
     publisher = publisher_container(site, vols)
     aliases = [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]

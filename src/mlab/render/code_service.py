@@ -28,7 +28,7 @@ from mlab.render.common import (
     component_deployment,
     metadata,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
 )
@@ -154,10 +154,8 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         },
         "volumeMounts": vols.volume_mounts(),
         "securityContext": security_context(CODE_SERVICE_CAPABILITIES, escalation=False),
+        **resources_field(cs.resources),
     }
-    res = resources_spec(cs.resources)
-    if res:
-        container["resources"] = res
     digest = hashlib.sha256(site_yaml.encode()).hexdigest()[:16]
     return component_deployment(site, "code-service", "code-service", [container], vols.volumes(),
                       placement=cs.placement, annotations={"mlab.io/site-sha256": digest})

@@ -202,6 +202,12 @@ def resources_spec(resources: Resources) -> dict[str, Any]:
     return out
 
 
+def resources_field(resources: Resources) -> dict[str, Any]:
+    """``{"resources": ...}`` for a container when :func:`resources_spec` sets anything, else {}."""
+    res = resources_spec(resources)
+    return {"resources": res} if res else {}
+
+
 def common_env(site: Site) -> list[dict[str, str]]:
     """Environment every MLab container gets: TZ and LANG."""
     return [{"name": "TZ", "value": site.timezone}, {"name": "LANG", "value": site.locale}]
@@ -357,3 +363,22 @@ def security_context(capabilities: tuple[str, ...], escalation: bool) -> dict[st
 def pod_security_context() -> dict[str, Any]:
     """The pod ``securityContext`` of every MLab pod: seccomp RuntimeDefault."""
     return {"seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def mount_login_password(vols: VolumeSet, secret_name: str) -> None:
+    """Mount the login password Secret (key ``password``) read-only at ``PASSWORD_DIR``.
+
+    Mode :data:`LOGIN_PASSWORD_MODE` (the pod's login user reads it); the path is the
+    container contract's ``/etc/mlab/secret/password`` (docs/CONTRACTS.md).
+    """
+    secret = vols.add(
+        {
+            "name": "password",
+            "secret": {
+                "secretName": secret_name,
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": LOGIN_PASSWORD_MODE,
+            },
+        }
+    )
+    vols.mount(secret, PASSWORD_DIR, read_only=True)

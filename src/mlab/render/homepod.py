@@ -13,9 +13,7 @@ from typing import Any
 from mlab.render.common import (
     CONTAINER_PORTS,
     GROUP_LABEL_PREFIX,
-    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
-    PASSWORD_DIR,
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
@@ -24,8 +22,9 @@ from mlab.render.common import (
     component_deployment,
     labels,
     metadata,
+    mount_login_password,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
     service_ports,
@@ -122,17 +121,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     vols = VolumeSet()
     vols.mount(vols.add(shm_volume()), "/dev/shm")
     vols.mount(vols.claim(home_claim(user)), f"/home/{user.name}", sub_path=user.home.sub_path)
-    secret = vols.add(
-        {
-            "name": "password",
-            "secret": {
-                "secretName": password_secret_name(user),
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": LOGIN_PASSWORD_MODE,
-            },
-        }
-    )
-    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    mount_login_password(vols, password_secret_name(user))
     share = site.airlock.share
     vols.mount(
         vols.claim(share.claim or CLAIM_SHARE), SHARE_PATH, read_only=True,
@@ -178,10 +167,8 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         # sudo: true means root inside the pod with SESSION_CAPABILITIES only; without sudo
         # no_new_privs is set as well (docs/security.md).
         "securityContext": security_context(SESSION_CAPABILITIES, escalation=user.sudo),
+        **resources_field(user.resources),
     }
-    res = resources_spec(user.resources)
-    if res:
-        container["resources"] = res
 
     pod_labels = labels(site, "homepod", user.name)
     for group in user.groups:
