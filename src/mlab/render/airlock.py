@@ -27,6 +27,7 @@ from mlab.render.common import (
     component_deployment,
     metadata,
     mount_login_password,
+    mount_password,
     pvc,
     resources_field,
     security_context,
@@ -204,17 +205,7 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
     for its own mounts (the caller empties it first).
     """
     air = site.airlock
-    secret = vols.add(
-        {
-            "name": "publisher-password",
-            "secret": {
-                "secretName": PUBLISHER_SECRET,
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
-            },
-        }
-    )
-    vols.mount(secret, PUBLISHER_PASSWORD_DIR, read_only=True)
+    mount_password(vols, "publisher-password", PUBLISHER_SECRET, PUBLISHER_PASSWORD_DIR)
     delivered = exports_claim(site)
     if delivered:
         # Requester delivery: the publication root is the exports claim, which only the

@@ -27,6 +27,7 @@ from mlab.render.common import (
     common_env,
     component_deployment,
     metadata,
+    mount_password,
     pvc,
     resources_field,
     security_context,
@@ -99,17 +100,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         }
     )
     vols.mount(cm, SITE_FILE, read_only=True, sub_path="site.yaml")
-    admin = vols.add(
-        {
-            "name": "admin-password",
-            "secret": {
-                "secretName": ADMIN_SECRET,
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
-            },
-        }
-    )
-    vols.mount(admin, ADMIN_DIR, read_only=True)
+    mount_password(vols, "admin-password", ADMIN_SECRET, ADMIN_DIR)
     sources = [
         _password_source(password_secret_name(user), user.name) for user in site.users
     ]

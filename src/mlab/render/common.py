@@ -371,14 +371,28 @@ def mount_login_password(vols: VolumeSet, secret_name: str) -> None:
     Mode :data:`LOGIN_PASSWORD_MODE` (the pod's login user reads it); the path is the
     container contract's ``/etc/mlab/secret/password`` (docs/CONTRACTS.md).
     """
+    mount_password(vols, "password", secret_name, PASSWORD_DIR, LOGIN_PASSWORD_MODE)
+
+
+def mount_password(vols: VolumeSet, volume: str, secret_name: str, directory: str,
+                   mode: int = 0o400) -> None:
+    """Mount a password Secret's key ``password`` read-only as ``<directory>/password``.
+
+    Args:
+        vols: the pod's volumes.
+        volume: the volume's name in the pod.
+        secret_name: the Secret (key ``password``).
+        directory: where the file appears.
+        mode: the file's mode (0o400: read by root only).
+    """
     secret = vols.add(
         {
-            "name": "password",
+            "name": volume,
             "secret": {
                 "secretName": secret_name,
                 "items": [{"key": "password", "path": "password"}],
-                "defaultMode": LOGIN_PASSWORD_MODE,
+                "defaultMode": mode,
             },
         }
     )
-    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    vols.mount(secret, directory, read_only=True)
