@@ -102,26 +102,6 @@ def test_deleted_policy_fails_exactly_its_edges(site_up: Node, tmp_path: Path) -
     no_probe_left(site_up)
 
 
-def test_deleted_office_policy_fails_exactly_the_office_rows(site_up: Node,
-                                                             tmp_path: Path) -> None:
-    """The office PC -> HomePod ingress is probed: without the policy that admits the
-    offices to HomePods, exactly the office rows to HomePod ports fail."""
-    removed = "homepod-from-office"
-    site_up.kubectl("-n", NAMESPACE, "delete", "networkpolicy", removed)
-    try:
-        code, rows, err, _ = verify(site_up, tmp_path)
-    finally:
-        policy = next(p for p in render_site(load_site(SITE)).files["network.yaml"]
-                      if p["metadata"]["name"] == removed)
-        site_up.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(policy))
-    assert code == 1, err
-    failed = {r["edge"] for r in rows if not r["ok"]}
-    want = {r["edge"] for r in rows if r["source"] == "office"
-            and r["target"].startswith("homepod-")}
-    assert len(want) >= 8 and failed == want, (want ^ failed)
-    no_probe_left(site_up)
-
-
 def test_canary_reports_a_node_without_policy_enforcement(site_up: Node,
                                                           tmp_path: Path) -> None:
     from mlab.node import supervisor
