@@ -386,3 +386,26 @@ def test_the_firewall_carries_every_edge_podman_can_have() -> None:
     port = firewall.HOMEPOD_TO_CODE.ports[0]
     assert f"tcp dport {port} accept comment" in text.split("table bridge")[-1]
     assert f"udp dport {firewall.NAT_TO_DNS[0].ports[0]} accept" in text
+
+
+def test_networks_join_only_pods_that_share_an_edge() -> None:
+    """The network attachment is the edge table's: two pods share a network only where
+    mlab.topology.EDGES has an edge between their components (a HomePod and the code
+    service on the user's internal network; the Airlock and the code service on the NAT
+    network), and every such edge between site pods has a shared network."""
+    from itertools import combinations
+
+    from mlab.topology import EDGES
+
+    plan = _plan(_site())
+    edges = {frozenset((e.source, e.destination)) for e in EDGES}
+    pods = {p.name: p for p in plan.pods}
+    shared = set()
+    for a, b in combinations(pods.values(), 2):
+        if {n for n, _ in a.networks} & {n for n, _ in b.networks}:
+            pair = frozenset((a.component, b.component))
+            assert pair in edges, (a.name, b.name)
+            shared.add(pair)
+    present = {p.component for p in plan.pods}
+    want = {pair for pair in edges if pair <= present and len(pair) == 2}
+    assert shared == want
