@@ -168,6 +168,8 @@ def ruleset(
         unchanged site gives the same ruleset (idempotent).
     """
     t = table_name(site)
+    # The code service's address on the NAT network (the engine's third address of a subnet).
+    nat_code = str(ipaddress.ip_network(nat_subnet)[2]) if nat_subnet else ""
     bridges = sorted({b for b in [nat_bridge, *(hp.bridge for hp in homepods)] if b})
     ip6_in, ip6_fwd, ip6_br = _ipv6_rules(bridges, macs) if block_ipv6 else ([], [], [])
     lines = [
@@ -191,7 +193,6 @@ def ruleset(
         for hp in homepods
     ]
     if nat_subnet:
-        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
         service_rules.append(
             f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {service_port}"
             f" dnat ip to {nat_code}:{code_port}"
@@ -238,7 +239,6 @@ def ruleset(
     ]
     office = f"{{ {', '.join(offices)} }}" if offices else ""
     if nat_subnet:
-        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
         lines.append(
             f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {code_port} ct status dnat"
             f" ct original proto-dst {service_port} accept"
