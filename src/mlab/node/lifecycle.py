@@ -15,7 +15,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,15 +95,25 @@ def kubectl(lay: NodeLayout, bins: dict[str, Path], args: list[str], stdin: str 
     return proc.stdout
 
 
-def write_config(lay: NodeLayout) -> None:
-    """Certificates, kubeconfigs, component configuration and the CNI folder."""
+def write_config(lay: NodeLayout) -> set[str]:
+    """Certificates, kubeconfigs, component configuration and the CNI folder.
+
+    Returns:
+        Names of the files under ``config/`` whose content changed (a component that reads
+        one at start must be restarted to see it).
+    """
     pki.ensure_pki(lay.pki)
     lay.config.mkdir(parents=True, exist_ok=True)
+    lay.registry_hosts.mkdir(parents=True, exist_ok=True)
     files = dict(config.kubeconfigs(lay))
     files["containerd.toml"] = config.containerd_config(lay)
     files["kubelet.yaml"] = config.kubelet_config(lay)
+    changed: set[str] = set()
     for name, text in files.items():
-        (lay.config / name).write_text(text)
+        path = lay.config / name
+        if not path.exists() or path.read_text() != text:
+            changed.add(name)
+            path.write_text(text)
     lay.kubeconfig.write_text(config.kubeconfig(lay, "admin", "mlab-admin"))
     lay.kubeconfig.chmod(0o600)
     lay.cni_conf.mkdir(parents=True, exist_ok=True)
@@ -120,6 +130,31 @@ def write_config(lay: NodeLayout) -> None:
         dst.chmod(0o755)
     for folder in (lay.data, layout.RUN_DIR):
         folder.mkdir(parents=True, exist_ok=True)
+    return changed
+
+
+def trust_registry(lay: NodeLayout, repository: str, plain_http: bool) -> Path:
+    """Let the node's containerd pull from the registry of ``repository``.
+
+    Writes ``certs.d/HOST[:PORT]/hosts.toml`` (:func:`mlab.node.config.hosts_toml`); containerd
+    reads it on every pull, so a running node needs no restart.
+
+    Args:
+        repository: the site's ``image.repository`` (``HOST[:PORT]/PATH``).
+        plain_http: the site's ``image.plainHttp``.
+
+    Returns:
+        The hosts.toml written.
+
+    Raises:
+        UsageError: the repository names no registry.
+    """
+    host = config.registry_host(repository)
+    folder = lay.registry_hosts / host
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "hosts.toml"
+    path.write_text(config.hosts_toml(host, plain_http))
+    return path
 
 
 def start_component(lay: NodeLayout, comp: Component, check: Callable[[], bool], say: Say) -> None:
@@ -153,11 +188,18 @@ class UpResult:
     timings: dict[str, float]
 
 
-def up(lay: NodeLayout, say: Say, homepod_image: bool = True) -> UpResult:
+def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
+       registries: Sequence[tuple[str, bool]] = ()) -> UpResult:
     """Build what is missing, start every component, wait until the node is Ready.
+
+    A running containerd whose configuration changed (an older node without
+    ``registry.config_path``) is restarted; its containers keep running (the runc v2 shims
+    are their parents, not containerd).
 
     Args:
         homepod_image: also build (cached) and import the HomePod image.
+        registries: ``(image.repository, image.plainHttp)`` of sites whose registry the
+            node's containerd pulls from (:func:`trust_registry`).
 
     Raises:
         DeployError: a build, a start or a wait failed (names the component and its log).
@@ -166,11 +208,19 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True) -> UpResult:
     t0 = time.monotonic()
     bins = build.ensure_binaries(lay, say)
     timings["binaries"] = time.monotonic() - t0
-    write_config(lay)
+    changed = write_config(lay)
+    for repository, plain_http in registries:
+        path = trust_registry(lay, repository, plain_http)
+        say(f"containerd pulls from {path.parent.name} "
+            f"({'plain HTTP, as the site declares' if plain_http else 'TLS'}): {path}")
     hostnet.setup()
     checks = health_checks(lay, bins)
     t1 = time.monotonic()
     for comp in config.components(lay, bins):
+        if (comp.name == "containerd" and "containerd.toml" in changed
+                and supervisor.running_pid(lay, comp.name, comp.argv[0])):
+            say("restarting containerd (its configuration changed; containers keep running)")
+            supervisor.stop(lay, comp.name, comp.argv[0])
         start_component(lay, comp, checks[comp.name], say)
         if comp.name == "containerd":
             images.ensure_node_images(lay, bins, say)
