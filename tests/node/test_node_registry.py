@@ -91,7 +91,7 @@ class RegSite:
             "access": {"bindAddress": "127.0.0.1", "officeCIDRs": ["127.0.0.0/8"]},
             "users": [{"name": "alice", "uid": 1001}, {"name": "bob", "uid": 1002}],
             "airlock": {"enabled": False},
-            "codeService": {"host": "code.t21.local", "reviewers": ["bob"]},
+            "codeService": {"host": "code.t21.local", "reviewers": ["bob"], "clusterIP": "10.96.0.210"},
         }))
 
     def mlab(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
