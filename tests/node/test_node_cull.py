@@ -119,7 +119,7 @@ def test_idle_is_warned_and_culled_busy_stays_wake_keeps_home(cs: CullSite) -> N
     bob_pod = cs.pods("bob")[0]["metadata"]["uid"]
     # bob's training job: a CPU-bound process of his, nobody at his keyboard.
     cs.exec("bob", "setpriv", f"--reuid={BOB_UID}", f"--regid={BOB_UID}", "--clear-groups",
-            "setsid", "-f", "python3", "-c", "while True: pass")
+            "sh", "-c", "setsid -f python3 -c 'while True: pass' </dev/null >/dev/null 2>&1")
 
     seen: list[str] = []
     warned_window = False
