@@ -126,9 +126,13 @@ class RegSite:
 
 @pytest.fixture(scope="module")
 def site(node: Node, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegSite]:
-    from mlab.image.build import ensure_image
+    from mlab.image import recipe
+    from mlab.image.build import image_exists
 
-    built = ensure_image()  # cached: the image `mlab node up` built
+    # The image `mlab node up` just made (its reference computed, not ensure_image(): that
+    # would wait on the machine-wide image build lock while this test holds the node).
+    built = f"{recipe.REPOSITORY}:{recipe.app_hash(recipe.base_hash(), recipe.make_wheel())[:16]}"
+    assert image_exists(built), built
     # A tag of our own: other checkouts prune localhost/mlab/homepod:<hash> tags.
     base = f"localhost/mlab/{SITE}:{built.rsplit(':', 1)[1]}"
     podman(["tag", built, base])
