@@ -134,8 +134,13 @@ def write_config(lay: NodeLayout) -> set[str]:
 
 
 def _started_config(lay: NodeLayout) -> Path:
-    """The copy of ``containerd.toml`` that the running containerd was started with."""
+    """What the running containerd was started with: its pid, then its ``containerd.toml``."""
     return lay.pid("containerd").with_suffix(".toml")
+
+
+def _started_record(lay: NodeLayout, comp: Component) -> str:
+    pid = supervisor.running_pid(lay, comp.name, comp.argv[0])
+    return f"# pid {pid}\n" + (lay.config / "containerd.toml").read_text()
 
 
 def _keep_running_containerd(lay: NodeLayout, comp: Component, wanted: bool,
@@ -146,8 +151,7 @@ def _keep_running_containerd(lay: NodeLayout, comp: Component, wanted: bool,
     if not supervisor.running_pid(lay, comp.name, comp.argv[0]):
         return False
     copy = _started_config(lay)
-    current = (lay.config / "containerd.toml").read_text()
-    if not wanted or (copy.exists() and copy.read_text() == current):
+    if not wanted or (copy.exists() and copy.read_text() == _started_record(lay, comp)):
         return True
     say("restarting containerd: it was started without the registry hosts folder "
         "(pods' containers restart with it; homes stay)")
@@ -246,7 +250,7 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
         start_component(lay, comp, checks[comp.name], say)
         if comp.name == "containerd":
             if fresh:
-                shutil.copyfile(lay.config / "containerd.toml", _started_config(lay))
+                _started_config(lay).write_text(_started_record(lay, comp))
             images.ensure_node_images(lay, bins, say)
     timings["start"] = time.monotonic() - t1
     say("waiting for the node to be Ready")
