@@ -154,7 +154,7 @@ def _keep_running_containerd(lay: NodeLayout, comp: Component, wanted: bool,
     if not wanted or (copy.exists() and copy.read_text() == _started_record(lay, comp)):
         return True
     say("restarting containerd: it was started without the registry hosts folder "
-        "(pods' containers restart with it; homes stay)")
+        "(the pods keep running: their runc shims hold them)")
     supervisor.stop(lay, comp.name, comp.argv[0])
     return False
 
@@ -220,8 +220,8 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
 
     A running containerd is left alone, except when ``registries`` are asked for and it was
     not started with the current configuration (a node started before containerd read
-    ``registry.config_path``): then it is restarted once, and the pods' containers restart
-    with it (measured here: every container's restart count went up by one; homes stay).
+    ``registry.config_path``): then it is restarted once; the pods keep running (the runc v2
+    shims are the containers' parents; measured on the node: no restart count moved).
 
     Args:
         homepod_image: also build (cached) and import the HomePod image.
