@@ -95,24 +95,18 @@ def kubectl(lay: NodeLayout, bins: dict[str, Path], args: list[str], stdin: str 
     return proc.stdout
 
 
-def write_config(lay: NodeLayout) -> set[str]:
-    """Certificates, kubeconfigs, component configuration and the CNI folder.
-
-    Returns:
-        Names of the files under ``config/`` whose content changed (a component that reads
-        one at start must be restarted to see it).
-    """
+def write_config(lay: NodeLayout) -> None:
+    """Certificates, kubeconfigs, component configuration and the CNI folder (a file is
+    rewritten only when its content changes)."""
     pki.ensure_pki(lay.pki)
     lay.config.mkdir(parents=True, exist_ok=True)
     lay.registry_hosts.mkdir(parents=True, exist_ok=True)
     files = dict(config.kubeconfigs(lay))
     files["containerd.toml"] = config.containerd_config(lay)
     files["kubelet.yaml"] = config.kubelet_config(lay)
-    changed: set[str] = set()
     for name, text in files.items():
         path = lay.config / name
         if not path.exists() or path.read_text() != text:
-            changed.add(name)
             path.write_text(text)
     lay.kubeconfig.write_text(config.kubeconfig(lay, "admin", "mlab-admin"))
     lay.kubeconfig.chmod(0o600)
@@ -130,7 +124,6 @@ def write_config(lay: NodeLayout) -> set[str]:
         dst.chmod(0o755)
     for folder in (lay.data, layout.RUN_DIR):
         folder.mkdir(parents=True, exist_ok=True)
-    return changed
 
 
 def _started_config(lay: NodeLayout) -> Path:
