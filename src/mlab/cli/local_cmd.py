@@ -143,6 +143,8 @@ def up(
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     if result.held:
         parts.append(f"{len(result.held)} held on their image (mlab restart --user NAME)")
+    if result.culled:
+        parts.append(f"{len(result.culled)} culled left stopped (mlab wake NAME)")
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
                   f"in {time.monotonic() - start:.1f} s")
     if result.placeholder_code_service:

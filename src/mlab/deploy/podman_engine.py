@@ -24,7 +24,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
+from mlab.cull.local import LABEL_USER
+from mlab.cull.local import culled as culled_users
 from mlab.deploy import firewall, rollout
 from mlab.deploy.podman_objects import (
     Say,
@@ -86,6 +88,8 @@ class UpResult:
     unchanged: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     """HomePods kept on their running image for their user (:mod:`mlab.deploy.rollout`)."""
+    culled: list[str] = field(default_factory=list)
+    """Culled HomePods left stopped until their user wakes them (docs/culling.md)."""
     placeholder_code_service: bool = False
     seconds: float = 0.0
 
@@ -174,13 +178,18 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
                             block_ipv6=not keep_ipv6())
 
 
-def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
+def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None,
+               skip: Collection[str] = ()) -> None:
     """Wait until every published port accepts a TCP connection on the bind address.
+
+    Args:
+        skip: pod names not to wait for (culled HomePods left stopped).
 
     Raises:
         DeployError: naming the pods and ports that did not answer in ``timeout`` seconds.
     """
-    pending = {(pod.name, p.name, p.host_ip, p.host_port) for pod in plan.pods for p in pod.ports}
+    pending = {(pod.name, p.name, p.host_ip, p.host_port) for pod in plan.pods for p in pod.ports
+               if pod.name not in skip}
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for item in sorted(pending):
@@ -312,6 +321,22 @@ def host_lock(say: Say) -> Iterator[None]:
         lock.release()
 
 
+def left_culled(names: Collection[str], current: dict[str, dict[str, Any]],
+                asleep: Collection[str]) -> list[str]:
+    """The pods among ``names`` that ``up`` leaves stopped: existing, not running, and of a
+    user the culler stopped (``<state>/<site>/cull.json``) (pure).
+
+    Args:
+        names: pods ``up`` would (re)start.
+        current: the site's pods as ``podman pod ps --format json`` gives them
+            (``Status``, ``Labels``).
+        asleep: users whose HomePods are culled.
+    """
+    return sorted(n for n in names if n in current
+                  and current[n].get("Status") != "Running"
+                  and current[n].get("Labels", {}).get(LABEL_USER) in asleep)
+
+
 def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         restart_users: tuple[str, ...] = ()) -> UpResult:
     start = time.monotonic()
@@ -327,6 +352,12 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
                or current[p.name].get("Labels", {}).get(LABEL_SPEC) != p.spec_hash
                or current[p.name].get("Status") != "Running"]
     stale = [name for name in current if name not in wanted]
+    # A culled HomePod stays stopped until its user wakes it (audited): `mlab up` is an
+    # admin's change to the site, not a reason to start every idle desktop again.
+    result.culled = left_culled([p.name for p in to_play], current, culled_users(site.name))
+    for name in result.culled:
+        say(f"leaving {name} stopped (culled; mlab wake USER starts it)")
+    to_play = [p for p in to_play if p.name not in result.culled]
     held = rollout.held_pods(to_play, current, rollout.running_images(site.name), image,
                              lambda old: build_plan(site, old, placeholder), restart_users)
     for name, old in held.items():
@@ -396,7 +427,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         save_plan(root, plan, placeholder, image)
         if wait:
             say("waiting for every port")
-            wait_ready(plan, say=say)
+            wait_ready(plan, say=say, skip=result.culled)
     except (MlabError, KeyboardInterrupt):
         say("rolling back")
         for name in reversed(played):
