@@ -33,8 +33,6 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.cull.local import LABEL_USER
-from mlab.cull.local import culled as culled_users
 from mlab.deploy import firewall, rollout
 from mlab.deploy.podman_objects import (
     Say,
@@ -61,7 +59,7 @@ from mlab.deploy.podman_translate import (
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
-from mlab.topology import dial_address
+from mlab.topology import LABEL_USER, dial_address
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +258,8 @@ def firewall_ca_path() -> str:
 
 
 def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
-       wait: bool = True, restart_users: Sequence[str] = ()) -> UpResult:
+       wait: bool = True, restart_users: Sequence[str] = (),
+       asleep: Collection[str] = ()) -> UpResult:
     """Bring the site up (or up to date) on this machine.
 
     Args:
@@ -271,6 +270,8 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         wait: wait until every published port answers.
         restart_users: users whose running HomePods move to the site's image now; others
             whose only change is the image are held (:mod:`mlab.deploy.rollout`).
+        asleep: users whose HomePods the culler stopped (``mlab.cull.local.culled``); their
+            stopped pods stay stopped (``mlab wake USER`` starts them, audited).
 
     Returns:
         What changed.
@@ -290,7 +291,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     if placeholder is None:
         placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
-        return _up(site, say, image, placeholder, wait, tuple(restart_users))
+        return _up(site, say, image, placeholder, wait, tuple(restart_users), frozenset(asleep))
 
 
 @contextmanager
@@ -338,7 +339,7 @@ def left_culled(names: Collection[str], current: dict[str, dict[str, Any]],
 
 
 def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
-        restart_users: tuple[str, ...] = ()) -> UpResult:
+        restart_users: tuple[str, ...] = (), asleep: frozenset[str] = frozenset()) -> UpResult:
     start = time.monotonic()
     say("rendering the site")
     plan = build_plan(site, image, placeholder)
@@ -354,7 +355,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
     stale = [name for name in current if name not in wanted]
     # A culled HomePod stays stopped until its user wakes it (audited): `mlab up` is an
     # admin's change to the site, not a reason to start every idle desktop again.
-    result.culled = left_culled([p.name for p in to_play], current, culled_users(site.name))
+    result.culled = left_culled([p.name for p in to_play], current, asleep)
     for name in result.culled:
         say(f"leaving {name} stopped (culled; mlab wake USER starts it)")
     to_play = [p for p in to_play if p.name not in result.culled]
