@@ -22,11 +22,9 @@ from mlab.cull.policy import Decision, decide, limits_for, warn_lead
 from mlab.errors import DeployError, UsageError
 from mlab.podman import podman
 from mlab.site import Site
-from mlab.topology import LABEL_USER
+from mlab.topology import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_USER
 
 SAMPLER = "/usr/local/lib/mlab/activity"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
 
 
 def _site_dir(site_name: str) -> Path:
