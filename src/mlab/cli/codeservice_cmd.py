@@ -61,6 +61,11 @@ def register(app: typer.Typer) -> None:
                                         "and fetches)."),
         log_format: str = typer.Option("text", "--log-format", help="text or json (one "
                                        "object a line on stderr). Default: text."),
+        homepod_net: list[str] = typer.Option(
+            [], "--homepod-net", help="CIDR of HomePod addresses (repeat, or "
+            "MLAB_HOMEPOD_NETS=A,B). With egress.userBranches reviewed, clients elsewhere "
+            "see only upstream and reviewed user branches. Default: none (every client "
+            "is outside)."),
     ) -> None:
         """Serve approved mirrors over git smart HTTP on PORT (admin password:
         MLAB_ADMIN_PASSWORD_FILE, or generated into DATA/admin-password and printed once)."""
@@ -77,10 +82,16 @@ def register(app: typer.Typer) -> None:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_JsonFormatter())
             logging.getLogger().handlers = [handler]
+        from mlab.codeservice.reviewed import NETS_ENV, parse_nets
+
+        try:
+            nets = parse_nets([*homepod_net, *os.environ.get(NETS_ENV, "").split(",")])
+        except ValueError as exc:
+            raise UsageError(f"--homepod-net: {exc}") from None
         the_site = load_site(site)
         # The requests API (/api/requests, /requests) reaches the app through its hook.
         config = ServiceConfig(data_dir=data.resolve(), site=the_site,
-                               background_sync=background_sync,
+                               background_sync=background_sync, homepod_nets=nets,
                                extra_routes=request_routes(the_site, data.resolve()))
         store = prepare_data_dir(config)
         env_file = os.environ.get("MLAB_ADMIN_PASSWORD_FILE")
