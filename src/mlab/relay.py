@@ -279,7 +279,9 @@ def finish(relay: Relay, branch: str, max_file: int = GITHUB_MAX_FILE) -> str:
     """
     check_branch(branch)
     relay.require_clean()
-    relay.git("fetch", "-q", "mlab", mlab=True)
+    # --prune: a branch the code service stopped showing (new commits waiting for review)
+    # must not be taken from a stale mlab/BRANCH of an earlier fetch or push.
+    relay.git("fetch", "-q", "--prune", "mlab", mlab=True)
     relay.git("fetch", "-q", "origin")
     if not relay.exists(f"refs/remotes/mlab/{branch}"):
         raise RelayError(*review_status(relay, branch))

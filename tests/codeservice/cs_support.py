@@ -99,8 +99,14 @@ class Service:
         return r.json()
 
 
-def start_service(tmp: Path, site_extra: str = "", port: int = 0) -> Service:
-    """Start ``mlab code-service serve`` and wait until it answers."""
+def start_service(tmp: Path, site_extra: str = "", port: int = 0,
+                  homepod_nets: str = "127.0.0.0/8") -> Service:
+    """Start ``mlab code-service serve`` and wait until it answers.
+
+    ``homepod_nets``: the addresses the service takes for HomePods (``MLAB_HOMEPOD_NETS``).
+    The tests' clients come from 127.0.0.1, so by default they stand for HomePods and see
+    every user branch; ``""`` makes them office PCs (reviewed user branches, the default of
+    a site without ``posture``)."""
     users = tmp / "users"
     for name, pw in PASSWORDS.items():
         (users / name).mkdir(parents=True, exist_ok=True)
@@ -115,6 +121,7 @@ def start_service(tmp: Path, site_extra: str = "", port: int = 0) -> Service:
     data = tmp / "data"
     log = tmp / f"service-{time.time_ns()}.log"
     env = {k: v for k, v in os.environ.items() if k != "MLAB_ADMIN_PASSWORD_FILE"}
+    env["MLAB_HOMEPOD_NETS"] = homepod_nets
     log_fh = open(log, "wb")  # noqa: SIM115 - the child keeps its copy
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlab.cli.main", "code-service", "serve", "--data", str(data),
