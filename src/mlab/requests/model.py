@@ -437,7 +437,8 @@ def _branch_payload(body: dict[str, object]) -> dict[str, object]:
     if not isinstance(ref, str) or not ref.strip():
         raise InvalidRequest("ref: the branch (or refs/tags/TAG) to review is required")
     full = full_ref(ref.strip())
-    if not BRANCH_REF.match(full) or ".." in full or full.endswith((".lock", "/")):
+    if full.startswith(("refs/heads/refs/", "refs/heads/heads/", "refs/heads/tags/")) or \
+            not BRANCH_REF.match(full) or ".." in full or full.endswith((".lock", "/")):
         raise InvalidRequest(f"ref: {ref!r} is not a plain branch or tag name")
     return {"repo": repo.strip().removesuffix(".git"), "ref": full}
 
