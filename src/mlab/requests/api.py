@@ -160,9 +160,12 @@ class RequestsApp:
         actor = await self._actor(request)
         try:
             fields = validate_submission(await _read_json(request))
-            if (fields["kind"] == "export" and self.may_export is not None
+            # Both let data leave HomePods: egress.exportRequesters bounds both.
+            if (fields["kind"] in (Kind.EXPORT, Kind.BRANCH) and self.may_export is not None
                     and not self.may_export(actor.name)):
-                raise Forbidden(f"{actor.name!r} may not request exports on this site",
+                raise Forbidden(f"{actor.name!r} may not request exports on this site"
+                                + (" (a branch review lets data out too)"
+                                   if fields["kind"] == Kind.BRANCH else ""),
                                 hint="an admin can add you to egress.exportRequesters")
             if fields["kind"] == Kind.MIRROR:
                 fields["payload"] = self._check_mirror(request, fields["payload"])
