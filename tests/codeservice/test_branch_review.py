@@ -201,17 +201,29 @@ def test_homepod_branch_leaves_only_after_review(pair: tuple[Service, Service],
     assert f'"sha": "{first}"' in audit
 
 
-def test_diff_is_served_to_reviewers_and_refused_without_login(pair: tuple[Service, Service]) -> None:
-    homepod, _office = pair
+def test_the_patch_is_for_reviewers_and_for_its_owner_in_a_homepod(
+        pair: tuple[Service, Service], tmp_path: Path) -> None:
+    homepod, office = pair
     with homepod.client("alice") as c:
         items = c.get("/api/requests", params={"kind": "branch"}).json()["requests"]
     assert items, "the first test made a branch request"
     rid = items[0]["id"]
-    with httpx.Client(base_url=homepod.url, timeout=60, trust_env=False,
-                      auth=("bob", PASSWORDS["bob"])) as c:
-        assert c.get(f"/api/requests/{rid}/diff").status_code == 200
-    with homepod.client() as admin:
-        assert admin.get(f"/api/requests/{rid}/diff").status_code == 200
+    assert "subjects" not in items[0]  # no commit text in what the owner reads anywhere
+    for svc in (homepod, office):
+        with httpx.Client(base_url=svc.url, timeout=60, trust_env=False,
+                          auth=("bob", PASSWORDS["bob"])) as c:
+            assert c.get(f"/api/requests/{rid}/diff").status_code == 200
+        with svc.client() as admin:
+            assert admin.get(f"/api/requests/{rid}/diff").status_code == 200
+    # alice, who asked: in her HomePod yes, from the office no (the patch is the data).
+    with homepod.client("alice") as c:
+        assert "+secret-weights-0123" in c.get(f"/api/requests/{rid}/diff").text
+    with office.client("alice") as c:
+        r = c.get(f"/api/requests/{rid}/diff")
+    assert r.status_code == 403 and "secret-weights" not in r.text, r.text
+    shown = mlab("alice", "request", "show", str(rid), "--server", office.url, cwd=tmp_path)
+    assert shown.returncode == 0 and "patch not shown" in shown.stdout, shown.stderr
+    assert "secret-weights" not in shown.stdout
     # Unauthenticated: nothing.
     assert httpx.get(f"{homepod.url}/api/requests/{rid}/diff", trust_env=False,
                      timeout=30).status_code == 401

@@ -185,7 +185,14 @@ def register(app: typer.Typer) -> None:
         if output == "json":
             sys.stdout.write(to_json(item))
             return
-        diff = client.diff(request_id) if item["kind"] == "branch" else None
+        diff = None
+        if item["kind"] == "branch":
+            from mlab.requests.model import Forbidden
+
+            try:
+                diff = client.diff(request_id)
+            except Forbidden as exc:  # its owner, outside the HomePods
+                diff = f"(patch not shown: {exc.message})"
         sys.stdout.write(request_text(item, diff))
 
     def _act(action: str, request_id: int, comment: str | None, server: str | None) -> None:

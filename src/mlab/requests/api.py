@@ -273,6 +273,15 @@ class RequestsApp:
         actor = await self._actor(request)
         try:
             item = await run_in_threadpool(self.store.get, request.path_params["id"], actor)
+            settings = getattr(request.app.state, "git_settings", None)
+            mine = item["owner"] == actor.name
+            if (mine or not actor.reviews) and (settings is None or settings.outside(request)):
+                # The patch is the very data under review: outside the HomePods only the
+                # other reviewers read it (its owner, reviewer or not, reads it in the
+                # HomePod; otherwise asking would be the way out).
+                raise Forbidden(f"request {item['id']}: its patch is shown outside the "
+                                "HomePods to reviewers other than its owner only",
+                                hint="read it in your HomePod: mlab request show ID")
             if item["kind"] != Kind.BRANCH:
                 raise InvalidRequest(f"request {item['id']} is a {item['kind']} request; "
                                      "only branch requests have a diff")
@@ -339,7 +348,7 @@ def _branch_facts(state: Any, user: str, payload: dict[str, Any]) -> dict[str, A
 
     Returns:
         ``{"repo", "ref", "sha" (the ref's object), "commit" (peeled), "base" (the upstream
-        commit it starts from), "commits" (count), "subjects" (up to 20 ``short subject``)}``.
+        commit it starts from), "commits" (count)}``.
 
     Raises:
         InvalidRequest, NotFound, Forbidden, Conflict: no code service, no such mirror or
@@ -385,23 +394,10 @@ def _branch_facts(state: Any, user: str, payload: dict[str, Any]) -> dict[str, A
     commits = reviewed.new_commits(path, commit)
     if not commits:
         raise Conflict(f"ref: {ref} has no commit upstream lacks; it is fetchable already")
-    subjects = subprocess.run(["git", "-C", str(path), "log", "-n", "20", "--format=%h %s",
-                               commit, "--not", *_markers(path), "--"], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL, timeout=60,
-                              check=True).stdout.splitlines()
+    # No commit text is stored: the request is readable by its owner from anywhere, and
+    # commit messages are data under review too (reviewers read them in the diff).
     return {"repo": repo, "ref": ref, "sha": sha, "commit": commit,
-            "base": reviewed.base_of(path, commit), "commits": len(commits),
-            "subjects": subjects}
-
-
-def _markers(path: Path) -> list[str]:
-    import subprocess
-
-    from mlab.codeservice.mirror import UPSTREAM
-
-    return subprocess.run(["git", "-C", str(path), "for-each-ref", "--format=%(refname)",
-                           UPSTREAM], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60, check=True).stdout.split()
+            "base": reviewed.base_of(path, commit), "commits": len(commits)}
 
 
 def _expose_branch(state: Any, item: dict[str, Any]) -> None:
@@ -499,10 +495,9 @@ def _e(value: object) -> str:
 def _details(item: dict[str, Any]) -> str:
     parts: list[str] = []
     if item["kind"] == "branch":
-        subjects = "".join(f"<li><code>{_e(x)}</code></li>" for x in item.get("subjects", []))
         parts.append(f"<p>branch <code>{_e(item.get('ref', ''))}</code> of "
                      f"<code>{_e(item.get('repo', ''))}</code> at <code>{_e(item.get('sha', ''))}"
-                     f"</code>: {_e(item.get('commits', '?'))} new commit(s)</p><ul>{subjects}</ul>"
+                     f"</code>: {_e(item.get('commits', '?'))} new commit(s)</p>"
                      f"<p><a href='/api/requests/{_e(item['id'])}/diff'>every new commit with "
                      "its patch</a> (also <code>mlab request show</code>)</p>")
     elif item["kind"] == "mirror":

@@ -55,7 +55,6 @@ def request_text(item: dict[str, Any], diff: str | None = None) -> str:
     if item["kind"] == "branch":
         lines.append(f"branch: {item.get('ref')} of {item.get('repo')} at {item.get('sha')}")
         lines.append(f"new commits: {item.get('commits')} (base {str(item.get('base'))[:12]})")
-        lines.extend(f"  {x}" for x in item.get("subjects", []))
     elif item["kind"] == "mirror":
         lines.append(f"mirror: {item.get('url')} as {item.get('name')}")
     elif item["kind"] == "export":
