@@ -100,7 +100,8 @@ class Service:
 
 
 def start_service(tmp: Path, site_extra: str = "", port: int = 0,
-                  homepod_nets: str = "127.0.0.0/8") -> Service:
+                  homepod_nets: str = "127.0.0.0/8", extra_args: tuple[str, ...] = ()
+                  ) -> Service:
     """Start ``mlab code-service serve`` and wait until it answers.
 
     ``homepod_nets``: the addresses the service takes for HomePods (``MLAB_HOMEPOD_NETS``).
@@ -126,28 +127,29 @@ def start_service(tmp: Path, site_extra: str = "", port: int = 0,
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlab.cli.main", "code-service", "serve", "--data", str(data),
          "--site", str(site), "--host", "127.0.0.1", "--port", str(port), "--users-dir",
-         str(users), "--no-background-sync"],
+         str(users), "--no-background-sync", *extra_args],
         stdout=subprocess.DEVNULL, stderr=log_fh, stdin=subprocess.DEVNULL, env=env,
         start_new_session=True,
     )
     log_fh.close()
     deadline = time.monotonic() + 30
     bound = None
+    scheme = "http"
     while time.monotonic() < deadline and bound is None:
         text = log.read_text(errors="replace")
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        found = re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", text)
         if found:
-            bound = int(found.group(1))
+            scheme, bound = found.group(1), int(found.group(2))
             break
         if proc.poll() is not None:
             raise AssertionError(f"service exited:\n{text}")
         time.sleep(0.05)
     assert bound, f"service did not start:\n{log.read_text()}"
     password = (data / "admin-password").read_text().strip()
-    svc = Service(f"http://127.0.0.1:{bound}", bound, data, password, proc, log)
+    svc = Service(f"{scheme}://127.0.0.1:{bound}", bound, data, password, proc, log)
     while time.monotonic() < deadline:
         try:
-            httpx.get(svc.url + "/api/whoami", timeout=2, trust_env=False)
+            httpx.get(svc.url + "/api/whoami", timeout=2, trust_env=False, verify=False)
             return svc
         except httpx.HTTPError:
             time.sleep(0.05)
