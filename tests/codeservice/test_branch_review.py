@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
 
 REPO = "deepvac/deepvac"
+AIRLOCK_PASSWORD = "airlock-secret-1"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Se
         "name: test\nusers: [{name: alice}, {name: bob}]\n"
         "codeService:\n  host: code.test\n  allowLocalUpstreams: true\n"
         "  reviewers: [alice, bob]\n  twoPersonApproval: [branch]\n")
+    # The Airlock's service account (the last test logs in with it).
+    (tmp / "users" / "airlock").mkdir(parents=True)
+    (tmp / "users" / "airlock" / "password").write_text(AIRLOCK_PASSWORD + "\n")
     homepod = start_service(tmp, homepod_nets="127.0.0.0/8")
     office = start_service(tmp, homepod_nets="")
     yield homepod, office
@@ -227,3 +232,26 @@ def test_the_patch_is_for_reviewers_and_for_its_owner_in_a_homepod(
     # Unauthenticated: nothing.
     assert httpx.get(f"{homepod.url}/api/requests/{rid}/diff", trust_env=False,
                      timeout=30).status_code == 401
+
+
+def test_an_address_a_service_account_logs_in_from_is_not_a_homepod(
+        pair: tuple[Service, Service]) -> None:
+    """On Kubernetes the HomePod range is the pod range, which holds the Airlock too: a user
+    there with their own password must not see unreviewed branches. The Airlock's accounts
+    log in from it (the publisher every 30 s), and from then on that address is outside,
+    also after a restart of the code service. (Runs last: 127.0.0.1 stays outside.)"""
+    homepod, _office = pair
+    url = homepod.clone_url(REPO)
+    listed = git("ls-remote", url).stdout
+    assert "refs/heads/feature_1" in listed, listed  # from a HomePod address: every branch
+    with httpx.Client(base_url=homepod.url, timeout=60, trust_env=False,
+                      auth=("airlock", AIRLOCK_PASSWORD)) as c:
+        assert c.get("/api/requests").status_code == 200
+    assert "refs/heads/feature_1" not in git("ls-remote", url).stdout  # alice, same address
+    stop_service(homepod)
+    again = start_service(homepod.data.parent, homepod_nets="127.0.0.0/8")
+    try:
+        again_url = f"http://alice:{quote(PASSWORDS['alice'], safe='')}@127.0.0.1:{again.port}/{REPO}"
+        assert "refs/heads/feature_1" not in git("ls-remote", again_url).stdout
+    finally:
+        stop_service(again)

@@ -41,7 +41,7 @@ from mlab.codeservice.auth import (
 )
 from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks
-from mlab.codeservice.service_accounts import may_use_git
+from mlab.codeservice.service_accounts import may_use_git, service_account_names
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
 from mlab.site import Site
@@ -134,6 +134,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
                               float(lim.git_queue_wait)),
         review_branches=config.site.user_branches() == "reviewed",
         homepod_nets=tuple(config.homepod_nets),
+        not_homepods=reviewed.NonHomepods(config.db_path,
+                                          service_account_names(config.site)),
     )
     sync_locks: dict[str, asyncio.Lock] = {}
 
@@ -332,6 +334,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         audit_log=config.audit_log)
     app.state.run_sync = run_sync
     app.state.git_settings = git_settings
+    app.state.on_login = git_settings.not_homepods.login
     app.state.approve_mirror = approve_mirror
     return app
 

@@ -89,6 +89,9 @@ class GitSettings:
     slots: GitSlots | None = None
     review_branches: bool = False
     homepod_nets: tuple[Any, ...] = ()
+    not_homepods: Any = None
+    """:class:`mlab.codeservice.reviewed.NonHomepods`: addresses in ``homepod_nets`` that
+    service accounts logged in from (the Airlock, the portal); None: none known."""
 
     def outside(self, request: Request) -> bool:
         """Whether this request gets the reviewed (outside) view of user refs."""
@@ -96,8 +99,10 @@ class GitSettings:
 
         if not self.review_branches:
             return False
-        return not is_inside(request.client.host if request.client else None,
-                             self.homepod_nets)
+        address = request.client.host if request.client else None
+        if self.not_homepods is not None and address in self.not_homepods:
+            return True
+        return not is_inside(address, self.homepod_nets)
 
 
 class GitSlots:

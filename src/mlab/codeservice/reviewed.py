@@ -279,3 +279,67 @@ def review_text(repo_path: Path, sha: str, limit: int = 2 * 1024 * 1024) -> tupl
     return data[:limit].decode("utf-8", "ignore") + (
         f"\n[... truncated: {len(data) - limit} more bytes; review in a HomePod clone with "
         f"git log -p {sha} --not --remotes ...]\n"), True
+
+
+SEEN_TABLE = """
+CREATE TABLE IF NOT EXISTS non_homepod_addresses (
+    address TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    seen REAL NOT NULL
+);
+"""
+SEEN_FOR = 24 * 3600.0
+"""Seconds an address stays outside after a service account last logged in from it."""
+_WRITE_EVERY = 300.0
+
+
+class NonHomepods:
+    """Addresses inside the HomePod networks that are not HomePods.
+
+    On Kubernetes ``--homepod-net`` is the whole pod range, which also holds the Airlock
+    (where a user with their own password could otherwise fetch unreviewed branches and
+    carry them to the internet) and the portal. Both log in as service accounts: the
+    Airlock's publisher every 30 s, the Airlock's account for package requests. An address
+    such an account logged in from is outside for :data:`SEEN_FOR` seconds after it was
+    last seen, across restarts (table ``non_homepod_addresses``).
+
+    Args:
+        db_path: the service's database; None: memory only.
+        accounts: the service account names (``service_account_names``).
+    """
+
+    def __init__(self, db_path: Path | str | None, accounts: Sequence[str]) -> None:
+        self.db_path = db_path
+        self.accounts = frozenset(accounts)
+        self._seen: dict[str, float] = {}
+        self._written: dict[str, float] = {}
+        if db_path is not None:
+            from mlab.codeservice.owners import use_connection
+
+            with use_connection(db_path) as db:
+                db.executescript(SEEN_TABLE)
+                cutoff = time.time() - SEEN_FOR
+                for address, seen in db.execute(
+                        "SELECT address, seen FROM non_homepod_addresses WHERE seen > ?",
+                        (cutoff,)):
+                    self._seen[address] = seen
+
+    def login(self, account: str, address: str, now: float | None = None) -> None:
+        """Note a successful login; a service account's address becomes outside."""
+        if account not in self.accounts or not address:
+            return
+        now = time.time() if now is None else now
+        self._seen[address] = now
+        if self.db_path is None or now - self._written.get(address, 0.0) < _WRITE_EVERY:
+            return
+        from mlab.codeservice.owners import use_connection
+
+        with use_connection(self.db_path) as db:
+            with db:
+                db.execute("INSERT OR REPLACE INTO non_homepod_addresses(address, account, "
+                           "seen) VALUES (?,?,?)", (address, account, now))
+        self._written[address] = now
+
+    def __contains__(self, address: object, now: float | None = None) -> bool:
+        seen = self._seen.get(str(address))
+        return seen is not None and (time.time() if now is None else now) - seen < SEEN_FOR
