@@ -107,6 +107,7 @@ def test_homepod_branch_leaves_only_after_review(pair: tuple[Service, Service],
     # The office starts the branch: nothing new in it, so the office sees it at once.
     done = mlab("alice", "relay", "start", "feature_1", "-C", str(clone), cwd=desk)
     assert done.returncode == 0, done.stderr
+    assert "mlab request branch deepvac/deepvac feature_1 --reason" in done.stdout, done.stdout
     office_auth = f"http://alice:{PASSWORDS['alice']}@127.0.0.1:{office.port}/{REPO}"
     assert "refs/heads/feature_1" in git("ls-remote", office_auth).stdout
 
