@@ -136,6 +136,12 @@ def test_homepod_branch_leaves_only_after_review(pair: tuple[Service, Service],
     assert b"PACK" not in answer and b"not our ref" in answer, answer[:300]
     assert b"PACK" not in _raw_want(office, first, True)
     assert b"PACK" in _raw_want(homepod, first, True)  # the same want from a HomePod
+    # A shown branch whose name holds a config comment character must not expose another:
+    # `feature_1;x` (upstream's commit, so shown) is not `feature_1`.
+    git("push", "-q", "origin", "origin/main:refs/heads/feature_1;x", cwd=home)
+    names = {line.split("\t")[1] for line in git("ls-remote", office_auth).stdout.splitlines()}
+    assert "refs/heads/feature_1;x" in names and "refs/heads/feature_1" not in names, names
+    git("push", "-q", "origin", ":refs/heads/feature_1;x", cwd=home)
     with office.client("alice") as c:
         assert "feature_1" not in c.get(f"/{REPO}").text
     with homepod.client("alice") as c:

@@ -46,11 +46,11 @@ def test_config_hides_everything_but_what_is_shown() -> None:
     lines = [ln.strip() for ln in text.splitlines()]
     up = lines.index("[uploadpack]")
     # The blanket rule first, the exposures after it (the last matching rule wins).
-    assert lines[up + 1] == "hideRefs = refs" and lines[up + 2] == "hideRefs = !refs/heads/main"
+    assert lines[up + 1] == "hideRefs = refs" and lines[up + 2] == 'hideRefs = "!refs/heads/main"'
     for key in ("allowTipSHA1InWant", "allowReachableSHA1InWant", "allowAnySHA1InWant"):
         assert f"{key} = false" in lines
     rec = lines.index("[receive]")
-    assert lines[rec + 1:rec + 3] == ["hideRefs = refs/mlab", "hideRefs = refs/heads/secret"]
+    assert lines[rec + 1:rec + 3] == ["hideRefs = refs/mlab", 'hideRefs = "refs/heads/secret"']
 
 
 @pytest.mark.parametrize("body,field", [
@@ -96,3 +96,21 @@ def test_posture_sets_user_branches() -> None:
     assert Site.model_validate({**base, "posture": "open"}).user_branches() == "open"
     assert Site.model_validate({**base, "posture": "open", "egress": {
         "userBranches": "reviewed"}}).user_branches() == "reviewed"
+
+
+def test_config_survives_ref_names_with_comment_and_quote_characters(tmp_path) -> None:
+    """git-check-ref-format allows ; # and " in names: unquoted, `!refs/heads/x;y` would be
+    read as `!refs/heads/x` and expose another (unreviewed) branch. Read back by real git."""
+    import subprocess
+
+    shown = ["refs/heads/x;y", "refs/heads/a#b", 'refs/heads/q"r', "refs/heads/back\\slash"]
+    hidden = ["refs/heads/x", "refs/heads/s;t"]
+    cfg = tmp_path / "outside.cfg"
+    cfg.write_text(config_text(shown, hidden))
+
+    def values(key: str) -> list[str]:
+        return subprocess.run(["git", "config", "-f", str(cfg), "--get-all", key],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+
+    assert values("uploadpack.hiderefs") == ["refs", *("!" + r for r in shown)]
+    assert values("receive.hiderefs") == ["refs/mlab", *hidden]

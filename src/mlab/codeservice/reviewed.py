@@ -11,7 +11,7 @@ git request that does not come from a HomePod address sees, and may fetch, only
   (a ``branch`` request, :mod:`mlab.requests`), with its ancestry.
 
 Everything else is hidden: the per-request git configuration hides every ref
-(``transfer.hideRefs = refs``) and re-exposes only the refs above by name (``!refs/...``; the
+(``uploadpack.hideRefs = refs``) and re-exposes only the refs above by name (``!refs/...``; the
 last matching rule wins, git-config(1)), so a ref created after the check is hidden too
 (fail closed). The protocol is forced to v0: a protocol v2 ``upload-pack`` accepts a want of
 any object it has (gitprotocol-v2(5): "Wants can be anything"), while v0 over HTTP (stateless
@@ -168,11 +168,19 @@ def config_text(shown: Sequence[str], hidden: Sequence[str]) -> str:
         hidden: the existing user refs that are not shown.
     """
     lines = ["[uploadpack]", "\thideRefs = refs"]
-    lines += [f"\thideRefs = !{ref}" for ref in shown]
+    lines += [f"\thideRefs = {_quoted('!' + ref)}" for ref in shown]
     lines += ["\tallowTipSHA1InWant = false", "\tallowReachableSHA1InWant = false",
               "\tallowAnySHA1InWant = false", "[receive]", "\thideRefs = refs/mlab"]
-    lines += [f"\thideRefs = {ref}" for ref in hidden]
+    lines += [f"\thideRefs = {_quoted(ref)}" for ref in hidden]
     return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    """A git-config value in double quotes (git-config(1), "Syntax"): a ref name may hold
+    ``;``, ``#`` or ``"`` (git-check-ref-format(1) allows them), which unquoted would start a
+    comment or a quote and turn ``!refs/heads/x;y`` into ``!refs/heads/x``."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
 
 
 def _git(repo: Path, *args: str) -> str:
