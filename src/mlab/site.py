@@ -59,6 +59,10 @@ PUBLISHER_ACCOUNT = "mlab-publisher"
 docs/requests.md): it may list exports and add notes, has no git access, and no person
 logs in with it. Also its key in the password state."""
 
+HOMEPOD_NETS_ENV = "MLAB_HOMEPOD_NETS"
+"""The code service's environment variable naming the HomePods' addresses (comma-separated
+CIDRs): the cluster's pod range on Kubernetes, each HomePod's address under podman
+(``mlab.codeservice.reviewed``)."""
 RESERVED_USERS = ("admin", "airlock", PUBLISHER_ACCOUNT)
 """User names that would clash with the password state's ``admin``, ``airlock`` and
 publisher keys."""
@@ -613,7 +617,7 @@ class CodeService(Model):
         default_factory=CodeServiceLimits,
         description="git processes, deadlines, push quotas and login rate limits.",
     )
-    two_person_approval: list[Literal["package", "export", "mirror"]] = Field(
+    two_person_approval: list[Literal["package", "export", "mirror", "branch"]] = Field(
         default_factory=list,
         description="Request kinds that need two distinct approvers. Empty: one is enough.",
     )
@@ -808,8 +812,10 @@ class Cluster(Model):
 
 
 POSTURE_DEFAULTS: dict[str, dict[str, str]] = {
-    "reviewed": {"ssh": "shell", "clipboard": "to-pod", "exportDelivery": "requester"},
-    "open": {"ssh": "full", "clipboard": "both", "exportDelivery": "share"},
+    "reviewed": {"ssh": "shell", "clipboard": "to-pod", "exportDelivery": "requester",
+                 "userBranches": "reviewed"},
+    "open": {"ssh": "full", "clipboard": "both", "exportDelivery": "share",
+             "userBranches": "open"},
 }
 """What each egress knob is when the site leaves it unset, per ``posture`` (issue 17): the
 one place these defaults live; docs/egress.md shows this table."""
@@ -831,6 +837,15 @@ class Egress(Model):
         f"the Airlock share; share: published to {EXPORT_PATH}/<id>/ (the "
         "Airlock's SFTP login, readable in every HomePod). None: requester when posture is "
         "reviewed, share when open.",
+    )
+    user_branches: Literal["reviewed", "open"] | None = Field(
+        None,
+        description="User branches and tags on the code service, seen from outside "
+        "HomePods (the office PC, any client not on a HomePod address). reviewed: hidden, "
+        "and their commits refused, until a reviewer approves a branch request for the "
+        "exact commit (`mlab request branch`); open: every branch fetchable from anywhere "
+        "(the seed's relay). HomePods always see every branch. None: reviewed when posture "
+        "is reviewed, open when open.",
     )
     export_requesters: list[str] = Field(
         default_factory=list,
@@ -948,6 +963,10 @@ class Site(Model):
     def export_delivery(self) -> str:
         """``egress.exportDelivery``, or the posture's default: ``requester`` or ``share``."""
         return self.egress.export_delivery or POSTURE_DEFAULTS[self.posture]["exportDelivery"]
+
+    def user_branches(self) -> str:
+        """``egress.userBranches``, or the posture's default: ``reviewed`` or ``open``."""
+        return self.egress.user_branches or POSTURE_DEFAULTS[self.posture]["userBranches"]
 
     def may_request_exports(self, user: str) -> bool:
         """Whether ``user`` may submit export requests (``egress.exportRequesters``:

@@ -61,6 +61,16 @@ def register(app: typer.Typer) -> None:
                                         "and fetches)."),
         log_format: str = typer.Option("text", "--log-format", help="text or json (one "
                                        "object a line on stderr). Default: text."),
+        tls_cert: Path = typer.Option(
+            None, "--tls-cert", help="PEM certificate (chain) to serve HTTPS with; needs "
+            "--tls-key. Default: plain HTTP."),
+        tls_key: Path = typer.Option(
+            None, "--tls-key", help="PEM private key of --tls-cert. Default: none."),
+        homepod_net: list[str] = typer.Option(
+            [], "--homepod-net", help="CIDR of HomePod addresses (repeat, or "
+            "MLAB_HOMEPOD_NETS=A,B). With egress.userBranches reviewed, clients elsewhere "
+            "see only upstream and reviewed user branches. Default: none (every client "
+            "is outside)."),
     ) -> None:
         """Serve approved mirrors over git smart HTTP on PORT (admin password:
         MLAB_ADMIN_PASSWORD_FILE, or generated into DATA/admin-password and printed once)."""
@@ -77,10 +87,22 @@ def register(app: typer.Typer) -> None:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_JsonFormatter())
             logging.getLogger().handlers = [handler]
+        from mlab.codeservice.reviewed import NETS_ENV, parse_nets
+
+        if (tls_cert is None) != (tls_key is None):
+            raise UsageError("--tls-cert and --tls-key: give both (HTTPS) or neither (HTTP)")
+        for opt, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{opt}: {path} is not a readable file")
+
+        try:
+            nets = parse_nets([*homepod_net, *os.environ.get(NETS_ENV, "").split(",")])
+        except ValueError as exc:
+            raise UsageError(f"--homepod-net: {exc}") from None
         the_site = load_site(site)
         # The requests API (/api/requests, /requests) reaches the app through its hook.
         config = ServiceConfig(data_dir=data.resolve(), site=the_site,
-                               background_sync=background_sync,
+                               background_sync=background_sync, homepod_nets=nets,
                                extra_routes=request_routes(the_site, data.resolve()))
         store = prepare_data_dir(config)
         env_file = os.environ.get("MLAB_ADMIN_PASSWORD_FILE")
@@ -98,11 +120,13 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
                              f"{exc.strerror}") from None
         bound = sock.getsockname()[1]
-        print(f"mlab code service: listening on http://{host}:{bound}", file=sys.stderr,
+        scheme = "https" if tls_cert else "http"
+        print(f"mlab code service: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="info" if access_log else "warning", access_log=access_log,
-            timeout_keep_alive=30, lifespan="on", log_config=None,
+            timeout_keep_alive=30, lifespan="on", log_config=None, **tls,
         ))
         server.run(sockets=[sock])
 

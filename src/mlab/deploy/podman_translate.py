@@ -60,7 +60,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mlab.errors import DeployError
-from mlab.site import Site
+from mlab.site import HOMEPOD_NETS_ENV, Site
 from mlab.topology import LABEL_USER, PORT_CODE, PORT_VNC
 
 Obj = dict[str, Any]
@@ -509,6 +509,14 @@ def translate(
             if component == "homepod":
                 container.setdefault("env", []).append(
                     {"name": "MLAB_EGRESS_CHECK", "value": f"{nat.pod_ip}:22"})
+            if component == "code-service":
+                # HomePods reach the code service from their own fixed address on their own
+                # network; the office and the Airlock come through the NAT network
+                # (reviewed user branches, mlab.codeservice.reviewed).
+                homepods = ",".join(f"{n.pod_ip}/32" for n in nets.values() if n.internal)
+                for env in container.get("env", []):
+                    if env["name"] == HOMEPOD_NETS_ENV:
+                        env["value"] = homepods
             for env in container.get("env", []):
                 if "valueFrom" in env:
                     raise DeployError(

@@ -34,7 +34,7 @@ from mlab.render.common import (
     selector,
 )
 from mlab.render.homepod import password_secret_name
-from mlab.site import PUBLISHER_ACCOUNT, Site
+from mlab.site import HOMEPOD_NETS_ENV, PUBLISHER_ACCOUNT, Site
 
 DATA_DIR = "/var/lib/mlab/code"
 EXPORTS_DIR = "/var/lib/mlab/exports"
@@ -123,6 +123,9 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
         *([{"name": "MLAB_EXPORTS_DIR", "value": EXPORTS_DIR}] if delivered else []),
         {"name": "MLAB_CODE_HOST", "value": cs.host},
+        # Clients from these addresses see every user branch; with egress.userBranches
+        # reviewed, others only reviewed ones (mlab.codeservice.reviewed).
+        {"name": HOMEPOD_NETS_ENV, "value": site.cluster.pod_cidr},
         *common_env(site),
         *proxy_env(site),
     ]
@@ -163,6 +166,12 @@ def service(site: Site) -> dict[str, Any]:
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)
+    if exp.type in ("NodePort", "LoadBalancer") or exp.external_ips:
+        # Office clients keep their own address (no SNAT to a node address inside the pod
+        # range): the code service tells HomePods from the rest by address
+        # (egress.userBranches, mlab.codeservice.reviewed). Traffic reaches it only through
+        # the node that runs it.
+        spec["externalTrafficPolicy"] = "Local"
     return {
         "apiVersion": "v1",
         "kind": "Service",

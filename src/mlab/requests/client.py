@@ -157,6 +157,16 @@ class RequestsClient:
         """One request with history."""
         return self._call("GET", f"/{int(request_id)}")  # type: ignore[no-any-return]
 
+    def diff(self, request_id: int) -> str:
+        """A branch request's new commits with their patches, as text (owner, reviewers)."""
+        try:
+            resp = self._send("GET", f"/{int(request_id)}/diff")
+        except httpx.HTTPError as exc:
+            raise TemporaryError(f"{self.server}: cannot reach the code service: "
+                                 f"{type(exc).__name__}") from None
+        self._raise_for(resp)
+        return resp.text
+
     def act(self, request_id: int, action: str, comment: str | None = None) -> dict[str, Any]:
         """review / approve / reject / revoke / cancel; returns the request after it."""
         body = {} if comment is None else {"comment": comment}
