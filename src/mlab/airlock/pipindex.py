@@ -314,38 +314,93 @@ def publish(
 def rebuild(share: Path) -> int:
     """Regenerate every page from the wheels in ``pip/files/`` (hashes everything).
 
-    For recovery after files were added or removed by hand. The pages are written as a new
-    tree beside ``pip/simple`` (plain writes), the file system is synced once, and the new
-    tree is swapped in with one atomic rename (``renameat2(RENAME_EXCHANGE)``), so a reader
-    sees every old page or every new one; then the old tree is deleted. Returns the number
-    of wheels.
+    For recovery after files were added or removed by hand. Every wheel is read and hashed
+    again (a page never trusts an old hash), but only pages whose content changes are
+    written: each one atomically (temporary file, one flush for all of them, rename),
+    project pages before the root page that links them; then the directories of projects
+    that have no wheel any more are removed. A rebuild of an index that is already right
+    writes nothing. Without an old tree the pages are written as a new tree with plain
+    writes, synced once and renamed into place.
+
+    Why not a whole new tree swapped in: creating 30,000 entries and deleting the old
+    30,000 on a shared disk took 18-45 s for 10,000 projects (issue 18); every page is
+    still atomic, and each one only links files that exist.
+
+    Returns:
+        The number of wheels.
+
+    Raises:
+        MlabError: a file in ``pip/files/`` is not a readable wheel.
+        TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
     """
     root = pip_dir(share)
     files_dir = ensure_dir(root / "files")
     simple = root / "simple"
-    with _lock(share):
-        by_project: dict[str, list[WheelFile]] = {}
-        for entry in sorted(os.scandir(files_dir), key=lambda e: e.name):
-            if entry.name.endswith(".whl") and not entry.name.startswith("."):
-                info = read_wheel(Path(entry.path))
-                by_project.setdefault(info.project, []).append(info)
-        fresh = Path(tempfile.mkdtemp(prefix=".simple-rebuild-", dir=root))
-        try:
-            os.chmod(fresh, 0o755)
-            for project, files in by_project.items():
-                pdir = fresh / project
-                pdir.mkdir(mode=0o755)
-                (pdir / "index.json").write_text(render_project_json(project, files), encoding="utf-8")
-                (pdir / "index.html").write_text(render_project_html(project, files), encoding="utf-8")
-            (fresh / "index.html").write_text(render_root_html(by_project), encoding="utf-8")
-            sync_filesystem(fresh)
-            had_old = exchange_dirs(fresh, simple)
-        except BaseException:
-            shutil.rmtree(fresh, ignore_errors=True)
-            raise
-        if had_old:
-            shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        with _lock(share):
+            by_project: dict[str, list[WheelFile]] = {}
+            for entry in sorted(os.scandir(files_dir), key=lambda e: e.name):
+                if entry.name.endswith(".whl") and not entry.name.startswith("."):
+                    info = read_wheel(Path(entry.path))
+                    by_project.setdefault(info.project, []).append(info)
+            if simple.is_dir():
+                _update_pages(simple, by_project)
+            else:
+                _new_tree(root, simple, by_project)
+    except Timeout:
+        raise TemporaryError(
+            f"another staging holds {root / '.lock'} for more than {LOCK_TIMEOUT:.0f} s",
+            hint="wait for it to finish and run the command again",
+        ) from None
     return sum(len(v) for v in by_project.values())
+
+
+def _new_tree(root: Path, simple: Path, by_project: Mapping[str, Sequence[WheelFile]]) -> None:
+    """Write every page as a new tree (plain writes), sync once, rename it to ``simple``."""
+    fresh = Path(tempfile.mkdtemp(prefix=".simple-rebuild-", dir=root))
+    try:
+        os.chmod(fresh, 0o755)
+        for project, files in by_project.items():
+            pdir = fresh / project
+            pdir.mkdir(mode=0o755)
+            (pdir / "index.json").write_text(render_project_json(project, files), encoding="utf-8")
+            (pdir / "index.html").write_text(render_project_html(project, files), encoding="utf-8")
+        (fresh / "index.html").write_text(render_root_html(by_project), encoding="utf-8")
+        sync_filesystem(fresh)
+        if exchange_dirs(fresh, simple):  # a tree appeared meanwhile (not under our lock)
+            shutil.rmtree(fresh, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+
+
+def _read_page(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _update_pages(simple: Path, by_project: Mapping[str, Sequence[WheelFile]]) -> None:
+    """Rewrite the pages under ``simple`` that differ from ``by_project``; drop stale projects."""
+    changed: list[tuple[Path, str]] = []
+    for project, files in by_project.items():
+        pdir = simple / project
+        for name, text in (("index.json", render_project_json(project, files)),
+                           ("index.html", render_project_html(project, files))):
+            if _read_page(pdir / name) != text:
+                ensure_dir(pdir)
+                changed.append((pdir / name, text))
+    root_text = render_root_html(by_project)
+    if _read_page(simple / "index.html") != root_text:
+        changed.append((simple / "index.html", root_text))
+    # project pages first, the root page that links them last (renamed in this order)
+    write_many_atomic(changed)
+    for entry in os.scandir(simple):
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") \
+                and entry.name not in by_project:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def published(share: Path) -> dict[str, list[WheelFile]]:
