@@ -12,7 +12,8 @@ Layout (docs/CONTRACTS.md "Share layout")::
 
 Invariants: ``<project>`` is the PEP 503 normalized name; every link on a page points at a
 file that exists and has that hash (files are placed before the pages that name them, and
-pages are replaced atomically, after one flush of the file system for all of them);
+pages are replaced atomically, after the new wheels and pages are made durable together:
+fsync'd in parallel, or one syncfs when there are very many);
 publishing holds ``pip/.lock`` so two stagings at once both
 end up on the pages; versions already published stay (a new staging only adds). A wheel
 whose name is already published is kept as it was (its hash may be pinned somewhere).
@@ -301,7 +302,7 @@ def publish(
             if touched or not (simple / "index.html").exists():
                 pages.append(_root_page(simple))
             # one flush to disk for the new wheels and every page, then the renames
-            write_many_atomic(pages)
+            write_many_atomic(pages, durable=[files_dir / w.filename for w in result.added])
             result.projects = touched
     except Timeout:
         raise TemporaryError(
