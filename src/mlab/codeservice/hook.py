@@ -132,7 +132,9 @@ def find_large_blobs(updates: list[tuple[str, str, str]], limit: int) -> list[tu
     so one ``cat-file --batch-all-objects`` over it alone lists every new object's size
     without walking the history (a ``rev-list ... --not --all`` took 30 ms on a
     3,000-commit mirror; issue 18). Only when a blob there is too large, or without a
-    quarantine, is the history walked for names and sizes.
+    quarantine, is the history walked for names and sizes. One difference from the walk: a
+    blob already stored in the repository but reachable from no ref (a branch deleted since)
+    is not counted; the push adds no bytes for it.
     """
     news = [new for _old, new, _ref in updates if new != ZERO]
     if not news:
