@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,7 +234,6 @@ def test_rebuild_after_hand_changes_writes_only_what_changed(tmp_path, wheel_fac
     assert not (simple / "c").exists()
     assert "c/" not in (simple / "index.html").read_text()
     # the same pages as a first build from nothing
-    import shutil
     shutil.rmtree(simple)
     assert pipindex.rebuild(share) == 4
     assert index_snapshot(share) == rebuilt
