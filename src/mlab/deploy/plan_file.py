@@ -22,7 +22,7 @@ from mlab.errors import DeployError
 
 VERSION = 1
 """The ``version`` of the file this MLab writes and reads; raise it when a field changes."""
-NAME = "plan.json"
+PLAN_FILE = "plan.json"
 """The file's name in the engine's state directory (``<state>/<site>/podman``)."""
 
 
@@ -108,7 +108,7 @@ class PlanFile(BaseModel):
         for net in self.networks:
             if net.name == name:
                 return net
-        raise DeployError(f"{NAME} of site {self.site}: no network {name!r}",
+        raise DeployError(f"{PLAN_FILE} of site {self.site}: no network {name!r}",
                           hint="run `mlab up` again to rewrite it")
 
     def write(self, path: Path) -> None:

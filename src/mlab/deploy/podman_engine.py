@@ -32,8 +32,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.deploy import firewall, plan_file, rollout
-from mlab.deploy.plan_file import PlanFile
+from mlab.deploy import firewall, rollout
+from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.deploy.podman_objects import (
     Say,
     bridge_of,
@@ -206,14 +206,14 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
 def plan_path(site_name: str) -> Path:
     """``<state>/<site>/podman/plan.json``: the record of the last ``up``
     (:class:`~mlab.deploy.plan_file.PlanFile`)."""
-    return state_dir(site_name) / plan_file.NAME
+    return state_dir(site_name) / PLAN_FILE
 
 
 def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
     """Write ``plan.json`` (:meth:`PlanFile.of <mlab.deploy.plan_file.PlanFile.of>`, with
     the site's ``image``) for status and verify."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    PlanFile.of(plan, placeholder, image).write(root / plan_file.NAME)
+    PlanFile.of(plan, placeholder, image).write(root / PLAN_FILE)
 
 
 def load_plan(site_name: str) -> PlanFile | None:
@@ -427,7 +427,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         except MlabError as exc:  # pragma: no cover - reported, the first error wins
             log.warning("[mlab/%s] restoring the firewall failed: %s", site.name, exc)
         if not current:
-            (root / plan_file.NAME).unlink(missing_ok=True)
+            (root / PLAN_FILE).unlink(missing_ok=True)
             shutil.rmtree(root / "files", ignore_errors=True)
         raise
     result.seconds = time.monotonic() - start
