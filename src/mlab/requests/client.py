@@ -33,6 +33,10 @@ from mlab.requests.model import (
     NotFound,
 )
 
+Records = list[dict[str, Any]]
+"""Requests as JSON objects (a name of its own: in the class body its ``list`` method hides
+the builtin)."""
+
 _STATUS: dict[int, type[MlabError]] = {
     400: InvalidRequest, 403: Forbidden, 404: NotFound, 409: Conflict,
 }
@@ -120,12 +124,12 @@ class RequestsClient(ServiceClient):
         return self._call("POST", f"/{int(request_id)}/notes",  # type: ignore[no-any-return]
                           json={"action": action, "comment": comment})
 
-    def exports(self) -> list[dict[str, Any]]:
+    def exports(self) -> Records:
         """Every export request with state, owner, outbox and files (publisher, reviewers)."""
         return self._call("GET", "/exports")["requests"]  # type: ignore[no-any-return]
 
     def download(self, request_id: int, dest: Path,
-                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                 progress: Callable[[int], None] | None = None) -> Records:
         """Download an approved export of this user into ``dest/<path>`` and check every
         file against its recorded size and sha256 (``egress.exportDelivery: requester``).
 
@@ -165,7 +169,7 @@ class RequestsClient(ServiceClient):
             os.replace(part, target)
         return files
 
-    def packages(self) -> list[dict[str, Any]]:
+    def packages(self) -> Records:
         """Approved package scripts in approval order (reviewers and admin)."""
         return self._call("GET", "/packages")["packages"]  # type: ignore[no-any-return]
 
