@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from mlab.deploy.plan_file import PlanFile, PodRecord
 from mlab.deploy.podman_translate import translate, wanted_networks
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
 from mlab.render import render_site
@@ -22,7 +23,7 @@ def _matrix() -> list[Probe]:
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
     plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
-    return matrix(plan.record(), FACTS, site.code_service.host, site.airlock.user)
+    return matrix(PlanFile.of(plan), FACTS, site.code_service.host, site.airlock.user)
 
 
 def test_homepods_reach_the_code_service_and_nothing_else() -> None:
@@ -87,21 +88,20 @@ def test_podman_expectations_agree_with_the_rendered_policies() -> None:
     policies = render_site(site).files["network.yaml"]
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state").record()
+    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
     ns = site.namespace
 
-    def end(pod: dict) -> Endpoint:
-        user = pod.get("user") or None
-        return Endpoint(pod["networks"][0][1], ns, labels(site, pod["component"], user))
+    def end(pod: PodRecord) -> Endpoint:
+        return Endpoint(pod.networks[0][1], ns, labels(site, pod.component, pod.user or None))
 
-    by_ip = {net[1]: end(p) for p in plan["pods"] for net in p["networks"]}
-    code = next(p for p in plan["pods"] if p["component"] == "code-service")
+    by_ip = {net[1]: end(p) for p in plan.pods for net in p.networks}
+    code = plan.first("code-service")
     code_end = Endpoint("10.244.0.99", ns, labels(site, "code-service"))
-    for net in plan["networks"]:
-        if net.get("code_ip"):
-            by_ip[net["code_ip"]] = code_end
-    sources = {("homepod-" + p["user"]) if p["component"] == "homepod" else p["component"]: p
-               for p in plan["pods"]}
+    for net in plan.networks:
+        if net.code_ip:
+            by_ip[net.code_ip] = code_end
+    sources = {f"homepod-{p.user}" if p.component == "homepod" else p.component: p
+               for p in plan.pods}
     checked = 0
     for probe in _matrix():
         if probe.source not in sources or probe.kind == "write":
@@ -132,7 +132,7 @@ def test_every_check_of_the_topology_has_a_probe() -> None:
     site = load_site(ROOT / "examples" / "local.yaml")
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state").record()
+    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
     probes = _matrix()
     wanted = {c.name: c for c in checks(podman_facts(plan))
               if c.source in ("homepod", "airlock", "code-service", "office")

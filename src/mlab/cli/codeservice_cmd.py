@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
+
+if TYPE_CHECKING:
+    from mlab.codeservice.client import ServiceClient
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
@@ -227,16 +230,15 @@ class _JsonFormatter(logging.Formatter):
         })
 
 
-def _client(server: str | None, site: str | None) -> Any:
+def _client(server: str | None, site: str | None) -> ServiceClient:
     """A client for the code service :func:`mlab.codeservice.locate.find_server` finds
     (``--server``/``MLAB_SERVER``, the site file, ``MLAB_CODE_HOST``, the local site)."""
     from mlab.codeservice.client import make_client
-    from mlab.codeservice.locate import find_server
 
     if not server and site and site != "site.yaml" and not Path(site).exists():
         raise UsageError(f"--site {site}: no such file",
                          "pass the site file, or --server URL (`mlab status` prints it)")
-    return make_client(find_server(server, site), None, default_user="admin")
+    return make_client(server, site, default_user="admin")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -42,7 +42,12 @@ def _progress(quiet: bool):  # type: ignore[no-untyped-def]
     if quiet or not err.is_terminal:
         return None, plain
     status = err.status("mlab node")
-    return status, lambda m: (status.update(f"mlab node: {m}"), err.log(m))
+
+    def live(message: str) -> None:
+        status.update(f"mlab node: {message}")
+        err.log(message)
+
+    return status, live
 
 
 @node_app.command("up")

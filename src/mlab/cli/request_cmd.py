@@ -69,8 +69,11 @@ def register(app: typer.Typer) -> None:
         client = _client(server)
         text = _read_script(script)
         err.print(f"mlab: testing {script} (bash, timeout {timeout:g} s)")
-        transcript = run_script(script, timeout=timeout,
-                                echo=lambda s: (sys.stderr.write(s), sys.stderr.flush()))
+        def echo(text: str) -> None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+        transcript = run_script(script, timeout=timeout, echo=echo)
         status = transcript["exit_status"]
         err.print(f"mlab: {script} exited {status} after {transcript['duration_s']} s")
         if status != 0 and not allow_failed:

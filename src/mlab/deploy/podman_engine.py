@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
 from mlab.deploy import firewall, rollout
+from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.deploy.podman_objects import (
     Say,
     bridge_of,
@@ -210,20 +210,30 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
         )
 
 
+def plan_path(site_name: str) -> Path:
+    """``<state>/<site>/podman/plan.json``: the record of the last ``up``
+    (:class:`~mlab.deploy.plan_file.PlanFile`)."""
+    return state_dir(site_name) / PLAN_FILE
+
+
 def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
-    """Write ``plan.json`` (:meth:`Plan.record`, plus the site's ``image``) for status and
-    verify."""
-    data = plan.record(placeholder) | {"image": image}
+    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.deploy.plan_file.PlanFile.of>`, with
+    the site's ``image``) for status and verify."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(root / "plan.json", json.dumps(data, indent=2), 0o600)
+    PlanFile.of(plan, placeholder, image).write(root / PLAN_FILE)
 
 
-def load_plan(site_name: str) -> dict[str, Any] | None:
-    """The last applied plan (``save_plan``), or None."""
-    try:
-        return json.loads((state_dir(site_name) / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def load_plan(site_name: str) -> PlanFile | None:
+    """The last applied plan (``save_plan``), or None when the site is not up (no file).
+
+    Raises:
+        DeployError: the file is unreadable, of another version or invalid (one line naming
+            it; :meth:`PlanFile.read <mlab.deploy.plan_file.PlanFile.read>`).
+    """
+    path = plan_path(site_name)
+    if not path.exists():
         return None
+    return PlanFile.read(path)
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -449,7 +459,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         except MlabError as exc:  # pragma: no cover - reported, the first error wins
             log.warning("[mlab/%s] restoring the firewall failed: %s", site.name, exc)
         if not current:
-            (root / "plan.json").unlink(missing_ok=True)
+            (root / PLAN_FILE).unlink(missing_ok=True)
             shutil.rmtree(root / "files", ignore_errors=True)
         raise
     result.seconds = time.monotonic() - start
@@ -494,7 +504,7 @@ def _down(site_name: str, volumes: bool, say: Say) -> list[str]:
             removed.append(str(passwords))
     else:
         # Nothing runs: no secret files on disk, and `status` says the site is down.
-        (state_dir(site_name) / "plan.json").unlink(missing_ok=True)
+        plan_path(site_name).unlink(missing_ok=True)
         shutil.rmtree(state_dir(site_name) / "files", ignore_errors=True)
     return removed
 
@@ -512,30 +522,29 @@ def status(site_name: str) -> list[dict[str, Any]]:
         return []
     pods = site_pods(site_name)
     out = []
-    for pod in plan["pods"]:
-        record = pods.get(pod["name"])
+    for pod in plan.pods:
+        record = pods.get(pod.name)
         endpoints = []
-        for port in pod["ports"]:
-            host = port["host_ip"]
-            shown = dial_address(host)
+        for port in pod.ports:
+            shown = dial_address(port.host_ip)
             kinds = {"vnc": ["vnc"], "rdp": ["rdp"], "novnc": ["http"], "ssh": ["ssh", "sftp"],
-                     "http": ["http"]}.get(port["name"], [port["name"]])
+                     "http": ["http"]}.get(port.name, [port.name])
             for proto in kinds:
                 url = {
-                    "vnc": f"vnc://{shown}:{port['host_port']}",
-                    "rdp": f"rdp://{shown}:{port['host_port']}",
-                    "ssh": f"ssh://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
-                    "sftp": f"sftp://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
-                    "http": (f"http://{shown}:{port['host_port']}/vnc.html"
-                             if port["name"] == "novnc" else f"http://{shown}:{port['host_port']}/"),
+                    "vnc": f"vnc://{shown}:{port.host_port}",
+                    "rdp": f"rdp://{shown}:{port.host_port}",
+                    "ssh": f"ssh://{pod.user or 'airlock'}@{shown}:{port.host_port}",
+                    "sftp": f"sftp://{pod.user or 'airlock'}@{shown}:{port.host_port}",
+                    "http": (f"http://{shown}:{port.host_port}/vnc.html"
+                             if port.name == "novnc" else f"http://{shown}:{port.host_port}/"),
                 }.get(proto, "")
-                endpoints.append({"protocol": proto, "host": shown, "port": port["host_port"],
+                endpoints.append({"protocol": proto, "host": shown, "port": port.host_port,
                                   "url": url})
         state = record["Status"] if record else "missing"
-        if pod["component"] == "code-service" and plan.get("placeholder_code_service"):
+        if pod.component == "code-service" and plan.placeholder_code_service:
             state += " (placeholder)"
         out.append({
-            "name": pod["deployment"], "kind": pod["component"], "user": pod["user"],
-            "state": state, "pod": pod["name"], "endpoints": endpoints,
+            "name": pod.deployment, "kind": pod.component, "user": pod.user,
+            "state": state, "pod": pod.name, "endpoints": endpoints,
         })
-    return rollout.annotate(out, plan.get("image", ""), rollout.running_images(site_name))
+    return rollout.annotate(out, plan.image, rollout.running_images(site_name))

@@ -55,7 +55,7 @@ import copy
 import hashlib
 import ipaddress
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -217,25 +217,6 @@ class Plan:
     def nat_network(self) -> NetworkSpec:
         """The NAT network of the Airlock and the code service."""
         return next(n for n in self.networks if not n.internal)
-
-    def record(self, placeholder: bool = False) -> dict[str, Any]:
-        """The plan as JSON-able data without secrets (``plan.json``: what ``status`` and
-        ``verify`` read): networks with their fixed addresses, pods with containers,
-        networks and published ports."""
-        return {
-            "site": self.site,
-            "bind_address": self.bind_address,
-            "placeholder_code_service": placeholder,
-            "networks": [asdict(n) | {"code_ip": n.code_ip, "pod_ip": n.pod_ip,
-                                      "gateway": n.gateway} for n in self.networks],
-            "pods": [
-                {"name": p.name, "component": p.component, "user": p.user,
-                 "deployment": p.name.removeprefix(f"mlab-{self.site}-"),
-                 "containers": p.container_names(), "networks": [list(n) for n in p.networks],
-                 "ports": [asdict(x) for x in p.ports]}
-                for p in self.pods
-            ],
-        }
 
 
 def prefix(site: Site) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from mlab import topology
 from mlab.deploy import answers
+from mlab.deploy.plan_file import PlanFile
 from mlab.podman import podman_command, podman_env
 from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
 
@@ -126,7 +127,7 @@ def port_kind(port: int) -> str:
     return PORT_KIND.get(port, "tcp")
 
 
-def podman_facts(plan: dict[str, Any]) -> set[str]:
+def podman_facts(plan: PlanFile) -> set[str]:
     """The condition words (:class:`mlab.topology.Edge`) that hold for a podman site.
 
     The host is the office PC (it dials the published ports); HomePod networks are
@@ -134,12 +135,12 @@ def podman_facts(plan: dict[str, Any]) -> set[str]:
     (``direct-desktops``); ``airlock`` when the plan has an Airlock pod.
     """
     words = {"always", "office", "direct-desktops"}
-    if any(p["component"] == "airlock" for p in plan["pods"]):
+    if plan.first("airlock"):
         words.add("airlock")
     return words
 
 
-def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
+def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
            airlock_user: str = "") -> list[Probe]:
     """Every probe for a deployed site: the checks of :func:`mlab.topology.checks` bound to
     the plan's containers and addresses.
@@ -158,12 +159,10 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
         in HomePods, writable in the Airlock (docs/CONTRACTS.md).
     """
     checks = topology.checks(podman_facts(plan))
-    nets = {n["name"]: n for n in plan["networks"]}
-    nat = next(n for n in plan["networks"] if not n["internal"])
-    pods = plan["pods"]
-    homepods = [p for p in pods if p["component"] == "homepod"]
-    airlock = next((p for p in pods if p["component"] == "airlock"), None)
-    code_pod = next((p for p in pods if p["component"] == "code-service"), None)
+    nat = plan.nat_network()
+    homepods = plan.components("homepod")
+    airlock = plan.first("airlock")
+    code_pod = plan.first("code-service")
     out: list[Probe] = []
 
     def bind(box: str, role: str, check: topology.Check, gw: str, code_ip: str,
@@ -178,10 +177,10 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
         if dst == "code-service":
             return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
         if dst == "airlock" and airlock:
-            return [(f"airlock :{port}", port_kind(port), airlock["networks"][0][1], port)]
+            return [(f"airlock :{port}", port_kind(port), airlock.networks[0][1], port)]
         if dst == "homepod":
-            return [(f"homepod-{o['user']} :{port}", port_kind(port), o["networks"][0][1], port)
-                    for o in homepods if o["containers"][0] != box]
+            return [(f"homepod-{o.user} :{port}", port_kind(port), o.networks[0][1], port)
+                    for o in homepods if o.containers[0] != box]
         if dst == "node":
             return [(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port),
                     (f"host service on 0.0.0.0 via host address {facts.host_ip}", "tcp",
@@ -217,29 +216,29 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
                                      edge=check.name))
 
     for hp in homepods:
-        src, box = f"homepod-{hp['user']}", hp["containers"][0]
-        net = nets[hp["networks"][0][0]]
-        from_source(src, box, "homepod", net["gateway"], net["code_ip"])
+        src, box = f"homepod-{hp.user}", hp.containers[0]
+        net = plan.network(hp.networks[0][0])
+        from_source(src, box, "homepod", net.gateway, net.code_ip)
         out.append(Probe(src, box, f"write to the share {SHARE}", "write", SHARE, 0, False,
                          edge="homepod share read-only"))
     if airlock:
-        box = airlock["containers"][0]
-        from_source("airlock", box, "airlock", nat["gateway"], nat["code_ip"])
+        box = airlock.containers[0]
+        from_source("airlock", box, "airlock", nat.gateway, nat.code_ip)
         out.append(Probe("airlock", box, f"write to the share {SHARE} as "
                          f"{airlock_user or 'root'}", "write", SHARE, 0, True, airlock_user,
                          edge="airlock share read-write"))
     if code_pod:
-        from_source("code-service", code_pod["containers"][0], "code-service",
-                    nat["gateway"], nat["code_ip"])
-    for pod in pods:
-        for port in pod["ports"]:
-            host = dial_address(port["host_ip"])
-            kind, where = host_kind(port["name"], host, port["host_port"])
-            check = topology.Check("office", pod["component"], port["container_port"],
-                                   topology.allows("office", pod["component"],
-                                                   port["container_port"], podman_facts(plan)))
-            out.append(Probe("host", "", f"{pod['deployment']} {port['name']} "
-                             f"{host}:{port['host_port']}", kind, where, port["host_port"],
+        from_source("code-service", code_pod.containers[0], "code-service",
+                    nat.gateway, nat.code_ip)
+    for pod in plan.pods:
+        for port in pod.ports:
+            host = dial_address(port.host_ip)
+            kind, where = host_kind(port.name, host, port.host_port)
+            check = topology.Check("office", pod.component, port.container_port,
+                                   topology.allows("office", pod.component,
+                                                   port.container_port, podman_facts(plan)))
+            out.append(Probe("host", "", f"{pod.deployment} {port.name} "
+                             f"{host}:{port.host_port}", kind, where, port.host_port,
                              check.expected, edge=check.name))
     return out
 
@@ -380,7 +379,7 @@ def host_facts(listener_port: int) -> HostFacts:
     return HostFacts(listener_port, host_ip, internet_ip, tuple(resolvers[:1]))
 
 
-def run(plan: dict[str, Any], code_host: str,
+def run(plan: PlanFile, code_host: str,
         on_source: Callable[[str], None] | None = None,
         airlock_user: str = "") -> list[Result]:
     """Run the whole matrix against a deployed site.

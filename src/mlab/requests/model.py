@@ -346,7 +346,7 @@ def validate_submission(body: object) -> dict[str, object]:
     if not isinstance(body, dict):
         raise InvalidRequest("body: a JSON object is required")
     try:
-        kind = Kind(body.get("kind"))
+        kind = Kind(str(body.get("kind")))
     except ValueError:
         raise InvalidRequest(
             f"kind: {body.get('kind')!r} is not one of {', '.join(k.value for k in Kind)}"
