@@ -82,6 +82,10 @@ def register(app: typer.Typer) -> None:
         server = uvicorn.Server(uvicorn.Config(
             build_app(config), log_level="warning", access_log=False, lifespan="off",
             log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
+            # Browsers always offer permessage-deflate; VNC frames are already encoded by
+            # the VNC server, and deflating them again cost the portal 5x websockify's CPU
+            # per byte (benchmarks/bench_portal.py). websockify does not compress either.
+            ws_per_message_deflate=False,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
         ))
