@@ -247,8 +247,8 @@ class Browser:
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
-    def wait_for(self, expression: str, timeout: float = 30) -> Any:
-        """Poll ``expression`` until it is truthy; return its value.
+    def wait_for(self, expression: str, timeout: float = 30, poll: float = 0.05) -> Any:
+        """Poll ``expression`` every ``poll`` s until it is truthy; return its value.
 
         Raises:
             TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
@@ -261,7 +261,7 @@ class Browser:
                 value = None  # navigating: no execution context for a moment
             if value:
                 return value
-            time.sleep(0.2)
+            time.sleep(poll)
         where = self.evaluate("location.href + ' ' + document.title")
         raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
 
@@ -279,19 +279,31 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def sign_in(browser: Browser, portal_url: str, user: str, password: str) -> None:
+def sign_in(browser: Browser, portal_url: str, user: str, password: str,
+            marks: dict[str, float] | None = None) -> None:
     """Open the portal, press Sign in, fill Keycloak's own login form, wait for the page
-    that says "MLab: <user>"."""
+    that says "MLab: <user>".
+
+    Args:
+        marks: when given, gets ``time.monotonic()`` of each step: ``portal_page`` (the
+            sign-in button shown), ``login_form`` (Keycloak's form shown), ``submitted``,
+            ``signed_in`` (the user's page).
+    """
+    marks = {} if marks is None else marks
     browser.goto(portal_url + "/")
     browser.wait_for("document.getElementById('signin') !== null")
+    marks["portal_page"] = time.monotonic()
     browser.evaluate("document.getElementById('signin').click()")
     browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+    marks["login_form"] = time.monotonic()
     browser.evaluate(
         f"document.getElementById('username').value = {json.dumps(user)};"
         f"document.getElementById('password').value = {json.dumps(password)};"
         "document.getElementById('kc-login').click(); true")
+    marks["submitted"] = time.monotonic()
     browser.wait_for(f"location.href.startsWith({json.dumps(portal_url)}) && "
                      f"document.title.startsWith({json.dumps(user)})", timeout=60)
+    marks["signed_in"] = time.monotonic()
 
 
 def wait_novnc(browser: Browser, timeout: float = 40) -> None:
@@ -314,8 +326,13 @@ def wait_novnc(browser: Browser, timeout: float = 40) -> None:
                 raise
 
 
-def open_desktop(browser: Browser, timeout: float = 40) -> None:
-    """Press "Open desktop" and wait for noVNC's connected state."""
+def open_desktop(browser: Browser, timeout: float = 40,
+                 marks: dict[str, float] | None = None) -> None:
+    """Press "Open desktop" and wait for noVNC's connected state (``marks``: ``novnc_page``
+    when vnc.html is shown, ``connected``)."""
+    marks = {} if marks is None else marks
     browser.evaluate("document.getElementById('open').click()")
     browser.wait_for("location.pathname.endsWith('vnc.html')", timeout=timeout)
+    marks["novnc_page"] = time.monotonic()
     wait_novnc(browser, timeout)
+    marks["connected"] = time.monotonic()

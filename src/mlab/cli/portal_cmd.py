@@ -44,12 +44,18 @@ def register(app: typer.Typer) -> None:
         tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate chain: "
                                       "serve HTTPS. Default: plain HTTP."),
         tls_key: Path = typer.Option(None, "--tls-key", help="PEM key for --tls-cert."),
+        wake: str = typer.Option(
+            "none", "--wake", help="Who starts a stopped (culled) HomePod when its user "
+            "opens the desktop: podman (the pods of `mlab up` on this host), kubernetes "
+            "(kubectl, the mlab-culler Role), or none. Same code and audit as `mlab wake`. "
+            "Default: none."),
     ) -> None:
         """Serve the portal on PORT for the users of SITE."""
         import uvicorn
 
         from mlab.portal.app import build_app
         from mlab.portal.config import PortalConfig, parse_backends, read_secret
+        from mlab.portal.wake import make_waker
         from mlab.site import load_site
 
         the_site = load_site(site)
@@ -68,7 +74,8 @@ def register(app: typer.Typer) -> None:
         config = PortalConfig(site=the_site, users_dir=users_dir,
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
-                              code_url=code_url.rstrip("/") if code_url else None)
+                              code_url=code_url.rstrip("/") if code_url else None,
+                              waker=make_waker(wake, the_site))
         logging.getLogger("mlab").setLevel(logging.INFO)
         try:
             sock = socket.create_server((host, port), backlog=256)

@@ -16,7 +16,6 @@ session's user is the path's user, and nobody else.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import Any
@@ -45,6 +44,7 @@ from mlab.portal.sessions import (
     check_csrf,
     csrf_token,
 )
+from mlab.portal.wake import Wakes, vnc_answers
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ async def index(request: Request) -> Response:
         return _html(pages.sign_in(config.site.portal.oidc is not None, csrf))
     has_desktop = _is_site_user(config, user) and user in config.backends
     state = await _desktop_state(config, user) if has_desktop else "none"
+    if state != "running" and request.app.state.wakes is not None:
+        state = "stopped (Open desktop starts it)"
     host = urlsplit(config.url).hostname or "localhost"
     ssh_port = config.site.user(user).service.ports.get("ssh", config.site.access.ports.ssh) \
         if has_desktop else config.site.access.ports.ssh
@@ -131,13 +133,7 @@ async def review(request: Request) -> Response:
 
 async def _desktop_state(config: PortalConfig, user: str) -> str:
     backend = config.backends[user]
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, backend.port), timeout=2)
-    except (OSError, asyncio.TimeoutError):
-        return "not reachable"
-    writer.close()
-    return "running"
+    return "running" if await vnc_answers(backend.host, backend.port) else "not reachable"
 
 
 async def login(request: Request) -> Response:
@@ -216,9 +212,24 @@ def _own_desktop(request: Request) -> str | Response:
 
 
 async def desktop(request: Request) -> Response:
+    """noVNC for the session's own desktop; a stopped (culled) HomePod is woken first, with
+    a page that reloads itself until the VNC server answers."""
     user = _own_desktop(request)
     if isinstance(user, Response):
         return user
+    config = _config(request)
+    wakes: Wakes | None = request.app.state.wakes
+    if wakes is not None:
+        backend = config.backends[user]
+        if not await vnc_answers(backend.host, backend.port):
+            if not wakes.running(user):
+                error = wakes.pop_error(user)
+                if error:  # shown once; opening the desktop again tries again
+                    audit(config, "desktop-error", user=user, error=error)
+                    return _html(pages.waking(user, error), 503)
+                if wakes.start(user):
+                    audit(config, "desktop-wake", user=user)
+            return _html(pages.waking(user, None))
     query = urlencode({"autoconnect": "1", "reconnect": "1", "resize": "remote",
                        "path": f"desktop/{user}/websockify"})
     return RedirectResponse(f"/novnc/vnc.html?{query}", status_code=303)
@@ -274,6 +285,7 @@ def build_app(config: PortalConfig) -> Starlette:
     app = Starlette(routes=routes)
     app.state.config = config
     app.state.oauth = oauth
+    app.state.wakes = Wakes(config.waker) if config.waker is not None else None
     store = SessionStore(lifetime=config.site.portal.session_hours * 3600)
     app.add_middleware(SessionMiddleware, store=store)
     return app
