@@ -159,7 +159,8 @@ class Portal:
     """``mlab portal serve`` as a child process on 127.0.0.1:``port``."""
 
     def __init__(self, tmp: Path, site_file: Path, port: int, users_dir: Path,
-                 backends: dict[str, str], client_secret: str | None = None) -> None:
+                 backends: dict[str, str], client_secret: str | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = port
         self.audit = tmp / "portal-audit.log"
         self.log = tmp / "portal.log"
@@ -173,8 +174,10 @@ class Portal:
             argv += ["--client-secret-file", str(secret)]
         for user, address in backends.items():
             argv += ["--backend", f"{user}={address}"]
+        argv += list(extra_args)
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while b"listening on" not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -304,6 +307,17 @@ def sign_in(browser: Browser, portal_url: str, user: str, password: str,
     browser.wait_for(f"location.href.startsWith({json.dumps(portal_url)}) && "
                      f"document.title.startsWith({json.dumps(user)})", timeout=60)
     marks["signed_in"] = time.monotonic()
+
+
+def sign_in_password(browser: Browser, portal_url: str, user: str, password: str) -> None:
+    """Sign in on a site without a provider: the portal's own form (the MLab password)."""
+    browser.goto(portal_url + "/")
+    browser.wait_for("document.getElementById('signin') !== null")
+    browser.evaluate(
+        f"document.querySelector('input[name=username]').value = {json.dumps(user)};"
+        f"document.querySelector('input[name=password]').value = {json.dumps(password)};"
+        "document.getElementById('signin').click(); true")
+    browser.wait_for(f"document.title.startsWith({json.dumps(user)})", timeout=60)
 
 
 def wait_novnc(browser: Browser, timeout: float = 40) -> None:

@@ -37,6 +37,7 @@ from mlab.portal import pages, requests_view
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
 from mlab.portal.proxy import desktop_socket
+from mlab.portal.ratelimit import SignInLimits
 from mlab.portal.sessions import (
     ROTATE,
     SessionMiddleware,
@@ -136,7 +137,25 @@ async def _desktop_state(config: PortalConfig, user: str) -> str:
     return "running" if await vnc_answers(backend.host, backend.port) else "not reachable"
 
 
+def _throttled(request: Request) -> Response | None:
+    """429 when the client's address is over its sign-in limit (audited), else None."""
+    limits: SignInLimits = request.app.state.limits
+    address = request.client.host if request.client else "unknown"
+    if limits.address_allows(address):
+        return None
+    audit(_config(request), "login-throttled", address=address, endpoint=request.url.path)
+    return _too_many(limits.retry_after(address=address))
+
+
+def _too_many(seconds: int) -> Response:
+    return HTMLResponse(
+        pages.message("Too many sign-ins", f"Wait {seconds} s, then try again."),
+        status_code=429, headers={**SECURITY_HEADERS, "Retry-After": str(seconds)})
+
+
 async def login(request: Request) -> Response:
+    if (refused := _throttled(request)) is not None:
+        return refused
     oauth: OAuth = request.app.state.oauth
     return await oauth.idp.authorize_redirect(request, _config(request).redirect_uri)  # type: ignore[no-any-return]
 
@@ -145,6 +164,8 @@ async def callback(request: Request) -> Response:
     config = _config(request)
     oidc = config.site.portal.oidc
     assert oidc is not None  # the route exists only with a provider
+    if (refused := _throttled(request)) is not None:
+        return refused
     oauth: OAuth = request.app.state.oauth
     try:
         token = await oauth.idp.authorize_access_token(
@@ -167,11 +188,17 @@ async def callback(request: Request) -> Response:
 
 async def password_login(request: Request) -> Response:
     config = _config(request)
+    if (refused := _throttled(request)) is not None:
+        return refused
     form = await request.form()
     if not _origin_ok(request) or not check_csrf(request.session, form.get("csrf")):
         return _html(pages.message("Refused", "The form expired; reload the page."), 403)
     name = str(form.get("username") or "")
     given = str(form.get("password") or "")
+    limits: SignInLimits = request.app.state.limits
+    if not limits.user_allows(name):
+        audit(config, "login-throttled", user=name, method="password")
+        return _too_many(limits.retry_after(user=name))
     ok = False
     if _is_site_user(config, name):
         try:
@@ -180,6 +207,7 @@ async def password_login(request: Request) -> Response:
         except OSError:
             ok = False
     if not ok:
+        limits.user_failed(name)
         audit(config, "login-failed", method="password", user=name)
         return _html(pages.sign_in(False, csrf_token(request.session),
                                    "Wrong user name or password."), 401)
@@ -249,8 +277,12 @@ async def rdp(request: Request) -> Response:
         headers={"Content-Disposition": f'attachment; filename="{user}.rdp"', **SECURITY_HEADERS})
 
 
-def build_app(config: PortalConfig) -> Starlette:
+def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starlette:
     """The portal application for ``config``.
+
+    Args:
+        config: the portal's settings.
+        limits: the sign-in rate limits (default: :class:`SignInLimits`'s).
 
     Raises:
         OSError: noVNC's directory is missing.
@@ -285,6 +317,7 @@ def build_app(config: PortalConfig) -> Starlette:
     app = Starlette(routes=routes)
     app.state.config = config
     app.state.oauth = oauth
+    app.state.limits = limits or SignInLimits()
     app.state.wakes = Wakes(config.waker) if config.waker is not None else None
     store = SessionStore(lifetime=config.site.portal.session_hours * 3600)
     app.add_middleware(SessionMiddleware, store=store)
