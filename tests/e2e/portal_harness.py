@@ -29,7 +29,6 @@ import httpx
 
 KEYCLOAK_VERSION = "26.5.6"
 REALM = "mlab"
-CLIENT_ID = "mlab-portal"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -70,34 +69,19 @@ class Person:
 
 
 def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dict[str, Any]:
-    """A Keycloak realm export: the portal's client (public, PKCE only, when ``secret`` is
-    None) and ``people``."""
-    groups = sorted({g for p in people for g in p.groups})
-    return {
-        "realm": REALM, "enabled": True, "sslRequired": "none",
-        "groups": [{"name": g} for g in groups],
-        "clients": [{
-            "clientId": CLIENT_ID, "enabled": True, "protocol": "openid-connect",
-            "publicClient": secret is None, **({"secret": secret} if secret else {}),
-            "standardFlowEnabled": True,
-            "directAccessGrantsEnabled": False, "redirectUris": [f"{portal_url}/auth/callback"],
-            "webOrigins": [portal_url],
-            "attributes": {"pkce.code.challenge.method": "S256"},
-            "protocolMappers": [{
-                "name": "groups", "protocol": "openid-connect",
-                "protocolMapper": "oidc-group-membership-mapper",
-                "config": {"claim.name": "groups", "full.path": "false",
-                           "id.token.claim": "true", "access.token.claim": "true",
-                           "userinfo.token.claim": "true"},
-            }],
-        }],
-        "users": [{
-            "username": p.name, "enabled": True, "emailVerified": True,
-            "email": f"{p.name}@example.org", "firstName": p.name.title(), "lastName": "Test",
-            "credentials": [{"type": "password", "value": p.password, "temporary": False}],
-            "groups": [f"/{g}" for g in p.groups],
-        } for p in people],
-    }
+    """MLab's realm (:func:`mlab.portal.keycloak.realm`: the portal's client, public when
+    ``secret`` is None, and brute-force detection) with ``people`` as users."""
+    from mlab.portal.keycloak import realm
+
+    return realm(REALM, portal_url, secret, ssl_required="none",
+                 groups=sorted({g for p in people for g in p.groups}), users=[{
+                     "username": p.name, "enabled": True, "emailVerified": True,
+                     "email": f"{p.name}@example.org", "firstName": p.name.title(),
+                     "lastName": "Test",
+                     "credentials": [{"type": "password", "value": p.password,
+                                      "temporary": False}],
+                     "groups": [f"/{g}" for g in p.groups],
+                 } for p in people])
 
 
 class Keycloak:

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
         server = uvicorn.Server(uvicorn.Config(
-            build_app(config), log_level="warning", access_log=False, lifespan="off",
+            build_app(config), log_level="warning", access_log=False, lifespan="on",
             log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
             # Browsers always offer permessage-deflate; VNC frames are already encoded by
             # the VNC server, and deflating them again cost the portal 5x websockify's CPU
@@ -97,3 +97,39 @@ def register(app: typer.Typer) -> None:
             ssl_keyfile=str(tls_key) if tls_key else None,
         ))
         server.run(sockets=[sock])
+
+    @portal.command("keycloak-realm")
+    def keycloak_realm(
+        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        client_secret_file: Path = typer.Option(
+            None, "--client-secret-file", help="File holding the client secret to put in "
+            "the realm. Default: a public client (PKCE only)."),
+    ) -> None:
+        """Print a Keycloak realm (JSON, for `kc.sh import --file`) with the portal's client
+        and brute-force detection on; the realm name is the issuer's last path part."""
+        import json
+
+        from mlab.portal.config import read_secret
+        from mlab.portal.keycloak import realm
+        from mlab.site import load_site
+
+        the_site = load_site(site)
+        oidc = the_site.portal.oidc
+        if not the_site.portal.enabled or oidc is None:
+            raise UsageError(f"{site}: portal.oidc is not set (the portal signs in with MLab "
+                             "passwords; no realm needed)")
+        name = oidc.issuer.rstrip("/").rsplit("/realms/", 1)[-1]
+        if "/" in name or name == oidc.issuer.rstrip("/"):
+            raise UsageError(f"portal.oidc.issuer {oidc.issuer!r}: not a Keycloak issuer "
+                             "(https://HOST/realms/NAME)")
+        secret = None
+        if client_secret_file is not None:
+            try:
+                secret = read_secret(client_secret_file)
+            except OSError as exc:
+                raise UsageError(f"--client-secret-file {client_secret_file}: cannot read "
+                                 f"it: {exc.strerror}") from None
+        groups = sorted({g for g in (oidc.reviewer_group, oidc.admin_group) if g})
+        sys.stdout.write(json.dumps(realm(name, the_site.portal.url, secret,
+                                          client_id=oidc.client_id, groups=groups),
+                                    indent=2) + "\n")

@@ -16,8 +16,11 @@ session's user is the path's user, and nobody else.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -277,6 +280,22 @@ async def rdp(request: Request) -> Response:
         headers={"Content-Disposition": f'attachment; filename="{user}.rdp"', **SECURITY_HEADERS})
 
 
+WARM_UP_DELAYS_S = (0, 2, 5, 10, 30, 60)
+"""Tries to fetch the provider's discovery document and keys at start (it may start later)."""
+
+
+async def _warm_up(oauth: OAuth) -> None:
+    """Fetch the provider's discovery document and JWKS once at start, so that the first
+    sign-in does not wait for them (Authlib caches both; a rotated key is fetched again)."""
+    for delay in WARM_UP_DELAYS_S:
+        await asyncio.sleep(delay)
+        try:
+            await oauth.idp.fetch_jwk_set()
+            return
+        except Exception as exc:  # noqa: BLE001 - retried; sign-in fetches them anyway
+            log.warning("[mlab/portal] provider not reachable yet: %s", exc)
+
+
 def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starlette:
     """The portal application for ``config``.
 
@@ -314,7 +333,14 @@ def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starl
         )
     else:
         routes.append(Route("/auth/password", password_login, methods=["POST"]))
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_warm_up(oauth)) if oidc is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.config = config
     app.state.oauth = oauth
     app.state.limits = limits or SignInLimits()
