@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def register(app: typer.Typer) -> None:
             "opens the desktop: podman (the pods of `mlab up` on this host), kubernetes "
             "(kubectl, the mlab-culler Role), or none. Same code and audit as `mlab wake`. "
             "Default: none."),
+        session_db: Path = typer.Option(
+            None, "--session-db", help="SQLite file for sessions, so that they survive a "
+            "restart (one portal replica). Default: in memory (a restart signs everyone out)."),
     ) -> None:
         """Serve the portal on PORT for the users of SITE."""
         import uvicorn
@@ -75,7 +79,10 @@ def register(app: typer.Typer) -> None:
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
                               code_url=code_url.rstrip("/") if code_url else None,
-                              waker=make_waker(wake, the_site))
+                              waker=make_waker(wake, the_site), session_db=session_db)
+        if session_db is not None and not session_db.parent.is_dir():
+            raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
+                             "does not exist")
         logging.getLogger("mlab").setLevel(logging.INFO)
         try:
             sock = socket.create_server((host, port), backlog=256)
@@ -86,8 +93,12 @@ def register(app: typer.Typer) -> None:
         scheme = "https" if tls_cert else "http"
         print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
+        try:
+            app = build_app(config)
+        except sqlite3.Error as exc:
+            raise UsageError(f"--session-db {session_db}: not a usable SQLite file: {exc}") from None
         server = uvicorn.Server(uvicorn.Config(
-            build_app(config), log_level="warning", access_log=False, lifespan="on",
+            app, log_level="warning", access_log=False, lifespan="on",
             log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
             # Browsers always offer permessage-deflate; VNC frames are already encoded by
             # the VNC server, and deflating them again cost the portal 5x websockify's CPU

@@ -45,6 +45,7 @@ from mlab.portal.sessions import (
     ROTATE,
     SessionMiddleware,
     SessionStore,
+    SqliteSessionStore,
     check_csrf,
     csrf_token,
 )
@@ -345,6 +346,9 @@ def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starl
     app.state.oauth = oauth
     app.state.limits = limits or SignInLimits()
     app.state.wakes = Wakes(config.waker) if config.waker is not None else None
-    store = SessionStore(lifetime=config.site.portal.session_hours * 3600)
+    lifetime = config.site.portal.session_hours * 3600
+    store: SessionStore | SqliteSessionStore = (
+        SqliteSessionStore(config.session_db, lifetime) if config.session_db is not None
+        else SessionStore(lifetime=lifetime))
     app.add_middleware(SessionMiddleware, store=store)
     return app
