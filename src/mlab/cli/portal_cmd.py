@@ -53,6 +53,9 @@ def register(app: typer.Typer) -> None:
         session_db: Path = typer.Option(
             None, "--session-db", help="SQLite file for sessions, so that they survive a "
             "restart (one portal replica). Default: in memory (a restart signs everyone out)."),
+        share: Path = typer.Option(
+            None, "--share", help="The Airlock's share, read-only: the user's page lists what "
+            "is staged. Default: not shown."),
     ) -> None:
         """Serve the portal on PORT for the users of SITE."""
         import uvicorn
@@ -79,7 +82,8 @@ def register(app: typer.Typer) -> None:
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
                               code_url=code_url.rstrip("/") if code_url else None,
-                              waker=make_waker(wake, the_site), session_db=session_db)
+                              waker=make_waker(wake, the_site), session_db=session_db,
+                              share=share)
         if session_db is not None and not session_db.parent.is_dir():
             raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
                              "does not exist")

@@ -36,7 +36,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from mlab.portal import pages, requests_view
+from mlab.portal import pages, requests_view, staged
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
 from mlab.portal.proxy import desktop_socket
@@ -113,6 +113,11 @@ async def index(request: Request) -> Response:
     if has_desktop and config.code_url:
         mine, queue, error = await requests_view.load(config, user, reviewer)
         extra = requests_view.section(mine, queue, error, csrf, reviewer)
+    if has_desktop and config.share is not None:
+        try:
+            extra += staged.section(await asyncio.to_thread(staged.read, config.share, user))
+        except OSError as exc:
+            extra += staged.section(None, f"cannot read the share: {exc.strerror or exc}")
     return _html(pages.home(
         user, csrf, state, f"ssh -p {ssh_port} {user}@{host}",
         rdp=config.site.portal.direct_desktop_ports, has_desktop=has_desktop, extra=extra))

@@ -45,6 +45,7 @@ class PortalConfig:
         novnc_dir: noVNC's static files, served under ``/novnc/``.
         code_url: the code service's base URL for the requests API, or None to show no
             requests.
+        share: the Airlock's share, mounted read-only (what is staged); None: not shown.
         session_db: SQLite file for sessions (they survive a restart); None: in memory.
         waker: starts a stopped (culled) HomePod, given the user name
             (:func:`mlab.portal.wake.make_waker`); None: the portal never starts one.
@@ -59,6 +60,7 @@ class PortalConfig:
     code_url: str | None = None
     waker: Callable[[str], object] | None = None
     session_db: Path | None = None
+    share: Path | None = None
 
     @property
     def url(self) -> str:
