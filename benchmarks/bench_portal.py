@@ -100,38 +100,46 @@ async def _frames(stream: WsStream, password: str | None, seconds: float) -> tup
     return frames, stream.received - start_bytes
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat, proc(5))."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far (/proc/PID/stat, proc(5))."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def pull(url: str, seconds: float, password: str | None, cookie: str | None = None,
          origin: str | None = None,
-         relay_pids: Callable[[], list[int]] = list) -> tuple[float, float, float]:
-    """Frames per second, MB/s, and the relay's CPU milliseconds per MB over ``url``.
+         relay_pids: Callable[[], list[int]] = list) -> tuple[float, float, float, float]:
+    """Frames per second, MB/s, the relay's CPU milliseconds per MB over ``url``, and the
+    part of that spent in the kernel (system time).
 
     ``relay_pids`` gives the processes relaying the WebSocket (the portal, or the HomePod's
-    websockify, which forks one child per connection); their CPU time per byte is what the proxy costs, whatever else runs on the
-    machine (wall-clock throughput on a shared machine is mostly other people's load).
+    websockify, which forks one child per connection); their CPU time per byte is what the
+    proxy costs, whatever else runs on the machine (wall-clock throughput on a shared
+    machine is mostly other people's load).
     """
     from websockets.sync.client import connect
 
     # Like a browser, offer permessage-deflate (Chromium always does; a server that accepts
     # it compresses every frame).
     headers = {"Cookie": cookie} if cookie else None
-    ws = connect(url, subprotocols=["binary"], origin=origin, additional_headers=headers,
-                 compression="deflate", max_size=None, open_timeout=30)
-    try:
-        pids = relay_pids()
-        cpu = sum(cpu_seconds(p) for p in pids)
-        start = time.monotonic()
-        frames, nbytes = asyncio.run(_frames(WsStream(ws), password, seconds))
-        took = time.monotonic() - start
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu
-    finally:
-        ws.close()
-    return frames / took, nbytes / took / 1e6, cpu * 1e3 / (nbytes / 1e6)
+    with connect(url, subprotocols=["binary"], origin=origin, additional_headers=headers,
+                 compression="deflate", max_size=None, open_timeout=30) as ws:
+        return _measure(ws, seconds, password, relay_pids)
+
+
+def _measure(ws, seconds: float, password: str | None,  # type: ignore[no-untyped-def]
+             relay_pids: Callable[[], list[int]]) -> tuple[float, float, float, float]:
+    pids = relay_pids()
+    before = [cpu_seconds(p) for p in pids]
+    start = time.monotonic()
+    frames, nbytes = asyncio.run(_frames(WsStream(ws), password, seconds))
+    took = time.monotonic() - start
+    after = [cpu_seconds(p) for p in pids]
+    user = sum(a[0] - b[0] for a, b in zip(after, before))
+    system = sum(a[1] - b[1] for a, b in zip(after, before))
+    mb = nbytes / 1e6
+    return frames / took, mb / took, (user + system) * 1e3 / mb, system * 1e3 / mb
 
 
 def websockify_pids(container: str) -> list[int]:
@@ -274,6 +282,8 @@ def main() -> int:
         p_fps = statistics.median(r[0] for r in proxied)
         d_cpu = statistics.median(r[2] for r in direct)
         p_cpu = statistics.median(r[2] for r in proxied)
+        d_sys = statistics.median(r[3] for r in direct)
+        p_sys = statistics.median(r[3] for r in proxied)
         results.update(
             direct_fps=round(d_fps, 2), portal_fps=round(p_fps, 2),
             direct_mb_s=round(statistics.median(r[1] for r in direct), 1),
@@ -281,6 +291,7 @@ def main() -> int:
             portal_to_direct_fps=round(p_fps / d_fps, 3),
             per_round_ratios=[round(p[0] / d[0], 2) for d, p in zip(direct, proxied)],
             websockify_cpu_ms_per_mb=round(d_cpu, 2), portal_cpu_ms_per_mb=round(p_cpu, 2),
+            websockify_sys_ms_per_mb=round(d_sys, 2), portal_sys_ms_per_mb=round(p_sys, 2),
             portal_to_websockify_cpu=round(p_cpu / d_cpu, 3), goal_ratio=0.90,
             load_average=os.getloadavg()[0],
         )

@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         from mlab.portal.app import build_app
         from mlab.portal.config import PortalConfig, parse_backends, read_secret
         from mlab.portal.wake import make_waker
+        from mlab.portal.wsrelay import RelayWebSocketProtocol
         from mlab.site import load_site
 
         the_site = load_site(site)
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--session-db {session_db}: not a usable SQLite file: {exc}") from None
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="on",
-            log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
+            log_config=None, ws=RelayWebSocketProtocol, ws_max_size=16 * 1024 * 1024,
             # Browsers always offer permessage-deflate; VNC frames are already encoded by
             # the VNC server, and deflating them again cost the portal 5x websockify's CPU
             # per byte (benchmarks/bench_portal.py). websockify does not compress either.
