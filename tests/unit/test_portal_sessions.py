@@ -62,3 +62,18 @@ def test_expired_sessions_are_gone(tmp_path: Path) -> None:
     assert fresh.save(sid, {"user": "bob", "csrf": "x"}) == sid
     assert fresh.get(sid) == {"user": "bob", "csrf": "x"}
     assert fresh.get("unknown") is None
+
+
+def test_a_desktop_bookmark_signs_in_then_opens_that_desktop(tmp_path: Path) -> None:
+    client = TestClient(_app(tmp_path, tmp_path / "s.db"), base_url=URL)
+    first = client.get("/desktop/alice", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/"
+    csrf = re.search(r'name=csrf value="([^"]+)"', client.get("/").text).group(1)  # type: ignore[union-attr]
+    res = client.post("/auth/password", data={"username": "alice", "password": "alice-secret-pw",
+                                               "csrf": csrf}, follow_redirects=False)
+    assert res.status_code == 303 and res.headers["location"] == "/desktop/alice"
+    # Only desktop paths are remembered: the .rdp file and anything else go to the page.
+    from mlab.portal.app import _after_sign_in
+
+    assert [_after_sign_in(p) for p in ("/desktop/alice.rdp", "//evil.example", "/desktop/a/b",
+                                        None)] == ["/"] * 4

@@ -73,9 +73,25 @@ def _is_site_user(config: PortalConfig, name: str) -> bool:
     return any(u.name == name for u in config.site.users)
 
 
-def _sign_in(request: Request, user: str, groups: list[str], method: str) -> None:
-    """Make the session a signed-in one with a fresh id and a fresh CSRF token."""
+NEXT = "next"
+"""Session key: the desktop path a signed-out visitor asked for (a bookmark), opened right
+after sign-in instead of the user's page."""
+
+
+def _after_sign_in(next_path: object) -> str:
+    """Where sign-in sends the browser: the remembered desktop path, else the user's page.
+    Only ``/desktop/<name>`` paths are followed (no open redirect)."""
+    if isinstance(next_path, str) and next_path.startswith("/desktop/") \
+            and "/" not in next_path[len("/desktop/"):] and "." not in next_path:
+        return next_path
+    return "/"
+
+
+def _sign_in(request: Request, user: str, groups: list[str], method: str) -> str:
+    """Make the session a signed-in one with a fresh id and a fresh CSRF token; return
+    where to send the browser (:func:`_after_sign_in`)."""
     config = _config(request)
+    target = _after_sign_in(request.session.get(NEXT))
     oidc = config.site.portal.oidc
     reviewers = set(config.site.code_service.reviewers)
     roles = []
@@ -87,6 +103,7 @@ def _sign_in(request: Request, user: str, groups: list[str], method: str) -> Non
     request.session.update(user=user, roles=roles, csrf=secrets.token_urlsafe(32))
     request.session[ROTATE] = True
     audit(config, "login", user=user, method=method, roles=roles)
+    return target
 
 
 def _origin_ok(request: Request) -> bool:
@@ -191,8 +208,7 @@ async def callback(request: Request) -> Response:
                                    f"The provider sent no {oidc.username_claim}."), 401)
     groups = claims.get(oidc.groups_claim) or []
     groups = [g.rsplit("/", 1)[-1] for g in groups if isinstance(g, str)]
-    _sign_in(request, name, groups, "oidc")
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(_sign_in(request, name, groups, "oidc"), status_code=303)
 
 
 async def password_login(request: Request) -> Response:
@@ -220,8 +236,7 @@ async def password_login(request: Request) -> Response:
         audit(config, "login-failed", method="password", user=name)
         return _html(pages.sign_in(False, csrf_token(request.session),
                                    "Wrong user name or password."), 401)
-    _sign_in(request, name, [], "password")
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(_sign_in(request, name, [], "password"), status_code=303)
 
 
 async def logout(request: Request) -> Response:
@@ -240,8 +255,10 @@ def _own_desktop(request: Request) -> str | Response:
     config = _config(request)
     user = request.path_params["user"]
     who = request.session.get("user")
-    if not who:
-        return RedirectResponse("/", status_code=303)
+    if not who:  # a bookmark: sign in first, then straight back here
+        request.session[NEXT] = request.url.path
+        first = "/auth/login" if config.site.portal.oidc is not None else "/"
+        return RedirectResponse(first, status_code=303)
     if who != user or user not in config.backends:
         audit(config, "desktop-denied", user=who, desktop=user)
         return _html(pages.message("Not yours", "This is not your desktop."), 403)
