@@ -69,3 +69,12 @@ def test_uvicorn_with_the_protocol_delivers_every_size(monkeypatch: pytest.Monke
     assert got[:-1] == payloads
     assert got[-1] == "done"
     assert headers == SIZES  # every binary message took the copy-free path
+
+
+def test_malloc_tuning_applies_on_glibc() -> None:
+    import platform
+
+    from mlab.portal.malloc_tuning import keep_freed_heap
+
+    assert platform.libc_ver()[0] == "glibc"  # Debian, the image and the hosts
+    assert keep_freed_heap() is True

@@ -89,6 +89,9 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
                              "does not exist")
         logging.getLogger("mlab").setLevel(logging.INFO)
+        from mlab.portal.malloc_tuning import keep_freed_heap
+
+        keep_freed_heap()  # the relay's per-read buffers without page faults (see module)
         try:
             sock = socket.create_server((host, port), backlog=256)
         except OSError as exc:
