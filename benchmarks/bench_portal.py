@@ -157,13 +157,70 @@ def websockify_pids(container: str) -> list[int]:
     return out
 
 
-def start_password_portal(tmp: Path, url: str, port: int, vnc_port: int) -> Portal:
-    """The portal for a site without a provider (sign-in with alice's MLab password)."""
+class ContainerPortal:
+    """``mlab portal serve`` in a container of its own from the HomePod image, on the host's
+    network: as the portal runs under ``mlab up`` and on Kubernetes (its own pod). That
+    matters for the comparison: on these machines every container sits in the cgroup
+    ``cpu:/libpod_parent`` while host processes share the root one with everything else, so
+    under load a host process and a container get different CPU shares (measured: a host
+    portal using less CPU per byte than websockify still reached 0.68-0.71 of its frame rate)."""
+
+    def __init__(self, image: str, tmp: Path, site_file: Path, port: int, users_dir: Path,
+                 backends: dict[str, str], client_secret: str | None = None) -> None:
+        from mlab.podman import podman
+
+        self._podman = podman
+        volumes = [f"{site_file}:/etc/mlab/site.yaml:ro", f"{users_dir}:/etc/mlab/users:ro"]
+        args = ["portal", "serve", "--site", "/etc/mlab/site.yaml", "--host", "127.0.0.1",
+                "--port", str(port), "--users-dir", "/etc/mlab/users"]
+        if client_secret is not None:
+            secret = tmp / "client-secret"
+            secret.write_text(client_secret + "\n")
+            volumes.append(f"{secret}:/etc/mlab/portal/client-secret:ro")
+            args += ["--client-secret-file", "/etc/mlab/portal/client-secret"]
+        for user, address in backends.items():
+            args += ["--backend", f"{user}={address}"]
+        self.container = run_container(image, PREFIX + "portal-", volumes=volumes, args=args,
+                                       extra=["--network", "host", "--entrypoint", '["mlab"]'],
+                                       capabilities=())
+        deadline = time.monotonic() + 60
+        while "listening on" not in self.container.logs():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"portal did not start: {self.container.logs()[-2000:]}")
+            time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        """Host PIDs of the portal's processes (``podman top ... hpid``)."""
+        out = self._podman(["top", self.container.name, "hpid", "args"]).stdout
+        return [int(line.split()[0]) for line in out.splitlines()[1:]
+                if "portal" in line and "serve" in line]
+
+    def stop(self) -> None:
+        self.container.remove()
+
+
+def _portal(image: str | None, tmp: Path, site: Path, port: int, vnc_port: int,
+            client_secret: str | None = None) -> Portal | ContainerPortal:
+    backends = {"alice": f"127.0.0.1:{vnc_port}"}
+    if image is None:
+        return Portal(tmp, site, port, tmp / "users", backends, client_secret)
+    return ContainerPortal(image, tmp, site, port, tmp / "users", backends, client_secret)
+
+
+def portal_pids(portal: Portal | ContainerPortal) -> list[int]:
+    """The processes relaying for the portal (one: the uvicorn server)."""
+    return portal.pids() if isinstance(portal, ContainerPortal) else [portal.proc.pid]
+
+
+def start_password_portal(tmp: Path, url: str, port: int, vnc_port: int,
+                          image: str | None = None) -> Portal | ContainerPortal:
+    """The portal for a site without a provider (sign-in with alice's MLab password); in a
+    container from ``image``, or a host process when None."""
     site = tmp / "site.yaml"
     site.write_text(json.dumps({
         "apiVersion": "mlab.io/v1", "name": "bench", "users": [{"name": "alice"}],
         "portal": {"enabled": True, "url": url}}))
-    return Portal(tmp, site, port, tmp / "users", {"alice": f"127.0.0.1:{vnc_port}"})
+    return _portal(image, tmp, site, port, vnc_port)
 
 
 def password_cookie(url: str, user: str, password: str) -> str:
@@ -185,15 +242,14 @@ def password_cookie(url: str, user: str, password: str) -> str:
 
 
 def start_sso_portal(tmp: Path, url: str, port: int, vnc_port: int, keycloak: Keycloak,
-                     client_secret: str) -> Portal:
+                     client_secret: str, image: str | None = None) -> Portal | ContainerPortal:
     """The portal for a site signing in through ``keycloak``."""
     site = tmp / "site.yaml"
     site.write_text(json.dumps({
         "apiVersion": "mlab.io/v1", "name": "bench", "users": [{"name": "alice"}],
         "portal": {"enabled": True, "url": url,
                    "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}}}))
-    return Portal(tmp, site, port, tmp / "users", {"alice": f"127.0.0.1:{vnc_port}"},
-                  client_secret)
+    return _portal(image, tmp, site, port, vnc_port, client_secret)
 
 
 def sign_in_times(tmp: Path, url: str, novnc_port: int, vnc_password: str,
@@ -255,11 +311,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternated runs per path")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--image", help="HomePod image reference (default: ensure_image())")
+    parser.add_argument("--portal-on-host", action="store_true",
+                        help="run the portal as a host process (default: its own container "
+                        "from the image, as deployed)")
     parser.add_argument("--throughput-only", action="store_true",
                         help="only the proxy's throughput: a site without a provider (password "
                         "sign-in), no Keycloak, no browser")
     args = parser.parse_args()
     image = args.image or ensure_image()
+    portal_image = None if args.portal_on_host else image
     tmp = Path(tempfile.mkdtemp(prefix="mlab-bench-portal-"))
     port = free_port()
     url = f"http://localhost:{port}"
@@ -280,11 +340,12 @@ def main() -> int:
         wait_until_ready(pod, timeout=240)
         wait_for_port(pod.port(7030))
         if keycloak is None:
-            portal = start_password_portal(tmp, url, port, pod.port(5900))
+            portal = start_password_portal(tmp, url, port, pod.port(5900), portal_image)
             cookie = password_cookie(url, "alice", vnc_password)
         else:
             results["keycloak_start_s"] = round(keycloak.wait(), 1)
-            portal = start_sso_portal(tmp, url, port, pod.port(5900), keycloak, client_secret)
+            portal = start_sso_portal(tmp, url, port, pod.port(5900), keycloak, client_secret,
+                                      portal_image)
             results.update(sign_in_times(tmp, url, pod.port(7030), vnc_password, alice))
             cookie = results.pop("cookie")  # type: ignore[assignment]
             # Keycloak is not on the desktop's data path: stop its JVM so that both relays
@@ -298,7 +359,7 @@ def main() -> int:
                                vnc_password, relay_pids=lambda: websockify_pids(pod.name)))
             proxied.append(pull(f"ws://127.0.0.1:{port}/desktop/alice/websockify", args.seconds,
                                 None, cookie=f"mlab_portal={cookie}", origin=url,
-                                relay_pids=lambda: [portal.proc.pid]))
+                                relay_pids=lambda: portal_pids(portal)))
         d_fps = statistics.median(r[0] for r in direct)
         p_fps = statistics.median(r[0] for r in proxied)
         d_cpu = statistics.median(r[2] for r in direct)
