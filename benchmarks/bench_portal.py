@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import run_container, wait_for_port, wait_until_ready  # noqa: E402
 from portal_harness import (  # noqa: E402
@@ -52,6 +53,7 @@ from portal_harness import (  # noqa: E402
     sign_in,
     wait_novnc,
 )
+from sampling import interleave, ratio  # noqa: E402
 
 from mlab.image.build import ensure_image  # noqa: E402
 from mlab.portal import rfb  # noqa: E402
@@ -353,13 +355,27 @@ def main() -> int:
             keycloak.stop()
             keycloak = None
 
-        direct, proxied = [], []
-        for _ in range(args.rounds):
+        direct: list[tuple[float, float, float, float]] = []
+        proxied: list[tuple[float, float, float, float]] = []
+
+        def run_direct() -> float:
             direct.append(pull(f"ws://127.0.0.1:{pod.port(7030)}/websockify", args.seconds,
                                vnc_password, relay_pids=lambda: websockify_pids(pod.name)))
+            return 1 / direct[-1][0]  # seconds per frame: sampling.py compares times
+
+        def run_portal() -> float:
             proxied.append(pull(f"ws://127.0.0.1:{port}/desktop/alice/websockify", args.seconds,
                                 None, cookie=f"mlab_portal={cookie}", origin=url,
                                 relay_pids=lambda: portal_pids(portal)))
+            return 1 / proxied[-1][0]
+
+        # Interleaved, the first case rotating each round, one warm-up round dropped.
+        stats = interleave({"websockify": run_direct, "portal": run_portal},
+                           samples=args.rounds, warmup=1)
+        direct, proxied = direct[-args.rounds:], proxied[-args.rounds:]
+        per_frame, low, high = ratio(stats, "portal", "websockify")
+        results["portal_to_direct_fps_pairwise"] = {
+            "median": round(1 / per_frame, 3), "min": round(1 / high, 3), "max": round(1 / low, 3)}
         d_fps = statistics.median(r[0] for r in direct)
         p_fps = statistics.median(r[0] for r in proxied)
         d_cpu = statistics.median(r[2] for r in direct)
@@ -372,6 +388,7 @@ def main() -> int:
             portal_mb_s=round(statistics.median(r[1] for r in proxied), 1),
             portal_to_direct_fps=round(p_fps / d_fps, 3),
             per_round_ratios=[round(p[0] / d[0], 2) for d, p in zip(direct, proxied)],
+            rounds=args.rounds, seconds_per_run=args.seconds,
             websockify_cpu_ms_per_mb=round(d_cpu, 2), portal_cpu_ms_per_mb=round(p_cpu, 2),
             websockify_sys_ms_per_mb=round(d_sys, 2), portal_sys_ms_per_mb=round(p_sys, 2),
             portal_to_websockify_cpu=round(p_cpu / d_cpu, 3), goal_ratio=0.90,
