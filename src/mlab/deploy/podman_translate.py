@@ -36,6 +36,9 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   in tests), and the firewall keeps HomePod networks closed to everything routed. Its
   ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
   service's address on the NAT network (no cluster DNS here).
+- ``portal.directDesktopPorts: false``: HomePods publish only SSH (the rendered policies
+  admit only SSH from offices); desktops are reached through the portal alone, which
+  reaches each HomePod's VNC at its address.
 - IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
   ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
   ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
@@ -60,8 +63,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mlab.errors import DeployError
+from mlab.render.network import _direct_desktops
 from mlab.site import HOMEPOD_NETS_ENV, Site
-from mlab.topology import LABEL_USER, PORT_CODE, PORT_VNC
+from mlab.topology import LABEL_USER, PORT_CODE, PORT_SSH, PORT_VNC
 
 Obj = dict[str, Any]
 
@@ -565,6 +569,9 @@ def translate(
             _portal_on_host(site, spec, nets)
 
         ports: list[Port] = []
+        # portal.directDesktopPorts false: like the rendered policies (office -> HomePod keeps
+        # only SSH), HomePods publish only SSH; the portal reaches VNC at the pod's address.
+        ssh_only = component == "homepod" and not _direct_desktops(site)
         for svc in services:
             selector = svc["spec"].get("selector") or {}
             if not selector or not _matches(selector, labels):
@@ -585,6 +592,8 @@ def translate(
                     )
                 if via == "host":  # listens on the host at the Service port itself
                     cport = int(sp["port"])
+                if ssh_only and cport != PORT_SSH:
+                    continue
                 ports.append(Port(sp.get("name", str(sp["port"])), site.access.bind_address,
                                   int(sp["port"]), int(cport), via))
         # podman 4.3 publishes a containerPort without hostPort on the same host port
