@@ -289,9 +289,9 @@ def publish(
             by_project: dict[str, list[WheelFile]] = {}
             for src, info in infos:
                 dest = files_dir / info.filename
-                known = {w.filename: w for w in by_project.setdefault(info.project, load_project(share, info.project))}
-                if info.filename in known and dest.exists():
-                    result.present.append(known[info.filename])
+                listed = {w.filename: w for w in by_project.setdefault(info.project, load_project(share, info.project))}
+                if info.filename in listed and dest.exists():
+                    result.present.append(listed[info.filename])
                     continue
                 if dest.exists():  # a file without a page entry (an interrupted publish)
                     info = read_wheel(dest)

@@ -153,9 +153,11 @@ def add_chroot_account(
     changes += _keep_user_paths(share, st.st_uid, st.st_gid)
     upload = share / "upload"
     upload.mkdir(mode=0o755, exist_ok=True)
-    pw = subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout.strip()
-    gid = subprocess.run(["id", "-g", user], capture_output=True, text=True, check=True).stdout.strip()
-    os.chown(upload, int(pw), int(gid))
+    owner_uid = subprocess.run(["id", "-u", user], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    owner_gid = subprocess.run(["id", "-g", user], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    os.chown(upload, int(owner_uid), int(owner_gid))
     os.chmod(upload, 0o755)
     return changes + _write_config(user, share, config_dir)
 

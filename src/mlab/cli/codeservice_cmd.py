@@ -126,10 +126,11 @@ def register(app: typer.Typer) -> None:
         scheme = "https" if tls_cert else "http"
         print(f"mlab code service: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
-        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)} if tls_cert else {}
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="info" if access_log else "warning", access_log=access_log,
-            timeout_keep_alive=30, lifespan="on", log_config=None, **tls,
+            timeout_keep_alive=30, lifespan="on", log_config=None,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_cert else None,
         ))
         server.run(sockets=[sock])
 

@@ -184,7 +184,7 @@ def owners(db_path: Path | str | sqlite3.Connection, repo: str, refs: list[str])
         return found
 
 
-def accounts(db_path: Path | str) -> set[str]:
+def accounts(db_path: Path | str | sqlite3.Connection) -> set[str]:
     """Every account name of the service."""
     with use_connection(db_path) as db:
         with_table = db.execute(

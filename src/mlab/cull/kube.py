@@ -100,7 +100,7 @@ def cull_pass(site: Site, kubectl: Kubectl | None = None) -> list[dict[str, Any]
     """One pass over the site's HomePod Deployments (see :func:`mlab.cull.local.cull_pass`)."""
     k = kubectl or Kubectl()
     state = local.load_state(site.name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user in site.users:
         name, ns = deployment_name(user.name), site.namespace
         replicas = _replicas(k, site, user.name)

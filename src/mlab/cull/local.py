@@ -131,7 +131,7 @@ def cull_pass(site: Site, now: Callable[[], float] = time.time) -> list[dict[str
         warn, unwarn, cull, never, error, stopped).
     """
     state = load_state(site.name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user, hp in sorted(homepods(site.name).items()):
         if user not in {u.name for u in site.users}:
             continue

@@ -62,9 +62,10 @@ async def desktop_socket(ws: WebSocket) -> None:
     upstream: _Upstream | None = None
     try:
         loop = asyncio.get_running_loop()
-        _, upstream = await asyncio.wait_for(
+        _, up = await asyncio.wait_for(
             loop.create_connection(_Upstream, backend.host, backend.port), timeout=10)
-        await rfb.client_handshake(upstream.read_exactly, upstream.write, config.vnc_password(user))
+        upstream = up
+        await rfb.client_handshake(up.read_exactly, up.write, config.vnc_password(user))
         pending = bytearray()
 
         async def read_browser(n: int) -> bytes:
@@ -76,9 +77,9 @@ async def desktop_socket(ws: WebSocket) -> None:
 
         await rfb.server_handshake(read_browser, ws.send_bytes)
         if pending:
-            await upstream.write(bytes(pending))
+            await up.write(bytes(pending))
         audit(config, "desktop-open", user=user, backend=f"{backend.host}:{backend.port}")
-        await _relay(ws, upstream)
+        await _relay(ws, up)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, rfb.HandshakeError) as exc:
         audit(config, "desktop-error", user=user, error=str(exc) or type(exc).__name__)
         with contextlib.suppress(Exception):

@@ -35,6 +35,7 @@ fit easily; export files travel through the outbox, never through this API).
 
 from __future__ import annotations
 
+import builtins
 import html
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -159,7 +160,7 @@ class RequestsApp:
         """``POST /api/requests``: 201 with the new request."""
         actor = await self._actor(request)
         try:
-            fields = validate_submission(await _read_json(request))
+            fields: dict[str, Any] = validate_submission(await _read_json(request))
             # Both let data leave HomePods: egress.exportRequesters bounds both.
             if (fields["kind"] in (Kind.EXPORT, Kind.BRANCH) and self.may_export is not None
                     and not self.may_export(actor.name)):
@@ -323,12 +324,13 @@ class RequestsApp:
         )
         return HTMLResponse(render_page(actor.name, actor.reviews, items))
 
-    def _notify(self, item: dict[str, Any], recorded: list[dict[str, Any]]) -> BackgroundTask | None:
+    def _notify(self, item: dict[str, Any],
+                recorded: builtins.list[dict[str, Any]]) -> BackgroundTask | None:
         if self.notifier is None or not self.notifier.enabled:
             return None
         return BackgroundTask(self.notifier.send, [make_event(item, r) for r in recorded])
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> builtins.list[BaseRoute]:
         """The API mounted at ``/api/requests`` and the page at ``/requests``."""
         base = "/api/requests"
         return [
