@@ -1,8 +1,8 @@
-"""Code gates run by pytest, so CI runs them: ruff on src/ and the import contracts.
+"""Code gates run by pytest, so CI runs them: ruff and mypy on src/, and the import contracts.
 
-The rule sets live in pyproject.toml (``[tool.ruff]``, ``[tool.importlinter]``): ruff's
+The rule sets live in pyproject.toml (``[tool.ruff]``, ``[tool.mypy]``, ``[tool.importlinter]``): ruff's
 default rules plus import sorting; pure layers (site model, topology, rendering) import no
-side-effect code; no import cycle between MLab's top-level packages. Both tools come with
+side-effect code; no import cycle between MLab's top-level packages. The tools come with
 the ``test`` extra (scripts/setup.sh installs it).
 """
 
@@ -36,3 +36,14 @@ def test_import_contracts_kept() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Contracts: 2 kept, 0 broken." in out, out
+
+
+def test_mypy_clean_on_src() -> None:
+    # [tool.mypy] in pyproject.toml (pydantic plugin); the cache goes to a temporary place so
+    # a clean clone and a developer's checkout give the same answer.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([_tool("mypy"), "--cache-dir", cache, "src/"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -199,6 +199,51 @@ def start(relay: Relay, branch: str) -> str:
     return base
 
 
+def review_status(relay: Relay, branch: str) -> tuple[str, str]:
+    """Why the code service shows the office no ``branch``, and what to do: ``(message,
+    hint)``.
+
+    On a site with reviewed user branches (``egress.userBranches``) a branch pushed from a
+    HomePod is fetchable here only once a reviewer approved its current commit; the
+    requests API (``kind: branch``) says where its review stands. Without credentials or an
+    answer, the message names both causes.
+    """
+    url = relay.git("remote", "get-url", "mlab").strip()
+    parts = urlsplit(url)
+    repo = parts.path.strip("/").removesuffix(".git")
+    generic = (f"the code service shows no branch {branch} here: it does not exist, or it "
+               "waits for review (sites with reviewed user branches show a HomePod's branch "
+               "outside only once approved)",
+               f"in the HomePod: mlab request branch {repo} {branch} --reason TEXT; or run "
+               f"`mlab relay start {branch}` if it does not exist yet")
+    user, password = os.environ.get("MLAB_USER"), os.environ.get("MLAB_PASSWORD")
+    if not (user and password and parts.scheme in ("http", "https")):
+        return generic
+    from mlab.requests.client import RequestsClient
+
+    server = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    ref = f"refs/heads/{branch}"
+    try:
+        mine = [r for r in RequestsClient(server, user, password, timeout=30).list(kind="branch")
+                if r.get("repo") == repo and r.get("ref") == ref]
+    except MlabError:
+        return generic
+    if not mine:
+        return (f"{branch} waits for review: no branch request names it yet",
+                f"in the HomePod: mlab request branch {repo} {branch} --reason TEXT")
+    last = mine[0]
+    if last["state"] in ("submitted", "in_review"):
+        return (f"{branch} waits for review: request {last['id']} is {last['state']}",
+                "a reviewer approves it with `mlab request approve "
+                f"{last['id']} --comment TEXT`; then run this again")
+    if last["state"] == "approved":
+        return (f"{branch} moved on after request {last['id']} approved "
+                f"{str(last.get('sha'))[:12]}: its new commits wait for review",
+                f"in the HomePod: mlab request branch {repo} {branch} --reason TEXT")
+    return (f"{branch}: request {last['id']} is {last['state']}; the branch is not shown "
+            "outside the HomePods", f"mlab request show {last['id']}")
+
+
 def _lost_commits(relay: Relay, result: str, source: str) -> list[str]:
     """Commits of ``source`` with no patch-equivalent in ``result`` (``git cherry``)."""
     out = relay.git("cherry", "-v", result, source)
@@ -234,11 +279,12 @@ def finish(relay: Relay, branch: str, max_file: int = GITHUB_MAX_FILE) -> str:
     """
     check_branch(branch)
     relay.require_clean()
-    relay.git("fetch", "-q", "mlab", mlab=True)
+    # --prune: a branch the code service stopped showing (new commits waiting for review)
+    # must not be taken from a stale mlab/BRANCH of an earlier fetch or push.
+    relay.git("fetch", "-q", "--prune", "mlab", mlab=True)
     relay.git("fetch", "-q", "origin")
     if not relay.exists(f"refs/remotes/mlab/{branch}"):
-        raise RelayError(f"the code service has no branch {branch}",
-                         f"run `mlab relay start {branch}` first")
+        raise RelayError(*review_status(relay, branch))
     if relay.exists(f"refs/heads/{branch}"):
         relay.git("checkout", "-q", branch)
     else:

@@ -34,16 +34,19 @@ from pydantic.alias_generators import to_camel
 from mlab.errors import SiteError
 from mlab.strict_yaml import load_strict
 from mlab.topology import (
+    AIRLOCK_ACCESS,
     CLAIM_OUTBOX,
     CLAIM_SHARE,
     EXPORT_PATH,
+    HOMEPOD_ACCESS,
     PORT_CODE,
     PORT_CODE_SERVICE,
     SHARE_PATH,
+    AccessName,
     service_port,
 )
 
-API_VERSION = "mlab.io/v1"
+API_VERSION: Literal["mlab.io/v1"] = "mlab.io/v1"
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 """RFC 1123 label as Kubernetes uses it for names (IsDNS1123Label): at most 63 characters."""
@@ -56,6 +59,10 @@ PUBLISHER_ACCOUNT = "mlab-publisher"
 docs/requests.md): it may list exports and add notes, has no git access, and no person
 logs in with it. Also its key in the password state."""
 
+HOMEPOD_NETS_ENV = "MLAB_HOMEPOD_NETS"
+"""The code service's environment variable naming the HomePods' addresses (comma-separated
+CIDRs): the cluster's pod range on Kubernetes, each HomePod's address under podman
+(``mlab.codeservice.reviewed``)."""
 RESERVED_USERS = ("admin", "airlock", PUBLISHER_ACCOUNT)
 """User names that would clash with the password state's ``admin``, ``airlock`` and
 publisher keys."""
@@ -292,12 +299,12 @@ class Exposure(Model):
         description="ServiceSpec.externalIPs: node addresses that route to the Service. "
         "Empty: none.",
     )
-    ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Port] = Field(
+    ports: dict[AccessName, Port] = Field(
         default_factory=dict,
         description="Service port per access name, overriding `access.ports`. Empty: the "
         "defaults. Every Service publishes all of its access ports.",
     )
-    node_ports: dict[Literal["vnc", "rdp", "novnc", "ssh"], Annotated[int, Field(ge=30000, le=32767)]] = Field(
+    node_ports: dict[AccessName, Annotated[int, Field(ge=30000, le=32767)]] = Field(
         default_factory=dict,
         description="Fixed nodePort per access name (NodePort and LoadBalancer only, "
         "30000-32767). Empty: Kubernetes assigns them.",
@@ -314,35 +321,54 @@ class UserCulling(Model):
     )
 
 
+def setting(default: Any, description: str, *, shown: str | None = None, **bounds: Any) -> Any:
+    """A site field with a default, its description ending in ``Default: <default>.``.
+
+    Args:
+        default: the value used when the site file leaves the field out.
+        description: what the field means (the site reference, ``mlab site docs``, shows it).
+        shown: how the default reads in the description when ``str(default)`` does not
+            (``25`` for 25.0, ``4294967296 (4 GiB)``).
+        **bounds: pydantic's numeric bounds (``ge``, ``gt``, ``le``).
+
+    Returns:
+        A pydantic ``Field``.
+    """
+    text = shown if shown is not None else str(default)
+    return Field(default, description=f"{description} Default: {text}.", **bounds)
+
+
 class Culling(Model):
     """Idle HomePods give their machine back (`mlab cull`, docs/culling.md). A HomePod is
     idle while no keyboard or mouse input reaches any of its desktops or terminals and its
     users' processes stay under both busy thresholds; an open connection is not use."""
 
     enabled: bool = Field(True, description="Let `mlab cull` stop idle HomePods. Default: true.")
-    idle_after: Duration = Field(
-        "4h", description="Idle time before a HomePod is stopped (its home is kept), e.g. "
-        "90s, 30m, 4h, 1d, or never. Default: 4h.",
+    idle_after: Duration = setting(
+        "4h", "Idle time before a HomePod is stopped (its home is kept), e.g. 90s, 30m, 4h, "
+        "1d, or never.",
     )
-    gpu_idle_after: Duration = Field(
-        "1h", description="Idle time before a HomePod with GPUs (resources.gpus > 0, or "
-        "nvidia-smi lists one) is stopped; GPUs are the scarcest thing. Default: 1h.",
+    gpu_idle_after: Duration = setting(
+        "1h", "Idle time before a HomePod with GPUs (resources.gpus > 0, or nvidia-smi lists "
+        "one) is stopped; GPUs are the scarcest thing.",
     )
-    warn_before: Duration = Field(
-        "10m", description="How long before the stop a desktop dialog warns the user with "
-        "the time left; any input cancels the stop. Default: 10m.",
+    warn_before: Duration = setting(
+        "10m", "How long before the stop a desktop dialog warns the user with the time left; "
+        "any input cancels the stop.",
     )
-    cpu_busy_percent: float = Field(
-        25.0, gt=0, description="CPU use of the users' processes, in percent of one core "
-        "averaged since the last sample, at or above which the HomePod is busy (a training "
-        "run with nobody at the keyboard is not idle). Default: 25.",
+    cpu_busy_percent: float = setting(
+        25.0, "CPU use of the users' processes, in percent of one core averaged since the "
+        "last sample, at or above which the HomePod is busy (a training run with nobody "
+        "at the keyboard is not idle).",
+        gt=0, shown="25",
     )
-    gpu_busy_percent: float = Field(
-        10.0, gt=0, le=100, description="nvidia-smi utilisation.gpu (percent, the busiest "
-        "GPU) at or above which the HomePod is busy. Default: 10.",
+    gpu_busy_percent: float = setting(
+        10.0, "nvidia-smi utilisation.gpu (percent, the busiest GPU) at or above which the "
+        "HomePod is busy.",
+        gt=0, le=100, shown="10",
     )
-    interval: Duration = Field(
-        "1m", description="How often `mlab cull` samples each HomePod. Default: 1m.",
+    interval: Duration = setting(
+        "1m", "How often `mlab cull` samples each HomePod.",
     )
 
 
@@ -497,53 +523,52 @@ class CodeServiceLimits(Model):
     """Limits that keep one user (or one attacker with an account) from exhausting the code
     service: git processes, pushes, logins. Every field has a sane default."""
 
-    git_timeout: int = Field(
-        3600, ge=10,
-        description="Seconds one git request (clone, fetch, push) may run before its git "
-        "processes are killed. Default: 3600.",
+    git_timeout: int = setting(
+        3600, "Seconds one git request (clone, fetch, push) may run before its git processes "
+        "are killed.",
+        ge=10,
     )
-    max_git_processes: int = Field(
-        32, ge=1,
-        description="git requests running at once in total; more are answered 503 with "
-        "Retry-After. Default: 32.",
+    max_git_processes: int = setting(
+        32, "git requests running at once in total; more are answered 503 with Retry-After.",
+        ge=1,
     )
-    max_git_processes_per_user: int = Field(
-        6, ge=1,
-        description="git requests running at once per account; more are answered 429 with "
-        "Retry-After. Default: 6.",
+    max_git_processes_per_user: int = setting(
+        6, "git requests running at once per account; more are answered 429 with "
+        "Retry-After.",
+        ge=1,
     )
-    git_queue_wait: int = Field(
-        30, ge=0,
-        description="Seconds a git request beyond `maxGitProcesses` or "
-        "`maxGitProcessesPerUser` waits for a free slot before it is refused. Default: 30.",
+    git_queue_wait: int = setting(
+        30, "Seconds a git request beyond `maxGitProcesses` or `maxGitProcessesPerUser` "
+        "waits for a free slot before it is refused.",
+        ge=0,
     )
-    max_refs_per_day: int = Field(
-        1000, ge=1,
-        description="Ref updates (creations, updates, deletions) one user may push per UTC "
-        "day, all repositories together. Default: 1000.",
+    max_refs_per_day: int = setting(
+        1000, "Ref updates (creations, updates, deletions) one user may push per UTC day, all "
+        "repositories together.",
+        ge=1,
     )
-    max_push_bytes_per_day: int = Field(
-        4 * 1024**3, ge=1,
-        description="Bytes one user may push per UTC day (pack data, all repositories "
-        "together). Default: 4294967296 (4 GiB).",
+    max_push_bytes_per_day: int = setting(
+        4 * 1024**3, "Bytes one user may push per UTC day (pack data, all repositories together).",
+        ge=1, shown="4294967296 (4 GiB)",
     )
-    login_failures_per_account: int = Field(
-        10, ge=1,
-        description="Failed logins per account within `loginWindow` before the account is "
-        "refused with 429 until the window passes. Default: 10.",
+    login_failures_per_account: int = setting(
+        10, "Failed logins per account within `loginWindow` before the account is refused "
+        "with 429 until the window passes.",
+        ge=1,
     )
-    login_failures_per_address: int = Field(
-        30, ge=1,
-        description="Failed logins per client address within `loginWindow` before the "
-        "address is refused with 429. Default: 30.",
+    login_failures_per_address: int = setting(
+        30, "Failed logins per client address within `loginWindow` before the address is "
+        "refused with 429.",
+        ge=1,
     )
-    login_window: int = Field(
-        300, ge=1, description="Seconds over which failed logins are counted. Default: 300.",
+    login_window: int = setting(
+        300, "Seconds over which failed logins are counted.",
+        ge=1,
     )
-    max_concurrent_hashes: int = Field(
-        2, ge=1,
-        description="argon2 password checks running at once (each takes 64 MiB); further "
-        "logins wait their turn. Default: 2.",
+    max_concurrent_hashes: int = setting(
+        2, "argon2 password checks running at once (each takes 64 MiB); further logins "
+        "wait their turn.",
+        ge=1,
     )
 
 
@@ -600,7 +625,7 @@ class CodeService(Model):
         default_factory=CodeServiceLimits,
         description="git processes, deadlines, push quotas and login rate limits.",
     )
-    two_person_approval: list[Literal["package", "export", "mirror"]] = Field(
+    two_person_approval: list[Literal["package", "export", "mirror", "branch"]] = Field(
         default_factory=list,
         description="Request kinds that need two distinct approvers. Empty: one is enough.",
     )
@@ -795,8 +820,10 @@ class Cluster(Model):
 
 
 POSTURE_DEFAULTS: dict[str, dict[str, str]] = {
-    "reviewed": {"ssh": "shell", "clipboard": "to-pod", "exportDelivery": "requester"},
-    "open": {"ssh": "full", "clipboard": "both", "exportDelivery": "share"},
+    "reviewed": {"ssh": "shell", "clipboard": "to-pod", "exportDelivery": "requester",
+                 "userBranches": "reviewed"},
+    "open": {"ssh": "full", "clipboard": "both", "exportDelivery": "share",
+             "userBranches": "open"},
 }
 """What each egress knob is when the site leaves it unset, per ``posture`` (issue 17): the
 one place these defaults live; docs/egress.md shows this table."""
@@ -818,6 +845,15 @@ class Egress(Model):
         f"the Airlock share; share: published to {EXPORT_PATH}/<id>/ (the "
         "Airlock's SFTP login, readable in every HomePod). None: requester when posture is "
         "reviewed, share when open.",
+    )
+    user_branches: Literal["reviewed", "open"] | None = Field(
+        None,
+        description="User branches and tags on the code service, seen from outside "
+        "HomePods (the office PC, any client not on a HomePod address). reviewed: hidden, "
+        "and their commits refused, until a reviewer approves a branch request for the "
+        "exact commit (`mlab request branch`); open: every branch fetchable from anywhere "
+        "(the seed's relay). HomePods always see every branch. None: reviewed when posture "
+        "is reviewed, open when open.",
     )
     export_requesters: list[str] = Field(
         default_factory=list,
@@ -947,6 +983,10 @@ class Site(Model):
         """``egress.exportDelivery``, or the posture's default: ``requester`` or ``share``."""
         return self.egress.export_delivery or POSTURE_DEFAULTS[self.posture]["exportDelivery"]
 
+    def user_branches(self) -> str:
+        """``egress.userBranches``, or the posture's default: ``reviewed`` or ``open``."""
+        return self.egress.user_branches or POSTURE_DEFAULTS[self.posture]["userBranches"]
+
     def may_request_exports(self, user: str) -> bool:
         """Whether ``user`` may submit export requests (``egress.exportRequesters``:
         empty means every user; ``group:<g>`` matches ``users[].groups``)."""
@@ -1007,12 +1047,11 @@ class Site(Model):
 
     def _check_port_clashes(self) -> None:
         claimed: dict[tuple[str, int], str] = {}
-        exposures: list[tuple[str, Exposure, list[str]]] = [
-            (f"users[{i}].service", u.service, ["vnc", "rdp", "novnc", "ssh"])
-            for i, u in enumerate(self.users)
+        exposures: list[tuple[str, Exposure, tuple[AccessName, ...]]] = [
+            (f"users[{i}].service", u.service, HOMEPOD_ACCESS) for i, u in enumerate(self.users)
         ]
         if self.airlock.enabled:
-            exposures.append(("airlock.service", self.airlock.service, ["ssh", "novnc", "vnc"]))
+            exposures.append(("airlock.service", self.airlock.service, AIRLOCK_ACCESS))
         for where, exposure, names in exposures:
             inside: dict[int, str] = {}
             for name in names:

@@ -41,6 +41,11 @@ def _duplicate(key: Any, key_node: yaml.Node) -> ConstructorError:
 class StrictLoader(_Base):  # type: ignore[misc,valid-type]
     """PyYAML's safe loader (C parser when available) that refuses a key given twice."""
 
+    # The constructor state PyYAML's BaseConstructor keeps (typed here: the base is dynamic).
+    state_generators: list[Any]
+    constructed_objects: dict[Any, Any]
+    recursive_objects: dict[Any, Any]
+
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._plain_tags: dict[str, str] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 # Labels and annotations.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -31,10 +32,16 @@ PORT_CODE = 8080
 """The code service's container port (``mlab code-service serve``); its Service maps 80 here."""
 PORT_CODE_SERVICE = 80
 """The code-service Service port (the URL users type: ``http://$MLAB_CODE_HOST``)."""
-CONTAINER_PORTS = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
+AccessName = Literal["vnc", "rdp", "novnc", "ssh"]
+"""The access names: the keys of ``access.ports`` and of a Service's ``ports``."""
+CONTAINER_PORTS: dict[str, int] = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
 PORT_PORTAL = 8443
 """The portal's container port (HTTP, or HTTPS with ``portal.tlsSecret``)."""
 PORT_DNS = 53
+HOMEPOD_ACCESS: tuple[AccessName, ...] = ("vnc", "rdp", "novnc", "ssh")
+"""The access names of a HomePod (its container ports and Service ports, in this order)."""
+AIRLOCK_ACCESS: tuple[AccessName, ...] = ("ssh", "novnc", "vnc")
+"""The access names of the Airlock (no RDP: one desktop, by VNC or noVNC)."""
 PORT_KUBELET = 10250
 """The kubelet's API on every node (its default ``port``); a HomePod must not reach it. The
 HomePod start gate tries it on the pod's own node (``status.hostIP``)."""
@@ -42,6 +49,25 @@ HOMEPOD_IN = (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH)
 """What an office reaches on a HomePod (only SSH when the portal is the sole door to desktops)."""
 AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
 """What an office reaches on the Airlock."""
+
+LOOPBACK = "127.0.0.1"
+
+
+def dial_address(bind_address: str) -> str:
+    """The address a client on the same host dials to reach a listener on ``bind_address``.
+
+    Args:
+        bind_address: a listener's IPv4 or IPv6 address (``access.bindAddress``, a published
+            port's host IP).
+
+    Returns:
+        ``127.0.0.1`` for an unspecified address (``0.0.0.0``, ``::``: every address of the
+        host, loopback included), else ``bind_address`` itself. This is the one statement of
+        "0.0.0.0 means 127.0.0.1" (the readiness wait, the endpoints table, the host probes
+        and the code-service locator use it).
+    """
+    return LOOPBACK if bind_address in ("0.0.0.0", "::") else bind_address
+
 
 # The HomePod start gate's environment (mlab.homepod.startgate).
 EGRESS_CHECK_ENV = "MLAB_EGRESS_CHECK"
@@ -67,7 +93,7 @@ CLAIM_EXPORTS = "exports"
 SECRET_AIRLOCK_PASSWORD = "airlock-password"
 
 
-def service_port(overrides: Mapping[str, int], defaults: object, name: str) -> int:
+def service_port(overrides: Mapping[AccessName, int], defaults: object, name: AccessName) -> int:
     """The Service port of one access name: the Service's override, else ``access.ports``.
 
     Args:
@@ -135,20 +161,121 @@ grant exactly these (tests/unit/test_topology.py checks both ways, with the eval
 ``mlab.deploy.policy_eval``); the podman emulation and ``mlab verify`` probe them. The portal's
 OpenID Connect egress is rendered from ``portal.oidc`` and is not a fixed edge."""
 
+PORT_GIT = 9418
+"""The git protocol's port: a code service must not answer it (only HTTP at :data:`PORT_CODE`)."""
+PORT_KUBELET = 10250
+"""The kubelet's port on a node (the ``node`` peer of :data:`DENIED`)."""
+
 DENIED: tuple[tuple[str, str, int], ...] = (
     ("homepod", "internet", 443),
     ("homepod", "homepod", PORT_VNC),
+    ("homepod", "homepod", PORT_SSH),
     ("homepod", "airlock", PORT_SSH),
+    ("homepod", "airlock", PORT_NOVNC),
     ("homepod", "code-service", PORT_SSH),
+    ("homepod", "code-service", 443),
+    ("homepod", "code-service", PORT_GIT),
+    ("homepod", "node", PORT_KUBELET),
+    ("homepod", "outside-dns", PORT_DNS),
     ("airlock", "homepod", PORT_VNC),
+    ("airlock", "homepod", PORT_SSH),
+    ("airlock", "code-service", PORT_SSH),
+    ("airlock", "code-service", 443),
+    ("airlock", "code-service", PORT_GIT),
     ("code-service", "homepod", PORT_SSH),
     ("homepod", "metadata", 80),
     ("airlock", "metadata", 80),
     ("airlock", "private", 443),
+    ("outsider", "homepod", PORT_VNC),
+    ("outsider", "homepod", PORT_SSH),
+    ("outsider", "airlock", PORT_SSH),
+    ("outsider", "airlock", PORT_NOVNC),
+    ("outsider", "code-service", PORT_CODE),
 )
-"""One representative of each denied class (source, destination, TCP port): HomePods reach
-no internet, no other HomePod, no Airlock; nothing reaches a HomePod but offices and the
-portal; no pod reaches cloud metadata (169.254.169.254) or private addresses."""
+"""Denied examples (source, destination, TCP or DNS port), at least one of each denied class:
+HomePods reach no internet, no other HomePod, no Airlock, no other code-service port, not
+the node (kubelet, host services) and no DNS server outside the cluster; nothing reaches a
+HomePod but offices and the portal; no pod reaches cloud metadata (169.254.169.254) or
+private addresses; a pod of the namespace without MLab's labels (``outsider``) reaches none
+of MLab's pods."""
+
+EXISTENCE_WORDS = frozenset({"office", "airlock", "portal", "proxy"})
+"""Condition words that say whether an edge's end exists at all (an Airlock, an office, a
+portal, a proxy): an edge whose missing words include one of these has nothing to probe.
+The other words (``dns-cluster``, ``direct-desktops``) only open or close the edge."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the probe matrix: a connection ``mlab verify`` must try, with its outcome.
+
+    Attributes:
+        source: a component, ``office`` or ``outsider`` (a pod of the namespace without
+            MLab's labels).
+        destination: a component or peer of :class:`Edge` (``internet``, ``kube-dns``,
+            ``proxy``, ``office``) or of :data:`DENIED` (``metadata``, ``private``, ``node``,
+            ``outside-dns``).
+        port: the destination port; 0 for an edge to every port (``internet``, ``proxy``).
+        expected: True when an active edge allows it (the service must answer), False when
+            it must be blocked.
+    """
+
+    source: str
+    destination: str
+    port: int
+    expected: bool
+
+    @property
+    def name(self) -> str:
+        """``source --> destination :port`` (the port left out when 0)."""
+        port = f" :{self.port}" if self.port else ""
+        return f"{self.source} --> {self.destination}{port}"
+
+
+def allows(source: str, destination: str, port: int, facts: set[str]) -> bool:
+    """Whether an active edge of :data:`EDGES` allows ``source`` to reach ``destination:port``.
+
+    Args:
+        source: a component, ``office`` or ``outsider``.
+        destination: a component or peer.
+        port: destination port (an edge with no ports allows every port).
+        facts: the site's condition words (``mlab.render.network.site_facts``).
+
+    Returns:
+        True when some active edge from ``source`` to ``destination`` lists ``port`` (or no
+        port at all).
+    """
+    return any(e.source == source and e.destination == destination
+               and (not e.ports or port in e.ports) and edge_active(e, facts) for e in EDGES)
+
+
+def checks(facts: set[str]) -> list[Check]:
+    """The probe matrix of a site: every edge of :data:`EDGES` and every :data:`DENIED` example.
+
+    Args:
+        facts: the site's condition words (``mlab.render.network.site_facts``).
+
+    Returns:
+        One check per (source, destination, port), in table order: each port of an active
+        edge (expected allowed); each port of an inactive edge whose ends exist (expected
+        blocked unless another active edge allows it: ``office --> homepod :22`` stays open
+        when only the portal is the door to desktops); each :data:`DENIED` row whose ends
+        exist (expected blocked). The engines bind each check to concrete probes
+        (``mlab.deploy.probes`` for podman, ``mlab.deploy.kube_matrix`` on a cluster).
+    """
+    seen: dict[tuple[str, str, int], Check] = {}
+    rows = [(e.source, e.destination, port, e.condition)
+            for e in EDGES for port in (e.ports or (0,))]
+    rows += [(src, dst, port, "airlock" if "airlock" in (src, dst) else "always")
+             for src, dst, port in DENIED]
+    for src, dst, port, condition in rows:
+        missing = set(condition.split("+")) - facts - {"always"}
+        if missing & EXISTENCE_WORDS:
+            continue
+        key = (src, dst, port)
+        if key not in seen:
+            seen[key] = Check(src, dst, port, allows(src, dst, port, facts))
+    return list(seen.values())
 
 
 def edge_active(edge: Edge, facts: set[str]) -> bool:

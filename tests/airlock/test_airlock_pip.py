@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,6 +211,34 @@ def test_rebuild_matches_incremental(tmp_path, wheel_factory) -> None:
     before = index_snapshot(share)
     assert pipindex.rebuild(share) == 2
     assert index_snapshot(share) == before
+
+
+def test_rebuild_after_hand_changes_writes_only_what_changed(tmp_path, wheel_factory) -> None:
+    share = tmp_path / "share"
+    src = tmp_path / "src"
+    for name in ("a", "b", "c"):
+        wheel_factory(src, name, "1.0")
+    pip.stage(share, ["a", "b", "c"], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    simple = share / "pip" / "simple"
+    files = share / "pip" / "files"
+    untouched = simple / "a" / "index.json"
+    inode = untouched.stat().st_ino
+    # by hand: c's wheel removed, a second version of b and a new project d added
+    (files / "c-1.0-py3-none-any.whl").unlink()
+    wheel_factory(files, "b", "2.0")
+    wheel_factory(files, "d", "1.0", requires_python=">=3.9")
+    (simple / "a" / "index.html").write_text("damaged")
+    assert pipindex.rebuild(share) == 4
+    rebuilt = index_snapshot(share)
+    assert untouched.stat().st_ino == inode  # a page that did not change is not rewritten
+    assert not (simple / "c").exists()
+    assert "c/" not in (simple / "index.html").read_text()
+    # the same pages as a first build from nothing
+    shutil.rmtree(simple)
+    assert pipindex.rebuild(share) == 4
+    assert index_snapshot(share) == rebuilt
+    assert 'data-requires-python="&gt;=3.9"' in (simple / "d" / "index.html").read_text()
+    assert "b-2.0-py3-none-any.whl" in (simple / "b" / "index.html").read_text()
 
 
 def test_requirements_file_with_markers_and_comments(tmp_path, wheel_factory) -> None:

@@ -49,3 +49,23 @@ def test_exchange_dirs_without_current(tmp_path: Path) -> None:
 def test_sync_filesystem_runs(tmp_path: Path) -> None:
     fsutil.sync_filesystem(tmp_path)  # raises on failure; there is nothing else to observe
     assert fsutil._SYNCFS is not None, "libc without syncfs: the fallback is a global sync"
+
+
+def test_write_many_atomic_fsyncs_pages_and_durable_files_before_renaming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = tmp_path / "w.whl"
+    wheel.write_bytes(b"wheel")
+    synced: list[str] = []
+    real_fsync = fsutil.os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        path = fsutil.os.readlink(f"/proc/self/fd/{fd}")
+        # a page is synced under its temporary name, before the rename makes it visible
+        synced.append(Path(path).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", recording_fsync)
+    fsutil.write_many_atomic([(tmp_path / "p1", "a"), (tmp_path / "p2", "b")], durable=[wheel])
+    assert "w.whl" in synced
+    assert sorted(n.split(".")[1] for n in synced if n != "w.whl") == ["p1", "p2"]
+    assert (tmp_path / "p1").read_text() == "a" and (tmp_path / "p2").read_text() == "b"

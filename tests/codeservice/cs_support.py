@@ -99,8 +99,15 @@ class Service:
         return r.json()
 
 
-def start_service(tmp: Path, site_extra: str = "", port: int = 0) -> Service:
-    """Start ``mlab code-service serve`` and wait until it answers."""
+def start_service(tmp: Path, site_extra: str = "", port: int = 0,
+                  homepod_nets: str = "127.0.0.0/8", extra_args: tuple[str, ...] = ()
+                  ) -> Service:
+    """Start ``mlab code-service serve`` and wait until it answers.
+
+    ``homepod_nets``: the addresses the service takes for HomePods (``MLAB_HOMEPOD_NETS``).
+    The tests' clients come from 127.0.0.1, so by default they stand for HomePods and see
+    every user branch; ``""`` makes them office PCs (reviewed user branches, the default of
+    a site without ``posture``)."""
     users = tmp / "users"
     for name, pw in PASSWORDS.items():
         (users / name).mkdir(parents=True, exist_ok=True)
@@ -115,32 +122,34 @@ def start_service(tmp: Path, site_extra: str = "", port: int = 0) -> Service:
     data = tmp / "data"
     log = tmp / f"service-{time.time_ns()}.log"
     env = {k: v for k, v in os.environ.items() if k != "MLAB_ADMIN_PASSWORD_FILE"}
+    env["MLAB_HOMEPOD_NETS"] = homepod_nets
     log_fh = open(log, "wb")  # noqa: SIM115 - the child keeps its copy
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlab.cli.main", "code-service", "serve", "--data", str(data),
          "--site", str(site), "--host", "127.0.0.1", "--port", str(port), "--users-dir",
-         str(users), "--no-background-sync"],
+         str(users), "--no-background-sync", *extra_args],
         stdout=subprocess.DEVNULL, stderr=log_fh, stdin=subprocess.DEVNULL, env=env,
         start_new_session=True,
     )
     log_fh.close()
     deadline = time.monotonic() + 30
     bound = None
+    scheme = "http"
     while time.monotonic() < deadline and bound is None:
         text = log.read_text(errors="replace")
-        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        found = re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", text)
         if found:
-            bound = int(found.group(1))
+            scheme, bound = found.group(1), int(found.group(2))
             break
         if proc.poll() is not None:
             raise AssertionError(f"service exited:\n{text}")
         time.sleep(0.05)
     assert bound, f"service did not start:\n{log.read_text()}"
     password = (data / "admin-password").read_text().strip()
-    svc = Service(f"http://127.0.0.1:{bound}", bound, data, password, proc, log)
+    svc = Service(f"{scheme}://127.0.0.1:{bound}", bound, data, password, proc, log)
     while time.monotonic() < deadline:
         try:
-            httpx.get(svc.url + "/api/whoami", timeout=2, trust_env=False)
+            httpx.get(svc.url + "/api/whoami", timeout=2, trust_env=False, verify=False)
             return svc
         except httpx.HTTPError:
             time.sleep(0.05)

@@ -12,8 +12,26 @@ from pathlib import Path
 import pytest
 
 from mlab.codeservice.locate import find_server, local_server
+from mlab.deploy.plan_file import PlanFile, PodRecord
+from mlab.deploy.podman_translate import Port
+from mlab.errors import DeployError
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_plan(state: Path, *pods: tuple[str, str, int]) -> Path:
+    """The local site's ``plan.json`` as ``mlab up`` writes it, with (component, host_ip,
+    host_port) pods: one published port each."""
+    plan_dir = state / "local" / "podman"
+    plan_dir.mkdir(parents=True)
+    records = tuple(
+        PodRecord(name=f"mlab-local-{c}", component=c, user=None, deployment=c,
+                  containers=(f"mlab-local-{c}-{c}",), networks=(),
+                  ports=(Port("http", ip, port, 8080, "podman"),))
+        for c, ip, port in pods)
+    plan = PlanFile(site="local", bind_address="127.0.0.1", networks=(), pods=records)
+    plan.write(plan_dir / "plan.json")
+    return plan_dir / "plan.json"
 
 
 def test_the_code_service_of_mlab_up_from_its_plan(
@@ -23,14 +41,21 @@ def test_the_code_service_of_mlab_up_from_its_plan(
     shutil.copy(ROOT / "examples" / "local.yaml", site)
     monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
     assert local_server(site) is None  # not up: no plan
-    plan_dir = tmp_path / "state" / "local" / "podman"
-    plan_dir.mkdir(parents=True)
-    (plan_dir / "plan.json").write_text(json.dumps({"pods": [
-        {"component": "homepod", "ports": [{"host_ip": "127.0.0.1", "host_port": 15901}]},
-        {"component": "code-service", "ports": [{"host_ip": "0.0.0.0", "host_port": 80}]},
-    ]}))
+    path = _write_plan(tmp_path / "state", ("homepod", "127.0.0.1", 15901),
+                       ("code-service", "0.0.0.0", 80))
     assert local_server(site) == "http://127.0.0.1:80"
     assert local_server(tmp_path / "absent.yaml") is None
+    # A plan of another version (or none: an older MLab's) is one line naming the file.
+    for version, words in ((None, "plan of no version (an older MLab's)"),
+                           (2, "plan of version 2")):
+        data = json.loads(path.read_text())
+        data.pop("version") if version is None else data.update(version=version)
+        path.write_text(json.dumps(data))
+        with pytest.raises(DeployError) as err:
+            local_server(site)
+        line = err.value.one_line()
+        assert line == (f"{path}: {words}; this MLab reads version 1 "
+                        "(run `mlab up` again to rewrite it)"), line
 
 
 def test_without_server_or_site_the_error_names_the_fix(tmp_path: Path) -> None:
@@ -56,10 +81,7 @@ def test_every_client_command_finds_the_local_code_service_the_same_way(
     for var in ("MLAB_SERVER", "MLAB_SITE", "MLAB_CODE_HOST"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
-    plan_dir = tmp_path / "state" / "local" / "podman"
-    plan_dir.mkdir(parents=True)
-    (plan_dir / "plan.json").write_text(json.dumps({"pods": [
-        {"component": "code-service", "ports": [{"host_ip": "127.0.0.1", "host_port": 80}]}]}))
+    _write_plan(tmp_path / "state", ("code-service", "127.0.0.1", 80))
     assert find_server() == "http://127.0.0.1:80"
     from mlab.requests.client import resolve_server
 
@@ -83,10 +105,7 @@ def test_request_approve_on_the_host_reaches_the_local_code_service(tmp_path: Pa
         port = s.getsockname()[1]
     (tmp_path / "examples").mkdir()
     shutil.copy(ROOT / "examples" / "local.yaml", tmp_path / "examples" / "local.yaml")
-    plan_dir = tmp_path / "state" / "local" / "podman"
-    plan_dir.mkdir(parents=True)
-    (plan_dir / "plan.json").write_text(json.dumps({"pods": [
-        {"component": "code-service", "ports": [{"host_ip": "127.0.0.1", "host_port": port}]}]}))
+    _write_plan(tmp_path / "state", ("code-service", "127.0.0.1", port))
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLAB_SERVER", "MLAB_SITE", "MLAB_CODE_HOST")}
     env.update({"MLAB_STATE_DIR": str(tmp_path / "state"), "MLAB_USER": "bob",

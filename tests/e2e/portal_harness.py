@@ -29,7 +29,6 @@ import httpx
 
 KEYCLOAK_VERSION = "26.5.6"
 REALM = "mlab"
-CLIENT_ID = "mlab-portal"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -70,34 +69,19 @@ class Person:
 
 
 def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dict[str, Any]:
-    """A Keycloak realm export: the portal's client (public, PKCE only, when ``secret`` is
-    None) and ``people``."""
-    groups = sorted({g for p in people for g in p.groups})
-    return {
-        "realm": REALM, "enabled": True, "sslRequired": "none",
-        "groups": [{"name": g} for g in groups],
-        "clients": [{
-            "clientId": CLIENT_ID, "enabled": True, "protocol": "openid-connect",
-            "publicClient": secret is None, **({"secret": secret} if secret else {}),
-            "standardFlowEnabled": True,
-            "directAccessGrantsEnabled": False, "redirectUris": [f"{portal_url}/auth/callback"],
-            "webOrigins": [portal_url],
-            "attributes": {"pkce.code.challenge.method": "S256"},
-            "protocolMappers": [{
-                "name": "groups", "protocol": "openid-connect",
-                "protocolMapper": "oidc-group-membership-mapper",
-                "config": {"claim.name": "groups", "full.path": "false",
-                           "id.token.claim": "true", "access.token.claim": "true",
-                           "userinfo.token.claim": "true"},
-            }],
-        }],
-        "users": [{
-            "username": p.name, "enabled": True, "emailVerified": True,
-            "email": f"{p.name}@example.org", "firstName": p.name.title(), "lastName": "Test",
-            "credentials": [{"type": "password", "value": p.password, "temporary": False}],
-            "groups": [f"/{g}" for g in p.groups],
-        } for p in people],
-    }
+    """MLab's realm (:func:`mlab.portal.keycloak.realm`: the portal's client, public when
+    ``secret`` is None, and brute-force detection) with ``people`` as users."""
+    from mlab.portal.keycloak import realm
+
+    return realm(REALM, portal_url, secret, ssl_required="none",
+                 groups=sorted({g for p in people for g in p.groups}), users=[{
+                     "username": p.name, "enabled": True, "emailVerified": True,
+                     "email": f"{p.name}@example.org", "firstName": p.name.title(),
+                     "lastName": "Test",
+                     "credentials": [{"type": "password", "value": p.password,
+                                      "temporary": False}],
+                     "groups": [f"/{g}" for g in p.groups],
+                 } for p in people])
 
 
 class Keycloak:
@@ -159,7 +143,8 @@ class Portal:
     """``mlab portal serve`` as a child process on 127.0.0.1:``port``."""
 
     def __init__(self, tmp: Path, site_file: Path, port: int, users_dir: Path,
-                 backends: dict[str, str], client_secret: str | None = None) -> None:
+                 backends: dict[str, str], client_secret: str | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = port
         self.audit = tmp / "portal-audit.log"
         self.log = tmp / "portal.log"
@@ -173,8 +158,10 @@ class Portal:
             argv += ["--client-secret-file", str(secret)]
         for user, address in backends.items():
             argv += ["--backend", f"{user}={address}"]
+        argv += list(extra_args)
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while b"listening on" not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -247,8 +234,8 @@ class Browser:
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
-    def wait_for(self, expression: str, timeout: float = 30) -> Any:
-        """Poll ``expression`` until it is truthy; return its value.
+    def wait_for(self, expression: str, timeout: float = 30, poll: float = 0.05) -> Any:
+        """Poll ``expression`` every ``poll`` s until it is truthy; return its value.
 
         Raises:
             TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
@@ -261,7 +248,7 @@ class Browser:
                 value = None  # navigating: no execution context for a moment
             if value:
                 return value
-            time.sleep(0.2)
+            time.sleep(poll)
         where = self.evaluate("location.href + ' ' + document.title")
         raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
 
@@ -279,19 +266,42 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def sign_in(browser: Browser, portal_url: str, user: str, password: str) -> None:
+def sign_in(browser: Browser, portal_url: str, user: str, password: str,
+            marks: dict[str, float] | None = None) -> None:
     """Open the portal, press Sign in, fill Keycloak's own login form, wait for the page
-    that says "MLab: <user>"."""
+    that says "MLab: <user>".
+
+    Args:
+        marks: when given, gets ``time.monotonic()`` of each step: ``portal_page`` (the
+            sign-in button shown), ``login_form`` (Keycloak's form shown), ``submitted``,
+            ``signed_in`` (the user's page).
+    """
+    marks = {} if marks is None else marks
     browser.goto(portal_url + "/")
     browser.wait_for("document.getElementById('signin') !== null")
+    marks["portal_page"] = time.monotonic()
     browser.evaluate("document.getElementById('signin').click()")
     browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+    marks["login_form"] = time.monotonic()
     browser.evaluate(
         f"document.getElementById('username').value = {json.dumps(user)};"
         f"document.getElementById('password').value = {json.dumps(password)};"
         "document.getElementById('kc-login').click(); true")
+    marks["submitted"] = time.monotonic()
     browser.wait_for(f"location.href.startsWith({json.dumps(portal_url)}) && "
                      f"document.title.startsWith({json.dumps(user)})", timeout=60)
+    marks["signed_in"] = time.monotonic()
+
+
+def sign_in_password(browser: Browser, portal_url: str, user: str, password: str) -> None:
+    """Sign in on a site without a provider: the portal's own form (the MLab password)."""
+    browser.goto(portal_url + "/")
+    browser.wait_for("document.getElementById('signin') !== null")
+    browser.evaluate(
+        f"document.querySelector('input[name=username]').value = {json.dumps(user)};"
+        f"document.querySelector('input[name=password]').value = {json.dumps(password)};"
+        "document.getElementById('signin').click(); true")
+    browser.wait_for(f"document.title.startsWith({json.dumps(user)})", timeout=60)
 
 
 def wait_novnc(browser: Browser, timeout: float = 40) -> None:
@@ -314,8 +324,13 @@ def wait_novnc(browser: Browser, timeout: float = 40) -> None:
                 raise
 
 
-def open_desktop(browser: Browser, timeout: float = 40) -> None:
-    """Press "Open desktop" and wait for noVNC's connected state."""
+def open_desktop(browser: Browser, timeout: float = 40,
+                 marks: dict[str, float] | None = None) -> None:
+    """Press "Open desktop" and wait for noVNC's connected state (``marks``: ``novnc_page``
+    when vnc.html is shown, ``connected``)."""
+    marks = {} if marks is None else marks
     browser.evaluate("document.getElementById('open').click()")
     browser.wait_for("location.pathname.endsWith('vnc.html')", timeout=timeout)
+    marks["novnc_page"] = time.monotonic()
     wait_novnc(browser, timeout)
+    marks["connected"] = time.monotonic()

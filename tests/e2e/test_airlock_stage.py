@@ -199,3 +199,50 @@ def test_sftp_only_account_is_chrooted_to_the_share(pods, staged, uploaded) -> N
     out = sh(homepod, "mlab airlock log -o json").stdout
     tail = {json.loads(line)["item"]: json.loads(line)["user"] for line in out.splitlines()[-2:]}
     assert tail == {"as-user": USER, "as-sudo": USER}
+
+
+def test_quarantined_uploads_reach_homepods_only_when_released(pods) -> None:
+    """An SFTP-only account with --quarantine: its uploads wait outside the share (not in the
+    HomePod) until `mlab airlock release` checks them; executables are refused; both audited."""
+    import hashlib
+
+    airlock, homepod, _share, _ = pods
+    q = "/var/lib/mlab/quarantine"
+    out = sh(airlock, "printf 'inbox-pass-123\\n' > /root/pw-inbox && mlab airlock sftp-account "
+             f"inbox --password-file /root/pw-inbox --quarantine {q}", user="root").stdout
+    assert "reloaded sshd" in out, out
+    data = b"id,value\n1,42\n"
+    deadline = time.monotonic() + 30
+    while True:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=airlock.port(22), username="inbox",
+                           password="inbox-pass-123", allow_agent=False, look_for_keys=False,
+                           timeout=10)
+            break
+        except (paramiko.SSHException, OSError):
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        with client.open_sftp() as s:
+            assert "pip" not in s.listdir("/")  # the chroot is the quarantine, not the share
+            s.putfo(io.BytesIO(data), "/upload/q-data.csv")
+            s.putfo(io.BytesIO(b"\x7fELF\x02\x01\x01" + b"\0" * 64), "/upload/q-tool")
+    finally:
+        client.close()
+    for name in ("q-data.csv", "q-tool"):  # not visible in the HomePod yet
+        assert homepod.exec("test", "-e", f"/opt/public/airlock/upload/{name}",
+                            check=False).returncode == 1
+    out = sh(airlock, f"mlab airlock release --quarantine {q} --settle 0", user="root").stdout
+    assert "released q-data.csv" in out and "refused q-tool: an ELF executable" in out, out
+    assert sh(homepod, "cat /opt/public/airlock/upload/q-data.csv").stdout == data.decode()
+    assert homepod.exec("test", "-e", "/opt/public/airlock/upload/q-tool",
+                        check=False).returncode == 1
+    log = [json.loads(line) for line in sh(homepod, "mlab airlock log -o json").stdout.splitlines()]
+    rel = [r for r in log if r["action"] == "ingress-release" and r["item"] == "upload/q-data.csv"]
+    assert rel and rel[-1]["sha256"] == hashlib.sha256(data).hexdigest(), log[-3:]
+    assert any(r["action"] == "ingress-refused" and r["item"].startswith("upload/q-tool")
+               for r in log)

@@ -61,8 +61,8 @@ class Pod:
     def sample(self) -> dict[str, Any]:
         return json.loads(self.exec("/usr/local/lib/mlab/activity"))
 
-    def vnc_port(self) -> int:
-        out = podman(["port", self.container, "5900/tcp"]).stdout.split()[0]
+    def vnc_port(self, port: int = 5900) -> int:
+        out = podman(["port", self.container, f"{port}/tcp"]).stdout.split()[0]
         return int(out.rsplit(":", 1)[1])
 
     def status(self) -> str:
@@ -101,7 +101,8 @@ def hp(homepod_image: str, tmp_path_factory: pytest.TempPathFactory, e2e: Any) -
     labels = ["--label", f"app.kubernetes.io/instance={site}",
               "--label", "app.kubernetes.io/component=homepod", "--label", f"mlab.io/user={USER}"]
     try:
-        podman(["pod", "create", "--name", p.pod, *labels, "-p", "127.0.0.1::5900"])
+        podman(["pod", "create", "--name", p.pod, *labels, "-p", "127.0.0.1::5900",
+                "-p", "127.0.0.1::3389"])
         podman(["volume", "create", p.volume])
         podman(["create", "--pod", p.pod, "--name", p.container, "-e", f"MLAB_USER={USER}",
                 "-e", f"MLAB_UID={UID}", "-e", f"MLAB_PASSWORD={PASSWORD}",
@@ -154,6 +155,82 @@ def test_cpu_busy_process_keeps_it_alive(hp: Pod) -> None:
         hp.exec("kill", *pids, check=False)
     hp.move_mouse()
     assert hp.cull()["action"] == "keep"
+
+
+class Xvfb:
+    """A private X display for the RDP client."""
+
+    def __init__(self) -> None:
+        rfd, wfd = os.pipe()
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0",
+                                      "1024x768x24", "-nolisten", "tcp"], pass_fds=(wfd,),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(wfd)
+        with os.fdopen(rfd) as r:
+            self.display = ":" + r.readline().strip()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def test_idle_connected_rdp_client_is_seen_and_warned(hp: Pod) -> None:
+    """An RDP client logged in and left alone: its xrdp display is sampled like the VNC
+    one, the warning (dialog and notification) goes to it too, and input cancels it."""
+    x = Xvfb()
+    client = subprocess.Popen(
+        ["xfreerdp", f"/v:127.0.0.1:{hp.vnc_port(3389)}", f"/u:{USER}", f"/p:{PASSWORD}",
+         "/cert:ignore", "/size:1024x768", "/bpp:24", "-wallpaper"],
+        env={**os.environ, "DISPLAY": x.display}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            s = hp.sample()
+            rdp = [d for d in s["displays"] if d["display"] != ":1" and d["user"] == USER]
+            if rdp and s["sessions"]["rdp"] >= 1:
+                break
+            assert client.poll() is None and time.monotonic() < deadline, s
+            time.sleep(2)
+        display = rdp[0]["display"]
+        seen: list[str] = []
+        while time.monotonic() < deadline + 120:
+            row = hp.cull()
+            seen.append(row["action"])
+            if row["action"] == "warn":
+                break
+            time.sleep(2)
+        assert seen[-1] == "warn", seen
+        s = hp.sample()
+        assert s["sessions"]["rdp"] >= 1 and client.poll() is None  # still connected
+        assert {d["display"] for d in s["displays"]} >= {":1", display}
+        time.sleep(1.5)
+        for d in (":1", display):
+            tree = hp.exec("env", f"DISPLAY={d}", f"XAUTHORITY=/home/{USER}/.Xauthority",
+                           "xwininfo", "-root", "-tree", user=USER)
+            assert "MLab: idle desktop" in tree, (d, tree[-2000:])
+        hp.move_mouse()
+        assert hp.cull()["action"] == "unwarn"
+    finally:
+        client.terminate()
+        client.wait(timeout=10)
+        x.close()
+
+
+def test_warning_is_also_a_desktop_notification(hp: Pod) -> None:
+    """notify-send on the desktop session's D-Bus (found in the session's environment);
+    XFCE's notification daemon shows it; unwarn closes it."""
+    out = json.loads(hp.exec("/usr/local/lib/mlab/activity", "warn", "60").strip())
+    try:
+        assert out["notified"] == out["warned"] >= 1, out
+        assert "not_notified" not in out, out
+        time.sleep(1.5)
+        tree = hp.exec("env", "DISPLAY=:1", f"XAUTHORITY=/home/{USER}/.Xauthority", "xwininfo",
+                       "-root", "-tree", user=USER)
+        assert "xfce4-notifyd" in tree, tree[-3000:]
+    finally:
+        hp.exec("/usr/local/lib/mlab/activity", "unwarn")
+    assert hp.exec("cat", "/run/mlab/idle-warning.notifications", check=False).strip() == ""
 
 
 def test_idle_connected_vnc_client_is_warned_then_culled(hp: Pod, tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ the test's own, so the OpenSSH clients run unattended) and reviewer bob.
   against the code service's published port) and by nobody else; it is on no share: not on
   the Airlock, not in bob's HomePod.
 
+- A branch alice pushes in her HomePod is neither listed nor fetchable from the office until
+  bob approves her branch request (``mlab request branch`` in the HomePod); bob reads the
+  patch with ``mlab request show``; then the office fetches exactly that commit.
+
 ``mlab down --volumes`` removes the site at the end.
 """
 
@@ -62,7 +66,7 @@ def _site_doc(image: str, key: str) -> dict[str, Any]:
         "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
         "users": users,
         "airlock": {"service": {"ports": {"vnc": 15930, "novnc": 17050, "ssh": 10132}}},
-        "codeService": {"reviewers": ["bob"]},
+        "codeService": {"reviewers": ["bob"], "allowLocalUpstreams": True},
     }
 
 
@@ -270,3 +274,57 @@ def test_export_downloads_only_for_its_requester(lab: Lab, tmp_path: Path) -> No
                   check=False).returncode == 1
     assert podman(["exec", lab.bob, "test", "-e", f"/opt/public/airlock/export/{rid}"],
                   check=False).returncode == 1
+
+
+def test_homepod_branch_reaches_the_office_only_after_review(lab: Lab, tmp_path: Path) -> None:
+    import base64
+
+    work = tmp_path / "up"
+    work.mkdir()
+    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
+    (work / "README").write_text("egress\n")
+    subprocess.run([*git, "add", "README"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
+    upstreams = lab.root / "state" / SITE / "upstreams"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
+                   check=True)
+    lab.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
+             "--server", lab.server, site=False,
+             env={"MLAB_USER": "admin", "MLAB_PASSWORD": lab.passwords["admin"]})
+    # In alice's HomePod: a branch with data, pushed with the URL users type.
+    auth = base64.b64encode(f"alice:{lab.passwords['alice']}".encode()).decode()
+    _exec(lab.alice, (
+        f"git config --global http.extraHeader 'Authorization: Basic {auth}' && "
+        "git config --global user.name A && git config --global user.email a@example.org && "
+        "rm -rf /tmp/up && git clone -q http://code.mlab.local/demo/up /tmp/up && cd /tmp/up "
+        "&& git checkout -q -b feature_1 && echo secret-weights-77 > w.txt && git add w.txt "
+        "&& git commit -q -m 'add weights' && git push -q origin feature_1"), "alice")
+    sha = _exec(lab.alice, "git -C /tmp/up rev-parse HEAD", "alice").strip()
+    # From the office: not there.
+    host, port = lab.server.removeprefix("http://").rsplit(":", 1)
+    office = f"http://alice:{lab.passwords['alice']}@{host}:{port}/demo/up"
+    listed = subprocess.run(["git", "ls-remote", office], capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    assert "refs/heads/main" in listed and "feature_1" not in listed, listed
+    probe = tmp_path / "probe"
+    subprocess.run(["git", "init", "-q", str(probe)], check=True)
+    for what in ("feature_1", sha):
+        got = subprocess.run(["git", "-c", "protocol.version=2", "fetch", office, what],
+                             cwd=probe, capture_output=True, text=True, timeout=60)
+        assert got.returncode != 0, (what, got.stderr)
+    # Review: alice asks in the HomePod, bob reads the patch and approves from the office.
+    out = _exec(lab.alice, "mlab request branch demo/up feature_1 --reason 'paper code'",
+                "alice")
+    rid = re.search(r"request (\d+)", out).group(1)  # type: ignore[union-attr]
+    shown = lab.request_as("bob", "show", rid).stdout
+    assert "+secret-weights-77" in shown and sha in shown, shown
+    lab.request_as("bob", "approve", rid, "--comment", "fine")
+    listed = subprocess.run(["git", "ls-remote", office], capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    assert f"{sha}\trefs/heads/feature_1" in listed, listed
+    subprocess.run(["git", "fetch", "-q", office, "feature_1"], cwd=probe, check=True,
+                   timeout=60)
+    got = subprocess.run(["git", "show", "FETCH_HEAD:w.txt"], cwd=probe, capture_output=True,
+                         text=True, check=True).stdout
+    assert got == "secret-weights-77\n"

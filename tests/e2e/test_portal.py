@@ -6,7 +6,9 @@ headless Chromium, ``mlab portal serve`` and a HomePod container for alice.
 - bob, signed in too, cannot open alice's desktop: not the page, not the WebSocket (from
   his browser or with his cookie by hand);
 - cookies are Secure, HttpOnly, SameSite=Lax; forms need the CSRF token and the portal's
-  Origin; sign-out ends the session; the audit log names the users.
+  Origin; sign-out ends the session; the audit log names the users;
+- Keycloak's brute-force detection (on in MLab's realm) locks carol after wrong passwords
+  typed on its own login page: then even her right password does not sign her in.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.e2e
 PREFIX = "mlabtest-portal-"
 ALICE = Person("alice", "Alice-Sso-" + secrets.token_hex(4))
 BOB = Person("bob", "Bob-Sso-" + secrets.token_hex(4), ("reviewers",))
+CAROL = Person("carol", "Carol-Sso-" + secrets.token_hex(4))  # only for the lockout test
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -41,7 +44,7 @@ def stack(homepod_image: str, e2e, tmp_path_factory) -> Iterator[SimpleNamespace
     port = free_port()
     url = f"http://localhost:{port}"
     client_secret = secrets.token_urlsafe(24)
-    keycloak = Keycloak(tmp, realm_json(url, client_secret, [ALICE, BOB]))
+    keycloak = Keycloak(tmp, realm_json(url, client_secret, [ALICE, BOB, CAROL]))
     pod = portal = None
     try:
         vnc_password = "Vnc-" + secrets.token_hex(6)
@@ -215,3 +218,34 @@ def test_failed_sign_in_is_audited(stack, tmp_path) -> None:
     finally:
         browser.close()
     assert any(r["event"] == "login-failed" for r in stack.portal.audit_records())
+
+
+def _keycloak_try(browser: Browser, user: str, password: str) -> None:
+    """Type ``user``/``password`` on Keycloak's login form and wait for the next page."""
+    browser.evaluate(
+        "window.__before = true;"
+        f"document.getElementById('username').value = {json.dumps(user)};"
+        f"document.getElementById('password').value = {json.dumps(password)};"
+        "document.getElementById('kc-login').click(); true")
+    browser.wait_for("!window.__before && document.readyState === 'complete'", timeout=60)
+
+
+def test_keycloak_locks_an_account_after_wrong_passwords(stack, tmp_path) -> None:
+    browser = Browser(tmp_path)
+    try:
+        browser.goto(stack.url + "/")
+        browser.wait_for("document.getElementById('signin') !== null")
+        browser.evaluate("document.getElementById('signin').click()")
+        browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+        for attempt in range(5):
+            _keycloak_try(browser, CAROL.name, f"wrong-{attempt}")
+            assert browser.evaluate("document.getElementById('kc-form-login') !== null")
+        _keycloak_try(browser, CAROL.name, CAROL.password)
+        time.sleep(2)
+        where = browser.evaluate("location.href")
+        assert not where.startswith(stack.url), f"carol got in after 5 failures: {where}"
+        assert browser.evaluate("document.getElementById('kc-form-login') !== null")
+    finally:
+        browser.close()
+    assert ("login", "carol") not in [(r["event"], r.get("user"))
+                                      for r in stack.portal.audit_records()]

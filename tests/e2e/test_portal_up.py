@@ -1,6 +1,8 @@
 """The portal under the local engine: ``mlab up`` of a site with ``portal.enabled`` runs
 the rendered portal pod (from the HomePod image, on the host network), and a browser signs
-in through Keycloak (a public client, PKCE only) and sees alice's desktop through it.
+in through Keycloak (a public client, PKCE only) and sees alice's desktop through it. The
+site has ``directDesktopPorts: false``: alice's VNC, RDP and noVNC ports are not published
+(only SSH), so the portal is the only way to her desktop.
 
 Own site ``t4portal`` on its own bind address (127.0.7.1) and MLAB_STATE_DIR; the Airlock
 is disabled to keep the machine's load down. ``mlab down --volumes`` at the end.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -53,7 +56,7 @@ def up(homepod_image: str, tmp_path_factory) -> Iterator[SimpleNamespace]:
                 "vnc": 15951, "rdp": 13451, "novnc": 17051, "ssh": 12251}}}],
             "airlock": {"enabled": False},
             "codeService": {"reviewers": ["alice"]},
-            "portal": {"enabled": True, "url": url,
+            "portal": {"enabled": True, "url": url, "directDesktopPorts": False,
                        "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}},
         }))
         mlab("down", "--volumes")  # leftovers of an interrupted run
@@ -75,6 +78,7 @@ def test_up_runs_the_portal_and_it_opens_alices_desktop(up, e2e, tmp_path) -> No
         text = browser.evaluate("document.body.innerText")
         assert "Your requests" in text and "Review queue" in text, text
         assert "not available" not in text, text
+        assert "Staged on the Airlock" in text and "Nothing is staged yet" in text, text
         open_desktop(browser, timeout=60)
         time.sleep(2)
         shot = tmp_path / "desktop.png"
@@ -86,3 +90,20 @@ def test_up_runs_the_portal_and_it_opens_alices_desktop(up, e2e, tmp_path) -> No
     text = logs.stdout + logs.stderr
     assert '"event": "login", "user": "alice"' in text, text[-2000:]
     assert '"event": "desktop-open", "user": "alice"' in text, text[-2000:]
+
+
+def _banner(port: int) -> bytes | None:
+    try:
+        with socket.create_connection((BIND, port), timeout=3) as s:
+            s.settimeout(3)
+            return s.recv(16)
+    except OSError:
+        return None
+
+
+def test_only_ssh_is_published_when_the_portal_is_the_only_door(up) -> None:
+    assert (_banner(12251) or b"").startswith(b"SSH-2.0"), "alice's SSH is not published"
+    for name, port in (("vnc", 15951), ("rdp", 13451), ("novnc", 17051)):
+        with pytest.raises(ConnectionRefusedError):  # nothing listens, no DNAT rule
+            socket.create_connection((BIND, port), timeout=5).close()
+            pytest.fail(f"alice's {name} port {port} is published")

@@ -65,6 +65,19 @@ def test_every_edge_holds(site_up: Node, tmp_path: Path) -> None:
         assert edges[needed]["expected"] == "blocked", needed
     assert any(e.startswith("probe-homepod --> kubernetes.default") for e in edges)
     assert any(e.startswith("probe-homepod --> node ") for e in edges)
+    # The office PC (this machine) reaches every exposed port, each in its own protocol.
+    office = [r for r in rows if r["source"] == "office"]
+    alice = {r["target"].split()[1]: r["detail"] for r in office
+             if r["target"].startswith("homepod-alice ")}
+    assert alice["ssh"].startswith("SSH-2.0-") and alice["vnc"].startswith("RFB 003."), alice
+    assert alice["novnc"] == "HTTP 200 noVNC page" and alice["rdp"].startswith("X.224"), alice
+    assert any(r["target"].startswith("code-service http ") and r["detail"].startswith("HTTP ")
+               for r in office), office
+    assert any(r["target"].startswith("airlock ssh ") for r in office), office
+    # One matrix: rows name the check of mlab.topology.checks they stand for.
+    assert {"homepod --> code-service :8080", "office --> homepod :22",
+            "homepod --> node :10250", "outsider --> code-service :8080",
+            "code-service --> homepod :22"} <= {r["check"] for r in rows}
     no_probe_left(site_up)
 
 

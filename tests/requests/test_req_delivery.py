@@ -101,3 +101,8 @@ def test_export_requesters(delivering, tmp_path: Path) -> None:  # type: ignore[
                                            "started_at": "2026-12-05T00:00:00Z",
                                            "image": "x"}})
     assert resp.status_code == 201, resp.text
+    # A branch review lets data out as well: bounded the same way (before any lookup).
+    resp = httpx.post(f"{service.url}/api/requests", auth=("carol", _pw(service, "carol")),
+                      json={"kind": "branch", "reason": "paper", "repo": "org/repo",
+                            "ref": "feature_1"})
+    assert resp.status_code == 403 and "may not request exports" in resp.text, resp.text

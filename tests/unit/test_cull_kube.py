@@ -82,3 +82,37 @@ def test_wake_unknown_user_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "mlab: error: wake: 'mallory' is not a user of site k16"]
+
+
+def test_apply_leaves_culled_deployments_at_zero() -> None:
+    from mlab.cull.kube import keep_culled
+
+    def dep(name: str, replicas: int | None) -> dict:
+        spec = {"template": {"spec": {"containers": [{"image": "i"}]}}}
+        if replicas is not None:
+            spec["replicas"] = replicas
+        return {"kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+    rendered = [dep("homepod-alice", 1), dep("homepod-bob", 1),
+                {"kind": "Service", "metadata": {"name": "homepod-alice"}, "spec": {}}]
+    live = [dep("homepod-alice", 0), dep("homepod-bob", 1), dep("homepod-gone", 0)]
+    assert keep_culled(rendered, live) == ["homepod-alice"]
+    assert [o["spec"].get("replicas") for o in rendered] == [0, 1, None]
+    fresh = [dep("homepod-alice", 1)]
+    assert keep_culled(fresh, [dep("homepod-alice", None)]) == []  # default 1: running
+    assert fresh[0]["spec"]["replicas"] == 1
+
+
+def test_up_leaves_culled_podman_pods_stopped() -> None:
+    from mlab.deploy.podman_engine import left_culled
+
+    def pod(status: str, user: str) -> dict:
+        return {"Status": status, "Labels": {"mlab.io/user": user}}
+
+    current = {"hp-alice": pod("Exited", "alice"), "hp-bob": pod("Exited", "bob"),
+               "hp-carol": pod("Running", "carol")}
+    # alice culled and stopped: left; bob stopped but not culled (crashed): started;
+    # carol culled in the state but running (woken another way): replaced as usual;
+    # dave new: created.
+    assert left_culled(["hp-alice", "hp-bob", "hp-carol", "hp-dave"], current,
+                       {"alice", "carol", "dave"}) == ["hp-alice"]

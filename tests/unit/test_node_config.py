@@ -103,3 +103,34 @@ def test_coredns_matches_the_airlock_dns_policy_selector() -> None:
     assert dep["metadata"]["namespace"] == "kube-system"
     assert dep["spec"]["template"]["metadata"]["labels"] == {"k8s-app": "kube-dns"}
     assert objs[("Service", "kube-dns")]["spec"]["clusterIP"] == layout.DNS_SERVICE_IP
+
+
+def test_containerd_reads_registry_hosts_files() -> None:
+    text = config.containerd_config(LAY)
+    assert f'config_path = "{LAY.registry_hosts}"' in text
+    assert "mirrors" not in text  # containerd refuses config_path together with mirrors
+
+
+@pytest.mark.parametrize(("repository", "host"), [
+    ("registry.example.com:5000/mlab/homepod", "registry.example.com:5000"),
+    ("192.0.2.2:5000/mlab/homepod", "192.0.2.2:5000"),
+    ("reg.example/homepod", "reg.example"),
+])
+def test_registry_host(repository: str, host: str) -> None:
+    assert config.registry_host(repository) == host
+
+
+@pytest.mark.parametrize("repository", ["localhost/mlab/homepod", "mlab/homepod", "homepod"])
+def test_registry_host_refuses_names_without_a_registry(repository: str) -> None:
+    with pytest.raises(Exception, match="image.repository.*names no registry"):
+        config.registry_host(repository)
+
+
+def test_hosts_toml_is_plain_http_only_when_declared() -> None:
+    import tomllib
+
+    plain = tomllib.loads(config.hosts_toml("192.0.2.2:5000", plain_http=True))
+    assert plain["server"] == "http://192.0.2.2:5000"
+    assert plain["host"]["http://192.0.2.2:5000"]["capabilities"] == ["pull", "resolve"]
+    tls = tomllib.loads(config.hosts_toml("reg.example", plain_http=False))
+    assert tls["server"] == "https://reg.example" and "skip_verify" not in str(tls)

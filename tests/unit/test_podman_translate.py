@@ -371,3 +371,41 @@ def test_code_service_sees_the_local_upstreams_read_only() -> None:
     closed = _plan(_site(codeService={"allowLocalUpstreams": False})).pod("code-service")
     assert closed is not None
     assert all(v["name"] != "local-upstreams" for v in closed.manifest["spec"]["volumes"])
+
+
+def test_the_firewall_carries_every_edge_podman_can_have() -> None:
+    """The podman firewall's edges are rows of mlab.topology.EDGES: every edge that can be
+    active on a podman site (offices, Airlock, proxy; no portal, no HomePod resolver) is
+    one the ruleset carries, and the rules take their ports from the table."""
+    from mlab.topology import EDGES, edge_active
+
+    podman_words = {"office", "direct-desktops", "airlock", "proxy"}
+    want = {e for e in EDGES if edge_active(e, podman_words)}
+    assert set(firewall.RULE_EDGES) == want
+    text = _ruleset(_plan(_site()))
+    port = firewall.HOMEPOD_TO_CODE.ports[0]
+    assert f"tcp dport {port} accept comment" in text.split("table bridge")[-1]
+    assert f"udp dport {firewall.NAT_TO_DNS[0].ports[0]} accept" in text
+
+
+def test_networks_join_only_pods_that_share_an_edge() -> None:
+    """The network attachment is the edge table's: two pods share a network only where
+    mlab.topology.EDGES has an edge between their components (a HomePod and the code
+    service on the user's internal network; the Airlock and the code service on the NAT
+    network), and every such edge between site pods has a shared network."""
+    from itertools import combinations
+
+    from mlab.topology import EDGES
+
+    plan = _plan(_site())
+    edges = {frozenset((e.source, e.destination)) for e in EDGES}
+    pods = {p.name: p for p in plan.pods}
+    shared = set()
+    for a, b in combinations(pods.values(), 2):
+        if {n for n, _ in a.networks} & {n for n, _ in b.networks}:
+            pair = frozenset((a.component, b.component))
+            assert pair in edges, (a.name, b.name)
+            shared.add(pair)
+    present = {p.component for p in plan.pods}
+    want = {pair for pair in edges if pair <= present and len(pair) == 2}
+    assert shared == want

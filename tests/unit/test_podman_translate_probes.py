@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from mlab.deploy.plan_file import PlanFile, PodRecord
 from mlab.deploy.podman_translate import translate, wanted_networks
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
 from mlab.render import render_site
@@ -22,7 +23,7 @@ def _matrix() -> list[Probe]:
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
     plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
-    return matrix(plan.record(), FACTS, site.code_service.host, site.airlock.user)
+    return matrix(PlanFile.of(plan), FACTS, site.code_service.host, site.airlock.user)
 
 
 def test_homepods_reach_the_code_service_and_nothing_else() -> None:
@@ -52,6 +53,7 @@ def test_airlock_reaches_pypi_debian_and_the_code_service_only() -> None:
     assert allowed == ["Debian mirror over HTTP", "PyPI over HTTPS",
                        "code service code.mlab.local:80",
                        "code service code.mlab.local:8080",
+                       "internet by name (pypi.org)",
                        "write to the share /opt/public/airlock as airlock"]
     write = next(p for p in mine if p.kind == "write")
     assert write.user == "airlock", "root would hide a wrong owner of the share"
@@ -72,7 +74,7 @@ def test_host_reaches_every_published_port() -> None:
 def test_results_as_json() -> None:
     probe = Probe("homepod-alice", "c", "metadata", "tcp", "169.254.169.254", 80, False)
     assert to_json([Result(probe, True, "connected")]) == [{
-        "source": "homepod-alice", "target": "metadata", "kind": "tcp",
+        "source": "homepod-alice", "target": "metadata", "kind": "tcp", "edge": "",
         "expected": "blocked", "observed": "allowed", "ok": False, "detail": "connected"}]
 
 
@@ -86,21 +88,20 @@ def test_podman_expectations_agree_with_the_rendered_policies() -> None:
     policies = render_site(site).files["network.yaml"]
     rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
     subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state").record()
+    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
     ns = site.namespace
 
-    def end(pod: dict) -> Endpoint:
-        user = pod.get("user") or None
-        return Endpoint(pod["networks"][0][1], ns, labels(site, pod["component"], user))
+    def end(pod: PodRecord) -> Endpoint:
+        return Endpoint(pod.networks[0][1], ns, labels(site, pod.component, pod.user or None))
 
-    by_ip = {net[1]: end(p) for p in plan["pods"] for net in p["networks"]}
-    code = next(p for p in plan["pods"] if p["component"] == "code-service")
+    by_ip = {net[1]: end(p) for p in plan.pods for net in p.networks}
+    code = plan.first("code-service")
     code_end = Endpoint("10.244.0.99", ns, labels(site, "code-service"))
-    for net in plan["networks"]:
-        if net.get("code_ip"):
-            by_ip[net["code_ip"]] = code_end
-    sources = {("homepod-" + p["user"]) if p["component"] == "homepod" else p["component"]: p
-               for p in plan["pods"]}
+    for net in plan.networks:
+        if net.code_ip:
+            by_ip[net.code_ip] = code_end
+    sources = {f"homepod-{p.user}" if p.component == "homepod" else p.component: p
+               for p in plan.pods}
     checked = 0
     for probe in _matrix():
         if probe.source not in sources or probe.kind == "write":
@@ -119,3 +120,31 @@ def test_podman_expectations_agree_with_the_rendered_policies() -> None:
         checked += 1
     assert checked >= 25, checked  # 29 with examples/local.yaml
     assert code  # the site has a code service pod
+
+
+def test_every_check_of_the_topology_has_a_probe() -> None:
+    """One matrix: every check of mlab.topology.checks (each edge of EDGES, each DENIED
+    example) whose source the podman engine has is probed with the check's expectation,
+    and every network probe stands for a check."""
+    from mlab.deploy.probes import podman_facts
+    from mlab.topology import checks
+
+    site = load_site(ROOT / "examples" / "local.yaml")
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
+    probes = _matrix()
+    wanted = {c.name: c for c in checks(podman_facts(plan))
+              if c.source in ("homepod", "airlock", "code-service", "office")
+              and c.destination != "proxy"}
+    assert "homepod --> code-service :8080" in wanted and "office --> homepod :3389" in wanted
+    seen = {p.edge for p in probes}
+    missing = sorted(set(wanted) - seen)
+    assert not missing, missing
+    for p in probes:
+        if p.kind == "write":
+            continue
+        assert p.edge in wanted, (p.source, p.target, p.edge)
+        assert p.expected is wanted[p.edge].expected, (p.target, p.edge)
+    # An allowed edge counts only when the service answers in its protocol (never "tcp").
+    assert not [p.target for p in probes if p.expected and p.kind == "tcp"]

@@ -147,3 +147,55 @@ def test_junit_and_json_rows() -> None:
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     failure = suite.findall("testcase")[1].find("failure")
     assert failure is not None and "expected blocked" in failure.get("message", "")
+
+
+def test_cluster_matrix_binds_every_check_of_the_topology() -> None:
+    """The cluster verify probes the same matrix as the podman one (mlab.topology.checks):
+    every check from a source it has (HomePod, Airlock, code service, outsider) has a probe,
+    and each probe's expectation from the policies equals the check's, except at the node's
+    TEST-NET address (docs/verify.md: not a private range, so the Airlock reaches it)."""
+    from mlab.render.network import site_facts
+    from mlab.topology import checks
+
+    facts = _facts()
+    words = site_facts(SITE)
+    sources = [km.Source("probe-homepod", "p", "probe", "homepod", HOME_A),
+               km.Source("probe-airlock", "q", "probe", "airlock", AIRLOCK),
+               km.Source("probe-outsider", "o", "probe", "outsider",
+                         Endpoint("10.244.0.77", NS, {})),
+               km.source_for(facts, "code-service", "code-service", "", "")]
+    probes = km.matrix(POLICIES, facts, sources, words)
+    wanted = {c.name: c for c in checks(words) if c.source != "office"
+              and c.destination != "proxy"}
+    assert {p.check for p in probes} == set(wanted)
+    for p in probes:
+        if "192.0.2.2" in p.target or p.target.startswith("kubernetes.default"):
+            continue  # the API server and kubelet at 192.0.2.2
+        assert p.expected is wanted[p.check].expected, (p.source.name, p.target, p.reason)
+        # An allowed edge counts only when the service answers in its protocol.
+        assert not (p.expected and p.kind == "tcp"), p.target
+
+
+def test_office_ingress_probes_every_exposed_port() -> None:
+    """office PC --> every port the site's Services expose (ClusterIP, externalIPs, NodePort),
+    in the service's own protocol, expected from the office edges."""
+    from mlab.render.network import site_facts
+
+    services = [o for o in render_site(SITE).objects() if o["kind"] == "Service"]
+    for i, svc in enumerate(services):
+        svc["spec"]["clusterIP"] = f"10.96.1.{i + 1}"
+    services[0]["spec"].update(type="NodePort", externalIPs=["192.0.2.9"])
+    services[0]["spec"]["ports"][0]["nodePort"] = 30080
+    probes = km.office_matrix(services, "192.0.2.2", site_facts(SITE))
+    rows = {p.target: p for p in probes}
+    assert all(p.source.role == "office" and p.expected for p in probes)
+    alice = {t.split()[1]: p.kind for t, p in rows.items() if t.startswith("homepod-alice")}
+    assert alice == {"vnc": "rfb", "rdp": "rdp", "novnc": "novnc", "ssh": "ssh"}
+    code = [p for p in probes if p.check == "office --> code-service :8080"]
+    assert {p.host for p in code} >= {"http://192.0.2.9:80/", "http://192.0.2.2:30080/"}
+    assert all(p.kind == "http" for p in code)
+    assert {p.check for p in probes} == {"office --> code-service :8080",
+                                         "office --> airlock :22", "office --> airlock :7030",
+                                         "office --> airlock :5900", "office --> homepod :5900",
+                                         "office --> homepod :3389", "office --> homepod :7030",
+                                         "office --> homepod :22"}

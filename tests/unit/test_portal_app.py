@@ -206,3 +206,22 @@ def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None
     assert [(p.host_ip, p.host_port, p.via) for p in pod.ports] == [("127.0.0.1", 8443, "host")]
     paths = {f.path for f in pod.files}
     assert any(p.endswith("alice/password") for p in paths)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_podman_publishes_only_ssh_when_the_portal_is_the_only_door(direct: bool) -> None:
+    from mlab.deploy.podman_translate import translate, wanted_networks
+    from mlab.secrets import password_keys
+
+    site = parse_site({"name": "t", "airlock": {"enabled": False}, "users": [{"name": "alice"}],
+                       "portal": {"enabled": True, "url": "http://localhost:8443",
+                                  "directDesktopPorts": direct}})
+    rendered = render_site(site, {k: "pw" for k in password_keys(site)})
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state", host_ca=None)
+    homepod = next(p for p in plan.pods if p.component == "homepod")
+    names = sorted(p.name for p in homepod.ports)
+    assert names == (["novnc", "rdp", "ssh", "vnc"] if direct else ["ssh"])
+    command = plan.pod("portal").manifest["spec"]["containers"][0]["command"]
+    hp = {n.user: n.pod_ip for n in plan.homepod_networks()}
+    assert f"alice={hp['alice']}:5900" in command  # the portal still reaches the desktop

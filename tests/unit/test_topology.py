@@ -12,13 +12,15 @@ import pytest
 from mlab.deploy.policy_eval import Endpoint, allowed
 from mlab.render import render_site
 from mlab.render.common import ANNOTATION_EDGE, labels
+from mlab.render.network import site_facts
 from mlab.site import Site, load_site
-from mlab.topology import DENIED, EDGES, PORT_DNS, Edge, edge_active
+from mlab.topology import DENIED, EDGES, PORT_DNS, Edge, checks, edge_active
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 PUBLIC = "151.101.0.223"
-PEERS = {"metadata": "169.254.169.254", "private": "10.0.0.1", "internet": PUBLIC}
+PEERS = {"metadata": "169.254.169.254", "private": "10.0.0.1", "internet": PUBLIC,
+         "node": "10.0.0.2", "outside-dns": "203.0.113.53"}
 
 
 def _facts(site: Site) -> set[str]:
@@ -44,6 +46,8 @@ def _endpoint(site: Site, who: str) -> Endpoint:
     if who in ("homepod", "airlock", "code-service", "portal"):
         user = site.users[0].name if who == "homepod" else None
         return Endpoint(f"10.244.9.{len(who)}", site.namespace, labels(site, who, user))  # type: ignore[arg-type]
+    if who == "outsider":  # a pod of the namespace without MLab's labels
+        return Endpoint("10.244.9.77", site.namespace, {})
     if who == "kube-dns":
         return Endpoint("10.244.9.99", site.cluster.dns_namespace, dict(site.cluster.dns_labels))
     if who == "office":
@@ -145,3 +149,40 @@ def test_identity_provider_on_the_internet_is_one_flat_peer_list() -> None:
     assert all(isinstance(p, dict) and "ipBlock" in p for p in peers), peers
     ok, why = allowed([policy], _endpoint(site, "portal"), Endpoint(PUBLIC), 443)
     assert ok, why
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_probe_matrix_holds_every_edge_and_denied_example(path: Path) -> None:
+    """mlab.topology.checks (what both `mlab verify` engines probe): each port of each active
+    edge allowed, each DENIED example blocked, and every check's expectation is what the
+    rendered policies say (peers outside the cluster by a representative address)."""
+    site = load_site(path)
+    facts = site_facts(site)
+    assert facts - {"always"} == _facts(site)
+    rows = {c.name: c for c in checks(facts)}
+    for edge in EDGES:
+        if edge_active(edge, facts):
+            for port in edge.ports or (0,):
+                name = f"{edge.source} --> {edge.destination}" + (f" :{port}" if port else "")
+                assert rows[name].expected, name
+    for source, dest, port in DENIED:
+        if "airlock" in (source, dest) and not site.airlock.enabled:
+            continue
+        assert not rows[f"{source} --> {dest} :{port}"].expected
+    policies = render_site(site).files["network.yaml"]
+    for check in rows.values():
+        if check.destination in ("proxy", "internet") or not check.port:
+            continue
+        proto = "UDP" if check.destination == "kube-dns" else "TCP"
+        ok, why = allowed(policies, _endpoint(site, check.source),
+                          _endpoint(site, check.destination), check.port, proto)
+        assert ok is check.expected, (path.stem, check.name, why)
+
+
+def test_an_inactive_edge_is_a_blocked_check() -> None:
+    """Portal as the only door to desktops: office --> homepod keeps :22 and loses the rest;
+    dns: none: homepod --> kube-dns is probed and must be blocked."""
+    rows = {c.name: c.expected for c in checks({"office", "portal", "airlock"})}
+    assert rows["office --> homepod :22"] and not rows["office --> homepod :5900"]
+    assert rows["homepod --> kube-dns :53"] is False
+    assert "airlock --> proxy" not in rows  # no proxy: nothing to probe

@@ -62,23 +62,54 @@ def _load_syncfs():  # type: ignore[no-untyped-def]
 _SYNCFS = _load_syncfs()
 
 
-FSYNC_EACH_UP_TO = 16
-"""Files written by one :func:`write_many_atomic` call that are fsync'd one by one."""
+FSYNC_EACH_UP_TO = 256
+"""Files made durable by one :func:`write_many_atomic` call with an ``fsync`` each (in
+parallel threads); more are flushed by one :func:`sync_filesystem`."""
+
+FSYNC_THREADS = 16
+"""fsync calls in flight at once: the file system commits concurrent ones together."""
 
 
-def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o644) -> None:
+def fsync_paths(paths: Sequence[Path | str]) -> None:
+    """``fsync`` every file in ``paths``, several at once (threads; fsync releases the GIL).
+
+    Why not one ``syncfs``: that waits for everything dirty on the file system, other
+    programs' writes too; on this shared disk it took 0.2-2.3 s where fsyncs of just the
+    17 wheels and 35 pages of a staging took 0.05-0.5 s (median of pairs 0.45x; issue 18).
+    """
+    def one(path: Path | str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 1:
+        for path in paths:
+            one(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
+        list(pool.map(one, paths))
+
+
+def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o644,
+                      durable: Sequence[Path] = ()) -> None:
     """Write several files, each atomically, with one flush to disk for all of them.
 
     Each content goes to a temporary file beside its target, then made durable, then every
     temporary file is renamed over its target. A crash leaves each target old or new, never
-    partial. Durable: up to :data:`FSYNC_EACH_UP_TO` files are fsync'd one by one (a few
-    small flushes); more are flushed by one :func:`sync_filesystem`, whose cost does not
-    grow with the number of files but includes whatever else is waiting to be written on
-    that file system.
+    partial. Durable: up to :data:`FSYNC_EACH_UP_TO` files (with ``durable``) are fsync'd,
+    several at once (:func:`fsync_paths`); more are flushed by one :func:`sync_filesystem`,
+    whose cost does not grow with the number of files but includes whatever else is
+    waiting to be written on that file system.
 
     Args:
         items: (target path, content) pairs; all on one file system, parents existing.
         mode: permission bits of the written files.
+        durable: files already in place (e.g. the wheels the pages link) made durable in
+            the same flush, before any target is renamed.
     """
     temps: list[tuple[str, Path]] = []
     try:
@@ -87,15 +118,14 @@ def write_many_atomic(items: Sequence[tuple[Path, bytes | str]], mode: int = 0o6
             raw = data.encode() if isinstance(data, str) else data
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             temps.append((tmp, path))
-            each = len(items) <= FSYNC_EACH_UP_TO
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
-                if each:
-                    fh.flush()
-                    os.fsync(fh.fileno())
             os.chmod(tmp, mode)
-        if temps and len(temps) > FSYNC_EACH_UP_TO:
-            sync_filesystem(temps[0][1].parent)
+        flush = [tmp for tmp, _ in temps] + [str(p) for p in durable]
+        if len(flush) > FSYNC_EACH_UP_TO:
+            sync_filesystem(temps[0][1].parent if temps else Path(durable[0]).parent)
+        else:
+            fsync_paths(flush)
         for tmp, path in temps:
             os.replace(tmp, path)
         temps = []

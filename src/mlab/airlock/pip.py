@@ -79,7 +79,7 @@ class Target:
 
     def marker_environment(self) -> dict[str, str]:
         """PEP 508 marker variables for the target (the local ones, overridden)."""
-        env: dict[str, str] = dict(default_environment())
+        env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
         if self.python_version:
             parts = self.python_version.split(".")
             if len(parts) < 2 or not all(p.isdigit() for p in parts):

@@ -96,8 +96,14 @@ def add_chroot_account(
     password_file: Path,
     share: Path = Path("/opt/public/airlock"),
     config_dir: Path = Path("/etc/ssh/sshd_config.d"),
+    quarantine: Path | None = None,
 ) -> list[str]:
     """Create (or update) an SFTP-only account chrooted to ``share``; return what changed.
+
+    With ``quarantine`` the account is chrooted there instead (outside the share, so
+    HomePods never see its uploads) and writes in ``<quarantine>/upload``, which
+    ``mlab airlock release`` checks and releases onto the share
+    (:mod:`mlab.airlock.quarantine`); the share is left as it is.
 
     Run as root on the Airlock. Steps: the user (no home outside the chroot, no shell),
     its password from the first line of ``password_file`` (given to ``chpasswd`` on
@@ -112,7 +118,6 @@ def add_chroot_account(
         UsageError: a bad user name, or the password file is unreadable or too short.
         MlabError: not root, or sshd rejects the configuration.
     """
-    from mlab.airlock.fsutil import write_atomic
     from mlab.errors import MlabError, UsageError
 
     if not _USER.match(user) or user == "root":
@@ -131,6 +136,15 @@ def add_chroot_account(
         subprocess.run(["useradd", "-M", "-d", "/upload", "-s", "/usr/sbin/nologin", "-U", user], check=True)
         changes.append(f"created user {user}")
     subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True, capture_output=True)
+    if quarantine is not None:
+        from mlab.airlock.quarantine import prepare
+
+        uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True,
+                                 check=True).stdout)
+        gid = int(subprocess.run(["id", "-g", user], capture_output=True, text=True,
+                                 check=True).stdout)
+        changes += prepare(Path(quarantine), uid, gid)
+        return changes + _write_config(user, Path(quarantine), config_dir)
     st = share.stat()
     if st.st_uid != 0 or st.st_gid != 0 or st.st_mode & 0o022:
         os.chown(share, 0, 0)
@@ -139,12 +153,28 @@ def add_chroot_account(
     changes += _keep_user_paths(share, st.st_uid, st.st_gid)
     upload = share / "upload"
     upload.mkdir(mode=0o755, exist_ok=True)
-    pw = subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout.strip()
-    gid = subprocess.run(["id", "-g", user], capture_output=True, text=True, check=True).stdout.strip()
-    os.chown(upload, int(pw), int(gid))
+    owner_uid = subprocess.run(["id", "-u", user], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    owner_gid = subprocess.run(["id", "-g", user], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    os.chown(upload, int(owner_uid), int(owner_gid))
     os.chmod(upload, 0o755)
+    return changes + _write_config(user, share, config_dir)
+
+
+def _write_config(user: str, chroot: Path, config_dir: Path) -> list[str]:
+    """Write the account's ``sshd_config.d`` snippet, check it with ``sshd -t`` and reload
+    sshd; return what changed.
+
+    Raises:
+        MlabError: sshd rejects the configuration (the snippet is removed again).
+    """
+    from mlab.airlock.fsutil import write_atomic
+    from mlab.errors import MlabError
+
+    changes: list[str] = []
     conf = Path(config_dir) / f"50-mlab-sftp-{user}.conf"
-    write_atomic(conf, "# Written by mlab airlock sftp-account (docs/airlock.md)\n" + chroot_config(user, str(share)))
+    write_atomic(conf, "# Written by mlab airlock sftp-account (docs/airlock.md)\n" + chroot_config(user, str(chroot)))
     check = subprocess.run(["/usr/sbin/sshd", "-t"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         conf.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ def apply(
     context: str | None = CONTEXT_OPTION,
 ) -> None:
     """Apply the site to a cluster: server-side apply, prune removed objects, wait."""
+    from mlab.cull.kube import keep_culled
     from mlab.deploy.rollout import hold_deployments
 
     loaded = load_site(site)
@@ -68,6 +69,10 @@ def apply(
                             loaded.image.ref, restart_user)
     for name, image in held.items():
         err.print(f"kept {name} on {image} for its user (--restart-user USER moves it)",
+                  soft_wrap=True, highlight=False)
+    for name in keep_culled(rendered.files["homepod.yaml"], live.get("items", [])):
+        err.print(f"left {name} at 0 replicas (culled or stopped; mlab wake "
+                  f"{name.removeprefix('homepod-')} --kubernetes starts it)",
                   soft_wrap=True, highlight=False)
     count = apply_objects(kubectl, loaded, rendered, dry_run)
     err.print(f"{'checked' if dry_run else 'applied'} {count} objects in namespace {loaded.namespace}")

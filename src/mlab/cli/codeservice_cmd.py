@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
+
+if TYPE_CHECKING:
+    from mlab.codeservice.client import ServiceClient
 
 SERVER_OPT = typer.Option(
     None, "--server", envvar="MLAB_SERVER",
@@ -61,6 +64,16 @@ def register(app: typer.Typer) -> None:
                                         "and fetches)."),
         log_format: str = typer.Option("text", "--log-format", help="text or json (one "
                                        "object a line on stderr). Default: text."),
+        tls_cert: Path = typer.Option(
+            None, "--tls-cert", help="PEM certificate (chain) to serve HTTPS with; needs "
+            "--tls-key. Default: plain HTTP."),
+        tls_key: Path = typer.Option(
+            None, "--tls-key", help="PEM private key of --tls-cert. Default: none."),
+        homepod_net: list[str] = typer.Option(
+            [], "--homepod-net", help="CIDR of HomePod addresses (repeat, or "
+            "MLAB_HOMEPOD_NETS=A,B). With egress.userBranches reviewed, clients elsewhere "
+            "see only upstream and reviewed user branches. Default: none (every client "
+            "is outside)."),
     ) -> None:
         """Serve approved mirrors over git smart HTTP on PORT (admin password:
         MLAB_ADMIN_PASSWORD_FILE, or generated into DATA/admin-password and printed once)."""
@@ -77,10 +90,22 @@ def register(app: typer.Typer) -> None:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_JsonFormatter())
             logging.getLogger().handlers = [handler]
+        from mlab.codeservice.reviewed import NETS_ENV, parse_nets
+
+        if (tls_cert is None) != (tls_key is None):
+            raise UsageError("--tls-cert and --tls-key: give both (HTTPS) or neither (HTTP)")
+        for opt, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{opt}: {path} is not a readable file")
+
+        try:
+            nets = parse_nets([*homepod_net, *os.environ.get(NETS_ENV, "").split(",")])
+        except ValueError as exc:
+            raise UsageError(f"--homepod-net: {exc}") from None
         the_site = load_site(site)
         # The requests API (/api/requests, /requests) reaches the app through its hook.
         config = ServiceConfig(data_dir=data.resolve(), site=the_site,
-                               background_sync=background_sync,
+                               background_sync=background_sync, homepod_nets=nets,
                                extra_routes=request_routes(the_site, data.resolve()))
         store = prepare_data_dir(config)
         env_file = os.environ.get("MLAB_ADMIN_PASSWORD_FILE")
@@ -98,11 +123,14 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
                              f"{exc.strerror}") from None
         bound = sock.getsockname()[1]
-        print(f"mlab code service: listening on http://{host}:{bound}", file=sys.stderr,
+        scheme = "https" if tls_cert else "http"
+        print(f"mlab code service: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="info" if access_log else "warning", access_log=access_log,
             timeout_keep_alive=30, lifespan="on", log_config=None,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_cert else None,
         ))
         server.run(sockets=[sock])
 
@@ -203,16 +231,15 @@ class _JsonFormatter(logging.Formatter):
         })
 
 
-def _client(server: str | None, site: str | None) -> Any:
+def _client(server: str | None, site: str | None) -> ServiceClient:
     """A client for the code service :func:`mlab.codeservice.locate.find_server` finds
     (``--server``/``MLAB_SERVER``, the site file, ``MLAB_CODE_HOST``, the local site)."""
     from mlab.codeservice.client import make_client
-    from mlab.codeservice.locate import find_server
 
     if not server and site and site != "site.yaml" and not Path(site).exists():
         raise UsageError(f"--site {site}: no such file",
                          "pass the site file, or --server URL (`mlab status` prints it)")
-    return make_client(find_server(server, site), None, default_user="admin")
+    return make_client(server, site, default_user="admin")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

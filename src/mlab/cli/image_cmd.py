@@ -74,6 +74,12 @@ def register(app: typer.Typer) -> None:
             "FILE`). Default: none.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+        refresh: bool = typer.Option(
+            False, "--refresh",
+            help="Bootstrap the Debian base again even when the recipe is unchanged, so the "
+            "image gets the current security updates (`mlab image status` shows what it "
+            "lacks); the base is tagged <hash>-r<UTC time> and labelled mlab.refreshed. "
+            "Default: reuse the cached base."),
     ) -> None:
         """Build the HomePod image, or reuse it when the recipe and source are unchanged;
         print its reference (localhost/mlab/homepod:<hash>) as the last line.
@@ -105,7 +111,7 @@ def register(app: typer.Typer) -> None:
         from mlab.cli.progress import Steps, progress_console
 
         with Steps("image", progress_console(quiet)) as shown:
-            ref = ensure_image(tag=tag, progress=shown.say)
+            ref = ensure_image(tag=tag, progress=shown.say, refresh=refresh)
         if steps is not None:
             from mlab.requests.imagelayer import build_packages_layer
 

@@ -129,6 +129,7 @@ def up(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
+    from mlab.cull.local import culled
     from mlab.deploy import podman_engine
     from mlab.secrets import passwords_path
 
@@ -138,11 +139,13 @@ def up(
     console = _stderr()
     start = time.monotonic()
     with Steps("mlab up", progress_console(quiet)) as steps:
-        result = podman_engine.up(loaded, say=steps.say, wait=wait)
+        result = podman_engine.up(loaded, say=steps.say, wait=wait, asleep=culled(loaded.name))
     parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     if result.held:
         parts.append(f"{len(result.held)} held on their image (mlab restart --user NAME)")
+    if result.culled:
+        parts.append(f"{len(result.culled)} culled left stopped (mlab wake NAME)")
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
                   f"in {time.monotonic() - start:.1f} s")
     if result.placeholder_code_service:
@@ -166,6 +169,7 @@ def restart(
 ) -> None:
     """Admin: restart a user's HomePod on the site's current image (`mlab up` keeps a running
     HomePod on its image; its home stays, temporary installs outside it are lost)."""
+    from mlab.cull.local import culled
     from mlab.deploy import podman_engine
 
     fmt = _format(output)
@@ -177,7 +181,8 @@ def restart(
                              hint=f"users: {', '.join(sorted(known)) or 'none'}")
     console = _stderr()
     with Steps("mlab restart", progress_console(quiet)) as steps:
-        result = podman_engine.up(loaded, say=steps.say, restart_users=user)
+        result = podman_engine.up(loaded, say=steps.say, restart_users=user,
+                                  asleep=culled(loaded.name))
     console.print(f"mlab restart: {len(result.replaced)} replaced, {len(result.held)} held")
     _print_status(podman_engine.status(loaded.name), fmt)
 

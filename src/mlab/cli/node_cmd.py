@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -41,7 +42,12 @@ def _progress(quiet: bool):  # type: ignore[no-untyped-def]
     if quiet or not err.is_terminal:
         return None, plain
     status = err.status("mlab node")
-    return status, lambda m: (status.update(f"mlab node: {m}"), err.log(m))
+
+    def live(message: str) -> None:
+        status.update(f"mlab node: {message}")
+        err.log(message)
+
+    return status, live
 
 
 @node_app.command("up")
@@ -50,15 +56,29 @@ def up(
     homepod_image: bool = typer.Option(
         True, "--homepod-image/--no-homepod-image",
         help="Build (cached) and import the HomePod image into the node. Default: on."),
+    site: list[Path] = typer.Option(
+        [], "--site", help="Let containerd pull this site's image.repository from its "
+        "registry (plain HTTP when the site says image.plainHttp; repeatable; docs/image.md). "
+        "Default: none (only the images the node imported)."),
 ) -> None:
     """Build what is missing, start the node, wait until it is Ready; print the
     ``export KUBECONFIG=...`` line."""
+    from mlab.node.config import registry_host
+    from mlab.site import load_site
+
+    registries = []
+    for path in site:
+        image = load_site(path).image
+        registry_host(image.repository)  # one clear line before anything starts
+        registries.append((image.repository, image.plain_http))
     status, say = _progress(quiet)
     if status:
         with status:
-            result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
+            result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image,
+                                     registries=registries)
     else:
-        result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image)
+        result = _lifecycle().up(default_layout(), say, homepod_image=homepod_image,
+                                 registries=registries)
     say(f"node Ready in {result.timings['total']:.0f}s")
     print(f"export KUBECONFIG={result.kubeconfig}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -44,12 +45,25 @@ def register(app: typer.Typer) -> None:
         tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate chain: "
                                       "serve HTTPS. Default: plain HTTP."),
         tls_key: Path = typer.Option(None, "--tls-key", help="PEM key for --tls-cert."),
+        wake: str = typer.Option(
+            "none", "--wake", help="Who starts a stopped (culled) HomePod when its user "
+            "opens the desktop: podman (the pods of `mlab up` on this host), kubernetes "
+            "(kubectl, the mlab-culler Role), or none. Same code and audit as `mlab wake`. "
+            "Default: none."),
+        session_db: Path = typer.Option(
+            None, "--session-db", help="SQLite file for sessions, so that they survive a "
+            "restart (one portal replica). Default: in memory (a restart signs everyone out)."),
+        share: Path = typer.Option(
+            None, "--share", help="The Airlock's share, read-only: the user's page lists what "
+            "is staged. Default: not shown."),
     ) -> None:
         """Serve the portal on PORT for the users of SITE."""
         import uvicorn
 
         from mlab.portal.app import build_app
         from mlab.portal.config import PortalConfig, parse_backends, read_secret
+        from mlab.portal.wake import make_waker
+        from mlab.portal.wsrelay import RelayWebSocketProtocol
         from mlab.site import load_site
 
         the_site = load_site(site)
@@ -68,8 +82,16 @@ def register(app: typer.Typer) -> None:
         config = PortalConfig(site=the_site, users_dir=users_dir,
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
-                              code_url=code_url.rstrip("/") if code_url else None)
+                              code_url=code_url.rstrip("/") if code_url else None,
+                              waker=make_waker(wake, the_site), session_db=session_db,
+                              share=share)
+        if session_db is not None and not session_db.parent.is_dir():
+            raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
+                             "does not exist")
         logging.getLogger("mlab").setLevel(logging.INFO)
+        from mlab.portal.malloc_tuning import keep_freed_heap
+
+        keep_freed_heap()  # the relay's per-read buffers without page faults (see module)
         try:
             sock = socket.create_server((host, port), backlog=256)
         except OSError as exc:
@@ -79,10 +101,54 @@ def register(app: typer.Typer) -> None:
         scheme = "https" if tls_cert else "http"
         print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
               flush=True)
+        try:
+            app = build_app(config)
+        except sqlite3.Error as exc:
+            raise UsageError(f"--session-db {session_db}: not a usable SQLite file: {exc}") from None
         server = uvicorn.Server(uvicorn.Config(
-            build_app(config), log_level="warning", access_log=False, lifespan="off",
-            log_config=None, ws="websockets-sansio", ws_max_size=16 * 1024 * 1024,
+            app, log_level="warning", access_log=False, lifespan="on",
+            log_config=None, ws=RelayWebSocketProtocol, ws_max_size=16 * 1024 * 1024,
+            # Browsers always offer permessage-deflate; VNC frames are already encoded by
+            # the VNC server, and deflating them again cost the portal 5x websockify's CPU
+            # per byte (benchmarks/bench_portal.py). websockify does not compress either.
+            ws_per_message_deflate=False,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
         ))
         server.run(sockets=[sock])
+
+    @portal.command("keycloak-realm")
+    def keycloak_realm(
+        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        client_secret_file: Path = typer.Option(
+            None, "--client-secret-file", help="File holding the client secret to put in "
+            "the realm. Default: a public client (PKCE only)."),
+    ) -> None:
+        """Print a Keycloak realm (JSON, for `kc.sh import --file`) with the portal's client
+        and brute-force detection on; the realm name is the issuer's last path part."""
+        import json
+
+        from mlab.portal.config import read_secret
+        from mlab.portal.keycloak import realm
+        from mlab.site import load_site
+
+        the_site = load_site(site)
+        oidc = the_site.portal.oidc
+        if not the_site.portal.enabled or oidc is None:
+            raise UsageError(f"{site}: portal.oidc is not set (the portal signs in with MLab "
+                             "passwords; no realm needed)")
+        name = oidc.issuer.rstrip("/").rsplit("/realms/", 1)[-1]
+        if "/" in name or name == oidc.issuer.rstrip("/"):
+            raise UsageError(f"portal.oidc.issuer {oidc.issuer!r}: not a Keycloak issuer "
+                             "(https://HOST/realms/NAME)")
+        secret = None
+        if client_secret_file is not None:
+            try:
+                secret = read_secret(client_secret_file)
+            except OSError as exc:
+                raise UsageError(f"--client-secret-file {client_secret_file}: cannot read "
+                                 f"it: {exc.strerror}") from None
+        groups = sorted({g for g in (oidc.reviewer_group, oidc.admin_group) if g})
+        sys.stdout.write(json.dumps(realm(name, the_site.portal.url, secret,
+                                          client_id=oidc.client_id, groups=groups),
+                                    indent=2) + "\n")

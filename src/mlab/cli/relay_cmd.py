@@ -59,8 +59,12 @@ def register(app: typer.Typer) -> None:
         rel = r.Relay(directory)
         base = r.start(rel, branch)
         url = r.homepod_url(rel.git("remote", "get-url", "mlab").strip(), host)
+        repo = url.split("/", 3)[3]
         print(f"{branch} (from upstream/{base}) is on the code service. In a HomePod:\n"
-              f"  git clone {url} && git checkout {branch}")
+              f"  git clone {url} && git checkout {branch}\n"
+              "Sites with reviewed user branches (egress.userBranches) show your HomePod "
+              "commits here only after review; when they are pushed, in the HomePod:\n"
+              f"  mlab request branch {repo} {branch} --reason TEXT")
 
     @relay.command("finish")
     def finish(branch: str = typer.Argument(..., help="The branch to bring back."),

@@ -49,7 +49,8 @@ def _progress() -> Progress:
 
 def register(app: typer.Typer) -> None:
     """Add the ``request`` group to ``app``."""
-    group = typer.Typer(help="Package, export and mirror requests with review.", no_args_is_help=True)
+    group = typer.Typer(help="Package, export, mirror and branch requests with review.",
+                        no_args_is_help=True)
     app.add_typer(group, name="request")
 
     @group.command("package")
@@ -68,8 +69,11 @@ def register(app: typer.Typer) -> None:
         client = _client(server)
         text = _read_script(script)
         err.print(f"mlab: testing {script} (bash, timeout {timeout:g} s)")
-        transcript = run_script(script, timeout=timeout,
-                                echo=lambda s: (sys.stderr.write(s), sys.stderr.flush()))
+        def echo(text: str) -> None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+        transcript = run_script(script, timeout=timeout, echo=echo)
         status = transcript["exit_status"]
         err.print(f"mlab: {script} exited {status} after {transcript['duration_s']} s")
         if status != 0 and not allow_failed:
@@ -130,11 +134,29 @@ def register(app: typer.Typer) -> None:
         print(f"submitted mirror request {item['id']}: {item['url']} as {item['name']} "
               f"({item['state']})")
 
+    @group.command("branch")
+    def branch(
+        repo: str = typer.Argument(..., help="ORG/REPO on the code service."),
+        ref: str = typer.Argument(..., help="Your branch (feature_1), or refs/tags/TAG."),
+        reason: str = typer.Option(..., "--reason", help="What it is and where it goes "
+                                   "(required)."),
+        server: str = SERVER_OPT,
+    ) -> None:
+        """Ask for review of your branch at its current commit; once approved, that commit
+        can be fetched from outside the HomePods (the office PC's `mlab relay finish`)."""
+        if not reason.strip():
+            raise UsageError("--reason: give a non-empty reason")
+        item = _client(server).submit({"kind": "branch", "reason": reason, "repo": repo,
+                                       "ref": ref})
+        print(f"submitted branch request {item['id']}: {item['ref']} of {item['repo']} at "
+              f"{item['sha'][:12]}, {item['commits']} new commit(s) ({item['state']})")
+
     @group.command("list")
     def list_(
         all_users: bool = typer.Option(False, "--all", help="Every user's requests "
                                        "(reviewers). Default: your own."),
-        kind: str = typer.Option(None, "--kind", help="package, export or mirror. Default: all."),
+        kind: str = typer.Option(None, "--kind", help="package, export, mirror or branch. "
+                                 "Default: all."),
         state: str = typer.Option(None, "--state", help="Only this state. Default: all."),
         output: str = OUTPUT_OPT,
         server: str = SERVER_OPT,
@@ -161,8 +183,20 @@ def register(app: typer.Typer) -> None:
 
         if output not in ("text", "json"):
             raise UsageError(f"-o {output!r}: use text or json")
-        item = _client(server).get(request_id)
-        sys.stdout.write(to_json(item) if output == "json" else request_text(item))
+        client = _client(server)
+        item = client.get(request_id)
+        if output == "json":
+            sys.stdout.write(to_json(item))
+            return
+        diff = None
+        if item["kind"] == "branch":
+            from mlab.requests.model import Forbidden
+
+            try:
+                diff = client.diff(request_id)
+            except Forbidden as exc:  # its owner, outside the HomePods
+                diff = f"(patch not shown: {exc.message})"
+        sys.stdout.write(request_text(item, diff))
 
     def _act(action: str, request_id: int, comment: str | None, server: str | None) -> None:
         item = _client(server).act(request_id, action, comment)

@@ -8,6 +8,7 @@ the share mounted. Progress goes to stderr, summaries and data to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -243,12 +244,42 @@ def airlock_sftp_account(
     name: str = typer.Argument(..., help="Login name of the SFTP-only account."),
     password_file: Path = typer.Option(..., "--password-file", help="File whose first line is the password (at least 8 characters)."),
     share: Path = _share_opt(),
+    quarantine: Path = typer.Option(
+        None, "--quarantine", help="Chroot the account to this directory outside the share "
+        "(e.g. /var/lib/mlab/quarantine): its uploads reach HomePods only through "
+        "`mlab airlock release`. Default: chrooted to the share (uploads visible at once)."),
 ) -> None:
     """As root on the Airlock: add an SFTP-only account chrooted to the share (uploads go to upload/)."""
     from mlab.airlock import sftp
 
-    for change in sftp.add_chroot_account(name, password_file, share):
+    for change in sftp.add_chroot_account(name, password_file, share, quarantine=quarantine):
         print(change)
+
+
+@airlock_app.command("release")
+def airlock_release(
+    quarantine: Path = typer.Option(Path("/var/lib/mlab/quarantine"), "--quarantine",
+                                    help="The quarantine directory. Default: "
+                                    "/var/lib/mlab/quarantine."),
+    share: Path = _share_opt(),
+    max_size: int = typer.Option(20 * 1024**3, "--max-size", min=1, help="Largest file "
+                                 "released, in bytes. Default: 21474836480 (20 GiB)."),
+    allow_executables: bool = typer.Option(False, "--allow-executables", help="Also release "
+                                           "ELF, PE, Mach-O and #! files. Default: refuse "
+                                           "them."),
+    settle: float = typer.Option(10, "--settle", min=0, help="Seconds a file must be "
+                                 "unchanged before it is checked. Default: 10."),
+) -> None:
+    """As root on the Airlock: check quarantined uploads (size, type; sha256 audited) and
+    release them to <share>/upload/ or refuse them (docs/airlock.md)."""
+    from mlab.airlock.quarantine import Policy, release
+    from mlab.errors import MlabError
+
+    if os.geteuid() != 0:
+        raise MlabError("releasing from quarantine needs root", hint="run it with sudo on "
+                        "the Airlock")
+    for out in release(quarantine, share, Policy(max_size, allow_executables), settle):
+        print(f"{out.action} {out.path}: {out.detail}")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mlab.codeservice import audit, githttp, mirror, names, owners, pages
+from mlab.codeservice import audit, githttp, mirror, names, owners, pages, reviewed
 from mlab.codeservice.auth import (
     Authenticator,
     LoginLimits,
@@ -41,7 +41,7 @@ from mlab.codeservice.auth import (
 )
 from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks
-from mlab.codeservice.service_accounts import may_use_git
+from mlab.codeservice.service_accounts import may_use_git, service_account_names
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
 from mlab.site import Site
@@ -59,12 +59,16 @@ class ServiceConfig:
         extra_routes: starlette routes of other parts (e.g. ``/api/requests``), matched
             before the repository routes.
         background_sync: run the periodic sync loop (off in most tests).
+        homepod_nets: the HomePods' address ranges (``--homepod-net``); with
+            ``egress.userBranches: reviewed`` every other client gets the reviewed view of
+            user refs (:mod:`mlab.codeservice.reviewed`). Empty: every client is outside.
     """
 
     data_dir: Path
     site: Site
     extra_routes: list[BaseRoute] = field(default_factory=list)
     background_sync: bool = True
+    homepod_nets: tuple[Any, ...] = ()
 
     @property
     def db_path(self) -> Path:
@@ -102,6 +106,7 @@ def prepare_data_dir(config: ServiceConfig) -> Store:
 
     owners.create_tables(config.db_path)
     quota.create_tables(config.db_path)
+    reviewed.create_tables(config.db_path)
     return store
 
 
@@ -127,6 +132,10 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         max_push_bytes_per_day=lim.max_push_bytes_per_day,
         slots=githttp.GitSlots(lim.max_git_processes, lim.max_git_processes_per_user,
                               float(lim.git_queue_wait)),
+        review_branches=config.site.user_branches() == "reviewed",
+        homepod_nets=tuple(config.homepod_nets),
+        not_homepods=reviewed.NonHomepods(config.db_path,
+                                          service_account_names(config.site)),
     )
     sync_locks: dict[str, asyncio.Lock] = {}
 
@@ -259,7 +268,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
 
     async def index(request: Request) -> Response:
         await authenticate(request)
-        html = await run_in_threadpool(pages.index_page, store.list_repos(), config)
+        html = await run_in_threadpool(pages.index_page, store.list_repos(), config,
+                                       git_settings.outside(request))
         return Response(html, media_type="text/html; charset=utf-8")
 
     async def repo_route(request: Request) -> Response:
@@ -275,7 +285,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         if parsed.rest == "":
             if request.method not in ("GET", "HEAD"):
                 raise HTTPException(405, "method not allowed")
-            html = await run_in_threadpool(pages.repo_page, record, config)
+            html = await run_in_threadpool(pages.repo_page, record, config,
+                                           git_settings.outside(request))
             return Response(html, media_type="text/html; charset=utf-8")
         return await githttp.serve(request, parsed.repo, parsed.rest, principal, git_settings)
 
@@ -322,6 +333,8 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
                     concurrent_hashes=lim.max_concurrent_hashes),
         audit_log=config.audit_log)
     app.state.run_sync = run_sync
+    app.state.git_settings = git_settings
+    app.state.on_login = git_settings.not_homepods.login
     app.state.approve_mirror = approve_mirror
     return app
 

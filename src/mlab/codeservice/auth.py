@@ -246,6 +246,9 @@ async def authenticate(request: HTTPConnection) -> Principal:
         auth.failed(creds[0], address)
         raise unauthorized("wrong user name or password")
     request.scope["mlab.principal"] = principal
+    on_login = getattr(request.app.state, "on_login", None)
+    if on_login is not None:  # reviewed branches: where service accounts log in from
+        on_login(principal.name, address)
     return principal
 
 

@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -50,6 +51,9 @@ _background: set[asyncio.Task[None]] = set()
 """Finishing tasks of pushes whose client went away (kept referenced until done)."""
 _watchers: dict[int, asyncio.Task[None]] = {}
 """Disconnect watchers of running fetches, by the id of their ``counts`` dict."""
+_configs: dict[int, str] = {}
+"""Per-request git config files of outside requests (:mod:`reviewed`), by the id of their
+``counts`` dict; removed when the request finishes."""
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
@@ -68,6 +72,9 @@ class GitSettings:
         max_refs_per_day: ref updates per user per UTC day (the hook enforces it).
         max_push_bytes_per_day: pushed bytes per user per UTC day.
         slots: the shared counter of running git requests (None: no cap).
+        review_branches: site ``egress.userBranches`` is ``reviewed``: clients outside
+            ``homepod_nets`` see only upstream and reviewed refs (:mod:`reviewed`).
+        homepod_nets: the HomePods' address ranges.
     """
 
     repos_dir: Path
@@ -80,6 +87,22 @@ class GitSettings:
     max_refs_per_day: int = 1000
     max_push_bytes_per_day: int = 4 * 1024**3
     slots: GitSlots | None = None
+    review_branches: bool = False
+    homepod_nets: tuple[Any, ...] = ()
+    not_homepods: Any = None
+    """:class:`mlab.codeservice.reviewed.NonHomepods`: addresses in ``homepod_nets`` that
+    service accounts logged in from (the Airlock, the portal); None: none known."""
+
+    def outside(self, request: Request) -> bool:
+        """Whether this request gets the reviewed (outside) view of user refs."""
+        from mlab.codeservice.reviewed import is_inside
+
+        if not self.review_branches:
+            return False
+        address = request.client.host if request.client else None
+        if self.not_homepods is not None and address in self.not_homepods:
+            return True
+        return not is_inside(address, self.homepod_nets)
 
 
 class GitSlots:
@@ -206,7 +229,9 @@ def _cgi_env(request: Request, repo: str, rest: str, principal: Principal,
     # No CONTENT_LENGTH, ever: git reads the body until EOF (the module docstring says why).
     if "content-encoding" in request.headers:
         env["HTTP_CONTENT_ENCODING"] = request.headers["content-encoding"]
-    if "git-protocol" in request.headers:
+    if "git-protocol" in request.headers and not settings.outside(request):
+        # Outside HomePods only protocol v0 is spoken: v2 fetches any object by id
+        # (mlab.codeservice.reviewed explains).
         env["GIT_PROTOCOL"] = request.headers["git-protocol"]
     return env
 
@@ -236,6 +261,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
                       principal: Principal, settings: GitSettings) -> Response:
     report = None
     env = _cgi_env(request, repo, rest, principal, settings)
+    config: list[tuple[str, str]] = []
     if service == "git-receive-pack" and settings.db_path is not None:
         from mlab.codeservice import quota
 
@@ -251,13 +277,31 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
                 "already (site codeService.limits.maxPushBytesPerDay); try again "
                 "tomorrow (UTC) or ask the admin\n", 429)
         # git's own limit on the pack it receives: the push fails cleanly beyond it.
-        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "receive.maxInputSize",
-                    "GIT_CONFIG_VALUE_0": str(left)})
+        config.append(("receive.maxInputSize", str(left)))
+    outside_cfg = None
+    if settings.outside(request):
+        from mlab.codeservice import reviewed
+
+        try:
+            shown, hidden = await asyncio.get_running_loop().run_in_executor(
+                None, reviewed.outside_view, settings.repos_dir / f"{repo}.git",
+                settings.db_path, repo)
+        except Exception:  # noqa: BLE001 - fail closed: nothing of the users' is shown
+            log.exception("[mlab/%s] computing the reviewed view failed; hiding user refs",
+                          repo)
+            shown, hidden = [], []
+        outside_cfg = reviewed.write_config(shown, hidden, settings.home)
+        config.append(("include.path", outside_cfg))
     if service == "git-receive-pack" and request.method == "POST":
         fd, report = tempfile.mkstemp(prefix="push-", suffix=".json", dir=settings.home)
         os.close(fd)
         env["MLAB_PUSH_REPORT"] = report
 
+    for i, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    if config:
+        env["GIT_CONFIG_COUNT"] = str(len(config))
     proc = await asyncio.create_subprocess_exec(
         "git", "http-backend",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -265,6 +309,8 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
     )
     _grow_pipe(proc)
     counts = {"in": 0, "out": 0}
+    if outside_cfg:
+        _configs[id(counts)] = outside_cfg
     pump = asyncio.create_task(_pump_body(request, proc, counts, service))
     errors = asyncio.create_task(_collect_stderr(proc))
     watchdog = asyncio.create_task(_watchdog(proc, settings.timeout, counts))
@@ -431,6 +477,8 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
         watcher = _watchers.pop(id(counts), None)
         if watcher is not None:
             watcher.cancel()
+        with contextlib.suppress(OSError, KeyError):
+            os.unlink(_configs.pop(id(counts)))
         stderr = await errors
     finally:
         if settings.slots is not None:

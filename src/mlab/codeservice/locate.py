@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from mlab.errors import MlabError, UsageError
+from mlab.topology import dial_address
 
 ENV = "MLAB_SERVER"
 """The environment variable naming the code service URL, for every client command."""
@@ -29,7 +30,12 @@ LOCAL_SITE = Path("examples/local.yaml")
 def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     """The code service ``mlab up`` published for ``site_file``: ``http://<bind>:<port>``
     from the engine's last plan (what ``mlab status`` prints), or None when that site is not
-    up under podman (no site file, an invalid one, or no plan)."""
+    up under podman (no site file, an invalid one, or no plan).
+
+    Raises:
+        DeployError: the site's plan is of another version or invalid (one line naming the
+            file; ``mlab up`` rewrites it).
+    """
     site_file = Path(site_file)
     if not site_file.is_file():
         return None
@@ -37,15 +43,14 @@ def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     from mlab.site import load_site
 
     try:
-        plan = podman_engine.load_plan(load_site(site_file).name)
+        name = load_site(site_file).name
     except MlabError:
         return None
-    for pod in (plan or {}).get("pods", []):
-        if pod.get("component") == "code-service" and pod.get("ports"):
-            port = pod["ports"][0]
-            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
-            return f"http://{host}:{port['host_port']}"
-    return None
+    plan = podman_engine.load_plan(name)
+    code = plan.first("code-service") if plan else None
+    if code is None or not code.ports:
+        return None
+    return f"http://{dial_address(code.ports[0].host_ip)}:{code.ports[0].host_port}"
 
 
 def find_server(server: str | None = None, site: str | Path | None = None) -> str:

@@ -72,11 +72,15 @@ def _sync_cell(record: RepoRecord) -> str:
             f"{escape(record.last_result)}</span><br>last good: {escape(_when(record.last_ok))}")
 
 
-def index_page(records: list[RepoRecord], config: ServiceConfig) -> str:
-    """The list of approved mirrors with clone URLs, branches and last sync."""
+def index_page(records: list[RepoRecord], config: ServiceConfig, outside: bool = False) -> str:
+    """The list of approved mirrors with clone URLs, branches and last sync.
+
+    ``outside``: the viewer is not on a HomePod and user branches are reviewed
+    (:mod:`mlab.codeservice.reviewed`): only upstream branches are listed (a branch name is
+    data too)."""
     rows = []
     for r in records:
-        names = [b[0] for b in branches(config.repo_path(r.name))]
+        names = [b[0] for b in branches(config.repo_path(r.name)) if b[1] or not outside]
         shown = ", ".join(escape(n) for n in names[:8]) + (" ..." if len(names) > 8 else "")
         rows.append(
             f"<tr><td><a href='/{escape(r.name)}'>{escape(r.name)}</a></td>"
@@ -89,13 +93,14 @@ def index_page(records: list[RepoRecord], config: ServiceConfig) -> str:
     return _page("MLab code service", f"<h1>MLab code service</h1>{table}")
 
 
-def repo_page(record: RepoRecord, config: ServiceConfig) -> str:
-    """One mirror: upstream, clone URL, branches (upstream or user) and recent commits."""
+def repo_page(record: RepoRecord, config: ServiceConfig, outside: bool = False) -> str:
+    """One mirror: upstream, clone URL, branches (upstream or user) and recent commits;
+    ``outside`` as in :func:`index_page`."""
     repo = config.repo_path(record.name)
     rows = "".join(
         f"<tr><td>{escape(n)}</td><td>{'upstream' if up else 'user'}</td>"
         f"<td><code>{escape(sha)}</code></td><td>{escape(date)}</td></tr>"
-        for n, up, sha, date in branches(repo)
+        for n, up, sha, date in branches(repo) if up or not outside
     )
     log = _git(repo, "log", "-n", "20", "--format=%h%x09%ad%x09%an%x09%s", "--date=short",
                "HEAD")
@@ -111,6 +116,9 @@ def repo_page(record: RepoRecord, config: ServiceConfig) -> str:
         f"<p><code>git clone {escape(clone_url(config, record.name))}</code></p>"
         "<h2>Branches</h2><p class='muted'>upstream branches follow upstream and are "
         "read-only; push your work to a branch of your own.</p>"
+        + ("<p class='muted'>Seen from outside the HomePods: user branches are listed and "
+           "fetchable only once reviewed (<code>mlab request branch</code>).</p>"
+           if outside else "") +
         f"<table><tr><th>branch</th><th>kind</th><th>tip</th><th>date</th></tr>{rows}</table>"
         f"<h2>Recent commits (default branch)</h2><table>{commits}</table>"
     )

@@ -57,6 +57,31 @@ def rbac_objects(site: Site) -> list[dict[str, Any]]:
     ]
 
 
+def keep_culled(homepods: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[str]:
+    """Leave culled HomePods down through ``mlab apply`` (pure; edits ``homepods``).
+
+    A rendered HomePod Deployment whose live Deployment has 0 replicas (scaled down by the
+    culler, or by an admin) is applied with ``replicas: 0``: server-side apply would
+    otherwise take the field back to 1 and wake every culled desktop, unaudited. The user
+    wakes it (``mlab wake USER``, the portal's "Open desktop"), which is audited.
+
+    Args:
+        homepods: rendered objects of ``homepod.yaml`` (Deployments are edited in place).
+        live: the cluster's HomePod Deployments (``kubectl get -o json``'s ``items``).
+
+    Returns:
+        Names of the Deployments left at 0 replicas.
+    """
+    down = {d["metadata"]["name"] for d in live
+            if d.get("spec", {}).get("replicas", 1) == 0}
+    kept = []
+    for obj in homepods:
+        if obj.get("kind") == "Deployment" and obj["metadata"]["name"] in down:
+            obj["spec"]["replicas"] = 0
+            kept.append(obj["metadata"]["name"])
+    return kept
+
+
 def rbac_yaml(site: Site) -> str:
     """:func:`rbac_objects` as YAML documents (``mlab cull-rbac | kubectl apply -f -``)."""
     return dump_yaml(rbac_objects(site), header="The idle culler's rights (mlab cull-rbac).")
@@ -75,7 +100,7 @@ def cull_pass(site: Site, kubectl: Kubectl | None = None) -> list[dict[str, Any]
     """One pass over the site's HomePod Deployments (see :func:`mlab.cull.local.cull_pass`)."""
     k = kubectl or Kubectl()
     state = local.load_state(site.name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user in site.users:
         name, ns = deployment_name(user.name), site.namespace
         replicas = _replicas(k, site, user.name)

@@ -22,11 +22,9 @@ from mlab.cull.policy import Decision, decide, limits_for, warn_lead
 from mlab.errors import DeployError, UsageError
 from mlab.podman import podman
 from mlab.site import Site
+from mlab.topology import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_USER
 
 SAMPLER = "/usr/local/lib/mlab/activity"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_USER = "mlab.io/user"
 
 
 def _site_dir(site_name: str) -> Path:
@@ -133,7 +131,7 @@ def cull_pass(site: Site, now: Callable[[], float] = time.time) -> list[dict[str
         warn, unwarn, cull, never, error, stopped).
     """
     state = load_state(site.name)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for user, hp in sorted(homepods(site.name).items()):
         if user not in {u.name for u in site.users}:
             continue

@@ -49,14 +49,41 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mlab import topology
 from mlab.errors import DeployError, ToolMissingError
 from mlab.site import PRIVATE_RANGES
-from mlab.topology import PORT_CODE, PORT_CODE_SERVICE
+from mlab.topology import PORT_CODE_SERVICE
 
 DNAT_PRIORITY = -105
 """Before netavark's iptables-nft dstnat (-100), so our published ports win."""
 FILTER_PRIORITY = -5
 """Before the filter tables at priority 0 (podman's)."""
+
+
+def _edge(source: str, destination: str) -> topology.Edge:
+    """The first row of :data:`mlab.topology.EDGES` from ``source`` to ``destination``."""
+    return next(e for e in topology.EDGES if (e.source, e.destination) == (source, destination))
+
+
+HOMEPOD_TO_CODE = _edge("homepod", "code-service")
+"""The bridge table's one accept and the Service DNAT on HomePod networks."""
+NAT_TO_DNS = (_edge("airlock", "kube-dns"), _edge("code-service", "kube-dns"))
+"""The input chain's DNS accept for the NAT network (the host's resolver stands for kube-dns)."""
+RULE_EDGES: tuple[topology.Edge, ...] = (
+    *(e for e in topology.EDGES if (e.source, e.destination) == ("office", "homepod")),
+    HOMEPOD_TO_CODE,
+    _edge("office", "airlock"),
+    _edge("airlock", "internet"),
+    *NAT_TO_DNS,
+    _edge("airlock", "code-service"),
+    _edge("airlock", "proxy"),
+    _edge("code-service", "proxy"),
+    _edge("office", "code-service"),
+    _edge("code-service", "internet"),
+)
+"""The edges :func:`ruleset` carries (the podman engine has no portal and gives HomePods no
+resolver); tests/unit/test_podman_translate.py checks this is every edge of the table that
+can be active on podman, so a new edge fails there until it has its rules."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +132,7 @@ def ruleset(
     homepods: Sequence[HomepodNet],
     dnats: Sequence[Dnat],
     nat_subnet: str | None,
-    code_port: int = PORT_CODE,
+    code_port: int = HOMEPOD_TO_CODE.ports[0],
     service_port: int = PORT_CODE_SERVICE,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
@@ -141,6 +168,8 @@ def ruleset(
         unchanged site gives the same ruleset (idempotent).
     """
     t = table_name(site)
+    # The code service's address on the NAT network (the engine's third address of a subnet).
+    nat_code = str(ipaddress.ip_network(nat_subnet)[2]) if nat_subnet else ""
     bridges = sorted({b for b in [nat_bridge, *(hp.bridge for hp in homepods)] if b})
     ip6_in, ip6_fwd, ip6_br = _ipv6_rules(bridges, macs) if block_ipv6 else ([], [], [])
     lines = [
@@ -164,7 +193,6 @@ def ruleset(
         for hp in homepods
     ]
     if nat_subnet:
-        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
         service_rules.append(
             f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {service_port}"
             f" dnat ip to {nat_code}:{code_port}"
@@ -196,9 +224,10 @@ def ruleset(
             f"    ip saddr {hp.subnet} drop comment \"homepod-{hp.user} --> host: denied\""
         )
     if nat_subnet:
+        dns = NAT_TO_DNS[0].ports[0]
         lines += [
-            f"    ip saddr {nat_subnet} udp dport 53 accept comment \"airlock, code-service --> DNS\"",
-            f"    ip saddr {nat_subnet} tcp dport 53 accept",
+            f"    ip saddr {nat_subnet} udp dport {dns} accept comment \"airlock, code-service --> DNS\"",
+            f"    ip saddr {nat_subnet} tcp dport {dns} accept",
             f"    ip saddr {nat_subnet} drop comment \"airlock, code-service --> host: denied\"",
         ]
     lines += [
@@ -210,7 +239,6 @@ def ruleset(
     ]
     office = f"{{ {', '.join(offices)} }}" if offices else ""
     if nat_subnet:
-        nat_code = str(ipaddress.ip_network(nat_subnet)[2])
         lines.append(
             f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {code_port} ct status dnat"
             f" ct original proto-dst {service_port} accept"

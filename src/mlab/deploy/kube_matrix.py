@@ -14,16 +14,17 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlab import topology
 from mlab.deploy import policy_eval
 from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import DEBIAN_URL, METADATA_IP
-from mlab.render.common import (
+from mlab.deploy.probes import DEBIAN_URL, METADATA_IP, port_kind
+from mlab.topology import (
+    CONTAINER_PORTS,
     LABEL_COMPONENT,
     LABEL_USER,
     PORT_CODE,
-    PORT_NOVNC,
-    PORT_SSH,
-    PORT_VNC,
+    PORT_KUBELET,
+    PORT_PORTAL,
 )
 
 VERIFY_LABEL = "mlab.io/verify-probe"
@@ -32,8 +33,6 @@ RUN_LABEL = "mlab.io/verify-run"
 """Label naming one run (so concurrent runs do not delete each other's pods)."""
 PROBE_LIFETIME = 900
 """activeDeadlineSeconds of a probe pod: the kubelet kills one a crashed run left behind."""
-KUBELET_PORT = 10250
-CODE_OTHER_PORTS = (22, 443, 9418)
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,8 @@ class Source:
 
 @dataclass(frozen=True)
 class KProbe:
-    """One attempt from a source, with its expected outcome and why."""
+    """One attempt from a source, with its expected outcome, why, and the check of
+    :func:`mlab.topology.checks` it stands for ('' for the link probes)."""
 
     source: Source
     target: str
@@ -58,6 +58,7 @@ class KProbe:
     port: int
     expected: bool
     reason: str
+    check: str = ""
 
 
 @dataclass
@@ -76,6 +77,8 @@ class ClusterFacts:
         internet_ip: an address of pypi.org ('' when it does not resolve).
         outside_resolver: a DNS server outside the cluster ('' for none).
         mirror_ip: an address of deb.debian.org ('' when it does not resolve).
+        namespaces: namespace name -> its labels (for namespaceSelector peers).
+        services: the site's Services as read from the cluster (the office ingress).
     """
 
     namespace: str
@@ -90,6 +93,7 @@ class ClusterFacts:
     outside_resolver: str
     mirror_ip: str = ""
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: list[dict[str, Any]] = field(default_factory=list)
 
 
 def probe_pod(template: dict[str, Any], name: str, namespace: str, role: str,
@@ -162,82 +166,146 @@ def _pod_end(facts: ClusterFacts, key: str) -> Endpoint | None:
     return Endpoint(ip, facts.namespace, labels)
 
 
+def _bind(check: topology.Check, src: Source, facts: ClusterFacts, code: Endpoint | None,
+          airlock: Endpoint | None, homepods: list[str],
+          ) -> list[tuple[str, str, str, int, Endpoint, int, str]]:
+    """Rows for one check from one source: (target, kind, host, port, endpoint the packets
+    reach, its port, protocol)."""
+    dst, port = check.destination, check.port
+    dns = facts.dns_endpoint
+    api_ip, api_port = facts.api_endpoint
+    if dst == "code-service" and code and src.role != "code-service":
+        if port == PORT_CODE:
+            return [(f"code service http://{facts.code_host}/", "http",
+                     f"http://{facts.code_host}/", 0, code, PORT_CODE, "TCP"),
+                    (f"code service {code.ip}:{PORT_CODE}", "http",
+                     f"http://{code.ip}:{PORT_CODE}/", 0, code, PORT_CODE, "TCP")]
+        return [(f"code service :{port} (other port)", "tcp", code.ip, port, code, port, "TCP")]
+    if dst == "airlock" and airlock:
+        return [(f"airlock :{port}", port_kind(port), airlock.ip, port, airlock, port, "TCP")]
+    if dst == "homepod":
+        ends = [(key, _pod_end(facts, key)) for key in homepods if key != src.name]
+        return [(f"{key} :{port}", port_kind(port), hp.ip, port, hp, port, "TCP")
+                for key, hp in ends if hp is not None]
+    if dst == "internet" and check.expected:
+        # Plain HTTP: any status is the mirror's (or the site proxy's) answer, with no TLS
+        # trust store in the way (a TLS-intercepting proxy's CA is not in certifi).
+        return [(f"Debian mirror over HTTP ({facts.mirror_ip})", "http", DEBIAN_URL, 0,
+                 Endpoint(facts.mirror_ip), 80, "TCP")] if facts.mirror_ip else []
+    if dst == "internet":
+        return [(f"internet by IP {facts.internet_ip}:443", "tcp", facts.internet_ip, 443,
+                 Endpoint(facts.internet_ip), 443, "TCP")] if facts.internet_ip else []
+    if dst == "kube-dns":
+        rows = [("internet by name (pypi.org)", "dns", "pypi.org", 0, dns, 53, "UDP")]
+        if facts.dns_service_ip:
+            rows.append((f"DNS via kube-dns {facts.dns_service_ip}", "udp-dns",
+                         facts.dns_service_ip, 53, dns, 53, "UDP"))
+        if dns.ip:
+            rows.append((f"DNS via kube-dns pod {dns.ip}", "udp-dns", dns.ip, 53, dns, 53, "UDP"))
+        return rows
+    if dst == "outside-dns" and facts.outside_resolver:
+        return [(f"DNS via outside resolver {facts.outside_resolver}", "udp-dns",
+                 facts.outside_resolver, 53, Endpoint(facts.outside_resolver), 53, "UDP")]
+    if dst == "metadata":
+        return [(f"metadata {METADATA_IP}:80", "tcp", METADATA_IP, 80, Endpoint(METADATA_IP),
+                 80, "TCP")]
+    if dst in ("node", "private"):  # the node's addresses: private on most clusters
+        rows = []
+        if facts.api_service_ip and api_ip:
+            rows.append((f"kubernetes.default {facts.api_service_ip}:443", "tcp",
+                         facts.api_service_ip, 443, Endpoint(api_ip), api_port, "TCP"))
+        if api_ip:
+            rows.append((f"API server endpoint {api_ip}:{api_port}", "tcp", api_ip, api_port,
+                         Endpoint(api_ip), api_port, "TCP"))
+        if facts.node_ip:
+            rows.append((f"node {facts.node_ip}:{PORT_KUBELET} (kubelet)", "tcp", facts.node_ip,
+                         PORT_KUBELET, Endpoint(facts.node_ip), PORT_KUBELET, "TCP"))
+        return rows
+    return []  # proxy: outside the cluster, reached only through the internet edge
+
+
 def matrix(policies: list[dict[str, Any]], facts: ClusterFacts,
-           sources: list[Source]) -> list[KProbe]:
-    """Every probe from every source, its expectation evaluated from ``policies``.
+           sources: list[Source], words: set[str] | None = None) -> list[KProbe]:
+    """Every check of :func:`mlab.topology.checks` bound to every source of its role.
 
     Args:
         policies: the rendered NetworkPolicies (network.yaml).
         facts: the cluster's addresses.
         sources: probe pods and real pods (``role``: homepod, airlock, outsider,
             code-service).
+        words: the site's condition words (``mlab.render.network.site_facts``); None:
+            ``always`` and ``airlock`` when the Airlock runs.
 
     Returns:
-        Probes in source order. Each denied class of the issue has a probe from a HomePod
-        source; the Airlock's add the HomePods and private addresses.
+        Probes in source order, each with its check's name. The expectation of each is
+        evaluated from ``policies`` at the address the packets reach (the check says which
+        edge or denied example it stands for; tests/unit/test_topology.py shows the two
+        agree for every example site).
     """
-    out: list[KProbe] = []
     code = _pod_end(facts, "code-service")
     airlock = _pod_end(facts, "airlock")
+    if words is None:
+        words = {"always", *(["airlock"] if airlock else [])}
+    checks = topology.checks(words)
     homepods = sorted(k for k in facts.pods if k.startswith("homepod-"))
-    dns = facts.dns_endpoint
+    out: list[KProbe] = []
     for src in sources:
-        def add(target: str, kind: str, host: str, port: int, dest: Endpoint, dport: int,
-                proto: str = "TCP", src: Source = src) -> None:
-            ok, why = expect(policies, facts, src, dest, dport, proto)
-            out.append(KProbe(src, target, kind, host, port, ok, why))
-
-        if code and src.role != "code-service":  # its own address never meets a policy
-            add(f"code service http://{facts.code_host}/", "http",
-                f"http://{facts.code_host}/", 0, code, PORT_CODE)
-            add(f"code service {code.ip}:{PORT_CODE}", "http",
-                f"http://{code.ip}:{PORT_CODE}/", 0, code, PORT_CODE)
-            if src.role in ("homepod", "airlock"):
-                for port in CODE_OTHER_PORTS:
-                    add(f"code service :{port} (other port)", "tcp", code.ip, port, code, port)
-        if airlock and src.role in ("homepod", "outsider"):
-            add("airlock :22", "ssh", airlock.ip, PORT_SSH, airlock, PORT_SSH)
-            add(f"airlock :{PORT_NOVNC}", "novnc", airlock.ip, PORT_NOVNC, airlock, PORT_NOVNC)
-        for key in homepods:
-            if key == src.name or src.role == "code-service":
+        for check in checks:
+            if check.source != src.role:
                 continue
-            hp = _pod_end(facts, key)
-            assert hp is not None
-            add(f"{key} :{PORT_VNC}", "rfb", hp.ip, PORT_VNC, hp, PORT_VNC)
-            add(f"{key} :{PORT_SSH}", "ssh", hp.ip, PORT_SSH, hp, PORT_SSH)
-        if src.role in ("airlock", "code-service") and facts.mirror_ip:
-            # Plain HTTP: any status is the mirror's (or the site proxy's) answer, with no
-            # TLS trust store in the way (a TLS-intercepting proxy's CA is not in certifi).
-            add(f"Debian mirror over HTTP ({facts.mirror_ip})", "http", DEBIAN_URL, 0,
-                Endpoint(facts.mirror_ip), 80)
-        if src.role == "outsider":
-            continue
-        if src.role == "homepod":
-            if facts.internet_ip:
-                add(f"internet by IP {facts.internet_ip}:443", "tcp", facts.internet_ip, 443,
-                    Endpoint(facts.internet_ip), 443)
-            add("internet by name (pypi.org)", "dns", "pypi.org", 0, dns, 53, "UDP")
-            if facts.outside_resolver:
-                add(f"DNS via outside resolver {facts.outside_resolver}", "udp-dns",
-                    facts.outside_resolver, 53, Endpoint(facts.outside_resolver), 53, "UDP")
-        if facts.dns_service_ip and src.role != "code-service":
-            add(f"DNS via kube-dns {facts.dns_service_ip}", "udp-dns", facts.dns_service_ip,
-                53, dns, 53, "UDP")
-        if dns.ip and src.role != "code-service":
-            add(f"DNS via kube-dns pod {dns.ip}", "udp-dns", dns.ip, 53, dns, 53, "UDP")
-        if src.role == "code-service":
-            continue
-        add(f"metadata {METADATA_IP}:80", "tcp", METADATA_IP, 80, Endpoint(METADATA_IP), 80)
-        api_ip, api_port = facts.api_endpoint
-        if facts.api_service_ip and api_ip:
-            add(f"kubernetes.default {facts.api_service_ip}:443", "tcp", facts.api_service_ip,
-                443, Endpoint(api_ip), api_port)
-        if api_ip:
-            add(f"API server endpoint {api_ip}:{api_port}", "tcp", api_ip, api_port,
-                Endpoint(api_ip), api_port)
-        if facts.node_ip:
-            add(f"node {facts.node_ip}:{KUBELET_PORT} (kubelet)", "tcp", facts.node_ip,
-                KUBELET_PORT, Endpoint(facts.node_ip), KUBELET_PORT)
+            for target, kind, host, port, dest, dport, proto in _bind(
+                    check, src, facts, code, airlock, homepods):
+                ok, why = expect(policies, facts, src, dest, dport, proto)
+                out.append(KProbe(src, target, kind, host, port, ok, why, check.name))
+    return out
+
+
+OFFICE = Source("office", "", "", "office", Endpoint(""))
+"""The machine ``mlab verify`` runs on, standing for an office PC (``access.officeCIDRs``)."""
+
+
+def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
+                  ) -> list[KProbe]:
+    """The office PC -> site ingress: every port the site's Services expose, from this machine.
+
+    Args:
+        services: the site's Service objects as read from the cluster (with ``clusterIP``).
+        node_ip: the node's address (NodePorts answer there; '' for none).
+        words: the site's condition words (``mlab.render.network.site_facts``).
+
+    Returns:
+        One probe per Service port and address (the ClusterIP, reachable from a node; each
+        ``externalIPs`` address; the node's NodePort), expected allowed when an active edge
+        ``office --> <component>`` lists the container port, else blocked; the service must
+        answer in its protocol (HTTP status for the code service; the portal by TCP connect,
+        as its TLS certificate may be the site's own).
+    """
+    out: list[KProbe] = []
+    for svc in services:
+        component = (svc["metadata"].get("labels") or {}).get(LABEL_COMPONENT, "")
+        spec = svc["spec"]
+        for sp in spec.get("ports", []):
+            name = sp.get("name", "")
+            cport = {"code-service": PORT_CODE, "portal": PORT_PORTAL}.get(
+                component, CONTAINER_PORTS.get(name, 0))
+            if not cport:
+                continue
+            check = topology.Check("office", component, cport,
+                                   topology.allows("office", component, cport, words))
+            where = [(spec.get("clusterIP", ""), sp["port"])]
+            where += [(ip, sp["port"]) for ip in spec.get("externalIPs") or []]
+            if sp.get("nodePort") and node_ip:
+                where.append((node_ip, sp["nodePort"]))
+            for ip, port in where:
+                if not ip or ip == "None":
+                    continue
+                kind, host = port_kind(cport), ip
+                if component == "code-service":
+                    kind, host = "http", f"http://{ip}:{port}/"
+                why = (f"edge {check.name}" if check.expected
+                       else f"no active edge {check.name}")
+                out.append(KProbe(OFFICE, f"{svc['metadata']['name']} {name} {ip}:{port}",
+                                  kind, host, port, check.expected, why, check.name))
     return out
 
 

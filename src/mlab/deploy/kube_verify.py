@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,7 @@ from mlab.deploy.probes import (
 from mlab.errors import DeployError, MlabError
 from mlab.render import render_site
 from mlab.render.common import LABEL_INSTANCE
+from mlab.render.network import site_facts
 from mlab.site import Site
 
 CANARY_WAIT = 30.0
@@ -66,7 +69,7 @@ def verify_role(site: Site) -> dict[str, Any]:
     """The Role ``mlab verify`` needs in the site's namespace (nothing cluster-wide).
 
     Reading kube-system's DNS pods and ``default/endpoints/kubernetes`` is optional (two
-    more probes when allowed).
+    more probes when allowed); the site's Services give the office ingress probes.
     """
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": {"name": "mlab-verify", "namespace": site.namespace},
@@ -74,6 +77,7 @@ def verify_role(site: Site) -> dict[str, Any]:
                 {"apiGroups": [""], "resources": ["pods"],
                  "verbs": ["get", "list", "watch", "create", "delete", "deletecollection"]},
                 {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list"]},
                 {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
                  "verbs": ["get", "list", "create", "delete", "deletecollection"]},
             ]}
@@ -132,27 +136,35 @@ def read_facts(kubectl: Kubectl, site: Site) -> km.ClusterFacts:
     api_svc = svc.get("spec", {}).get("clusterIP", "")
     facts = host_facts(0)
     try:
-        mirror_ip = socket.getaddrinfo(urlsplit(DEBIAN_URL).hostname, 80, socket.AF_INET,
-                                       socket.SOCK_STREAM)[0][4][0]
+        mirror_ip = str(socket.getaddrinfo(urlsplit(DEBIAN_URL).hostname, 80, socket.AF_INET,
+                                           socket.SOCK_STREAM)[0][4][0])
     except OSError:
         mirror_ip = ""
     resolver = next((r for r in facts.resolvers if not r.startswith("127.")), "")
+    services = _try_json(kubectl, ["services", "-n", ns, "-l", f"{LABEL_INSTANCE}={site.name}"])
     return km.ClusterFacts(
         namespace=ns, pods=found, code_host=site.code_service.host, dns_service_ip=dns_ip,
         dns_endpoint=Endpoint(dns_pod_ip, dns_ns, dns_labels), api_service_ip=api_svc,
         api_endpoint=(api_ip, api_port), node_ip=node_ip, internet_ip=facts.internet_ip,
-        outside_resolver=resolver, mirror_ip=mirror_ip)
+        outside_resolver=resolver, mirror_ip=mirror_ip,
+        services=list(services.get("items", [])))
 
 
 def _exec(kubectl: Kubectl, ns: str, pod: str, container: str,
           items: list[tuple[str, str, int]]) -> list[tuple[str, str]] | str:
-    args = ["exec", "-n", ns, pod, "-c", container, "--", "python3", "-c", PROBE_PROGRAM,
-            json.dumps(items), str(TCP_TIMEOUT), str(HTTP_TIMEOUT)]
+    """Run the probe program in ``pod`` (on this machine, the office PC, when pod is '')."""
+    program = ["-c", PROBE_PROGRAM, json.dumps(items), str(TCP_TIMEOUT), str(HTTP_TIMEOUT)]
     try:
-        out = kubectl.run(args, timeout=HTTP_TIMEOUT + 60)
+        if not pod:
+            proc = subprocess.run([sys.executable, *program], capture_output=True, text=True,
+                                  timeout=HTTP_TIMEOUT + 60, check=True)
+            out = proc.stdout
+        else:
+            out = kubectl.run(["exec", "-n", ns, pod, "-c", container, "--", "python3",
+                               *program], timeout=HTTP_TIMEOUT + 60)
         return [(str(a), str(b)) for a, b in json.loads(out)]
-    except (MlabError, ValueError) as exc:
-        return f"could not run the probe in {pod}: {exc}"
+    except (MlabError, ValueError, subprocess.SubprocessError) as exc:
+        return f"could not run the probe in {pod or 'this machine'}: {exc}"
 
 
 def _wait_running(kubectl: Kubectl, ns: str, run_id: str, count: int) -> None:
@@ -245,7 +257,9 @@ def run(site: Site, kubectl: Kubectl, on_step: Callable[[str], None] | None = No
         for key in sorted(facts.pods):
             role = km.role_of(facts.pods[key][3])[1]
             sources.append(km.source_for(facts, key, role, "", ""))
-        probes_list = km.matrix(policies, facts, sources)
+        words = site_facts(site)
+        probes_list = km.matrix(policies, facts, sources, words)
+        probes_list += km.office_matrix(facts.services, facts.node_ip, words)
         say(f"running {len(probes_list)} probes from {len(sources)} pods, and the link "
             f"probes (raw sockets, forged source, IPv6)")
         airlock_ip = facts.pods["airlock"][2] if "airlock" in facts.pods else ""
@@ -295,8 +309,8 @@ def _run_matrix(kubectl: Kubectl, ns: str, probes: list[km.KProbe]) -> list[KRes
 
 
 def to_json(results: list[KResult]) -> list[dict[str, Any]]:
-    """Rows: edge, source, target, kind, expected, observed, ok, detail, reason."""
-    return [{"edge": f"{r.probe.source.name} --> {r.probe.target}",
+    """Rows: edge, check, source, target, kind, expected, observed, ok, detail, policy."""
+    return [{"edge": f"{r.probe.source.name} --> {r.probe.target}", "check": r.probe.check,
              "source": r.probe.source.name, "target": r.probe.target, "kind": r.probe.kind,
              "expected": "allowed" if r.probe.expected else "blocked",
              "observed": "allowed" if r.observed else "blocked",

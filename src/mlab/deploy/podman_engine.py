@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
 from mlab.deploy import firewall, rollout
+from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.deploy.podman_objects import (
     Say,
     bridge_of,
@@ -59,6 +59,7 @@ from mlab.deploy.podman_translate import (
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
+from mlab.topology import LABEL_USER, dial_address
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class UpResult:
     unchanged: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     """HomePods kept on their running image for their user (:mod:`mlab.deploy.rollout`)."""
+    culled: list[str] = field(default_factory=list)
+    """Culled HomePods left stopped until their user wakes them (docs/culling.md)."""
     placeholder_code_service: bool = False
     seconds: float = 0.0
 
@@ -173,17 +176,22 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
                             block_ipv6=not keep_ipv6())
 
 
-def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None) -> None:
+def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = None,
+               skip: Collection[str] = ()) -> None:
     """Wait until every published port accepts a TCP connection on the bind address.
+
+    Args:
+        skip: pod names not to wait for (culled HomePods left stopped).
 
     Raises:
         DeployError: naming the pods and ports that did not answer in ``timeout`` seconds.
     """
-    pending = {(pod.name, p.name, p.host_ip, p.host_port) for pod in plan.pods for p in pod.ports}
+    pending = {(pod.name, p.name, p.host_ip, p.host_port) for pod in plan.pods for p in pod.ports
+               if pod.name not in skip}
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for item in sorted(pending):
-            host = "127.0.0.1" if item[2] in ("0.0.0.0", "::") else item[2]
+            host = dial_address(item[2])
             try:
                 with socket.create_connection((host, item[3]), timeout=1):
                     pending.discard(item)
@@ -202,20 +210,30 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
         )
 
 
+def plan_path(site_name: str) -> Path:
+    """``<state>/<site>/podman/plan.json``: the record of the last ``up``
+    (:class:`~mlab.deploy.plan_file.PlanFile`)."""
+    return state_dir(site_name) / PLAN_FILE
+
+
 def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
-    """Write ``plan.json`` (:meth:`Plan.record`, plus the site's ``image``) for status and
-    verify."""
-    data = plan.record(placeholder) | {"image": image}
+    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.deploy.plan_file.PlanFile.of>`, with
+    the site's ``image``) for status and verify."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(root / "plan.json", json.dumps(data, indent=2), 0o600)
+    PlanFile.of(plan, placeholder, image).write(root / PLAN_FILE)
 
 
-def load_plan(site_name: str) -> dict[str, Any] | None:
-    """The last applied plan (``save_plan``), or None."""
-    try:
-        return json.loads((state_dir(site_name) / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def load_plan(site_name: str) -> PlanFile | None:
+    """The last applied plan (``save_plan``), or None when the site is not up (no file).
+
+    Raises:
+        DeployError: the file is unreadable, of another version or invalid (one line naming
+            it; :meth:`PlanFile.read <mlab.deploy.plan_file.PlanFile.read>`).
+    """
+    path = plan_path(site_name)
+    if not path.exists():
         return None
+    return PlanFile.read(path)
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -250,7 +268,8 @@ def firewall_ca_path() -> str:
 
 
 def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
-       wait: bool = True, restart_users: Sequence[str] = ()) -> UpResult:
+       wait: bool = True, restart_users: Sequence[str] = (),
+       asleep: Collection[str] = ()) -> UpResult:
     """Bring the site up (or up to date) on this machine.
 
     Args:
@@ -261,6 +280,8 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
         wait: wait until every published port answers.
         restart_users: users whose running HomePods move to the site's image now; others
             whose only change is the image are held (:mod:`mlab.deploy.rollout`).
+        asleep: users whose HomePods the culler stopped (``mlab.cull.local.culled``); their
+            stopped pods stay stopped (``mlab wake USER`` starts them, audited).
 
     Returns:
         What changed.
@@ -280,7 +301,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     if placeholder is None:
         placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
-        return _up(site, say, image, placeholder, wait, tuple(restart_users))
+        return _up(site, say, image, placeholder, wait, tuple(restart_users), frozenset(asleep))
 
 
 @contextmanager
@@ -311,8 +332,24 @@ def host_lock(say: Say) -> Iterator[None]:
         lock.release()
 
 
+def left_culled(names: Collection[str], current: dict[str, dict[str, Any]],
+                asleep: Collection[str]) -> list[str]:
+    """The pods among ``names`` that ``up`` leaves stopped: existing, not running, and of a
+    user the culler stopped (``<state>/<site>/cull.json``) (pure).
+
+    Args:
+        names: pods ``up`` would (re)start.
+        current: the site's pods as ``podman pod ps --format json`` gives them
+            (``Status``, ``Labels``).
+        asleep: users whose HomePods are culled.
+    """
+    return sorted(n for n in names if n in current
+                  and current[n].get("Status") != "Running"
+                  and current[n].get("Labels", {}).get(LABEL_USER) in asleep)
+
+
 def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
-        restart_users: tuple[str, ...] = ()) -> UpResult:
+        restart_users: tuple[str, ...] = (), asleep: frozenset[str] = frozenset()) -> UpResult:
     start = time.monotonic()
     say("rendering the site")
     plan = build_plan(site, image, placeholder)
@@ -326,6 +363,12 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
                or current[p.name].get("Labels", {}).get(LABEL_SPEC) != p.spec_hash
                or current[p.name].get("Status") != "Running"]
     stale = [name for name in current if name not in wanted]
+    # A culled HomePod stays stopped until its user wakes it (audited): `mlab up` is an
+    # admin's change to the site, not a reason to start every idle desktop again.
+    result.culled = left_culled([p.name for p in to_play], current, asleep)
+    for name in result.culled:
+        say(f"leaving {name} stopped (culled; mlab wake USER starts it)")
+    to_play = [p for p in to_play if p.name not in result.culled]
     held = rollout.held_pods(to_play, current, rollout.running_images(site.name), image,
                              lambda old: build_plan(site, old, placeholder), restart_users)
     for name, old in held.items():
@@ -395,7 +438,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         save_plan(root, plan, placeholder, image)
         if wait:
             say("waiting for every port")
-            wait_ready(plan, say=say)
+            wait_ready(plan, say=say, skip=result.culled)
     except (MlabError, KeyboardInterrupt):
         say("rolling back")
         for name in reversed(played):
@@ -404,8 +447,8 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
                     remove_pod(name, grace=0)
                 except MlabError as exc:
                     log.warning("[mlab/%s] rollback: %s", name, exc)
-        for net in made_nets:
-            podman(["network", "rm", "-f", net], check=False)
+        for made in made_nets:
+            podman(["network", "rm", "-f", made], check=False)
         for vol in made_vols:
             podman(["volume", "rm", "-f", vol], check=False)
         try:
@@ -416,7 +459,7 @@ def _up(site: Site, say: Say, image: str, placeholder: bool, wait: bool,
         except MlabError as exc:  # pragma: no cover - reported, the first error wins
             log.warning("[mlab/%s] restoring the firewall failed: %s", site.name, exc)
         if not current:
-            (root / "plan.json").unlink(missing_ok=True)
+            (root / PLAN_FILE).unlink(missing_ok=True)
             shutil.rmtree(root / "files", ignore_errors=True)
         raise
     result.seconds = time.monotonic() - start
@@ -461,7 +504,7 @@ def _down(site_name: str, volumes: bool, say: Say) -> list[str]:
             removed.append(str(passwords))
     else:
         # Nothing runs: no secret files on disk, and `status` says the site is down.
-        (state_dir(site_name) / "plan.json").unlink(missing_ok=True)
+        plan_path(site_name).unlink(missing_ok=True)
         shutil.rmtree(state_dir(site_name) / "files", ignore_errors=True)
     return removed
 
@@ -479,30 +522,29 @@ def status(site_name: str) -> list[dict[str, Any]]:
         return []
     pods = site_pods(site_name)
     out = []
-    for pod in plan["pods"]:
-        record = pods.get(pod["name"])
+    for pod in plan.pods:
+        record = pods.get(pod.name)
         endpoints = []
-        for port in pod["ports"]:
-            host = port["host_ip"]
-            shown = "127.0.0.1" if host == "0.0.0.0" else host
+        for port in pod.ports:
+            shown = dial_address(port.host_ip)
             kinds = {"vnc": ["vnc"], "rdp": ["rdp"], "novnc": ["http"], "ssh": ["ssh", "sftp"],
-                     "http": ["http"]}.get(port["name"], [port["name"]])
+                     "http": ["http"]}.get(port.name, [port.name])
             for proto in kinds:
                 url = {
-                    "vnc": f"vnc://{shown}:{port['host_port']}",
-                    "rdp": f"rdp://{shown}:{port['host_port']}",
-                    "ssh": f"ssh://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
-                    "sftp": f"sftp://{pod['user'] or 'airlock'}@{shown}:{port['host_port']}",
-                    "http": (f"http://{shown}:{port['host_port']}/vnc.html"
-                             if port["name"] == "novnc" else f"http://{shown}:{port['host_port']}/"),
+                    "vnc": f"vnc://{shown}:{port.host_port}",
+                    "rdp": f"rdp://{shown}:{port.host_port}",
+                    "ssh": f"ssh://{pod.user or 'airlock'}@{shown}:{port.host_port}",
+                    "sftp": f"sftp://{pod.user or 'airlock'}@{shown}:{port.host_port}",
+                    "http": (f"http://{shown}:{port.host_port}/vnc.html"
+                             if port.name == "novnc" else f"http://{shown}:{port.host_port}/"),
                 }.get(proto, "")
-                endpoints.append({"protocol": proto, "host": shown, "port": port["host_port"],
+                endpoints.append({"protocol": proto, "host": shown, "port": port.host_port,
                                   "url": url})
         state = record["Status"] if record else "missing"
-        if pod["component"] == "code-service" and plan.get("placeholder_code_service"):
+        if pod.component == "code-service" and plan.placeholder_code_service:
             state += " (placeholder)"
         out.append({
-            "name": pod["deployment"], "kind": pod["component"], "user": pod["user"],
-            "state": state, "pod": pod["name"], "endpoints": endpoints,
+            "name": pod.deployment, "kind": pod.component, "user": pod.user,
+            "state": state, "pod": pod.name, "endpoints": endpoints,
         })
-    return rollout.annotate(out, plan.get("image", ""), rollout.running_images(site_name))
+    return rollout.annotate(out, plan.image, rollout.running_images(site_name))

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 
-SUBNET_POOL = ipaddress.ip_network("10.89.128.0/17")
+SUBNET_POOL = ipaddress.IPv4Network("10.89.128.0/17")
 """Where MLab picks its networks' /24 subnets, from the top down (podman's own automatic
 choice counts up from 10.89.0.0, so the two rarely meet); any subnet already used by a podman
 network or a host route is skipped."""
@@ -84,7 +84,7 @@ def site_volumes(site_name: str) -> list[str]:
 
 
 def _used_subnets() -> list[ipaddress.IPv4Network]:
-    used = []
+    used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for net in _json(["network", "ls", "--format", "json"]):
         for sub in net.get("subnets") or []:
             try:

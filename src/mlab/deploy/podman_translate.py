@@ -36,6 +36,9 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   in tests), and the firewall keeps HomePod networks closed to everything routed. Its
   ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
   service's address on the NAT network (no cluster DNS here).
+- ``portal.directDesktopPorts: false``: HomePods publish only SSH (the rendered policies
+  admit only SSH from offices); desktops are reached through the portal alone, which
+  reaches each HomePod's VNC at its address.
 - IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
   ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
   ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
@@ -57,26 +60,30 @@ import copy
 import hashlib
 import ipaddress
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from mlab.errors import DeployError
-from mlab.site import Site
-from mlab.topology import EGRESS_CHECK_ENV, NODE_IP_ENV, PORT_CODE
+from mlab.render.network import _direct_desktops
+from mlab.site import HOMEPOD_NETS_ENV, Site
+from mlab.topology import (
+    EGRESS_CHECK_ENV,
+    LABEL_USER,
+    NODE_IP_ENV,
+    PORT_CODE,
+    PORT_SSH,
+    PORT_VNC,
+)
 
 Obj = dict[str, Any]
 
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_USER = "mlab.io/user"
 LABEL_SPEC = "mlab.io/podman-spec"
 LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
 
-CODE_PORT = PORT_CODE
-CONTAINER_VNC = 5900
-"""The HomePod's VNC container port (docs/CONTRACTS.md); the portal's backend on podman."""
 VOLUME_ROOT = "/var/lib/containers/storage/volumes"
 """podman's default volume directory as root (``podman info`` Store.VolumePath)."""
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -224,25 +231,6 @@ class Plan:
         """The NAT network of the Airlock and the code service."""
         return next(n for n in self.networks if not n.internal)
 
-    def record(self, placeholder: bool = False) -> dict[str, Any]:
-        """The plan as JSON-able data without secrets (``plan.json``: what ``status`` and
-        ``verify`` read): networks with their fixed addresses, pods with containers,
-        networks and published ports."""
-        return {
-            "site": self.site,
-            "bind_address": self.bind_address,
-            "placeholder_code_service": placeholder,
-            "networks": [asdict(n) | {"code_ip": n.code_ip, "pod_ip": n.pod_ip,
-                                      "gateway": n.gateway} for n in self.networks],
-            "pods": [
-                {"name": p.name, "component": p.component, "user": p.user,
-                 "deployment": p.name.removeprefix(f"mlab-{self.site}-"),
-                 "containers": p.container_names(), "networks": [list(n) for n in p.networks],
-                 "ports": [asdict(x) for x in p.ports]}
-                for p in self.pods
-            ],
-        }
-
 
 def prefix(site: Site) -> str:
     """Prefix of every podman object of a site: ``mlab-<site>``."""
@@ -368,10 +356,10 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None
     command += ["--host", site.access.bind_address]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
         nat = nets[nat_network_name(site)]
-        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{CODE_PORT}"
+        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{PORT_CODE}"
     for net in nets.values():
         if net.internal and net.user is not None:
-            command += ["--backend", f"{net.user}={net.pod_ip}:{CONTAINER_VNC}"]
+            command += ["--backend", f"{net.user}={net.pod_ip}:{PORT_VNC}"]
     container["command"] = command
 
 
@@ -447,7 +435,7 @@ def translate(
             if user is None:
                 raise DeployError(f"{where}: a HomePod without the {LABEL_USER} label")
             net = nets[homepod_network_name(site, user)]
-            attach = ((net.name, net.pod_ip),)
+            attach: tuple[tuple[str, str], ...] = ((net.name, net.pod_ip),)
             alias_ip = net.code_ip
             via = "nft"
         elif component == "code-service":
@@ -519,6 +507,14 @@ def translate(
                                     if e["name"] not in (NODE_IP_ENV, EGRESS_CHECK_ENV)]
                 container["env"].append(
                     {"name": EGRESS_CHECK_ENV, "value": f"airlock={nat.pod_ip}:22"})
+            if component == "code-service":
+                # HomePods reach the code service from their own fixed address on their own
+                # network; the office and the Airlock come through the NAT network
+                # (reviewed user branches, mlab.codeservice.reviewed).
+                homepods = ",".join(f"{n.pod_ip}/32" for n in nets.values() if n.internal)
+                for env in container.get("env", []):
+                    if env["name"] == HOMEPOD_NETS_ENV:
+                        env["value"] = homepods
             for env in container.get("env", []):
                 if "valueFrom" in env:
                     raise DeployError(
@@ -586,6 +582,9 @@ def translate(
             _portal_on_host(site, spec, nets)
 
         ports: list[Port] = []
+        # portal.directDesktopPorts false: like the rendered policies (office -> HomePod keeps
+        # only SSH), HomePods publish only SSH; the portal reaches VNC at the pod's address.
+        ssh_only = component == "homepod" and not _direct_desktops(site)
         for svc in services:
             selector = svc["spec"].get("selector") or {}
             if not selector or not _matches(selector, labels):
@@ -606,6 +605,8 @@ def translate(
                     )
                 if via == "host":  # listens on the host at the Service port itself
                     cport = int(sp["port"])
+                if ssh_only and cport != PORT_SSH:
+                    continue
                 ports.append(Port(sp.get("name", str(sp["port"])), site.access.bind_address,
                                   int(sp["port"]), int(cport), via))
         # podman 4.3 publishes a containerPort without hostPort on the same host port

@@ -30,9 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlab import topology
 from mlab.deploy import answers
+from mlab.deploy.plan_file import PlanFile
 from mlab.podman import podman_command, podman_env
-from mlab.topology import PORT_CODE, SHARE_PATH
+from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -65,6 +67,8 @@ class Probe:
         expected: True when the edge is allowed.
         user: the user the probe runs as inside the container (``podman exec -u``);
             '' for the container's default (root).
+        edge: the check of :func:`mlab.topology.checks` the probe stands for
+            (``homepod --> code-service :8080``); '' for the link probes.
     """
 
     source: str
@@ -75,6 +79,7 @@ class Probe:
     port: int
     expected: bool
     user: str = ""
+    edge: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,33 @@ class HostFacts:
     resolvers: tuple[str, ...]
 
 
-def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
+PORT_KIND = {topology.PORT_VNC: "rfb", topology.PORT_SSH: "ssh", topology.PORT_RDP: "rdp",
+             topology.PORT_NOVNC: "novnc"}
+"""A container port -> the protocol its service answers in (:mod:`answers`); else ``tcp``."""
+
+
+def port_kind(port: int) -> str:
+    """The probe kind of a TCP port: its protocol (:data:`PORT_KIND`), else ``tcp``."""
+    return PORT_KIND.get(port, "tcp")
+
+
+def podman_facts(plan: PlanFile) -> set[str]:
+    """The condition words (:class:`mlab.topology.Edge`) that hold for a podman site.
+
+    The host is the office PC (it dials the published ports); HomePod networks are
+    ``--internal --disable-dns`` (no resolver: no ``dns-cluster``); the engine has no portal
+    (``direct-desktops``); ``airlock`` when the plan has an Airlock pod.
+    """
+    words = {"always", "office", "direct-desktops"}
+    if plan.first("airlock"):
+        words.add("airlock")
+    return words
+
+
+def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
            airlock_user: str = "") -> list[Probe]:
-    """Every probe for a deployed site.
+    """Every probe for a deployed site: the checks of :func:`mlab.topology.checks` bound to
+    the plan's containers and addresses.
 
     Args:
         plan: the engine's ``plan.json`` (pods with containers, networks, ports).
@@ -124,73 +153,93 @@ def matrix(plan: dict[str, Any], facts: HostFacts, code_host: str,
             (root would hide a wrong owner of the share); '' runs it as root.
 
     Returns:
-        Probes grouped by source: each HomePod, the Airlock, then the host.
+        Probes grouped by source: each HomePod, the Airlock, the code service, then the
+        host (the office). Each carries its check's name (``edge``) and expectation; the
+        share write (a mount, not a network edge) is the one probe added to them: read-only
+        in HomePods, writable in the Airlock (docs/CONTRACTS.md).
     """
-    nets = {n["name"]: n for n in plan["networks"]}
-    nat = next(n for n in plan["networks"] if not n["internal"])
-    pods = plan["pods"]
-    homepods = [p for p in pods if p["component"] == "homepod"]
-    airlock = next((p for p in pods if p["component"] == "airlock"), None)
+    checks = topology.checks(podman_facts(plan))
+    nat = plan.nat_network()
+    homepods = plan.components("homepod")
+    airlock = plan.first("airlock")
+    code_pod = plan.first("code-service")
     out: list[Probe] = []
+
+    def bind(box: str, role: str, check: topology.Check, gw: str, code_ip: str,
+             ) -> list[tuple[str, str, str, int]]:
+        """(target, kind, host, port) rows for one check from one source."""
+        dst, port = check.destination, check.port
+        if dst == "code-service" and port == PORT_CODE:
+            # The URL users type (Service port 80, DNAT'd to :8080) and the container port.
+            return [(f"code service {code_host}:80", "http", f"http://{code_host}/", 0),
+                    (f"code service {code_host}:{PORT_CODE}", "http",
+                     f"http://{code_host}:{PORT_CODE}/", 0)]
+        if dst == "code-service":
+            return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
+        if dst == "airlock" and airlock:
+            return [(f"airlock :{port}", port_kind(port), airlock.networks[0][1], port)]
+        if dst == "homepod":
+            return [(f"homepod-{o.user} :{port}", port_kind(port), o.networks[0][1], port)
+                    for o in homepods if o.containers[0] != box]
+        if dst == "node":
+            return [(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port),
+                    (f"host service on 0.0.0.0 via host address {facts.host_ip}", "tcp",
+                     facts.host_ip, facts.listener_port),
+                    (f"gateway {gw} :53 (tcp)", "tcp", gw, 53)]
+        if dst == "private":  # the gateway is the host's address in a private range
+            return [(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port)]
+        if dst == "internet" and check.expected:
+            # Plain HTTP from the code service: no trust store of the Airlock's in the way.
+            mirror = [("Debian mirror over HTTP", "http", DEBIAN_URL, 0)]
+            return [("PyPI over HTTPS", "http", PYPI_URL, 0), *mirror] if role == "airlock" \
+                else mirror
+        if dst == "internet":
+            return [(f"internet by IP ({INTERNET_NAME} = {facts.internet_ip}) :443", "tcp",
+                     facts.internet_ip, 443)] if facts.internet_ip else []
+        if dst == "kube-dns":  # podman's resolver would answer at the network's gateway
+            rows = [(f"internet by name ({INTERNET_NAME})", "dns", INTERNET_NAME, 0)]
+            if role == "homepod":
+                rows.append((f"DNS query via gateway {gw}", "udp-dns", gw, 53))
+            return rows
+        if dst == "outside-dns":
+            return [(f"DNS query via host resolver {r}", "udp-dns", r, 53)
+                    for r in facts.resolvers]
+        if dst == "metadata":
+            return [(f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80)]
+        return []  # proxy: outside the site, reached only through the internet edge
+
+    def from_source(src: str, box: str, role: str, gw: str, code_ip: str) -> None:
+        for check in checks:
+            if check.source == role:
+                for target, kind, host, port in bind(box, role, check, gw, code_ip):
+                    out.append(Probe(src, box, target, kind, host, port, check.expected,
+                                     edge=check.name))
+
     for hp in homepods:
-        src, box = f"homepod-{hp['user']}", hp["containers"][0]
-        net = nets[hp["networks"][0][0]]
-        gw, code = net["gateway"], net["code_ip"]
-
-        def add(target: str, kind: str, host: str, port: int, expected: bool = False) -> None:
-            out.append(Probe(src, box, target, kind, host, port, expected))  # noqa: B023
-
-        # The URL users type (Service port 80, DNAT'd to :8080) and the container port.
-        add(f"code service {code_host}:80", "http", f"http://{code_host}/", 0, True)
-        add(f"code service {code_host}:{PORT_CODE}", "http", f"http://{code_host}:{PORT_CODE}/", 0, True)
-        add(f"write to the share {SHARE}", "write", SHARE, 0)
-        for other_port in (22, 443, 9418):
-            add(f"code service :{other_port} (other port)", "tcp", code, other_port)
-        if airlock:
-            add("airlock :22", "ssh", airlock["networks"][0][1], 22)
-            add("airlock :7030", "novnc", airlock["networks"][0][1], 7030)
-        for other in homepods:
-            if other is hp:
-                continue
-            for port, kind in ((5900, "rfb"), (22, "ssh")):
-                add(f"homepod-{other['user']} :{port}", kind, other["networks"][0][1], port)
-        add(f"host service on 0.0.0.0 via gateway {gw}", "tcp", gw, facts.listener_port)
-        add(f"host service on 0.0.0.0 via host address {facts.host_ip}", "tcp",
-            facts.host_ip, facts.listener_port)
-        add(f"gateway {gw} :53 (tcp)", "tcp", gw, 53)
-        if facts.internet_ip:
-            add(f"internet by IP ({INTERNET_NAME} = {facts.internet_ip}) :443", "tcp",
-                facts.internet_ip, 443)
-        add(f"internet by name ({INTERNET_NAME})", "dns", INTERNET_NAME, 0)
-        add(f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80)
-        add(f"DNS query via gateway {gw}", "udp-dns", gw, 53)
-        for resolver in facts.resolvers:
-            add(f"DNS query via host resolver {resolver}", "udp-dns", resolver, 53)
+        src, box = f"homepod-{hp.user}", hp.containers[0]
+        net = plan.network(hp.networks[0][0])
+        from_source(src, box, "homepod", net.gateway, net.code_ip)
+        out.append(Probe(src, box, f"write to the share {SHARE}", "write", SHARE, 0, False,
+                         edge="homepod share read-only"))
     if airlock:
-        src, box = "airlock", airlock["containers"][0]
-        out += [
-            Probe(src, box, "PyPI over HTTPS", "http", PYPI_URL, 0, True),
-            Probe(src, box, "Debian mirror over HTTP", "http", DEBIAN_URL, 0, True),
-            Probe(src, box, f"code service {code_host}:80", "http",
-                  f"http://{code_host}/", 0, True),
-            Probe(src, box, f"code service {code_host}:{PORT_CODE}", "http",
-                  f"http://{code_host}:{PORT_CODE}/", 0, True),
-            Probe(src, box, f"write to the share {SHARE} as {airlock_user or 'root'}",
-                  "write", SHARE, 0, True, airlock_user),
-            Probe(src, box, f"metadata {METADATA_IP} :80", "tcp", METADATA_IP, 80, False),
-            Probe(src, box, f"host service on 0.0.0.0 via gateway {nat['gateway']}", "tcp",
-                  nat["gateway"], facts.listener_port, False),
-        ]
-        for hp in homepods:
-            for port, kind in ((5900, "rfb"), (22, "ssh")):
-                out.append(Probe(src, box, f"homepod-{hp['user']} :{port}", kind,
-                                 hp["networks"][0][1], port, False))
-    for pod in pods:
-        for port in pod["ports"]:
-            host = "127.0.0.1" if port["host_ip"] == "0.0.0.0" else port["host_ip"]
-            kind, where = host_kind(port["name"], host, port["host_port"])
-            out.append(Probe("host", "", f"{pod['deployment']} {port['name']} "
-                             f"{host}:{port['host_port']}", kind, where, port["host_port"], True))
+        box = airlock.containers[0]
+        from_source("airlock", box, "airlock", nat.gateway, nat.code_ip)
+        out.append(Probe("airlock", box, f"write to the share {SHARE} as "
+                         f"{airlock_user or 'root'}", "write", SHARE, 0, True, airlock_user,
+                         edge="airlock share read-write"))
+    if code_pod:
+        from_source("code-service", code_pod.containers[0], "code-service",
+                    nat.gateway, nat.code_ip)
+    for pod in plan.pods:
+        for port in pod.ports:
+            host = dial_address(port.host_ip)
+            kind, where = host_kind(port.name, host, port.host_port)
+            check = topology.Check("office", pod.component, port.container_port,
+                                   topology.allows("office", pod.component,
+                                                   port.container_port, podman_facts(plan)))
+            out.append(Probe("host", "", f"{pod.deployment} {port.name} "
+                             f"{host}:{port.host_port}", kind, where, port.host_port,
+                             check.expected, edge=check.name))
     return out
 
 
@@ -308,7 +357,7 @@ def host_facts(listener_port: int) -> HostFacts:
     internet_ip = ""
     try:
         infos = socket.getaddrinfo(INTERNET_NAME, 443, socket.AF_INET, socket.SOCK_STREAM)
-        internet_ip = infos[0][4][0]
+        internet_ip = str(infos[0][4][0])
     except OSError:
         pass
     host_ip = "127.0.0.1"
@@ -330,7 +379,7 @@ def host_facts(listener_port: int) -> HostFacts:
     return HostFacts(listener_port, host_ip, internet_ip, tuple(resolvers[:1]))
 
 
-def run(plan: dict[str, Any], code_host: str,
+def run(plan: PlanFile, code_host: str,
         on_source: Callable[[str], None] | None = None,
         airlock_user: str = "") -> list[Result]:
     """Run the whole matrix against a deployed site.
@@ -373,9 +422,10 @@ def run(plan: dict[str, Any], code_host: str,
 
 
 def to_json(results: list[Result]) -> list[dict[str, Any]]:
-    """Results as plain dicts: source, target, kind, expected, observed, ok, detail."""
+    """Results as plain dicts: source, target, kind, edge, expected, observed, ok, detail."""
     return [
-        {**{k: v for k, v in asdict(r.probe).items() if k in ("source", "target", "kind")},
+        {**{k: v for k, v in asdict(r.probe).items()
+            if k in ("source", "target", "kind", "edge")},
          "expected": "allowed" if r.probe.expected else "blocked",
          "observed": "allowed" if r.observed else "blocked",
          "ok": r.ok, "detail": r.detail}

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlab.deploy.plan_file import PlanFile
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
 from mlab.errors import MlabError
 from mlab.podman import podman_command, podman_env
@@ -249,7 +250,7 @@ print(json.dumps(out))
 """
 
 
-def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridges: dict[str, list[str]],
+def jobs(plan: PlanFile, host_ip: str, listener6: int, bridges: dict[str, list[str]],
          token: str) -> list[LinkJob]:
     """One :class:`LinkJob` per HomePod of a podman plan (``plan.json``).
 
@@ -268,28 +269,27 @@ def jobs(plan: dict[str, Any], host_ip: str, listener6: int, bridges: dict[str, 
     """
     from mlab.deploy.podman_objects import mac_for
 
-    pods = plan["pods"]
-    airlock = next((p for p in pods if p["component"] == "airlock"), None)
+    airlock = plan.first("airlock")
     out = []
-    for hp in (p for p in pods if p["component"] == "homepod"):
+    for hp in plan.components("homepod"):
         targets: list[tuple[str, str, int]] = []
-        for other in pods:
+        for other in plan.pods:
             if other is hp:
                 continue
-            who = other["deployment"]
+            who = other.deployment
             ports = {"homepod": (PORT_VNC, PORT_RDP, PORT_NOVNC, PORT_SSH),
                      "airlock": (PORT_SSH, PORT_NOVNC, PORT_VNC),
-                     "code-service": (PORT_SSH, PORT_CODE)}.get(other["component"], (PORT_SSH,))
-            for net, ip in other["networks"]:
+                     "code-service": (PORT_SSH, PORT_CODE)}.get(other.component, (PORT_SSH,))
+            for net, ip in other.networks:
                 ll = eui64_link_local(mac_for(net, ip))
                 targets += [(f"IPv6 {who} [{ll}]:{port}", ll, port) for port in ports]
-        for net, _ip in hp["networks"]:
+        for net, _ip in hp.networks:
             for ll in bridges.get(net, []):
                 targets += [(f"IPv6 host (bridge of {net}) [{ll}]:{port}", ll, port)
                             for port in (listener6, 22, 6443, 10250)]
-        forged_src = airlock["networks"][0][1] if airlock else ""
-        out.append(LinkJob(f"homepod-{hp['user']}", hp["containers"][0], forged_src, host_ip,
-                           tuple(targets), f"{token}-{hp['user']}"))
+        forged_src = airlock.networks[0][1] if airlock else ""
+        out.append(LinkJob(f"homepod-{hp.user}", hp.containers[0], forged_src, host_ip,
+                           tuple(targets), f"{token}-{hp.user}"))
     return out
 
 
@@ -381,7 +381,7 @@ def _drain(sock: socket.socket) -> dict[str, str]:
         got[data.decode("ascii", "replace").strip()] = addr[0]
 
 
-def run(plan: dict[str, Any], host_ip: str,
+def run(plan: PlanFile, host_ip: str,
         on_source: Callable[[str], None] | None = None) -> list[Result]:
     """Run every HomePod's link job against a podman site.
 
@@ -399,9 +399,9 @@ def run(plan: dict[str, Any], host_ip: str,
     from mlab.deploy.podman_objects import bridge_of
 
     bridges: dict[str, list[str]] = {}
-    for net in plan["networks"]:
+    for net in plan.networks:
         try:
-            bridges[net["name"]] = link_local_of(bridge_of(net["name"]))
+            bridges[net.name] = link_local_of(bridge_of(net.name))
         except MlabError:  # a missing network only loses its targets
             continue
     token = "mlab-forged-" + secrets.token_hex(6)

@@ -16,6 +16,7 @@ cache directory (a file lock), so parallel test sessions share the result.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import shlex
@@ -57,16 +58,41 @@ def _tail(path: Path, lines: int = 3) -> str:
         return ""
 
 
-def build_base(base_hash: str, *, progress: Progress | None = None) -> str:
+def refresh_tag(base_hash: str, when: datetime.datetime) -> str:
+    """The dated tag of a refreshed base (pure): ``<16 hex>-r<YYYYMMDDHHMM>`` (UTC)."""
+    return f"{base_hash[:16]}-r{when.astimezone(datetime.timezone.utc):%Y%m%d%H%M}"
+
+
+def refreshed_label(ref: str) -> str:
+    """The ``mlab.refreshed`` label of an image (ISO 8601 UTC), or '' when it has none."""
+    proc = podman(["image", "inspect", "--format",
+                   '{{index .Labels "mlab.refreshed"}}', ref], check=False)
+    value = proc.stdout.strip() if proc.returncode == 0 else ""
+    return "" if value in ("<no value>", "") else value
+
+
+def build_base(base_hash: str, *, progress: Progress | None = None,
+               refresh: bool = False) -> str:
     """Build (or reuse) the base image for ``base_hash``; return its reference.
+
+    Args:
+        base_hash: the recipe hash (:func:`mlab.image.recipe.base_hash`).
+        progress: called with each step's description.
+        refresh: bootstrap again even when an image of this recipe exists, so it gets
+            Debian's current packages and security updates (the mirrors include
+            bookworm-security): the new image is tagged :func:`refresh_tag` and labelled
+            ``mlab.refreshed=<UTC time>``, then the recipe's tag moves to it (issue 17: an
+            unchanged recipe otherwise never picks up an update).
 
     Raises:
         ToolMissingError: mmdebstrap is not installed.
         DeployError: mmdebstrap or podman import failed (names the log file).
     """
     ref = f"{recipe.BASE_REPOSITORY}:{base_hash[:16]}"
-    if image_exists(ref):
+    if image_exists(ref) and not refresh:
         return ref
+    now = datetime.datetime.now(datetime.timezone.utc)
+    target = f"{recipe.BASE_REPOSITORY}:{refresh_tag(base_hash, now)}" if refresh else ref
     if not shutil.which("mmdebstrap"):
         raise ToolMissingError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
     say = progress or (lambda _msg: None)
@@ -121,9 +147,14 @@ def build_base(base_hash: str, *, progress: Progress | None = None) -> str:
         log.info("mmdebstrap took %.0f s", time.monotonic() - start)
         say("importing the root filesystem (podman import)")
         args = ["import"]
-        for change in recipe.import_changes(base_hash):
+        changes = recipe.import_changes(base_hash)
+        if refresh:
+            changes.append(f"LABEL mlab.refreshed={now.isoformat(timespec='seconds')}")
+        for change in changes:
             args += ["--change", change]
-        podman([*args, str(tar), ref], timeout=1200)
+        podman([*args, str(tar), target], timeout=1200)
+    if refresh:
+        podman(["tag", target, ref])  # the recipe's tag now names the refreshed base
     return ref
 
 
@@ -134,7 +165,10 @@ def build_app(base_ref: str, base_hash: str, *, progress: Progress | None = None
         DeployError: podman build failed.
     """
     wheel = recipe.make_wheel()
-    app = recipe.app_hash(base_hash, wheel)
+    # A refreshed base is another image under the same recipe hash: its time is part of
+    # the app's name, so the app layer is rebuilt on it and not reused from the old base.
+    refreshed = refreshed_label(base_ref)
+    app = recipe.app_hash(f"{base_hash}+{refreshed}" if refreshed else base_hash, wheel)
     ref = f"{recipe.REPOSITORY}:{app[:16]}"
     if image_exists(ref):
         return ref
@@ -205,7 +239,8 @@ def normalize_tag(tag: str) -> str:
     return f"{recipe.REPOSITORY}:{tag}"
 
 
-def ensure_image(*, tag: str | None = None, progress: Progress | None = None) -> str:
+def ensure_image(*, tag: str | None = None, progress: Progress | None = None,
+                 refresh: bool = False) -> str:
     """Return the reference of the HomePod image for the current recipe and source,
     building what is missing; also tag it ``localhost/mlab/homepod:latest`` (and ``tag``).
 
@@ -214,9 +249,11 @@ def ensure_image(*, tag: str | None = None, progress: Progress | None = None) ->
     Args:
         tag: an extra tag (``T`` or a full reference). None: only the hash and latest.
         progress: called with the current step's description.
+        refresh: rebuild the base even when the recipe is unchanged (Debian's current
+            security updates; :func:`build_base`).
 
     Returns:
-        ``localhost/mlab/homepod:<16 hex>`` (the hash of recipe and source).
+        ``localhost/mlab/homepod:<16 hex>`` (the hash of recipe, refresh time and source).
 
     Raises:
         ToolMissingError: podman or mmdebstrap is missing.
@@ -237,7 +274,7 @@ def ensure_image(*, tag: str | None = None, progress: Progress | None = None) ->
         lock.acquire()
     try:
         new_base = not image_exists(f"{recipe.BASE_REPOSITORY}:{base_hash[:16]}")
-        base_ref = build_base(base_hash, progress=progress)
+        base_ref = build_base(base_hash, progress=progress, refresh=refresh)
         ref = build_app(base_ref, base_hash, progress=progress)
         for t in filter(None, [f"{recipe.REPOSITORY}:latest", extra]):
             podman(["tag", ref, t])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from mlab.errors import UsageError
 from mlab.node import layout
 from mlab.node.layout import NodeLayout
 
@@ -78,7 +79,47 @@ state = "{layout.RUN_DIR / 'containerd'}"
 [{cri}.cni]
   bin_dir = "{lay.cni_bin}"
   conf_dir = "{lay.cni_conf}"
+
+[{cri}.registry]
+  config_path = "{lay.registry_hosts}"
 """
+
+
+def registry_host(repository: str) -> str:
+    """The registry part of an image repository, ``HOST[:PORT]`` (pure).
+
+    Source: the reference grammar of the distribution project (``docker/reference``): the
+    first path component is a registry when it holds a ``.`` or a ``:`` or is ``localhost``.
+
+    Raises:
+        UsageError: the repository names no registry (``mlab/homepod``, ``localhost/...``
+            is the local build name, which no node can pull).
+    """
+    first, _, rest = repository.partition("/")
+    if not rest or first == "localhost" or not ("." in first or ":" in first):
+        raise UsageError(f"image.repository: {repository!r} names no registry",
+                         hint="set it to REGISTRY/PATH, e.g. registry.example.com:5000/mlab/homepod")
+    return first
+
+
+def hosts_toml(host: str, plain_http: bool) -> str:
+    """containerd's ``hosts.toml`` for one registry (``certs.d/HOST[:PORT]/hosts.toml``).
+
+    Source: containerd docs/hosts.md (1.6, read on every pull; ``config_path`` set in the
+    CRI plugin). Plain HTTP is written only when the site declares it (``image.plainHttp``);
+    otherwise the registry is reached over TLS verified against the host's trust store
+    (a local CA goes in ``/usr/local/share/ca-certificates`` + ``update-ca-certificates``
+    before ``mlab node up`` starts containerd).
+
+    Args:
+        host: ``HOST[:PORT]`` as written in ``image.repository``.
+        plain_http: the registry speaks HTTP, not TLS.
+    """
+    scheme = "http" if plain_http else "https"
+    return (f'# Written by `mlab node up --site`: {"plain HTTP, as the site declares (image.plainHttp)" if plain_http else "TLS"}\n'
+            f'server = "{scheme}://{host}"\n\n'
+            f'[host."{scheme}://{host}"]\n'
+            '  capabilities = ["pull", "resolve"]\n')
 
 
 def cni_conflist() -> str:

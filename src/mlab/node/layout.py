@@ -84,6 +84,11 @@ class NodeLayout:
         return self.root / "config"
 
     @property
+    def registry_hosts(self) -> Path:
+        """containerd's per-registry ``hosts.toml`` folders (CRI ``registry.config_path``)."""
+        return self.config / "certs.d"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

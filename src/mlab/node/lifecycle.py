@@ -15,7 +15,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,14 +96,18 @@ def kubectl(lay: NodeLayout, bins: dict[str, Path], args: list[str], stdin: str 
 
 
 def write_config(lay: NodeLayout) -> None:
-    """Certificates, kubeconfigs, component configuration and the CNI folder."""
+    """Certificates, kubeconfigs, component configuration and the CNI folder (a file is
+    rewritten only when its content changes)."""
     pki.ensure_pki(lay.pki)
     lay.config.mkdir(parents=True, exist_ok=True)
+    lay.registry_hosts.mkdir(parents=True, exist_ok=True)
     files = dict(config.kubeconfigs(lay))
     files["containerd.toml"] = config.containerd_config(lay)
     files["kubelet.yaml"] = config.kubelet_config(lay)
     for name, text in files.items():
-        (lay.config / name).write_text(text)
+        path = lay.config / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
     lay.kubeconfig.write_text(config.kubeconfig(lay, "admin", "mlab-admin"))
     lay.kubeconfig.chmod(0o600)
     lay.cni_conf.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,56 @@ def write_config(lay: NodeLayout) -> None:
         dst.chmod(0o755)
     for folder in (lay.data, layout.RUN_DIR):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+def _started_config(lay: NodeLayout) -> Path:
+    """What the running containerd was started with: its pid, then its ``containerd.toml``."""
+    return lay.pid("containerd").with_suffix(".toml")
+
+
+def _started_record(lay: NodeLayout, comp: Component) -> str:
+    pid = supervisor.running_pid(lay, comp.name, comp.argv[0])
+    return f"# pid {pid}\n" + (lay.config / "containerd.toml").read_text()
+
+
+def _keep_running_containerd(lay: NodeLayout, comp: Component, wanted: bool,
+                             say: Say) -> bool:
+    """True when containerd runs and stays; a running one that was not started with the
+    current configuration is stopped when the caller needs registries (``wanted``), and
+    :func:`up` starts it again."""
+    if not supervisor.running_pid(lay, comp.name, comp.argv[0]):
+        return False
+    copy = _started_config(lay)
+    if not wanted or (copy.exists() and copy.read_text() == _started_record(lay, comp)):
+        return True
+    say("restarting containerd: it was started without the registry hosts folder "
+        "(the pods keep running: their runc shims hold them)")
+    supervisor.stop(lay, comp.name, comp.argv[0])
+    return False
+
+
+def trust_registry(lay: NodeLayout, repository: str, plain_http: bool) -> Path:
+    """Let the node's containerd pull from the registry of ``repository``.
+
+    Writes ``certs.d/HOST[:PORT]/hosts.toml`` (:func:`mlab.node.config.hosts_toml`); containerd
+    reads it on every pull, so a running node needs no restart.
+
+    Args:
+        repository: the site's ``image.repository`` (``HOST[:PORT]/PATH``).
+        plain_http: the site's ``image.plainHttp``.
+
+    Returns:
+        The hosts.toml written.
+
+    Raises:
+        UsageError: the repository names no registry.
+    """
+    host = config.registry_host(repository)
+    folder = lay.registry_hosts / host
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "hosts.toml"
+    path.write_text(config.hosts_toml(host, plain_http))
+    return path
 
 
 def start_component(lay: NodeLayout, comp: Component, check: Callable[[], bool], say: Say) -> None:
@@ -153,11 +207,19 @@ class UpResult:
     timings: dict[str, float]
 
 
-def up(lay: NodeLayout, say: Say, homepod_image: bool = True) -> UpResult:
+def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
+       registries: Sequence[tuple[str, bool]] = ()) -> UpResult:
     """Build what is missing, start every component, wait until the node is Ready.
+
+    A running containerd is left alone, except when ``registries`` are asked for and it was
+    not started with the current configuration (a node started before containerd read
+    ``registry.config_path``): then it is restarted once; the pods keep running (the runc v2
+    shims are the containers' parents; measured on the node: no restart count moved).
 
     Args:
         homepod_image: also build (cached) and import the HomePod image.
+        registries: ``(image.repository, image.plainHttp)`` of sites whose registry the
+            node's containerd pulls from (:func:`trust_registry`).
 
     Raises:
         DeployError: a build, a start or a wait failed (names the component and its log).
@@ -167,12 +229,21 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True) -> UpResult:
     bins = build.ensure_binaries(lay, say)
     timings["binaries"] = time.monotonic() - t0
     write_config(lay)
+    for repository, plain_http in registries:
+        path = trust_registry(lay, repository, plain_http)
+        say(f"containerd pulls from {path.parent.name} "
+            f"({'plain HTTP, as the site declares' if plain_http else 'TLS'}): {path}")
     hostnet.setup()
     checks = health_checks(lay, bins)
     t1 = time.monotonic()
     for comp in config.components(lay, bins):
+        fresh = False
+        if comp.name == "containerd":
+            fresh = not _keep_running_containerd(lay, comp, bool(registries), say)
         start_component(lay, comp, checks[comp.name], say)
         if comp.name == "containerd":
+            if fresh:
+                _started_config(lay).write_text(_started_record(lay, comp))
             images.ensure_node_images(lay, bins, say)
     timings["start"] = time.monotonic() - t1
     say("waiting for the node to be Ready")

@@ -17,8 +17,10 @@ session's user is the path's user, and nobody else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -34,17 +36,20 @@ from starlette.responses import (
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from mlab.portal import pages, requests_view
+from mlab.portal import pages, requests_view, staged
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
 from mlab.portal.proxy import desktop_socket
+from mlab.portal.ratelimit import SignInLimits
 from mlab.portal.sessions import (
     ROTATE,
     SessionMiddleware,
     SessionStore,
+    SqliteSessionStore,
     check_csrf,
     csrf_token,
 )
+from mlab.portal.wake import Wakes, vnc_answers
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +73,25 @@ def _is_site_user(config: PortalConfig, name: str) -> bool:
     return any(u.name == name for u in config.site.users)
 
 
-def _sign_in(request: Request, user: str, groups: list[str], method: str) -> None:
-    """Make the session a signed-in one with a fresh id and a fresh CSRF token."""
+NEXT = "next"
+"""Session key: the desktop path a signed-out visitor asked for (a bookmark), opened right
+after sign-in instead of the user's page."""
+
+
+def _after_sign_in(next_path: object) -> str:
+    """Where sign-in sends the browser: the remembered desktop path, else the user's page.
+    Only ``/desktop/<name>`` paths are followed (no open redirect)."""
+    if isinstance(next_path, str) and next_path.startswith("/desktop/") \
+            and "/" not in next_path[len("/desktop/"):] and "." not in next_path:
+        return next_path
+    return "/"
+
+
+def _sign_in(request: Request, user: str, groups: list[str], method: str) -> str:
+    """Make the session a signed-in one with a fresh id and a fresh CSRF token; return
+    where to send the browser (:func:`_after_sign_in`)."""
     config = _config(request)
+    target = _after_sign_in(request.session.get(NEXT))
     oidc = config.site.portal.oidc
     reviewers = set(config.site.code_service.reviewers)
     roles = []
@@ -82,6 +103,7 @@ def _sign_in(request: Request, user: str, groups: list[str], method: str) -> Non
     request.session.update(user=user, roles=roles, csrf=secrets.token_urlsafe(32))
     request.session[ROTATE] = True
     audit(config, "login", user=user, method=method, roles=roles)
+    return target
 
 
 def _origin_ok(request: Request) -> bool:
@@ -98,6 +120,8 @@ async def index(request: Request) -> Response:
         return _html(pages.sign_in(config.site.portal.oidc is not None, csrf))
     has_desktop = _is_site_user(config, user) and user in config.backends
     state = await _desktop_state(config, user) if has_desktop else "none"
+    if state != "running" and request.app.state.wakes is not None:
+        state = "stopped (Open desktop starts it)"
     host = urlsplit(config.url).hostname or "localhost"
     ssh_port = config.site.user(user).service.ports.get("ssh", config.site.access.ports.ssh) \
         if has_desktop else config.site.access.ports.ssh
@@ -106,6 +130,11 @@ async def index(request: Request) -> Response:
     if has_desktop and config.code_url:
         mine, queue, error = await requests_view.load(config, user, reviewer)
         extra = requests_view.section(mine, queue, error, csrf, reviewer)
+    if has_desktop and config.share is not None:
+        try:
+            extra += staged.section(await asyncio.to_thread(staged.read, config.share, user))
+        except OSError as exc:
+            extra += staged.section(None, f"cannot read the share: {exc.strerror or exc}")
     return _html(pages.home(
         user, csrf, state, f"ssh -p {ssh_port} {user}@{host}",
         rdp=config.site.portal.direct_desktop_ports, has_desktop=has_desktop, extra=extra))
@@ -131,16 +160,28 @@ async def review(request: Request) -> Response:
 
 async def _desktop_state(config: PortalConfig, user: str) -> str:
     backend = config.backends[user]
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, backend.port), timeout=2)
-    except (OSError, asyncio.TimeoutError):
-        return "not reachable"
-    writer.close()
-    return "running"
+    return "running" if await vnc_answers(backend.host, backend.port) else "not reachable"
+
+
+def _throttled(request: Request) -> Response | None:
+    """429 when the client's address is over its sign-in limit (audited), else None."""
+    limits: SignInLimits = request.app.state.limits
+    address = request.client.host if request.client else "unknown"
+    if limits.address_allows(address):
+        return None
+    audit(_config(request), "login-throttled", address=address, endpoint=request.url.path)
+    return _too_many(limits.retry_after(address=address))
+
+
+def _too_many(seconds: int) -> Response:
+    return HTMLResponse(
+        pages.message("Too many sign-ins", f"Wait {seconds} s, then try again."),
+        status_code=429, headers={**SECURITY_HEADERS, "Retry-After": str(seconds)})
 
 
 async def login(request: Request) -> Response:
+    if (refused := _throttled(request)) is not None:
+        return refused
     oauth: OAuth = request.app.state.oauth
     return await oauth.idp.authorize_redirect(request, _config(request).redirect_uri)  # type: ignore[no-any-return]
 
@@ -149,6 +190,8 @@ async def callback(request: Request) -> Response:
     config = _config(request)
     oidc = config.site.portal.oidc
     assert oidc is not None  # the route exists only with a provider
+    if (refused := _throttled(request)) is not None:
+        return refused
     oauth: OAuth = request.app.state.oauth
     try:
         token = await oauth.idp.authorize_access_token(
@@ -165,17 +208,22 @@ async def callback(request: Request) -> Response:
                                    f"The provider sent no {oidc.username_claim}."), 401)
     groups = claims.get(oidc.groups_claim) or []
     groups = [g.rsplit("/", 1)[-1] for g in groups if isinstance(g, str)]
-    _sign_in(request, name, groups, "oidc")
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(_sign_in(request, name, groups, "oidc"), status_code=303)
 
 
 async def password_login(request: Request) -> Response:
     config = _config(request)
+    if (refused := _throttled(request)) is not None:
+        return refused
     form = await request.form()
     if not _origin_ok(request) or not check_csrf(request.session, form.get("csrf")):
         return _html(pages.message("Refused", "The form expired; reload the page."), 403)
     name = str(form.get("username") or "")
     given = str(form.get("password") or "")
+    limits: SignInLimits = request.app.state.limits
+    if not limits.user_allows(name):
+        audit(config, "login-throttled", user=name, method="password")
+        return _too_many(limits.retry_after(user=name))
     ok = False
     if _is_site_user(config, name):
         try:
@@ -184,11 +232,11 @@ async def password_login(request: Request) -> Response:
         except OSError:
             ok = False
     if not ok:
+        limits.user_failed(name)
         audit(config, "login-failed", method="password", user=name)
         return _html(pages.sign_in(False, csrf_token(request.session),
                                    "Wrong user name or password."), 401)
-    _sign_in(request, name, [], "password")
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(_sign_in(request, name, [], "password"), status_code=303)
 
 
 async def logout(request: Request) -> Response:
@@ -207,8 +255,10 @@ def _own_desktop(request: Request) -> str | Response:
     config = _config(request)
     user = request.path_params["user"]
     who = request.session.get("user")
-    if not who:
-        return RedirectResponse("/", status_code=303)
+    if not who:  # a bookmark: sign in first, then straight back here
+        request.session[NEXT] = request.url.path
+        first = "/auth/login" if config.site.portal.oidc is not None else "/"
+        return RedirectResponse(first, status_code=303)
     if who != user or user not in config.backends:
         audit(config, "desktop-denied", user=who, desktop=user)
         return _html(pages.message("Not yours", "This is not your desktop."), 403)
@@ -216,9 +266,24 @@ def _own_desktop(request: Request) -> str | Response:
 
 
 async def desktop(request: Request) -> Response:
+    """noVNC for the session's own desktop; a stopped (culled) HomePod is woken first, with
+    a page that reloads itself until the VNC server answers."""
     user = _own_desktop(request)
     if isinstance(user, Response):
         return user
+    config = _config(request)
+    wakes: Wakes | None = request.app.state.wakes
+    if wakes is not None:
+        backend = config.backends[user]
+        if not await vnc_answers(backend.host, backend.port):
+            if not wakes.running(user):
+                error = wakes.pop_error(user)
+                if error:  # shown once; opening the desktop again tries again
+                    audit(config, "desktop-error", user=user, error=error)
+                    return _html(pages.waking(user, error), 503)
+                if wakes.start(user):
+                    audit(config, "desktop-wake", user=user)
+            return _html(pages.waking(user, None))
     query = urlencode({"autoconnect": "1", "reconnect": "1", "resize": "remote",
                        "path": f"desktop/{user}/websockify"})
     return RedirectResponse(f"/novnc/vnc.html?{query}", status_code=303)
@@ -238,8 +303,28 @@ async def rdp(request: Request) -> Response:
         headers={"Content-Disposition": f'attachment; filename="{user}.rdp"', **SECURITY_HEADERS})
 
 
-def build_app(config: PortalConfig) -> Starlette:
+WARM_UP_DELAYS_S = (0, 2, 5, 10, 30, 60)
+"""Tries to fetch the provider's discovery document and keys at start (it may start later)."""
+
+
+async def _warm_up(oauth: OAuth) -> None:
+    """Fetch the provider's discovery document and JWKS once at start, so that the first
+    sign-in does not wait for them (Authlib caches both; a rotated key is fetched again)."""
+    for delay in WARM_UP_DELAYS_S:
+        await asyncio.sleep(delay)
+        try:
+            await oauth.idp.fetch_jwk_set()
+            return
+        except Exception as exc:  # noqa: BLE001 - retried; sign-in fetches them anyway
+            log.warning("[mlab/portal] provider not reachable yet: %s", exc)
+
+
+def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starlette:
     """The portal application for ``config``.
+
+    Args:
+        config: the portal's settings.
+        limits: the sign-in rate limits (default: :class:`SignInLimits`'s).
 
     Raises:
         OSError: noVNC's directory is missing.
@@ -271,9 +356,21 @@ def build_app(config: PortalConfig) -> Starlette:
         )
     else:
         routes.append(Route("/auth/password", password_login, methods=["POST"]))
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_warm_up(oauth)) if oidc is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.config = config
     app.state.oauth = oauth
-    store = SessionStore(lifetime=config.site.portal.session_hours * 3600)
+    app.state.limits = limits or SignInLimits()
+    app.state.wakes = Wakes(config.waker) if config.waker is not None else None
+    lifetime = config.site.portal.session_hours * 3600
+    store: SessionStore | SqliteSessionStore = (
+        SqliteSessionStore(config.session_db, lifetime) if config.session_db is not None
+        else SessionStore(lifetime=lifetime))
     app.add_middleware(SessionMiddleware, store=store)
     return app

@@ -17,8 +17,9 @@ log = logging.getLogger("mlab.portal.audit")
 
 
 def audit(config: PortalConfig, event: str, **fields: Any) -> None:
-    """Record ``event`` (``login``, ``login-failed``, ``logout``, ``desktop-open``,
-    ``desktop-denied``, ``desktop-error``) with ``fields`` (user, reason...)."""
+    """Record ``event`` (``login``, ``login-failed``, ``login-throttled``, ``logout``,
+    ``desktop-open``, ``desktop-denied``, ``desktop-error``, ``desktop-wake``) with
+    ``fields`` (user, reason...)."""
     log.info("[mlab/portal] %s %s", event, fields)
     if config.audit_log is not None:
         append(config.audit_log, event, **fields)

@@ -7,6 +7,7 @@ namespace (cluster DNS); the podman engine and tests pass explicit ``backends`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +45,10 @@ class PortalConfig:
         novnc_dir: noVNC's static files, served under ``/novnc/``.
         code_url: the code service's base URL for the requests API, or None to show no
             requests.
+        share: the Airlock's share, mounted read-only (what is staged); None: not shown.
+        session_db: SQLite file for sessions (they survive a restart); None: in memory.
+        waker: starts a stopped (culled) HomePod, given the user name
+            (:func:`mlab.portal.wake.make_waker`); None: the portal never starts one.
     """
 
     site: Site
@@ -53,6 +58,9 @@ class PortalConfig:
     audit_log: Path | None = None
     novnc_dir: Path = NOVNC_DIR
     code_url: str | None = None
+    waker: Callable[[str], object] | None = None
+    session_db: Path | None = None
+    share: Path | None = None
 
     @property
     def url(self) -> str:

@@ -81,6 +81,24 @@ def home(user: str, csrf: str, desktop: str, ssh: str, rdp: bool, has_desktop: b
     return page(user, "".join(parts))
 
 
+WAKE_REFRESH_S = 2
+"""How often the waiting page reloads itself while a HomePod starts."""
+
+
+def waking(user: str, error: str | None) -> str:
+    """The page shown while ``user``'s stopped HomePod starts; it reloads itself every
+    :data:`WAKE_REFRESH_S` seconds (the reload opens the desktop once VNC answers).
+    ``error``: why the start failed (then no reload)."""
+    if error:
+        return page("Desktop not started", f"<h1>Your desktop did not start</h1>"
+                    f"<p id=wake-error>{escape(error)}</p><p><a href='/'>Back</a></p>")
+    body = (f"<h1>Starting your desktop</h1><p id=waking>{escape(user)}'s HomePod was stopped "
+            "while idle; it is starting again (your files are kept). This page opens the "
+            "desktop as soon as it answers.</p>")
+    return page("Starting desktop", body).replace(
+        "<head>", f'<head><meta http-equiv=refresh content="{WAKE_REFRESH_S}">', 1)
+
+
 def message(title: str, text: str) -> str:
     """A page with one message (errors, refusals)."""
     return page(title, f"<h1>{escape(title)}</h1><p>{escape(text)}</p><p><a href='/'>Back</a></p>")

@@ -12,6 +12,9 @@ Invariants:
 - The id changes when a user signs in (no session fixation: an id planted before the
   sign-in never becomes a signed-in session).
 - Every form has the session's CSRF token, compared in constant time (:func:`check_csrf`).
+- With ``--session-db FILE`` (:class:`SqliteSessionStore`) sessions survive a restart of the
+  portal: the file (0600) keys each session by the SHA-256 of its id, so a copy of the file
+  gives no cookie that works. One portal replica (SQLite is one machine's file).
 
 The session is exposed to handlers as ``request.session`` (a dict, Starlette's convention,
 which Authlib's Starlette client uses for the sign-in state).
@@ -19,7 +22,12 @@ which Authlib's Starlette client uses for the sign-in state).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import secrets
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -84,6 +92,70 @@ class SessionStore:
             del self._items[key]
 
 
+class SqliteSessionStore:
+    """Sessions in a SQLite file, so that they survive a restart of the portal.
+
+    Same interface as :class:`SessionStore`. The table holds ``SHA-256(id)``, the session as
+    JSON, and its expiry (epoch seconds); expired rows are deleted as new sessions are made.
+
+    Args:
+        path: the database file (created 0600; its directory must exist).
+        lifetime: seconds a session lives from its creation (``portal.sessionHours``).
+
+    Raises:
+        sqlite3.Error: the file is not a database or cannot be opened.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str, lifetime: float) -> None:
+        self.lifetime = lifetime
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, "
+                             "data TEXT NOT NULL, expires REAL NOT NULL)")
+
+    @staticmethod
+    def _key(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
+
+    def get(self, sid: str | None) -> dict[str, Any] | None:
+        """The session ``sid``, or None when unknown or expired."""
+        if not sid:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT data, expires FROM sessions WHERE key = ?",
+                                   (self._key(sid),)).fetchone()
+        if row is None or row[1] < time.time():
+            return None
+        return dict(json.loads(row[0]))
+
+    def save(self, sid: str | None, data: dict[str, Any]) -> str:
+        """Store ``data`` under ``sid`` (a new id when None or unknown); return the id."""
+        now = time.time()
+        text = json.dumps(data)
+        with self._lock:
+            if sid is not None:
+                updated = self._db.execute(
+                    "UPDATE sessions SET data = ? WHERE key = ? AND expires >= ?",
+                    (text, self._key(sid), now)).rowcount
+                if updated:
+                    return sid
+            sid = secrets.token_urlsafe(32)
+            self._db.execute("INSERT INTO sessions VALUES (?, ?, ?)",
+                             (self._key(sid), text, now + self.lifetime))
+            self._db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
+        return sid
+
+    def delete(self, sid: str | None) -> None:
+        """End the session ``sid`` (sign-out); unknown ids are ignored."""
+        if sid:
+            with self._lock:
+                self._db.execute("DELETE FROM sessions WHERE key = ?", (self._key(sid),))
+
+
 def csrf_token(session: dict[str, Any]) -> str:
     """The session's CSRF token, created on first use (32 random bytes, URL-safe)."""
     if CSRF not in session:
@@ -110,7 +182,7 @@ class SessionMiddleware:
     """ASGI middleware: loads ``scope["session"]`` from the store, saves it after the
     handler, and sets or clears the cookie. WebSocket scopes get the session read-only."""
 
-    def __init__(self, app: ASGIApp, store: SessionStore) -> None:
+    def __init__(self, app: ASGIApp, store: SessionStore | SqliteSessionStore) -> None:
         self.app = app
         self.store = store
 

@@ -18,21 +18,18 @@ from typing import Any
 
 from mlab.render.common import (
     CA_DIR,
-    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
-    PASSWORD_DIR,
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
+    mount_login_password,
+    mount_password,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
     service_ports,
@@ -40,6 +37,7 @@ from mlab.render.common import (
 from mlab.render.homepod import container_ports, shm_volume
 from mlab.site import PUBLISHER_ACCOUNT, Site
 from mlab.topology import (
+    AIRLOCK_ACCESS,
     CLAIM_EXPORTS,
     CLAIM_OUTBOX,
     CLAIM_SHARE,
@@ -48,7 +46,7 @@ from mlab.topology import (
     service_port,
 )
 
-ACCESS = ["ssh", "novnc", "vnc"]
+ACCESS = list(AIRLOCK_ACCESS)
 """The Airlock Service's ports, in this order (no RDP: the seed published none)."""
 
 AIRLOCK_UID = 1000
@@ -153,17 +151,7 @@ def deployment(site: Site) -> dict[str, Any]:
     air = site.airlock
     vols = VolumeSet()
     vols.mount(vols.add(shm_volume()), "/dev/shm")
-    secret = vols.add(
-        {
-            "name": "password",
-            "secret": {
-                "secretName": password_secret_name(site),
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": LOGIN_PASSWORD_MODE,
-            },
-        }
-    )
-    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    mount_login_password(vols, password_secret_name(site))
     vols.mount(vols.claim(share_claim(site)), SHARE_PATH, sub_path=air.share.sub_path)
     env = [
         {"name": "MLAB_USER", "value": air.user},
@@ -198,34 +186,14 @@ def deployment(site: Site) -> dict[str, Any]:
         # drop ALL includes NET_RAW: the publisher shares this pod's network, so root through
         # sudo cannot capture its code-service login.
         "securityContext": security_context(SESSION_CAPABILITIES, escalation=True),
+        **resources_field(air.resources),
     }
-    res = resources_spec(air.resources)
-    if res:
-        container["resources"] = res
     vols.mounts = []
     publisher = publisher_container(site, vols)
-    pod_spec: dict[str, Any] = {
-        **placement_spec(air.placement),
-        **pull_secrets(site),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostname": "airlock",
-        "securityContext": pod_security_context(),
-        "hostAliases": [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}],
-        "containers": [container, publisher],
-        "volumes": vols.volumes(),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, "airlock", "airlock"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "airlock")},
-            "template": {"metadata": {"labels": labels(site, "airlock")}, "spec": pod_spec},
-        },
-    }
+    aliases = [{"ip": site.code_service_ip, "hostnames": [site.code_service.host]}]
+    return component_deployment(site, "airlock", "airlock", [container, publisher], vols.volumes(),
+                      placement=air.placement, hostname="airlock",
+                      pod_fields={"hostAliases": aliases})
 
 
 def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
@@ -237,17 +205,7 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
     for its own mounts (the caller empties it first).
     """
     air = site.airlock
-    secret = vols.add(
-        {
-            "name": "publisher-password",
-            "secret": {
-                "secretName": PUBLISHER_SECRET,
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
-            },
-        }
-    )
-    vols.mount(secret, PUBLISHER_PASSWORD_DIR, read_only=True)
+    mount_password(vols, "publisher-password", PUBLISHER_SECRET, PUBLISHER_PASSWORD_DIR)
     delivered = exports_claim(site)
     if delivered:
         # Requester delivery: the publication root is the exports claim, which only the
@@ -293,7 +251,7 @@ def service(site: Site) -> dict[str, Any]:
         # Fixed, so HomePods' start gates can be given it (mlab.render.homepod.gate_env).
         "clusterIP": site.airlock_ip,
         "selector": selector(site, "airlock"),
-        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, exp.node_ports, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)

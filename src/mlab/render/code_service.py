@@ -25,18 +25,16 @@ from mlab.render.common import (
     PORT_CODE,
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
+    mount_password,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
 )
 from mlab.render.homepod import password_secret_name
-from mlab.site import PUBLISHER_ACCOUNT, Site
+from mlab.site import HOMEPOD_NETS_ENV, PUBLISHER_ACCOUNT, Site
 
 DATA_DIR = "/var/lib/mlab/code"
 EXPORTS_DIR = "/var/lib/mlab/exports"
@@ -102,17 +100,7 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         }
     )
     vols.mount(cm, SITE_FILE, read_only=True, sub_path="site.yaml")
-    admin = vols.add(
-        {
-            "name": "admin-password",
-            "secret": {
-                "secretName": ADMIN_SECRET,
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": 0o400,
-            },
-        }
-    )
-    vols.mount(admin, ADMIN_DIR, read_only=True)
+    mount_password(vols, "admin-password", ADMIN_SECRET, ADMIN_DIR)
     sources = [
         _password_source(password_secret_name(user), user.name) for user in site.users
     ]
@@ -135,6 +123,9 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         {"name": "MLAB_ADMIN_PASSWORD_FILE", "value": f"{ADMIN_DIR}/password"},
         *([{"name": "MLAB_EXPORTS_DIR", "value": EXPORTS_DIR}] if delivered else []),
         {"name": "MLAB_CODE_HOST", "value": cs.host},
+        # Clients from these addresses see every user branch; with egress.userBranches
+        # reviewed, others only reviewed ones (mlab.codeservice.reviewed).
+        {"name": HOMEPOD_NETS_ENV, "value": site.cluster.pod_cidr},
         *common_env(site),
         *proxy_env(site),
     ]
@@ -157,36 +148,11 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         },
         "volumeMounts": vols.volume_mounts(),
         "securityContext": security_context(CODE_SERVICE_CAPABILITIES, escalation=False),
+        **resources_field(cs.resources),
     }
-    res = resources_spec(cs.resources)
-    if res:
-        container["resources"] = res
     digest = hashlib.sha256(site_yaml.encode()).hexdigest()[:16]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, "code-service", "code-service"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "code-service")},
-            "template": {
-                "metadata": {
-                    "labels": labels(site, "code-service"),
-                    "annotations": {"mlab.io/site-sha256": digest},
-                },
-                "spec": {
-                    **placement_spec(cs.placement),
-                    **pull_secrets(site),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": vols.volumes(),
-                },
-            },
-        },
-    }
+    return component_deployment(site, "code-service", "code-service", [container], vols.volumes(),
+                      placement=cs.placement, annotations={"mlab.io/site-sha256": digest})
 
 
 def service(site: Site) -> dict[str, Any]:
@@ -200,6 +166,12 @@ def service(site: Site) -> dict[str, Any]:
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)
+    if exp.type in ("NodePort", "LoadBalancer") or exp.external_ips:
+        # Office clients keep their own address (no SNAT to a node address inside the pod
+        # range): the code service tells HomePods from the rest by address
+        # (egress.userBranches, mlab.codeservice.reviewed). Traffic reaches it only through
+        # the node that runs it.
+        spec["externalTrafficPolicy"] = "Local"
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -9,6 +9,7 @@ Everything here is pure: site in, new dicts out, nothing mutated.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from mlab.site import Placement, Resources, Site
@@ -31,6 +32,7 @@ from mlab.topology import (  # noqa: F401  (re-exported: the renderers import th
     PORT_SSH,
     PORT_VNC,
     SHARE_PATH,
+    AccessName,
 )
 
 Component = Literal["homepod", "airlock", "code-service", "portal"]
@@ -93,6 +95,67 @@ def metadata(
     return meta
 
 
+def component_deployment(
+    site: Site,
+    name: str,
+    component: Component,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    *,
+    user: str | None = None,
+    placement: Placement | None = None,
+    hostname: str | None = None,
+    pod_fields: dict[str, Any] | None = None,
+    pod_labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Deployment every MLab component runs as: one replica, ``Recreate``, locked-down pod.
+
+    Args:
+        site: the site (labels, pull secrets).
+        name: the Deployment's name (``homepod-<user>``, ``airlock``, ...).
+        component: its component label.
+        containers: the pod's containers.
+        volumes: the pod's volumes (``VolumeSet.volumes()``).
+        user: the HomePod's user (its labels and selector), else None.
+        placement: the component's ``placement`` (nodeName, nodeSelector, tolerations).
+        hostname: the pod's hostname, when fixed.
+        pod_fields: PodSpec fields placed after ``securityContext`` (hostAliases, DNS).
+        pod_labels: the pod template's labels when they add to :func:`labels` (groups).
+        annotations: the pod template's annotations (a restart on change), if any.
+
+    Returns:
+        An ``apps/v1`` Deployment. ``Recreate``: each pod mounts ReadWriteOnce claims, so a
+        rolling update's second pod could not start. The pod mounts no service-account token,
+        gets no Service environment variables and runs under :func:`pod_security_context`.
+    """
+    spec: dict[str, Any] = {
+        **(placement_spec(placement) if placement is not None else {}),
+        **pull_secrets(site),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        **({"hostname": hostname} if hostname else {}),
+        "securityContext": pod_security_context(),
+        **(pod_fields or {}),
+        "containers": containers,
+        "volumes": volumes,
+    }
+    meta: dict[str, Any] = {"labels": pod_labels or labels(site, component, user)}
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(site, name, component, user),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector(site, component, user)},
+            "template": {"metadata": meta, "spec": spec},
+        },
+    }
+
+
 def short_name(prefix: str, name: str) -> str:
     """``prefix-name`` cut to 63 characters with a stable hash suffix when too long.
 
@@ -139,6 +202,12 @@ def resources_spec(resources: Resources) -> dict[str, Any]:
     return out
 
 
+def resources_field(resources: Resources) -> dict[str, Any]:
+    """``{"resources": ...}`` for a container when :func:`resources_spec` sets anything, else {}."""
+    res = resources_spec(resources)
+    return {"resources": res} if res else {}
+
+
 def common_env(site: Site) -> list[dict[str, str]]:
     """Environment every MLab container gets: TZ and LANG."""
     return [{"name": "TZ", "value": site.timezone}, {"name": "LANG", "value": site.locale}]
@@ -176,7 +245,8 @@ def pvc(
 
 
 def service_ports(
-    names: list[str], ports: dict[str, int], node_ports: dict[str, int], with_node_ports: bool
+    names: Sequence[AccessName], ports: Mapping[AccessName, int],
+    node_ports: Mapping[AccessName, int], with_node_ports: bool,
 ) -> list[dict[str, Any]]:
     """ServicePorts for access names, targeting the named container ports."""
     out = []
@@ -293,3 +363,36 @@ def security_context(capabilities: tuple[str, ...], escalation: bool) -> dict[st
 def pod_security_context() -> dict[str, Any]:
     """The pod ``securityContext`` of every MLab pod: seccomp RuntimeDefault."""
     return {"seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def mount_login_password(vols: VolumeSet, secret_name: str) -> None:
+    """Mount the login password Secret (key ``password``) read-only at ``PASSWORD_DIR``.
+
+    Mode :data:`LOGIN_PASSWORD_MODE` (the pod's login user reads it); the path is the
+    container contract's ``/etc/mlab/secret/password`` (docs/CONTRACTS.md).
+    """
+    mount_password(vols, "password", secret_name, PASSWORD_DIR, LOGIN_PASSWORD_MODE)
+
+
+def mount_password(vols: VolumeSet, volume: str, secret_name: str, directory: str,
+                   mode: int = 0o400) -> None:
+    """Mount a password Secret's key ``password`` read-only as ``<directory>/password``.
+
+    Args:
+        vols: the pod's volumes.
+        volume: the volume's name in the pod.
+        secret_name: the Secret (key ``password``).
+        directory: where the file appears.
+        mode: the file's mode (0o400: read by root only).
+    """
+    secret = vols.add(
+        {
+            "name": volume,
+            "secret": {
+                "secretName": secret_name,
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": mode,
+            },
+        }
+    )
+    vols.mount(secret, directory, read_only=True)

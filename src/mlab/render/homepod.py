@@ -7,26 +7,24 @@ generated password is returned separately (it never goes into homepod.yaml).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mlab.render.common import (
     CONTAINER_PORTS,
     GROUP_LABEL_PREFIX,
-    LOGIN_PASSWORD_MODE,
     OUTBOX_PATH,
-    PASSWORD_DIR,
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
     VolumeSet,
     common_env,
+    component_deployment,
     labels,
     metadata,
-    placement_spec,
-    pod_security_context,
-    pull_secrets,
+    mount_login_password,
     pvc,
-    resources_spec,
+    resources_field,
     security_context,
     selector,
     service_ports,
@@ -36,13 +34,14 @@ from mlab.topology import (
     CLAIM_OUTBOX,
     CLAIM_SHARE,
     EGRESS_CHECK_ENV,
+    HOMEPOD_ACCESS,
     NODE_IP_ENV,
     PORT_KUBELET,
     PORT_VNC,
     service_port,
 )
 
-ACCESS = ["vnc", "rdp", "novnc", "ssh"]
+ACCESS = list(HOMEPOD_ACCESS)
 """The HomePod Service's ports, in this order."""
 
 NO_DNS_NAMESERVER = "127.0.0.1"
@@ -127,7 +126,7 @@ def _probes() -> dict[str, Any]:
     }
 
 
-def container_ports(names: list[str]) -> list[dict[str, Any]]:
+def container_ports(names: Sequence[str]) -> list[dict[str, Any]]:
     """Named container ports for the given access names."""
     return [
         {"name": n, "containerPort": CONTAINER_PORTS[n], "protocol": "TCP"} for n in names
@@ -145,17 +144,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     vols = VolumeSet()
     vols.mount(vols.add(shm_volume()), "/dev/shm")
     vols.mount(vols.claim(home_claim(user)), f"/home/{user.name}", sub_path=user.home.sub_path)
-    secret = vols.add(
-        {
-            "name": "password",
-            "secret": {
-                "secretName": password_secret_name(user),
-                "items": [{"key": "password", "path": "password"}],
-                "defaultMode": LOGIN_PASSWORD_MODE,
-            },
-        }
-    )
-    vols.mount(secret, PASSWORD_DIR, read_only=True)
+    mount_login_password(vols, password_secret_name(user))
     share = site.airlock.share
     vols.mount(
         vols.claim(share.claim or CLAIM_SHARE), SHARE_PATH, read_only=True,
@@ -202,36 +191,15 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         # sudo: true means root inside the pod with SESSION_CAPABILITIES only; without sudo
         # no_new_privs is set as well (docs/security.md).
         "securityContext": security_context(SESSION_CAPABILITIES, escalation=user.sudo),
+        **resources_field(user.resources),
     }
-    res = resources_spec(user.resources)
-    if res:
-        container["resources"] = res
 
     pod_labels = labels(site, "homepod", user.name)
     for group in user.groups:
         pod_labels[GROUP_LABEL_PREFIX + group] = "true"
-    pod_spec: dict[str, Any] = {
-        **placement_spec(user.placement),
-        **pull_secrets(site),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostname": "homepod",
-        "securityContext": pod_security_context(),
-        **dns_spec(site),
-        "containers": [container],
-        "volumes": vols.volumes(),
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, f"homepod-{user.name}", "homepod", user.name),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "homepod", user.name)},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-        },
-    }
+    return component_deployment(site, f"homepod-{user.name}", "homepod", [container], vols.volumes(),
+                      user=user.name, placement=user.placement, hostname="homepod",
+                      pod_fields=dns_spec(site), pod_labels=pod_labels)
 
 
 def gate_env(site: Site) -> list[dict[str, Any]]:
@@ -279,7 +247,7 @@ def service(site: Site, user: User) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "type": exp.type,
         "selector": selector(site, "homepod", user.name),
-        "ports": service_ports(ACCESS, ports, {str(k): v for k, v in exp.node_ports.items()}, exp.type != "ClusterIP"),
+        "ports": service_ports(ACCESS, ports, exp.node_ports, exp.type != "ClusterIP"),
     }
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)

@@ -27,17 +27,15 @@ from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
     VolumeSet,
     common_env,
-    labels,
+    component_deployment,
     metadata,
-    pod_security_context,
-    pull_secrets,
     security_context,
     selector,
 )
 from mlab.render.homepod import password_secret_name
 from mlab.render.network import _policy, _tcp, edge_policies, internet
 from mlab.site import Site
-from mlab.topology import PORT_PORTAL
+from mlab.topology import CLAIM_SHARE, PORT_PORTAL, SHARE_PATH
 
 NAME = "portal"
 CODE_URL = "http://code-service"
@@ -45,6 +43,9 @@ CODE_URL = "http://code-service"
 SECRET_DIR = "/etc/mlab/portal"
 CLIENT_SECRET_KEY = "clientSecret"
 """Key of ``portal.oidc.clientSecretSecret`` that holds the client secret."""
+STATE_DIR = "/var/lib/mlab/portal"
+"""The portal's emptyDir: ``sessions.db`` (sessions survive a restart of the container;
+a new pod starts with none)."""
 
 
 def issuer_port(site: Site) -> int:
@@ -55,7 +56,7 @@ def issuer_port(site: Site) -> int:
 
 
 def deployment(site: Site) -> dict[str, Any]:
-    """The portal Deployment (one replica: sessions live in its memory)."""
+    """The portal Deployment (one replica: sessions live in one SQLite file)."""
     portal = site.portal
     vols = VolumeSet()
     cm = vols.add({
@@ -68,9 +69,14 @@ def deployment(site: Site) -> dict[str, Any]:
         users = vols.add({"name": "user-passwords",
                           "projected": {"defaultMode": 0o400, "sources": sources}})
         vols.mount(users, USERS_DIR, read_only=True)
+    share = site.airlock.share  # what is staged, listed on the user's page (read-only)
+    vols.mount(vols.claim(share.claim or CLAIM_SHARE), SHARE_PATH, read_only=True,
+               sub_path=share.sub_path)
+    vols.mount(vols.add({"name": "state", "emptyDir": {}}), STATE_DIR)
     command = ["mlab", "portal", "serve", "--site", SITE_FILE, "--port", str(PORT_PORTAL),
                "--users-dir", USERS_DIR, "--audit-log", "/dev/stderr",
-               "--code-url", CODE_URL]
+               "--code-url", CODE_URL, "--share", SHARE_PATH,
+               "--session-db", f"{STATE_DIR}/sessions.db"]
     secret_sources: list[dict[str, Any]] = []
     if portal.oidc and portal.oidc.client_secret_secret:
         secret_sources.append({"secret": {
@@ -100,27 +106,7 @@ def deployment(site: Site) -> dict[str, Any]:
         # A web server on an unprivileged port: no capability, no escalation.
         "securityContext": security_context((), escalation=False),
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(site, NAME, "portal"),
-        "spec": {
-            "replicas": 1,
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(site, "portal")},
-            "template": {
-                "metadata": {"labels": labels(site, "portal")},
-                "spec": {
-                    **pull_secrets(site),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": vols.volumes(),
-                },
-            },
-        },
-    }
+    return component_deployment(site, NAME, "portal", [container], vols.volumes())
 
 
 def service(site: Site) -> dict[str, Any]:

@@ -15,11 +15,17 @@ Routes (JSON unless stated)::
     GET  /api/requests/exports                          every export, for the publisher
     GET  /api/requests/{id}/files/{path}                an approved export's file, owner only
                                                         (mlab.requests.delivery)
+    GET  /api/requests/{id}/diff                        a branch request's commits with their
+                                                        patches (text; owner and reviewers)
     POST /api/requests/{id}/notes {"action", "comment"} publisher notes
 
 A ``mirror`` request's last approval first runs the code service's ``approve_mirror`` (the
 code of ``mlab repo approve``: the mirror appears and syncs); only when that succeeds is the
-approval recorded. Every request event is also appended to the code service's audit log.
+approval recorded. A ``branch`` request names a user ref of a mirror; the code service fills
+in its tip, base and commits from its own repository, only the ref's owner may ask, and its
+approval (revocation) exposes (hides) exactly that commit to clients outside the HomePods
+(:mod:`mlab.codeservice.reviewed`). Every request event is also appended to the code
+service's audit log.
 
     GET  /requests                                      HTML page: requests with history
 
@@ -29,6 +35,7 @@ fit easily; export files travel through the outbox, never through this API).
 
 from __future__ import annotations
 
+import builtins
 import html
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,6 +56,7 @@ from mlab.requests.model import (
     Forbidden,
     InvalidRequest,
     Kind,
+    NotFound,
     RequestError,
     State,
     actor_from,
@@ -152,13 +160,19 @@ class RequestsApp:
         """``POST /api/requests``: 201 with the new request."""
         actor = await self._actor(request)
         try:
-            fields = validate_submission(await _read_json(request))
-            if (fields["kind"] == "export" and self.may_export is not None
+            fields: dict[str, Any] = validate_submission(await _read_json(request))
+            # Both let data leave HomePods: egress.exportRequesters bounds both.
+            if (fields["kind"] in (Kind.EXPORT, Kind.BRANCH) and self.may_export is not None
                     and not self.may_export(actor.name)):
-                raise Forbidden(f"{actor.name!r} may not request exports on this site",
+                raise Forbidden(f"{actor.name!r} may not request exports on this site"
+                                + (" (a branch review lets data out too)"
+                                   if fields["kind"] == Kind.BRANCH else ""),
                                 hint="an admin can add you to egress.exportRequesters")
             if fields["kind"] == Kind.MIRROR:
                 fields["payload"] = self._check_mirror(request, fields["payload"])
+            if fields["kind"] == Kind.BRANCH:
+                fields["payload"] = await run_in_threadpool(
+                    _branch_facts, request.app.state, actor.name, fields["payload"])
             item = await run_in_threadpool(
                 self.store.create, kind=fields["kind"], owner=actor.name,
                 reason=fields["reason"], payload=fields["payload"],
@@ -250,8 +264,43 @@ class RequestsApp:
             item, recorded = await run_in_threadpool(self.store.act, rid, action, actor, comment)
         except RequestError as exc:
             return _error(exc)
+        if item["kind"] == Kind.BRANCH and action in ("approve", "revoke"):
+            await run_in_threadpool(_expose_branch, request.app.state, item)
         _audit(request, item, recorded)
         return JSONResponse(item, background=self._notify(item, recorded))
+
+    async def diff(self, request: Request) -> Response:
+        """``GET /api/requests/{id}/diff``: what a branch request would let out, as text."""
+        actor = await self._actor(request)
+        try:
+            item = await run_in_threadpool(self.store.get, request.path_params["id"], actor)
+            settings = getattr(request.app.state, "git_settings", None)
+            mine = item["owner"] == actor.name
+            if (mine or not actor.reviews) and (settings is None or settings.outside(request)):
+                # The patch is the very data under review: outside the HomePods only the
+                # other reviewers read it (its owner, reviewer or not, reads it in the
+                # HomePod; otherwise asking would be the way out).
+                raise Forbidden(f"request {item['id']}: its patch is shown outside the "
+                                "HomePods to reviewers other than its owner only",
+                                hint="read it in your HomePod: mlab request show ID")
+            if item["kind"] != Kind.BRANCH:
+                raise InvalidRequest(f"request {item['id']} is a {item['kind']} request; "
+                                     "only branch requests have a diff")
+            config = getattr(request.app.state, "config", None)
+            if config is None:
+                raise Conflict("branch requests are shown only by the code service")
+            from mlab.codeservice.reviewed import review_text
+
+            path = config.repo_path(item["repo"])
+            if not path.is_dir():
+                raise Conflict(f"request {item['id']}: {item['repo']} is no longer on the "
+                               "code service")
+            text, _cut = await run_in_threadpool(review_text, path, item["commit"])
+        except RequestError as exc:
+            return _error(exc)
+        header = (f"request {item['id']}: {item['ref']} of {item['repo']} at {item['sha']} "
+                  f"({item['commits']} new commit(s), base {item['base'][:12]})\n\n")
+        return Response(header + text, media_type="text/plain; charset=utf-8")
 
     async def packages(self, request: Request) -> Response:
         """``GET /api/requests/packages``: reviewers and the admin (the image builder)."""
@@ -275,12 +324,13 @@ class RequestsApp:
         )
         return HTMLResponse(render_page(actor.name, actor.reviews, items))
 
-    def _notify(self, item: dict[str, Any], recorded: list[dict[str, Any]]) -> BackgroundTask | None:
+    def _notify(self, item: dict[str, Any],
+                recorded: builtins.list[dict[str, Any]]) -> BackgroundTask | None:
         if self.notifier is None or not self.notifier.enabled:
             return None
         return BackgroundTask(self.notifier.send, [make_event(item, r) for r in recorded])
 
-    def routes(self) -> list[BaseRoute]:
+    def routes(self) -> builtins.list[BaseRoute]:
         """The API mounted at ``/api/requests`` and the page at ``/requests``."""
         base = "/api/requests"
         return [
@@ -289,9 +339,82 @@ class RequestsApp:
             Route(f"{base}/packages", self.packages, methods=["GET"]),
             Route(f"{base}/exports", self.exports, methods=["GET"]),
             Route(f"{base}/{{id:int}}", self.get, methods=["GET"]),
+            Route(f"{base}/{{id:int}}/diff", self.diff, methods=["GET"]),
             Route(f"{base}/{{id:int}}/{{action:str}}", self.act, methods=["POST"]),
             Route("/requests", self.page, methods=["GET"]),
         ]
+
+
+def _branch_facts(state: Any, user: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A branch request's payload, completed from the code service's own repository.
+
+    Returns:
+        ``{"repo", "ref", "sha" (the ref's object), "commit" (peeled), "base" (the upstream
+        commit it starts from), "commits" (count)}``.
+
+    Raises:
+        InvalidRequest, NotFound, Forbidden, Conflict: no code service, no such mirror or
+        ref, not the requester's ref, nothing new in it, or already approved.
+    """
+    import subprocess
+
+    from mlab.codeservice import names, owners, reviewed
+    from mlab.codeservice.mirror import UPSTREAM
+
+    config = getattr(state, "config", None)
+    repos = getattr(state, "store", None)
+    if config is None or repos is None:
+        raise InvalidRequest("kind: this server takes no branch requests")
+    try:
+        repo = names.validate_name(payload["repo"])
+    except MlabError as exc:
+        raise InvalidRequest(f"repo: {exc.message}") from None
+    path = config.repo_path(repo)
+    if repos.get_repo(repo) is None or not path.is_dir():
+        raise NotFound(f"repo: no repository {repo} on the code service")
+    ref = payload["ref"]
+    marker = f"{UPSTREAM}{ref.removeprefix('refs/')}"
+    out = subprocess.run(["git", "-C", str(path), "for-each-ref",
+                          "--format=%(refname) %(objectname) %(*objectname)", ref, marker],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                         check=True).stdout
+    # for-each-ref patterns also match below a slash (feat matches feat/x): exact names only.
+    found = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.strip()}
+    if marker in found:
+        raise Conflict(f"ref: {ref} mirrors upstream; it is fetchable already")
+    if ref not in found:
+        raise NotFound(f"ref: {repo} has no {ref}", hint="push it from your HomePod first")
+    sha = found[ref][0]
+    commit = found[ref][1] if len(found[ref]) > 1 else sha
+    owner = owners.owners(config.db_path, repo, [ref]).get(ref) or owners.namespace_of(
+        ref, owners.accounts(config.db_path))
+    if owner != user:
+        raise Forbidden(f"ref: {ref} of {repo} is {owner or 'nobody'}'s; only its owner "
+                        "asks for its review")
+    if sha in reviewed.approved_tips(config.db_path, repo).get(ref, set()):
+        raise Conflict(f"ref: {ref} at {sha[:12]} is approved already; fetch it")
+    commits = reviewed.new_commits(path, commit)
+    if not commits:
+        raise Conflict(f"ref: {ref} has no commit upstream lacks; it is fetchable already")
+    # No commit text is stored: the request is readable by its owner from anywhere, and
+    # commit messages are data under review too (reviewers read them in the diff).
+    return {"repo": repo, "ref": ref, "sha": sha, "commit": commit,
+            "base": reviewed.base_of(path, commit), "commits": len(commits)}
+
+
+def _expose_branch(state: Any, item: dict[str, Any]) -> None:
+    """After an approval or revocation of a branch request: expose exactly its commit to
+    clients outside the HomePods while approved, hide it otherwise."""
+    from mlab.codeservice import reviewed
+
+    config = getattr(state, "config", None)
+    if config is None:
+        return
+    if item["state"] == State.APPROVED:
+        reviewed.approve(config.db_path, int(item["id"]), item["repo"], item["ref"],
+                         item["sha"])
+    else:
+        reviewed.revoke(config.db_path, int(item["id"]))
 
 
 def _audit(request: Request, item: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -302,7 +425,7 @@ def _audit(request: Request, item: dict[str, Any], events: list[dict[str, Any]])
         return
     from mlab.codeservice import audit
 
-    extra = {k: item[k] for k in ("url", "name") if k in item}
+    extra = {k: item[k] for k in ("url", "name", "repo", "ref", "sha") if k in item}
     for e in events:
         audit.append(path, "request", id=item["id"], kind=item["kind"], owner=item["owner"],
                      action=e["action"], to=e["to"], user=e["by"], comment=e["comment"], **extra)
@@ -373,7 +496,13 @@ def _e(value: object) -> str:
 
 def _details(item: dict[str, Any]) -> str:
     parts: list[str] = []
-    if item["kind"] == "mirror":
+    if item["kind"] == "branch":
+        parts.append(f"<p>branch <code>{_e(item.get('ref', ''))}</code> of "
+                     f"<code>{_e(item.get('repo', ''))}</code> at <code>{_e(item.get('sha', ''))}"
+                     f"</code>: {_e(item.get('commits', '?'))} new commit(s)</p>"
+                     f"<p><a href='/api/requests/{_e(item['id'])}/diff'>every new commit with "
+                     "its patch</a> (also <code>mlab request show</code>)</p>")
+    elif item["kind"] == "mirror":
         parts.append(f"<p>mirror <code>{_e(item.get('url', ''))}</code> as "
                      f"<code>{_e(item.get('name', ''))}</code></p>")
     elif item["kind"] == "export":

@@ -1,9 +1,7 @@
-"""HTTP client of the requests API, used by ``mlab request`` and the image build.
-
-Invariant: the password is read from the environment or a file, sent only in the
-``Authorization`` header (RFC 7617 Basic), and never appears in an error or log line. Every
-HTTP failure becomes an :class:`mlab.errors.MlabError` with one line: the server's own error
-text for 4xx answers, the URL and cause for connection problems.
+"""Client of the requests API, used by ``mlab request``, the publisher, the portal and the
+image build: the code service's one HTTP layer (:class:`mlab.codeservice.client.ServiceClient`:
+Basic auth, no proxy, every failure one line) with the API's paths and typed errors
+(400 :class:`InvalidRequest`, 403, 404, 409).
 
 Where the server and credentials come from (first found wins):
 
@@ -17,17 +15,15 @@ Where the server and credentials come from (first found wins):
 
 from __future__ import annotations
 
-import getpass
 import os
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from mlab.codeservice.client import ServiceClient, container_port_fallback, credentials
 from mlab.errors import MlabError, TemporaryError, UsageError
 from mlab.requests.checksums import sha256_stream
 from mlab.requests.model import (
@@ -35,11 +31,13 @@ from mlab.requests.model import (
     Forbidden,
     InvalidRequest,
     NotFound,
-    RequestError,
 )
-from mlab.topology import PORT_CODE
 
-_STATUS: dict[int, type[RequestError]] = {
+Records = list[dict[str, Any]]
+"""Requests as JSON objects (a name of its own: in the class body its ``list`` method hides
+the builtin)."""
+
+_STATUS: dict[int, type[MlabError]] = {
     400: InvalidRequest, 403: Forbidden, 404: NotFound, 409: Conflict,
 }
 
@@ -56,41 +54,17 @@ def resolve_server(server: str | None) -> str:
     return find_server(server)
 
 
-CONTAINER_PORT = PORT_CODE
-"""The code service's container port (docs/CONTRACTS.md)."""
-
-SECRET_FILE = Path("/etc/mlab/secret/password")
-"""The pod's own password file (docs/CONTRACTS.md), used when nothing else is set."""
-
-
 def resolve_credentials() -> tuple[str, str]:
-    """``(user, password)``: MLAB_USER; MLAB_PASSWORD, else the file MLAB_PASSWORD_FILE,
-    else the pod's readable :data:`SECRET_FILE`, else a prompt on the terminal.
+    """``(user, password)`` by :func:`mlab.codeservice.client.credentials` (the one rule of
+    every code-service client), ``MLAB_USER`` required.
 
     Raises:
         UsageError: no user, an unreadable MLAB_PASSWORD_FILE, or no password and no terminal.
     """
-    user = os.environ.get("MLAB_USER")
-    if not user:
-        raise UsageError("MLAB_USER: set it to your user name (admin for the admin)")
-    password = os.environ.get("MLAB_PASSWORD")
-    if password is None and os.environ.get("MLAB_PASSWORD_FILE"):
-        path = os.environ["MLAB_PASSWORD_FILE"]
-        try:
-            password = Path(path).read_text(encoding="utf-8").strip("\r\n")
-        except OSError as exc:
-            raise UsageError(f"MLAB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
-    if password is None and os.access(SECRET_FILE, os.R_OK):
-        password = SECRET_FILE.read_text(encoding="utf-8").strip("\r\n")
-    if password is None:
-        if not sys.stdin.isatty():
-            raise UsageError("MLAB_PASSWORD: set it, or MLAB_PASSWORD_FILE to a file holding it")
-        password = getpass.getpass(f"code service password for {user}: ")
-    return user, password
+    return credentials(ask_user=False)
 
 
-@dataclass
-class RequestsClient:
+class RequestsClient(ServiceClient):
     """A thin, synchronous client of ``/api/requests``.
 
     Args:
@@ -98,69 +72,32 @@ class RequestsClient:
         user: account name.
         password: its password.
         timeout: seconds per HTTP call.
+        fallbacks: other base URLs to try, in order, when ``server`` refuses the connection.
     """
 
-    server: str
-    user: str
-    password: str
-    timeout: float = 60.0
-    fallbacks: tuple[str, ...] = ()
-    """Other base URLs to try, in order, when ``server`` refuses or drops the connection."""
+    def __init__(self, server: str, user: str, password: str, timeout: float = 60.0,
+                 fallbacks: tuple[str, ...] = ()) -> None:
+        super().__init__(server, user, password, timeout, fallbacks, errors=_STATUS)
 
     @classmethod
     def from_env(cls, server: str | None = None) -> "RequestsClient":
         """A client for :func:`resolve_server` with :func:`resolve_credentials`.
 
-        When the URL comes from ``MLAB_CODE_HOST`` alone, ``http://HOST`` (the Kubernetes
-        Service, port 80) is tried first and ``http://HOST:8080`` (the container port, which
-        the podman engine's HomePods reach directly) second.
+        When the URL comes from ``MLAB_CODE_HOST`` alone, the container port is tried second
+        (:func:`~mlab.codeservice.client.container_port_fallback`).
         """
         user, password = resolve_credentials()
         url = resolve_server(server)
-        fallbacks: tuple[str, ...] = ()
-        host = os.environ.get("MLAB_CODE_HOST")
-        if host and url == f"http://{host}":
-            fallbacks = (f"http://{host}:{CONTAINER_PORT}",)
-        return cls(url, user, password, fallbacks=fallbacks)
+        return cls(url, user, password, fallbacks=container_port_fallback(url))
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        while True:
-            url = f"{self.server}/api/requests{path}"
-            # A short connect timeout while another address remains to be tried.
-            timeout = httpx.Timeout(self.timeout, connect=5.0 if self.fallbacks else self.timeout)
-            try:
-                # trust_env=False: the Airlock's proxy variables must not divert calls to the
-                # in-cluster code service (nor carry the Authorization header to a proxy).
-                return httpx.request(method, url, auth=(self.user, self.password),
-                                     timeout=timeout, trust_env=False, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                # Nothing was sent on a failed connect, so trying elsewhere is safe.
-                if not self.fallbacks:
-                    raise
-                self.server, self.fallbacks = self.fallbacks[0], self.fallbacks[1:]
+        return self.send(method, f"/api/requests{path}", **kwargs)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self._send(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise TemporaryError(
-                f"{self.server}: cannot reach the code service: {type(exc).__name__}",
-                hint="check --server / MLAB_SERVER and that the code service runs",
-            ) from None
-        self._raise_for(resp)
-        return resp.json()
+        return self.request(method, f"/api/requests{path}", **kwargs)
 
     def _raise_for(self, resp: httpx.Response) -> None:
-        if resp.status_code == 401:
-            raise MlabError(f"{self.server}: user {self.user!r}: wrong user name or password")
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-                message, hint = str(body.get("error") or body.get("detail")), body.get("hint")
-            except ValueError:
-                message, hint = resp.text.strip()[:200] or resp.reason_phrase, None
-            error = _STATUS.get(resp.status_code, MlabError)
-            raise error(message, hint=hint)
+        self.check(resp)
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Submit a request (see ``model.validate_submission``); return it."""
@@ -177,6 +114,16 @@ class RequestsClient:
         """One request with history."""
         return self._call("GET", f"/{int(request_id)}")  # type: ignore[no-any-return]
 
+    def diff(self, request_id: int) -> str:
+        """A branch request's new commits with their patches, as text (owner, reviewers)."""
+        try:
+            resp = self._send("GET", f"/{int(request_id)}/diff")
+        except httpx.HTTPError as exc:
+            raise TemporaryError(f"{self.server}: cannot reach the code service: "
+                                 f"{type(exc).__name__}") from None
+        self._raise_for(resp)
+        return resp.text
+
     def act(self, request_id: int, action: str, comment: str | None = None) -> dict[str, Any]:
         """review / approve / reject / revoke / cancel; returns the request after it."""
         body = {} if comment is None else {"comment": comment}
@@ -187,12 +134,12 @@ class RequestsClient:
         return self._call("POST", f"/{int(request_id)}/notes",  # type: ignore[no-any-return]
                           json={"action": action, "comment": comment})
 
-    def exports(self) -> list[dict[str, Any]]:
+    def exports(self) -> Records:
         """Every export request with state, owner, outbox and files (publisher, reviewers)."""
         return self._call("GET", "/exports")["requests"]  # type: ignore[no-any-return]
 
     def download(self, request_id: int, dest: Path,
-                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                 progress: Callable[[int], None] | None = None) -> Records:
         """Download an approved export of this user into ``dest/<path>`` and check every
         file against its recorded size and sha256 (``egress.exportDelivery: requester``).
 
@@ -216,12 +163,7 @@ class RequestsClient:
             part = target.with_name(f".{target.name}.part")
             path = quote(str(entry["path"]))
             try:
-                with httpx.stream("GET", f"{self.server}/api/requests/{rid}/files/{path}",
-                                  auth=(self.user, self.password), timeout=self.timeout,
-                                  trust_env=False) as resp:
-                    if resp.status_code >= 400:
-                        resp.read()
-                        self._raise_for(resp)
+                with self.stream("GET", f"/api/requests/{rid}/files/{path}") as resp:
                     with open(part, "wb") as out:
                         size, digest = sha256_stream(_reader(resp.iter_bytes()), out.write,
                                                      progress)
@@ -237,7 +179,7 @@ class RequestsClient:
             os.replace(part, target)
         return files
 
-    def packages(self) -> list[dict[str, Any]]:
+    def packages(self) -> Records:
         """Approved package scripts in approval order (reviewers and admin)."""
         return self._call("GET", "/packages")["packages"]  # type: ignore[no-any-return]
 

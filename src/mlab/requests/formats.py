@@ -19,6 +19,8 @@ def human_size(n: int) -> str:
 
 
 def _summary(item: dict[str, Any]) -> str:
+    if item["kind"] == "branch":
+        return f"{item.get('repo', '?')} {item.get('ref', '?')} ({item.get('commits', '?')} commits)"
     if item["kind"] == "mirror":
         return f"{item.get('name', '?')} from {item.get('url', '?')}"
     if item["kind"] == "export":
@@ -40,14 +42,20 @@ def requests_table(items: list[dict[str, Any]]) -> Table:
     return table
 
 
-def request_text(item: dict[str, Any]) -> str:
-    """A request with contents and history as plain text (``mlab request show``)."""
+def request_text(item: dict[str, Any], diff: str | None = None) -> str:
+    """A request with contents and history as plain text (``mlab request show``).
+
+    ``diff``: a branch request's commits with their patches (the code service's
+    ``/api/requests/{id}/diff``), printed after the history."""
     lines = [
         f"request {item['id']}: {item['kind']} by {item['owner']}, {item['state']}",
         f"reason: {item['reason']}",
         f"created: {item['created_at']}  updated: {item['updated_at']}",
     ]
-    if item["kind"] == "mirror":
+    if item["kind"] == "branch":
+        lines.append(f"branch: {item.get('ref')} of {item.get('repo')} at {item.get('sha')}")
+        lines.append(f"new commits: {item.get('commits')} (base {str(item.get('base'))[:12]})")
+    elif item["kind"] == "mirror":
         lines.append(f"mirror: {item.get('url')} as {item.get('name')}")
     elif item["kind"] == "export":
         lines.append(f"outbox: {item['owner']}/{item.get('outbox')}  ({_summary(item)})")
@@ -69,6 +77,9 @@ def request_text(item: dict[str, Any]) -> str:
         for h in item["history"]:
             move = f"{h['from'] or '-'} -> {h['to']}"
             lines.append(f"  {h['at']}  {h['by']:<12} {h['action']:<11} {move:<24} {h['comment']}")
+    if diff is not None:
+        lines.append("")
+        lines.append(diff.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,10 @@ class Kind(StrEnum):
     MIRROR = "mirror"
     """Mirror an upstream git repository on the code service (the seed's "ask the admin to
     maintain a GitHub project on HomePods"); approval runs ``mlab repo approve``'s code."""
+    BRANCH = "branch"
+    """Let a user branch (or tag) of the code service, at exactly one commit, be fetched from
+    outside the HomePods (site ``egress.userBranches: reviewed``; the reviewer reads every
+    new commit's patch, ``mlab request show``)."""
 
 
 class State(StrEnum):
@@ -324,6 +328,11 @@ def validate_submission(body: object) -> dict[str, object]:
         {"kind": "export", "reason": str, "outbox": str (one path component),
          "files": [{"path": relative path, "size": bytes, "sha256": 64 hex}, ...]}
         {"kind": "mirror", "reason": str, "url": upstream URL, "name": "org/repo" or absent}
+        {"kind": "branch", "reason": str, "repo": "org/repo", "ref": "feature_1" or
+         "refs/heads/X" or "refs/tags/X"}
+
+    A branch request's commit, base and commits are filled in by the code service from its
+    own repository (never from the client) before it is stored.
 
     A mirror's URL is only checked for shape here; the code service checks it against the
     site's ``codeService.allowedHosts`` (and derives ``name`` when absent) before storing.
@@ -337,7 +346,7 @@ def validate_submission(body: object) -> dict[str, object]:
     if not isinstance(body, dict):
         raise InvalidRequest("body: a JSON object is required")
     try:
-        kind = Kind(body.get("kind"))
+        kind = Kind(str(body.get("kind")))
     except ValueError:
         raise InvalidRequest(
             f"kind: {body.get('kind')!r} is not one of {', '.join(k.value for k in Kind)}"
@@ -351,6 +360,8 @@ def validate_submission(body: object) -> dict[str, object]:
         payload = _package_payload(body)
     elif kind == Kind.MIRROR:
         payload = _mirror_payload(body)
+    elif kind == Kind.BRANCH:
+        payload = _branch_payload(body)
     else:
         payload = _export_payload(body)
     return {"kind": kind, "reason": reason.strip(), "payload": payload}
@@ -407,6 +418,29 @@ def _mirror_payload(body: dict[str, object]) -> dict[str, object]:
     if name:
         out["name"] = str(name).strip()
     return out
+
+
+BRANCH_REF = re.compile(r"^refs/(heads|tags)/[A-Za-z0-9][A-Za-z0-9._/-]{0,250}$")
+REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def full_ref(ref: str) -> str:
+    """``feature_1`` -> ``refs/heads/feature_1``; ``refs/heads/X``, ``refs/tags/X`` kept."""
+    return ref if ref.startswith(("refs/heads/", "refs/tags/")) else f"refs/heads/{ref}"
+
+
+def _branch_payload(body: dict[str, object]) -> dict[str, object]:
+    repo = body.get("repo")
+    if not isinstance(repo, str) or not REPO_NAME.match(repo.strip().removesuffix(".git")):
+        raise InvalidRequest(f"repo: {repo!r} must be ORG/REPO as on the code service")
+    ref = body.get("ref")
+    if not isinstance(ref, str) or not ref.strip():
+        raise InvalidRequest("ref: the branch (or refs/tags/TAG) to review is required")
+    full = full_ref(ref.strip())
+    if full.startswith(("refs/heads/refs/", "refs/heads/heads/", "refs/heads/tags/")) or \
+            not BRANCH_REF.match(full) or ".." in full or full.endswith((".lock", "/")):
+        raise InvalidRequest(f"ref: {ref!r} is not a plain branch or tag name")
+    return {"repo": repo.strip().removesuffix(".git"), "ref": full}
 
 
 def _export_payload(body: dict[str, object]) -> dict[str, object]:

@@ -39,6 +39,10 @@ from mlab.requests.model import (
     plan,
 )
 
+Records = list[dict[str, Any]]
+"""Requests as JSON objects (a name of its own: in the class body its ``list`` method hides
+the builtin)."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -365,7 +369,7 @@ class RequestStore:
                 self._to_dict(r, self._history(conn, r["id"]) if history else None) for r in rows
             ]
 
-    def exports_for_publisher(self) -> list[dict[str, Any]]:
+    def exports_for_publisher(self) -> Records:
         """Every export request (any state, no history): what the Airlock publisher syncs.
 
         Only the outbox location, file list and state are needed; reasons and history stay
@@ -382,7 +386,7 @@ class RequestStore:
                 out.append(item)
             return out
 
-    def approved_packages(self) -> list[dict[str, Any]]:
+    def approved_packages(self) -> Records:
         """Approved package requests in approval order (the ``seq`` of their approving event).
 
         Returns:
