@@ -23,7 +23,6 @@ import yaml
 
 from mlab.atomic import write_atomic
 from mlab.deploy.podman_translate import (
-    LABEL_INSTANCE,
     LABEL_SITE,
     PodPlan,
     wanted_networks,
@@ -31,6 +30,7 @@ from mlab.deploy.podman_translate import (
 from mlab.errors import DeployError
 from mlab.podman import podman
 from mlab.site import Site
+from mlab.topology import LABEL_INSTANCE
 
 log = logging.getLogger(__name__)
 

@@ -69,6 +69,7 @@ from mlab.render.network import _direct_desktops
 from mlab.site import HOMEPOD_NETS_ENV, Site
 from mlab.topology import (
     EGRESS_CHECK_ENV,
+    LABEL_COMPONENT,
     LABEL_USER,
     NODE_IP_ENV,
     PORT_CODE,
@@ -78,8 +79,6 @@ from mlab.topology import (
 
 Obj = dict[str, Any]
 
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_SPEC = "mlab.io/podman-spec"
 LABEL_SITE = "mlab.io/site"
 """Label on every podman network and volume MLab creates (pods carry the instance label)."""
