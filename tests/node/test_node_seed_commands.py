@@ -27,7 +27,7 @@ from test_node_journeys import lab as lab  # noqa: F401  (the module fixture, ap
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 
-def test_pip_download_then_pip_install_star(lab: Lab) -> None:
+def test_pip_download_then_pip_install_the_wheels(lab: Lab) -> None:
     fetched = lab.shell("airlock", "airlock",
                         "cd /opt/public/airlock/pip && pip download six && pip download tomli-w "
                         "&& echo FETCHED", timeout=300)
