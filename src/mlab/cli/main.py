@@ -98,7 +98,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlab: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback reaches a user
+        if debug:
+            raise
+        print(f"mlab: error: {unexpected_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
     return 0
+
+
+def unexpected_one_line(exc: BaseException) -> str:
+    """One line for an exception no command turned into an :class:`MlabError`.
+
+    A failed program names its command, exit code and last line of error output; a file
+    error names the file; a bad zip (a wheel that is not one) says so; anything else names
+    its type. Every line ends with how to see the traceback (``--debug``, MLAB_DEBUG=1):
+    the brief's rule that no traceback reaches a user.
+    """
+    import subprocess
+    import zipfile
+
+    if isinstance(exc, subprocess.CalledProcessError):
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(str(c) for c in exc.cmd)
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        text = f"`{cmd}` exited {exc.returncode}" + (f": {last}" if last else "")
+    elif isinstance(exc, subprocess.TimeoutExpired):
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(str(c) for c in exc.cmd)
+        text = f"`{cmd}` did not finish in {exc.timeout:g} s"
+    elif isinstance(exc, zipfile.BadZipFile):
+        text = f"not a valid zip archive (a wheel must be one): {exc}"
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return f"{text} (run again with --debug for the details)"
 
 
 if __name__ == "__main__":  # pragma: no cover
