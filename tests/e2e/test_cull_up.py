@@ -70,7 +70,10 @@ def site(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield s
     finally:
         s.mlab("down", "--volumes")
-        podman(["untag", f"localhost/mlab/{SITE}:{tag}"], check=False)
+        # Name the tag twice: `podman untag IMAGE` alone removes every name of the image,
+        # the shared localhost/mlab/homepod:<hash> too (which broke the modules after this).
+        own = f"localhost/mlab/{SITE}:{tag}"
+        podman(["untag", own, own], check=False)
 
 
 def test_up_leaves_a_culled_homepod_stopped_until_woken(site: UpSite) -> None:

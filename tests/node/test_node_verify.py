@@ -120,6 +120,10 @@ def test_canary_reports_a_node_without_policy_enforcement(site_up: Node,
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_removes_its_probe_pods(site_up: Node, signum: int) -> None:
+    # The tests before this one delete their probe pods without waiting: wait until they are
+    # gone, so the pods seen below are this run's (a leftover one lets the signal go out
+    # before this run has started anything; once in CI such a run exited 0).
+    no_probe_left(site_up)
     proc = subprocess.Popen([sys.executable, "-m", "mlab.cli.main", "verify", "--site",
                              str(SITE), "--cluster", "-q"], env=site_up.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
