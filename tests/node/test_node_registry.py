@@ -126,12 +126,11 @@ class RegSite:
 
 @pytest.fixture(scope="module")
 def site(node: Node, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegSite]:
-    from mlab.image import recipe
-    from mlab.image.build import image_exists
+    from mlab.image.build import ensure_image, image_exists
 
-    # The image `mlab node up` just made (its reference computed, not ensure_image(): that
-    # would wait on the machine-wide image build lock while this test holds the node).
-    built = f"{recipe.REPOSITORY}:{recipe.app_hash(recipe.base_hash(), recipe.make_wheel())[:16]}"
+    # The image `mlab node up` just made: ensure_image() finds it in its cache (the reference
+    # depends on the recipe, the source and a refreshed base's time: mlab.image.build).
+    built = ensure_image()
     assert image_exists(built), built
     # A tag of our own: other checkouts prune localhost/mlab/homepod:<hash> tags.
     base = f"localhost/mlab/{SITE}:{built.rsplit(':', 1)[1]}"

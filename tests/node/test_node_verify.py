@@ -35,6 +35,10 @@ def verify(node: Node, tmp_path: Path) -> tuple[int, list[dict], str, float]:
     return proc.returncode, rows, proc.stderr, seconds
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def no_probe_left(node: Node) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -121,12 +125,15 @@ def test_canary_reports_a_node_without_policy_enforcement(site_up: Node,
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_removes_its_probe_pods(site_up: Node, signum: int) -> None:
     # The tests before this one delete their probe pods without waiting: wait until they are
-    # gone, so the pods seen below are this run's (a leftover one lets the signal go out
-    # before this run has started anything; once in CI such a run exited 0).
+    # gone, so the pods seen below are this run's.
     no_probe_left(site_up)
+    # SIGINT at its default in the child: a shell without job control starts background
+    # jobs (a CI runner's `cmd &`) with SIGINT ignored, and the child would inherit that and
+    # run to the end, exit 0 (seen here). Python then installs its KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "mlab.cli.main", "verify", "--site",
                              str(SITE), "--cluster", "-q"], env=site_up.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 180
         while not site_up.json("-n", NAMESPACE, "get", "pods", "-l", VERIFY_LABEL)["items"]:
