@@ -61,19 +61,13 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from mlab.portal.app import build_app
-        from mlab.portal.config import PortalConfig, parse_backends, read_secret
+        from mlab.portal.config import PortalConfig, parse_backends
         from mlab.portal.wake import make_waker
         from mlab.portal.wsrelay import RelayWebSocketProtocol
         from mlab.site import load_site
 
         the_site = load_site(site)
-        secret = None
-        if client_secret_file is not None:
-            try:
-                secret = read_secret(client_secret_file)
-            except OSError as exc:
-                raise UsageError(f"--client-secret-file {client_secret_file}: cannot read "
-                                 f"it: {exc.strerror}") from None
+        secret = _client_secret(client_secret_file)
         if not novnc_dir.is_dir():
             raise UsageError(f"--novnc-dir {novnc_dir}: not a directory (install Debian's "
                              "novnc package)")
@@ -128,7 +122,6 @@ def register(app: typer.Typer) -> None:
         and brute-force detection on; the realm name is the issuer's last path part."""
         import json
 
-        from mlab.portal.config import read_secret
         from mlab.portal.keycloak import realm
         from mlab.site import load_site
 
@@ -141,14 +134,24 @@ def register(app: typer.Typer) -> None:
         if "/" in name or name == oidc.issuer.rstrip("/"):
             raise UsageError(f"portal.oidc.issuer {oidc.issuer!r}: not a Keycloak issuer "
                              "(https://HOST/realms/NAME)")
-        secret = None
-        if client_secret_file is not None:
-            try:
-                secret = read_secret(client_secret_file)
-            except OSError as exc:
-                raise UsageError(f"--client-secret-file {client_secret_file}: cannot read "
-                                 f"it: {exc.strerror}") from None
+        secret = _client_secret(client_secret_file)
         groups = sorted({g for g in (oidc.reviewer_group, oidc.admin_group) if g})
         sys.stdout.write(json.dumps(realm(name, the_site.portal.url, secret,
                                           client_id=oidc.client_id, groups=groups),
                                     indent=2) + "\n")
+
+
+def _client_secret(path: Path | None) -> str | None:
+    """The ``--client-secret-file`` contents, or None without the option.
+
+    Raises:
+        UsageError: the file cannot be read (names the option and the reason).
+    """
+    if path is None:
+        return None
+    from mlab.portal.config import read_secret
+
+    try:
+        return read_secret(path)
+    except OSError as exc:
+        raise UsageError(f"--client-secret-file {path}: cannot read it: {exc.strerror}") from None
