@@ -1006,6 +1006,12 @@ class Site(Model):
         return str(ipaddress.ip_network(self.cluster.service_cidr)[200])
 
     @property
+    def direct_desktops(self) -> bool:
+        """Offices reach HomePods' VNC, RDP and noVNC ports: false only when an enabled
+        portal is the sole door to desktops (``portal.directDesktopPorts: false``)."""
+        return not (self.portal.enabled and not self.portal.direct_desktop_ports)
+
+    @property
     def airlock_ip(self) -> str:
         """The Airlock Service's fixed clusterIP: ``airlock.clusterIP`` or serviceCIDR + 201.
 

@@ -65,7 +65,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mlab.errors import DeployError
-from mlab.render.network import _direct_desktops
 from mlab.site import HOMEPOD_NETS_ENV, Site
 from mlab.topology import (
     EGRESS_CHECK_ENV,
@@ -583,7 +582,7 @@ def translate(
         ports: list[Port] = []
         # portal.directDesktopPorts false: like the rendered policies (office -> HomePod keeps
         # only SSH), HomePods publish only SSH; the portal reaches VNC at the pod's address.
-        ssh_only = component == "homepod" and not _direct_desktops(site)
+        ssh_only = component == "homepod" and not site.direct_desktops
         for svc in services:
             selector = svc["spec"].get("selector") or {}
             if not selector or not _matches(selector, labels):

@@ -172,12 +172,6 @@ def proxy_policies(site: Site) -> list[dict[str, Any]]:
     return out
 
 
-def _direct_desktops(site: Site) -> bool:
-    """Offices reach HomePods' VNC, RDP and noVNC ports (false only when an enabled portal
-    is the sole door to desktops)."""
-    return not (site.portal.enabled and not site.portal.direct_desktop_ports)
-
-
 def site_facts(site: Site) -> set[str]:
     """The words of :attr:`mlab.topology.Edge.condition` that hold for ``site``."""
     facts = {"always"}
@@ -187,7 +181,7 @@ def site_facts(site: Site) -> set[str]:
         facts.add("airlock")
     if site.portal.enabled:
         facts.add("portal")
-    if _direct_desktops(site):
+    if site.direct_desktops:
         facts.add("direct-desktops")
     if site.dns == "cluster":
         facts.add("dns-cluster")
