@@ -28,7 +28,7 @@ from pathlib import Path
 from mlab.image.build import ensure_image
 from mlab.node import lifecycle
 from mlab.node.layout import default_layout
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "local.yaml"

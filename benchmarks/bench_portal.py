@@ -149,7 +149,7 @@ def _measure(ws, seconds: float, password: str | None,  # type: ignore[no-untype
 
 def websockify_pids(container: str) -> list[int]:
     """Host PIDs of the websockify processes in ``container`` (``podman top ... hpid``)."""
-    from mlab.podman import podman
+    from mlab.podman.runner import podman
 
     out = []
     for line in podman(["top", container, "hpid", "args"]).stdout.splitlines()[1:]:
@@ -169,7 +169,7 @@ class ContainerPortal:
 
     def __init__(self, image: str, tmp: Path, site_file: Path, port: int, users_dir: Path,
                  backends: dict[str, str], client_secret: str | None = None) -> None:
-        from mlab.podman import podman
+        from mlab.podman.runner import podman
 
         self._podman = podman
         volumes = [f"{site_file}:/etc/mlab/site.yaml:ro", f"{users_dir}:/etc/mlab/users:ro"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from mlab.deploy import podman_engine, probes
 from mlab.image.build import ensure_image
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Site, parse_site
 
 NAME = "t4bench"

@@ -25,7 +25,7 @@ import paramiko
 import pytest
 from access_clients import VNCDO, novnc_screenshot, rdp_session, vnc_capture
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.render.airlock import PUBLISHER_COMMAND
 
 pytestmark = pytest.mark.e2e

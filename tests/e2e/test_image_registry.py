@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.packages import PackageStep, dump_steps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]

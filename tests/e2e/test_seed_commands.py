@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 

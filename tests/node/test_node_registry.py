@@ -31,7 +31,7 @@ from mlab.node import images, layout
 from mlab.node.images import containerd_images
 from mlab.node.layout import default_layout
 from mlab.node.lifecycle import known_bins
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.packages import PackageStep, dump_steps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(2400)]

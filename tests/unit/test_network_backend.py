@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlab.podman import BACKEND_FIX, backend_problem, check_network_backend, containers_conf
+from mlab.podman.runner import BACKEND_FIX, backend_problem, check_network_backend, containers_conf
 
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 

@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
             with err.status("running the approved package scripts (podman build)"):
                 ref = build_packages_layer(ref, steps, tag=extra)
             if not steps and extra:
-                from mlab.podman import podman
+                from mlab.podman.runner import podman
 
                 podman(["tag", ref, extra])
         err.print(f"image ready in {time.monotonic() - start:.0f} s", highlight=False)

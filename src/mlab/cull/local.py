@@ -20,7 +20,7 @@ from typing import Any
 
 from mlab.cull.policy import Decision, decide, limits_for, warn_lead
 from mlab.errors import DeployError, UsageError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Site
 from mlab.topology import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_USER
 

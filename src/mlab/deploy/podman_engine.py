@@ -57,7 +57,7 @@ from mlab.deploy.podman_translate import (
     translate,
 )
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
+from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
 from mlab.topology import LABEL_USER, dial_address
 

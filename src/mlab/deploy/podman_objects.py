@@ -1,6 +1,6 @@
 """podman objects of a site: queries, subnets, playing and removing pods, the image.
 
-Thin wrappers over :func:`mlab.podman.podman` used by :mod:`mlab.deploy.podman_engine`;
+Thin wrappers over :func:`mlab.podman.runner.podman` used by :mod:`mlab.deploy.podman_engine`;
 each names the object it acts on in its errors. Invariant: a site's objects are found by
 name prefix ``mlab-<site>`` and label (``app.kubernetes.io/instance`` on pods,
 ``mlab.io/site`` on networks and volumes), never by listing everything.
@@ -28,7 +28,7 @@ from mlab.deploy.podman_translate import (
     wanted_networks,
 )
 from mlab.errors import DeployError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Site
 from mlab.topology import LABEL_INSTANCE
 

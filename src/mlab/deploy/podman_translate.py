@@ -41,7 +41,7 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   reaches each HomePod's VNC at its address.
 - IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
   ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
-  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
+  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman.runner`), set at creation. They
   are not in the rendered Kubernetes manifests either: there ``net.ipv6.*`` sysctls are
   "unsafe" and a pod asking for them is rejected unless the kubelet's
   ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.

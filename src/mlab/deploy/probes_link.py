@@ -41,7 +41,7 @@ from typing import Any
 from mlab.deploy.plan_file import PlanFile
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
 from mlab.errors import MlabError
-from mlab.podman import podman_command, podman_env
+from mlab.podman.runner import podman_command, podman_env
 from mlab.topology import PORT_CODE, PORT_NOVNC, PORT_RDP, PORT_SSH, PORT_VNC
 
 LINK_PORTS = (PORT_SSH, PORT_RDP, PORT_VNC, PORT_NOVNC, PORT_CODE, 6443, 10250, 10256)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from mlab.deploy.podman_translate import LABEL_SPEC, Plan, PodPlan
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 RESTART_LOSES = ("packages installed with sudo apt-get / dpkg -i and pip outside the home "
                  "(temporary installs); files outside /home")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from mlab.errors import DeployError, UsageError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Image
 
 CONTENT_TAG = re.compile(r"^(pkg-)?[0-9a-f]{16}$")
