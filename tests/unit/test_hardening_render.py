@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from mlab.deploy import firewall, probes_link
-from mlab.deploy.podman_translate import translate, wanted_networks
 from mlab.homepod import startgate
 from mlab.podman.runner import KEEP_IPV6_ENV, containers_conf
+from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.render.common import SESSION_CAPABILITIES
 from mlab.secrets import password_keys

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mlab.deploy.plan_file import VERSION, PlanFile
-from mlab.deploy.podman_translate import translate, wanted_networks
 from mlab.errors import DeployError
+from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.secrets import password_keys
 from mlab.site import load_site

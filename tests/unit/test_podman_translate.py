@@ -1,6 +1,6 @@
 """The podman translation (pure): rendered objects in, a plan for `podman kube play` out.
 
-Each test names the rule of ``mlab.deploy.podman_translate`` it checks. The inputs are the
+Each test names the rule of ``mlab.podman.translate`` it checks. The inputs are the
 real renderer's output for examples/local.yaml (plus variations), so a change in the
 rendered manifests that podman cannot run shows up here, not only in the e2e run.
 """
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mlab.deploy import firewall
-from mlab.deploy.podman_translate import (
+from mlab.podman.translate import (
     LABEL_SPEC,
     Plan,
     translate,
@@ -358,7 +358,7 @@ def test_a_sub_path_leaving_the_volume_is_an_error() -> None:
 def test_code_service_sees_the_local_upstreams_read_only() -> None:
     """`mlab repo approve file:///srv/mlab/upstreams/X.git` under `mlab up`: the admin's
     bare repositories under $MLAB_STATE_DIR/<site>/upstreams, mounted read-only."""
-    from mlab.deploy.podman_translate import UPSTREAMS_MOUNT
+    from mlab.podman.translate import UPSTREAMS_MOUNT
 
     pod = _plan(_site()).pod("code-service")
     assert pod is not None

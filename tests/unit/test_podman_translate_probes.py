@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from mlab.deploy.plan_file import PlanFile, PodRecord
-from mlab.deploy.podman_translate import translate, wanted_networks
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
+from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.secrets import password_keys
 from mlab.site import load_site

@@ -182,7 +182,7 @@ def test_portal_only_site_admits_desktop_ports_from_the_portal_alone() -> None:
 
 
 def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None:
-    from mlab.deploy.podman_translate import translate, wanted_networks
+    from mlab.podman.translate import translate, wanted_networks
     from mlab.secrets import password_keys
 
     ports = lambda n: {"vnc": 5900 + n, "rdp": 3389 + n, "novnc": 7030 + n, "ssh": 2222 + n}  # noqa: E731
@@ -210,7 +210,7 @@ def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_podman_publishes_only_ssh_when_the_portal_is_the_only_door(direct: bool) -> None:
-    from mlab.deploy.podman_translate import translate, wanted_networks
+    from mlab.podman.translate import translate, wanted_networks
     from mlab.secrets import password_keys
 
     site = parse_site({"name": "t", "airlock": {"enabled": False}, "users": [{"name": "alice"}],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlab.deploy.podman_translate import LABEL_SPEC, PodPlan
 from mlab.deploy.rollout import annotate, held_pods
+from mlab.podman.translate import LABEL_SPEC, PodPlan
 
 OLD, NEW = "reg:5000/mlab/homepod:aaaaaaaaaaaaaaaa", "reg:5000/mlab/homepod:bbbbbbbbbbbbbbbb"
 

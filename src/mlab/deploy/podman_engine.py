@@ -1,6 +1,6 @@
 """The podman engine: ``mlab up`` / ``down`` / ``status`` on one machine.
 
-Side effects live here; the decisions are pure and live in :mod:`podman_translate` (what to
+Side effects live here; the decisions are pure and live in :mod:`mlab.podman.translate` (what to
 run) and :mod:`firewall` (which rules). Invariants:
 
 - Everything MLab creates for a site is findable by name and label: pods
@@ -48,7 +48,9 @@ from mlab.deploy.podman_objects import (
     site_pods,
     site_volumes,
 )
-from mlab.deploy.podman_translate import (
+from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
+from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
+from mlab.podman.translate import (
     LABEL_SITE,
     LABEL_SPEC,
     VOLUME_ROOT,
@@ -56,8 +58,6 @@ from mlab.deploy.podman_translate import (
     PodPlan,
     translate,
 )
-from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
 from mlab.topology import LABEL_USER, dial_address
 
@@ -262,7 +262,7 @@ def volume_root() -> str:
 
 def firewall_ca_path() -> str:
     """The host CA bundle the Airlock trusts on podman."""
-    from mlab.deploy.podman_translate import HOST_CA_BUNDLE
+    from mlab.podman.translate import HOST_CA_BUNDLE
 
     return HOST_CA_BUNDLE
 

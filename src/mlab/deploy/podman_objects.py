@@ -22,13 +22,13 @@ from typing import Any
 import yaml
 
 from mlab.atomic import write_atomic
-from mlab.deploy.podman_translate import (
+from mlab.errors import DeployError
+from mlab.podman.runner import podman
+from mlab.podman.translate import (
     LABEL_SITE,
     PodPlan,
     wanted_networks,
 )
-from mlab.errors import DeployError
-from mlab.podman.runner import podman
 from mlab.site import Site
 from mlab.topology import LABEL_INSTANCE
 

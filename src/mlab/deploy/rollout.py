@@ -21,8 +21,8 @@ import json
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from mlab.deploy.podman_translate import LABEL_SPEC, Plan, PodPlan
 from mlab.podman.runner import podman
+from mlab.podman.translate import LABEL_SPEC, Plan, PodPlan
 
 RESTART_LOSES = ("packages installed with sudo apt-get / dpkg -i and pip outside the home "
                  "(temporary installs); files outside /home")

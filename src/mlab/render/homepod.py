@@ -210,7 +210,7 @@ def gate_env(site: Site) -> list[dict[str, Any]]:
     kubelet on the node, ``$(MLAB_NODE_IP)`` expanded by the kubelet (a later env value may
     name an earlier one). With the API server, which the kubelet names in every pod, the
     gate sees three edges the HomePod must not have refused before any session starts. The
-    podman engine replaces both (mlab.deploy.podman_translate).
+    podman engine replaces both (mlab.podman.translate).
     """
     checks = []
     if site.airlock.enabled:
