@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlab.deploy import podman_engine, probes
+from mlab.deploy import probes
 from mlab.image.build import ensure_image
+from mlab.podman import engine as podman_engine
 from mlab.podman.runner import podman
 from mlab.site import Site, parse_site
 

@@ -551,8 +551,8 @@ def test_failure_half_way_rolls_back(
     homepod_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pod that never gets ready (injected) makes `up` remove everything it created."""
-    from mlab.deploy import podman_engine
     from mlab.errors import DeployError
+    from mlab.podman import engine as podman_engine
     from mlab.site import load_site
 
     s = Site(tmp_path, homepod_image, name="t4upb", bind="127.0.4.2")

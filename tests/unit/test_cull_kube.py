@@ -104,7 +104,7 @@ def test_apply_leaves_culled_deployments_at_zero() -> None:
 
 
 def test_up_leaves_culled_podman_pods_stopped() -> None:
-    from mlab.deploy.podman_engine import left_culled
+    from mlab.podman.engine import left_culled
 
     def pod(status: str, user: str) -> dict:
         return {"Status": status, "Labels": {"mlab.io/user": user}}

@@ -1,7 +1,7 @@
 """Local commands (podman engine): ``mlab up``, ``down``, ``status``, ``verify``, ``passwords``.
 
 Data goes to stdout (tables, or JSON with ``-o json``); progress goes to stderr. Formatting
-is pure (``*_rows`` functions); the engine (:mod:`mlab.deploy.podman_engine`) does the work.
+is pure (``*_rows`` functions); the engine (:mod:`mlab.podman.engine`) does the work.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def up(
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
     from mlab.cull.local import culled
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
     from mlab.secrets import passwords_path
 
     fmt = _format(output)
@@ -170,7 +170,7 @@ def restart(
     """Admin: restart a user's HomePod on the site's current image (`mlab up` keeps a running
     HomePod on its image; its home stays, temporary installs outside it are lost)."""
     from mlab.cull.local import culled
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -198,7 +198,7 @@ def down(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Stop and remove the site's pods, networks and firewall rules."""
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
 
     loaded = load_site(site)
     console = _stderr()
@@ -210,7 +210,7 @@ def down(
 
 def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     """Show each component, its state and how to connect."""
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -238,7 +238,8 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
 
     Without --cluster inside the running podman containers; with it on Kubernetes.
     """
-    from mlab.deploy import podman_engine, probes, probes_link
+    from mlab.deploy import probes, probes_link
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)

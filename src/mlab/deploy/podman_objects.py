@@ -1,6 +1,6 @@
 """podman objects of a site: queries, subnets, playing and removing pods, the image.
 
-Thin wrappers over :func:`mlab.podman.runner.podman` used by :mod:`mlab.deploy.podman_engine`;
+Thin wrappers over :func:`mlab.podman.runner.podman` used by :mod:`mlab.podman.engine`;
 each names the object it acts on in its errors. Invariant: a site's objects are found by
 name prefix ``mlab-<site>`` and label (``app.kubernetes.io/instance`` on pods,
 ``mlab.io/site`` on networks and volumes), never by listing everything.

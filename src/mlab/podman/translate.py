@@ -1,7 +1,7 @@
 """Translate rendered Kubernetes objects into what ``podman kube play`` 4.3 can run.
 
 Pure: ``Rendered`` (from :func:`mlab.render.render_site`) and the site in, a :class:`Plan`
-out; no processes, no files. The podman engine (:mod:`mlab.deploy.podman_engine`) carries
+out; no processes, no files. The podman engine (:mod:`mlab.podman.engine`) carries
 the plan out. Invariant: every pod podman runs is one rendered Deployment's pod template,
 changed only by the rules below; there is no second, hand-written set of pod definitions.
 
