@@ -11,7 +11,7 @@ A restart loses what was installed outside the home volume: ``sudo apt-get insta
 临时安装), and anything else written outside ``/home/<user>``. ``mlab status`` says so for each
 held HomePod.
 
-The podman engine's side (pods, labels) is read through :mod:`mlab.deploy.podman_objects`;
+The podman engine's side (pods, labels) is read through :mod:`mlab.podman.objects`;
 the decision itself is :func:`held_pods` (pure).
 """
 

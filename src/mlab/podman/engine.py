@@ -34,7 +34,8 @@ from filelock import FileLock, Timeout
 from mlab.atomic import write_atomic
 from mlab.deploy import firewall, rollout
 from mlab.deploy.plan_file import PLAN_FILE, PlanFile
-from mlab.deploy.podman_objects import (
+from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
+from mlab.podman.objects import (
     Say,
     bridge_of,
     choose_subnets,
@@ -48,7 +49,6 @@ from mlab.deploy.podman_objects import (
     site_pods,
     site_volumes,
 )
-from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.podman.translate import (
     LABEL_SITE,
