@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mlab.deploy import firewall, probes_link
+from mlab.deploy import probes_link
 from mlab.homepod import startgate
+from mlab.podman import firewall
 from mlab.podman.runner import KEEP_IPV6_ENV, containers_conf
 from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from mlab.deploy import firewall
+from mlab.errors import DeployError
+from mlab.podman import firewall
 from mlab.podman.translate import (
     LABEL_SPEC,
     Plan,
     translate,
     wanted_networks,
 )
-from mlab.errors import DeployError
 from mlab.render import render_site
 from mlab.secrets import password_keys
 from mlab.site import Site, load_site, parse_site

@@ -32,9 +32,10 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.deploy import firewall, rollout
+from mlab.deploy import rollout
 from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
+from mlab.podman import firewall
 from mlab.podman.objects import (
     Say,
     bridge_of,

@@ -24,7 +24,7 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
 - Service -> published ports on ``access.bindAddress`` with the Service's port numbers.
   Pods on the NAT network get ``hostPort``/``hostIP`` (netavark publishes them); HomePods
   sit on an ``--internal`` network, where netavark publishes nothing, so their ports become
-  DNAT rules in MLab's own nftables table (:mod:`mlab.deploy.firewall`).
+  DNAT rules in MLab's own nftables table (:mod:`mlab.podman.firewall`).
 - NetworkPolicy -> networks. The edges of ``network.yaml`` become: one internal network per
   HomePod shared only with the code service (code service :8080 only, enforced by the
   bridge filter), the Airlock and code service on a NAT network; nothing else attached.
