@@ -57,7 +57,7 @@ def apply(
 ) -> None:
     """Apply the site to a cluster: server-side apply, prune removed objects, wait."""
     from mlab.cull.kube import keep_culled
-    from mlab.deploy.rollout import hold_deployments
+    from mlab.podman.rollout import hold_deployments
 
     loaded = load_site(site)
     rendered = render_with_passwords(loaded)

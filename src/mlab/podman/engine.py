@@ -32,10 +32,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.deploy import rollout
 from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import firewall
+from mlab.podman import firewall, rollout
 from mlab.podman.objects import (
     Say,
     bridge_of,
@@ -86,7 +85,7 @@ class UpResult:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
-    """HomePods kept on their running image for their user (:mod:`mlab.deploy.rollout`)."""
+    """HomePods kept on their running image for their user (:mod:`mlab.podman.rollout`)."""
     culled: list[str] = field(default_factory=list)
     """Culled HomePods left stopped until their user wakes them (docs/culling.md)."""
     placeholder_code_service: bool = False
@@ -280,7 +279,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
             use it only when the image has no ``mlab code-service serve``.
         wait: wait until every published port answers.
         restart_users: users whose running HomePods move to the site's image now; others
-            whose only change is the image are held (:mod:`mlab.deploy.rollout`).
+            whose only change is the image are held (:mod:`mlab.podman.rollout`).
         asleep: users whose HomePods the culler stopped (``mlab.cull.local.culled``); their
             stopped pods stay stopped (``mlab wake USER`` starts them, audited).
 
