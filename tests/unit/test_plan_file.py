@@ -1,4 +1,4 @@
-"""plan.json: the podman engine's typed record (mlab.deploy.plan_file), written and read
+"""plan.json: the podman engine's typed record (mlab.podman.plan_file), written and read
 only through PlanFile; another version, a missing file or a wrong field is one line naming
 the file."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mlab.deploy.plan_file import VERSION, PlanFile
 from mlab.errors import DeployError
+from mlab.podman.plan_file import VERSION, PlanFile
 from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.secrets import password_keys

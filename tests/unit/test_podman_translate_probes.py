@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from mlab.deploy.plan_file import PlanFile, PodRecord
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
+from mlab.podman.plan_file import PlanFile, PodRecord
 from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.secrets import password_keys

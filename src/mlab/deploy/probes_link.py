@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlab.deploy.plan_file import PlanFile
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
 from mlab.errors import MlabError
+from mlab.podman.plan_file import PlanFile
 from mlab.podman.runner import podman_command, podman_env
 from mlab.topology import PORT_CODE, PORT_NOVNC, PORT_RDP, PORT_SSH, PORT_VNC
 

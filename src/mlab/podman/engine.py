@@ -32,7 +32,6 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.deploy.plan_file import PLAN_FILE, PlanFile
 from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
 from mlab.podman import firewall, rollout
 from mlab.podman.objects import (
@@ -49,6 +48,7 @@ from mlab.podman.objects import (
     site_pods,
     site_volumes,
 )
+from mlab.podman.plan_file import PLAN_FILE, PlanFile
 from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.podman.translate import (
     LABEL_SITE,
@@ -212,12 +212,12 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
 
 def plan_path(site_name: str) -> Path:
     """``<state>/<site>/podman/plan.json``: the record of the last ``up``
-    (:class:`~mlab.deploy.plan_file.PlanFile`)."""
+    (:class:`~mlab.podman.plan_file.PlanFile`)."""
     return state_dir(site_name) / PLAN_FILE
 
 
 def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
-    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.deploy.plan_file.PlanFile.of>`, with
+    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.podman.plan_file.PlanFile.of>`, with
     the site's ``image``) for status and verify."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     PlanFile.of(plan, placeholder, image).write(root / PLAN_FILE)
@@ -228,7 +228,7 @@ def load_plan(site_name: str) -> PlanFile | None:
 
     Raises:
         DeployError: the file is unreadable, of another version or invalid (one line naming
-            it; :meth:`PlanFile.read <mlab.deploy.plan_file.PlanFile.read>`).
+            it; :meth:`PlanFile.read <mlab.podman.plan_file.PlanFile.read>`).
     """
     path = plan_path(site_name)
     if not path.exists():
