@@ -552,6 +552,7 @@ def test_failure_half_way_rolls_back(
 ) -> None:
     """A pod that never gets ready (injected) makes `up` remove everything it created."""
     from mlab.errors import DeployError
+    from mlab.image.site_image import image_ref
     from mlab.podman import engine as podman_engine
     from mlab.site import load_site
 
@@ -564,6 +565,6 @@ def test_failure_half_way_rolls_back(
 
     monkeypatch.setattr(podman_engine, "wait_ready", never_ready)
     with pytest.raises(DeployError, match="injected"):
-        podman_engine.up(load_site(s.file))
+        podman_engine.up(load_site(s.file), image_of=image_ref)
     left = ours(listings(), "t4upb")
     assert not any(left.values()), left

@@ -130,6 +130,7 @@ def up(
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
     from mlab.cull.local import culled
+    from mlab.image.site_image import image_ref
     from mlab.podman import engine as podman_engine
     from mlab.secrets import passwords_path
 
@@ -139,7 +140,8 @@ def up(
     console = _stderr()
     start = time.monotonic()
     with Steps("mlab up", progress_console(quiet)) as steps:
-        result = podman_engine.up(loaded, say=steps.say, wait=wait, asleep=culled(loaded.name))
+        result = podman_engine.up(loaded, say=steps.say, wait=wait, asleep=culled(loaded.name),
+                                  image_of=image_ref)
     parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     if result.held:
@@ -170,6 +172,7 @@ def restart(
     """Admin: restart a user's HomePod on the site's current image (`mlab up` keeps a running
     HomePod on its image; its home stays, temporary installs outside it are lost)."""
     from mlab.cull.local import culled
+    from mlab.image.site_image import image_ref
     from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
@@ -182,7 +185,7 @@ def restart(
     console = _stderr()
     with Steps("mlab restart", progress_console(quiet)) as steps:
         result = podman_engine.up(loaded, say=steps.say, restart_users=user,
-                                  asleep=culled(loaded.name))
+                                  asleep=culled(loaded.name), image_of=image_ref)
     console.print(f"mlab restart: {len(result.replaced)} replaced, {len(result.held)} held")
     _print_status(podman_engine.status(loaded.name), fmt)
 

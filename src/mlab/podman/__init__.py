@@ -1,7 +1,14 @@
 """Everything MLab does with podman, in one package.
 
-- :mod:`mlab.podman.runner`: the one way MLab runs podman (runtime flag, containers.conf).
+- :mod:`mlab.podman.runner`: the one way MLab runs podman (runtime flag, containers.conf);
+  the image build, the culler and the tests use it too.
 - :mod:`mlab.podman.translate` (pure): rendered Kubernetes objects to the plan podman runs.
+- :mod:`mlab.podman.plan_file`: that plan as written to ``plan.json``.
+- :mod:`mlab.podman.objects`, :mod:`mlab.podman.firewall`, :mod:`mlab.podman.rollout`:
+  the site's pods, networks and volumes; its nftables tables; which HomePods keep their image.
+- :mod:`mlab.podman.engine`: ``mlab up`` / ``down`` / ``status`` with all of the above.
 
-This face imports nothing, so importing a pure module of the package runs no side-effect code.
+The layers (engine on top; runner and translation at the bottom; translation imports no
+side-effect code) are import contracts in pyproject.toml. This face imports nothing, so
+importing the pure translation runs no side-effect code.
 """

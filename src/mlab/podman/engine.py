@@ -23,7 +23,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,6 @@ from mlab.podman.objects import (
     bridge_of,
     choose_subnets,
     has_code_service,
-    image_ref,
     mac_for,
     play,
     remove_pod,
@@ -269,7 +268,7 @@ def firewall_ca_path() -> str:
 
 def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
        wait: bool = True, restart_users: Sequence[str] = (),
-       asleep: Collection[str] = ()) -> UpResult:
+       asleep: Collection[str] = (), *, image_of: Callable[[Site, Say], str]) -> UpResult:
     """Bring the site up (or up to date) on this machine.
 
     Args:
@@ -282,6 +281,9 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
             whose only change is the image are held (:mod:`mlab.podman.rollout`).
         asleep: users whose HomePods the culler stopped (``mlab.cull.local.culled``); their
             stopped pods stay stopped (``mlab wake USER`` starts them, audited).
+        image_of: gives the image to run for ``site`` (builds or pulls it; called before the
+            host lock is taken): :func:`mlab.image.site_image.image_ref`, which the caller
+            passes because the image package itself runs podman.
 
     Returns:
         What changed.
@@ -297,7 +299,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     check_network_backend()
     if not shutil.which("nft"):
         raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
-    image = image_ref(site, say)  # may build for minutes: not under the host lock
+    image = image_of(site, say)  # may build for minutes: not under the host lock
     if placeholder is None:
         placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
