@@ -59,7 +59,7 @@ def test_package_request_tested_then_submitted(service, tmp_path: Path) -> None:
     assert "approved" in mlab(service, "bob", "approve", str(rid), "--comment", "ok").stdout
     mlab(service, "bob", "reject", str(failed), "--comment", "it fails")
     out = tmp_path / "approved.json"
-    mlab(service, "admin", "packages", "-o", str(out))
+    mlab(service, "admin", "packages", "--out-file", str(out))
     steps = load_steps(path=out)
     assert rid in [s.id for s in steps] and failed not in [s.id for s in steps]
     scripts = write_steps(steps, tmp_path / "steps")

@@ -51,14 +51,14 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
     assert httpx.get(url, auth=("alice", _pw(service, "alice"))).status_code == 409
     _mlab(service, "bob", "approve", str(rid), "--comment", "ok")
     # Approved but the publisher has not passed yet: a clear 409.
-    proc = _mlab(service, "alice", "download", str(rid), "-o", str(tmp_path / "early"),
+    proc = _mlab(service, "alice", "download", str(rid), "--out-dir", str(tmp_path / "early"),
                  check=False)
     assert proc.returncode == 1 and "not delivered yet" in proc.stderr, proc.stderr
     _mlab(service, "mlab-publisher", "publish", "--outbox-root", str(outboxes),
           "--export-root", str(exports), check=False)
     assert (exports / str(rid) / "run" / "weights.bin").is_file()
 
-    proc = _mlab(service, "alice", "download", str(rid), "-o", str(tmp_path / "got"))
+    proc = _mlab(service, "alice", "download", str(rid), "--out-dir", str(tmp_path / "got"))
     assert "sha256 verified" in proc.stdout
     for rel in ("notes.txt", "run/weights.bin"):
         assert (hashlib.sha256((tmp_path / "got" / rel).read_bytes()).hexdigest()
@@ -68,7 +68,7 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
         resp = httpx.get(url, auth=(user, _pw(service, user)))
         assert resp.status_code == 404, (user, resp.status_code, resp.text)
         assert b"v3" not in resp.content
-    proc = _mlab(service, "bob", "download", str(rid), "-o", str(tmp_path / "bob"), check=False)
+    proc = _mlab(service, "bob", "download", str(rid), "--out-dir", str(tmp_path / "bob"), check=False)
     assert proc.returncode == 1 and not (tmp_path / "bob" / "notes.txt").exists()
     assert httpx.get(url).status_code == 401
     # Only files of the request; no way out of the export's directory.

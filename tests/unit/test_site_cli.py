@@ -59,7 +59,7 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, tmp_path: Path, capsys)
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"name": "bad", **data}))
     fresh = tmp_path / "fresh"
-    code, out, err = run(capsys, "render", "--site", str(site), "-o", str(fresh))
+    code, out, err = run(capsys, "render", "--site", str(site), "--out-dir", str(fresh))
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], err
@@ -68,7 +68,7 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, tmp_path: Path, capsys)
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "homepod.yaml").write_text("old\n")
-    code, _, err = run(capsys, "render", "--site", str(site), "-o", str(existing))
+    code, _, err = run(capsys, "render", "--site", str(site), "--out-dir", str(existing))
     assert code == 2 and [p.name for p in existing.iterdir()] == ["homepod.yaml"]
     assert (existing / "homepod.yaml").read_text() == "old\n"
     code, _, err2 = run(capsys, "site", "check", "--site", str(site))
@@ -79,7 +79,7 @@ def test_bad_input_real_process(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("name: bad\nusers: [{name: a}, {name: a}]\n")
     proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "render", "--site", str(site),
-                           "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                           "--out-dir", str(tmp_path / "out")], capture_output=True, text=True,
                           env={**os.environ, "MLAB_STATE_DIR": str(tmp_path / "st")})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -89,14 +89,14 @@ def test_bad_input_real_process(tmp_path: Path) -> None:
 
 def test_render_to_dir(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    code, _, err = run(capsys, "render", "--site", str(SEED), "--out-dir", str(out))
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == ["airlock.yaml", "code-service.yaml", "homepod.yaml", "network.yaml",
                      "secrets.yaml"]
     assert stat.S_IMODE((out / "secrets.yaml").stat().st_mode) == 0o600
     first = {n: (out / n).read_bytes() for n in names}
-    code, _, _ = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    code, _, _ = run(capsys, "render", "--site", str(SEED), "--out-dir", str(out))
     assert code == 0 and {n: (out / n).read_bytes() for n in names} == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     passwords = json.loads((tmp_path / "state" / "seed" / "passwords.json").read_text())
@@ -117,21 +117,45 @@ def test_render_stdout_hides_secrets_unless_asked(tmp_path: Path, capsys) -> Non
 def test_render_output_is_a_file(tmp_path: Path, capsys) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(target))
+    code, _, err = run(capsys, "render", "--site", str(SEED), "--out-dir", str(target))
     assert code == 1 and "not a directory" in err and target.read_text() == "x"
 
 
 def test_init_writes_valid_example_and_refuses_overwrite(tmp_path: Path, capsys) -> None:
     target = tmp_path / "site.yaml"
-    code, _, _ = run(capsys, "init", "-o", str(target))
+    code, _, _ = run(capsys, "init", "--out-file", str(target))
     assert code == 0
     site = load_site(target)
     assert site.users and "#" in target.read_text()
     target.write_text("mine\n")
-    code, _, err = run(capsys, "init", "-o", str(target))
+    code, _, err = run(capsys, "init", "--out-file", str(target))
     assert code == 2 and "already exists" in err and target.read_text() == "mine\n"
-    code, _, _ = run(capsys, "init", "-o", str(target), "--force")
+    code, _, _ = run(capsys, "init", "--out-file", str(target), "--force")
     assert code == 0 and load_site(target).name == site.name
+
+
+def test_old_o_spelling_still_writes_with_one_warning_line(tmp_path: Path, capsys) -> None:
+    """`-o PATH` (before `--out-dir`/`--out-file`) works for one release, with one line."""
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    assert code == 0 and (out / "homepod.yaml").is_file()
+    assert err.splitlines()[0] == ("mlab: warning: -o/--output PATH is deprecated (-o is the "
+                                   "output format); use --out-dir")
+    code, _, err = run(capsys, "init", "-o", str(tmp_path / "s.yaml"))
+    assert code == 0 and load_site(tmp_path / "s.yaml").users
+    assert err.splitlines()[0].endswith("use --out-file")
+    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(out), "--out-dir", str(out))
+    assert code == 2 and err.strip() == (
+        "mlab: error: -o and --out-dir both given (give only --out-dir)")
+
+
+def test_site_from_environment_like_the_flag(tmp_path: Path, capsys,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--site resolves the same way in every command: the flag, else $MLAB_SITE."""
+    monkeypatch.setenv("MLAB_SITE", str(SEED))
+    code, out, err = run(capsys, "site", "check")
+    assert code == 0, err
+    assert out.strip() == f"{SEED}: ok (site seed, namespace mlab2, 1 user(s))"
 
 
 def test_schema_is_json_and_closed(capsys) -> None:

@@ -69,7 +69,7 @@ def target_path(share: Path, url: str, output: str | None) -> Path:
     if output is None:
         name = unquote(PurePosixPath(urlsplit(url).path).name)
         if not name or not _NAME.match(name):
-            raise UsageError(f"cannot take a file name from URL {audit.redact_url(url)}", hint="name it with -o PATH")
+            raise UsageError(f"cannot take a file name from URL {audit.redact_url(url)}", hint="name it with --out-file PATH")
         rel = PurePosixPath("downloads", name)
     else:
         rel = PurePosixPath(output)

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.options import site_option
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
 
@@ -29,9 +30,9 @@ SERVER_OPT = typer.Option(
     help="Code service URL. Default: the one `mlab up` published for --site (or "
     "http://<codeService.host>), else http://$MLAB_CODE_HOST, else the local site's.",
 )
-SITE_OPT = typer.Option(
-    "site.yaml", "--site", envvar="MLAB_SITE",
-    help="Site file, used for the default --server. Default: ./site.yaml; if it does not "
+SITE_OPT = site_option(
+    "site.yaml",
+    "Site file, used for the default --server. Default: ./site.yaml; if it does not "
          "exist, the code service `mlab up` runs for examples/local.yaml.",
 )
 
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
     def serve(
         data: Path = typer.Option(..., "--data", help="Data directory: repositories, "
                                   "database, audit log. Created if missing."),
-        site: Path = typer.Option(..., "--site", help="The site file."),
+        site: Path = site_option(..., "The site file. Required."),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
                                  "Default: 0.0.0.0."),
         port: int = typer.Option(PORT_CODE, "--port", help="TCP port; 0 picks a free one (printed). "

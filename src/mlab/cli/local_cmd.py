@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.options import site_option
 from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
@@ -23,10 +24,7 @@ from mlab.topology import PORT_CODE
 
 DEFAULT_SITE = Path("examples/local.yaml")
 
-SITE_OPTION = typer.Option(
-    DEFAULT_SITE, "--site", "-s", envvar="MLAB_SITE", show_envvar=True,
-    help="The site file (YAML). Default: examples/local.yaml (two users).",
-)
+SITE_OPTION = site_option(DEFAULT_SITE, "The site file (YAML). Default: examples/local.yaml (two users).")
 OUTPUT_OPTION = typer.Option(
     "table", "--output", "-o", help="Output format: table or json. Default: table.",
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from mlab.cli.options import site_option
 from mlab.errors import UsageError
 
 
@@ -20,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
     @portal.command("serve")
     def serve(
-        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        site: Path = site_option(..., "The site file (its `portal` section). Required."),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
                                  "Default: 0.0.0.0."),
         port: int = typer.Option(8443, "--port", help="TCP port; 0 picks a free one "
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
 
     @portal.command("keycloak-realm")
     def keycloak_realm(
-        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        site: Path = site_option(..., "The site file (its `portal` section). Required."),
         client_secret_file: Path = typer.Option(
             None, "--client-secret-file", help="File holding the client secret to put in "
             "the realm. Default: a public client (PKCE only)."),

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from mlab.airlock import DEFAULT_SHARE
+from mlab.cli.options import old_output_path_option, out_path
 from mlab.errors import UsageError
 
 SHARE_HELP = f"The Airlock share. Default: {DEFAULT_SHARE} (env MLAB_SHARE)."
@@ -124,11 +125,14 @@ def stage_apt(
 def stage_url(
     url: str = typer.Argument(..., help="http(s) URL to download."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 (hex); the file is kept only if it matches. Default: no check."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Path inside the share. Default: downloads/<last URL segment>."),
+    out_file: Optional[str] = typer.Option(None, "--out-file", help="Path inside the share. Default: downloads/<last URL segment>."),
     share: Path = _share_opt(),
+    old_output: Optional[str] = old_output_path_option(),
 ) -> None:
     """Download URL into the share (resumable, with progress and checksum)."""
     from mlab.airlock import files
+
+    output = out_path(out_file, old_output, "--out-file")
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=_err, transient=True)
     with progress:
