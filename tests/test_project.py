@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,14 +35,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "MLAB_REQUIRE_E2E=1" in ci
 
 
-def _mlab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlab.cli.main", *args], capture_output=True, text=True, check=False
-    )
-
-
 def test_cli_help_lists_command_groups() -> None:
-    proc = _mlab("--help")
+    proc = mlab("--help")
     assert proc.returncode == 0
     assert "Usage" in proc.stdout
 
@@ -53,7 +47,7 @@ def test_cli_help_lists_command_groups() -> None:
     ids=["unknown-command", "unknown-option"],
 )
 def test_cli_usage_errors_exit_2(args: list[str]) -> None:
-    proc = _mlab(*args)
+    proc = mlab(*args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
 

@@ -12,15 +12,14 @@ alice cannot approve her own, and the site asks for two approvers; the reviewer 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-
+from cli_runner import Run
+from cli_runner import mlab as run_mlab
 from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
 
 REPO = "deepvac/deepvac"
@@ -46,19 +45,18 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Se
     stop_service(homepod)
 
 
-def _env(user: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "MLAB_"))}
-    env.update({"MLAB_USER": user, "MLAB_PASSWORD": PASSWORDS[user], "GIT_TERMINAL_PROMPT": "0",
-                "GIT_AUTHOR_NAME": "Office", "GIT_AUTHOR_EMAIL": "o@example.com",
-                "GIT_COMMITTER_NAME": "Office", "GIT_COMMITTER_EMAIL": "o@example.com",
-                "HOME": str(home), "COLUMNS": "200"})
-    return env
+def _settings(user: str, home: Path) -> dict[str, str]:
+    """An office user's shell: their MLab credentials, git identity and home (no other
+    GIT_* or MLAB_* variable is inherited)."""
+    return {"MLAB_USER": user, "MLAB_PASSWORD": PASSWORDS[user], "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "Office", "GIT_AUTHOR_EMAIL": "o@example.com",
+            "GIT_COMMITTER_NAME": "Office", "GIT_COMMITTER_EMAIL": "o@example.com",
+            "HOME": str(home), "COLUMNS": "200"}
 
 
-def mlab(user: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args], cwd=cwd,
-                          capture_output=True, text=True, env=_env(user, cwd), timeout=120,
-                          stdin=subprocess.DEVNULL)
+def mlab(user: str, *args: str, cwd: Path) -> Run:
+    return run_mlab(*args, cwd=cwd, env=_settings(user, cwd), drop=("GIT_", "MLAB_"),
+                    timeout=120)
 
 
 def _commit(work: Path, name: str, text: str) -> str:

@@ -5,12 +5,10 @@ the file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
 from site_kit import LOCAL_SITE, fixed_passwords, translate_fixed
 
 from mlab.errors import DeployError
@@ -90,11 +88,8 @@ def test_status_of_a_plan_from_another_version_is_one_line(tmp_path: Path) -> No
     data = json.loads(_plan().model_dump_json())
     data.pop("version")
     path.write_text(json.dumps(data))
-    env = {**os.environ, "MLAB_STATE_DIR": str(state)}
     for command in ("status", "verify"):
-        proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", command, "--site",
-                               str(SITE)], env=env, capture_output=True, text=True,
-                              timeout=120, check=False)
+        proc = mlab(command, "--site", str(SITE), env={"MLAB_STATE_DIR": str(state)}, timeout=120)
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].endswith(
