@@ -30,3 +30,4 @@ def test_known_timezone_accepted(tmp_path: Path) -> None:
     site.write_text("name: x\ntimezone: Asia/Shanghai\n", encoding="utf-8")
     proc = mlab("site", "check", "--site", str(site))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{site}: ok (site x, namespace mlab, 0 user(s))\n"
