@@ -11,7 +11,6 @@ alice cannot approve her own, and the site asks for two approvers; the reviewer 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -29,20 +28,21 @@ AIRLOCK_PASSWORD = "airlock-secret-1"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
     tmp = tmp_path_factory.mktemp("branchreview")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    # alice reviews too (so self-review is tried), and branches need two approvers.
-    (tmp / "site.yaml").write_text(
-        "name: test\nusers: [{name: alice}, {name: bob}]\n"
-        "codeService:\n  host: code.test\n  allowLocalUpstreams: true\n"
-        "  reviewers: [alice, bob]\n  twoPersonApproval: [branch]\n")
-    # The Airlock's service account (the last test logs in with it).
-    (tmp / "users" / "airlock").mkdir(parents=True)
-    (tmp / "users" / "airlock" / "password").write_text(AIRLOCK_PASSWORD + "\n")
-    homepod = start_service(tmp, homepod_nets="127.0.0.0/8")
-    office = start_service(tmp, homepod_nets="")
-    yield homepod, office
-    stop_service(office)
-    stop_service(homepod)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        # alice reviews too (so self-review is tried), and branches need two approvers.
+        (tmp / "site.yaml").write_text(
+            "name: test\nusers: [{name: alice}, {name: bob}]\n"
+            "codeService:\n  host: code.test\n  allowLocalUpstreams: true\n"
+            "  reviewers: [alice, bob]\n  twoPersonApproval: [branch]\n")
+        # The Airlock's service account (the last test logs in with it).
+        (tmp / "users" / "airlock").mkdir(parents=True)
+        (tmp / "users" / "airlock" / "password").write_text(AIRLOCK_PASSWORD + "\n")
+        homepod = start_service(tmp, homepod_nets="127.0.0.0/8")
+        office = start_service(tmp, homepod_nets="")
+        yield homepod, office
+        stop_service(office)
+        stop_service(homepod)
 
 
 def _settings(user: str, home: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ HTTP to the TLS port gets no answer, so no Basic password is ever accepted in cl
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -39,11 +38,12 @@ def make_ca_and_cert(root: Path) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
     tmp = tmp_path_factory.mktemp("tls")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    ca, cert, key = make_ca_and_cert(tmp)
-    svc = start_service(tmp, extra_args=("--tls-cert", str(cert), "--tls-key", str(key)))
-    yield svc, ca
-    stop_service(svc)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        ca, cert, key = make_ca_and_cert(tmp)
+        svc = start_service(tmp, extra_args=("--tls-cert", str(cert), "--tls-key", str(key)))
+        yield svc, ca
+        stop_service(svc)
 
 
 def test_git_clones_over_https_with_the_ca_only(tls: tuple[Service, Path],
