@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "tests"))  # access_clients, which portal_harness imports
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # before tests/: its conftest is the one meant
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import run_container, wait_for_port, wait_until_ready  # noqa: E402

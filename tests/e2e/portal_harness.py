@@ -19,21 +19,16 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from access_clients import DevTools
 
 KEYCLOAK_VERSION = "26.5.6"
 REALM = "mlab"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-allow-origins=*", "--window-size=1280,800",
-]
 
 
 def free_port() -> int:
@@ -182,88 +177,28 @@ class Portal:
             self.proc.wait()
 
 
-class Browser:
-    """Headless Chromium with a fresh profile, one tab, driven over the DevTools protocol."""
+class Browser(DevTools):
+    """Headless Chromium with a fresh profile and one blank tab (tests/access_clients.py)."""
 
     def __init__(self, tmp: Path) -> None:
-        import websocket
+        super().__init__(tmp, "about:blank", ws_timeout=60)
 
-        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-        self.log = Path(self.profile + ".log")
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-                 "--remote-debugging-port=0", "about:blank"],
-                stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text())
-            if m:
-                port = int(m.group(1))
-            elif time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-500:]}")
-            else:
-                time.sleep(0.1)
-        pages: list[dict[str, Any]] = []
-        while not pages:
-            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                     if t["type"] == "page"]
-            if not pages and time.monotonic() > deadline:
-                raise RuntimeError("chromium has no tab")
-            time.sleep(0.1)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
-                                              suppress_origin=True)
-        self.next_id = 0
 
-    def call(self, method: str, **params: object) -> dict[str, Any]:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]  # type: ignore[no-any-return]
+def open_login_form(browser: Browser, portal_url: str,
+                    marks: dict[str, float] | None = None) -> None:
+    """Open the portal, press Sign in and wait for Keycloak's own login form.
 
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
-        return result["result"].get("value")
-
-    def goto(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def wait_for(self, expression: str, timeout: float = 30, poll: float = 0.05) -> Any:
-        """Poll ``expression`` every ``poll`` s until it is truthy; return its value.
-
-        Raises:
-            TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = self.evaluate(expression)
-            except RuntimeError:
-                value = None  # navigating: no execution context for a moment
-            if value:
-                return value
-            time.sleep(poll)
-        where = self.evaluate("location.href + ' ' + document.title")
-        raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
-
-    def screenshot(self, out: Path) -> None:
-        shot = self.call("Page.captureScreenshot", format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
-
-    def cookies(self) -> list[dict[str, Any]]:
-        return self.call("Network.getAllCookies")["cookies"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.profile, ignore_errors=True)
+    Args:
+        marks: when given, gets ``time.monotonic()`` of ``portal_page`` (the sign-in button
+            shown) and ``login_form`` (Keycloak's form shown).
+    """
+    marks = {} if marks is None else marks
+    browser.goto(portal_url + "/")
+    browser.wait_for("document.getElementById('signin') !== null")
+    marks["portal_page"] = time.monotonic()
+    browser.evaluate("document.getElementById('signin').click()")
+    browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+    marks["login_form"] = time.monotonic()
 
 
 def sign_in(browser: Browser, portal_url: str, user: str, password: str,
@@ -277,12 +212,7 @@ def sign_in(browser: Browser, portal_url: str, user: str, password: str,
             ``signed_in`` (the user's page).
     """
     marks = {} if marks is None else marks
-    browser.goto(portal_url + "/")
-    browser.wait_for("document.getElementById('signin') !== null")
-    marks["portal_page"] = time.monotonic()
-    browser.evaluate("document.getElementById('signin').click()")
-    browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
-    marks["login_form"] = time.monotonic()
+    open_login_form(browser, portal_url, marks)
     browser.evaluate(
         f"document.getElementById('username').value = {json.dumps(user)};"
         f"document.getElementById('password').value = {json.dumps(password)};"
