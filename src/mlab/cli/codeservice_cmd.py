@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlab.cli.options import site_option
+from mlab.cli.serving import listen
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
 
@@ -118,15 +118,7 @@ def register(app: typer.Typer) -> None:
                   f"{config.data_dir / 'admin-password'}): {password}", file=sys.stderr)
         app = create_app(config, store)
         logging.getLogger("mlab").setLevel(logging.INFO)
-        try:
-            sock = socket.create_server((host, port), backlog=256, reuse_port=False)
-        except OSError as exc:
-            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-        bound = sock.getsockname()[1]
-        scheme = "https" if tls_cert else "http"
-        print(f"mlab code service: listening on {scheme}://{host}:{bound}", file=sys.stderr,
-              flush=True)
+        sock = listen("mlab code service", host, port, tls=bool(tls_cert))
         server = uvicorn.Server(uvicorn.Config(
             app, log_level="info" if access_log else "warning", access_log=access_log,
             timeout_keep_alive=30, lifespan="on", log_config=None,

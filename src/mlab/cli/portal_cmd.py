@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import typer
 
 from mlab.cli.options import site_option
+from mlab.cli.serving import listen
 from mlab.errors import UsageError
 
 
@@ -87,15 +87,7 @@ def register(app: typer.Typer) -> None:
         from mlab.portal.malloc_tuning import keep_freed_heap
 
         keep_freed_heap()  # the relay's per-read buffers without page faults (see module)
-        try:
-            sock = socket.create_server((host, port), backlog=256)
-        except OSError as exc:
-            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-        bound = sock.getsockname()[1]
-        scheme = "https" if tls_cert else "http"
-        print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
-              flush=True)
+        sock = listen("mlab portal", host, port, tls=bool(tls_cert))
         try:
             app = build_app(config)
         except sqlite3.Error as exc:
