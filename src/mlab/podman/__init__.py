@@ -9,6 +9,24 @@
 - :mod:`mlab.podman.engine`: ``mlab up`` / ``down`` / ``status`` with all of the above.
 
 The layers (engine on top; runner and translation at the bottom; translation imports no
-side-effect code) are import contracts in pyproject.toml. This face imports nothing, so
-importing the pure translation runs no side-effect code.
+side-effect code) are import contracts in pyproject.toml. This face imports nothing at
+import time, so importing the pure translation runs no side-effect code.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """``from mlab.podman import podman`` (the spelling before the package): the runner's
+    names, loaded only when asked for. Kept for one release; import
+    :mod:`mlab.podman.runner` in new code."""
+    if name.startswith("_") or name == "runner":
+        raise AttributeError(name)
+    runner = importlib.import_module("mlab.podman.runner")
+    try:
+        return getattr(runner, name)
+    except AttributeError:
+        raise AttributeError(f"module 'mlab.podman' has no attribute {name!r}") from None
