@@ -33,6 +33,9 @@ def _print_rows(rows: list[dict], fmt: str) -> None:
         sys.stdout.write(json.dumps(rows) + "\n")
     else:
         for r in rows:
+            if r["action"] == "wake-request":
+                print(f"{r['user']:<16} wake-request  {r['reason']}")
+                continue
             idle = "-" if r["idle_s"] is None else f"{r['idle_s']:.0f}s"
             print(f"{r['user']:<16} {r['action']:<7} idle {idle:>8}  {r['reason']}")
     sys.stdout.flush()
