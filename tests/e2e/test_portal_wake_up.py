@@ -52,6 +52,7 @@ class UpSite:
         self.env = {**os.environ, "MLAB_STATE_DIR": str(self.state), "COLUMNS": "250"}
         self.url = f"http://{BIND}:{PORTAL_PORT}"
         self.culler: subprocess.Popen[str] | None = None
+        self.culler_out: Any = None
 
     def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
@@ -82,10 +83,10 @@ class UpSite:
         return out
 
     def start_culler(self) -> None:
+        self.culler_out = (self.root / "cull.out").open("w")
         self.culler = subprocess.Popen(
             [sys.executable, "-m", "mlab.cli.main", "cull", "--site", str(self.file)],
-            env=self.env, stdout=open(self.root / "cull.out", "w"), stderr=subprocess.STDOUT,
-            text=True)
+            env=self.env, stdout=self.culler_out, stderr=subprocess.STDOUT, text=True)
         alive = self.state / SITE / "podman" / "wake" / "host" / "alive"
         deadline = time.monotonic() + 120
         while not (alive.exists() and time.time() - alive.stat().st_mtime < 5):
@@ -101,6 +102,8 @@ class UpSite:
             except subprocess.TimeoutExpired:
                 self.culler.kill()
                 self.culler.wait(30)
+        if self.culler_out is not None:
+            self.culler_out.close()
 
 
 @pytest.fixture(scope="module")

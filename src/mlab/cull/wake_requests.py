@@ -48,16 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from mlab.errors import MlabError
+from mlab.topology import WAKE_HOST, WAKE_PORTAL_DIR, WAKE_REQUESTS, WAKE_SPOOL
 
 log = logging.getLogger(__name__)
 
-SPOOL = "wake"
-"""The spool's directory name under the podman engine's state directory."""
-REQUESTS = "requests"
-HOST = "host"
+SPOOL, REQUESTS, HOST, PORTAL_DIR = WAKE_SPOOL, WAKE_REQUESTS, WAKE_HOST, WAKE_PORTAL_DIR
+"""Names of the spool (rules in :mod:`mlab.topology`, shared with the podman translation)."""
 ALIVE = "alive"
-PORTAL_DIR = "/var/lib/mlab/wake"
-"""Where the portal pod of `mlab up` sees the spool (``--wake-dir``)."""
 
 POLL_S = 1.0
 """How often the host looks for requests (and touches ``host/alive``)."""

@@ -37,7 +37,7 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
   service's address on the NAT network (no cluster DNS here).
 - The portal wakes a culled HomePod by *asking the host* (``--wake host``): it gets the
-  wake spool of :mod:`mlab.cull.wake_requests` (``<state_dir>/wake``), ``requests/``
+  wake spool of ``mlab.cull.wake_requests`` (``<state_dir>/wake``), ``requests/``
   read-write and ``host/`` read-only, and no podman; the host's ``mlab cull`` takes the
   requests. (The rendered portal's own ``--wake`` is replaced.)
 - ``portal.directDesktopPorts: false``: HomePods publish only SSH (the rendered policies
@@ -68,7 +68,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from mlab.cull import wake_requests
 from mlab.errors import DeployError
 from mlab.site import HOMEPOD_NETS_ENV, Site
 from mlab.topology import (
@@ -79,6 +78,10 @@ from mlab.topology import (
     PORT_CODE,
     PORT_SSH,
     PORT_VNC,
+    WAKE_HOST,
+    WAKE_PORTAL_DIR,
+    WAKE_REQUESTS,
+    WAKE_SPOOL,
 )
 
 Obj = dict[str, Any]
@@ -359,14 +362,14 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_d
     if "--wake" in command:
         at = command.index("--wake")
         del command[at:at + 2]
-    spool = f"{state_dir}/{wake_requests.SPOOL}"
-    for sub, read_only in ((wake_requests.REQUESTS, False), (wake_requests.HOST, True)):
+    spool = f"{state_dir}/{WAKE_SPOOL}"
+    for sub, read_only in ((WAKE_REQUESTS, False), (WAKE_HOST, True)):
         name = f"wake-{sub}"
         spec["volumes"].append({"name": name, "hostPath": {"path": f"{spool}/{sub}",
                                                            "type": "DirectoryOrCreate"}})
         container["volumeMounts"].append({"name": name, "readOnly": read_only,
-                                          "mountPath": f"{wake_requests.PORTAL_DIR}/{sub}"})
-    command += ["--wake", "host", "--wake-dir", wake_requests.PORTAL_DIR]
+                                          "mountPath": f"{WAKE_PORTAL_DIR}/{sub}"})
+    command += ["--wake", "host", "--wake-dir", WAKE_PORTAL_DIR]
     command[command.index("--port") + 1] = str(site.access.ports.portal)
     command += ["--host", site.access.bind_address]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
