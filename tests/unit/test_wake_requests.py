@@ -154,3 +154,15 @@ def test_portal_waker_gives_up_when_the_host_does_not_answer(tmp_path: Path) -> 
     (tmp_path / wr.HOST / wr.ALIVE).touch()  # alive, but never takes the request
     with pytest.raises(wr.WakeRefused, match="did not answer the wake request in 1 s"):
         wr.HostWaker(tmp_path, timeout_s=1, poll_s=0.05)("alice")
+
+
+def test_the_portals_host_engine_needs_its_spool(tmp_path: Path) -> None:
+    from mlab.errors import UsageError
+    from mlab.portal.wake import make_waker
+    from mlab.site import parse_site
+
+    site = parse_site({"name": "t", "users": [{"name": "alice"}]})
+    with pytest.raises(UsageError, match="--wake host needs --wake-dir"):
+        make_waker("host", site)
+    waker = make_waker("host", site, tmp_path)
+    assert isinstance(waker, wr.HostWaker) and waker.spool == tmp_path
