@@ -99,6 +99,9 @@ def test_links_and_odd_files_are_not_followed(tmp_path: Path) -> None:
     assert [(r["user"], r["state"]) for r in rows] == [("bob", "woken")]
     assert wr.read_reply(tmp_path, "bob")["id"] is None  # the link's target was not read
     assert secret.exists() and not (tmp_path / wr.REQUESTS / "bob").exists()
+    (tmp_path / wr.REQUESTS / "alice" / "x").mkdir(parents=True)  # not a file: taken once
+    assert [r["user"] for r in host.step()] == ["alice"]
+    assert host.step() == [] and not list((tmp_path / wr.REQUESTS).iterdir())
 
 
 def test_a_failed_wake_is_replied_as_an_error(tmp_path: Path) -> None:

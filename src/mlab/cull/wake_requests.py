@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import stat
 import threading
 import time
@@ -201,6 +202,16 @@ def _decide(user: str, users: set[str], pods: dict[str, Any], culled: dict[str, 
     return "wake", "culled"
 
 
+def _remove(entry: os.DirEntry[str]) -> None:
+    """Delete a spool entry of any kind (a directory too: it would be taken every second),
+    never following a link."""
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
 def serve_pending(spool: Path, users: set[str], wake: Waker, pods: Lookup, culled: Culled,
                   audit: Audit, now: Callable[[], float] = time.time) -> list[dict[str, Any]]:
     """Take every pending request once: check it, wake, reply, audit; touch ``host/alive``.
@@ -232,13 +243,11 @@ def serve_pending(spool: Path, users: set[str], wake: Waker, pods: Lookup, culle
         name = entry.name
         if name.startswith("."):  # a request being written (tmp, then rename)
             if now() - entry.stat(follow_symlinks=False).st_mtime > 60:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                _remove(entry)
             continue
         raw = _read_small(Path(entry.path), MAX_REQUEST_BYTES) \
             if entry.is_file(follow_symlinks=False) else None
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
+        _remove(entry)
         try:
             rid = json.loads(raw or b"{}").get("id")
         except (ValueError, AttributeError):
