@@ -397,3 +397,25 @@ def test_networks_join_only_pods_that_share_an_edge() -> None:
     present = {p.component for p in plan.pods}
     want = {pair for pair in edges if pair <= present and len(pair) == 2}
     assert shared == want
+
+
+def test_portal_asks_the_host_for_wakes_through_the_spool_and_holds_no_podman() -> None:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data["portal"] = {"enabled": True, "url": "http://127.0.0.1:8443"}
+    plan = _plan(parse_site(data))
+    portal = plan.pod("portal")
+    assert portal is not None
+    spec = portal.manifest["spec"]
+    command = spec["containers"][0]["command"]
+    assert command.count("--wake") == 1
+    assert command[command.index("--wake") + 1] == "host"
+    assert command[command.index("--wake-dir") + 1] == "/var/lib/mlab/wake"
+    paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert paths["wake-requests"] == f"{STATE}/wake/requests"
+    assert paths["wake-host"] == f"{STATE}/wake/host"
+    assert mounts["wake-requests"]["mountPath"] == "/var/lib/mlab/wake/requests"
+    assert mounts["wake-requests"]["readOnly"] is False
+    assert mounts["wake-host"]["readOnly"] is True  # it cannot forge replies or the heartbeat
+    # No way to podman: no socket, no container storage mounted into the portal.
+    assert not [p for p in paths.values() if "podman.sock" in p or "containers" in p], paths

@@ -118,6 +118,14 @@ def _print_passwords(rows: list[dict[str, str]], fmt: str) -> None:
     Console().print(table)
 
 
+def _wakes_taken(site_name: str) -> bool:
+    """Whether a `mlab cull` of the site takes the portal's wake requests right now."""
+    from mlab.cull.wake_requests import host_alive, spool_dir
+    from mlab.deploy.podman_engine import state_dir
+
+    return host_alive(spool_dir(state_dir(site_name)))
+
+
 def up(
     site: Path = SITE_OPTION,
     wait: bool = typer.Option(
@@ -148,6 +156,9 @@ def up(
         parts.append(f"{len(result.culled)} culled left stopped (mlab wake NAME)")
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
                   f"in {time.monotonic() - start:.1f} s")
+    if loaded.portal.enabled and not _wakes_taken(loaded.name):
+        console.print("mlab up: the portal's Open desktop wakes culled desktops through "
+                      f"`mlab cull --site {site}` on this host; it is not running")
     if result.placeholder_code_service:
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
                       f"service is a PLACEHOLDER HTTP server on :{PORT_CODE}")

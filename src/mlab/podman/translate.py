@@ -36,6 +36,10 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   in tests), and the firewall keeps HomePod networks closed to everything routed. Its
   ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
   service's address on the NAT network (no cluster DNS here).
+- The portal wakes a culled HomePod by *asking the host* (``--wake host``): it gets the
+  wake spool of ``mlab.cull.wake_requests`` (``<state_dir>/wake``), ``requests/``
+  read-write and ``host/`` read-only, and no podman; the host's ``mlab cull`` takes the
+  requests. (The rendered portal's own ``--wake`` is replaced.)
 - ``portal.directDesktopPorts: false``: HomePods publish only SSH (the rendered policies
   admit only SSH from offices); desktops are reached through the portal alone, which
   reaches each HomePod's VNC at its address.
@@ -74,6 +78,10 @@ from mlab.topology import (
     PORT_CODE,
     PORT_SSH,
     PORT_VNC,
+    WAKE_HOST,
+    WAKE_PORTAL_DIR,
+    WAKE_REQUESTS,
+    WAKE_SPOOL,
 )
 
 Obj = dict[str, Any]
@@ -344,12 +352,24 @@ def _check_clashes(pods: list[PodPlan]) -> None:
             seen[key] = where
 
 
-def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None:
+def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_dir: str) -> None:
     """The portal pod on the host's network: listen on ``access.bindAddress`` at the
-    Service port, reach each HomePod at its fixed address (mutates ``spec``)."""
+    Service port, reach each HomePod at its fixed address, ask the host for wakes through
+    the wake spool (mutates ``spec``)."""
     spec["hostNetwork"] = True
     container = spec["containers"][0]
     command = list(container["command"])
+    if "--wake" in command:
+        at = command.index("--wake")
+        del command[at:at + 2]
+    spool = f"{state_dir}/{WAKE_SPOOL}"
+    for sub, read_only in ((WAKE_REQUESTS, False), (WAKE_HOST, True)):
+        name = f"wake-{sub}"
+        spec["volumes"].append({"name": name, "hostPath": {"path": f"{spool}/{sub}",
+                                                           "type": "DirectoryOrCreate"}})
+        container["volumeMounts"].append({"name": name, "readOnly": read_only,
+                                          "mountPath": f"{WAKE_PORTAL_DIR}/{sub}"})
+    command += ["--wake", "host", "--wake-dir", WAKE_PORTAL_DIR]
     command[command.index("--port") + 1] = str(site.access.ports.portal)
     command += ["--host", site.access.bind_address]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
@@ -577,7 +597,7 @@ def translate(
                         env.append({"name": var, "value": HOST_CA_BUNDLE})
         spec["volumes"] = new_volumes
         if component == "portal":
-            _portal_on_host(site, spec, nets)
+            _portal_on_host(site, spec, nets, state_dir)
 
         ports: list[Port] = []
         # portal.directDesktopPorts false: like the rendered policies (office -> HomePod keeps
