@@ -400,9 +400,7 @@ def test_networks_join_only_pods_that_share_an_edge() -> None:
 
 
 def test_portal_asks_the_host_for_wakes_through_the_spool_and_holds_no_podman() -> None:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
-    data["portal"] = {"enabled": True, "url": "http://127.0.0.1:8443"}
-    plan = _plan(parse_site(data))
+    plan = _plan(local_site(portal={"enabled": True, "url": "http://127.0.0.1:8443"}))
     portal = plan.pod("portal")
     assert portal is not None
     spec = portal.manifest["spec"]

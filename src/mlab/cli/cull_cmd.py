@@ -80,7 +80,7 @@ def _wake_requests(loaded, fmt: str, once: bool):  # type: ignore[no-untyped-def
     """Under the podman engine, take the portal's wake requests (docs/culling.md): once
     before the pass with ``--once``, else every second in a thread until the loop ends."""
     from mlab.cull import wake_requests
-    from mlab.deploy.podman_engine import state_dir
+    from mlab.podman.engine import state_dir
 
     step = wake_requests.podman_step(loaded, wake_requests.spool_dir(state_dir(loaded.name)))
     if once:

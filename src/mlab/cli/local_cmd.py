@@ -121,7 +121,7 @@ def _print_passwords(rows: list[dict[str, str]], fmt: str) -> None:
 def _wakes_taken(site_name: str) -> bool:
     """Whether a `mlab cull` of the site takes the portal's wake requests right now."""
     from mlab.cull.wake_requests import host_alive, spool_dir
-    from mlab.deploy.podman_engine import state_dir
+    from mlab.podman.engine import state_dir
 
     return host_alive(spool_dir(state_dir(site_name)))
 
