@@ -75,7 +75,7 @@ def serving(root: Path, address: str = "127.0.0.1", *, tls: bool = False,
     """Run docker-registry on a free port of ``address`` until the ``with`` ends.
 
     Args:
-        root: an empty folder for its configuration, storage, certificates and log.
+        root: a folder (made if missing) for its configuration, storage, certificates and log.
         address: the IP address it listens on.
         tls: serve TLS with a certificate from a CA made here (``Registry.ca_file``).
         timeout: seconds to wait for ``/v2/`` to answer 200.
@@ -86,6 +86,7 @@ def serving(root: Path, address: str = "127.0.0.1", *, tls: bool = False,
     """
     binary = shutil.which("docker-registry")
     assert binary, "docker-registry is needed (bash scripts/setup.sh)"
+    root.mkdir(parents=True, exist_ok=True)
     port = _free_port(address)
     http: dict[str, object] = {"addr": f"{address}:{port}"}
     ca_file = None
