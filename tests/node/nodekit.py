@@ -60,10 +60,9 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_SECRET = "site-ca"
 
 
-def apply_with_machine_ca(node: Node, directory: Path, *extra: str) -> Path:
+def apply_with_machine_ca(node: Node, directory: Path) -> Path:
     """Apply examples/local.yaml with ``airlock.caBundleSecret`` naming the machine's CA
-    bundle and return the variant's path; ``extra``: more ``mlab apply`` options, e.g.
-    ``--restart-user alice``.
+    bundle and return the variant's path.
 
     These machines reach PyPI through a TLS-intercepting proxy: the Airlock trusts the
     machine's CA bundle the way a site behind such a proxy does. Nothing else changes
@@ -77,7 +76,7 @@ def apply_with_machine_ca(node: Node, directory: Path, *extra: str) -> Path:
     doc["airlock"]["caBundleSecret"] = CA_SECRET
     variant = directory / "site.yaml"
     variant.write_text(yaml.safe_dump(doc))
-    proc = node.mlab("apply", "--site", str(variant), "--timeout", "600", *extra)
+    proc = node.mlab("apply", "--site", str(variant), "--timeout", "600")
     assert proc.returncode == 0, proc.stderr
     return variant
 

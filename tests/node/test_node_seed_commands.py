@@ -17,20 +17,21 @@ shell's ``*`` in the seed's folder sees only the users' wheels (it used to see `
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from nodekit import Node, apply_with_machine_ca
+from nodekit import NAMESPACE, Node
 from test_node_journeys import Lab, _airlock_lists_ready
 from test_node_journeys import lab as lab  # noqa: F401  (the module fixture, applied once)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 
-def test_pip_download_then_pip_install_star(lab: Lab, tmp_path: Path) -> None:
-    # alice's HomePod on the current image: a running one is held on the image it started
-    # with (an older checkout's), whose /etc/pip.conf may name another index folder.
-    apply_with_machine_ca(lab.node, tmp_path, "--restart-user", "alice")
+def test_pip_download_then_pip_install_star(lab: Lab) -> None:
+    # alice's HomePod on the current image: a running one keeps the image it started with
+    # (an older checkout's `localhost/mlab/homepod:latest`, the same reference, so `mlab
+    # apply --restart-user` sees no change), whose /etc/pip.conf may name another folder.
+    lab.node.kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/homepod-alice")
+    lab.node.kubectl("-n", NAMESPACE, "rollout", "status", "deploy/homepod-alice", "--timeout=600s",
+                     timeout=660)
     fetched = lab.shell("airlock", "airlock",
                         "mlab stage pip iniconfig >/dev/null 2>&1 && echo INDEX $(ls /opt/public/airlock/pip-index) && "
                         "cd /opt/public/airlock/pip && pip download six && pip download tomli-w "
