@@ -201,6 +201,24 @@ class Image(Model):
         "a trusted local network): `mlab image push` and the podman engine's pull skip TLS; "
         "on Kubernetes, containerd needs the same (docs/image.md). Default: false.",
     )
+    ca_file: str | None = Field(
+        None,
+        description="Absolute path of a PEM file holding the CA that signed the registry's "
+        "TLS certificate (a local CA), trusted for this registry only: `mlab image push` "
+        "and the podman engine's pull give it to podman (`--cert-dir`), and `mlab node up "
+        "--site` to containerd (`ca` in the registry's hosts.toml). The machine's trust "
+        "store is not changed. Not with plainHttp. None: the system's CAs (docs/image.md).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> Image:
+        if self.ca_file is not None:
+            if self.plain_http:
+                raise ValueError("caFile is for a TLS registry; plainHttp: true says it has no TLS "
+                                 "(drop one of them)")
+            if not self.ca_file.startswith("/"):
+                raise ValueError(f"caFile {self.ca_file!r} must be an absolute path")
+        return self
 
     @property
     def ref(self) -> str:

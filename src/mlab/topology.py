@@ -81,6 +81,17 @@ SHARE_PATH = "/opt/public/airlock"
 EXPORT_DIR = "export"
 EXPORT_PATH = f"{SHARE_PATH}/{EXPORT_DIR}"
 """Where the publisher delivers approved requests (``<id>/`` below it)."""
+PIP_INDEX_DIR = "pip-index"
+"""MLab's pip repository in the share: ``files/`` (wheels) and ``simple/`` (PEP 503 pages).
+
+Not inside the seed's ``pip/`` folder: there the seed's ``pip install *`` passes every entry
+as a project name, and ``files`` and ``simple`` made it fail ("No matching distribution found
+for simple"). MLab up to 0.1 kept the tree in ``pip/``; ``mlab airlock migrate`` moves it."""
+PIP_INDEX_URL = f"file://{SHARE_PATH}/{PIP_INDEX_DIR}/simple"
+"""The ``index-url`` of a HomePod's ``/etc/pip.conf``."""
+SHARE_FOLDERS = ("pip", "apt", PIP_INDEX_DIR, "downloads", "git", EXPORT_DIR)
+"""The share's top-level folders (docs/CONTRACTS.md "Share layout"): the Airlock creates
+them as its user's, and an SFTP chroot account keeps them the user's."""
 OUTBOX_PATH = "/opt/outbox"
 CA_DIR = "/etc/mlab/ca"
 PASSWORD_DIR = "/etc/mlab/secret"

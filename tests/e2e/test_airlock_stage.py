@@ -79,7 +79,7 @@ def test_pip_packages_install_offline(pods, staged) -> None:
     pip_out, _apt = staged
     built = [ln for ln in pip_out.splitlines() if "built from sdist" in ln]
     assert len(built) == 1 and "docopt-0.6.2-" in built[0], pip_out
-    assert not list((share / "pip" / "files").glob("*.tar.gz"))
+    assert not list((share / "pip-index" / "files").glob("*.tar.gz"))
     # no network in the HomePod: loopback is its only interface
     ifaces = homepod.exec("python3", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))").stdout
     assert ifaces.strip() == "['lo']"

@@ -280,7 +280,7 @@ def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
     wheel = _tiny_wheel(tmp_path, "numpy", "99.1.0")
     import base64
 
-    files = "/opt/public/airlock/pip/files"
+    files = "/opt/public/airlock/pip-index/files"
     podman(["exec", "-i", "-u", "airlock", air, "sh", "-c",
             f"mkdir -p {files} && base64 -d > {files}/{wheel.name}"],
            input=base64.b64encode(wheel.read_bytes()).decode())

@@ -23,7 +23,8 @@ def image_ref(site: Site, say: Say) -> str:
     current recipe and source, built if missing (``ensure_image``); otherwise (a pinned tag
     or another repository) the site's reference, pulled (``podman pull``, TLS off with
     ``image.plainHttp``) when missing and ``pullPolicy`` is not ``Never``, always with
-    ``Always``.
+    ``Always`` (TLS as :func:`mlab.image.push.registry_tls` says: ``image.caFile`` trusted
+    for this pull only).
 
     Raises:
         DeployError: the image is not present and could not be pulled.
@@ -34,13 +35,14 @@ def image_ref(site: Site, say: Say) -> str:
     present = podman(["image", "exists", site.image.ref], check=False).returncode == 0
     if site.image.pull_policy == "Always" or (not present and site.image.pull_policy != "Never"):
         say(f"image: pulling {site.image.ref}")
-        tls = "false" if site.image.plain_http else "true"
-        proc = podman(["pull", "-q", f"--tls-verify={tls}", site.image.ref], check=False,
-                      timeout=3600)
+        from mlab.image.push import registry_tls
+
+        with registry_tls(site.image) as tls:
+            proc = podman(["pull", "-q", *tls, site.image.ref], check=False, timeout=3600)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
             raise DeployError(f"image {site.image.ref}: pull failed: {lines[-1].strip()}",
-                              hint="push it first (mlab image push), or check image.plainHttp")
+                              hint="push it first (mlab image push), or check image.plainHttp / image.caFile")
         present = True
     if not present:
         raise DeployError(f"image {site.image.ref} is not present",
