@@ -352,6 +352,9 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None
     command = list(container["command"])
     command[command.index("--port") + 1] = str(site.access.ports.portal)
     command += ["--host", site.access.bind_address]
+    if "--wake" in command:  # in-cluster (portal.wake): no API server here; `mlab wake` does
+        at = command.index("--wake")
+        del command[at:at + 2]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
         nat = nets[nat_network_name(site)]
         command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{PORT_CODE}"

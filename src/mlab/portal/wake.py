@@ -21,14 +21,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("none", "podman", "kubernetes")
-"""``mlab portal serve --wake``: who starts a stopped HomePod."""
+ENGINES = ("none", "podman", "kubernetes", "in-cluster")
+"""``mlab portal serve --wake``: who starts a stopped HomePod (``in-cluster``: the rendered
+portal with its own ServiceAccount, :mod:`mlab.cull.incluster`)."""
 
 Waker = Callable[[str], object]
 
@@ -37,8 +39,11 @@ STARTING_S = 120.0
 the desktop needs a few seconds before VNC answers (docs/culling.md: 3 to 15 s)."""
 
 
-def make_waker(engine: str, site: Site) -> Waker | None:
+def make_waker(engine: str, site: Site, audit_log: Path | None = None) -> Waker | None:
     """The wake function for ``engine`` (``none``: the portal never starts HomePods).
+
+    ``audit_log``: where ``in-cluster`` writes the culler's ``wake`` record (the other
+    engines write the culler's own audit file).
 
     Raises:
         UsageError: an unknown engine (one line naming the choices).
@@ -53,6 +58,11 @@ def make_waker(engine: str, site: Site) -> Waker | None:
         from mlab.cull import kube
 
         return lambda user: kube.wake(site, user)
+    if engine == "in-cluster":
+        from mlab.cull import incluster
+
+        api = incluster.InCluster.from_pod()
+        return lambda user: incluster.wake(site, user, api, audit_log)
     raise UsageError(f"--wake {engine!r}: expected one of {', '.join(ENGINES)}")
 
 
