@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -84,10 +85,28 @@ def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dic
                  } for p in people])
 
 
-class Keycloak:
-    """A Keycloak server on 127.0.0.1:``port`` with the realm imported (about 20-40 s)."""
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate and key (PEM files) and the CA file that signs it."""
 
-    def __init__(self, tmp: Path, realm: dict[str, Any]) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class Keycloak:
+    """A Keycloak server on ``host``:``port`` with the realm imported (about 20-40 s).
+
+    Args:
+        host: the address it listens on (127.0.0.1; the Kubernetes node's address when a
+            portal pod must reach it).
+        tls: serve HTTPS only with this certificate (a provider other hosts and pods
+            reach); None: plain HTTP (only on loopback, as the site model requires).
+    """
+
+    def __init__(self, tmp: Path, realm: dict[str, Any], host: str = "127.0.0.1",
+                 tls: Tls | None = None) -> None:
+        self.host, self.tls = host, tls
         home = keycloak_home()
         if not (home / "bin" / "kc.sh").exists():
             raise RuntimeError(f"Keycloak is not unpacked at {home}: run bash scripts/setup.sh")
@@ -103,16 +122,25 @@ class Keycloak:
         env = {**os.environ, "JAVA_HOME": jdk, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
                "KC_BOOTSTRAP_ADMIN_PASSWORD": base64.b32encode(os.urandom(10)).decode(),
                "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx512m"}
+        listen = ["--http-port", str(self.port)]
+        if tls is not None:
+            listen = ["--http-enabled=false", "--https-port", str(self.port),
+                      "--https-certificate-file", str(tls.cert),
+                      "--https-certificate-key-file", str(tls.key)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", "127.0.0.1",
-                 "--http-port", str(self.port), "--import-realm",
-                 "--http-management-port", str(free_port())],
+                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", host, *listen,
+                 "--import-realm", "--http-management-port", str(free_port())],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/realms/{REALM}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this server (its CA with TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else True
 
     def wait(self, timeout: float = 240) -> float:
         """Wait until the realm's discovery document answers; return the seconds waited."""
@@ -121,7 +149,8 @@ class Keycloak:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Keycloak exited: {self.log.read_text()[-2000:]}")
             try:
-                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2,
+                              verify=self.verify())
                 if r.status_code == 200:
                     return time.monotonic() - start
             except httpx.HTTPError:
@@ -185,14 +214,14 @@ class Portal:
 class Browser:
     """Headless Chromium with a fresh profile, one tab, driven over the DevTools protocol."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra_flags: tuple[str, ...] = ()) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.log = Path(self.profile + ".log")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                ["chromium", *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={self.profile}",
                  "--remote-debugging-port=0", "about:blank"],
                 stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 30
