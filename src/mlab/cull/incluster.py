@@ -91,7 +91,8 @@ class InCluster:
         """
         with self._client() as client:
             resp = client.get(self.scale_path(namespace, name))
-        return int(_checked(resp, "get", name).get("spec", {}).get("replicas", 0))
+        spec = _checked(resp, "get", name).get("spec")
+        return int(spec.get("replicas", 0)) if isinstance(spec, dict) else 0
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set the Deployment's replicas (a JSON merge patch of its Scale).
