@@ -158,6 +158,35 @@ class Keycloak:
             time.sleep(0.5)
         raise TimeoutError(f"Keycloak not ready after {timeout} s: {self.log.read_text()[-2000:]}")
 
+    def warm(self, portal_url: str, client_id: str = "mlab-portal") -> float:
+        """Render the realm's login page once, with the theme files it links, as a
+        browser's first visit would; return the seconds it took.
+
+        After a start Keycloak compiles its page templates and loads its theme on the
+        first login page (2.5 to 3.2 s of the first sign-in, docs/portal.md); a site
+        warms it the same way (a startup probe or one request after a restart). The
+        request is the portal's own authorization request (PKCE S256, its redirect URI),
+        answered with the login form; nobody signs in.
+        """
+        import hashlib
+        import html
+
+        verifier = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        params = {"client_id": client_id, "response_type": "code", "scope": "openid",
+                  "redirect_uri": portal_url + "/auth/callback", "state": "warm-up",
+                  "code_challenge": challenge.decode(), "code_challenge_method": "S256"}
+        start = time.monotonic()
+        with httpx.Client(verify=self.verify(), timeout=60) as client:
+            page = client.get(f"{self.issuer}/protocol/openid-connect/auth", params=params)
+            page.raise_for_status()
+            if 'id="kc-form-login"' not in page.text:
+                raise RuntimeError(f"Keycloak's warm-up got no login form: {page.text[:300]}")
+            origin = self.issuer.split("/realms/")[0]
+            for ref in sorted(set(re.findall(r'(?:href|src)="(/resources/[^"]+)"', page.text))):
+                client.get(origin + html.unescape(ref))
+        return time.monotonic() - start
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
