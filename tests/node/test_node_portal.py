@@ -268,6 +268,7 @@ def test_homepods_reach_neither_keycloak_nor_the_api_server(portal) -> None:
                                str(portal.keycloak.port), namespace=NAMESPACE)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"keycloak": out["keycloak"], "api-server": out["api-server"]}
+    print(f"\nalice's HomePod to Keycloak and the API server: {out}")
     assert "connected" not in out.values(), out
 
 
