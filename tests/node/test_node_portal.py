@@ -167,11 +167,23 @@ def _events(p: SimpleNamespace) -> list[tuple[str, str | None]]:
     return [(r["event"], r.get("user")) for r in _audit(p)]
 
 
+def _sign_in(p: SimpleNamespace, browser: Browser, person: Person) -> None:
+    """:func:`sign_in` through Keycloak's page; on failure the message has the browser's
+    error page text and the end of the portal pod's log."""
+    try:
+        sign_in(browser, p.url, person.name, person.password)
+    except TimeoutError as exc:
+        page = browser.evaluate("document.body ? document.body.innerText.slice(0, 400) : ''")
+        log = p.node.kubectl("-n", NAMESPACE, "logs", "deploy/portal", "--tail=30",
+                             check=False).stdout
+        raise AssertionError(f"{exc}\npage: {page}\nportal log:\n{log}") from None
+
+
 def test_alice_signs_in_on_keycloak_and_sees_her_desktop(portal, tmp_path) -> None:
     browser = Browser(tmp_path, portal.flags)
     try:
         start = time.monotonic()
-        sign_in(browser, portal.url, ALICE.name, ALICE.password)
+        _sign_in(portal, browser, ALICE)
         assert browser.evaluate("document.getElementById('state').textContent") == "running"
         # Keycloak's own page was the one that took the password, at the provider's address.
         cookie = next(c for c in browser.cookies() if c["name"] == "mlab_portal")
@@ -192,7 +204,7 @@ def test_alice_signs_in_on_keycloak_and_sees_her_desktop(portal, tmp_path) -> No
 def test_bob_cannot_open_alices_desktop(portal, tmp_path) -> None:
     browser = Browser(tmp_path, portal.flags)
     try:
-        sign_in(browser, portal.url, BOB.name, BOB.password)
+        _sign_in(portal, browser, BOB)
         assert "/desktop/bob" in browser.evaluate("document.getElementById('open').href")
         browser.goto(f"{portal.url}/desktop/alice")
         browser.wait_for("document.title.startsWith('Not yours')")
@@ -287,7 +299,7 @@ def test_open_desktop_wakes_culled_alice(portal, tmp_path) -> None:
                  "--timeout=180s", timeout=200)
     browser = Browser(tmp_path, portal.flags)
     try:
-        sign_in(browser, portal.url, ALICE.name, ALICE.password)
+        _sign_in(portal, browser, ALICE)
         state = browser.evaluate("document.getElementById('state').textContent")
         assert state.startswith("stopped"), state
         clicked = time.monotonic()
