@@ -139,6 +139,7 @@ def portal(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim
         proc = mlab("apply", "--timeout", "600")
         assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-2500:]
         keycloak.wait(timeout=400)
+        keycloak.warm(url)  # as docs/portal.md advises a site after each Keycloak start
         yield SimpleNamespace(
             url=url, node=node, keycloak=keycloak, tmp=tmp, ca=certs["ca"],
             flags=(f"--ignore-certificate-errors-spki-list={','.join(certs['spki'])}",))
