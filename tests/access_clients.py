@@ -49,14 +49,15 @@ class DevTools:
     """Headless Chromium with a fresh profile, driven over the DevTools protocol (websocket
     JSON-RPC): the tab that shows ``url``. The portal tests' ``Browser`` is this class."""
 
-    def __init__(self, tmp: Path, url: str = "about:blank", ws_timeout: float = 30) -> None:
+    def __init__(self, tmp: Path, url: str = "about:blank", ws_timeout: float = 30,
+                 extra_flags: tuple[str, ...] = ()) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.log = Path(self.profile + ".log")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                ["chromium", *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={self.profile}",
                  "--remote-debugging-port=0", url],
                 stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 30

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -79,10 +80,28 @@ def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dic
                  } for p in people])
 
 
-class Keycloak:
-    """A Keycloak server on 127.0.0.1:``port`` with the realm imported (about 20-40 s)."""
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate and key (PEM files) and the CA file that signs it."""
 
-    def __init__(self, tmp: Path, realm: dict[str, Any]) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class Keycloak:
+    """A Keycloak server on ``host``:``port`` with the realm imported (about 20-40 s).
+
+    Args:
+        host: the address it listens on (127.0.0.1; the Kubernetes node's address when a
+            portal pod must reach it).
+        tls: serve HTTPS only with this certificate (a provider other hosts and pods
+            reach); None: plain HTTP (only on loopback, as the site model requires).
+    """
+
+    def __init__(self, tmp: Path, realm: dict[str, Any], host: str = "127.0.0.1",
+                 tls: Tls | None = None) -> None:
+        self.host, self.tls = host, tls
         home = keycloak_home()
         if not (home / "bin" / "kc.sh").exists():
             raise RuntimeError(f"Keycloak is not unpacked at {home}: run bash scripts/setup.sh")
@@ -98,16 +117,25 @@ class Keycloak:
         env = {**os.environ, "JAVA_HOME": jdk, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
                "KC_BOOTSTRAP_ADMIN_PASSWORD": base64.b32encode(os.urandom(10)).decode(),
                "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx512m"}
+        listen = ["--http-port", str(self.port)]
+        if tls is not None:
+            listen = ["--http-enabled=false", "--https-port", str(self.port),
+                      "--https-certificate-file", str(tls.cert),
+                      "--https-certificate-key-file", str(tls.key)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", "127.0.0.1",
-                 "--http-port", str(self.port), "--import-realm",
-                 "--http-management-port", str(free_port())],
+                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", host, *listen,
+                 "--import-realm", "--http-management-port", str(free_port())],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/realms/{REALM}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this server (its CA with TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else True
 
     def wait(self, timeout: float = 240) -> float:
         """Wait until the realm's discovery document answers; return the seconds waited."""
@@ -116,13 +144,43 @@ class Keycloak:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Keycloak exited: {self.log.read_text()[-2000:]}")
             try:
-                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2,
+                              verify=self.verify())
                 if r.status_code == 200:
                     return time.monotonic() - start
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"Keycloak not ready after {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def warm(self, portal_url: str, client_id: str = "mlab-portal") -> float:
+        """Render the realm's login page once, with the theme files it links, as a
+        browser's first visit would; return the seconds it took.
+
+        After a start Keycloak compiles its page templates and loads its theme on the
+        first login page (2.5 to 3.2 s of the first sign-in, docs/portal.md); a site
+        warms it the same way (a startup probe or one request after a restart). The
+        request is the portal's own authorization request (PKCE S256, its redirect URI),
+        answered with the login form; nobody signs in.
+        """
+        import hashlib
+        import html
+
+        verifier = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        params = {"client_id": client_id, "response_type": "code", "scope": "openid",
+                  "redirect_uri": portal_url + "/auth/callback", "state": "warm-up",
+                  "code_challenge": challenge.decode(), "code_challenge_method": "S256"}
+        start = time.monotonic()
+        with httpx.Client(verify=self.verify(), timeout=60) as client:
+            page = client.get(f"{self.issuer}/protocol/openid-connect/auth", params=params)
+            page.raise_for_status()
+            if 'id="kc-form-login"' not in page.text:
+                raise RuntimeError(f"Keycloak's warm-up got no login form: {page.text[:300]}")
+            origin = self.issuer.split("/realms/")[0]
+            for ref in sorted(set(re.findall(r'(?:href|src)="(/resources/[^"]+)"', page.text))):
+                client.get(origin + html.unescape(ref))
+        return time.monotonic() - start
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -180,8 +238,8 @@ class Portal:
 class Browser(DevTools):
     """Headless Chromium with a fresh profile and one blank tab (tests/access_clients.py)."""
 
-    def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp, "about:blank", ws_timeout=60)
+    def __init__(self, tmp: Path, extra_flags: tuple[str, ...] = ()) -> None:
+        super().__init__(tmp, "about:blank", ws_timeout=60, extra_flags=extra_flags)
 
 
 def open_login_form(browser: Browser, portal_url: str,

@@ -39,6 +39,10 @@ def _facts(site: Site) -> set[str]:
         facts.add("dns-cluster")
     if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
         facts.add("proxy")
+    if site.portal.enabled and site.portal.oidc is not None:
+        facts.add("oidc")
+    if site.portal.enabled and site.portal.wake:
+        facts.add("wake")
     return facts
 
 
@@ -54,6 +58,12 @@ def _endpoint(site: Site, who: str) -> Endpoint:
         return Endpoint(str(next(iter(_hosts(site.access.office_cidrs[0])))))
     if who == "proxy":
         return Endpoint(str(next(iter(_hosts(site.airlock.proxy.cidrs[0])))))
+    if who == "identity-provider":
+        assert site.portal.oidc is not None
+        cidrs = site.portal.oidc.cidrs
+        return Endpoint(str(next(iter(_hosts(cidrs[0])))) if cidrs else PUBLIC)
+    if who == "api-server":
+        return Endpoint(str(next(iter(_hosts(site.cluster.api_server_cidrs[0])))))
     return Endpoint(PEERS[who])
 
 
@@ -71,6 +81,11 @@ def _ports(site: Site, edge: Edge) -> list[tuple[int, str]]:
         return [(p, "TCP") for p in site.airlock.proxy.ports()]
     if edge.destination == "internet":
         return [(443, "TCP")]
+    if edge.destination == "identity-provider":
+        assert site.portal.oidc is not None
+        return [(site.portal.oidc.issuer_port, "TCP")]
+    if edge.destination == "api-server":
+        return [(site.cluster.api_server_port, "TCP")]
     return [(p, "TCP") for p in edge.ports]
 
 
@@ -79,7 +94,7 @@ def _edge_words(text: str) -> tuple[str, str]:
     m = re.match(r"(\S+) (?:\S+ )?--> (\S+)", text)
     assert m, f"edge annotation {text!r} has no 'source --> destination'"
     dest = m.group(2)
-    return m.group(1), {"identity": "identity-provider"}.get(dest, dest)
+    return m.group(1), dest
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -117,8 +132,6 @@ def test_every_policy_is_a_table_edge(path: Path) -> None:
         if text.startswith("default deny"):
             continue
         pair = _edge_words(text)
-        if pair == ("portal", "identity-provider"):
-            continue  # from portal.oidc, not a fixed edge (see EDGES)
         if pair[1] == "proxy" and text.startswith(("airlock", "code-service")):
             assert (pair[0], "proxy") in table
             continue

@@ -50,11 +50,15 @@ def register(app: typer.Typer) -> None:
             "none", "--wake", help="Who starts a stopped (culled) HomePod when its user "
             "opens the desktop: podman (the pods of `mlab up` on this host), kubernetes "
             "(kubectl, the mlab-culler Role), host (ask the host's `mlab cull` through "
-            "--wake-dir: the portal pod of `mlab up`), or none. Same code and audit as "
-            "`mlab wake`. Default: none."),
+            "--wake-dir: the portal pod of `mlab up`), in-cluster (the rendered portal's own "
+            "ServiceAccount, portal.wake), or none. Same audit as `mlab wake`. Default: none."),
         wake_dir: Path = typer.Option(
             None, "--wake-dir", help="With --wake host: the wake spool (requests/ writable, "
             "host/ written by `mlab cull`). Default: none."),
+        idp_ca_file: Path = typer.Option(
+            None, "--idp-ca-file", help="PEM CA certificates trusted, besides the system's, "
+            "for the identity provider's https:// (portal.oidc.caBundleSecret). "
+            "Default: system CAs only."),
         session_db: Path = typer.Option(
             None, "--session-db", help="SQLite file for sessions, so that they survive a "
             "restart (one portal replica). Default: in memory (a restart signs everyone out)."),
@@ -82,8 +86,8 @@ def register(app: typer.Typer) -> None:
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
                               code_url=code_url.rstrip("/") if code_url else None,
-                              waker=make_waker(wake, the_site, wake_dir), session_db=session_db,
-                              share=share)
+                              waker=make_waker(wake, the_site, wake_dir, audit_log),
+                              session_db=session_db, share=share, idp_ca_file=idp_ca_file)
         if session_db is not None and not session_db.parent.is_dir():
             raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
                              "does not exist")

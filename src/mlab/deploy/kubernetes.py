@@ -25,7 +25,7 @@ from typing import Any
 
 from mlab.errors import DeployError, TemporaryError, ToolMissingError
 from mlab.render import Rendered, dump_yaml
-from mlab.render.common import LABEL_INSTANCE, LABEL_MANAGED_BY
+from mlab.render.common import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,15 @@ PRUNE_KINDS = (
     "persistentvolumeclaims",
 )
 """Kinds MLab renders, listed by label to find objects to prune."""
+RBAC_KINDS = (
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+)
+"""The portal's rights (``portal.wake``), listed by the portal's component label only: the
+culler's ServiceAccount (``mlab cull-rbac``, applied by the admin) carries the site's labels
+too and is not MLab's to prune."""
+RBAC_SELECTOR = f"{LABEL_COMPONENT}=portal"
 DATA_KINDS = ("PersistentVolumeClaim",)
 """Kinds that hold user data: pruned or deleted only when asked (``--delete-data``)."""
 
@@ -173,7 +182,12 @@ def stale_objects(
     )
     delete: list[str] = []
     kept: list[str] = []
-    for item in listing.get("items", []):
+    rbac = kubectl.get_json(
+        ["-n", site.namespace, ",".join(RBAC_KINDS), "-l", f"{site_selector(site)},{RBAC_SELECTOR}"]
+    )
+    rights = [i for i in rbac.get("items", [])
+              if i.get("kind") in ("ServiceAccount", "Role", "RoleBinding")]
+    for item in [*listing.get("items", []), *rights]:
         kind = item.get("kind", "")
         name = (item.get("metadata") or {}).get("name", "")
         if not kind or not name or (kind, name) in wanted:
@@ -329,6 +343,10 @@ def delete_site(kubectl: Kubectl, site: Site, delete_data: bool, timeout: float)
         kinds.remove("persistentvolumeclaims")
     kubectl.run([
         "delete", "-n", site.namespace, ",".join(kinds), "-l", selector,
+        "--ignore-not-found", "--wait=false",
+    ])
+    kubectl.run([
+        "delete", "-n", site.namespace, ",".join(RBAC_KINDS), "-l", f"{selector},{RBAC_SELECTOR}",
         "--ignore-not-found", "--wait=false",
     ])
 

@@ -359,7 +359,7 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_d
     spec["hostNetwork"] = True
     container = spec["containers"][0]
     command = list(container["command"])
-    if "--wake" in command:
+    if "--wake" in command:  # the rendered one (in-cluster, portal.wake): no API server here
         at = command.index("--wake")
         del command[at:at + 2]
     spool = f"{state_dir}/{WAKE_SPOOL}"

@@ -33,8 +33,10 @@ from mlab.site import Site
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("none", "podman", "kubernetes", "host")
-"""``mlab portal serve --wake``: who starts a stopped HomePod."""
+ENGINES = ("none", "podman", "kubernetes", "host", "in-cluster")
+"""``mlab portal serve --wake``: who starts a stopped HomePod (``host``: the host's
+``mlab cull`` through the wake spool, :mod:`mlab.cull.wake_requests`; ``in-cluster``: the
+rendered portal with its own ServiceAccount, :mod:`mlab.cull.incluster`)."""
 
 Waker = Callable[[str], object]
 
@@ -43,13 +45,16 @@ STARTING_S = 120.0
 the desktop needs a few seconds before VNC answers (docs/culling.md: 3 to 15 s)."""
 
 
-def make_waker(engine: str, site: Site, wake_dir: Path | None = None) -> Waker | None:
+def make_waker(engine: str, site: Site, wake_dir: Path | None = None,
+               audit_log: Path | None = None) -> Waker | None:
     """The wake function for ``engine`` (``none``: the portal never starts HomePods).
 
     Args:
         engine: one of :data:`ENGINES`.
         site: the validated site.
         wake_dir: the wake spool as the portal sees it; ``host`` only.
+        audit_log: where ``in-cluster`` writes the culler's ``wake`` record (the other
+            engines write the culler's own audit file).
 
     Raises:
         UsageError: an unknown engine, or ``host`` without ``wake_dir`` (one line).
@@ -70,6 +75,11 @@ def make_waker(engine: str, site: Site, wake_dir: Path | None = None) -> Waker |
         from mlab.cull import kube
 
         return lambda user: kube.wake(site, user)
+    if engine == "in-cluster":
+        from mlab.cull import incluster
+
+        api = incluster.InCluster.from_pod()
+        return lambda user: incluster.wake(site, user, api, audit_log)
     raise UsageError(f"--wake {engine!r}: expected one of {', '.join(ENGINES)}")
 
 

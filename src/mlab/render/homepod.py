@@ -59,6 +59,11 @@ def home_claim(user: User) -> str:
     return user.home.claim or f"home-{user.name}"
 
 
+def deployment_name(user: str) -> str:
+    """The HomePod Deployment (and Service) of ``user``: ``homepod-<user>``."""
+    return f"homepod-{user}"
+
+
 def password_secret_name(user: User) -> str:
     """Name of the user's password Secret: ``users[].passwordSecret`` or generated."""
     return user.password_secret or f"homepod-{user.name}-password"
@@ -197,7 +202,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     pod_labels = labels(site, "homepod", user.name)
     for group in user.groups:
         pod_labels[GROUP_LABEL_PREFIX + group] = "true"
-    return component_deployment(site, f"homepod-{user.name}", "homepod", [container], vols.volumes(),
+    return component_deployment(site, deployment_name(user.name), "homepod", [container], vols.volumes(),
                       user=user.name, placement=user.placement, hostname="homepod",
                       pod_fields=dns_spec(site), pod_labels=pod_labels)
 
