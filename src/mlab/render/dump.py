@@ -58,7 +58,8 @@ def dump_document(obj: dict[str, Any]) -> str:
         out.append("{}")
     else:
         _core.emit(obj, "", out)
-    return "\n".join(out) + "\n"
+    out.append("")  # the final newline, without copying the joined text again
+    return "\n".join(out)
 
 
 def dump_yaml(objs: Iterable[dict[str, Any]], header: str | None = None) -> str:
@@ -78,5 +79,6 @@ def dump_yaml(objs: Iterable[dict[str, Any]], header: str | None = None) -> str:
     if header:
         parts.append("".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()))
     for obj in objs:
-        parts.append("---\n" + dump_document(obj))
+        parts.append("---\n")
+        parts.append(dump_document(obj))
     return "".join(parts)
