@@ -33,7 +33,8 @@ _CACHE_MAX = 65536
 def scalar_str(value: str) -> str:
     """A one-line string as a YAML flow scalar (plain when unambiguous, else double-quoted).
 
-    Memoized (up to 65,536 strings): a big site repeats the same keys and values.
+    Memoized (up to 65,536 strings, then the memo starts again): a big site repeats the
+    same keys and values.
     """
     done = _CACHE.get(value)
     if done is not None:
@@ -44,8 +45,11 @@ def scalar_str(value: str) -> str:
         text = value
     else:
         text = quote(value)
-    if len(_CACHE) < _CACHE_MAX:
-        _CACHE[value] = text
+    if len(_CACHE) >= _CACHE_MAX:
+        # Start again rather than stop caching: a big site's per-user strings (names,
+        # claims) come in runs, one user after the other, so the fresh ones must fit.
+        _CACHE.clear()
+    _CACHE[value] = text
     return text
 
 
