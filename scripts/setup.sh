@@ -30,6 +30,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,node]'
+# Part of the command itself (mlab render's YAML writer), so run without --tests too.
+bash scripts/setup.d/10-compiled-emitter.sh
 
 [ "$tests" = 1 ] || { echo "setup: done (bash scripts/setup.sh --tests adds what the tests need)" >&2; exit 0; }
 for step in scripts/setup.d/*.sh; do

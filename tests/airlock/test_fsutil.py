@@ -48,7 +48,7 @@ def test_exchange_dirs_without_current(tmp_path: Path) -> None:
 
 def test_sync_filesystem_runs(tmp_path: Path) -> None:
     fsutil.sync_filesystem(tmp_path)  # raises on failure; there is nothing else to observe
-    assert fsutil._SYNCFS is not None, "libc without syncfs: the fallback is a global sync"
+    assert fsutil.load_syncfs() is not None, "libc without syncfs: the fallback is a global sync"
 
 
 def test_write_many_atomic_fsyncs_pages_and_durable_files_before_renaming(

@@ -8,8 +8,7 @@ renamed over the target with ``os.replace`` (atomic on POSIX, rename(2)).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import hashlib
 import os
 import shutil
@@ -42,13 +41,20 @@ def sync_filesystem(path: Path) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _SYNCFS is None or _SYNCFS(fd) != 0:
+        syncfs = load_syncfs()
+        if syncfs is None or syncfs(fd) != 0:
             os.sync()
     finally:
         os.close(fd)
 
 
-def _load_syncfs():  # type: ignore[no-untyped-def]
+@functools.cache
+def load_syncfs():  # type: ignore[no-untyped-def]
+    """libc's ``syncfs`` through ctypes, or None; loaded on first use (importing ctypes
+    cost 25-40 ms of every ``mlab stage`` start, issue 18)."""
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.syncfs
@@ -57,9 +63,6 @@ def _load_syncfs():  # type: ignore[no-untyped-def]
     fn.argtypes = [ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
-
-
-_SYNCFS = _load_syncfs()
 
 
 FSYNC_EACH_UP_TO = 256
@@ -152,6 +155,9 @@ def exchange_dirs(new: Path, current: Path) -> bool:
     if not os.path.lexists(current):
         os.rename(new, current)
         return False
+    import ctypes
+    import ctypes.util
+
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     at_fdcwd = -100

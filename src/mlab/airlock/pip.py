@@ -409,6 +409,23 @@ def _build_sdists(dest: Path, sources: Sources, report: Report | None) -> list[s
     return created
 
 
+INSPECT_THREADS = 4
+"""Wheels read and hashed at once: the reads and sha256 release the GIL, so on the
+Airlock's cores 80 MB of wheels hash in about half the time (issue 18)."""
+
+
+def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, list[str]]]) -> None:
+    """Add :func:`inspect_wheel` of each path not in ``inspected``, several at once."""
+    new = [p for p in paths if p not in inspected]
+    if len(new) < 2:
+        inspected.update((p, inspect_wheel(p)) for p in new)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(INSPECT_THREADS, len(new))) as pool:
+        inspected.update(zip(new, pool.map(inspect_wheel, new)))
+
+
 def fetch(
     specs: Sequence[str],
     requirement_files: Sequence[Path],
@@ -447,11 +464,9 @@ def fetch(
             _run_pip(args, report)
             built += _build_sdists(dest, sources, report)
         req_args = []
-        dists = []
-        for path in dest.glob("*.whl"):
-            if path not in inspected:  # each wheel opened once, for the closure and publishing
-                inspected[path] = inspect_wheel(path)
-            dists.append(_dist_of(*inspected[path]))
+        paths = list(dest.glob("*.whl"))
+        _inspect_new(paths, inspected)  # each wheel opened once, for the closure and publishing
+        dists = [_dist_of(*inspected[path]) for path in paths]
         missing = missing_requirements(roots, dists, env)
         if not missing:
             return sorted({b for b in built if (dest / b).exists()})

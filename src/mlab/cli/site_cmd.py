@@ -16,7 +16,7 @@ import typer
 
 from mlab.atomic import write_atomic
 from mlab.cli.options import old_output_path_option, out_path, site_option
-from mlab.deploy import render_with_passwords, write_rendered
+from mlab.deploy import render_texts_with_passwords, write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
 from mlab.site import load_site, site_schema
@@ -92,13 +92,12 @@ def render(
     gc.disable()
     output = out_path(out_dir, old_output, "--out-dir")
     loaded = load_site(site)
-    rendered = render_with_passwords(loaded)
+    texts = render_texts_with_passwords(loaded, with_secrets=with_secrets or output is not None)
     if output is None:
-        texts = rendered.texts(with_secrets=with_secrets)
         names = [*FILES, SECRETS_FILE] if with_secrets else list(FILES)
         sys.stdout.write("".join(texts[n] for n in names if n in texts))
         return
-    paths = write_rendered(rendered.texts(with_secrets=True), output)
+    paths = write_rendered(texts, output)
     typer.echo(f"wrote {', '.join(p.name for p in paths)} to {output}/", err=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlab.atomic import write_atomic
 from mlab.errors import MlabError
-from mlab.render import FILES, SECRETS_FILE, Rendered, render_site
+from mlab.render import FILES, SECRETS_FILE, Rendered, render_site, render_texts
 from mlab.secrets import load_or_create_passwords
 from mlab.site import Site
 
@@ -22,6 +22,13 @@ from mlab.site import Site
 def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered:
     """Render ``site`` with its stored passwords (generated once if missing)."""
     return render_site(site, load_or_create_passwords(site, state_dir))
+
+
+def render_texts_with_passwords(site: Site, with_secrets: bool = False,
+                                state_dir: Path | None = None) -> dict[str, str]:
+    """File name to YAML text of ``site`` with its stored passwords (generated once if
+    missing), written one user at a time (:func:`mlab.render.render_texts`)."""
+    return render_texts(site, load_or_create_passwords(site, state_dir), with_secrets)
 
 
 def _write_file(path: Path, text: str, mode: int) -> None:
@@ -68,4 +75,4 @@ def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:
     return [out_dir / name for name in texts]
 
 
-__all__ = ["FILES", "render_with_passwords", "write_rendered"]
+__all__ = ["FILES", "render_texts_with_passwords", "render_with_passwords", "write_rendered"]
