@@ -73,6 +73,30 @@ def test_kubernetes_warn_scale_to_zero_and_wake(tmp_path: Path) -> None:
     assert audit[0]["sessions"] == {"vnc": 1} and audit[1]["was_culled"] is True
 
 
+def test_a_desktop_woken_elsewhere_leaves_the_culled_record(tmp_path: Path) -> None:
+    """The rendered portal wakes with its own ServiceAccount, not through this state file:
+    the next pass finds alice's Deployment scaled up, drops her cull record and audits it."""
+    (tmp_path / "kubectl").write_text(FAKE)
+    (tmp_path / "kubectl").chmod(0o755)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({
+        "name": "k16", "namespace": "lab", "users": [{"name": "alice"}],
+        "culling": {"idleAfter": "1h", "warnBefore": "1m"}}))
+    state = tmp_path / "state" / "k16" / "cull.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"warned": {}, "culled": {"alice": {"at": 1, "reason": "idle"}}}))
+    (tmp_path / "replicas").write_text("1")
+    (tmp_path / "reading.json").write_text(json.dumps(
+        {"input_idle_s": 5, "uptime_s": 30, "cpu_percent": 0.5, "cpu_top": None,
+         "gpu": None, "sessions": {"vnc": 1}}))
+    proc = _run(tmp_path, "cull", "--kubernetes", "--once", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["action"] == "keep"
+    assert json.loads(state.read_text())["culled"] == {}
+    audit = [json.loads(x) for x in
+             (tmp_path / "state" / "k16" / "cull-audit.jsonl").read_text().splitlines()]
+    assert [(a["event"], a["user"], a["replicas"]) for a in audit] == [("wake-seen", "alice", 1)]
+
+
 def test_wake_unknown_user_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "site.yaml").write_text(yaml.safe_dump({"name": "k16", "users": [{"name": "alice"}]}))
     proc = _run(tmp_path, "wake", "mallory", "--kubernetes")

@@ -108,6 +108,11 @@ def cull_pass(site: Site, kubectl: Kubectl | None = None) -> list[dict[str, Any]
             rows.append({"user": user.name, "action": "stopped",
                          "reason": "missing" if replicas is None else "0 replicas", "idle_s": None})
             continue
+        if state["culled"].pop(user.name, None) is not None:
+            # Woken by someone else (the rendered portal's ServiceAccount, kubectl): the
+            # record goes, so status and the next cull see a running desktop.
+            local.audit(site.name, {"event": "wake-seen", "user": user.name, "deployment": name,
+                                    "engine": "kubernetes", "replicas": replicas})
         try:
             reading = json.loads(k.run(["-n", ns, "exec", f"deploy/{name}", "--",
                                         local.SAMPLER]).strip().splitlines()[-1])
