@@ -69,6 +69,10 @@ def register(app: typer.Typer) -> None:
             "--tls-key. Default: plain HTTP."),
         tls_key: Path = typer.Option(
             None, "--tls-key", help="PEM private key of --tls-cert. Default: none."),
+        tls_port: int = typer.Option(
+            None, "--tls-port", help="With --tls-cert: serve HTTPS on this port and plain "
+            "HTTP on --port (for pods; the office reaches only this one). Default: none "
+            "(--port itself is HTTPS when --tls-cert is given)."),
         homepod_net: list[str] = typer.Option(
             [], "--homepod-net", help="CIDR of HomePod addresses (repeat, or "
             "MLAB_HOMEPOD_NETS=A,B). With egress.userBranches reviewed, clients elsewhere "
@@ -94,6 +98,8 @@ def register(app: typer.Typer) -> None:
 
         if (tls_cert is None) != (tls_key is None):
             raise UsageError("--tls-cert and --tls-key: give both (HTTPS) or neither (HTTP)")
+        if tls_port is not None and tls_cert is None:
+            raise UsageError("--tls-port needs --tls-cert and --tls-key")
         for opt, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if path is not None and not path.is_file():
                 raise UsageError(f"{opt}: {path} is not a readable file")
@@ -117,22 +123,33 @@ def register(app: typer.Typer) -> None:
                   f"{config.data_dir / 'admin-password'}): {password}", file=sys.stderr)
         app = create_app(config, store)
         logging.getLogger("mlab").setLevel(logging.INFO)
-        try:
-            sock = socket.create_server((host, port), backlog=256, reuse_port=False)
-        except OSError as exc:
-            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-        bound = sock.getsockname()[1]
-        scheme = "https" if tls_cert else "http"
-        print(f"mlab code service: listening on {scheme}://{host}:{bound}", file=sys.stderr,
-              flush=True)
-        server = uvicorn.Server(uvicorn.Config(
-            app, log_level="info" if access_log else "warning", access_log=access_log,
-            timeout_keep_alive=30, lifespan="on", log_config=None,
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_cert else None,
-        ))
-        server.run(sockets=[sock])
+        def listen(option: str, number: int) -> socket.socket:
+            try:
+                return socket.create_server((host, number), backlog=256, reuse_port=False)
+            except OSError as exc:
+                raise UsageError(f"{option} {number}: cannot listen on {host}:{number}: "
+                                 f"{exc.strerror}") from None
+
+        def config(tls: bool, lifespan: str) -> uvicorn.Config:
+            return uvicorn.Config(
+                app, log_level="info" if access_log else "warning", access_log=access_log,
+                timeout_keep_alive=30, lifespan=lifespan, log_config=None,
+                ssl_certfile=str(tls_cert) if tls else None,
+                ssl_keyfile=str(tls_key) if tls else None,
+            )
+
+        sock = listen("--port", port)
+        plain_scheme = "https" if tls_cert and tls_port is None else "http"
+        print(f"mlab code service: listening on {plain_scheme}://{host}:"
+              f"{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+        if tls_port is None:
+            uvicorn.Server(config(tls_cert is not None, "on")).run(sockets=[sock])
+            return
+        tls_sock = listen("--tls-port", tls_port)
+        print(f"mlab code service: listening on https://{host}:{tls_sock.getsockname()[1]}",
+              file=sys.stderr, flush=True)
+        _serve_both(uvicorn.Server(config(False, "on")), sock,
+                    uvicorn.Server(config(True, "off")), tls_sock)
 
     @repo.command("approve")
     def approve(
@@ -218,6 +235,34 @@ def register(app: typer.Typer) -> None:
         if failed:
             raise MlabError(f"{len(failed)} sync(s) failed; the last good state is kept")
 
+
+
+def _serve_both(plain, plain_sock: socket.socket, tls, tls_sock: socket.socket) -> None:  # type: ignore[no-untyped-def]
+    """Run two uvicorn servers (plain HTTP, HTTPS) of one app in one event loop until
+    either stops (SIGTERM or SIGINT stops both: uvicorn's handlers set ``should_exit``).
+
+    Source of the pattern: uvicorn's ``Server.serve(sockets=...)`` (uvicorn.server); the
+    app's lifespan runs once, in the plain server.
+    """
+    import asyncio
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(plain.serve(sockets=[plain_sock])),
+                 asyncio.create_task(tls.serve(sockets=[tls_sock]))]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        plain.should_exit = tls.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    factory = getattr(plain.config, "get_loop_factory", None)  # uvicorn >= 0.36
+    if factory is None:
+        plain.config.setup_event_loop()
+        asyncio.run(main())
+    else:
+        from uvicorn._compat import asyncio_run
+
+        asyncio_run(main(), loop_factory=factory())
 
 class _JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC ISO 8601), level, logger, message."""

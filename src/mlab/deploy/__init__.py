@@ -20,8 +20,12 @@ from mlab.site import Site
 
 
 def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered:
-    """Render ``site`` with its stored passwords (generated once if missing)."""
-    return render_site(site, load_or_create_passwords(site, state_dir))
+    """Render ``site`` with its stored passwords (generated once if missing) and, with
+    ``tls.mode`` not off, the site CA's certificates (:func:`mlab.tls.load_or_create`)."""
+    from mlab.tls import load_or_create
+
+    return render_site(site, load_or_create_passwords(site, state_dir),
+                       load_or_create(site, state_dir))
 
 
 def _write_file(path: Path, text: str, mode: int) -> None:

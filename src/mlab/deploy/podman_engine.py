@@ -242,10 +242,11 @@ def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
     """Render the site and translate it for podman (creates passwords on first use)."""
     from mlab.render import render_site
     from mlab.secrets import load_or_create_passwords
+    from mlab.tls import load_or_create
 
     site = site.model_copy(update={"image": site.image.model_copy(update={
         "repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1]})})
-    rendered = render_site(site, load_or_create_passwords(site))
+    rendered = render_site(site, load_or_create_passwords(site), load_or_create(site))
     existing = site_networks(site.name)
     ca = Path(firewall_ca_path())
     host_ca = ca.read_bytes() if ca.is_file() else None

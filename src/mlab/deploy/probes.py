@@ -132,11 +132,14 @@ def podman_facts(plan: PlanFile) -> set[str]:
 
     The host is the office PC (it dials the published ports); HomePod networks are
     ``--internal --disable-dns`` (no resolver: no ``dns-cluster``); the engine has no portal
-    (``direct-desktops``); ``airlock`` when the plan has an Airlock pod.
+    (``direct-desktops``); ``airlock`` when the plan has an Airlock pod; ``tls`` when the code
+    service publishes its ``https`` port, else ``plain-http``.
     """
     words = {"always", "office", "direct-desktops"}
     if plan.first("airlock"):
         words.add("airlock")
+    code = plan.first("code-service")
+    words.add("tls" if code and any(p.name == "https" for p in code.ports) else "plain-http")
     return words
 
 

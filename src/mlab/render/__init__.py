@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlab.render import airlock, code_service, homepod, network, portal
+from mlab.render.common import tls_secret
 from mlab.render.dump import dump_document, dump_yaml
 from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site
+
+if TYPE_CHECKING:
+    from mlab.tls import SiteTls
 
 __all__ = ["FILES", "Rendered", "dump_document", "dump_yaml", "render_site", "SECRETS_FILE"]
 
@@ -85,7 +89,8 @@ def _header(name: str) -> str:
     return f"Rendered by mlab; do not edit, change the site file.\n{_HEADERS[name]}"
 
 
-def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rendered:
+def render_site(site: Site, passwords: Mapping[str, str] | None = None,
+                tls: SiteTls | None = None) -> Rendered:
     """Render a site into the four manifest files and the password Secrets.
 
     Args:
@@ -93,6 +98,8 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
         passwords: ``mlab.secrets.load_or_create_passwords`` output: user name, ``airlock``,
             ``admin`` and ``mlab-publisher`` to password. None: render no Secrets (manifests only, e.g. for
             golden files); the manifests are the same either way.
+        tls: ``mlab.tls.load_or_create`` output (``tls.mode`` not off): the site CA's
+            certificates become kubernetes.io/tls Secrets among ``secrets``. None: none.
 
     Returns:
         The rendered objects.
@@ -124,4 +131,13 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
         if site.airlock.enabled:
             secrets.append(airlock.publisher_secret(site, passwords[PUBLISHER_ACCOUNT]))
         secrets.append(code_service.admin_secret(site, passwords["admin"]))
+    if tls is not None:
+        for user in site.users:
+            got = tls.issued[f"homepod-{user.name}"]
+            secrets.append(tls_secret(site, homepod.tls_secret_name(user), "homepod",
+                                      got.cert, got.key, tls.ca, user.name))
+        if site.tls.mode == "site-ca":
+            got = tls.issued["code-service"]
+            secrets.append(tls_secret(site, code_service.TLS_SECRET, "code-service",
+                                      got.cert, got.key, tls.ca))
     return Rendered(files=files, secrets=secrets)

@@ -187,6 +187,7 @@ def site_facts(site: Site) -> set[str]:
         facts.add("dns-cluster")
     if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
         facts.add("proxy")
+    facts.add("tls" if site.tls.enabled else "plain-http")
     return facts
 
 
