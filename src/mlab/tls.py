@@ -75,8 +75,10 @@ def ca_path(site: Site, state_dir: Path | None = None) -> Path:
 
 def holders(site: Site) -> list[str]:
     """Who gets a certificate: the code service (``site-ca`` mode only; ``secret`` mode
-    brings its own) and every HomePod (``homepod-<user>``: its VNC, noVNC and RDP)."""
+    brings its own), the Airlock when enabled (its VNC and noVNC) and every HomePod
+    (``homepod-<user>``: its VNC, noVNC and RDP)."""
     out = [CODE_SERVICE] if site.tls.mode == "site-ca" else []
+    out += ["airlock"] if site.airlock.enabled else []
     return out + [f"homepod-{u.name}" for u in site.users]
 
 
@@ -94,6 +96,8 @@ def names(site: Site, holder: str) -> list[str]:
     if holder == CODE_SERVICE:
         out |= {site.code_service.host, site.code_service_ip,
                 *site.code_service.service.external_ips}
+    elif holder == "airlock":
+        out |= set(site.airlock.service.external_ips)
     else:
         user = next((u for u in site.users if f"homepod-{u.name}" == holder), None)
         if user is not None:

@@ -39,6 +39,7 @@ def _facts(site: Site) -> set[str]:
         facts.add("dns-cluster")
     if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
         facts.add("proxy")
+    facts.add("tls" if site.tls.mode != "off" else "plain-http")
     return facts
 
 

@@ -29,7 +29,8 @@ LOCAL_SITE = Path("examples/local.yaml")
 
 def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     """The code service ``mlab up`` published for ``site_file``: ``http://<bind>:<port>``
-    from the engine's last plan (what ``mlab status`` prints), or None when that site is not
+    (``https://`` with ``tls``: clients then trust the site CA, ``mlab tls ca``) from the
+    engine's last plan (what ``mlab status`` prints), or None when that site is not
     up under podman (no site file, an invalid one, or no plan).
 
     Raises:
@@ -50,7 +51,9 @@ def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     code = plan.first("code-service") if plan else None
     if code is None or not code.ports:
         return None
-    return f"http://{dial_address(code.ports[0].host_ip)}:{code.ports[0].host_port}"
+    port = code.ports[0]
+    scheme = "https" if port.name == "https" else "http"
+    return f"{scheme}://{dial_address(port.host_ip)}:{port.host_port}"
 
 
 def find_server(server: str | None = None, site: str | Path | None = None) -> str:

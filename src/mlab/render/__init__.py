@@ -136,6 +136,10 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None,
             got = tls.issued[f"homepod-{user.name}"]
             secrets.append(tls_secret(site, homepod.tls_secret_name(user), "homepod",
                                       got.cert, got.key, tls.ca, user.name))
+        if site.airlock.enabled:
+            got = tls.issued["airlock"]
+            secrets.append(tls_secret(site, airlock.TLS_SECRET, "airlock", got.cert, got.key,
+                                      tls.ca))
         if site.tls.mode == "site-ca":
             got = tls.issued["code-service"]
             secrets.append(tls_secret(site, code_service.TLS_SECRET, "code-service",

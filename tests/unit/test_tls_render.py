@@ -1,0 +1,130 @@
+"""``tls`` in the site (issue 17): the site CA (real certificates checked with the real
+``openssl verify``), what the renderer and the podman translation make of it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlab.deploy.podman_translate import translate, wanted_networks
+from mlab.render import render_site
+from mlab.secrets import password_keys
+from mlab.site import Site, parse_site
+from mlab.tls import ca_path, load_or_create, names, tls_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _site(**changes: Any) -> Site:
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data.update(changes)
+    return parse_site(data)
+
+
+def _verify(ca: Path, cert: str, tmp: Path, name: str) -> subprocess.CompletedProcess[str]:
+    (tmp / "leaf.pem").write_text(cert)
+    flag = "-verify_ip" if name[0].isdigit() else "-verify_hostname"
+    return subprocess.run(["openssl", "verify", "-CAfile", str(ca), flag, name,
+                           str(tmp / "leaf.pem")], capture_output=True, text=True, timeout=60)
+
+
+def test_the_site_ca_issues_certificates_that_openssl_accepts(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "site-ca", "names": ["mlab.example.org"]})
+    got = load_or_create(site, tmp_path)
+    assert got is not None
+    assert sorted(got.issued) == ["airlock", "code-service", "homepod-alice", "homepod-bob"]
+    ca = ca_path(site, tmp_path)
+    for name in ("code.mlab.local", "mlab.example.org", "127.0.0.1", "localhost"):
+        ok = _verify(ca, got.issued["code-service"].cert, tmp_path, name)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    wrong = _verify(ca, got.issued["code-service"].cert, tmp_path, "evil.example.org")
+    assert wrong.returncode != 0
+    assert "code.mlab.local" not in names(site, "homepod-alice")
+    # Keys are the owner's only; a second run gives the same files (stable Secrets).
+    assert (tls_dir(site, tmp_path) / "ca.key").stat().st_mode & 0o077 == 0
+    assert (tls_dir(site, tmp_path)).stat().st_mode & 0o077 == 0
+    assert load_or_create(site, tmp_path) == got
+
+
+def test_a_new_name_reissues_the_certificates_but_keeps_the_ca(tmp_path: Path) -> None:
+    first = load_or_create(_site(tls={"mode": "site-ca"}), tmp_path)
+    second = load_or_create(_site(tls={"mode": "site-ca", "names": ["10.1.2.3"]}), tmp_path)
+    assert first is not None and second is not None
+    assert first.ca == second.ca
+    assert first.issued["code-service"] != second.issued["code-service"]
+
+
+def test_off_makes_nothing(tmp_path: Path) -> None:
+    assert load_or_create(_site(), tmp_path) is None
+    assert not (tmp_path / "local" / "tls").exists()
+
+
+def _render(site: Site, tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)},
+                           load_or_create(site, tmp))
+    by = {(o["kind"], o["metadata"]["name"]): o
+          for f in rendered.files.values() for o in f}
+    return by, rendered.secrets
+
+
+def test_rendered_code_service_answers_the_office_on_https_only(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "site-ca"})
+    by, secrets = _render(site, tmp_path)
+    box = by[("Deployment", "code-service")]["spec"]["template"]["spec"]["containers"][0]
+    assert box["command"][-6:] == ["--tls-port", "8443", "--tls-cert", "/etc/mlab/tls/tls.crt",
+                                   "--tls-key", "/etc/mlab/tls/tls.key"]
+    assert {p["name"]: p["containerPort"] for p in box["ports"]} == {"http": 8080, "https": 8443}
+    svc = by[("Service", "code-service")]["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in svc] == [(80, "http"), (443, "https")]
+    office = by[("NetworkPolicy", "code-service-from-office")]["spec"]["ingress"][0]["ports"]
+    assert office == [{"protocol": "TCP", "port": 8443}]
+    kinds = {s["metadata"]["name"]: s["type"] for s in secrets if s["type"] == "kubernetes.io/tls"}
+    assert kinds == dict.fromkeys(["homepod-alice-tls", "homepod-bob-tls", "airlock-tls",
+                                   "code-service-tls"], "kubernetes.io/tls")
+    hp = by[("Deployment", "homepod-alice")]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MLAB_TLS_DIR", "value": "/etc/mlab/tls"} in hp["env"]
+    assert hp["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    vol = next(v for v in by[("Deployment", "homepod-alice")]["spec"]["template"]["spec"]
+               ["volumes"] if v["name"] == "tls")
+    assert vol["secret"]["secretName"] == "homepod-alice-tls"
+
+
+def test_secret_mode_uses_the_sites_secret_for_the_code_service(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "secret", "secret": "wildcard-tls"})
+    by, secrets = _render(site, tmp_path)
+    vol = next(v for v in by[("Deployment", "code-service")]["spec"]["template"]["spec"]
+               ["volumes"] if v["name"] == "tls")
+    assert vol["secret"]["secretName"] == "wildcard-tls"
+    assert "code-service-tls" not in {s["metadata"]["name"] for s in secrets}
+
+
+def test_podman_publishes_only_the_https_port_of_the_code_service(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "site-ca"})
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)},
+                           load_or_create(site, tmp_path))
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
+    code = plan.pod("code-service")
+    assert code is not None
+    assert [(p.name, p.host_port, p.container_port) for p in code.ports] == [
+        ("https", 443, 8443)]
+    files = {f.path for f in code.files}
+    assert any(p.endswith("tls.key") for p in files), files
+
+
+@pytest.mark.parametrize("tls, error", [
+    ({"mode": "secret"}, "tls.secret"),
+    ({"mode": "site-ca", "names": ["a b"]}, "tls.names[0]"),
+])
+def test_bad_tls_settings_name_the_field(tls: dict[str, Any], error: str) -> None:
+    with pytest.raises(Exception, match=error.replace("[", r"\[")):
+        _site(tls=tls)
+
+
+def test_tls_with_the_portal_is_refused_until_its_relay_speaks_vencrypt() -> None:
+    with pytest.raises(Exception, match="portal's desktop relay"):
+        _site(tls={"mode": "site-ca"}, portal={"enabled": True})
