@@ -163,16 +163,21 @@ class Xvfb:
 
 
 def rdp_session(host: str, port: int, user: str, password: str, tmp: Path,
-                wait: float = 40) -> tuple[bool, Path]:
+                wait: float = 40, extra: list[str] | None = None,
+                log: Path | None = None) -> tuple[bool, Path]:
     """Log in to ``host:port`` with xfreerdp under Xvfb; poll screenshots until the desktop
-    shows (or ``wait`` seconds pass). Returns (desktop seen, last screenshot)."""
+    shows (or ``wait`` seconds pass). Returns (desktop seen, last screenshot).
+
+    ``extra``: more xfreerdp arguments (``/sec:tls``, ``/drive:...``); ``log``: a file that
+    gets the client's output (its ``/log-level`` messages)."""
     x = Xvfb(tmp)
     out = tmp / f"rdp-{password[:4]}.png"
+    sink = open(log, "w") if log else None  # noqa: SIM115 - closed below
     client = subprocess.Popen(
         ["xfreerdp", f"/v:{host}:{port}", f"/u:{user}", f"/p:{password}", "/cert:ignore",
-         "/size:1280x800", "/bpp:24", "-wallpaper"],
-        env={**os.environ, "DISPLAY": x.display}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+         "/size:1280x800", "/bpp:24", "-wallpaper", *(extra or [])],
+        env={**os.environ, "DISPLAY": x.display},
+        stdout=sink or subprocess.DEVNULL, stderr=subprocess.STDOUT if sink else subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -185,6 +190,8 @@ def rdp_session(host: str, port: int, user: str, password: str, tmp: Path,
         client.terminate()
         client.wait(timeout=10)
         x.close()
+        if sink:
+            sink.close()
 
 
 def looks_like_desktop(png: str | Path) -> bool:

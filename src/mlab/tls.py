@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -155,7 +156,7 @@ def _issue(site: Site, ca: Issued, holder: str, alt: list[str]) -> Issued:
     # Desktops get RSA: xrdp's and TigerVNC's TLS are known to work with it on Debian 12.
     key = (ec.generate_private_key(ec.SECP256R1()) if holder == CODE_SERVICE
            else rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    sans: list[x509.GeneralName] = []
+    sans: list[Any] = []
     for n in alt:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(n)))

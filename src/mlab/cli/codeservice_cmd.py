@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.console import Console
@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"{option} {number}: cannot listen on {host}:{number}: "
                                  f"{exc.strerror}") from None
 
-        def config(tls: bool, lifespan: str) -> uvicorn.Config:
+        def uv_config(tls: bool, lifespan: Literal["on", "off"]) -> uvicorn.Config:
             return uvicorn.Config(
                 app, log_level="info" if access_log else "warning", access_log=access_log,
                 timeout_keep_alive=30, lifespan=lifespan, log_config=None,
@@ -143,13 +143,13 @@ def register(app: typer.Typer) -> None:
         print(f"mlab code service: listening on {plain_scheme}://{host}:"
               f"{sock.getsockname()[1]}", file=sys.stderr, flush=True)
         if tls_port is None:
-            uvicorn.Server(config(tls_cert is not None, "on")).run(sockets=[sock])
+            uvicorn.Server(uv_config(tls_cert is not None, "on")).run(sockets=[sock])
             return
         tls_sock = listen("--tls-port", tls_port)
         print(f"mlab code service: listening on https://{host}:{tls_sock.getsockname()[1]}",
               file=sys.stderr, flush=True)
-        _serve_both(uvicorn.Server(config(False, "on")), sock,
-                    uvicorn.Server(config(True, "off")), tls_sock)
+        _serve_both(uvicorn.Server(uv_config(False, "on")), sock,
+                    uvicorn.Server(uv_config(True, "off")), tls_sock)
 
     @repo.command("approve")
     def approve(
