@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from access_clients import rdp_session
+from access_clients import Xvfb, rdp_session
 
 from mlab.podman import podman
 
@@ -149,7 +149,9 @@ def test_up_says_how_to_trust_the_site_ca(lab: Lab) -> None:
     assert f"GIT_SSL_CAINFO={lab.ca}" in lab.up_log, lab.up_log[-2000:]
     status = json.loads(lab.mlab("status", "-o", "json").stdout)
     code = next(c for c in status if c["name"] == "code-service")
-    assert [e["url"] for e in code["endpoints"]] == [f"https://{BIND}:443/"]
+    # The office's URL is HTTPS; the HomePods' own (a note) stays the one users type there.
+    assert [e["url"] for e in code["endpoints"]] == [f"https://{BIND}:443/",
+                                                     "http://code.mlab.local/<org>/<repo>"]
 
 
 def test_git_clone_over_https_with_the_site_ca(lab: Lab, tmp_path: Path) -> None:
@@ -284,10 +286,68 @@ def test_rdp_is_tls_only(lab: Lab, tmp_path: Path) -> None:
     seen, shot = rdp_session(BIND, PORTS["rdp"], "alice", lab.passwords["alice"], tmp_path,
                              wait=60, extra=["/sec:tls"])
     assert seen, f"no desktop over RDP with TLS (last screenshot {shot})"
-    refused = subprocess.run(
-        ["xfreerdp", "/auth-only", f"/v:{BIND}:{PORTS['rdp']}", "/u:alice",
-         f"/p:{lab.passwords['alice']}", "/sec:rdp", "/cert:ignore"],
-        capture_output=True, text=True, timeout=60, check=False)
-    assert refused.returncode != 0, refused.stdout + refused.stderr
-    text = (refused.stdout + refused.stderr).lower()
-    assert "ssl_required_by_server" in text or "negotiat" in text, text[-2000:]
+    x = Xvfb(tmp_path)
+    try:
+        refused = subprocess.run(
+            ["xfreerdp", f"/v:{BIND}:{PORTS['rdp']}", "/u:alice",
+             f"/p:{lab.passwords['alice']}", "/sec:rdp", "/cert:ignore"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "DISPLAY": x.display})
+    finally:
+        x.close()
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0, text[-2000:]
+    # xrdp answers the X.224 request with an RDP Negotiation Failure: SSL required.
+    assert "SSL_REQUIRED_BY_SERVER" in text, text[-2000:]
+
+
+def _rdp_log(lab: Lab, tmp: Path, name: str, seconds: float = 20) -> str:
+    """xfreerdp (TLS) offering a drive, under Xvfb for ``seconds``; its DEBUG log."""
+    share = tmp / "drive"
+    share.mkdir(exist_ok=True)
+    (share / "weights.bin").write_text("secret")
+    log = tmp / f"{name}.log"
+    x = Xvfb(tmp)
+    try:
+        with open(log, "w") as sink:
+            client = subprocess.Popen(
+                ["xfreerdp", f"/v:{BIND}:{PORTS['rdp']}", "/u:alice",
+                 f"/p:{lab.passwords['alice']}", "/cert:ignore", "/sec:tls",
+                 f"/drive:probe,{share}", "/log-level:DEBUG"],
+                stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "DISPLAY": x.display})
+            try:
+                client.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                client.terminate()
+                client.wait(timeout=10)
+    finally:
+        x.close()
+    return log.read_text(errors="replace")
+
+
+LOADED = "Loading device service drive [probe]"
+"""FreeRDP 2.11's rdpdr client: the drive it will announce (client side, before any PDU)."""
+SERVER_SPOKE = "RDPDR_USER_LOGGEDON_PDU"
+"""FreeRDP 2.11's rdpdr client logs this while reading the server's capability PDU, which a
+server sends only on a device-redirection channel it serves (MS-RDPEFS 3.2.5.1.5): the
+sign that the server took up the drive channel."""
+
+
+def test_rdp_drive_channel_is_not_taken_up(lab: Lab, tmp_path: Path) -> None:
+    """xfreerdp with ``/drive:`` loads its drive, and xrdp (``rdpdr=false``) never speaks
+    device redirection to it. The control: the same client against the same pod with
+    ``rdpdr=true`` set by hand sees the server's rdpdr capabilities. (A drive never shows up
+    as files either way here: xrdp's chansrv mounts redirected drives with FUSE, and a
+    container has no /dev/fuse: "fuse: device not found" in the pod's log.)"""
+    text = _rdp_log(lab, tmp_path, "reviewed")
+    assert LOADED in text, text[-3000:]
+    assert SERVER_SPOKE not in text, "the server spoke device redirection"
+    xrdp_ini = "/etc/xrdp/xrdp.ini"
+    restart = "supervisorctl -c /etc/mlab/supervisord.conf restart xrdp && sleep 2"
+    try:
+        _exec(lab.alice, f"sed -i 's/^rdpdr=false/rdpdr=true/' {xrdp_ini} && {restart}")
+        control = _rdp_log(lab, tmp_path, "control")
+        assert LOADED in control and SERVER_SPOKE in control, control[-3000:]
+    finally:
+        _exec(lab.alice, f"sed -i 's/^rdpdr=true/rdpdr=false/' {xrdp_ini} && {restart}")
+    assert "rdpdr=false" in _exec(lab.alice, f"grep ^rdpdr= {xrdp_ini}")
