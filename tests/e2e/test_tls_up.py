@@ -154,6 +154,15 @@ def test_up_says_how_to_trust_the_site_ca(lab: Lab) -> None:
                                                      "http://code.mlab.local/<org>/<repo>"]
 
 
+def test_verify_passes_with_tls(lab: Lab) -> None:
+    """`mlab verify` on the tls site: HTTPS to the code service and noVNC over TLS answer,
+    plain HTTP to the HTTPS port does not (its own probe), every other edge as before."""
+    proc = lab.mlab("verify", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert f"https://{BIND}:443/" in text or "office --> code-service :8443" in text, text[-4000:]
+
+
 def test_git_clone_over_https_with_the_site_ca(lab: Lab, tmp_path: Path) -> None:
     _upstream(lab, tmp_path)
     from urllib.parse import quote
@@ -297,8 +306,13 @@ def test_rdp_is_tls_only(lab: Lab, tmp_path: Path) -> None:
         x.close()
     text = refused.stdout + refused.stderr
     assert refused.returncode != 0, text[-2000:]
-    # xrdp answers the X.224 request with an RDP Negotiation Failure: SSL required.
-    assert "SSL_REQUIRED_BY_SERVER" in text, text[-2000:]
+    assert "ERRCONNECT_CONNECT_TRANSPORT_FAILED" in text, text[-2000:]
+    # xrdp says why, in the pod's log (its console log, docs/image.md).
+    log = podman(["logs", "--since", "2m", lab.alice], check=False, timeout=60)
+    xrdp = [line for line in (log.stdout + log.stderr).splitlines() if "TLS" in line]
+    assert any("TLS connection established" in line for line in xrdp), xrdp[-20:]
+    assert any("Server requires TLS for security, but the client did not request TLS" in line
+               for line in xrdp), xrdp[-20:]
 
 
 def _rdp_log(lab: Lab, tmp: Path, name: str, seconds: float = 20) -> str:
