@@ -6,7 +6,8 @@ First found wins:
 1. ``--server URL`` or ``$MLAB_SERVER`` (the only variable; typer reads it for ``--server``);
 2. a site file (``--site`` / ``$MLAB_SITE``, where the command has one): the code service that
    ``mlab up`` published for it on this host (``http://<bind>:<port>``, what ``mlab status``
-   prints) when that site is up under podman, else ``http://<codeService.host>`` (a cluster);
+   prints) when that site is up under podman, else ``http://<codeService.host>`` (a cluster;
+   ``https://`` when the site has ``tls``);
 3. ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock);
 4. the code service of ``mlab up``'s default site (``examples/local.yaml``) when it is up.
 
@@ -73,7 +74,10 @@ def find_server(server: str | None = None, site: str | Path | None = None) -> st
         if not url:
             from mlab.site import load_site
 
-            url = f"http://{load_site(site).code_service.host}"
+            loaded = load_site(site)
+            # With tls the office reaches the code service on HTTPS only (docs/egress.md).
+            scheme = "https" if loaded.tls.enabled else "http"
+            url = f"{scheme}://{loaded.code_service.host}"
     if not url and os.environ.get("MLAB_CODE_HOST"):
         url = f"http://{os.environ['MLAB_CODE_HOST']}"
     if not url:
