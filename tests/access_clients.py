@@ -46,16 +46,19 @@ def vnc_capture(host: str, port: int, password: str, out: Path, timeout: float =
 class DevTools:
     """Headless Chromium driven over the DevTools protocol (websocket JSON-RPC)."""
 
-    def __init__(self, tmp: Path, url: str) -> None:
+    def __init__(self, tmp: Path, url: str, ca: Path | None = None) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.log = tmp / "chromium.log"
+        env = dict(os.environ)
+        if ca is not None:
+            env["HOME"] = trust_in_nss(ca, Path(self.profile) / "home")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
                  "--remote-debugging-port=0", url],
-                stdout=subprocess.DEVNULL, stderr=err)
+                stdout=subprocess.DEVNULL, stderr=err, env=env)
         deadline = time.monotonic() + 30
         port = None
         while port is None:
@@ -102,14 +105,27 @@ NOVNC_STATE = ("JSON.stringify({ready: document.readyState, cls: document.docume
                " loaded: performance.getEntriesByType('resource').length})")
 
 
-def novnc_screenshot(url: str, out: Path, tmp: Path) -> bool:
+def trust_in_nss(ca: Path, home: Path) -> str:
+    """A fresh HOME whose NSS database (``~/.pki/nssdb``, what Chromium on Linux reads)
+    trusts ``ca`` as an authority for web sites, as a user importing it would; returns it.
+    Uses NSS's own ``certutil`` (libnss3-tools)."""
+    db = home / ".pki" / "nssdb"
+    db.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-N", "--empty-password"], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-A", "-t", "C,,", "-n", "mlab-site-ca",
+                    "-i", str(ca)], check=True, capture_output=True, timeout=60)
+    return str(home)
+
+
+def novnc_screenshot(url: str, out: Path, tmp: Path, ca: Path | None = None) -> bool:
     """Open ``url`` and, once noVNC reports a connection, save a screenshot; return whether
-    it connected (else print noVNC's state).
+    it connected (else print noVNC's state). ``ca``: trust this authority (an HTTPS page).
 
     Under heavy load headless Chromium sometimes leaves noVNC's page in its loading state
     (``noVNC_loading``, no connection attempted); like a user, reload it (twice at most).
     """
-    browser = DevTools(tmp, url)
+    browser = DevTools(tmp, url, ca)
     try:
         connected = False
         for attempt in range(3):

@@ -12,7 +12,8 @@ MLAB_STATE_DIR), alice only, no Airlock:
 - VNC offers only VeNCrypt with subtype X509Vnc; the TLS handshake verifies against the
   site CA for the bind address, and VncAuth inside it logs in (ServerInit 1280x800);
 - noVNC: the page over HTTPS with the CA, nothing over plain HTTP, and the WebSocket (WSS)
-  logs in through the pod's VeNCrypt relay with alice's VNC password;
+  logs in through the pod's VeNCrypt relay with alice's VNC password; headless Chromium
+  with the CA in its NSS database shows the desktop;
 - RDP: xfreerdp ``/sec:tls`` shows the desktop, ``/sec:rdp`` (standard RDP security, no
   TLS) is refused.
 
@@ -37,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from access_clients import Xvfb, rdp_session
+from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
 
 from mlab.podman import podman
 
@@ -294,6 +295,18 @@ def test_novnc_over_https_only_with_the_site_ca(lab: Lab) -> None:
         assert struct.unpack(">HH", read(4)) == (1280, 800)
     finally:
         ws.close()
+
+
+def test_browser_shows_the_desktop_over_https_trusting_the_site_ca(lab: Lab,
+                                                                   tmp_path: Path) -> None:
+    """Headless Chromium (no certificate flags: it refuses what it does not trust) with the
+    site CA imported into its NSS database, as a user would: noVNC's page over HTTPS, its
+    WebSocket over WSS, the desktop on screen."""
+    url = (f"https://{BIND}:{PORTS['novnc']}/vnc.html?autoconnect=1&resize=scale"
+           f"&password={lab.passwords['alice']}")
+    out = tmp_path / "tls-browser.png"
+    assert novnc_screenshot(url, out, tmp_path, ca=lab.ca), "noVNC did not connect over WSS"
+    assert looks_like_desktop(out), f"no desktop in {out}"
 
 
 def test_rdp_is_tls_only(lab: Lab, tmp_path: Path) -> None:
