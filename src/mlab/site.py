@@ -995,11 +995,6 @@ class Site(Model):
                 f"airlock.user: {self.airlock.user!r} is a code-service account of its own; "
                 "pick another name"
             )
-        if self.tls.enabled and self.portal.enabled:
-            raise ValueError(
-                "tls.mode: the portal's desktop relay speaks VncAuth only, and with tls the "
-                "desktops offer VeNCrypt only; set tls.mode: off or portal.enabled: false "
-                "(docs/egress.md)")
         self._check_port_clashes()
         self._check_private_claims()
         ip = ipaddress.ip_address(self.code_service_ip)

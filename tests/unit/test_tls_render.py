@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,106 @@ def test_bad_tls_settings_name_the_field(tls: dict[str, Any], error: str) -> Non
         _site(tls=tls)
 
 
-def test_tls_with_the_portal_is_refused_until_its_relay_speaks_vencrypt() -> None:
-    with pytest.raises(Exception, match="portal's desktop relay"):
-        _site(tls={"mode": "site-ca"}, portal={"enabled": True})
+def test_the_portal_checks_desktops_by_the_site_ca(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "site-ca"}, portal={"enabled": True})
+    by, secrets = _render(site, tmp_path)
+    box = by[("Deployment", "portal")]["spec"]["template"]["spec"]["containers"][0]
+    assert box["command"][-2:] == ["--vnc-ca", "/etc/mlab/portal/site-ca.crt"]
+    ca = next(s for s in secrets if s["metadata"]["name"] == "mlab-site-ca")
+    assert set(ca["stringData"]) == {"ca.crt"}  # the certificate only, never a key
+    assert ca["stringData"]["ca.crt"] == load_or_create(site, tmp_path).ca  # type: ignore[union-attr]
+
+
+def _vencrypt_server(ca_dir: Path, password: str):  # type: ignore[no-untyped-def]
+    """A VNC server at the protocol boundary: RFB 3.8 offering only VeNCrypt X509Vnc with a
+    certificate from the site CA, then VncAuth inside TLS (as Xtigervnc -SecurityTypes
+    X509Vnc does), then ServerInit's first four bytes."""
+    import asyncio
+    import os as _os
+    import ssl
+
+    from mlab.portal.rfb import vnc_auth_response
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(ca_dir / "homepod-alice.crt", ca_dir / "homepod-alice.key")
+    seen: dict[str, object] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"RFB 003.008\n")
+        await reader.readexactly(12)
+        writer.write(b"\x01\x13")
+        seen["type"] = (await reader.readexactly(1))[0]
+        writer.write(b"\x00\x02")
+        await reader.readexactly(2)
+        writer.write(b"\x00\x01" + struct.pack(">I", 261))
+        seen["subtype"] = struct.unpack(">I", await reader.readexactly(4))[0]
+        writer.write(b"\x01")
+        await writer.drain()
+        await writer.start_tls(ctx)
+        challenge = _os.urandom(16)
+        writer.write(challenge)
+        seen["auth_ok"] = await reader.readexactly(16) == vnc_auth_response(password, challenge)
+        writer.write(struct.pack(">I", 0 if seen["auth_ok"] else 1))
+        await writer.drain()
+        writer.close()
+
+    return handle, seen
+
+
+def test_portal_handshake_speaks_vencrypt_x509_to_a_tls_desktop(tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    from mlab.portal import proxy, rfb
+
+    site = _site(tls={"mode": "site-ca"})
+    load_or_create(site, tmp_path)
+    handle, seen = _vencrypt_server(tls_dir(site, tmp_path), "alice-pw-123")
+
+    async def run() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        _, up = await loop.create_connection(proxy._Upstream, "127.0.0.1", port)
+        ctx = ssl.create_default_context(cafile=str(ca_path(site, tmp_path)))
+        ctx.check_hostname = False
+
+        async def start_tls() -> None:
+            await up.start_tls(ctx)
+
+        await rfb.client_handshake(up.read_exactly, up.write, "alice-pw-123", start_tls)
+        up.close()
+        server.close()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert seen == {"type": 19, "subtype": 261, "auth_ok": True}
+
+
+def test_portal_refuses_a_desktop_the_site_ca_did_not_sign(tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    from mlab.portal import proxy, rfb
+
+    site = _site(tls={"mode": "site-ca"})
+    other = _site(name="other", tls={"mode": "site-ca"})
+    load_or_create(site, tmp_path)
+    load_or_create(other, tmp_path)
+    handle, _seen = _vencrypt_server(tls_dir(other, tmp_path), "alice-pw-123")
+
+    async def run() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        _, up = await loop.create_connection(proxy._Upstream, "127.0.0.1", port)
+        ctx = ssl.create_default_context(cafile=str(ca_path(site, tmp_path)))
+        ctx.check_hostname = False
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await rfb.client_handshake(up.read_exactly, up.write, "alice-pw-123",
+                                           lambda: up.start_tls(ctx))
+        finally:
+            up.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(run(), 30))

@@ -49,6 +49,8 @@ class PortalConfig:
         session_db: SQLite file for sessions (they survive a restart); None: in memory.
         waker: starts a stopped (culled) HomePod, given the user name
             (:func:`mlab.portal.wake.make_waker`); None: the portal never starts one.
+        vnc_ca: the site CA (``tls``): desktops offer VeNCrypt X509Vnc only, and their
+            certificates must chain to it. None: VncAuth in the clear (``tls`` off).
     """
 
     site: Site
@@ -61,6 +63,7 @@ class PortalConfig:
     waker: Callable[[str], object] | None = None
     session_db: Path | None = None
     share: Path | None = None
+    vnc_ca: Path | None = None
 
     @property
     def url(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlab.render import airlock, code_service, homepod, network, portal
-from mlab.render.common import tls_secret
+from mlab.render.common import site_ca_secret, tls_secret
 from mlab.render.dump import dump_document, dump_yaml
 from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site
 
@@ -136,6 +136,8 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None,
             got = tls.issued[f"homepod-{user.name}"]
             secrets.append(tls_secret(site, homepod.tls_secret_name(user), "homepod",
                                       got.cert, got.key, tls.ca, user.name))
+        if site.portal.enabled:
+            secrets.append(site_ca_secret(site, tls.ca))
         if site.airlock.enabled:
             got = tls.issued["airlock"]
             secrets.append(tls_secret(site, airlock.TLS_SECRET, "airlock", got.cert, got.key,

@@ -416,6 +416,21 @@ def tls_secret(site: Site, name: str, component: Component, cert: str, key: str,
     }
 
 
+SITE_CA_SECRET = "mlab-site-ca"
+"""The site CA's certificate alone (key ``ca.crt``): what the portal checks desktops by."""
+
+
+def site_ca_secret(site: Site, ca: str) -> dict[str, Any]:
+    """The Secret :data:`SITE_CA_SECRET` (the CA certificate only, no key)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, SITE_CA_SECRET, "portal"),
+        "type": "Opaque",
+        "stringData": {"ca.crt": ca},
+    }
+
+
 def mount_tls(vols: VolumeSet, secret_name: str) -> None:
     """Mount a TLS Secret's tls.crt, tls.key and ca.crt read-only (root only) at
     :data:`TLS_DIR`."""
