@@ -905,7 +905,13 @@ class Tls(Model):
             raise ValueError("tls.secret: mode secret needs the name of a kubernetes.io/tls "
                              "Secret (or use mode site-ca)")
         for i, name in enumerate(self.names):
-            if not name or any(c.isspace() or c in "/:," for c in name):
+            try:
+                ipaddress.ip_address(name)
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                                r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", name):
                 raise ValueError(f"tls.names[{i}]: {name!r} must be a DNS name or an IP address")
         return self
 
