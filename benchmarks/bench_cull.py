@@ -23,7 +23,7 @@ import socket
 import time
 
 from mlab.image.build import ensure_image
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 MEASURE = r"""
 import resource, subprocess, sys

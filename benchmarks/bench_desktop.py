@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sampling import Samples, dumps  # noqa: E402
 
-from mlab.podman import podman  # noqa: E402
+from mlab.podman.runner import podman  # noqa: E402
 
 PREFIX = "mlabtest-desk-bench-"
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z (.*)$")

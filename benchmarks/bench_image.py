@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from mlab.image import build, recipe
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 PREFIX = "mlabtest-img-bench-"
 

@@ -18,9 +18,7 @@ Numbers, not assertions; each reported with a baseline measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,19 +26,14 @@ from pathlib import Path
 from mlab.image.build import ensure_image
 from mlab.node import lifecycle
 from mlab.node.layout import default_layout
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "local.yaml"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _mlab(*args: str, env: dict[str, str] | None = None) -> float:
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args], env=env,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"mlab {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
-    return time.monotonic() - start
+from sampling import print_figures  # noqa: E402
+from sampling import timed_mlab as _mlab  # noqa: E402
 
 
 def rss_mib() -> dict[str, float]:
@@ -94,11 +87,7 @@ def main() -> None:
         "idle_rss_mib": {k: round(v) for k, v in memory.items()},
         "idle_rss_total_mib": round(sum(memory.values())),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:24} {value}")
+    print_figures(result, args.json)
 
 
 if __name__ == "__main__":

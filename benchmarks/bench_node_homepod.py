@@ -41,7 +41,7 @@ from sampling import as_json, dumps, interleave, report  # noqa: E402
 from mlab.image.build import ensure_image  # noqa: E402
 from mlab.node import lifecycle  # noqa: E402
 from mlab.node.layout import default_layout  # noqa: E402
-from mlab.podman import podman  # noqa: E402
+from mlab.podman.runner import podman  # noqa: E402
 from mlab.render.common import SESSION_CAPABILITIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

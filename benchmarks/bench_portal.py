@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "tests"))  # access_clients, which portal_harness imports
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # before tests/: its conftest is the one meant
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from conftest import run_container, wait_for_port, wait_until_ready  # noqa: E402
@@ -149,7 +150,7 @@ def _measure(ws, seconds: float, password: str | None,  # type: ignore[no-untype
 
 def websockify_pids(container: str) -> list[int]:
     """Host PIDs of the websockify processes in ``container`` (``podman top ... hpid``)."""
-    from mlab.podman import podman
+    from mlab.podman.runner import podman
 
     out = []
     for line in podman(["top", container, "hpid", "args"]).stdout.splitlines()[1:]:
@@ -169,7 +170,7 @@ class ContainerPortal:
 
     def __init__(self, image: str, tmp: Path, site_file: Path, port: int, users_dir: Path,
                  backends: dict[str, str], client_secret: str | None = None) -> None:
-        from mlab.podman import podman
+        from mlab.podman.runner import podman
 
         self._podman = podman
         volumes = [f"{site_file}:/etc/mlab/site.yaml:ro", f"{users_dir}:/etc/mlab/users:ro"]
@@ -319,6 +320,12 @@ def main() -> int:
     parser.add_argument("--throughput-only", action="store_true",
                         help="only the proxy's throughput: a site without a provider (password "
                         "sign-in), no Keycloak, no browser")
+    parser.add_argument("--warm-keycloak", action="store_true",
+                        help="render Keycloak's login page once after its start, before the "
+                        "first sign-in (Keycloak.warm), to see what of the cold first sign-in "
+                        "is Keycloak's first page")
+    parser.add_argument("--sign-in-only", action="store_true",
+                        help="only the sign-in timings: no throughput runs")
     args = parser.parse_args()
     image = args.image or ensure_image()
     portal_image = None if args.portal_on_host else image
@@ -346,6 +353,8 @@ def main() -> int:
             cookie = password_cookie(url, "alice", vnc_password)
         else:
             results["keycloak_start_s"] = round(keycloak.wait(), 1)
+            if args.warm_keycloak:
+                results["keycloak_warm_s"] = round(keycloak.warm(url), 2)
             portal = start_sso_portal(tmp, url, port, pod.port(5900), keycloak, client_secret,
                                       portal_image)
             results.update(sign_in_times(tmp, url, pod.port(7030), vnc_password, alice))
@@ -354,6 +363,9 @@ def main() -> int:
             # share the cores with the same load.
             keycloak.stop()
             keycloak = None
+        if args.sign_in_only:
+            results["load_average"] = os.getloadavg()[0]
+            return _print(results, args.json)
 
         direct: list[tuple[float, float, float, float]] = []
         proxied: list[tuple[float, float, float, float]] = []
@@ -401,7 +413,11 @@ def main() -> int:
             pod.remove()
         if keycloak is not None:
             keycloak.stop()
-    if args.json:
+    return _print(results, args.json)
+
+
+def _print(results: dict[str, object], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(results, indent=2))
     else:
         for key, value in results.items():

@@ -1,4 +1,4 @@
-"""Benchmark: the whole ``mlab render -o DIR`` command on a big site, against a baseline.
+"""Benchmark: the whole ``mlab render --out-dir DIR`` command on a big site, against a baseline.
 
 Run: ``.venv/bin/python benchmarks/bench_render.py [--users 10000] [--samples 5] [--json]``
 
@@ -106,7 +106,7 @@ def main() -> None:
         rendered_objects(sites[args.users], objs)
 
         def command(n: int, out: str):  # type: ignore[no-untyped-def]
-            argv = [sys.executable, "-m", "mlab.cli.main", "render", "-s", str(sites[n]), "-o",
+            argv = [sys.executable, "-m", "mlab.cli.main", "render", "-s", str(sites[n]), "--out-dir",
                     str(root / out)]
             return lambda: subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, env=env)
@@ -114,9 +114,9 @@ def main() -> None:
         base_argv = [sys.executable, "-c", BASELINE, str(sites[args.users]), str(objs),
                      str(root / "out-base")]
         cases = {
-            f"mlab render -o ({args.users} users)": command(args.users, "out-big"),
-            f"mlab render -o ({small} users)": command(small, "out-small"),
-            "mlab render -o (1 user)": command(1, "out-one"),
+            f"mlab render --out-dir ({args.users} users)": command(args.users, "out-big"),
+            f"mlab render --out-dir ({small} users)": command(small, "out-small"),
+            "mlab render --out-dir (1 user)": command(1, "out-one"),
             "baseline: CSafeLoader + CSafeDumper": lambda: subprocess.run(
                 base_argv, check=True, stdout=subprocess.DEVNULL),
         }
@@ -125,7 +125,7 @@ def main() -> None:
     base_name = list(cases)[3]
     # Marginal time per user above a 1-user site (the fixed cost of starting), big over small.
     linearity = ((big - one) / max(1, args.users - 1)) / max(1e-9, (little - one) / max(1, small - 1))
-    goal = {f"mlab render -o ({args.users} users)": 2.0}
+    goal = {f"mlab render --out-dir ({args.users} users)": 2.0}
     if args.json:
         print(dumps({"users": args.users, "figures": as_json(stats, base_name),
                      "marginal_per_user_big_over_small": round(linearity, 2)}))

@@ -75,7 +75,7 @@ def stage_cases(root: Path, specs: list[str], sources: list[str]) -> dict[str, o
 
 def index_cases(root: Path, projects: int) -> tuple[dict[str, object], Path]:
     share = root / "big-share"
-    src = share / "pip" / "files"
+    src = share / "pip-index" / "files"
     for i in range(projects):
         make_wheel(src, f"proj{i}", "1.0")
     wheels = sorted(str(p) for p in src.glob("*.whl"))
@@ -88,7 +88,7 @@ def index_cases(root: Path, projects: int) -> tuple[dict[str, object], Path]:
                            stdout=subprocess.DEVNULL)
 
     def from_nothing() -> float:
-        shutil.rmtree(share / "pip" / "simple", ignore_errors=True)  # not timed
+        shutil.rmtree(share / "pip-index" / "simple", ignore_errors=True)  # not timed
         start = time.perf_counter()
         pipindex.rebuild(share)
         return time.perf_counter() - start

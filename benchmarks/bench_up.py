@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlab.deploy import podman_engine, probes
+from mlab.deploy import probes
 from mlab.image.build import ensure_image
-from mlab.podman import podman
+from mlab.image.site_image import image_ref
+from mlab.podman import engine as podman_engine
+from mlab.podman.runner import podman
 from mlab.site import Site, parse_site
 
 NAME = "t4bench"
@@ -67,9 +69,9 @@ def main() -> None:
                    for _ in range(2))
         try:
             one = site(image, 1)
-            first = timed(lambda: podman_engine.up(one))
-            extra = timed(lambda: podman_engine.up(site(image, 2)))
-            same = timed(lambda: podman_engine.up(site(image, 2)))
+            first = timed(lambda: podman_engine.up(one, image_of=image_ref))
+            extra = timed(lambda: podman_engine.up(site(image, 2), image_of=image_ref))
+            same = timed(lambda: podman_engine.up(site(image, 2), image_of=image_ref))
             plan = podman_engine.load_plan(NAME)
             assert plan is not None
             results: list[probes.Result] = []

@@ -16,24 +16,16 @@ Numbers, not assertions, each with a baseline measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "local.yaml"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _timed(argv: list[str]) -> float:
-    start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(argv[:4])} failed: {proc.stderr.strip()[-400:]}")
-    return seconds
+from sampling import print_figures  # noqa: E402
+from sampling import timed_run as _timed  # noqa: E402
 
 
 def main() -> None:
@@ -56,11 +48,7 @@ def main() -> None:
            "verify_cluster_s": round(verify_s, 2),
            "verify_over_exec": round(verify_s / exec_s, 1),
            "verify_over_pod": round(verify_s / pod_s, 1)}
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        for key, value in out.items():
-            print(f"{key:20} {value}")
+    print_figures(out, args.json, width=20)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ noisy 2-core machine a single sample or a best-of on one side only says little, 
   median is reported, which cancels slow phases of the machine that hit one pair.
 
 Use: ``stats = interleave({"ours": fn_a, "baseline": fn_b}, samples=5)`` then
-``print(report(stats, baseline="baseline"))``. A case callable may return a float, which is
+``print(report(stats, baseline="baseline"))``. One-shot timings of whole commands:
+:func:`timed_run` / :func:`timed_mlab`, printed with :func:`print_figures`. A case callable may return a float, which is
 then used as its own timing (for cases that time only part of what they do, such as
 excluding a setup step), or anything else (the wall time of the whole call is used).
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -131,3 +134,31 @@ def as_json(stats: Mapping[str, Samples], baseline: str) -> dict[str, Any]:
 def dumps(obj: Any) -> str:
     """JSON text for printing."""
     return json.dumps(obj, indent=1)
+
+
+def timed_run(argv: list[str], env: Mapping[str, str] | None = None) -> float:
+    """Seconds ``argv`` took as one process (wall time, output captured).
+
+    Raises:
+        SystemExit: the process failed; the message ends with the tail of its stderr.
+    """
+    start = time.monotonic()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[:6])} failed: {proc.stderr.strip()[-500:]}")
+    return seconds
+
+
+def timed_mlab(*args: str, env: Mapping[str, str] | None = None) -> float:
+    """Seconds ``mlab ARGS`` took (this interpreter's MLab), as :func:`timed_run`."""
+    return timed_run([sys.executable, "-m", "mlab.cli.main", *args], env=env)
+
+
+def print_figures(figures: Mapping[str, Any], as_json: bool, width: int = 24) -> None:
+    """Print a benchmark's figures: indented JSON, or one ``name value`` line each."""
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    for key, value in figures.items():
+        print(f"{key:{width}} {value}")

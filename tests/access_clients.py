@@ -20,11 +20,13 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,19 +46,21 @@ def vnc_capture(host: str, port: int, password: str, out: Path, timeout: float =
 
 
 class DevTools:
-    """Headless Chromium driven over the DevTools protocol (websocket JSON-RPC)."""
+    """Headless Chromium with a fresh profile, driven over the DevTools protocol (websocket
+    JSON-RPC): the tab that shows ``url``. The portal tests' ``Browser`` is this class."""
 
-    def __init__(self, tmp: Path, url: str, ca: Path | None = None) -> None:
+    def __init__(self, tmp: Path, url: str = "about:blank", ws_timeout: float = 30,
+                 extra_flags: tuple[str, ...] = (), ca: Path | None = None) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-        self.log = tmp / "chromium.log"
+        self.log = Path(self.profile + ".log")
         env = dict(os.environ)
-        if ca is not None:
+        if ca is not None:  # trusted as a user who imported it would (see trust_in_nss)
             env["HOME"] = trust_in_nss(ca, Path(self.profile) / "home")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                ["chromium", *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={self.profile}",
                  "--remote-debugging-port=0", url],
                 stdout=subprocess.DEVNULL, stderr=err, env=env)
         deadline = time.monotonic() + 30
@@ -70,18 +74,18 @@ class DevTools:
             else:
                 time.sleep(0.1)
         # The tab that shows ``url`` (not a new-tab page or a worker).
-        pages: list[dict] = []
+        pages: list[dict[str, Any]] = []
         while not pages:
             pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
                      if t["type"] == "page" and t["url"].startswith(url.split("?")[0])]
             if not pages and time.monotonic() > deadline:
                 raise RuntimeError(f"chromium has no tab with {url}")
             time.sleep(0.1)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30,
-                                              suppress_origin=True)
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"],
+                                              timeout=ws_timeout, suppress_origin=True)
         self.next_id = 0
 
-    def call(self, method: str, **params: object) -> dict:
+    def call(self, method: str, **params: object) -> dict[str, Any]:
         self.next_id += 1
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
         while True:
@@ -89,15 +93,47 @@ class DevTools:
             if msg.get("id") == self.next_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
+                return msg["result"]  # type: ignore[no-any-return]
 
-    def evaluate(self, expression: str) -> object:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+    def evaluate(self, expression: str) -> Any:
+        """The value of ``expression`` in the page (a promise is awaited)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        return result["result"].get("value")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def wait_for(self, expression: str, timeout: float = 30, poll: float = 0.05) -> Any:
+        """Poll ``expression`` every ``poll`` s until it is truthy; return its value.
+
+        Raises:
+            TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                value = None  # navigating: no execution context for a moment
+            if value:
+                return value
+            time.sleep(poll)
+        where = self.evaluate("location.href + ' ' + document.title")
+        raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
+
+    def screenshot(self, out: Path) -> None:
+        shot = self.call("Page.captureScreenshot", format="png")
+        out.write_bytes(base64.b64decode(shot["data"]))
+
+    def cookies(self) -> list[dict[str, Any]]:
+        return self.call("Network.getAllCookies")["cookies"]  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.ws.close()
         self.proc.terminate()
         self.proc.wait(timeout=10)
+        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 NOVNC_STATE = ("JSON.stringify({ready: document.readyState, cls: document.documentElement.className,"
@@ -125,7 +161,7 @@ def novnc_screenshot(url: str, out: Path, tmp: Path, ca: Path | None = None) -> 
     Under heavy load headless Chromium sometimes leaves noVNC's page in its loading state
     (``noVNC_loading``, no connection attempted); like a user, reload it (twice at most).
     """
-    browser = DevTools(tmp, url, ca)
+    browser = DevTools(tmp, url, ca=ca)
     try:
         connected = False
         for attempt in range(3):
@@ -143,8 +179,7 @@ def novnc_screenshot(url: str, out: Path, tmp: Path, ca: Path | None = None) -> 
             print("noVNC state:", browser.evaluate(NOVNC_STATE))
             print("chromium:", browser.log.read_text()[-1500:])
         time.sleep(1.5)  # the first framebuffer update after the connection
-        shot = browser.call("Page.captureScreenshot", format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
+        browser.screenshot(out)
         return connected
     finally:
         browser.close()

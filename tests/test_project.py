@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,27 +35,26 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "MLAB_REQUIRE_E2E=1" in ci
 
 
-def _mlab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlab.cli.main", *args], capture_output=True, text=True, check=False
-    )
-
-
 def test_cli_help_lists_command_groups() -> None:
-    proc = _mlab("--help")
+    from mlab.cli.main import GROUPS
+
+    proc = mlab("--help")
     assert proc.returncode == 0
-    assert "Usage" in proc.stdout
+    assert proc.stdout.lstrip().startswith("Usage: ") and "COMMAND [ARGS]..." in proc.stdout
+    listed = {m.group(1) for m in re.finditer(r"^│ ([a-z][a-z-]*) ", proc.stdout, re.M)}
+    assert listed == {c for commands in GROUPS.values() for c in commands}, proc.stdout
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["no-such-command"], ["--no-such-option"]],
+    ("args", "message"),
+    [(["no-such-command"], "No such command 'no-such-command'."),
+     (["--no-such-option"], "No such option: --no-such-option")],
     ids=["unknown-command", "unknown-option"],
 )
-def test_cli_usage_errors_exit_2(args: list[str]) -> None:
-    proc = _mlab(*args)
+def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
+    proc = mlab(*args)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 # Every program MLab or its tests run, and where it lives when it is not on PATH. netavark and

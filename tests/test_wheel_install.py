@@ -95,7 +95,7 @@ def test_commands_that_read_package_data_work_from_the_wheel(venv: Path, tmp_pat
         "print(sorted(p.relative_to(recipe.image_dir() / 'rootfs').as_posix()\n"
         "             for p in recipe._files(recipe.image_dir() / 'rootfs')))\n"
         "print(recipe.make_wheel().name)\n"
-        "from mlab.podman import containers_conf\n"
+        "from mlab.podman.runner import containers_conf\n"
         "print(containers_conf().read_text().count('network_backend'))\n"), cwd=tmp_path)
     count, _hash = out.splitlines()[0].split()
     assert int(count) > 10
@@ -105,6 +105,6 @@ def test_commands_that_read_package_data_work_from_the_wheel(venv: Path, tmp_pat
     assert out.splitlines()[2].startswith("mlab-0")
     assert out.splitlines()[3] == "1"
     # `mlab init` writes the commented site file, and it validates.
-    _run(venv, str(venv / "bin" / "mlab"), "init", "-o", "site.yaml", cwd=tmp_path)
+    _run(venv, str(venv / "bin" / "mlab"), "init", "--out-file", "site.yaml", cwd=tmp_path)
     assert "users:" in (tmp_path / "site.yaml").read_text()
     _run(venv, str(venv / "bin" / "mlab"), "site", "check", "--site", "site.yaml", cwd=tmp_path)

@@ -201,6 +201,24 @@ class Image(Model):
         "a trusted local network): `mlab image push` and the podman engine's pull skip TLS; "
         "on Kubernetes, containerd needs the same (docs/image.md). Default: false.",
     )
+    ca_file: str | None = Field(
+        None,
+        description="Absolute path of a PEM file holding the CA that signed the registry's "
+        "TLS certificate (a local CA), trusted for this registry only: `mlab image push` "
+        "and the podman engine's pull give it to podman (`--cert-dir`), and `mlab node up "
+        "--site` to containerd (`ca` in the registry's hosts.toml). The machine's trust "
+        "store is not changed. Not with plainHttp. None: the system's CAs (docs/image.md).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> Image:
+        if self.ca_file is not None:
+            if self.plain_http:
+                raise ValueError("caFile is for a TLS registry; plainHttp: true says it has no TLS "
+                                 "(drop one of them)")
+            if not self.ca_file.startswith("/"):
+                raise ValueError(f"caFile {self.ca_file!r} must be an absolute path")
+        return self
 
     @property
     def ref(self) -> str:
@@ -702,6 +720,19 @@ class OpenIDConnect(Model):
         description="Addresses of the provider, for the portal's egress NetworkPolicy. "
         "Empty: the internet (not private ranges) on the issuer's port.",
     )
+    ca_bundle_secret: Label | None = Field(
+        None,
+        description="Existing Secret with key `ca.crt`: CA certificates the portal trusts, "
+        "besides the system's, for the issuer's https:// (a provider with a private CA). "
+        "None: system CAs only.",
+    )
+
+
+    @property
+    def issuer_port(self) -> int:
+        """TCP port of the issuer URL (443 for https://, 80 for http://, RFC 3986 default)."""
+        parts = urlsplit(self.issuer)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class PortalService(Model):
@@ -744,6 +775,13 @@ class Portal(Model):
     )
     session_hours: int = Field(
         8, ge=1, le=168, description="Hours a portal session lasts. Default: 8."
+    )
+    wake: bool = Field(
+        False,
+        description="Kubernetes: \"Open desktop\" on a culled HomePod scales its Deployment "
+        "back to 1, with the portal's own ServiceAccount (a Role that may only get and scale "
+        "the site's HomePod Deployments, by name). Needs `cluster.apiServerCIDRs` (the "
+        "portal's egress policy to the API server). Default: false (users run `mlab wake`).",
     )
     service: PortalService = Field(
         default_factory=lambda: PortalService(),
@@ -811,6 +849,17 @@ class Cluster(Model):
     pod_cidr: CIDR = Field("10.244.0.0/16", alias="podCIDR", description="Pod network range.")
     service_cidr: CIDR = Field(
         "10.96.0.0/12", alias="serviceCIDR", description="Service (clusterIP) range."
+    )
+    api_server_cidrs: list[CIDR] = Field(
+        default_factory=list,
+        alias="apiServerCIDRs",
+        description="Addresses of the API server's endpoints (`kubectl get endpointslices -n "
+        "default -l kubernetes.io/service-name=kubernetes`): NetworkPolicies see them, not "
+        "the kubernetes Service's clusterIP. Only the portal with `portal.wake` reaches "
+        "them. Empty: no pod does.",
+    )
+    api_server_port: Port = Field(
+        6443, description="The API server endpoints' port (not the Service's 443). Default: 6443."
     )
     dns_namespace: str = Field("kube-system", description="Namespace of the cluster DNS pods.")
     dns_labels: dict[str, str] = Field(
@@ -1019,6 +1068,12 @@ class Site(Model):
             raise ValueError(
                 f"airlock.clusterIP: {air} is the code service's clusterIP too; give "
                 "airlock.clusterIP (or codeService.clusterIP) another address"
+            )
+        if self.portal.enabled and self.portal.wake and not self.cluster.api_server_cidrs:
+            raise ValueError(
+                "portal.wake: the portal must reach the API server; set "
+                "cluster.apiServerCIDRs to its endpoints' addresses (kubectl get "
+                "endpointslices -n default -l kubernetes.io/service-name=kubernetes)"
             )
         return self
 

@@ -85,10 +85,29 @@ SHARE_PATH = "/opt/public/airlock"
 EXPORT_DIR = "export"
 EXPORT_PATH = f"{SHARE_PATH}/{EXPORT_DIR}"
 """Where the publisher delivers approved requests (``<id>/`` below it)."""
+PIP_INDEX_DIR = "pip-index"
+"""MLab's pip repository in the share: ``files/`` (wheels) and ``simple/`` (PEP 503 pages).
+
+Not inside the seed's ``pip/`` folder: there the seed's ``pip install *`` passes every entry
+as a project name, and ``files`` and ``simple`` made it fail ("No matching distribution found
+for simple"). MLab up to 0.1 kept the tree in ``pip/``; ``mlab airlock migrate`` moves it."""
+PIP_INDEX_URL = f"file://{SHARE_PATH}/{PIP_INDEX_DIR}/simple"
+"""The ``index-url`` of a HomePod's ``/etc/pip.conf``."""
+SHARE_FOLDERS = ("pip", "apt", PIP_INDEX_DIR, "downloads", "git", EXPORT_DIR)
+"""The share's top-level folders (docs/CONTRACTS.md "Share layout"): the Airlock creates
+them as its user's, and an SFTP chroot account keeps them the user's."""
 OUTBOX_PATH = "/opt/outbox"
 CA_DIR = "/etc/mlab/ca"
 PASSWORD_DIR = "/etc/mlab/secret"
 PASSWORD_FILE = f"{PASSWORD_DIR}/password"
+WAKE_PORTAL_DIR = "/var/lib/mlab/wake"
+"""The wake spool in the portal pod of `mlab up` (``--wake-dir``; mlab.cull.wake_requests)."""
+WAKE_SPOOL = "wake"
+"""The wake spool's directory under the podman engine's state directory."""
+WAKE_REQUESTS = "requests"
+"""Spool part the portal writes (read-write in its pod)."""
+WAKE_HOST = "host"
+"""Spool part the host's `mlab cull` writes: heartbeat and replies (read-only in the pod)."""
 
 # Default claim and Secret names (used when the site names none).
 CLAIM_SHARE = "airlock-share"
@@ -126,13 +145,18 @@ class Edge:
         source: a component (``homepod``, ``airlock``, ``code-service``, ``portal``) or
             ``office`` (the site's ``access.officeCidrs``).
         destination: a component, ``office``, ``kube-dns`` (UDP and TCP), ``internet``
-            (public addresses: not private, link-local or cluster ranges) or ``proxy``
-            (``airlock.proxy.cidrs`` on the proxy URLs' ports).
-        ports: destination TCP ports; empty: every port (internet) or the proxy's ports.
+            (public addresses: not private, link-local or cluster ranges), ``proxy``
+            (``airlock.proxy.cidrs`` on the proxy URLs' ports), ``identity-provider``
+            (``portal.oidc.cidrs``, else the internet, on the issuer's port) or
+            ``api-server`` (``cluster.apiServerCIDRs`` on ``cluster.apiServerPort``).
+        ports: destination TCP ports; empty: every port (internet), or the port the site
+            gives (proxy, identity provider, API server).
         condition: when the edge exists: ``always``, or the site facts it needs, joined by
             ``+``: ``office`` (office CIDRs given), ``airlock`` (Airlock enabled), ``portal``
             (portal enabled), ``dns-cluster`` (``dns: cluster``), ``proxy`` (proxy addresses
             given), ``direct-desktops`` (offices reach desktop ports, not only the portal),
+            ``oidc`` (``portal.oidc`` set), ``wake`` (``portal.wake``: the portal scales
+            culled HomePods through the API server),
             ``tls`` (``tls.mode`` is not off: offices reach the code service on HTTPS only)
             or ``plain-http`` (it is off).
     """
@@ -162,11 +186,13 @@ EDGES: tuple[Edge, ...] = (
     Edge("portal", "homepod", (PORT_VNC,), "portal"),
     Edge("portal", "code-service", (PORT_CODE,), "portal"),
     Edge("portal", "kube-dns", (PORT_DNS,), "portal"),
+    Edge("portal", "identity-provider", (), "portal+oidc"),
+    Edge("portal", "api-server", (), "portal+wake"),
 )
 """The network's allowed edges: the NetworkPolicies (``mlab.render.network``, ``.portal``)
 grant exactly these (tests/unit/test_topology.py checks both ways, with the evaluator
-``mlab.deploy.policy_eval``); the podman emulation and ``mlab verify`` probe them. The portal's
-OpenID Connect egress is rendered from ``portal.oidc`` and is not a fixed edge."""
+``mlab.deploy.policy_eval``); the podman emulation and ``mlab verify`` probe them. No
+HomePod edge reaches the identity provider or the API server: only the portal does."""
 
 PORT_GIT = 9418
 """The git protocol's port: a code service must not answer it (only HTTP at :data:`PORT_CODE`)."""
@@ -206,7 +232,7 @@ HomePod but offices and the portal; no pod reaches cloud metadata (169.254.169.2
 private addresses; a pod of the namespace without MLab's labels (``outsider``) reaches none
 of MLab's pods."""
 
-EXISTENCE_WORDS = frozenset({"office", "airlock", "portal", "proxy"})
+EXISTENCE_WORDS = frozenset({"office", "airlock", "portal", "proxy", "oidc", "wake"})
 """Condition words that say whether an edge's end exists at all (an Airlock, an office, a
 portal, a proxy): an edge whose missing words include one of these has nothing to probe.
 The other words (``dns-cluster``, ``direct-desktops``) only open or close the edge."""

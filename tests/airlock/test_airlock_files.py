@@ -129,10 +129,11 @@ def test_http_error_is_named(tmp_path, server) -> None:
         ("https://h/y", "../etc/passwd", None),
         ("https://h/y", "/etc/passwd", None),
         ("https://h/y", "pip/simple/x", None),
+        ("https://h/y", "pip-index/simple/x", None),
         ("https://h/y", ".hidden", None),
         ("https://h/y", "datasets/m.tgz", "datasets/m.tgz"),
     ],
-    ids=["default", "space", "no-name", "dotdot", "absolute", "reserved", "hidden", "explicit"],
+    ids=["default", "space", "no-name", "dotdot", "absolute", "reserved", "reserved-index", "hidden", "explicit"],
 )
 def test_target_path(tmp_path, url, output, expected) -> None:
     if expected is None:

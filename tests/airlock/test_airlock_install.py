@@ -40,7 +40,7 @@ def test_install_pip_into_venv_and_missing_hint(tmp_path, staged) -> None:
 
 def test_pip_command_shape(tmp_path) -> None:
     argv = install.pip_command("/usr/bin/python3", tmp_path, ["x"], user=True)
-    assert argv[argv.index("--index-url") + 1] == (tmp_path / "pip" / "simple").as_uri()
+    assert argv[argv.index("--index-url") + 1] == (tmp_path / "pip-index" / "simple").as_uri()
     assert "--isolated" in argv and "--user" in argv and argv[-1] == "x"
     assert "--break-system-packages" in argv  # Debian's Python is externally managed
 

@@ -20,9 +20,9 @@ from mlab.errors import MlabError
 
 
 def index_snapshot(share: Path) -> dict[str, str]:
-    """Every file under <share>/pip except temp/lock files -> sha256."""
+    """Every file under <share>/pip-index except temp/lock files -> sha256."""
     out = {}
-    root = share / "pip"
+    root = share / "pip-index"
     if not root.exists():
         return out
     for path in sorted(root.rglob("*")):
@@ -34,7 +34,7 @@ def index_snapshot(share: Path) -> dict[str, str]:
 
 def assert_index_valid(share: Path) -> dict[str, list[str]]:
     """Every root link has a page; every page link names an existing file with its hash."""
-    simple = share / "pip" / "simple"
+    simple = share / "pip-index" / "simple"
     root = (simple / "index.html").read_text()
     projects = re.findall(r'href="([^"/]+)/"', root)
     listed = {}
@@ -108,7 +108,7 @@ def test_stage_local_folder_closure_and_marker_for_target(tmp_path, wheel_factor
     assert set(assert_index_valid(old)) == {"app", "lib", "tomli-ish"}
 
     target = tmp_path / "t"
-    proc = pip_target(local / "pip" / "simple", target, "app")
+    proc = pip_target(local / "pip-index" / "simple", target, "app")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / "lib" / "__init__.py").exists()
 
@@ -123,8 +123,8 @@ def test_sdist_only_dependency_is_published_as_wheel(tmp_path, wheel_factory, sd
     names = {w.filename for w in res.added}
     assert "sdistonly-0.3-py3-none-any.whl" in names
     assert res.built == ["sdistonly-0.3-py3-none-any.whl"]
-    assert not list((share / "pip" / "files").glob("*.tar.gz"))
-    proc = pip_target(share / "pip" / "simple", tmp_path / "t", "app")
+    assert not list((share / "pip-index" / "files").glob("*.tar.gz"))
+    proc = pip_target(share / "pip-index" / "simple", tmp_path / "t", "app")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "t" / "sdistonly" / "__init__.py").exists()
 
@@ -137,7 +137,7 @@ def test_two_versions_staged_apart_both_remain(tmp_path, wheel_factory, pip_targ
     pip.stage(share, ["app==1.0"], sources=pip.Sources(find_links=(str(v1),), no_index=True))
     pip.stage(share, ["app"], sources=pip.Sources(find_links=(str(v2),), no_index=True))
     assert sorted(assert_index_valid(share)["app"]) == ["app-1.0-py3-none-any.whl", "app-2.0-py3-none-any.whl"]
-    simple = share / "pip" / "simple"
+    simple = share / "pip-index" / "simple"
     assert pip_target(simple, tmp_path / "latest", "app").returncode == 0
     assert "2.0" in (tmp_path / "latest" / "app" / "__init__.py").read_text()
     assert pip_target(simple, tmp_path / "pinned", "app==1.0").returncode == 0
@@ -162,13 +162,13 @@ def test_unknown_name_fails_and_leaves_index_unchanged(tmp_path, wheel_factory) 
     assert proc.returncode == 1
     assert "no-such-project-mlab-test" in proc.stderr
     assert index_snapshot(share) == before
-    assert not list((share / "pip" / ".tmp").iterdir())
+    assert not list((share / "pip-index" / ".tmp").iterdir())
 
 
 def test_unknown_name_on_pypi(tmp_path) -> None:
     with pytest.raises(MlabError, match="no distribution for mlab-no-such-project-zz"):
         pip.stage(tmp_path / "share", ["mlab-no-such-project-zz"])
-    assert not (tmp_path / "share" / "pip" / "simple").exists()
+    assert not (tmp_path / "share" / "pip-index" / "simple").exists()
 
 
 def test_stage_from_pypi_closure_installs_offline(tmp_path, pip_target) -> None:
@@ -176,7 +176,7 @@ def test_stage_from_pypi_closure_installs_offline(tmp_path, pip_target) -> None:
     res = pip.stage(share, ["requests==2.31.0"])
     assert {"requests", "urllib3", "idna", "certifi", "charset-normalizer"} <= {w.project for w in res.added}
     assert_index_valid(share)
-    proc = pip_target(share / "pip" / "simple", tmp_path / "t", "requests==2.31.0")
+    proc = pip_target(share / "pip-index" / "simple", tmp_path / "t", "requests==2.31.0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -219,8 +219,8 @@ def test_rebuild_after_hand_changes_writes_only_what_changed(tmp_path, wheel_fac
     for name in ("a", "b", "c"):
         wheel_factory(src, name, "1.0")
     pip.stage(share, ["a", "b", "c"], sources=pip.Sources(find_links=(str(src),), no_index=True))
-    simple = share / "pip" / "simple"
-    files = share / "pip" / "files"
+    simple = share / "pip-index" / "simple"
+    files = share / "pip-index" / "files"
     untouched = simple / "a" / "index.json"
     inode = untouched.stat().st_ino
     # by hand: c's wheel removed, a second version of b and a new project d added
@@ -281,4 +281,4 @@ def test_foreign_target_builds_pure_sdist(tmp_path, wheel_factory, sdist_factory
                     target=pip.Target(python_version="3.10", platforms=("manylinux_2_17_x86_64",)))
     assert res.built == ["sdistonly-0.3-py3-none-any.whl"]
     assert sorted(w.filename for w in res.added) == ["app-1.0-py3-none-any.whl", "sdistonly-0.3-py3-none-any.whl"]
-    assert pip_target(share / "pip" / "simple", tmp_path / "t", "app").returncode == 0
+    assert pip_target(share / "pip-index" / "simple", tmp_path / "t", "app").returncode == 0

@@ -6,12 +6,10 @@ and ``allowLocalUpstreams``, so local bare repositories stand in for GitHub.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cs_support import Service, start_service, stop_service
 
 
@@ -19,10 +17,11 @@ from cs_support import Service, start_service, stop_service
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One running code service per test module."""
     tmp = tmp_path_factory.mktemp("codeservice")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    svc = start_service(tmp)
-    yield svc
-    stop_service(svc)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        svc = start_service(tmp)
+        yield svc
+        stop_service(svc)
 
 
 @pytest.fixture

@@ -11,16 +11,14 @@ alice cannot approve her own, and the site asks for two approvers; the reviewer 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-
+from cli_runner import Run
+from cli_runner import mlab as run_mlab
 from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
 
 REPO = "deepvac/deepvac"
@@ -30,35 +28,35 @@ AIRLOCK_PASSWORD = "airlock-secret-1"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service]]:
     tmp = tmp_path_factory.mktemp("branchreview")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    # alice reviews too (so self-review is tried), and branches need two approvers.
-    (tmp / "site.yaml").write_text(
-        "name: test\nusers: [{name: alice}, {name: bob}]\n"
-        "codeService:\n  host: code.test\n  allowLocalUpstreams: true\n"
-        "  reviewers: [alice, bob]\n  twoPersonApproval: [branch]\n")
-    # The Airlock's service account (the last test logs in with it).
-    (tmp / "users" / "airlock").mkdir(parents=True)
-    (tmp / "users" / "airlock" / "password").write_text(AIRLOCK_PASSWORD + "\n")
-    homepod = start_service(tmp, homepod_nets="127.0.0.0/8")
-    office = start_service(tmp, homepod_nets="")
-    yield homepod, office
-    stop_service(office)
-    stop_service(homepod)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        # alice reviews too (so self-review is tried), and branches need two approvers.
+        (tmp / "site.yaml").write_text(
+            "name: test\nusers: [{name: alice}, {name: bob}]\n"
+            "codeService:\n  host: code.test\n  allowLocalUpstreams: true\n"
+            "  reviewers: [alice, bob]\n  twoPersonApproval: [branch]\n")
+        # The Airlock's service account (the last test logs in with it).
+        (tmp / "users" / "airlock").mkdir(parents=True)
+        (tmp / "users" / "airlock" / "password").write_text(AIRLOCK_PASSWORD + "\n")
+        homepod = start_service(tmp, homepod_nets="127.0.0.0/8")
+        office = start_service(tmp, homepod_nets="")
+        yield homepod, office
+        stop_service(office)
+        stop_service(homepod)
 
 
-def _env(user: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "MLAB_"))}
-    env.update({"MLAB_USER": user, "MLAB_PASSWORD": PASSWORDS[user], "GIT_TERMINAL_PROMPT": "0",
-                "GIT_AUTHOR_NAME": "Office", "GIT_AUTHOR_EMAIL": "o@example.com",
-                "GIT_COMMITTER_NAME": "Office", "GIT_COMMITTER_EMAIL": "o@example.com",
-                "HOME": str(home), "COLUMNS": "200"})
-    return env
+def _settings(user: str, home: Path) -> dict[str, str]:
+    """An office user's shell: their MLab credentials, git identity and home (no other
+    GIT_* or MLAB_* variable is inherited)."""
+    return {"MLAB_USER": user, "MLAB_PASSWORD": PASSWORDS[user], "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "Office", "GIT_AUTHOR_EMAIL": "o@example.com",
+            "GIT_COMMITTER_NAME": "Office", "GIT_COMMITTER_EMAIL": "o@example.com",
+            "HOME": str(home), "COLUMNS": "200"}
 
 
-def mlab(user: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args], cwd=cwd,
-                          capture_output=True, text=True, env=_env(user, cwd), timeout=120,
-                          stdin=subprocess.DEVNULL)
+def mlab(user: str, *args: str, cwd: Path) -> Run:
+    return run_mlab(*args, cwd=cwd, env=_settings(user, cwd), drop=("GIT_", "MLAB_"),
+                    timeout=120)
 
 
 def _commit(work: Path, name: str, text: str) -> str:

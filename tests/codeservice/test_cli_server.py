@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mlab.codeservice.locate import find_server, local_server
-from mlab.deploy.plan_file import PlanFile, PodRecord
-from mlab.deploy.podman_translate import Port
 from mlab.errors import DeployError
+from mlab.podman.plan_file import PlanFile, PodRecord
+from mlab.podman.translate import Port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
+from cli_runner import Run, mlab
 from cs_support import PASSWORDS, Service, git, make_upstream
 
 
@@ -143,16 +143,10 @@ def test_approve_bad_bodies_are_400(service: Service) -> None:
         assert r.status_code == 400 and "ORG/REPO" in r.json()["error"]
 
 
-def _mlab(service: Service, *args: str, password: str | None = None):  # type: ignore[no-untyped-def]
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
-    env.update({"MLAB_PASSWORD": password or service.admin_password})
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--server", service.url],
-                          capture_output=True, text=True, env=env, timeout=120,
-                          stdin=subprocess.DEVNULL)
+def _mlab(service: Service, *args: str, password: str | None = None) -> Run:
+    """``mlab ARGS --server URL`` with only the admin's (or ``password``) MLab setting."""
+    return mlab(*args, "--server", service.url, drop=("MLAB_",), timeout=120,
+                env={"MLAB_PASSWORD": password or service.admin_password})
 
 
 def test_repo_cli_approve_list_revoke(service: Service, tmp_path: Path) -> None:

@@ -9,38 +9,34 @@ request`` processes and the real ``git``; a local bare repository stands in for 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
+from cli_runner import Run, mlab
 from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("mirrorreq")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    service = start_service(tmp, "  twoPersonApproval: [mirror]\n")
-    yield service
-    stop_service(service)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        service = start_service(tmp, "  twoPersonApproval: [mirror]\n")
+        yield service
+        stop_service(service)
 
 
-def run(svc: Service, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
+def run(svc: Service, user: str, *args: str) -> Run:
+    """``mlab request ARGS`` as ``user`` of ``svc``, with no other MLAB_* setting."""
     password = svc.admin_password if user == "admin" else PASSWORDS[user]
-    env.update({"MLAB_SERVER": svc.url, "MLAB_USER": user, "MLAB_PASSWORD": password,
-                "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", *args],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    return mlab("request", *args, drop=("MLAB_",), timeout=120, env={
+        "MLAB_SERVER": svc.url, "MLAB_USER": user, "MLAB_PASSWORD": password, "COLUMNS": "200"})
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
+def ok(proc: Run) -> str:
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

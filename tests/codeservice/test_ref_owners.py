@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
 
 SITE = """  limits:
@@ -24,10 +23,11 @@ SITE = """  limits:
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("owners")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    service = start_service(tmp, SITE)
-    yield service
-    stop_service(service)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        service = start_service(tmp, SITE)
+        yield service
+        stop_service(service)
 
 
 def _clone(svc: Service, repo: str, user: str, dest: Path) -> Path:
@@ -194,8 +194,8 @@ def test_daily_quotas_of_refs_and_bytes(svc: Service, tmp_path: Path) -> None:
     git("push", "-q", "origin", "HEAD:refs/heads/alice/q", cwd=alice)
 
 
-def test_namespace_policy(tmp_path: Path) -> None:
-    os.environ["MLAB_TEST_HOME"] = str(tmp_path)
+def test_namespace_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLAB_TEST_HOME", str(tmp_path))
     service = start_service(tmp_path, "  refPolicy: namespace\n")
     try:
         bare = make_upstream(tmp_path, "ns", commits=1)

@@ -6,14 +6,12 @@ The real service (``mlab code-service serve``) with password files for ``airlock
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-
 from cs_support import Service, git, make_upstream, start_service, stop_service
 
 SERVICE_PASSWORDS = {"airlock": "airlock-secret", "mlab-publisher": "publisher-secret"}
@@ -22,13 +20,14 @@ SERVICE_PASSWORDS = {"airlock": "airlock-secret", "mlab-publisher": "publisher-s
 @pytest.fixture(scope="module")
 def accounts_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("svcaccounts")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    for name, pw in SERVICE_PASSWORDS.items():
-        (tmp / "users" / name).mkdir(parents=True)
-        (tmp / "users" / name / "password").write_text(pw + "\n")
-    svc = start_service(tmp)
-    yield svc
-    stop_service(svc)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        for name, pw in SERVICE_PASSWORDS.items():
+            (tmp / "users" / name).mkdir(parents=True)
+            (tmp / "users" / name / "password").write_text(pw + "\n")
+        svc = start_service(tmp)
+        yield svc
+        stop_service(svc)
 
 
 def _url(svc: Service, user: str, repo: str) -> str:

@@ -7,7 +7,6 @@ HTTP to the TLS port gets no answer, so no Basic password is ever accepted in cl
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -39,11 +38,12 @@ def make_ca_and_cert(root: Path) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
     tmp = tmp_path_factory.mktemp("tls")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    ca, cert, key = make_ca_and_cert(tmp)
-    svc = start_service(tmp, extra_args=("--tls-cert", str(cert), "--tls-key", str(key)))
-    yield svc, ca
-    stop_service(svc)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        ca, cert, key = make_ca_and_cert(tmp)
+        svc = start_service(tmp, extra_args=("--tls-cert", str(cert), "--tls-key", str(key)))
+        yield svc, ca
+        stop_service(svc)
 
 
 def test_git_clones_over_https_with_the_ca_only(tls: tuple[Service, Path],
@@ -86,12 +86,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_tls_port_beside_plain_http_for_pods(tmp_path: Path) -> None:
+def test_tls_port_beside_plain_http_for_pods(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """``--tls-port`` (what a site with ``tls`` renders): HTTPS on its own port for the
     office, plain HTTP on ``--port`` for pods; one service behind both (a repository
     approved over one is cloned over the other), and git over plain HTTP to the TLS port is
     never asked for a password."""
-    os.environ["MLAB_TEST_HOME"] = str(tmp_path)
+    monkeypatch.setenv("MLAB_TEST_HOME", str(tmp_path))
     ca, cert, key = make_ca_and_cert(tmp_path)
     tls_port = _free_port()
     svc = start_service(tmp_path, extra_args=("--tls-cert", str(cert), "--tls-key", str(key),

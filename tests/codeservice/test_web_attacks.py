@@ -4,7 +4,6 @@ over real HTTP (issue 13, items 6, 7 and 8)."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from cs_support import PASSWORDS, Service, make_upstream, start_service, stop_service
 
 SITE = """  limits:
@@ -26,12 +24,13 @@ SITE = """  limits:
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("web")
-    os.environ["MLAB_TEST_HOME"] = str(tmp)
-    service = start_service(tmp, SITE)
-    bare = make_upstream(tmp, "web", commits=1)
-    service.approve(f"file://{bare}", "org/web")
-    yield service
-    stop_service(service)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        service = start_service(tmp, SITE)
+        bare = make_upstream(tmp, "web", commits=1)
+        service.approve(f"file://{bare}", "org/web")
+        yield service
+        stop_service(service)
 
 
 def _admin(svc: Service) -> tuple[str, str]:
@@ -109,9 +108,9 @@ def test_databases_are_private(svc: Service) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
-def test_concurrent_logins_are_bounded_in_memory(tmp_path: Path) -> None:
+def test_concurrent_logins_are_bounded_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """64 concurrent logins took the service from 59 MiB to 2,140 MiB on main."""
-    os.environ["MLAB_TEST_HOME"] = str(tmp_path)
+    monkeypatch.setenv("MLAB_TEST_HOME", str(tmp_path))
     service = start_service(tmp_path, "  limits:\n    loginFailuresPerAccount: 1000\n"
                             "    loginFailuresPerAddress: 1000\n")
     try:

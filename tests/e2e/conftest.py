@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import pytest
 from access_clients import looks_like_desktop
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.render.common import SESSION_CAPABILITIES
 
 

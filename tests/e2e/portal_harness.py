@@ -17,23 +17,19 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from access_clients import DevTools
 
 KEYCLOAK_VERSION = "26.5.6"
 REALM = "mlab"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-allow-origins=*", "--window-size=1280,800",
-]
 
 
 def free_port() -> int:
@@ -84,10 +80,28 @@ def realm_json(portal_url: str, secret: str | None, people: list[Person]) -> dic
                  } for p in people])
 
 
-class Keycloak:
-    """A Keycloak server on 127.0.0.1:``port`` with the realm imported (about 20-40 s)."""
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate and key (PEM files) and the CA file that signs it."""
 
-    def __init__(self, tmp: Path, realm: dict[str, Any]) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class Keycloak:
+    """A Keycloak server on ``host``:``port`` with the realm imported (about 20-40 s).
+
+    Args:
+        host: the address it listens on (127.0.0.1; the Kubernetes node's address when a
+            portal pod must reach it).
+        tls: serve HTTPS only with this certificate (a provider other hosts and pods
+            reach); None: plain HTTP (only on loopback, as the site model requires).
+    """
+
+    def __init__(self, tmp: Path, realm: dict[str, Any], host: str = "127.0.0.1",
+                 tls: Tls | None = None) -> None:
+        self.host, self.tls = host, tls
         home = keycloak_home()
         if not (home / "bin" / "kc.sh").exists():
             raise RuntimeError(f"Keycloak is not unpacked at {home}: run bash scripts/setup.sh")
@@ -103,16 +117,25 @@ class Keycloak:
         env = {**os.environ, "JAVA_HOME": jdk, "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
                "KC_BOOTSTRAP_ADMIN_PASSWORD": base64.b32encode(os.urandom(10)).decode(),
                "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx512m"}
+        listen = ["--http-port", str(self.port)]
+        if tls is not None:
+            listen = ["--http-enabled=false", "--https-port", str(self.port),
+                      "--https-certificate-file", str(tls.cert),
+                      "--https-certificate-key-file", str(tls.key)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", "127.0.0.1",
-                 "--http-port", str(self.port), "--import-realm",
-                 "--http-management-port", str(free_port())],
+                [str(self.home / "bin" / "kc.sh"), "start-dev", "--http-host", host, *listen,
+                 "--import-realm", "--http-management-port", str(free_port())],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/realms/{REALM}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/realms/{REALM}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this server (its CA with TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else True
 
     def wait(self, timeout: float = 240) -> float:
         """Wait until the realm's discovery document answers; return the seconds waited."""
@@ -121,13 +144,43 @@ class Keycloak:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Keycloak exited: {self.log.read_text()[-2000:]}")
             try:
-                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
+                r = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2,
+                              verify=self.verify())
                 if r.status_code == 200:
                     return time.monotonic() - start
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"Keycloak not ready after {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def warm(self, portal_url: str, client_id: str = "mlab-portal") -> float:
+        """Render the realm's login page once, with the theme files it links, as a
+        browser's first visit would; return the seconds it took.
+
+        After a start Keycloak compiles its page templates and loads its theme on the
+        first login page (2.5 to 3.2 s of the first sign-in, docs/portal.md); a site
+        warms it the same way (a startup probe or one request after a restart). The
+        request is the portal's own authorization request (PKCE S256, its redirect URI),
+        answered with the login form; nobody signs in.
+        """
+        import hashlib
+        import html
+
+        verifier = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=")
+        params = {"client_id": client_id, "response_type": "code", "scope": "openid",
+                  "redirect_uri": portal_url + "/auth/callback", "state": "warm-up",
+                  "code_challenge": challenge.decode(), "code_challenge_method": "S256"}
+        start = time.monotonic()
+        with httpx.Client(verify=self.verify(), timeout=60) as client:
+            page = client.get(f"{self.issuer}/protocol/openid-connect/auth", params=params)
+            page.raise_for_status()
+            if 'id="kc-form-login"' not in page.text:
+                raise RuntimeError(f"Keycloak's warm-up got no login form: {page.text[:300]}")
+            origin = self.issuer.split("/realms/")[0]
+            for ref in sorted(set(re.findall(r'(?:href|src)="(/resources/[^"]+)"', page.text))):
+                client.get(origin + html.unescape(ref))
+        return time.monotonic() - start
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -182,88 +235,28 @@ class Portal:
             self.proc.wait()
 
 
-class Browser:
-    """Headless Chromium with a fresh profile, one tab, driven over the DevTools protocol."""
+class Browser(DevTools):
+    """Headless Chromium with a fresh profile and one blank tab (tests/access_clients.py)."""
 
-    def __init__(self, tmp: Path) -> None:
-        import websocket
+    def __init__(self, tmp: Path, extra_flags: tuple[str, ...] = ()) -> None:
+        super().__init__(tmp, "about:blank", ws_timeout=60, extra_flags=extra_flags)
 
-        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-        self.log = Path(self.profile + ".log")
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(
-                ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-                 "--remote-debugging-port=0", "about:blank"],
-                stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text())
-            if m:
-                port = int(m.group(1))
-            elif time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-500:]}")
-            else:
-                time.sleep(0.1)
-        pages: list[dict[str, Any]] = []
-        while not pages:
-            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json()
-                     if t["type"] == "page"]
-            if not pages and time.monotonic() > deadline:
-                raise RuntimeError("chromium has no tab")
-            time.sleep(0.1)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
-                                              suppress_origin=True)
-        self.next_id = 0
 
-    def call(self, method: str, **params: object) -> dict[str, Any]:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]  # type: ignore[no-any-return]
+def open_login_form(browser: Browser, portal_url: str,
+                    marks: dict[str, float] | None = None) -> None:
+    """Open the portal, press Sign in and wait for Keycloak's own login form.
 
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
-        return result["result"].get("value")
-
-    def goto(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def wait_for(self, expression: str, timeout: float = 30, poll: float = 0.05) -> Any:
-        """Poll ``expression`` every ``poll`` s until it is truthy; return its value.
-
-        Raises:
-            TimeoutError: still falsy after ``timeout`` s (the message has the page's URL).
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = self.evaluate(expression)
-            except RuntimeError:
-                value = None  # navigating: no execution context for a moment
-            if value:
-                return value
-            time.sleep(poll)
-        where = self.evaluate("location.href + ' ' + document.title")
-        raise TimeoutError(f"{expression!r} still false after {timeout} s at {where}")
-
-    def screenshot(self, out: Path) -> None:
-        shot = self.call("Page.captureScreenshot", format="png")
-        out.write_bytes(base64.b64decode(shot["data"]))
-
-    def cookies(self) -> list[dict[str, Any]]:
-        return self.call("Network.getAllCookies")["cookies"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.ws.close()
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.profile, ignore_errors=True)
+    Args:
+        marks: when given, gets ``time.monotonic()`` of ``portal_page`` (the sign-in button
+            shown) and ``login_form`` (Keycloak's form shown).
+    """
+    marks = {} if marks is None else marks
+    browser.goto(portal_url + "/")
+    browser.wait_for("document.getElementById('signin') !== null")
+    marks["portal_page"] = time.monotonic()
+    browser.evaluate("document.getElementById('signin').click()")
+    browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+    marks["login_form"] = time.monotonic()
 
 
 def sign_in(browser: Browser, portal_url: str, user: str, password: str,
@@ -277,12 +270,7 @@ def sign_in(browser: Browser, portal_url: str, user: str, password: str,
             ``signed_in`` (the user's page).
     """
     marks = {} if marks is None else marks
-    browser.goto(portal_url + "/")
-    browser.wait_for("document.getElementById('signin') !== null")
-    marks["portal_page"] = time.monotonic()
-    browser.evaluate("document.getElementById('signin').click()")
-    browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
-    marks["login_form"] = time.monotonic()
+    open_login_form(browser, portal_url, marks)
     browser.evaluate(
         f"document.getElementById('username').value = {json.dumps(user)};"
         f"document.getElementById('password').value = {json.dumps(password)};"

@@ -79,7 +79,7 @@ def test_pip_packages_install_offline(pods, staged) -> None:
     pip_out, _apt = staged
     built = [ln for ln in pip_out.splitlines() if "built from sdist" in ln]
     assert len(built) == 1 and "docopt-0.6.2-" in built[0], pip_out
-    assert not list((share / "pip" / "files").glob("*.tar.gz"))
+    assert not list((share / "pip-index" / "files").glob("*.tar.gz"))
     # no network in the HomePod: loopback is its only interface
     ifaces = homepod.exec("python3", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))").stdout
     assert ifaces.strip() == "['lo']"
@@ -110,25 +110,31 @@ def test_apt_packages_install_offline(pods, staged) -> None:
     assert missing.returncode == 1 and "mlab stage apt sl" in missing.stderr
 
 
+def _connect(airlock, user: str, password: str) -> paramiko.SSHClient:  # type: ignore[no-untyped-def]
+    """An SSH client logged in to the Airlock's sshd as ``user``, retried for 30 s (sshd may
+    still be restarting after an account or configuration change)."""
+    deadline = time.monotonic() + 30
+    while True:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=airlock.port(22), username=user, password=password,
+                           allow_agent=False, look_for_keys=False, timeout=10)
+            return client
+        except (paramiko.SSHException, OSError):
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def uploaded(pods):
     """Upload uploads-data.txt over SFTP to the Airlock's sshd (as alice, with her password)."""
     airlock, homepod, share, password = pods
     # route the sftp subsystem through the audited wrapper (docs/airlock.md, "SFTP")
     sh(airlock, "mlab airlock sftp-audit && supervisorctl -c /etc/mlab/supervisord.conf restart sshd", user="root")
-    deadline = time.monotonic() + 30
-    while True:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect("127.0.0.1", port=airlock.port(22), username=USER, password=password,
-                           allow_agent=False, look_for_keys=False, timeout=10)
-            break
-        except (paramiko.SSHException, OSError):
-            client.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    client = _connect(airlock, USER, password)
     try:
         with client.open_sftp() as s:
             s.putfo(io.BytesIO(b"dataset v1\n"), "/opt/public/airlock/uploads-data.txt")
@@ -166,19 +172,7 @@ def test_sftp_only_account_is_chrooted_to_the_share(pods, staged, uploaded) -> N
     out = sh(airlock, "printf 'drop-pass-123\\n' > /root/pw && mlab airlock sftp-account drop --password-file /root/pw",
              user="root").stdout
     assert "root:root 0755" in out and "reloaded sshd" in out
-    deadline = time.monotonic() + 30
-    while True:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect("127.0.0.1", port=airlock.port(22), username="drop", password="drop-pass-123",
-                           allow_agent=False, look_for_keys=False, timeout=10)
-            break
-        except (paramiko.SSHException, OSError):
-            client.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    client = _connect(airlock, "drop", "drop-pass-123")
     try:
         with client.open_sftp() as s:
             assert {"pip", "apt", "upload", "audit.log"} <= set(s.listdir("/"))
@@ -212,20 +206,7 @@ def test_quarantined_uploads_reach_homepods_only_when_released(pods) -> None:
              f"inbox --password-file /root/pw-inbox --quarantine {q}", user="root").stdout
     assert "reloaded sshd" in out, out
     data = b"id,value\n1,42\n"
-    deadline = time.monotonic() + 30
-    while True:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect("127.0.0.1", port=airlock.port(22), username="inbox",
-                           password="inbox-pass-123", allow_agent=False, look_for_keys=False,
-                           timeout=10)
-            break
-        except (paramiko.SSHException, OSError):
-            client.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    client = _connect(airlock, "inbox", "inbox-pass-123")
     try:
         with client.open_sftp() as s:
             assert "pip" not in s.listdir("/")  # the chroot is the quarantine, not the share

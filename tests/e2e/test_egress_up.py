@@ -38,7 +38,7 @@ import paramiko
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -258,15 +258,15 @@ def test_export_downloads_only_for_its_requester(lab: Lab, tmp_path: Path) -> No
                                  f"{logs.stderr[-3000:]}")
         time.sleep(2)
     # Alice, from the office, with her own password.
-    proc = lab.request_as("alice", "download", str(rid), "-o", str(tmp_path / "got"))
+    proc = lab.request_as("alice", "download", str(rid), "--out-dir", str(tmp_path / "got"))
     assert "sha256 verified" in proc.stdout
     for rel, digest in sums.items():
         assert hashlib.sha256((tmp_path / "got" / rel).read_bytes()).hexdigest() == digest
     # Not bob (a reviewer, with his own valid password), not the Airlock's login.
-    proc = lab.request_as("bob", "download", str(rid), "-o", str(tmp_path / "bob"), check=False)
+    proc = lab.request_as("bob", "download", str(rid), "--out-dir", str(tmp_path / "bob"), check=False)
     assert proc.returncode != 0 and "no such request" in proc.stderr, proc.stderr
     assert not (tmp_path / "bob" / "notes.txt").exists()
-    proc = lab.request_as("airlock", "download", str(rid), "-o", str(tmp_path / "air"),
+    proc = lab.request_as("airlock", "download", str(rid), "--out-dir", str(tmp_path / "air"),
                           check=False)
     assert proc.returncode != 0 and not (tmp_path / "air" / "notes.txt").exists()
     # On no share: not on the Airlock, not in bob's HomePod.

@@ -34,7 +34,7 @@ import paramiko
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from mlab.deploy import probes_link
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

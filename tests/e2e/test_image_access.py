@@ -25,7 +25,7 @@ import paramiko
 import pytest
 from access_clients import VNCDO, novnc_screenshot, rdp_session, vnc_capture
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = pytest.mark.e2e
 
@@ -69,10 +69,10 @@ def pod(homepod_image: str, e2e, ssh_key, tmp_path_factory) -> Iterator:
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
     share = tmp / "share"
-    (share / "pip" / "simple" / "mlabdemo").mkdir(parents=True)
-    (share / "pip" / "files").mkdir()
-    wheel = tiny_wheel(share / "pip" / "files")
-    (share / "pip" / "simple" / "mlabdemo" / "index.html").write_text(
+    (share / "pip-index" / "simple" / "mlabdemo").mkdir(parents=True)
+    (share / "pip-index" / "files").mkdir()
+    wheel = tiny_wheel(share / "pip-index" / "files")
+    (share / "pip-index" / "simple" / "mlabdemo" / "index.html").write_text(
         f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>\n')
     share.chmod(0o755)
     volume = e2e.unique_name(PREFIX + "home-")
@@ -143,7 +143,7 @@ def test_homepod_pip_and_apt_point_only_at_the_airlock_share(pod) -> None:
     assert pod.exec("cat", "/etc/apt/sources.list").stdout.strip() == \
         "deb [trusted=yes] file:/opt/public/airlock/apt ./"
     assert pod.exec("ls", "/etc/apt/sources.list.d").stdout.strip() == ""
-    assert "index-url = file:///opt/public/airlock/pip/simple" in pod.exec("cat", "/etc/pip.conf").stdout
+    assert "index-url = file:///opt/public/airlock/pip-index/simple" in pod.exec("cat", "/etc/pip.conf").stdout
     # Plain `pip install SPEC` works for the user: into the user's default environment
     # ~/.venv on the home volume, first on PATH in a login shell (docs/image.md "Python").
     out = pod.exec("su", "-", "alice", "-c", "pip install mlabdemo && python3 -c "

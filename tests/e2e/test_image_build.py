@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = pytest.mark.e2e
 

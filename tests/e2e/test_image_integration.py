@@ -2,7 +2,8 @@
 trusted by curl and Python, the image reference for transcripts, proxies for login
 sessions, the HomePod's outbox owned by its user; in airlock mode the audited SFTP
 subsystem, the share root, audit.log and top-level folders owned by the Airlock user, and
-the export publisher in a container of its own. Also
+the export publisher in a container of its own, and a pip index an older MLab left in the
+seed's ``pip/`` folder moved to ``pip-index/`` at start. Also
 `mlab image build --local --steps FILE` (approved package scripts baked in, with a label).
 """
 
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mlab.podman import podman
+from mlab.airlock import pipindex
+from mlab.podman.runner import podman
 from mlab.render.airlock import PUBLISHER_COMMAND
+from mlab.topology import SHARE_FOLDERS
 
 pytestmark = pytest.mark.e2e
 
@@ -123,8 +126,7 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
     e2e.wait_until_ready(c)
     sshd = c.exec("sshd", "-T").stdout
     assert re.search(r"(?m)^subsystem sftp /usr/local/bin/mlab airlock sftp-server$", sshd)
-    owners = c.exec("stat", "-c", "%n %u", *(f"/opt/public/airlock/{d}" for d in
-                                            ("pip", "apt", "downloads", "git", "export"))).stdout
+    owners = c.exec("stat", "-c", "%n %u", *(f"/opt/public/airlock/{d}" for d in SHARE_FOLDERS)).stdout
     assert owners.split("\n")[0] == "/opt/public/airlock/pip 4321"  # existing: not re-owned
     assert all(line.endswith(" 1999") for line in owners.strip().split("\n")[1:]), owners
     # the root-owned mount point and log became the Airlock user's (not pip's content)
@@ -153,6 +155,38 @@ def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, cont
     assert logs.count("next try in 30 s") == 1, logs[-2000:]
     assert "cannot reach the code service" in logs
     assert PASSWORD not in logs
+
+
+def test_airlock_start_moves_an_old_pip_index_out_of_the_seed_folder(homepod_image, e2e, containers,
+                                                                      tmp_path) -> None:
+    from test_image_access import tiny_wheel
+
+    share = tmp_path / "share"
+    pipindex.publish(share, [tiny_wheel(tmp_path)])
+    (share / "pip").mkdir()
+    for name in ("files", "simple"):  # where MLab 0.1 kept the tree
+        os.rename(pipindex.index_dir(share) / name, share / "pip" / name)
+    (share / "pip" / "mine-1.0-py3-none-any.whl").write_bytes((share / "pip" / "files" /
+                                                               "mlabdemo-1.0-py3-none-any.whl").read_bytes())
+    subprocess.run(["chown", "-R", "1999:1999", str(share)], check=True)
+    share.chmod(0o755)
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    c = e2e.run_container(
+        homepod_image, PREFIX,
+        env={"MLAB_USER": "airlock", "MLAB_UID": "1999", "MLAB_MODE": "airlock",
+             "MLAB_PASSWORD_FILE": "/etc/mlab/secret/password"},
+        volumes=[f"{share}:/opt/public/airlock", f"{secret}:/etc/mlab/secret/password:ro"],
+    )
+    containers.append(c)
+    e2e.wait_until_ready(c)
+    assert "mlab-entrypoint: pip/files -> pip-index/files" in c.logs()
+    assert sorted(os.listdir(share / "pip")) == ["mine-1.0-py3-none-any.whl"]
+    assert (share / "pip-index" / "files" / "mlabdemo-1.0-py3-none-any.whl").stat().st_uid == 1999
+    listed = c.exec("python3", "-m", "pip", "--isolated", "download", "--no-deps", "-d", "/tmp/d",
+                    "--index-url", "file:///opt/public/airlock/pip-index/simple", "mlabdemo", user="airlock")
+    assert listed.returncode == 0 and "mlabdemo-1.0" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_image_build_steps_file_bakes_the_scripts_with_a_label(homepod_image, e2e,

@@ -18,7 +18,7 @@ import pytest
 
 from mlab.image import recipe
 from mlab.image.build import refreshed_label
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 

@@ -8,25 +8,29 @@ approved package script (Debian's ``sl``) and pushes the result; with the new ta
 ``mlab up`` keeps carol's running HomePod on its image and ``mlab status`` says it is older
 and what a restart loses; ``mlab restart --user carol`` moves it, and the package is there.
 The seconds from ``bake --push`` to carol's HomePod on the new image are printed (-s).
+
+A second registry serves TLS with a certificate from a CA made by the test
+(tests/registry_kit.py), named in the site as ``image.caFile``: ``mlab image push`` and the
+podman engine's pull (``mlab.image.site_image.image_ref``) trust it through podman's
+``--cert-dir`` for that command only; a plain ``podman pull`` is still refused, so the
+machine's trust store did not learn the CA.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
+from registry_kit import serving
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.packages import PackageStep, dump_steps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -39,35 +43,8 @@ CAROL = f"mlab-{SITE}-homepod-carol-homepod"
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``127.0.0.1:PORT``: docker-registry on a free port, storage in a temp directory."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry is needed (bash scripts/setup.sh)")
-    root = tmp_path_factory.mktemp("registry")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = root / "config.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }))
-    log = open(root / "registry.log", "wb")  # noqa: SIM115 - the child keeps its copy
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (root / "registry.log").read_text()
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=15)
+    with serving(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg.host
 
 
 class RegSite:
@@ -169,3 +146,31 @@ def test_bake_push_then_restart_moves_carol(site: RegSite) -> None:
           f"bake --push to carol on the new image: {moved - start:.0f} s")
     # Next run bakes again (the layer is reused while its local tag exists).
     podman(["rmi", "-f", baked, f"localhost/mlab/homepod:{baked.rsplit(':', 1)[1]}"], check=False)
+
+
+def test_tls_registry_with_the_sites_ca_file(site: RegSite, tmp_path: Path) -> None:
+    from mlab.image.site_image import image_ref
+    from mlab.site import load_site
+
+    with serving(tmp_path / "registry", tls=True) as reg:
+        tls_site = RegSite(tmp_path, reg.host)
+        tls_site.file.write_text(yaml.safe_dump({
+            "apiVersion": "mlab.io/v1", "name": SITE,
+            "image": {"repository": f"{reg.host}/mlab/homepod", "tag": "unset",
+                      "caFile": str(reg.ca_file)},
+            "users": [{"name": "carol", "uid": 1001}], "airlock": {"enabled": False},
+        }))
+        pushed = tls_site.mlab("image", "push", site.base).stdout.strip().splitlines()[-1]  # type: ignore[attr-defined]
+        assert pushed == f"{reg.host}/mlab/homepod:{site.base.rsplit(':', 1)[1]}"  # type: ignore[attr-defined]
+        try:
+            # Without the site's CA the machine refuses the registry: nothing was trusted globally.
+            plain = podman(["pull", "-q", "--tls-verify=true", pushed], check=False, timeout=300)
+            assert plain.returncode != 0 and "certificate signed by unknown authority" in plain.stderr, plain.stderr
+            assert podman(["image", "exists", pushed], check=False).returncode != 0
+            loaded = load_site(tls_site.file)
+            loaded = loaded.model_copy(update={"image": loaded.image.model_copy(
+                update={"tag": pushed.rsplit(":", 1)[1]})})
+            assert image_ref(loaded, lambda _m: None) == pushed  # pulled with --cert-dir
+            assert podman(["image", "exists", pushed], check=False).returncode == 0
+        finally:
+            podman(["untag", pushed, pushed], check=False)  # only this name (the image keeps its others)

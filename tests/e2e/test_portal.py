@@ -26,7 +26,17 @@ import httpx
 import pytest
 import websocket
 
-from portal_harness import Browser, Keycloak, Person, Portal, free_port, open_desktop, realm_json, sign_in
+from portal_harness import (
+    Browser,
+    Keycloak,
+    Person,
+    Portal,
+    free_port,
+    open_desktop,
+    open_login_form,
+    realm_json,
+    sign_in,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -207,10 +217,7 @@ def test_cookie_flags_csrf_and_sign_out(stack, tmp_path) -> None:
 def test_failed_sign_in_is_audited(stack, tmp_path) -> None:
     browser = Browser(tmp_path)
     try:
-        browser.goto(stack.url + "/")
-        browser.wait_for("document.getElementById('signin') !== null")
-        browser.evaluate("document.getElementById('signin').click()")
-        browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+        open_login_form(browser, stack.url)
         # The user cancels at the provider: it redirects back with error=access_denied.
         state = browser.evaluate("new URL(location.href).searchParams.get('state')")
         browser.goto(f"{stack.url}/auth/callback?error=access_denied&state={state}")
@@ -233,10 +240,7 @@ def _keycloak_try(browser: Browser, user: str, password: str) -> None:
 def test_keycloak_locks_an_account_after_wrong_passwords(stack, tmp_path) -> None:
     browser = Browser(tmp_path)
     try:
-        browser.goto(stack.url + "/")
-        browser.wait_for("document.getElementById('signin') !== null")
-        browser.evaluate("document.getElementById('signin').click()")
-        browser.wait_for("document.getElementById('kc-form-login') !== null", timeout=60)
+        open_login_form(browser, stack.url)
         for attempt in range(5):
             _keycloak_try(browser, CAROL.name, f"wrong-{attempt}")
             assert browser.evaluate("document.getElementById('kc-form-login') !== null")

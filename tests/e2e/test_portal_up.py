@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from portal_harness import Browser, Keycloak, Person, open_desktop, realm_json, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]

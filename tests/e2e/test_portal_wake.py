@@ -22,7 +22,7 @@ import pytest
 import yaml
 from portal_harness import Browser, Portal, free_port, sign_in_password, wait_novnc
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

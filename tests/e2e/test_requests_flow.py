@@ -32,7 +32,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e

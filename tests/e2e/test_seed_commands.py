@@ -11,7 +11,8 @@ The seed (docs/airlock.md, "The seed's commands") tells users::
 One site (``t21seed``, bind address 127.0.21.1, its own MLAB_STATE_DIR) with user alice runs
 under the podman engine; commands run with ``podman exec`` as the Airlock user and as alice,
 in the folders the seed names. The HomePod has no route out (only the code service).
-``pip install *`` goes to alice's ``~/.local`` or, when the image gives users a virtual
+The pip pair runs on a share where ``mlab stage pip`` has run too (its index is in
+``pip-index/``, apart from the seed's folder). ``pip install *`` goes to alice's ``~/.local`` or, when the image gives users a virtual
 environment, into it: the test imports the module with the user's own ``python3``.
 ``apt-get install --download-only`` leaves the packages in the Airlock's apt cache, which no
 HomePod sees: ``sudo dpkg -i`` then fails and prints one line naming what to run instead,
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -91,14 +92,19 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_pip_download_then_pip_install_star(site: SeedSite) -> None:
+    # MLab's own staging first: its index must not get in the way of the seed's `*`.
+    ok(run(AIRLOCK, "airlock", "/home/airlock", "mlab stage pip iniconfig"))
+    assert ok(run(AIRLOCK, "airlock", "/opt/public/airlock/pip-index", "ls")).split() == ["files", "simple"]
     # six as the brief says; tomli-w too, which the image surely lacks (six may be there).
     ok(run(AIRLOCK, "airlock", "/opt/public/airlock/pip", "pip download six"))
     ok(run(AIRLOCK, "airlock", "/opt/public/airlock/pip", "pip download tomli-w"))
     files = ok(run(HOMEPOD, "alice", "/opt/public/airlock/pip", "ls")).split()
     assert any(f.startswith("six-") for f in files) and any(f.startswith("tomli_w-") for f in files)
+    assert all(f.endswith(".whl") for f in files), files  # only what the user downloaded
     ok(run(HOMEPOD, "alice", "/opt/public/airlock/pip", "pip install *"))
+    ok(run(HOMEPOD, "alice", "/home/alice", "pip install iniconfig"))  # and the staged index
     out = ok(run(HOMEPOD, "alice", "/home/alice",
-                 "python3 -c 'import six, tomli_w; print(tomli_w.__file__)'"))
+                 "python3 -c 'import six, tomli_w, iniconfig; print(tomli_w.__file__)'"))
     assert "/home/alice/" in out  # ~/.local, or the user's own virtual environment
 
 

@@ -40,7 +40,7 @@ import pytest
 import yaml
 from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

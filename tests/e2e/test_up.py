@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -280,7 +281,7 @@ def test_ssh_session_pip_installs_the_staged_version_into_the_users_environment(
     wheel = _tiny_wheel(tmp_path, "numpy", "99.1.0")
     import base64
 
-    files = "/opt/public/airlock/pip/files"
+    files = "/opt/public/airlock/pip-index/files"
     podman(["exec", "-i", "-u", "airlock", air, "sh", "-c",
             f"mkdir -p {files} && base64 -d > {files}/{wheel.name}"],
            input=base64.b64encode(wheel.read_bytes()).decode())
@@ -523,7 +524,9 @@ def test_down_volumes_leaves_nothing_behind(site: Site) -> None:
         assert not {n for n in new if SITE in n}, (kind, new)
     ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
                              check=True).stdout
-    assert f"mlab_{SITE}" not in ruleset and BIND not in ruleset
+    # Whole names only: another checkout's site may run at the same time (127.0.4.17, mlab_t4upx).
+    assert not re.search(rf"\bmlab_{SITE}\b", ruleset), ruleset
+    assert not re.search(rf"{re.escape(BIND)}(?![\d])", ruleset), ruleset
     # The homes are gone, so the passwords go too: the next `up` shows new ones.
     assert not (site.root / "state" / SITE / "passwords.json").exists()
 
@@ -552,8 +555,9 @@ def test_failure_half_way_rolls_back(
     homepod_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pod that never gets ready (injected) makes `up` remove everything it created."""
-    from mlab.deploy import podman_engine
     from mlab.errors import DeployError
+    from mlab.image.site_image import image_ref
+    from mlab.podman import engine as podman_engine
     from mlab.site import load_site
 
     s = Site(tmp_path, homepod_image, name="t4upb", bind="127.0.4.2")
@@ -565,6 +569,6 @@ def test_failure_half_way_rolls_back(
 
     monkeypatch.setattr(podman_engine, "wait_ready", never_ready)
     with pytest.raises(DeployError, match="injected"):
-        podman_engine.up(load_site(s.file))
+        podman_engine.up(load_site(s.file), image_of=image_ref)
     left = ours(listings(), "t4upb")
     assert not any(left.values()), left

@@ -245,6 +245,15 @@ def queries(site: Site, other_user: str) -> list[tuple[str, str, dict[str, Any]]
             q.append(("portal-to-identity-provider", "permits",
                       egress(portal, [_ip(c) for c in oidc.cidrs], _tcp(443))))
             q.append(("portal-to-internet", "forbids", egress(portal, [_ip("8.8.8.8/32")])))
+        api = site.cluster.api_server_cidrs
+        if site.portal.wake and api:
+            port = site.cluster.api_server_port
+            q.append(("portal-to-api-server", "permits",
+                      egress(portal, [_ip(c) for c in api], _tcp(port))))
+            q.append(("portal-to-api-server-other-ports", "forbids",
+                      egress(portal, [_ip(c) for c in api], _all_but(port))))
+            q.append(("homepod-to-api-server", "forbids",
+                      egress(homepods, [_ip(c) for c in api])))
     return q
 
 

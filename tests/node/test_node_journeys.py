@@ -209,11 +209,11 @@ def test_export_request_approved_and_downloaded(lab: Lab, tmp_path: Path) -> Non
             break
         assert time.monotonic() < deadline, f"request {rid} not published: {shown}"
         time.sleep(5)
-    got = lab.mlab_as("alice", "request", "download", rid, "-o", str(tmp_path / "got"))
+    got = lab.mlab_as("alice", "request", "download", rid, "--out-dir", str(tmp_path / "got"))
     assert "sha256 verified" in got.stdout, got.stdout
     for rel, digest in sums.items():
         assert hashlib.sha256((tmp_path / "got" / rel).read_bytes()).hexdigest() == digest
-    other = lab.mlab_as("bob", "request", "download", rid, "-o", str(tmp_path / "bob"),
+    other = lab.mlab_as("bob", "request", "download", rid, "--out-dir", str(tmp_path / "bob"),
                         check=False)
     assert other.returncode != 0 and not (tmp_path / "bob" / "notes.txt").exists()
 

@@ -11,12 +11,19 @@ bake is pushed and pinned: ``mlab apply`` keeps both running HomePods on their i
 ``mlab apply --restart-user alice`` moves only alice's, and bob's pod is the same pod,
 still running, on the first image. The seconds from ``bake --push`` to a HomePod running the
 new image are printed (``-s``).
+
+Then the same registry program serves TLS with a certificate from a CA made by the test
+(tests/registry_kit.py), declared in the site as ``image.caFile``: ``mlab node up --site``
+gives containerd a copy of that CA in the registry's ``hosts.toml`` (``ca = ...``),
+``mlab request bake --push`` pushes with it (podman ``--cert-dir``), and both HomePods move
+onto the pulled image. The machine's trust store never learns the CA: a client without
+it is refused.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,12 +33,13 @@ import httpx
 import pytest
 import yaml
 from nodekit import Node
+from registry_kit import Registry, serving
 
 from mlab.node import images, layout
 from mlab.node.images import containerd_images
 from mlab.node.layout import default_layout
 from mlab.node.lifecycle import known_bins
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.packages import PackageStep, dump_steps
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(2400)]
@@ -42,52 +50,38 @@ MARKER = "/etc/mlab-bake-marker"
 
 
 @pytest.fixture(scope="module")
-def registry(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``192.0.2.2:PORT``: docker-registry on the node's address, storage in a temp folder."""
-    binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is needed (bash scripts/setup.sh)"
-    root = tmp_path_factory.mktemp("registry")
-    with socket.socket() as s:
-        s.bind((layout.NODE_IP, 0))
-        port = s.getsockname()[1]
-    config = root / "config.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-        "http": {"addr": f"{layout.NODE_IP}:{port}"},
-    }))
-    log = open(root / "registry.log", "wb")  # noqa: SIM115 - the child keeps its copy
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    url = f"http://{layout.NODE_IP}:{port}/v2/"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (root / "registry.log").read_text()
-        time.sleep(0.2)
-    yield f"{layout.NODE_IP}:{port}"
-    proc.terminate()
-    proc.wait(timeout=15)
+def registry(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """docker-registry on the node's address (192.0.2.2), plain HTTP."""
+    with serving(tmp_path_factory.mktemp("registry"), layout.NODE_IP) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def tls_registry(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """docker-registry on the node's address, TLS from a CA of the test's own."""
+    with serving(tmp_path_factory.mktemp("tls-registry"), layout.NODE_IP, tls=True) as reg:
+        yield reg
 
 
 class RegSite:
     """The test's site file (pinned to one tag at a time) and how to run mlab on it."""
 
-    def __init__(self, node: Node, root: Path, registry: str, base: str) -> None:
-        self.node, self.root, self.registry, self.base = node, root, registry, base
+    def __init__(self, node: Node, root: Path, registry: Registry, base: str) -> None:
+        self.node, self.root, self.base = node, root, base
         self.file = root / f"{SITE}.yaml"
         self.pushed: list[str] = []
+        self.use(registry)
+
+    def use(self, registry: Registry) -> None:
+        """Point the site at ``registry`` (plain HTTP, or TLS with its CA as image.caFile)."""
+        self.registry = registry.host
+        self.tls = {"caFile": str(registry.ca_file)} if registry.ca_file else {"plainHttp": True}
 
     def write(self, tag: str) -> None:
         self.file.write_text(yaml.safe_dump({
             "apiVersion": "mlab.io/v1", "name": SITE, "namespace": NAMESPACE,
             "image": {"repository": f"{self.registry}/mlab/homepod", "tag": tag,
-                      "plainHttp": True, "pullPolicy": "IfNotPresent"},
+                      "pullPolicy": "IfNotPresent", **self.tls},
             "access": {"bindAddress": "127.0.0.1", "officeCIDRs": ["127.0.0.0/8"]},
             "users": [{"name": "alice", "uid": 1001}, {"name": "bob", "uid": 1002}],
             "airlock": {"enabled": False},
@@ -125,7 +119,7 @@ class RegSite:
 
 
 @pytest.fixture(scope="module")
-def site(node: Node, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegSite]:
+def site(node: Node, registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegSite]:
     from mlab.image.build import ensure_image, image_exists
 
     # The image `mlab node up` just made: ensure_image() finds it in its cache (the reference
@@ -139,8 +133,8 @@ def site(node: Node, registry: str, tmp_path_factory: pytest.TempPathFactory) ->
     s.write("unset")
     up = node.mlab("node", "up", "-q", *node.up_args, "--site", str(s.file), timeout=900)
     assert up.returncode == 0, up.stderr
-    hosts = default_layout().registry_hosts / registry / "hosts.toml"
-    assert f'server = "http://{registry}"' in hosts.read_text()
+    hosts = default_layout().registry_hosts / registry.host / "hosts.toml"
+    assert f'server = "http://{registry.host}"' in hosts.read_text()
     yield s
     node.mlab("delete", "--site", str(s.file), "--delete-data", timeout=600)
     lay = default_layout()
@@ -148,7 +142,8 @@ def site(node: Node, registry: str, tmp_path_factory: pytest.TempPathFactory) ->
         images.ctr(lay, known_bins(lay), ["images", "rm", ref])
         podman(["rmi", "-f", ref, f"localhost/mlab/homepod:{ref.rsplit(':', 1)[1]}"], check=False)
     podman(["untag", base, base], check=False)
-    shutil.rmtree(hosts.parent, ignore_errors=True)
+    for host in {ref.rsplit("/mlab/", 1)[0] for ref in s.pushed} | {registry.host}:
+        shutil.rmtree(lay.registry_hosts / host, ignore_errors=True)
 
 
 def test_pull_from_registry_then_restart_one_user(site: RegSite) -> None:
@@ -201,3 +196,45 @@ def test_pull_from_registry_then_restart_one_user(site: RegSite) -> None:
     print(f"bake --push (warm registry): {pushed - start:.0f} s; apply + apply --restart-user "
           f"alice: {moved - pushed:.0f} s; bake --push to alice on the new image: "
           f"{moved - start:.0f} s")
+
+
+def test_pull_from_a_tls_registry_with_the_sites_ca(site: RegSite, tls_registry: Registry) -> None:
+    lay = default_layout()
+    bins = known_bins(lay)
+    # The machine does not trust the test's CA: a client with the system's roots is refused.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(tls_registry.url, timeout=10, trust_env=False)
+    assert httpx.get(tls_registry.url, timeout=10, trust_env=False, verify=ssl.create_default_context(
+        cafile=str(tls_registry.ca_file))).status_code == 200
+
+    site.use(tls_registry)
+    site.write("unset")
+    up = site.node.mlab("node", "up", "-q", *site.node.up_args, "--site", str(site.file), timeout=900)
+    assert up.returncode == 0, up.stderr
+    folder = lay.registry_hosts / tls_registry.host
+    hosts = (folder / "hosts.toml").read_text()
+    assert f'server = "https://{tls_registry.host}"' in hosts and "skip_verify" not in hosts, hosts
+    assert f'ca = "{folder / "ca.crt"}"' in hosts, hosts
+    assert (folder / "ca.crt").read_bytes() == tls_registry.ca_file.read_bytes()  # type: ignore[union-attr]
+
+    stamp = str(time.time_ns())
+    start = time.monotonic()
+    ref = site.bake(f"tls-{stamp}")  # podman pushes with --cert-dir (the site's caFile)
+    pushed = time.monotonic()
+    assert ref.startswith(f"{tls_registry.host}/mlab/homepod:pkg-")
+    assert ref not in containerd_images(lay, bins)
+    site.write(ref.rsplit(":", 1)[1])
+    site.mlab("apply", "--restart-user", "alice", "--restart-user", "bob", "--timeout", "900")
+    running = time.monotonic()
+    pods = site.pods()
+    assert set(pods) == {"alice", "bob"}
+    for pod in pods.values():
+        status = pod["status"]["containerStatuses"][0]
+        assert status["image"] == ref and status["ready"], status
+    assert ref in containerd_images(lay, bins)  # containerd pulled it over TLS
+    events = site.node.kubectl("-n", NAMESPACE, "get", "events", "--field-selector",
+                               "reason=Pulled", "-o", "jsonpath={.items[*].message}").stdout
+    assert f'Successfully pulled image "{ref}"' in events, events
+    assert site.marker("alice") == site.marker("bob") == f"tls-{stamp}"
+    print(f"\nTLS registry: bake --push {pushed - start:.0f} s; apply with the pull to 2 "
+          f"HomePods running: {running - pushed:.0f} s")

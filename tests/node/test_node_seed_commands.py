@@ -5,40 +5,50 @@ into interactive SSH shells of the Airlock and alice's HomePod at their Services
 reviewed posture gives SSH a shell only), in the folders the seed names::
 
     airlock:/opt/public/airlock/pip$ pip download six
-    homepod:/opt/public/airlock/pip$ pip install *.whl     (see below)
+    homepod:/opt/public/airlock/pip$ pip install *
     airlock:/opt/public/airlock/apt$ apt-get download <apt-package>
     homepod:/opt/public/airlock/apt$ sudo dpkg -i <apt-package>
 
 alice's HomePod reaches neither PyPI nor Debian: what it installs comes from the share.
-The journeys before this module ran ``mlab stage pip``, which keeps its PEP 503 tree in
-``pip/files/`` and ``pip/simple/``: there the seed's ``pip install *`` also passes ``files``
-and ``simple``, which pip reads as project names and cannot find (docs/airlock.md, "The
-seed's commands"); ``*.whl`` is what works in that folder. The podman test
-(tests/e2e/test_seed_commands.py) runs ``pip install *`` on a share without that tree.
+The pip pair runs after ``mlab stage pip``: MLab's index lives in ``pip-index/``, so the
+shell's ``*`` in the seed's folder sees only the users' wheels (it used to see ``files`` and
+``simple`` too, which pip read as project names; docs/airlock.md, "The seed's commands").
 """
 
 from __future__ import annotations
 
 import pytest
-from nodekit import Node
+from nodekit import NAMESPACE, Node
 from test_node_journeys import Lab, _airlock_lists_ready
 from test_node_journeys import lab as lab  # noqa: F401  (the module fixture, applied once)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 
-def test_pip_download_then_pip_install_the_wheels(lab: Lab) -> None:
+def test_pip_download_then_pip_install_star(lab: Lab) -> None:
+    # alice's HomePod on the current image: a running one keeps the image it started with
+    # (an older checkout's `localhost/mlab/homepod:latest`, the same reference, so `mlab
+    # apply --restart-user` sees no change), whose /etc/pip.conf may name another folder.
+    lab.node.kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/homepod-alice")
+    lab.node.kubectl("-n", NAMESPACE, "rollout", "status", "deploy/homepod-alice", "--timeout=600s",
+                     timeout=660)
     fetched = lab.shell("airlock", "airlock",
+                        "mlab stage pip iniconfig >/dev/null 2>&1 && echo INDEX $(ls /opt/public/airlock/pip-index) && "
                         "cd /opt/public/airlock/pip && pip download six && pip download tomli-w "
                         "&& echo FETCHED", timeout=300)
-    assert "FETCHED" in fetched.splitlines(), fetched[-3000:]
+    lines = fetched.splitlines()
+    assert "FETCHED" in lines and "INDEX files simple" in lines, fetched[-3000:]
     out = lab.shell("homepod-alice", "alice",
                     # An earlier journey may have installed tomli-w in alice's home already.
                     "pip uninstall -y tomli-w >/dev/null 2>&1; "
-                    "cd /opt/public/airlock/pip && pip install *.whl >/dev/null 2>&1 && echo PIP-OK; "
-                    "cd && python3 -c 'import six, tomli_w; print(\"SEED\", tomli_w.__file__)'",
+                    "cd /opt/public/airlock/pip && echo LS $(ls) && "
+                    "pip install * >/dev/null 2>&1 && echo PIP-OK; "
+                    "cd && pip install iniconfig >/dev/null 2>&1 && "
+                    "python3 -c 'import six, tomli_w, iniconfig; print(\"SEED\", tomli_w.__file__)'",
                     timeout=300)
     assert "PIP-OK" in out.splitlines(), out[-3000:]
+    listed = next((ln.split()[1:] for ln in out.splitlines() if ln.startswith("LS ")), [])
+    assert listed and all(f.endswith(".whl") for f in listed), out[-3000:]
     where = next((ln.split()[-1] for ln in out.splitlines() if ln.startswith("SEED ")), "")
     assert where.startswith("/home/alice/"), out[-3000:]
 

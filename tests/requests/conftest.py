@@ -116,7 +116,6 @@ def service_two_person(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 def delivering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Path]]:
     """A code service delivering exports (``MLAB_EXPORTS_DIR``, as the rendered pod has it)
     whose site lets only group ``ml`` (alice) and dave request exports; and that directory."""
-    import os
 
     tmp = tmp_path_factory.mktemp("delivery")
     exports = tmp / "exports"
@@ -126,11 +125,9 @@ def delivering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servi
                   {"name": "dave"}],
         "egress": {"exportRequesters": ["group:ml", "dave"]},
     }
-    os.environ["MLAB_EXPORTS_DIR"] = str(exports)
-    try:
+    with pytest.MonkeyPatch.context() as env:  # the service process inherits it; no test does
+        env.setenv("MLAB_EXPORTS_DIR", str(exports))
         gen = start_service(tmp, [], extra)
         service = next(gen)
-    finally:
-        del os.environ["MLAB_EXPORTS_DIR"]
     yield service, exports
     next(gen, None)

@@ -13,20 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_runner import Run
+from cli_runner import mlab as run_mlab
+
 from mlab.requests.packages import image_labels, load_steps, provision_fragment, write_steps
 
 
-def mlab(service, user: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
-    env.update(service.env(user))
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", *args],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mlab request {args} failed ({proc.returncode}): {proc.stderr}")
-    return proc
+def mlab(service, user: str, *args: str, check: bool = True) -> Run:  # type: ignore[no-untyped-def]
+    """``mlab request ARGS`` as ``user`` of ``service``, with no other MLAB_* setting."""
+    return run_mlab("request", *args, env=service.env(user), drop=("MLAB_",), timeout=120,
+                    check=check)
 
 
-def _rid(proc: subprocess.CompletedProcess[str]) -> int:
+def _rid(proc: Run) -> int:
     # "submitted export request 7: ..." / "submitted package request 7 (submitted)"
     return int(proc.stdout.split("request ")[1].split()[0].rstrip(":"))
 
@@ -59,7 +58,7 @@ def test_package_request_tested_then_submitted(service, tmp_path: Path) -> None:
     assert "approved" in mlab(service, "bob", "approve", str(rid), "--comment", "ok").stdout
     mlab(service, "bob", "reject", str(failed), "--comment", "it fails")
     out = tmp_path / "approved.json"
-    mlab(service, "admin", "packages", "-o", str(out))
+    mlab(service, "admin", "packages", "--out-file", str(out))
     steps = load_steps(path=out)
     assert rid in [s.id for s in steps] and failed not in [s.id for s in steps]
     scripts = write_steps(steps, tmp_path / "steps")

@@ -10,29 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
+from cli_runner import Run, mlab
 
 
 def _pw(service: Any, user: str) -> str:
     return service.env(user)["MLAB_PASSWORD"]
 
 
-def _mlab(service: Any, user: str, *args: str, cwd: Path | None = None,
-          check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLAB_")}
-    env.update(service.env(user))
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", *args], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mlab request {args} as {user}: {proc.returncode}\n{proc.stderr}")
-    return proc
+def _request(service: Any, user: str, *args: str, cwd: Path | None = None,
+          check: bool = True) -> Run:
+    """``mlab request ARGS`` as ``user`` of ``service``, with no other MLAB_* setting."""
+    return mlab("request", *args, env=service.env(user), drop=("MLAB_",), cwd=cwd, timeout=120,
+                check=check)
 
 
 def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -43,22 +36,22 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
     (home / "notes.txt").write_text("v3\n")
     outboxes = tmp_path / "outbox"
     (outboxes / "alice").mkdir(parents=True)
-    out = _mlab(service, "alice", "export", str(home / "notes.txt"), str(home / "run"),
+    out = _request(service, "alice", "export", str(home / "notes.txt"), str(home / "run"),
                 "--outbox", str(outboxes / "alice"), "--reason", "for ACME").stdout
     rid = int(out.split("request ")[1].split()[0].rstrip(":"))
     url = f"{service.url}/api/requests/{rid}/files/notes.txt"
     # Submitted, not approved: nothing downloads, not even for the owner.
     assert httpx.get(url, auth=("alice", _pw(service, "alice"))).status_code == 409
-    _mlab(service, "bob", "approve", str(rid), "--comment", "ok")
+    _request(service, "bob", "approve", str(rid), "--comment", "ok")
     # Approved but the publisher has not passed yet: a clear 409.
-    proc = _mlab(service, "alice", "download", str(rid), "-o", str(tmp_path / "early"),
+    proc = _request(service, "alice", "download", str(rid), "--out-dir", str(tmp_path / "early"),
                  check=False)
     assert proc.returncode == 1 and "not delivered yet" in proc.stderr, proc.stderr
-    _mlab(service, "mlab-publisher", "publish", "--outbox-root", str(outboxes),
+    _request(service, "mlab-publisher", "publish", "--outbox-root", str(outboxes),
           "--export-root", str(exports), check=False)
     assert (exports / str(rid) / "run" / "weights.bin").is_file()
 
-    proc = _mlab(service, "alice", "download", str(rid), "-o", str(tmp_path / "got"))
+    proc = _request(service, "alice", "download", str(rid), "--out-dir", str(tmp_path / "got"))
     assert "sha256 verified" in proc.stdout
     for rel in ("notes.txt", "run/weights.bin"):
         assert (hashlib.sha256((tmp_path / "got" / rel).read_bytes()).hexdigest()
@@ -68,7 +61,7 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
         resp = httpx.get(url, auth=(user, _pw(service, user)))
         assert resp.status_code == 404, (user, resp.status_code, resp.text)
         assert b"v3" not in resp.content
-    proc = _mlab(service, "bob", "download", str(rid), "-o", str(tmp_path / "bob"), check=False)
+    proc = _request(service, "bob", "download", str(rid), "--out-dir", str(tmp_path / "bob"), check=False)
     assert proc.returncode == 1 and not (tmp_path / "bob" / "notes.txt").exists()
     assert httpx.get(url).status_code == 401
     # Only files of the request; no way out of the export's directory.
@@ -79,7 +72,7 @@ def test_only_the_requester_downloads(delivering, tmp_path: Path) -> None:  # ty
     audit = (service.data / "audit.log").read_text()
     assert f'"event": "export-download", "user": "alice", "request": {rid}' in audit
     # Revoked: refused at once, before the publisher removes the copy.
-    _mlab(service, "bob", "revoke", str(rid), "--comment", "contract ended")
+    _request(service, "bob", "revoke", str(rid), "--comment", "contract ended")
     assert httpx.get(url, auth=("alice", _pw(service, "alice"))).status_code == 409
 
 
@@ -89,11 +82,11 @@ def test_export_requesters(delivering, tmp_path: Path) -> None:  # type: ignore[
     for box in "cad":
         (tmp_path / box).mkdir()
     args = ["export", str(tmp_path / "f.txt"), "--reason", "r"]
-    proc = _mlab(service, "carol", *args, "--outbox", str(tmp_path / "c"), check=False)
+    proc = _request(service, "carol", *args, "--outbox", str(tmp_path / "c"), check=False)
     assert proc.returncode == 1 and "may not request exports" in proc.stderr, proc.stderr
     assert list((tmp_path / "c").iterdir()) == []  # the copy is removed again
-    _mlab(service, "alice", *args, "--outbox", str(tmp_path / "a"))  # group:ml
-    _mlab(service, "dave", *args, "--outbox", str(tmp_path / "d"))   # by name
+    _request(service, "alice", *args, "--outbox", str(tmp_path / "a"))  # group:ml
+    _request(service, "dave", *args, "--outbox", str(tmp_path / "d"))   # by name
     # Package requests are not limited by it.
     resp = httpx.post(f"{service.url}/api/requests", auth=("carol", _pw(service, "carol")),
                       json={"kind": "package", "reason": "tree", "script": "true\n",

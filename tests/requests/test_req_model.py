@@ -105,6 +105,7 @@ def test_check_transition_table(pair: tuple[State, State]) -> None:
 
 
 def test_final_states_have_no_exit() -> None:
+    assert {src for src, _dst in TRANSITIONS} >= {State.SUBMITTED}
     for (src, _dst) in TRANSITIONS:
         assert src not in (State.REJECTED, State.REVOKED, State.CANCELLED)
 

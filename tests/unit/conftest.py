@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from site_kit import LOCAL_SITE, render_fixed
+
+from mlab.render import Rendered
+from mlab.site import Site, load_site
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,3 +33,10 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
     except ValueError:
         flag = False
     return flag or os.environ.get("MLAB_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture()
+def local_rendered() -> tuple[Site, Rendered]:
+    """examples/local.yaml and its rendering with fixed passwords (tests/site_kit.py)."""
+    site = load_site(LOCAL_SITE)
+    return site, render_fixed(site)

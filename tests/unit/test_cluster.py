@@ -122,7 +122,9 @@ def test_apply_applies_prunes_and_waits(fake) -> None:
     assert "app.kubernetes.io/component=homepod" in calls[0]["argv"][-3]
     calls = calls[1:]
     # Prune: the removed user's Deployment first (foreground, waited), policies after.
-    assert _verbs(calls) == ["apply", "get", "get", "delete", "delete", "get", "get"]
+    # The second get lists the portal's rights (ServiceAccount, Role, RoleBinding).
+    assert _verbs(calls) == ["apply", "get", "get", "get", "delete", "delete", "get", "get"]
+    assert any("app.kubernetes.io/component=portal" in a for a in calls[2]["argv"])
     apply = calls[0]["argv"]
     assert apply[:3] == ["--context", "prod", "--request-timeout=60s"]
     assert {"--server-side", "--field-manager=mlab", "-f", "-"} <= set(apply)
@@ -133,7 +135,7 @@ def test_apply_applies_prunes_and_waits(fake) -> None:
         d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
     get = calls[1]["argv"]
     assert "app.kubernetes.io/instance=local,app.kubernetes.io/managed-by=mlab" in get
-    first, then = calls[3]["argv"], calls[4]["argv"]
+    first, then = calls[4]["argv"], calls[5]["argv"]
     assert [a for a in first if "/" in a] == ["deployment/homepod-carol"]
     assert "--cascade=foreground" in first and "--wait=true" in first
     assert sorted(a for a in then if "/" in a) == [
@@ -150,8 +152,8 @@ def test_apply_dry_run_does_not_wait(fake) -> None:
     proc = fake.run("apply", "--site", str(SITE), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     calls = fake.calls()
-    assert _verbs(calls) == ["get", "apply", "get", "delete"]
-    assert "--dry-run=server" in calls[1]["argv"] and "--dry-run=server" in calls[3]["argv"]
+    assert _verbs(calls) == ["get", "apply", "get", "get", "delete"]
+    assert "--dry-run=server" in calls[1]["argv"] and "--dry-run=server" in calls[4]["argv"]
     assert "would prune service/homepod-carol" in proc.stderr
 
 
@@ -218,7 +220,9 @@ def test_apply_error_is_one_line_without_secrets(fake) -> None:
 def test_delete_keeps_claims_unless_asked(fake) -> None:
     proc = fake.run("delete", "--site", str(SITE))
     assert proc.returncode == 0, proc.stderr
-    first, wait, second = (c["argv"] for c in fake.calls())
+    first, wait, second, rights = (c["argv"] for c in fake.calls())
+    # The portal's rights go by its component label (the culler's RBAC is the admin's).
+    assert any("app.kubernetes.io/component=portal" in a for a in rights)
     assert "deployments.apps" in first and "--wait=true" in first
     assert "--cascade=foreground" in first
     # The pods themselves must be gone before any NetworkPolicy goes (CVE-2024-7598).
@@ -226,7 +230,7 @@ def test_delete_keeps_claims_unless_asked(fake) -> None:
     assert "--for=delete" in wait and "pods" in wait
     assert "persistentvolumeclaims" not in second[second.index("-n") + 2]
     proc = fake.run("delete", "--site", str(SITE), "--delete-data")
-    assert "persistentvolumeclaims" in fake.calls()[-1]["argv"][-5]
+    assert "persistentvolumeclaims" in fake.calls()[-2]["argv"][-5]
 
 
 def test_kubectl_missing(fake, tmp_path: Path) -> None:

@@ -5,12 +5,10 @@ in a file, `exec ... activity` with the reading in a file, and records every arg
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from cli_runner import Run, mlab
 
 FAKE = r"""#!/usr/bin/env python3
 import json, os, sys
@@ -27,12 +25,11 @@ elif "exec" in args:
 """
 
 
-def _run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLAB_KUBECTL": str(tmp / "kubectl"), "FAKE_DIR": str(tmp),
-           "MLAB_STATE_DIR": str(tmp / "state")}
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
-                           str(tmp / "site.yaml")], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+def _run(tmp: Path, *args: str) -> Run:
+    """``mlab ARGS --site tmp/site.yaml`` against the fake kubectl in ``tmp``."""
+    return mlab(*args, "--site", str(tmp / "site.yaml"), timeout=120,
+                env={"MLAB_KUBECTL": str(tmp / "kubectl"), "FAKE_DIR": str(tmp),
+                     "MLAB_STATE_DIR": str(tmp / "state")})
 
 
 def _calls(tmp: Path) -> list[list[str]]:
@@ -104,7 +101,7 @@ def test_apply_leaves_culled_deployments_at_zero() -> None:
 
 
 def test_up_leaves_culled_podman_pods_stopped() -> None:
-    from mlab.deploy.podman_engine import left_culled
+    from mlab.podman.engine import left_culled
 
     def pod(status: str, user: str) -> dict:
         return {"Status": status, "Labels": {"mlab.io/user": user}}

@@ -48,4 +48,4 @@ def test_benchmark_runs() -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "baseline: CSafeLoader + CSafeDumper" in proc.stdout
-    assert "mlab render -o (20 users)" in proc.stdout
+    assert "mlab render --out-dir (20 users)" in proc.stdout

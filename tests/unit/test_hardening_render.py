@@ -14,30 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from site_kit import local_site, render_fixed, translate_fixed
 
-from mlab.deploy import firewall, probes_link
-from mlab.deploy.podman_translate import translate, wanted_networks
+from mlab.deploy import probes_link
 from mlab.homepod import startgate
-from mlab.podman import KEEP_IPV6_ENV, containers_conf
-from mlab.render import render_site
+from mlab.podman import firewall
+from mlab.podman.runner import KEEP_IPV6_ENV, containers_conf
 from mlab.render.common import SESSION_CAPABILITIES
-from mlab.secrets import password_keys
-from mlab.site import Site, load_site, parse_site
+from mlab.site import Site, load_site
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_CAPS = {"NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SETFCAP",
                   "MKNOD", "ALL"}
 
 
-def _site(**changes: Any) -> Site:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
-    data.update(changes)
-    return parse_site(data)
+_site = local_site
 
 
 def _deployments(site: Site) -> dict[str, dict[str, Any]]:
-    rendered = render_site(site, {k: "pw-0123456789" for k in password_keys(site)})
+    rendered = render_fixed(site)
     return {o["metadata"]["name"]: o for objs in rendered.files.values() for o in objs
             if o["kind"] == "Deployment"}
 
@@ -75,9 +70,7 @@ def test_escalation_only_where_the_user_has_sudo() -> None:
 
 
 def _plan(site: Site):  # noqa: ANN202
-    rendered = render_site(site, {k: "pw-0123456789" for k in password_keys(site)})
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    return translate(site, rendered.files, rendered.secrets, subnets, "/state")
+    return translate_fixed(site)
 
 
 def test_podman_pods_keep_the_security_context_and_homepods_check_the_airlock() -> None:
@@ -216,11 +209,10 @@ def test_start_gate_labels_its_targets() -> None:
                                       ("node-kubelet", "::1", 1)]
 
 
-def test_homepod_gate_env_names_airlock_and_node_kubelet() -> None:
+def test_homepod_gate_env_names_airlock_and_node_kubelet(local_rendered) -> None:
     """On Kubernetes the gate is given the Airlock (fixed clusterIP, its SSH Service port)
     and the kubelet on the pod's node (downward API, expanded by the kubelet)."""
-    site = load_site(ROOT / "examples" / "local.yaml")
-    objs = render_site(site).files
+    objs = local_rendered[1].files
     dep = next(o for o in objs["homepod.yaml"] if o["kind"] == "Deployment")
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [e["name"] for e in env]

@@ -8,14 +8,13 @@ podman does on a machine that first ran without netavark, so the machine's real 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
+from site_kit import LOCAL_SITE
 
-from mlab.podman import BACKEND_FIX, backend_problem, check_network_backend, containers_conf
+from mlab.podman.runner import BACKEND_FIX, backend_problem, check_network_backend, containers_conf
 
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 
@@ -77,11 +76,9 @@ def test_mlab_containers_conf_overrides_a_recorded_cni(
 def test_up_refuses_cni_in_one_line_before_starting_anything(tmp_path: Path) -> None:
     bare = tmp_path / "bare.conf"
     bare.write_text(containers_conf().read_text().replace('network_backend = "netavark"', ""))
-    env = {**os.environ, **_own_storage(tmp_path, "cni"), "CONTAINERS_CONF": str(bare),
+    env = {**_own_storage(tmp_path, "cni"), "CONTAINERS_CONF": str(bare),
            "MLAB_STATE_DIR": str(tmp_path / "state")}
-    site = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "up", "--site", str(site)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    proc = mlab("up", "--site", str(LOCAL_SITE), env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("mlab: error:")]

@@ -134,3 +134,7 @@ def test_hosts_toml_is_plain_http_only_when_declared() -> None:
     assert plain["host"]["http://192.0.2.2:5000"]["capabilities"] == ["pull", "resolve"]
     tls = tomllib.loads(config.hosts_toml("reg.example", plain_http=False))
     assert tls["server"] == "https://reg.example" and "skip_verify" not in str(tls)
+    assert "ca" not in tls["host"]["https://reg.example"]
+    own = tomllib.loads(config.hosts_toml("192.0.2.2:5443", plain_http=False, ca="/n/certs.d/192.0.2.2:5443/ca.crt"))
+    assert own["server"] == "https://192.0.2.2:5443" and "skip_verify" not in str(own)
+    assert own["host"]["https://192.0.2.2:5443"]["ca"] == "/n/certs.d/192.0.2.2:5443/ca.crt"

@@ -1,6 +1,6 @@
 """The podman translation (pure): rendered objects in, a plan for `podman kube play` out.
 
-Each test names the rule of ``mlab.deploy.podman_translate`` it checks. The inputs are the
+Each test names the rule of ``mlab.podman.translate`` it checks. The inputs are the
 real renderer's output for examples/local.yaml (plus variations), so a change in the
 rendered manifests that podman cannot run shows up here, not only in the e2e run.
 """
@@ -10,40 +10,28 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from site_kit import LOCAL_SITE, local_data, local_site, render_fixed, translate_fixed
 
-from mlab.deploy import firewall
-from mlab.deploy.podman_translate import (
+from mlab.errors import DeployError
+from mlab.podman import firewall
+from mlab.podman.translate import (
     LABEL_SPEC,
     Plan,
     translate,
-    wanted_networks,
 )
-from mlab.errors import DeployError
-from mlab.render import render_site
-from mlab.secrets import password_keys
 from mlab.site import Site, load_site, parse_site
 
-ROOT = Path(__file__).resolve().parents[2]
 STATE = "/state/site/podman"
 
 
-def _site(**changes: Any) -> Site:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
-    data.update(changes)
-    return parse_site(data)
+_site = local_site
 
 
 def _plan(site: Site, host_ca: bytes | None = b"CA", placeholder: bool = False) -> Plan:
-    passwords = {k: f"pw-{k}-0123456789" for k in password_keys(site)}
-    rendered = render_site(site, passwords)
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    return translate(site, rendered.files, rendered.secrets, subnets, STATE, host_ca=host_ca,
-                     placeholder_code_service=placeholder)
+    return translate_fixed(site, STATE, host_ca=host_ca, placeholder_code_service=placeholder)
 
 
 def _with_user(site: Site, name: str, uid: int, base: int) -> Site:
@@ -54,7 +42,7 @@ def _with_user(site: Site, name: str, uid: int, base: int) -> Site:
 
 
 def test_one_pod_per_deployment_with_rendered_labels() -> None:
-    plan = _plan(load_site(ROOT / "examples" / "local.yaml"))
+    plan = _plan(load_site(LOCAL_SITE))
     names = [p.name for p in plan.pods]
     assert names == ["mlab-local-code-service", "mlab-local-airlock",
                      "mlab-local-homepod-alice", "mlab-local-homepod-bob"]
@@ -180,7 +168,7 @@ def test_bind_to_every_address_leaves_host_ip_out() -> None:
 
 
 def test_probes_placement_and_gpus_dropped() -> None:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data = local_data()
     data["users"][0]["resources"] = {"gpus": 1, "limits": {"memory": "4Gi"}}
     data["users"][0]["placement"] = {"nodeName": "gpu1"}
     plan = _plan(parse_site(data))
@@ -222,7 +210,7 @@ def test_same_input_same_hash_and_a_new_user_leaves_others_alone() -> None:
     bigger = _with_user(site, "carol", 1003, 15910)
     subnets = {n.name: n.subnet for n in first.networks}
     subnets["mlab-local-hp-carol"] = "10.89.200.0/24"
-    rendered = render_site(bigger, {k: f"pw-{k}-0123456789" for k in password_keys(bigger)})
+    rendered = render_fixed(bigger)
     plan = translate(bigger, rendered.files, rendered.secrets, subnets, STATE, host_ca=b"CA")
     before = {p.name: p.spec_hash for p in first.pods}
     after = {p.name: p.spec_hash for p in plan.pods}
@@ -233,14 +221,14 @@ def test_same_input_same_hash_and_a_new_user_leaves_others_alone() -> None:
 
 
 def test_two_services_on_one_port_is_an_error_naming_it() -> None:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data = local_data()
     data["users"][1]["service"]["ports"]["ssh"] = 12201
     with pytest.raises(DeployError, match="port 12201 on 127.0.0.1 is wanted twice"):
         _plan(parse_site(data))
 
 
 def test_an_existing_secret_podman_cannot_read_is_an_error() -> None:
-    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text())
+    data = local_data()
     data["users"][0]["passwordSecret"] = "corp-alice"
     with pytest.raises(DeployError, match="Secret 'corp-alice' is not rendered by MLab"):
         _plan(parse_site(data))
@@ -358,7 +346,7 @@ def test_a_sub_path_leaving_the_volume_is_an_error() -> None:
 def test_code_service_sees_the_local_upstreams_read_only() -> None:
     """`mlab repo approve file:///srv/mlab/upstreams/X.git` under `mlab up`: the admin's
     bare repositories under $MLAB_STATE_DIR/<site>/upstreams, mounted read-only."""
-    from mlab.deploy.podman_translate import UPSTREAMS_MOUNT
+    from mlab.podman.translate import UPSTREAMS_MOUNT
 
     pod = _plan(_site()).pod("code-service")
     assert pod is not None
@@ -410,3 +398,23 @@ def test_networks_join_only_pods_that_share_an_edge() -> None:
     present = {p.component for p in plan.pods}
     want = {pair for pair in edges if pair <= present and len(pair) == 2}
     assert shared == want
+
+
+def test_portal_asks_the_host_for_wakes_through_the_spool_and_holds_no_podman() -> None:
+    plan = _plan(local_site(portal={"enabled": True, "url": "http://127.0.0.1:8443"}))
+    portal = plan.pod("portal")
+    assert portal is not None
+    spec = portal.manifest["spec"]
+    command = spec["containers"][0]["command"]
+    assert command.count("--wake") == 1
+    assert command[command.index("--wake") + 1] == "host"
+    assert command[command.index("--wake-dir") + 1] == "/var/lib/mlab/wake"
+    paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert paths["wake-requests"] == f"{STATE}/wake/requests"
+    assert paths["wake-host"] == f"{STATE}/wake/host"
+    assert mounts["wake-requests"]["mountPath"] == "/var/lib/mlab/wake/requests"
+    assert mounts["wake-requests"]["readOnly"] is False
+    assert mounts["wake-host"]["readOnly"] is True  # it cannot forge replies or the heartbeat
+    # No way to podman: no socket, no container storage mounted into the portal.
+    assert not [p for p in paths.values() if "podman.sock" in p or "containers" in p], paths

@@ -4,31 +4,29 @@ expected outcome, built from a translated plan. Running it is the e2e tests' job
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-from mlab.deploy.plan_file import PlanFile, PodRecord
-from mlab.deploy.podman_translate import translate, wanted_networks
+from site_kit import LOCAL_SITE, fixed_passwords, translate_fixed
+
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
+from mlab.podman.plan_file import PlanFile, PodRecord
 from mlab.render import render_site
-from mlab.secrets import password_keys
 from mlab.site import Tls, load_site
 from mlab.tls import Issued, SiteTls, holders
 
-ROOT = Path(__file__).resolve().parents[2]
 FACTS = HostFacts(listener_port=40000, host_ip="192.0.2.2", internet_ip="203.0.113.80",
                   resolvers=("10.255.255.53",))
 
 
 def _matrix(tls: bool = False) -> list[Probe]:
-    site = load_site(ROOT / "examples" / "local.yaml")
-    secrets = None
+    site = load_site(LOCAL_SITE)
     if tls:
         site = site.model_copy(update={"tls": Tls(mode="site-ca")})
         fake = Issued("CERT", "KEY")
-        secrets = SiteTls("CA", {h: fake for h in holders(site)})
-    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)}, secrets)
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
+        rendered = render_site(site, fixed_passwords(site),
+                               SiteTls("CA", {h: fake for h in holders(site)}))
+        plan = translate_fixed(site, rendered=rendered)
+    else:
+        plan = translate_fixed(site)
     return matrix(PlanFile.of(plan), FACTS, site.code_service.host, site.airlock.user)
 
 
@@ -99,17 +97,15 @@ def test_results_as_json() -> None:
         "expected": "blocked", "observed": "allowed", "ok": False, "detail": "connected"}]
 
 
-def test_podman_expectations_agree_with_the_rendered_policies() -> None:
+def test_podman_expectations_agree_with_the_rendered_policies(local_rendered) -> None:
     """The podman matrix's hand-set expectations for pod and internet edges equal what the
     NetworkPolicy evaluator (the cluster verify's source of truth) says about network.yaml."""
     from mlab.deploy.policy_eval import Endpoint, allowed
     from mlab.render.common import labels
 
-    site = load_site(ROOT / "examples" / "local.yaml")
-    policies = render_site(site).files["network.yaml"]
-    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
+    site, rendered = local_rendered
+    policies = rendered.files["network.yaml"]
+    plan = PlanFile.of(translate_fixed(site, rendered=rendered))
     ns = site.namespace
 
     def end(pod: PodRecord) -> Endpoint:
@@ -143,17 +139,15 @@ def test_podman_expectations_agree_with_the_rendered_policies() -> None:
     assert code  # the site has a code service pod
 
 
-def test_every_check_of_the_topology_has_a_probe() -> None:
+def test_every_check_of_the_topology_has_a_probe(local_rendered) -> None:
     """One matrix: every check of mlab.topology.checks (each edge of EDGES, each DENIED
     example) whose source the podman engine has is probed with the check's expectation,
     and every network probe stands for a check."""
     from mlab.deploy.probes import podman_facts
     from mlab.topology import checks
 
-    site = load_site(ROOT / "examples" / "local.yaml")
-    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)})
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = PlanFile.of(translate(site, rendered.files, rendered.secrets, subnets, "/state"))
+    site, rendered = local_rendered
+    plan = PlanFile.of(translate_fixed(site, rendered=rendered))
     probes = _matrix()
     wanted = {c.name: c for c in checks(podman_facts(plan))
               if c.source in ("homepod", "airlock", "code-service", "office")

@@ -182,17 +182,14 @@ def test_portal_only_site_admits_desktop_ports_from_the_portal_alone() -> None:
 
 
 def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None:
-    from mlab.deploy.podman_translate import translate, wanted_networks
-    from mlab.secrets import password_keys
+    from site_kit import translate_fixed
 
     ports = lambda n: {"vnc": 5900 + n, "rdp": 3389 + n, "novnc": 7030 + n, "ssh": 2222 + n}  # noqa: E731
     site = parse_site({"name": "t", "airlock": {"enabled": False},
                        "users": [{"name": "alice", "service": {"ports": ports(1)}},
                                  {"name": "bob", "service": {"ports": ports(2)}}],
                        "portal": {"enabled": True, "url": "http://localhost:8443"}})
-    rendered = render_site(site, {k: "pw" for k in password_keys(site)})
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state", host_ca=None)
+    plan = translate_fixed(site, host_ca=None)
     pod = plan.pod("portal")
     assert pod is not None and pod.networks == ()
     spec = pod.manifest["spec"]
@@ -210,15 +207,12 @@ def test_podman_runs_the_portal_on_the_host_with_each_homepods_address() -> None
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_podman_publishes_only_ssh_when_the_portal_is_the_only_door(direct: bool) -> None:
-    from mlab.deploy.podman_translate import translate, wanted_networks
-    from mlab.secrets import password_keys
+    from site_kit import translate_fixed
 
     site = parse_site({"name": "t", "airlock": {"enabled": False}, "users": [{"name": "alice"}],
                        "portal": {"enabled": True, "url": "http://localhost:8443",
                                   "directDesktopPorts": direct}})
-    rendered = render_site(site, {k: "pw" for k in password_keys(site)})
-    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
-    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state", host_ca=None)
+    plan = translate_fixed(site, host_ca=None)
     homepod = next(p for p in plan.pods if p.component == "homepod")
     names = sorted(p.name for p in homepod.ports)
     assert names == (["novnc", "rdp", "ssh", "vnc"] if direct else ["ssh"])

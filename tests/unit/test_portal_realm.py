@@ -7,20 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import yaml
-
-from mlab.cli.main import main
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_runner import mlab
 
 
 def _site(tmp_path: Path, portal: dict) -> Path:
@@ -36,8 +24,8 @@ def test_realm_has_the_client_and_brute_force_detection(tmp_path: Path, capsys) 
     site = _site(tmp_path, {"enabled": True, "url": "https://mlab.example.org", "oidc": {
         "issuer": "https://sso.example.org/realms/lab", "clientId": "mlab-portal",
         "clientSecretSecret": "portal-oidc", "reviewerGroup": "mlab-reviewers"}})
-    code, out, err = _run(capsys, "portal", "keycloak-realm", "--site", str(site),
-                          "--client-secret-file", str(secret))
+    code, out, err = mlab("portal", "keycloak-realm", "--site", str(site),
+                          "--client-secret-file", str(secret), capsys=capsys)
     assert code == 0, err
     realm = json.loads(out)
     assert realm["realm"] == "lab" and realm["sslRequired"] == "external"
@@ -53,5 +41,5 @@ def test_realm_has_the_client_and_brute_force_detection(tmp_path: Path, capsys) 
 
 def test_realm_needs_a_provider(tmp_path: Path, capsys) -> None:
     site = _site(tmp_path, {"enabled": True, "url": "https://mlab.example.org"})
-    code, out, err = _run(capsys, "portal", "keycloak-realm", "--site", str(site))
+    code, out, err = mlab("portal", "keycloak-realm", "--site", str(site), capsys=capsys)
     assert code == 2 and "portal.oidc is not set" in err and "Traceback" not in err

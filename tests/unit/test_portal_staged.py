@@ -33,7 +33,7 @@ Architecture: amd64
 @pytest.fixture
 def share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "share"
-    page = root / "pip" / "simple" / "six" / "index.json"
+    page = root / "pip-index" / "simple" / "six" / "index.json"
     page.parent.mkdir(parents=True)
     page.write_text(render_project_json("six", [
         WheelFile("six-1.16.0-py2.py3-none-any.whl", "six", "1.16.0", "0" * 64, 11053)]))

@@ -110,7 +110,8 @@ def test_other_user_objects_absent() -> None:
     """Nothing of bob's is referenced from alice's pod."""
     site = load_site(ROOT / "examples" / "local.yaml")
     dep = _by(render_site(site).files["homepod.yaml"], "Deployment", "homepod-alice")
-    assert "bob" not in dump_yaml([dep])
+    text = dump_yaml([dep])
+    assert "claimName: home-alice" in text and "bob" not in text
 
 
 def test_code_service_contract() -> None:

@@ -1,11 +1,11 @@
-"""Which running HomePods `mlab up` keeps on their image (mlab.deploy.rollout.held_pods)."""
+"""Which running HomePods `mlab up` keeps on their image (mlab.podman.rollout.held_pods)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mlab.deploy.podman_translate import LABEL_SPEC, PodPlan
-from mlab.deploy.rollout import annotate, held_pods
+from mlab.podman.rollout import annotate, held_pods
+from mlab.podman.translate import LABEL_SPEC, PodPlan
 
 OLD, NEW = "reg:5000/mlab/homepod:aaaaaaaaaaaaaaaa", "reg:5000/mlab/homepod:bbbbbbbbbbbbbbbb"
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import mlab
 
-from mlab.cli.main import main
 from mlab.site import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,16 +19,6 @@ SEED = ROOT / "examples" / "seed-cluster.yaml"
 @pytest.fixture(autouse=True)
 def _state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLAB_STATE_DIR", str(tmp_path / "state"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 BAD = {
@@ -59,7 +46,7 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, tmp_path: Path, capsys)
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"name": "bad", **data}))
     fresh = tmp_path / "fresh"
-    code, out, err = run(capsys, "render", "--site", str(site), "-o", str(fresh))
+    code, out, err = mlab("render", "--site", str(site), "--out-dir", str(fresh), capsys=capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], err
@@ -68,19 +55,18 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, tmp_path: Path, capsys)
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "homepod.yaml").write_text("old\n")
-    code, _, err = run(capsys, "render", "--site", str(site), "-o", str(existing))
+    code, _, err = mlab("render", "--site", str(site), "--out-dir", str(existing), capsys=capsys)
     assert code == 2 and [p.name for p in existing.iterdir()] == ["homepod.yaml"]
     assert (existing / "homepod.yaml").read_text() == "old\n"
-    code, _, err2 = run(capsys, "site", "check", "--site", str(site))
+    code, _, err2 = mlab("site", "check", "--site", str(site), capsys=capsys)
     assert code == 2 and expected in err2
 
 
 def test_bad_input_real_process(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("name: bad\nusers: [{name: a}, {name: a}]\n")
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "render", "--site", str(site),
-                           "-o", str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ, "MLAB_STATE_DIR": str(tmp_path / "st")})
+    proc = mlab("render", "--site", str(site), "--out-dir", str(tmp_path / "out"),
+                env={"MLAB_STATE_DIR": str(tmp_path / "st")})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"mlab: error: {site}: users[1].name: duplicate user 'a' (also users[0])"]
@@ -89,14 +75,14 @@ def test_bad_input_real_process(tmp_path: Path) -> None:
 
 def test_render_to_dir(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    code, _, err = mlab("render", "--site", str(SEED), "--out-dir", str(out), capsys=capsys)
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == ["airlock.yaml", "code-service.yaml", "homepod.yaml", "network.yaml",
                      "secrets.yaml"]
     assert stat.S_IMODE((out / "secrets.yaml").stat().st_mode) == 0o600
     first = {n: (out / n).read_bytes() for n in names}
-    code, _, _ = run(capsys, "render", "--site", str(SEED), "-o", str(out))
+    code, _, _ = mlab("render", "--site", str(SEED), "--out-dir", str(out), capsys=capsys)
     assert code == 0 and {n: (out / n).read_bytes() for n in names} == first
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     passwords = json.loads((tmp_path / "state" / "seed" / "passwords.json").read_text())
@@ -106,36 +92,61 @@ def test_render_to_dir(tmp_path: Path, capsys) -> None:
 
 
 def test_render_stdout_hides_secrets_unless_asked(tmp_path: Path, capsys) -> None:
-    code, out, _ = run(capsys, "render", "--site", str(SEED))
+    code, out, _ = mlab("render", "--site", str(SEED), capsys=capsys)
     assert code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
     assert "Secret" not in kinds and "NetworkPolicy" in kinds
-    code, out, _ = run(capsys, "render", "--site", str(SEED), "--with-secrets")
+    code, out, _ = mlab("render", "--site", str(SEED), "--with-secrets", capsys=capsys)
     assert [d["kind"] for d in yaml.safe_load_all(out) if d].count("Secret") == 4  # + the publisher
 
 
 def test_render_output_is_a_file(tmp_path: Path, capsys) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    code, _, err = run(capsys, "render", "--site", str(SEED), "-o", str(target))
+    code, _, err = mlab("render", "--site", str(SEED), "--out-dir", str(target), capsys=capsys)
     assert code == 1 and "not a directory" in err and target.read_text() == "x"
 
 
 def test_init_writes_valid_example_and_refuses_overwrite(tmp_path: Path, capsys) -> None:
     target = tmp_path / "site.yaml"
-    code, _, _ = run(capsys, "init", "-o", str(target))
+    code, _, _ = mlab("init", "--out-file", str(target), capsys=capsys)
     assert code == 0
     site = load_site(target)
     assert site.users and "#" in target.read_text()
     target.write_text("mine\n")
-    code, _, err = run(capsys, "init", "-o", str(target))
+    code, _, err = mlab("init", "--out-file", str(target), capsys=capsys)
     assert code == 2 and "already exists" in err and target.read_text() == "mine\n"
-    code, _, _ = run(capsys, "init", "-o", str(target), "--force")
+    code, _, _ = mlab("init", "--out-file", str(target), "--force", capsys=capsys)
     assert code == 0 and load_site(target).name == site.name
 
 
+def test_old_o_spelling_still_writes_with_one_warning_line(tmp_path: Path, capsys) -> None:
+    """`-o PATH` (before `--out-dir`/`--out-file`) works for one release, with one line."""
+    out = tmp_path / "out"
+    code, _, err = mlab("render", "--site", str(SEED), "-o", str(out), capsys=capsys)
+    assert code == 0 and (out / "homepod.yaml").is_file()
+    assert err.splitlines()[0] == ("mlab: warning: -o/--output PATH is deprecated (-o is the "
+                                   "output format); use --out-dir")
+    code, _, err = mlab("init", "-o", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 0 and load_site(tmp_path / "s.yaml").users
+    assert err.splitlines()[0].endswith("use --out-file")
+    code, _, err = mlab("render", "--site", str(SEED), "-o", str(out), "--out-dir", str(out),
+                        capsys=capsys)
+    assert code == 2 and err.strip() == (
+        "mlab: error: -o and --out-dir both given (give only --out-dir)")
+
+
+def test_site_from_environment_like_the_flag(tmp_path: Path, capsys,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--site resolves the same way in every command: the flag, else $MLAB_SITE."""
+    monkeypatch.setenv("MLAB_SITE", str(SEED))
+    code, out, err = mlab("site", "check", capsys=capsys)
+    assert code == 0, err
+    assert out.strip() == f"{SEED}: ok (site seed, namespace mlab2, 1 user(s))"
+
+
 def test_schema_is_json_and_closed(capsys) -> None:
-    code, out, _ = run(capsys, "site", "schema")
+    code, out, _ = mlab("site", "schema", capsys=capsys)
     assert code == 0
     schema = json.loads(out)
     assert schema["additionalProperties"] is False
@@ -146,7 +157,7 @@ def test_schema_is_json_and_closed(capsys) -> None:
 
 
 def test_check_ok(capsys) -> None:
-    code, out, _ = run(capsys, "site", "check", "--site", str(SEED))
+    code, out, _ = mlab("site", "check", "--site", str(SEED), capsys=capsys)
     assert code == 0 and "ok" in out
 
 
@@ -164,6 +175,6 @@ def test_check_ok(capsys) -> None:
 def test_more_bad_input(data: dict, expected: str, tmp_path: Path, capsys) -> None:
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump({"name": "bad", **data}))
-    code, _, err = run(capsys, "site", "check", "--site", str(site))
+    code, _, err = mlab("site", "check", "--site", str(site), capsys=capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert "pw" not in err.replace("proxy", "")

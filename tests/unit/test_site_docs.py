@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from mlab.render.reference import replace_generated
 from mlab.site import Site
+from mlab.site_docs import replace_generated
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "site.md"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
 
 CASES = [
     ("name: x\ntimezone: Mars/Base\n", "timezone: 'Mars/Base' is not in the IANA time zone database"),
@@ -20,10 +19,7 @@ CASES = [
 def test_site_check_rejects(tmp_path: Path, text: str, message: str) -> None:
     site = tmp_path / "site.yaml"
     site.write_text(text, encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlab.cli.main", "site", "check", "--site", str(site)],
-        capture_output=True, text=True, check=False,
-    )
+    proc = mlab("site", "check", "--site", str(site))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -32,8 +28,6 @@ def test_site_check_rejects(tmp_path: Path, text: str, message: str) -> None:
 def test_known_timezone_accepted(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("name: x\ntimezone: Asia/Shanghai\n", encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlab.cli.main", "site", "check", "--site", str(site)],
-        capture_output=True, text=True, check=False,
-    )
+    proc = mlab("site", "check", "--site", str(site))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{site}: ok (site x, namespace mlab, 0 user(s))\n"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlab.deploy.podman_translate import translate, wanted_networks
+from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
 from mlab.secrets import password_keys
 from mlab.site import Site, parse_site

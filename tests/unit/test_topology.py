@@ -39,6 +39,10 @@ def _facts(site: Site) -> set[str]:
         facts.add("dns-cluster")
     if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
         facts.add("proxy")
+    if site.portal.enabled and site.portal.oidc is not None:
+        facts.add("oidc")
+    if site.portal.enabled and site.portal.wake:
+        facts.add("wake")
     facts.add("tls" if site.tls.mode != "off" else "plain-http")
     return facts
 
@@ -55,6 +59,12 @@ def _endpoint(site: Site, who: str) -> Endpoint:
         return Endpoint(str(next(iter(_hosts(site.access.office_cidrs[0])))))
     if who == "proxy":
         return Endpoint(str(next(iter(_hosts(site.airlock.proxy.cidrs[0])))))
+    if who == "identity-provider":
+        assert site.portal.oidc is not None
+        cidrs = site.portal.oidc.cidrs
+        return Endpoint(str(next(iter(_hosts(cidrs[0])))) if cidrs else PUBLIC)
+    if who == "api-server":
+        return Endpoint(str(next(iter(_hosts(site.cluster.api_server_cidrs[0])))))
     return Endpoint(PEERS[who])
 
 
@@ -72,6 +82,11 @@ def _ports(site: Site, edge: Edge) -> list[tuple[int, str]]:
         return [(p, "TCP") for p in site.airlock.proxy.ports()]
     if edge.destination == "internet":
         return [(443, "TCP")]
+    if edge.destination == "identity-provider":
+        assert site.portal.oidc is not None
+        return [(site.portal.oidc.issuer_port, "TCP")]
+    if edge.destination == "api-server":
+        return [(site.cluster.api_server_port, "TCP")]
     return [(p, "TCP") for p in edge.ports]
 
 
@@ -80,7 +95,7 @@ def _edge_words(text: str) -> tuple[str, str]:
     m = re.match(r"(\S+) (?:\S+ )?--> (\S+)", text)
     assert m, f"edge annotation {text!r} has no 'source --> destination'"
     dest = m.group(2)
-    return m.group(1), {"identity": "identity-provider"}.get(dest, dest)
+    return m.group(1), dest
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -118,8 +133,6 @@ def test_every_policy_is_a_table_edge(path: Path) -> None:
         if text.startswith("default deny"):
             continue
         pair = _edge_words(text)
-        if pair == ("portal", "identity-provider"):
-            continue  # from portal.oidc, not a fixed edge (see EDGES)
         if pair[1] == "proxy" and text.startswith(("airlock", "code-service")):
             assert (pair[0], "proxy") in table
             continue

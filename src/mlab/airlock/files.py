@@ -32,6 +32,10 @@ import httpx
 from mlab.airlock import audit
 from mlab.airlock.fsutil import CHUNK, check_writable, ensure_dir, open_dir_beneath
 from mlab.errors import MlabError, TemporaryError, ToolMissingError, UsageError
+from mlab.topology import SHARE_FOLDERS
+
+RESERVED = (*(f for f in SHARE_FOLDERS if f != "downloads"), audit.AUDIT_FILE)
+"""Top-level names of the share that ``-o`` may not name (``downloads/`` is the default place)."""
 
 Progress = Callable[[int, "int | None"], None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -63,19 +67,18 @@ def target_path(share: Path, url: str, output: str | None) -> Path:
 
     Raises:
         UsageError: the URL has no file name and no ``-o`` was given, or ``-o`` leaves the
-            share (absolute, ``..``) or names a hidden or reserved place (``pip``, ``apt``,
-            ``git``, ``audit.log``).
+            share (absolute, ``..``) or names a hidden or reserved place (:data:`RESERVED`).
     """
     if output is None:
         name = unquote(PurePosixPath(urlsplit(url).path).name)
         if not name or not _NAME.match(name):
-            raise UsageError(f"cannot take a file name from URL {audit.redact_url(url)}", hint="name it with -o PATH")
+            raise UsageError(f"cannot take a file name from URL {audit.redact_url(url)}", hint="name it with --out-file PATH")
         rel = PurePosixPath("downloads", name)
     else:
         rel = PurePosixPath(output)
         if rel.is_absolute() or not rel.parts or any(p in ("..", ".", "") for p in rel.parts):
             raise UsageError(f"-o {output!r} must be a relative path inside the share", hint="e.g. -o datasets/mnist.tgz")
-        if any(p.startswith(".") for p in rel.parts) or rel.parts[0] in ("pip", "apt", "git", "audit.log", "export"):
+        if any(p.startswith(".") for p in rel.parts) or rel.parts[0] in RESERVED:
             raise UsageError(f"-o {output!r} names a hidden or reserved place in the share", hint="e.g. -o datasets/NAME")
     return Path(share) / rel
 

@@ -43,11 +43,12 @@ from mlab.airlock.fsutil import check_writable, ensure_dir
 from mlab.airlock.pipindex import (
     PublishResult,
     WheelFile,
+    index_dir,
     inspect_wheel,
-    pip_dir,
     publish,
 )
 from mlab.errors import MlabError, UsageError
+from mlab.topology import PIP_INDEX_DIR
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 MAX_ROUNDS = 4
@@ -499,8 +500,8 @@ def stage(
     for path in requirement_files:
         if not Path(path).is_file():
             raise UsageError(f"-r {path}: no such file")
-    check_writable(share, "pip")
-    tmp_root = ensure_dir(pip_dir(share) / ".tmp")
+    check_writable(share, PIP_INDEX_DIR)
+    tmp_root = ensure_dir(index_dir(share) / ".tmp")
     work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
     try:
         inspected: dict[Path, tuple[WheelFile, list[str]]] = {}

@@ -1,20 +1,26 @@
-"""The share's pip repository: wheels in ``<share>/pip/files/`` and a PEP 503 simple index.
+"""The share's pip repository: wheels in ``<share>/pip-index/files/`` and a PEP 503 simple index.
 
-Layout (docs/CONTRACTS.md "Share layout")::
+Layout (docs/CONTRACTS.md "Share layout"; the folder's name is
+:data:`mlab.topology.PIP_INDEX_DIR`)::
 
-    pip/files/<wheel>                      the wheels (never overwritten once published)
-    pip/simple/index.html                  PEP 503 root: one link per project
-    pip/simple/<project>/index.html        PEP 503 project page: one link per file, with
+    pip-index/files/<wheel>                the wheels (never overwritten once published)
+    pip-index/simple/index.html            PEP 503 root: one link per project
+    pip-index/simple/<project>/index.html  PEP 503 project page: one link per file, with
                                            ``#sha256=`` and ``data-requires-python``
-    pip/simple/<project>/index.json        the same list as a PEP 691 JSON page; it is also
+    pip-index/simple/<project>/index.json  the same list as a PEP 691 JSON page; it is also
                                            the state used for incremental regeneration
-    pip/.lock                              held while publishing
+    pip-index/.lock                        held while publishing
+
+The seed's own ``pip/`` folder (``pip download`` there, ``pip install *`` in a HomePod) holds
+only what users put there: MLab up to 0.1 kept this tree in ``pip/``, and :func:`migrate`
+moves such a tree here (``mlab stage pip``, ``mlab airlock reindex`` and the Airlock's start
+run it).
 
 Invariants: ``<project>`` is the PEP 503 normalized name; every link on a page points at a
 file that exists and has that hash (files are placed before the pages that name them, and
 pages are replaced atomically, after the new wheels and pages are made durable together:
 fsync'd in parallel, or one syncfs when there are very many);
-publishing holds ``pip/.lock`` so two stagings at once both
+publishing holds ``pip-index/.lock`` so two stagings at once both
 end up on the pages; versions already published stay (a new staging only adds). A wheel
 whose name is already published is kept as it was (its hash may be pinned somewhere).
 Regeneration is incremental: only the pages of projects that got a file are rewritten, plus
@@ -53,6 +59,7 @@ from mlab.airlock.fsutil import (
     write_many_atomic,
 )
 from mlab.errors import MlabError, TemporaryError
+from mlab.topology import PIP_INDEX_DIR
 
 SMALL_WHEEL = 32 << 20
 """Wheels up to this size (bytes) are read once into memory to hash and inspect."""
@@ -97,9 +104,18 @@ class PublishResult:
     projects: list[str] = field(default_factory=list)
 
 
-def pip_dir(share: Path) -> Path:
-    """``<share>/pip``."""
-    return Path(share) / "pip"
+LEGACY_DIR = "pip"
+"""Where MLab up to 0.1 kept ``files/`` and ``simple/``: the seed's folder (see :func:`migrate`)."""
+
+
+def index_dir(share: Path) -> Path:
+    """``<share>/pip-index`` (:data:`mlab.topology.PIP_INDEX_DIR`)."""
+    return Path(share) / PIP_INDEX_DIR
+
+
+def simple_dir(share: Path) -> Path:
+    """``<share>/pip-index/simple``: the PEP 503 root that pip's ``--index-url`` names."""
+    return index_dir(share) / "simple"
 
 
 def read_wheel(path: Path) -> WheelFile:
@@ -219,7 +235,7 @@ def render_root_html(projects: Iterable[str]) -> str:
 
 def load_project(share: Path, project: str) -> list[WheelFile]:
     """The files published for ``project``, from its ``index.json`` (empty if none)."""
-    path = pip_dir(share) / "simple" / project / "index.json"
+    path = simple_dir(share) / project / "index.json"
     if not path.exists():
         return []
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -248,7 +264,7 @@ def _root_page(simple: Path, extra: Iterable[str] = ()) -> tuple[Path, str]:
 
 
 def _lock(share: Path) -> FileLock:
-    return FileLock(str(ensure_dir(pip_dir(share)) / ".lock"), timeout=LOCK_TIMEOUT)
+    return FileLock(str(ensure_dir(index_dir(share)) / ".lock"), timeout=LOCK_TIMEOUT)
 
 
 def publish(
@@ -257,7 +273,7 @@ def publish(
 ) -> PublishResult:
     """Add ``wheels`` to the share's repository and update the index, under the lock.
 
-    Each wheel is moved (or copied) to ``pip/files/`` under a temporary name and renamed,
+    Each wheel is moved (or copied) to ``pip-index/files/`` under a temporary name and renamed,
     then each touched project's pages are merged with what is already published and
     replaced atomically, then the root page. A file name already published is left as is.
 
@@ -280,12 +296,15 @@ def publish(
         infos.append((Path(w), known.get(Path(w)) or read_wheel(Path(w))))
         if report:
             report(i + 1, len(wheels))
-    root = pip_dir(share)
-    files_dir = ensure_dir(root / "files")
-    simple = ensure_dir(root / "simple")
+    root = index_dir(share)
+    files_dir = root / "files"
+    simple = root / "simple"
     result = PublishResult()
     try:
         with _lock(share):
+            _migrate_locked(share)
+            ensure_dir(files_dir)
+            ensure_dir(simple)
             by_project: dict[str, list[WheelFile]] = {}
             for src, info in infos:
                 dest = files_dir / info.filename
@@ -316,7 +335,7 @@ def publish(
 
 
 def rebuild(share: Path) -> int:
-    """Regenerate every page from the wheels in ``pip/files/`` (hashes everything).
+    """Regenerate every page from the wheels in ``pip-index/files/`` (hashes everything).
 
     For recovery after files were added or removed by hand. Every wheel is read and hashed
     again (a page never trusts an old hash), but only pages whose content changes are
@@ -334,29 +353,108 @@ def rebuild(share: Path) -> int:
         The number of wheels.
 
     Raises:
-        MlabError: a file in ``pip/files/`` is not a readable wheel.
+        MlabError: a file in ``pip-index/files/`` is not a readable wheel.
         TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
     """
-    root = pip_dir(share)
-    files_dir = ensure_dir(root / "files")
-    simple = root / "simple"
+    root = index_dir(share)
     try:
         with _lock(share):
-            by_project: dict[str, list[WheelFile]] = {}
-            for entry in sorted(os.scandir(files_dir), key=lambda e: e.name):
-                if entry.name.endswith(".whl") and not entry.name.startswith("."):
-                    info = read_wheel(Path(entry.path))
-                    by_project.setdefault(info.project, []).append(info)
-            if simple.is_dir():
-                _update_pages(simple, by_project)
-            else:
-                _new_tree(root, simple, by_project)
+            _migrate_locked(share)
+            return _rebuild_locked(share)
     except Timeout:
         raise TemporaryError(
             f"another staging holds {root / '.lock'} for more than {LOCK_TIMEOUT:.0f} s",
             hint="wait for it to finish and run the command again",
         ) from None
+
+
+def _rebuild_locked(share: Path) -> int:
+    root = index_dir(share)
+    files_dir = ensure_dir(root / "files")
+    simple = root / "simple"
+    by_project: dict[str, list[WheelFile]] = {}
+    for entry in sorted(os.scandir(files_dir), key=lambda e: e.name):
+        if entry.name.endswith(".whl") and not entry.name.startswith("."):
+            info = read_wheel(Path(entry.path))
+            by_project.setdefault(info.project, []).append(info)
+    if simple.is_dir():
+        _update_pages(simple, by_project)
+    else:
+        _new_tree(root, simple, by_project)
     return sum(len(v) for v in by_project.values())
+
+
+def migrate(share: Path) -> list[str]:
+    """Move an index tree left in the seed's ``pip/`` folder (MLab up to 0.1) to ``pip-index/``.
+
+    Idempotent and cheap when there is nothing to move (two ``stat`` calls). The common
+    case, a share that has only the old tree, is two renames (``files/`` then ``simple/``,
+    whose relative links ``../../files/<wheel>`` stay right), so nothing is hashed again.
+    When both places hold a tree (an interrupted move, or an older Airlock staging after
+    the move), the old wheels join the new ``files/`` (a name already there is kept as it
+    is, its old copy dropped: a published name is never overwritten), the old pages are
+    dropped and every page is rebuilt from the wheels. Anything else in ``pip/`` (the
+    users' own downloads) is left alone.
+
+    Returns:
+        What moved, e.g. ``["pip/files -> pip-index/files", "pip/simple -> pip-index/simple"]``;
+        empty when there was nothing to move.
+
+    Raises:
+        MlabError: a wheel in the old tree is unreadable (during the rebuild).
+        OSError: the share cannot be written (a HomePod's read-only mount).
+        TemporaryError: another publisher held the lock for :data:`LOCK_TIMEOUT` seconds.
+    """
+    if not _legacy_trees(share):
+        return []
+    try:
+        with _lock(share):
+            return _migrate_locked(share)
+    except Timeout:
+        raise TemporaryError(
+            f"another staging holds {index_dir(share) / '.lock'} for more than {LOCK_TIMEOUT:.0f} s",
+            hint="wait for it to finish and run the command again",
+        ) from None
+
+
+def _legacy_trees(share: Path) -> list[str]:
+    old = Path(share) / LEGACY_DIR
+    return [n for n in ("files", "simple") if (old / n).is_dir() and not (old / n).is_symlink()]
+
+
+def _migrate_locked(share: Path) -> list[str]:
+    """:func:`migrate`'s work; the caller holds the lock."""
+    names = _legacy_trees(share)
+    if not names:
+        return []
+    old, new = Path(share) / LEGACY_DIR, index_dir(share)
+    moved, merged = [], False
+    for name in names:  # "files" first: pages never link a wheel that is not there
+        src, dest = old / name, new / name
+        if not os.path.lexists(dest):
+            os.rename(src, dest)
+        elif name == "files":
+            for entry in os.scandir(src):
+                if os.path.lexists(dest / entry.name):
+                    _remove(Path(entry.path))
+                else:
+                    os.rename(entry.path, dest / entry.name)
+            os.rmdir(src)
+            merged = True
+        else:
+            shutil.rmtree(src)
+            merged = True
+        moved.append(f"{LEGACY_DIR}/{name} -> {PIP_INDEX_DIR}/{name}")
+    if merged or not (new / "simple").is_dir():  # pages for exactly the wheels now there
+        _rebuild_locked(share)
+    return moved
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _new_tree(root: Path, simple: Path, by_project: Mapping[str, Sequence[WheelFile]]) -> None:
@@ -410,7 +508,7 @@ def _update_pages(simple: Path, by_project: Mapping[str, Sequence[WheelFile]]) -
 
 def published(share: Path) -> dict[str, list[WheelFile]]:
     """Every published file, by normalized project name (from the JSON pages)."""
-    simple = pip_dir(share) / "simple"
+    simple = simple_dir(share)
     if not simple.is_dir():
         return {}
     return {

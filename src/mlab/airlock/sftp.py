@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mlab.airlock import audit
 from mlab.airlock.fsutil import sha256_file
+from mlab.topology import SHARE_FOLDERS
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SUBSYSTEM_LINE = "Subsystem sftp /usr/local/bin/mlab airlock sftp-server"
@@ -190,8 +191,6 @@ def _write_config(user: str, chroot: Path, config_dir: Path) -> list[str]:
     return changes
 
 
-SHARE_FOLDERS = ("pip", "apt", "downloads", "git", "export")
-"""The share's top-level folders (docs/CONTRACTS.md, "Share layout")."""
 
 
 def _keep_user_paths(share: Path, uid: int, gid: int) -> list[str]:

@@ -18,6 +18,7 @@ from mlab.deploy.kubernetes import (
     apply_objects,
     delete_site,
     deployment_names,
+    hold_deployments,
     prune,
     site_selector,
     stale_objects,
@@ -57,7 +58,6 @@ def apply(
 ) -> None:
     """Apply the site to a cluster: server-side apply, prune removed objects, wait."""
     from mlab.cull.kube import keep_culled
-    from mlab.deploy.rollout import hold_deployments
 
     loaded = load_site(site)
     rendered = render_with_passwords(loaded)

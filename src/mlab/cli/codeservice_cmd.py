@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.options import site_option
+from mlab.cli.serving import listen
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
 
@@ -29,9 +31,9 @@ SERVER_OPT = typer.Option(
     help="Code service URL. Default: the one `mlab up` published for --site (or "
     "http://<codeService.host>), else http://$MLAB_CODE_HOST, else the local site's.",
 )
-SITE_OPT = typer.Option(
-    "site.yaml", "--site", envvar="MLAB_SITE",
-    help="Site file, used for the default --server. Default: ./site.yaml; if it does not "
+SITE_OPT = site_option(
+    "site.yaml",
+    "Site file, used for the default --server. Default: ./site.yaml; if it does not "
          "exist, the code service `mlab up` runs for examples/local.yaml.",
 )
 
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
     def serve(
         data: Path = typer.Option(..., "--data", help="Data directory: repositories, "
                                   "database, audit log. Created if missing."),
-        site: Path = typer.Option(..., "--site", help="The site file."),
+        site: Path = site_option(..., "The site file. Required."),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
                                  "Default: 0.0.0.0."),
         port: int = typer.Option(PORT_CODE, "--port", help="TCP port; 0 picks a free one (printed). "
@@ -123,13 +125,6 @@ def register(app: typer.Typer) -> None:
                   f"{config.data_dir / 'admin-password'}): {password}", file=sys.stderr)
         app = create_app(config, store)
         logging.getLogger("mlab").setLevel(logging.INFO)
-        def listen(option: str, number: int) -> socket.socket:
-            try:
-                return socket.create_server((host, number), backlog=256, reuse_port=False)
-            except OSError as exc:
-                raise UsageError(f"{option} {number}: cannot listen on {host}:{number}: "
-                                 f"{exc.strerror}") from None
-
         def uv_config(tls: bool, lifespan: Literal["on", "off"]) -> uvicorn.Config:
             return uvicorn.Config(
                 app, log_level="info" if access_log else "warning", access_log=access_log,
@@ -138,16 +133,12 @@ def register(app: typer.Typer) -> None:
                 ssl_keyfile=str(tls_key) if tls else None,
             )
 
-        sock = listen("--port", port)
-        plain_scheme = "https" if tls_cert and tls_port is None else "http"
-        print(f"mlab code service: listening on {plain_scheme}://{host}:"
-              f"{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+        # --port is HTTPS itself when --tls-cert comes without --tls-port.
+        sock = listen("mlab code service", host, port, tls=bool(tls_cert) and tls_port is None)
         if tls_port is None:
             uvicorn.Server(uv_config(tls_cert is not None, "on")).run(sockets=[sock])
             return
-        tls_sock = listen("--tls-port", tls_port)
-        print(f"mlab code service: listening on https://{host}:{tls_sock.getsockname()[1]}",
-              file=sys.stderr, flush=True)
+        tls_sock = listen("mlab code service", host, tls_port, tls=True, option="--tls-port")
         _serve_both(uvicorn.Server(uv_config(False, "on")), sock,
                     uvicorn.Server(uv_config(True, "off")), tls_sock)
 

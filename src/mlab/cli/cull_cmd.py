@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,11 +19,23 @@ KUBE_OPTION = typer.Option(
 )
 
 
+_PRINTING = threading.Lock()
+"""The pass and the wake-request thread print rows; one at a time."""
+
+
 def _print(rows: list[dict], fmt: str) -> None:
+    with _PRINTING:
+        _print_rows(rows, fmt)
+
+
+def _print_rows(rows: list[dict], fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(rows) + "\n")
     else:
         for r in rows:
+            if r["action"] == "wake-request":
+                print(f"{r['user']:<16} wake-request  {r['reason']}")
+                continue
             idle = "-" if r["idle_s"] is None else f"{r['idle_s']:.0f}s"
             print(f"{r['user']:<16} {r['action']:<7} idle {idle:>8}  {r['reason']}")
     sys.stdout.flush()
@@ -35,7 +48,9 @@ def cull(
     kubernetes: bool = KUBE_OPTION,
     output: str = OUTPUT_OPTION,
 ) -> None:
-    """Warn, then stop idle HomePods (their homes are kept); `mlab wake USER` restarts one."""
+    """Warn, then stop idle HomePods (their homes are kept); `mlab wake USER` restarts one.
+    Under podman it also takes the portal's wake requests ("Open desktop" on a culled
+    HomePod), every second while it runs."""
     fmt = _format(output)
     loaded = load_site(site)
     if kubernetes:
@@ -43,11 +58,39 @@ def cull(
     else:
         from mlab.cull import local as engine  # type: ignore[no-redef]
     interval = duration_seconds(loaded.culling.interval) or 60
-    while True:
-        _print(engine.cull_pass(loaded), fmt)
-        if once:
-            return
-        time.sleep(interval)
+    server = None if kubernetes else _wake_requests(loaded, fmt, once)
+    try:
+        while True:
+            _print(engine.cull_pass(loaded), fmt)
+            if once:
+                return
+            time.sleep(interval)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _print_requests(rows: list[dict], fmt: str) -> None:
+    """Wake requests as rows of the pass's table: action ``wake-request``."""
+    _print([{"user": r["user"], "action": "wake-request", "idle_s": None,
+             "reason": f"{r['state']}: {r['reason']}"} for r in rows], fmt)
+
+
+def _wake_requests(loaded, fmt: str, once: bool):  # type: ignore[no-untyped-def]
+    """Under the podman engine, take the portal's wake requests (docs/culling.md): once
+    before the pass with ``--once``, else every second in a thread until the loop ends."""
+    from mlab.cull import wake_requests
+    from mlab.podman.engine import state_dir
+
+    step = wake_requests.podman_step(loaded, wake_requests.spool_dir(state_dir(loaded.name)))
+    if once:
+        rows = step()
+        if rows:
+            _print_requests(rows, fmt)
+        return None
+    server = wake_requests.RequestServer(step, lambda rows: _print_requests(rows, fmt))
+    server.start()
+    return server
 
 
 def wake(

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mlab.cli.options import site_option
 from mlab.cli.progress import QUIET_HELP
 from mlab.errors import UsageError
 
@@ -29,9 +30,8 @@ def register(app: typer.Typer) -> None:
             "localhost/mlab/homepod:latest",
             help="Local image to push. Default: localhost/mlab/homepod:latest (pushed under "
             "its content tag, never as latest)."),
-        site: Path = typer.Option(..., "--site", "-s", envvar="MLAB_SITE",
-                                  help="The site file; its image.repository is the "
-                                  "destination. Required."),
+        site: Path = site_option(..., "The site file; its image.repository is the "
+                                 "destination. Required."),
     ) -> None:
         """Push REF to the site's image.repository under its content-derived tag; print the
         pushed reference as the last line. Pin that tag in the site (image.tag), then
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         ),
         steps_file: Path | None = typer.Option(
             None, "--steps", metavar="FILE",
-            help="Also run the approved package scripts of FILE (`mlab request packages -o "
+            help="Also run the approved package scripts of FILE (`mlab request packages --out-file "
             "FILE`). Default: none.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
             with err.status("running the approved package scripts (podman build)"):
                 ref = build_packages_layer(ref, steps, tag=extra)
             if not steps and extra:
-                from mlab.podman import podman
+                from mlab.podman.runner import podman
 
                 podman(["tag", ref, extra])
         err.print(f"image ready in {time.monotonic() - start:.0f} s", highlight=False)

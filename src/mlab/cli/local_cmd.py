@@ -1,7 +1,7 @@
 """Local commands (podman engine): ``mlab up``, ``down``, ``status``, ``verify``, ``passwords``.
 
 Data goes to stdout (tables, or JSON with ``-o json``); progress goes to stderr. Formatting
-is pure (``*_rows`` functions); the engine (:mod:`mlab.deploy.podman_engine`) does the work.
+is pure (``*_rows`` functions); the engine (:mod:`mlab.podman.engine`) does the work.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlab.cli.options import site_option
 from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
@@ -23,10 +24,7 @@ from mlab.topology import PORT_CODE
 
 DEFAULT_SITE = Path("examples/local.yaml")
 
-SITE_OPTION = typer.Option(
-    DEFAULT_SITE, "--site", "-s", envvar="MLAB_SITE", show_envvar=True,
-    help="The site file (YAML). Default: examples/local.yaml (two users).",
-)
+SITE_OPTION = site_option(DEFAULT_SITE, "The site file (YAML). Default: examples/local.yaml (two users).")
 OUTPUT_OPTION = typer.Option(
     "table", "--output", "-o", help="Output format: table or json. Default: table.",
 )
@@ -120,6 +118,14 @@ def _print_passwords(rows: list[dict[str, str]], fmt: str) -> None:
     Console().print(table)
 
 
+def _wakes_taken(site_name: str) -> bool:
+    """Whether a `mlab cull` of the site takes the portal's wake requests right now."""
+    from mlab.cull.wake_requests import host_alive, spool_dir
+    from mlab.podman.engine import state_dir
+
+    return host_alive(spool_dir(state_dir(site_name)))
+
+
 def up(
     site: Path = SITE_OPTION,
     wait: bool = typer.Option(
@@ -130,7 +136,8 @@ def up(
 ) -> None:
     """Run the whole platform on this machine with podman (idempotent: only changes are applied)."""
     from mlab.cull.local import culled
-    from mlab.deploy import podman_engine
+    from mlab.image.site_image import image_ref
+    from mlab.podman import engine as podman_engine
     from mlab.secrets import passwords_path
 
     fmt = _format(output)
@@ -139,7 +146,8 @@ def up(
     console = _stderr()
     start = time.monotonic()
     with Steps("mlab up", progress_console(quiet)) as steps:
-        result = podman_engine.up(loaded, say=steps.say, wait=wait, asleep=culled(loaded.name))
+        result = podman_engine.up(loaded, say=steps.say, wait=wait, asleep=culled(loaded.name),
+                                  image_of=image_ref)
     parts = [f"{len(result.created)} started", f"{len(result.replaced)} replaced",
              f"{len(result.removed)} removed", f"{len(result.unchanged)} unchanged"]
     if result.held:
@@ -148,6 +156,9 @@ def up(
         parts.append(f"{len(result.culled)} culled left stopped (mlab wake NAME)")
     console.print(f"mlab up: site {loaded.name}: {', '.join(parts)} "
                   f"in {time.monotonic() - start:.1f} s")
+    if loaded.portal.enabled and not _wakes_taken(loaded.name):
+        console.print("mlab up: the portal's Open desktop wakes culled desktops through "
+                      f"`mlab cull --site {site}` on this host; it is not running")
     if result.placeholder_code_service:
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
                       f"service is a PLACEHOLDER HTTP server on :{PORT_CODE}")
@@ -176,7 +187,8 @@ def restart(
     """Admin: restart a user's HomePod on the site's current image (`mlab up` keeps a running
     HomePod on its image; its home stays, temporary installs outside it are lost)."""
     from mlab.cull.local import culled
-    from mlab.deploy import podman_engine
+    from mlab.image.site_image import image_ref
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -188,7 +200,7 @@ def restart(
     console = _stderr()
     with Steps("mlab restart", progress_console(quiet)) as steps:
         result = podman_engine.up(loaded, say=steps.say, restart_users=user,
-                                  asleep=culled(loaded.name))
+                                  asleep=culled(loaded.name), image_of=image_ref)
     console.print(f"mlab restart: {len(result.replaced)} replaced, {len(result.held)} held")
     _print_status(podman_engine.status(loaded.name), fmt)
 
@@ -204,7 +216,7 @@ def down(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Stop and remove the site's pods, networks and firewall rules."""
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
 
     loaded = load_site(site)
     console = _stderr()
@@ -216,7 +228,7 @@ def down(
 
 def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     """Show each component, its state and how to connect."""
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -244,7 +256,8 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
 
     Without --cluster inside the running podman containers; with it on Kubernetes.
     """
-    from mlab.deploy import podman_engine, probes, probes_link
+    from mlab.deploy import probes, probes_link
+    from mlab.podman import engine as podman_engine
 
     fmt = _format(output)
     loaded = load_site(site)

@@ -58,19 +58,20 @@ def up(
         help="Build (cached) and import the HomePod image into the node. Default: on."),
     site: list[Path] = typer.Option(
         [], "--site", help="Let containerd pull this site's image.repository from its "
-        "registry (plain HTTP when the site says image.plainHttp; repeatable; docs/image.md). "
+        "registry (plain HTTP when the site says image.plainHttp, its CA from image.caFile; "
+        "repeatable; docs/image.md). "
         "Default: none (only the images the node imported)."),
 ) -> None:
     """Build what is missing, start the node, wait until it is Ready; print the
     ``export KUBECONFIG=...`` line."""
-    from mlab.node.config import registry_host
+    from mlab.node.config import RegistryTrust, registry_host
     from mlab.site import load_site
 
     registries = []
     for path in site:
         image = load_site(path).image
         registry_host(image.repository)  # one clear line before anything starts
-        registries.append((image.repository, image.plain_http))
+        registries.append(RegistryTrust(image.repository, image.plain_http, image.ca_file))
     status, say = _progress(quiet)
     if status:
         with status:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import sys
 from pathlib import Path
 
 import typer
 
+from mlab.cli.options import site_option
+from mlab.cli.serving import listen
 from mlab.errors import UsageError
 
 
@@ -20,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
     @portal.command("serve")
     def serve(
-        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        site: Path = site_option(..., "The site file (its `portal` section). Required."),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on. "
                                  "Default: 0.0.0.0."),
         port: int = typer.Option(8443, "--port", help="TCP port; 0 picks a free one "
@@ -48,8 +49,16 @@ def register(app: typer.Typer) -> None:
         wake: str = typer.Option(
             "none", "--wake", help="Who starts a stopped (culled) HomePod when its user "
             "opens the desktop: podman (the pods of `mlab up` on this host), kubernetes "
-            "(kubectl, the mlab-culler Role), or none. Same code and audit as `mlab wake`. "
-            "Default: none."),
+            "(kubectl, the mlab-culler Role), host (ask the host's `mlab cull` through "
+            "--wake-dir: the portal pod of `mlab up`), in-cluster (the rendered portal's own "
+            "ServiceAccount, portal.wake), or none. Same audit as `mlab wake`. Default: none."),
+        wake_dir: Path = typer.Option(
+            None, "--wake-dir", help="With --wake host: the wake spool (requests/ writable, "
+            "host/ written by `mlab cull`). Default: none."),
+        idp_ca_file: Path = typer.Option(
+            None, "--idp-ca-file", help="PEM CA certificates trusted, besides the system's, "
+            "for the identity provider's https:// (portal.oidc.caBundleSecret). "
+            "Default: system CAs only."),
         session_db: Path = typer.Option(
             None, "--session-db", help="SQLite file for sessions, so that they survive a "
             "restart (one portal replica). Default: in memory (a restart signs everyone out)."),
@@ -82,8 +91,9 @@ def register(app: typer.Typer) -> None:
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
                               code_url=code_url.rstrip("/") if code_url else None,
-                              waker=make_waker(wake, the_site), session_db=session_db,
-                              share=share, vnc_ca=vnc_ca)
+                              waker=make_waker(wake, the_site, wake_dir, audit_log),
+                              session_db=session_db, share=share, idp_ca_file=idp_ca_file,
+                              vnc_ca=vnc_ca)
         if session_db is not None and not session_db.parent.is_dir():
             raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
                              "does not exist")
@@ -91,15 +101,7 @@ def register(app: typer.Typer) -> None:
         from mlab.portal.malloc_tuning import keep_freed_heap
 
         keep_freed_heap()  # the relay's per-read buffers without page faults (see module)
-        try:
-            sock = socket.create_server((host, port), backlog=256)
-        except OSError as exc:
-            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-        bound = sock.getsockname()[1]
-        scheme = "https" if tls_cert else "http"
-        print(f"mlab portal: listening on {scheme}://{host}:{bound}", file=sys.stderr,
-              flush=True)
+        sock = listen("mlab portal", host, port, tls=bool(tls_cert))
         try:
             app = build_app(config)
         except sqlite3.Error as exc:
@@ -118,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
     @portal.command("keycloak-realm")
     def keycloak_realm(
-        site: Path = typer.Option(..., "--site", help="The site file (its `portal` section)."),
+        site: Path = site_option(..., "The site file (its `portal` section). Required."),
         client_secret_file: Path = typer.Option(
             None, "--client-secret-file", help="File holding the client secret to put in "
             "the realm. Default: a public client (PKCE only)."),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mlab.cli.options import site_option
+
 DIR_OPT = typer.Option(Path("."), "-C", "--dir",
                        help="The office clone (made by `mlab relay init`). Default: .")
 
@@ -40,9 +42,9 @@ def register(app: typer.Typer) -> None:
                   None, "--code-host", envvar="MLAB_CODE_HOST",
                   help="codeService.host, for the clone command printed for HomePods. "
                   "Default: from --site, else code.mlab.local."),
-              site: Path = typer.Option(
-                  Path("examples/local.yaml"), "--site", envvar="MLAB_SITE",
-                  help="Site file giving codeService.host (used when it exists). "
+              site: Path = site_option(
+                  Path("examples/local.yaml"),
+                  "Site file giving codeService.host (used when it exists). "
                   "Default: examples/local.yaml."),
               ) -> None:
         """Fetch upstream, rebase the default branch onto it, create BRANCH, push it to mlab;

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from mlab.atomic import write_atomic
+from mlab.cli.options import old_output_path_option, out_path, site_option
 from mlab.errors import MlabError, UsageError
 from mlab.topology import EXPORT_PATH
 
@@ -266,14 +267,15 @@ def register(app: typer.Typer) -> None:
     @group.command("download")
     def download(
         request_id: int = typer.Argument(..., metavar="ID", help="Your approved export."),
-        output: Path = typer.Option(None, "-o", "--output", help="Directory for the files. "
-                                    "Default: ./export-<ID>."),
+        out_dir: Path = typer.Option(None, "--out-dir", help="Directory for the files. "
+                                     "Default: ./export-<ID>."),
         server: str = SERVER_OPT,
+        old_output: Path = old_output_path_option(),
     ) -> None:
         """Download your approved export with your own credentials; every file is checked
         against its recorded sha256 (sites with egress.exportDelivery: requester)."""
+        dest = out_path(out_dir, old_output, "--out-dir") or Path(f"export-{request_id}")
         client = _client(server)
-        dest = output or Path(f"export-{request_id}")
         with _progress() as progress:
             task = progress.add_task(f"request {request_id}", total=None)
             files = client.download(request_id, dest, lambda n: progress.advance(task, n))
@@ -283,13 +285,15 @@ def register(app: typer.Typer) -> None:
 
     @group.command("packages")
     def packages(
-        output: Path = typer.Option(None, "-o", "--output", help="Write the JSON here "
-                                    "(for `mlab image build`). Default: stdout."),
+        out_file: Path = typer.Option(None, "--out-file", help="Write the JSON here "
+                                      "(for `mlab image build`). Default: stdout."),
         server: str = SERVER_OPT,
+        old_output: Path = old_output_path_option(),
     ) -> None:
         """Approved package scripts in approval order (admin or reviewers)."""
         from mlab.requests.packages import dump_steps, steps_from_json
 
+        output = out_path(out_file, old_output, "--out-file")
         client = _client(server)
         text = dump_steps(steps_from_json({"packages": client.packages()}, client.server))
         if output is None:
@@ -304,15 +308,14 @@ def register(app: typer.Typer) -> None:
                                  help="Image to extend. Default: localhost/mlab/homepod:latest "
                                  "(what `mlab image build --local` made)."),
         from_file: Path = typer.Option(None, "--from", help="Approved packages file "
-                                       "(`mlab request packages -o FILE`). Default: ask the "
+                                       "(`mlab request packages --out-file FILE`). Default: ask the "
                                        "code service (admin or a reviewer)."),
         tag: str = typer.Option(None, "--tag", help="Also tag the result with this full "
                                 "reference. Default: only localhost/mlab/homepod:pkg-<hash>."),
         push: bool = typer.Option(False, "--push", help="Then push it to the site's "
                                   "image.repository (`mlab image push`); needs --site. "
                                   "Default: local only."),
-        site: Path = typer.Option(None, "--site", "-s", envvar="MLAB_SITE",
-                                  help="The site file, for --push. Default: none."),
+        site: Path = site_option(None, "The site file, for --push. Default: none."),
         server: str = SERVER_OPT,
     ) -> None:
         """Build the image with every approved package script (approval order); print its

@@ -1,6 +1,6 @@
 """Site commands: ``mlab init``, ``mlab site schema``, ``mlab site check``, ``mlab render``.
 
-Bad input exits 2 with one line naming the field path (``SiteError``); ``render -o DIR``
+Bad input exits 2 with one line naming the field path (``SiteError``); ``render --out-dir DIR``
 renders everything in memory before writing, so a bad site leaves DIR untouched.
 """
 
@@ -15,15 +15,13 @@ from pathlib import Path
 import typer
 
 from mlab.atomic import write_atomic
+from mlab.cli.options import old_output_path_option, out_path, site_option
 from mlab.deploy import render_with_passwords, write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
 from mlab.site import load_site, site_schema
 
-SITE_OPTION = typer.Option(
-    ..., "--site", "-s", help="The site file (YAML). Required.", envvar="MLAB_SITE",
-    show_envvar=True,
-)
+SITE_OPTION = site_option(..., "The site file (YAML). Required.")
 
 
 def example_site_text() -> str:
@@ -32,15 +30,17 @@ def example_site_text() -> str:
 
 
 def init(
-    output: Path = typer.Option(
-        Path("site.yaml"), "--output", "-o",
+    out_file: Path | None = typer.Option(
+        None, "--out-file",
         help="Where to write the example site file; '-' prints it. Default: site.yaml.",
     ),
     force: bool = typer.Option(
         False, "--force", help="Overwrite an existing file. Default: refuse."
     ),
+    old_output: Path | None = old_output_path_option(),
 ) -> None:
     """Write a commented example site file to edit."""
+    output = out_path(out_file, old_output, "--out-file") or Path("site.yaml")
     text = example_site_text()
     if str(output) == "-":
         sys.stdout.write(text)
@@ -73,22 +73,24 @@ def check(site: Path = SITE_OPTION) -> None:
 
 def render(
     site: Path = SITE_OPTION,
-    output: Path | None = typer.Option(
-        None, "--output", "-o",
+    out_dir: Path | None = typer.Option(
+        None, "--out-dir",
         help="Directory for homepod.yaml, airlock.yaml, network.yaml, code-service.yaml and "
         "secrets.yaml (mode 0600). Default: print the four manifests to stdout.",
     ),
     with_secrets: bool = typer.Option(
         False, "--with-secrets",
-        help="When printing, also print the password Secrets. Default: off. With -o the "
+        help="When printing, also print the password Secrets. Default: off. With --out-dir the "
         "Secrets always go to secrets.yaml.",
     ),
+    old_output: Path | None = old_output_path_option(),
 ) -> None:
     """Render the site into Kubernetes manifests (deterministic: same input, same bytes)."""
     # Everything built from here on is kept until the command ends, so the garbage
     # collector's passes only cost time: on a 10,000-user site they tripled it (issue 18).
     gc.freeze()
     gc.disable()
+    output = out_path(out_dir, old_output, "--out-dir")
     loaded = load_site(site)
     rendered = render_with_passwords(loaded)
     if output is None:

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 
 from mlab.airlock import DEFAULT_SHARE
+from mlab.cli.options import old_output_path_option, out_path
 from mlab.errors import UsageError
 
 SHARE_HELP = f"The Airlock share. Default: {DEFAULT_SHARE} (env MLAB_SHARE)."
@@ -75,7 +76,7 @@ def stage_pip(
     no_index: bool = typer.Option(False, "--no-index", help="Use only --find-links. Default: off."),
 ) -> None:
     """Resolve SPECs for the HomePod, build wheels from sdists, publish them (PEP 503)."""
-    from mlab.airlock import pip
+    from mlab.airlock import pip, pipindex
 
     target = pip.Target(python_version=python_version, platforms=tuple(platform), abi=abi)
     sources = pip.Sources(index_url, tuple(extra_index_url), tuple(find_links), no_index)
@@ -97,7 +98,7 @@ def stage_pip(
         print(f"added {w.filename} {w.size} bytes{tag}")
     for w in result.published.present:
         print(f"present {w.filename}")
-    print(f"{len(result.added)} added, {len(result.published.present)} already present, {len(result.built)} built from source, in {share / 'pip'}")
+    print(f"{len(result.added)} added, {len(result.published.present)} already present, {len(result.built)} built from source, in {pipindex.index_dir(share)}")
 
 
 @stage_app.command("apt")
@@ -124,11 +125,14 @@ def stage_apt(
 def stage_url(
     url: str = typer.Argument(..., help="http(s) URL to download."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 (hex); the file is kept only if it matches. Default: no check."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Path inside the share. Default: downloads/<last URL segment>."),
+    out_file: Optional[str] = typer.Option(None, "--out-file", help="Path inside the share. Default: downloads/<last URL segment>."),
     share: Path = _share_opt(),
+    old_output: Optional[str] = old_output_path_option(),
 ) -> None:
     """Download URL into the share (resumable, with progress and checksum)."""
     from mlab.airlock import files
+
+    output = out_path(out_file, old_output, "--out-file")
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=_err, transient=True)
     with progress:
@@ -210,11 +214,20 @@ def format_table(records: list) -> str:  # type: ignore[type-arg]
 
 @airlock_app.command("reindex")
 def airlock_reindex(share: Path = _share_opt()) -> None:
-    """Rebuild the pip index pages from the wheels in <share>/pip/files (after manual changes)."""
+    """Rebuild the pip index pages from the wheels in <share>/pip-index/files (after manual changes)."""
     from mlab.airlock import pipindex
 
     count = pipindex.rebuild(share)
-    print(f"{count} wheels indexed in {share / 'pip' / 'simple'}")
+    print(f"{count} wheels indexed in {pipindex.simple_dir(share)}")
+
+
+@airlock_app.command("migrate")
+def airlock_migrate(share: Path = _share_opt()) -> None:
+    """Move a share's pip index left in pip/ by MLab 0.1 to pip-index/ (the Airlock runs this at start)."""
+    from mlab.airlock import pipindex
+
+    moved = pipindex.migrate(share)
+    print("\n".join(moved) if moved else f"{share}: nothing to migrate")
 
 
 @airlock_app.command("sftp-server", hidden=True)

@@ -41,7 +41,7 @@ def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     site_file = Path(site_file)
     if not site_file.is_file():
         return None
-    from mlab.deploy import podman_engine
+    from mlab.podman import engine as podman_engine
     from mlab.site import load_site
 
     try:

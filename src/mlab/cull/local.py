@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from mlab.cull.policy import Decision, decide, limits_for, warn_lead
 from mlab.errors import DeployError, UsageError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Site
 from mlab.topology import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_USER
 
@@ -52,6 +55,17 @@ def load_state(site_name: str) -> dict[str, Any]:
     data.setdefault("warned", {})
     data.setdefault("culled", {})
     return data
+
+
+@contextmanager
+def state_lock(site_name: str) -> Iterator[None]:
+    """Hold ``cull.json``'s lock: every read-change-write of the culler's state runs under it
+    (the culler's pass, ``mlab wake``, and the wake requests of the portal, which
+    ``mlab cull`` takes in a thread of its own)."""
+    path = state_path(site_name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with FileLock(str(path) + ".lock", timeout=300):
+        yield
 
 
 def save_state(site_name: str, data: dict[str, Any]) -> None:
@@ -130,7 +144,6 @@ def cull_pass(site: Site, now: Callable[[], float] = time.time) -> list[dict[str
         One row per HomePod: ``{"user", "action", "reason", "idle_s"}`` (action: keep,
         warn, unwarn, cull, never, error, stopped).
     """
-    state = load_state(site.name)
     rows: list[dict[str, Any]] = []
     for user, hp in sorted(homepods(site.name).items()):
         if user not in {u.name for u in site.users}:
@@ -145,19 +158,22 @@ def cull_pass(site: Site, now: Callable[[], float] = time.time) -> list[dict[str
             continue
         has_gpu = site.user(user).resources.gpus > 0 or bool(reading.get("gpu"))
         limits = limits_for(site, user, has_gpu)
-        warned_at = state["warned"].get(user)
-        d: Decision = decide(reading, limits, warned_at, now())
-        if d.action == "warn":
-            _warn(hp, warn_lead(limits))
-            state["warned"][user] = now()
-        elif d.action == "unwarn":
-            _unwarn(hp)
-            state["warned"].pop(user, None)
-        elif d.action == "cull":
-            stop(site, hp, d.reason, reading, has_gpu, state)
+        with state_lock(site.name):  # a wake may have changed it since the last HomePod
+            state = load_state(site.name)
+            warned_at = state["warned"].get(user)
+            d: Decision = decide(reading, limits, warned_at, now())
+            if d.action == "warn":
+                _warn(hp, warn_lead(limits))
+                state["warned"][user] = now()
+            elif d.action == "unwarn":
+                _unwarn(hp)
+                state["warned"].pop(user, None)
+            elif d.action == "cull":
+                stop(site, hp, d.reason, reading, has_gpu, state)
+            save_state(site.name, state)
         rows.append({"user": user, "action": d.action, "reason": d.reason, "idle_s": d.idle_s})
-        save_state(site.name, state)
-    save_state(site.name, state)
+    with state_lock(site.name):
+        save_state(site.name, load_state(site.name))
     return rows
 
 
@@ -174,8 +190,16 @@ def stop(site: Site, hp: HomePod, reason: str, reading: dict[str, Any], has_gpu:
                       **record})
 
 
-def wake(site: Site, user: str, wait: Callable[[HomePod], None] | None = None) -> HomePod:
+def wake(site: Site, user: str, wait: Callable[[HomePod], None] | None = None,
+         via: str = "cli") -> HomePod:
     """Start ``user``'s HomePod pod again and audit it.
+
+    Args:
+        site: the validated site.
+        user: whose HomePod.
+        wait: called with the HomePod after the start (tests: until VNC answers).
+        via: who asked, for the audit line: ``cli`` (`mlab wake`), ``portal`` (a wake
+            request, :mod:`mlab.cull.wake_requests`).
 
     Raises:
         UsageError: no such user, or the site has no HomePod pod for them (run `mlab up`).
@@ -188,16 +212,17 @@ def wake(site: Site, user: str, wait: Callable[[HomePod], None] | None = None) -
     hp = homepods(site.name).get(user)
     if hp is None:
         raise UsageError(f"wake: site {site.name} has no HomePod for {user!r}; run `mlab up`")
-    state = load_state(site.name)
-    was = state["culled"].pop(user, None)
-    if hp.status != "Running":
-        podman(["pod", "start", hp.pod], timeout=120)
+    with state_lock(site.name):
+        state = load_state(site.name)
+        was = state["culled"].pop(user, None)
+        if hp.status != "Running":
+            podman(["pod", "start", hp.pod], timeout=120)
+        state["warned"].pop(user, None)
+        save_state(site.name, state)
     if wait:
         wait(hp)
-    state["warned"].pop(user, None)
-    save_state(site.name, state)
     audit(site.name, {"event": "wake", "user": user, "pod": hp.pod, "engine": "podman",
-                      "was_culled": bool(was), "was": hp.status})
+                      "was_culled": bool(was), "was": hp.status, "via": via})
     return hp
 
 

@@ -50,7 +50,7 @@ def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     try:
         if out_dir.exists() and not out_dir.is_dir():
-            raise MlabError(f"{out_dir}: exists and is not a directory", hint="choose another -o")
+            raise MlabError(f"{out_dir}: exists and is not a directory", hint="choose another --out-dir")
         if not out_dir.exists():
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))

@@ -19,13 +19,13 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mlab.errors import DeployError, TemporaryError, ToolMissingError
 from mlab.render import Rendered, dump_yaml
-from mlab.render.common import LABEL_INSTANCE, LABEL_MANAGED_BY
+from mlab.render.common import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,15 @@ PRUNE_KINDS = (
     "persistentvolumeclaims",
 )
 """Kinds MLab renders, listed by label to find objects to prune."""
+RBAC_KINDS = (
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+)
+"""The portal's rights (``portal.wake``), listed by the portal's component label only: the
+culler's ServiceAccount (``mlab cull-rbac``, applied by the admin) carries the site's labels
+too and is not MLab's to prune."""
+RBAC_SELECTOR = f"{LABEL_COMPONENT}=portal"
 DATA_KINDS = ("PersistentVolumeClaim",)
 """Kinds that hold user data: pruned or deleted only when asked (``--delete-data``)."""
 
@@ -173,7 +182,12 @@ def stale_objects(
     )
     delete: list[str] = []
     kept: list[str] = []
-    for item in listing.get("items", []):
+    rbac = kubectl.get_json(
+        ["-n", site.namespace, ",".join(RBAC_KINDS), "-l", f"{site_selector(site)},{RBAC_SELECTOR}"]
+    )
+    rights = [i for i in rbac.get("items", [])
+              if i.get("kind") in ("ServiceAccount", "Role", "RoleBinding")]
+    for item in [*listing.get("items", []), *rights]:
         kind = item.get("kind", "")
         name = (item.get("metadata") or {}).get("name", "")
         if not kind or not name or (kind, name) in wanted:
@@ -331,8 +345,58 @@ def delete_site(kubectl: Kubectl, site: Site, delete_data: bool, timeout: float)
         "delete", "-n", site.namespace, ",".join(kinds), "-l", selector,
         "--ignore-not-found", "--wait=false",
     ])
+    kubectl.run([
+        "delete", "-n", site.namespace, ",".join(RBAC_KINDS), "-l", f"{selector},{RBAC_SELECTOR}",
+        "--ignore-not-found", "--wait=false",
+    ])
 
 
 def deployment_names(rendered: Rendered) -> list[str]:
     """Names of the rendered Deployments."""
     return [o["metadata"]["name"] for o in rendered.objects() if o["kind"] == "Deployment"]
+
+
+def hold_deployments(homepods: list[dict[str, Any]], live: list[dict[str, Any]], image: str,
+                     restart_users: Collection[str] = ()) -> dict[str, str]:
+    """Keep running HomePod Deployments on their live image (pure; edits ``homepods``).
+
+    For each rendered HomePod Deployment whose live Deployment has a ready replica and runs
+    another image than ``image``, and whose user is not in ``restart_users``, the rendered
+    pod template's containers that run ``image`` get the live image back (and their
+    ``MLAB_IMAGE`` variable with it), so server-side apply leaves the pod template's image as
+    it is and the Deployment does not restart the pod. Other changes to the template still
+    roll it out (on the held image); ``--restart-user`` moves it.
+
+    Args:
+        homepods: rendered objects of ``homepod.yaml`` (Deployments are edited in place).
+        live: the cluster's HomePod Deployments (``kubectl get -o json``'s ``items``).
+        image: the site's image reference.
+        restart_users: users whose HomePods move to ``image`` now.
+
+    Returns:
+        Deployment name -> the image it is held on.
+    """
+    running: dict[str, str] = {}
+    for dep in live:
+        ready = int(dep.get("status", {}).get("readyReplicas") or 0)
+        containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        if ready and containers:
+            running[dep["metadata"]["name"]] = containers[0].get("image", "")
+    held: dict[str, str] = {}
+    for obj in homepods:
+        if obj.get("kind") != "Deployment":
+            continue
+        name = obj["metadata"]["name"]
+        user = obj["metadata"].get("labels", {}).get("mlab.io/user")
+        old = running.get(name, "")
+        if not old or old == image or user in restart_users:
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            if container.get("image") != image:
+                continue
+            container["image"] = old
+            for env in container.get("env", []):
+                if env.get("name") == "MLAB_IMAGE":
+                    env["value"] = old
+            held[name] = old
+    return held

@@ -32,8 +32,8 @@ from typing import Any
 
 from mlab import topology
 from mlab.deploy import answers
-from mlab.deploy.plan_file import PlanFile
-from mlab.podman import podman_command, podman_env
+from mlab.podman.plan_file import PlanFile
+from mlab.podman.runner import podman_command, podman_env
 from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
 
 TCP_TIMEOUT = 3.0

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlab.deploy.plan_file import PlanFile
 from mlab.deploy.probes import TCP_TIMEOUT, Probe, Result
 from mlab.errors import MlabError
-from mlab.podman import podman_command, podman_env
+from mlab.podman.plan_file import PlanFile
+from mlab.podman.runner import podman_command, podman_env
 from mlab.topology import PORT_CODE, PORT_NOVNC, PORT_RDP, PORT_SSH, PORT_VNC
 
 LINK_PORTS = (PORT_SSH, PORT_RDP, PORT_VNC, PORT_NOVNC, PORT_CODE, 6443, 10250, 10256)
@@ -267,7 +267,7 @@ def jobs(plan: PlanFile, host_ip: str, listener6: int, bridges: dict[str, list[s
         link-local address (MLab fixes their MACs) on its service ports, and the host
         bridge's on ``listener6``, 22, 6443 and 10250.
     """
-    from mlab.deploy.podman_objects import mac_for
+    from mlab.podman.objects import mac_for
 
     airlock = plan.first("airlock")
     out = []
@@ -396,7 +396,7 @@ def run(plan: PlanFile, host_ip: str,
     Returns:
         Rows in plan order (see :func:`results`).
     """
-    from mlab.deploy.podman_objects import bridge_of
+    from mlab.podman.objects import bridge_of
 
     bridges: dict[str, list[str]] = {}
     for net in plan.networks:

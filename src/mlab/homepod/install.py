@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlab.airlock.apt import check_names
+from mlab.airlock.pipindex import index_dir, simple_dir
 from mlab.errors import MlabError, ToolMissingError, UsageError
 
 _PIP_MISSING = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies the requirement) (\S+)")
@@ -43,7 +44,7 @@ def pip_command(python: str, share: Path, specs: Sequence[str], *, user: bool) -
     externally managed (PEP 668), which is what a HomePod's ``/etc/pip.conf`` does too.
     """
     argv = [python, "-m", "pip", "--isolated", "--disable-pip-version-check", "install",
-            "--index-url", (Path(share) / "pip" / "simple").as_uri()]
+            "--index-url", simple_dir(share).as_uri()]
     in_venv, managed = _python_facts(python)
     # pip refuses --user in a virtualenv; the HomePod user's ~/.venv is on the home volume.
     if user and not in_venv:
@@ -94,7 +95,7 @@ def install_pip(share: Path, specs: Sequence[str], *, user: bool = False, python
         MlabError: something is not staged (the message names it and the Airlock command),
             or pip failed otherwise.
     """
-    if not (Path(share) / "pip" / "simple").is_dir():
+    if not simple_dir(share).is_dir():
         raise UsageError(f"no pip index in {share}", hint=stage_hint("pip", specs) + " (or pass --share)")
     python = python or shutil.which("python3") or sys.executable
     argv = pip_command(python, share, specs, user=user)
@@ -104,7 +105,7 @@ def install_pip(share: Path, specs: Sequence[str], *, user: bool = False, python
         missing = _PIP_MISSING.findall(proc.stderr)
         if missing:
             raise MlabError(
-                f"pip package {missing[-1]} is not staged in {share}/pip",
+                f"pip package {missing[-1]} is not staged in {index_dir(share)}",
                 hint=stage_hint("pip", specs),
             )
         raise MlabError(f"pip install failed (exit {proc.returncode})")

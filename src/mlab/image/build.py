@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from mlab.errors import DeployError, ToolMissingError, UsageError
 from mlab.image import recipe
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 log = logging.getLogger(__name__)
 

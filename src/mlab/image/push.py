@@ -9,12 +9,16 @@ what running HomePods have. ``latest`` is never pushed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from mlab.errors import DeployError, UsageError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.site import Image
 
 CONTENT_TAG = re.compile(r"^(pkg-)?[0-9a-f]{16}$")
@@ -63,13 +67,45 @@ def destination(image: Image, tag: str) -> str:
     return f"{image.repository}:{tag}"
 
 
+@contextlib.contextmanager
+def registry_tls(image: Image) -> Iterator[list[str]]:
+    """podman's TLS options for the site's registry, valid inside the ``with``.
+
+    ``image.plainHttp``: ``--tls-verify=false``. ``image.caFile``: ``--cert-dir`` of a
+    private temporary folder holding only that CA as ``ca.crt`` (containers/image reads every
+    ``*.crt`` there as a CA on top of the system's, and would refuse a stray ``*.key``), so
+    the local CA is trusted for this one command and the machine's trust store is left as
+    it is. Otherwise: TLS verified against the system's CAs.
+
+    Yields:
+        Options for ``podman push`` / ``podman pull``, e.g. ``["--tls-verify=true",
+        "--cert-dir", "/tmp/mlab-registry-ca-x1y2"]``.
+
+    Raises:
+        UsageError: ``image.caFile`` cannot be read.
+    """
+    if image.plain_http:
+        yield ["--tls-verify=false"]
+        return
+    if image.ca_file is None:
+        yield ["--tls-verify=true"]
+        return
+    with tempfile.TemporaryDirectory(prefix="mlab-registry-ca-") as folder:
+        try:
+            shutil.copyfile(image.ca_file, Path(folder) / "ca.crt")
+        except OSError as exc:
+            raise UsageError(f"image.caFile: cannot read {image.ca_file}: {exc.strerror}",
+                             hint="give the path of the registry's CA certificate (PEM)") from None
+        yield ["--tls-verify=true", "--cert-dir", folder]
+
+
 def push_image(ref: str, image: Image, say: Callable[[str], None] | None = None) -> str:
     """Push ``ref`` to the site's registry under its content-derived tag.
 
     Args:
         ref: a local image (``localhost/mlab/homepod:<tag>``).
         image: the site's ``image`` section (repository; ``plainHttp`` for a registry
-            without TLS, declared as such in the site).
+            without TLS, declared as such in the site; ``caFile`` for a local CA).
         say: progress callback.
 
     Returns:
@@ -84,11 +120,10 @@ def push_image(ref: str, image: Image, say: Callable[[str], None] | None = None)
         raise DeployError(f"image {ref}: not found", hint="build it: mlab image build --local")
     dest = destination(image, content_tag(ref, json.loads(inspect.stdout or "[]") or []))
     (say or (lambda _m: None))(f"pushing {ref} to {dest}")
-    args = ["push", f"--tls-verify={'false' if image.plain_http else 'true'}", ref,
-            f"docker://{dest}"]
-    proc = podman(args, check=False, timeout=3600)
+    with registry_tls(image) as tls:
+        proc = podman(["push", *tls, ref, f"docker://{dest}"], check=False, timeout=3600)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or [f"exit {proc.returncode}"]
         raise DeployError(f"push of {ref} to {dest} failed: {lines[-1].strip()}",
-                          hint="is the registry up, and image.plainHttp right for it?")
+                          hint="is the registry up, and image.plainHttp or image.caFile right for it?")
     return dest

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlab.errors import DeployError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 PRISTINE_SOURCES = "/usr/share/mlab/pristine/sources.list"
 """The image's build-time apt sources (docs/CONTRACTS.md)."""

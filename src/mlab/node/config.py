@@ -102,24 +102,45 @@ def registry_host(repository: str) -> str:
     return first
 
 
-def hosts_toml(host: str, plain_http: bool) -> str:
-    """containerd's ``hosts.toml`` for one registry (``certs.d/HOST[:PORT]/hosts.toml``).
+@dataclass(frozen=True)
+class RegistryTrust:
+    """How the node's containerd reaches one site's registry (the site's ``image`` section).
+
+    Attributes:
+        repository: ``image.repository`` (``HOST[:PORT]/PATH``).
+        plain_http: ``image.plainHttp``.
+        ca_file: ``image.caFile``, the registry's CA on this machine (PEM), or None.
+    """
+
+    repository: str
+    plain_http: bool = False
+    ca_file: str | None = None
+
+
+def hosts_toml(host: str, plain_http: bool, ca: str | None = None) -> str:
+    """containerd's ``hosts.toml`` for one registry (``certs.d/HOST[:PORT]/hosts.toml``) (pure).
 
     Source: containerd docs/hosts.md (1.6, read on every pull; ``config_path`` set in the
     CRI plugin). Plain HTTP is written only when the site declares it (``image.plainHttp``);
-    otherwise the registry is reached over TLS verified against the host's trust store
-    (a local CA goes in ``/usr/local/share/ca-certificates`` + ``update-ca-certificates``
-    before ``mlab node up`` starts containerd).
+    otherwise the registry is reached over TLS, verified against ``ca`` when given (the
+    site's ``image.caFile``, trusted for this registry only) and else against the host's
+    trust store.
 
     Args:
         host: ``HOST[:PORT]`` as written in ``image.repository``.
         plain_http: the registry speaks HTTP, not TLS.
+        ca: absolute path of the CA certificate (PEM) containerd reads, or None.
     """
     scheme = "http" if plain_http else "https"
-    return (f'# Written by `mlab node up --site`: {"plain HTTP, as the site declares (image.plainHttp)" if plain_http else "TLS"}\n'
+    how = ("plain HTTP, as the site declares (image.plainHttp)" if plain_http
+           else "TLS, verified with the site's CA (image.caFile)" if ca else "TLS")
+    text = (f"# Written by `mlab node up --site`: {how}\n"
             f'server = "{scheme}://{host}"\n\n'
             f'[host."{scheme}://{host}"]\n'
             '  capabilities = ["pull", "resolve"]\n')
+    if ca and not plain_http:
+        text += f"  ca = {json.dumps(ca)}\n"
+    return text
 
 
 def cni_conflist() -> str:

@@ -24,7 +24,7 @@ from mlab.errors import DeployError
 from mlab.node import layout
 from mlab.node.build import Say, go_binary, go_dir, kubernetes_version
 from mlab.node.layout import NodeLayout
-from mlab.podman import podman
+from mlab.podman.runner import podman
 
 
 def ctr(lay: NodeLayout, bins: dict[str, Path], args: list[str], timeout: float = 600) -> str:

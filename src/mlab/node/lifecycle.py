@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from mlab.errors import DeployError
+from mlab.errors import DeployError, UsageError
 from mlab.node import addons, build, config, hostnet, images, layout, pki, supervisor
 from mlab.node.config import Component
 from mlab.node.layout import NodeLayout
@@ -152,27 +152,35 @@ def _keep_running_containerd(lay: NodeLayout, comp: Component, wanted: bool,
     return False
 
 
-def trust_registry(lay: NodeLayout, repository: str, plain_http: bool) -> Path:
-    """Let the node's containerd pull from the registry of ``repository``.
+def trust_registry(lay: NodeLayout, registry: config.RegistryTrust) -> Path:
+    """Let the node's containerd pull from the registry of ``registry.repository``.
 
-    Writes ``certs.d/HOST[:PORT]/hosts.toml`` (:func:`mlab.node.config.hosts_toml`); containerd
-    reads it on every pull, so a running node needs no restart.
-
-    Args:
-        repository: the site's ``image.repository`` (``HOST[:PORT]/PATH``).
-        plain_http: the site's ``image.plainHttp``.
+    Writes ``certs.d/HOST[:PORT]/hosts.toml`` (:func:`mlab.node.config.hosts_toml`); with a
+    site CA (``image.caFile``) a copy goes next to it as ``ca.crt`` and the file names it, so
+    that CA is trusted for this registry only (the host's trust store is not changed).
+    containerd reads the file on every pull, so a running node needs no restart.
 
     Returns:
         The hosts.toml written.
 
     Raises:
-        UsageError: the repository names no registry.
+        UsageError: the repository names no registry, or ``image.caFile`` cannot be read.
     """
-    host = config.registry_host(repository)
+    host = config.registry_host(registry.repository)
     folder = lay.registry_hosts / host
     folder.mkdir(parents=True, exist_ok=True)
+    ca = None
+    if registry.ca_file and not registry.plain_http:
+        ca = folder / "ca.crt"
+        try:
+            ca.write_bytes(Path(registry.ca_file).read_bytes())
+        except OSError as exc:
+            raise UsageError(f"image.caFile: cannot read {registry.ca_file}: {exc.strerror}",
+                             hint="give the path of the registry's CA certificate (PEM)") from None
+    else:
+        (folder / "ca.crt").unlink(missing_ok=True)
     path = folder / "hosts.toml"
-    path.write_text(config.hosts_toml(host, plain_http))
+    path.write_text(config.hosts_toml(host, registry.plain_http, str(ca) if ca else None))
     return path
 
 
@@ -208,7 +216,7 @@ class UpResult:
 
 
 def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
-       registries: Sequence[tuple[str, bool]] = ()) -> UpResult:
+       registries: Sequence[config.RegistryTrust] = ()) -> UpResult:
     """Build what is missing, start every component, wait until the node is Ready.
 
     A running containerd is left alone, except when ``registries`` are asked for and it was
@@ -218,8 +226,8 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
 
     Args:
         homepod_image: also build (cached) and import the HomePod image.
-        registries: ``(image.repository, image.plainHttp)`` of sites whose registry the
-            node's containerd pulls from (:func:`trust_registry`).
+        registries: the ``image`` sections of sites whose registry the node's containerd
+            pulls from (:func:`trust_registry`).
 
     Raises:
         DeployError: a build, a start or a wait failed (names the component and its log).
@@ -229,10 +237,11 @@ def up(lay: NodeLayout, say: Say, homepod_image: bool = True,
     bins = build.ensure_binaries(lay, say)
     timings["binaries"] = time.monotonic() - t0
     write_config(lay)
-    for repository, plain_http in registries:
-        path = trust_registry(lay, repository, plain_http)
-        say(f"containerd pulls from {path.parent.name} "
-            f"({'plain HTTP, as the site declares' if plain_http else 'TLS'}): {path}")
+    for registry in registries:
+        path = trust_registry(lay, registry)
+        how = ("plain HTTP, as the site declares" if registry.plain_http
+               else "TLS with the site's CA" if registry.ca_file else "TLS")
+        say(f"containerd pulls from {path.parent.name} ({how}): {path}")
     hostnet.setup()
     checks = health_checks(lay, bins)
     t1 = time.monotonic()

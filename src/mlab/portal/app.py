@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -36,6 +38,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from mlab.errors import UsageError
 from mlab.portal import pages, requests_view, staged
 from mlab.portal.audit import audit
 from mlab.portal.config import PortalConfig, read_secret
@@ -319,6 +322,20 @@ async def _warm_up(oauth: OAuth) -> None:
             log.warning("[mlab/portal] provider not reachable yet: %s", exc)
 
 
+def idp_tls_context(ca_file: Path) -> ssl.SSLContext:
+    """TLS verification for the provider: the system's CAs plus ``ca_file`` (PEM).
+
+    Raises:
+        UsageError: ``ca_file`` is missing or holds no certificate (one line naming it).
+    """
+    ctx = ssl.create_default_context()
+    try:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--idp-ca-file {ca_file}: not a PEM CA bundle: {exc}") from None
+    return ctx
+
+
 def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starlette:
     """The portal application for ``config``.
 
@@ -347,11 +364,14 @@ def build_app(config: PortalConfig, limits: SignInLimits | None = None) -> Starl
             kwargs["client_secret"] = config.client_secret
         else:
             kwargs["token_endpoint_auth_method"] = "none"
+        client_kwargs: dict[str, Any] = {"scope": "openid profile email",
+                                         "code_challenge_method": "S256", "timeout": 15}
+        if config.idp_ca_file is not None:
+            client_kwargs["verify"] = idp_tls_context(config.idp_ca_file)
         oauth.register(
             "idp",
             server_metadata_url=f"{oidc.issuer}/.well-known/openid-configuration",
-            client_kwargs={"scope": "openid profile email", "code_challenge_method": "S256",
-                           "timeout": 15},
+            client_kwargs=client_kwargs,
             **kwargs,
         )
     else:

@@ -8,6 +8,11 @@ audit line with the signed-in user's name, and shows a waiting page until the VN
 answers with its RFB banner (a TCP connect alone proves nothing: published ports of a stopped
 pod may still be held open on the host).
 
+Engines (``--wake``): ``podman`` and ``kubernetes`` call the culler's wake directly (a portal
+on the host, or one with podman/kubectl rights); ``host`` (the portal pod of `mlab up`)
+holds no such right: it writes a wake request for the user into ``--wake-dir`` and waits for
+the host's ``mlab cull`` to answer (:mod:`mlab.cull.wake_requests`).
+
 Only the session's own user's HomePod is ever woken: the routes check that before calling
 :meth:`Wakes.start`.
 """
@@ -21,14 +26,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("none", "podman", "kubernetes")
-"""``mlab portal serve --wake``: who starts a stopped HomePod."""
+ENGINES = ("none", "podman", "kubernetes", "host", "in-cluster")
+"""``mlab portal serve --wake``: who starts a stopped HomePod (``host``: the host's
+``mlab cull`` through the wake spool, :mod:`mlab.cull.wake_requests`; ``in-cluster``: the
+rendered portal with its own ServiceAccount, :mod:`mlab.cull.incluster`)."""
 
 Waker = Callable[[str], object]
 
@@ -37,14 +45,28 @@ STARTING_S = 120.0
 the desktop needs a few seconds before VNC answers (docs/culling.md: 3 to 15 s)."""
 
 
-def make_waker(engine: str, site: Site) -> Waker | None:
+def make_waker(engine: str, site: Site, wake_dir: Path | None = None,
+               audit_log: Path | None = None) -> Waker | None:
     """The wake function for ``engine`` (``none``: the portal never starts HomePods).
 
+    Args:
+        engine: one of :data:`ENGINES`.
+        site: the validated site.
+        wake_dir: the wake spool as the portal sees it; ``host`` only.
+        audit_log: where ``in-cluster`` writes the culler's ``wake`` record (the other
+            engines write the culler's own audit file).
+
     Raises:
-        UsageError: an unknown engine (one line naming the choices).
+        UsageError: an unknown engine, or ``host`` without ``wake_dir`` (one line).
     """
     if engine == "none":
         return None
+    if engine == "host":
+        if wake_dir is None:
+            raise UsageError("--wake host needs --wake-dir (the spool `mlab cull` reads)")
+        from mlab.cull.wake_requests import HostWaker
+
+        return HostWaker(wake_dir)
     if engine == "podman":
         from mlab.cull import local
 
@@ -53,6 +75,11 @@ def make_waker(engine: str, site: Site) -> Waker | None:
         from mlab.cull import kube
 
         return lambda user: kube.wake(site, user)
+    if engine == "in-cluster":
+        from mlab.cull import incluster
+
+        api = incluster.InCluster.from_pod()
+        return lambda user: incluster.wake(site, user, api, audit_log)
     raise UsageError(f"--wake {engine!r}: expected one of {', '.join(ENGINES)}")
 
 

@@ -26,7 +26,7 @@ FILES = ("homepod.yaml", "airlock.yaml", "network.yaml", "code-service.yaml", "p
 """The manifest files, in the order ``mlab apply`` applies them (network first there);
 portal.yaml only when the site enables the portal."""
 SECRETS_FILE = "secrets.yaml"
-"""Generated password Secrets, written only by ``mlab render -o DIR`` (mode 0600)."""
+"""Generated password Secrets, written only by ``mlab render --out-dir DIR`` (mode 0600)."""
 
 Obj = dict[str, Any]
 

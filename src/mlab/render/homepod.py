@@ -61,6 +61,11 @@ def home_claim(user: User) -> str:
     return user.home.claim or f"home-{user.name}"
 
 
+def deployment_name(user: str) -> str:
+    """The HomePod Deployment (and Service) of ``user``: ``homepod-<user>``."""
+    return f"homepod-{user}"
+
+
 def password_secret_name(user: User) -> str:
     """Name of the user's password Secret: ``users[].passwordSecret`` or generated."""
     return user.password_secret or f"homepod-{user.name}-password"
@@ -209,7 +214,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
     pod_labels = labels(site, "homepod", user.name)
     for group in user.groups:
         pod_labels[GROUP_LABEL_PREFIX + group] = "true"
-    return component_deployment(site, f"homepod-{user.name}", "homepod", [container], vols.volumes(),
+    return component_deployment(site, deployment_name(user.name), "homepod", [container], vols.volumes(),
                       user=user.name, placement=user.placement, hostname="homepod",
                       pod_fields=dns_spec(site), pod_labels=pod_labels)
 
@@ -222,7 +227,7 @@ def gate_env(site: Site) -> list[dict[str, Any]]:
     kubelet on the node, ``$(MLAB_NODE_IP)`` expanded by the kubelet (a later env value may
     name an earlier one). With the API server, which the kubelet names in every pod, the
     gate sees three edges the HomePod must not have refused before any session starts. The
-    podman engine replaces both (mlab.deploy.podman_translate).
+    podman engine replaces both (mlab.podman.translate).
     """
     checks = []
     if site.airlock.enabled:

@@ -187,18 +187,40 @@ def site_facts(site: Site) -> set[str]:
         facts.add("dns-cluster")
     if site.airlock.proxy.cidrs and site.airlock.proxy.ports():
         facts.add("proxy")
+    if site.portal.enabled and site.portal.oidc is not None:
+        facts.add("oidc")
+    if site.portal.enabled and site.portal.wake:
+        facts.add("wake")
     facts.add("tls" if site.tls.enabled else "plain-http")
     return facts
 
 
-def _edge_text(edge: topology.Edge) -> str:
+def _edge_text(site: Site, edge: topology.Edge) -> str:
     """The ``mlab.io/edge`` annotation of one table edge."""
     head = f"{edge.source} --> {edge.destination}"
     if edge.destination == "kube-dns":
         return head + " :53/udp :53/tcp" + (" (dns: cluster)" if edge.condition == "dns-cluster" else "")
     if edge.destination == "internet":
         return head + " (not private, link-local or cluster ranges)"
+    if edge.destination == "identity-provider":
+        oidc = site.portal.oidc
+        assert oidc is not None
+        where = " ".join(oidc.cidrs) if oidc.cidrs else "on the internet"
+        return f"{head} {where} {_ports_text(_site_ports(site, edge))}"
+    if edge.destination == "api-server":
+        return (f"{head} {' '.join(site.cluster.api_server_cidrs)} "
+                f"{_ports_text(_site_ports(site, edge))}")
     return f"{head} {_ports_text(list(edge.ports))}"
+
+
+def _site_ports(site: Site, edge: topology.Edge) -> list[int]:
+    """The TCP ports of an edge to a peer whose port the site gives (identity provider:
+    the issuer's; API server: ``cluster.apiServerPort``), else the edge's own."""
+    if edge.destination == "identity-provider" and site.portal.oidc is not None:
+        return [site.portal.oidc.issuer_port]
+    if edge.destination == "api-server":
+        return [site.cluster.api_server_port]
+    return list(edge.ports)
 
 
 def _peers(site: Site, who: str) -> list[dict[str, Any]]:
@@ -208,6 +230,12 @@ def _peers(site: Site, who: str) -> list[dict[str, Any]]:
         return [_kube_dns(site)]
     if who == "internet":
         return internet(site)
+    if who == "identity-provider":
+        oidc = site.portal.oidc
+        assert oidc is not None
+        return [{"ipBlock": {"cidr": c}} for c in oidc.cidrs] if oidc.cidrs else internet(site)
+    if who == "api-server":
+        return [{"ipBlock": {"cidr": c}} for c in site.cluster.api_server_cidrs]
     return [_pods(site, cast(Component, who))]
 
 
@@ -217,7 +245,7 @@ def _rule(site: Site, edge: topology.Edge, side: str) -> dict[str, Any]:
     if edge.destination == "kube-dns":
         rule["ports"] = _dns_ports()
     elif edge.destination != "internet":
-        rule["ports"] = _tcp(list(edge.ports))
+        rule["ports"] = _tcp(_site_ports(site, edge))
     return rule
 
 
@@ -242,7 +270,7 @@ def edge_policies(site: Site, order: list[tuple[str, str, str, str]]) -> list[di
             continue
         component = edge.source if side == "egress" else edge.destination
         rules = [_rule(site, edge, side)]
-        out.append(_policy(site, name, _edge_text(edge), cast(Component, component),
+        out.append(_policy(site, name, _edge_text(site, edge), cast(Component, component),
                            **{side: rules}))
     return out
 

@@ -12,6 +12,10 @@ browser never holds a VNC password). Its edges (each policy annotated ``mlab.io/
 - portal --> code-service :8080 (the requests API, as the signed-in user)
 - portal --> the identity provider: ``portal.oidc.cidrs`` or, without them, the internet
   (not private or cluster ranges), on the issuer's port
+- portal --> the API server (``cluster.apiServerCIDRs`` on ``cluster.apiServerPort``), only
+  with ``portal.wake``: then the portal runs as its own ServiceAccount whose Role may only
+  get and scale the site's HomePod Deployments, by name (:func:`rbac_objects`), and
+  "Open desktop" wakes a culled HomePod (``--wake in-cluster``, :mod:`mlab.cull.incluster`)
 
 With ``portal.directDesktopPorts: false`` the office edge to HomePods keeps only SSH
 (:mod:`mlab.render.network`), so desktops are reached through the portal alone.
@@ -20,7 +24,6 @@ With ``portal.directDesktopPorts: false`` the office edge to HomePods keeps only
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
 from mlab.render.code_service import _password_source as password_source
@@ -33,8 +36,8 @@ from mlab.render.common import (
     security_context,
     selector,
 )
-from mlab.render.homepod import password_secret_name
-from mlab.render.network import _policy, _tcp, edge_policies, internet
+from mlab.render.homepod import deployment_name, password_secret_name
+from mlab.render.network import edge_policies
 from mlab.site import Site
 from mlab.topology import CLAIM_SHARE, PORT_PORTAL, SHARE_PATH
 
@@ -47,13 +50,46 @@ CLIENT_SECRET_KEY = "clientSecret"
 STATE_DIR = "/var/lib/mlab/portal"
 """The portal's emptyDir: ``sessions.db`` (sessions survive a restart of the container;
 a new pod starts with none)."""
+SERVICE_ACCOUNT = "mlab-portal"
+"""The portal's ServiceAccount, Role and RoleBinding (only with ``portal.wake``)."""
+IDP_CA_KEY = "ca.crt"
+"""Key of ``portal.oidc.caBundleSecret`` holding the provider's CA certificates (PEM)."""
 
 
 def issuer_port(site: Site) -> int:
     """TCP port of the provider's issuer URL (443 for https://, 80 for http://)."""
     assert site.portal.oidc is not None
-    parts = urlsplit(site.portal.oidc.issuer)
-    return parts.port or (443 if parts.scheme == "https" else 80)
+    return site.portal.oidc.issuer_port
+
+
+def rbac_objects(site: Site) -> list[dict[str, Any]]:
+    """The portal's ServiceAccount, Role and RoleBinding; empty unless ``portal.wake``.
+
+    The Role (RBAC, https://kubernetes.io/docs/reference/access-authn-authz/rbac/) names
+    each HomePod Deployment of the site (``resourceNames``): ``deployments/scale`` get and
+    patch (the wake), ``deployments`` get; nothing else, in the site's namespace only. A
+    user added to the site is added to the Role by the next ``mlab apply``.
+    """
+    if not (site.portal.enabled and site.portal.wake):
+        return []
+    names = [deployment_name(u.name) for u in site.users]
+    meta = metadata(site, SERVICE_ACCOUNT, "portal")
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
+         "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+         "rules": [
+             {"apiGroups": ["apps"], "resources": ["deployments/scale"],
+              "resourceNames": names, "verbs": ["get", "patch"]},
+             {"apiGroups": ["apps"], "resources": ["deployments"],
+              "resourceNames": names, "verbs": ["get"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": SERVICE_ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
+                       "namespace": site.namespace}]},
+    ]
 
 
 def deployment(site: Site) -> dict[str, Any]:
@@ -84,6 +120,11 @@ def deployment(site: Site) -> dict[str, Any]:
             "name": portal.oidc.client_secret_secret,
             "items": [{"key": CLIENT_SECRET_KEY, "path": "client-secret"}]}})
         command += ["--client-secret-file", f"{SECRET_DIR}/client-secret"]
+    if portal.oidc and portal.oidc.ca_bundle_secret:
+        secret_sources.append({"secret": {
+            "name": portal.oidc.ca_bundle_secret,
+            "items": [{"key": IDP_CA_KEY, "path": "idp-ca.crt"}]}})
+        command += ["--idp-ca-file", f"{SECRET_DIR}/idp-ca.crt"]
     if portal.tls_secret:
         secret_sources.append({"secret": {
             "name": portal.tls_secret,
@@ -112,7 +153,14 @@ def deployment(site: Site) -> dict[str, Any]:
         # A web server on an unprivileged port: no capability, no escalation.
         "securityContext": security_context((), escalation=False),
     }
-    return component_deployment(site, NAME, "portal", [container], vols.volumes())
+    pod_fields: dict[str, Any] = {}
+    if portal.wake:
+        command += ["--wake", "in-cluster"]
+        # Only this pod mounts a token: its ServiceAccount may scale HomePods, nothing else.
+        pod_fields = {"serviceAccountName": SERVICE_ACCOUNT, "automountServiceAccountToken": True}
+    dep = component_deployment(site, NAME, "portal", [container], vols.volumes())
+    dep["spec"]["template"]["spec"].update(pod_fields)
+    return dep
 
 
 def service(site: Site) -> dict[str, Any]:
@@ -134,7 +182,7 @@ def render_portal(site: Site) -> list[dict[str, Any]]:
     """The objects of portal.yaml; empty unless ``portal.enabled``."""
     if not site.portal.enabled:
         return []
-    return [deployment(site), service(site)]
+    return [*rbac_objects(site), deployment(site), service(site)]
 
 
 POLICIES = [
@@ -144,24 +192,15 @@ POLICIES = [
     ("portal-to-code-service", "portal", "code-service", "egress"),
     ("code-service-from-portal", "portal", "code-service", "ingress"),
     ("portal-to-dns", "portal", "kube-dns", "egress"),
+    ("portal-to-identity-provider", "portal", "identity-provider", "egress"),
+    ("portal-to-api-server", "portal", "api-server", "egress"),
 ]
-"""The portal's fixed edges (rows of :data:`mlab.topology.EDGES`), one policy per side."""
+"""The portal's edges (rows of :data:`mlab.topology.EDGES`), one policy per side; a row
+whose edge is not active on the site (no ``oidc``, no ``wake``) renders nothing."""
 
 
 def render_policies(site: Site) -> list[dict[str, Any]]:
     """The portal's NetworkPolicies (appended to network.yaml); empty unless enabled."""
     if not site.portal.enabled:
         return []
-    out = edge_policies(site, POLICIES)
-    oidc = site.portal.oidc
-    if oidc is not None:
-        port = issuer_port(site)
-        if oidc.cidrs:
-            peers = [{"ipBlock": {"cidr": c}} for c in oidc.cidrs]
-            edge = f"portal --> identity provider {' '.join(oidc.cidrs)} :{port}"
-        else:
-            peers = internet(site)
-            edge = f"portal --> identity provider on the internet :{port}"
-        out.append(_policy(site, "portal-to-identity-provider", edge, "portal",
-                           egress=[{"to": peers, "ports": _tcp([port])}]))
-    return out
+    return edge_policies(site, POLICIES)

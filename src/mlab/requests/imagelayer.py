@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlab.errors import DeployError
-from mlab.podman import podman
+from mlab.podman.runner import podman
 from mlab.requests.packages import (
     LABEL_KEY,
     PackageStep,

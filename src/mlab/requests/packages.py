@@ -13,7 +13,7 @@ How the image builder uses it::
     # on a non-zero exit; then label the image:
     for key, value in image_labels(steps).items(): ...  # podman import --change LABEL=k=v
 
-``mlab request packages -o approved.json`` writes the file form, for builds on a machine that
+``mlab request packages --out-file approved.json`` writes the file form, for builds on a machine that
 cannot reach the code service.
 """
 
@@ -75,7 +75,7 @@ def load_steps(*, server: str | None = None, path: str | Path | None = None) -> 
     Args:
         server: code service URL (credentials from MLAB_USER / MLAB_PASSWORD[_FILE]; the
             admin or a reviewer).
-        path: a file written by ``mlab request packages -o FILE``. Wins over ``server``.
+        path: a file written by ``mlab request packages --out-file FILE``. Wins over ``server``.
 
     Raises:
         UsageError: neither given, or the file is unreadable or malformed.

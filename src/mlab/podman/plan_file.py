@@ -2,9 +2,9 @@
 code-service locator (:mod:`mlab.codeservice.locate`).
 
 One typed record, written and read only through :class:`PlanFile`: the networks
-(:class:`~mlab.deploy.podman_translate.NetworkSpec`; their fixed addresses are derived from
+(:class:`~mlab.podman.translate.NetworkSpec`; their fixed addresses are derived from
 the subnet), and each pod's containers, network attachments and published ports
-(:class:`~mlab.deploy.podman_translate.Port`). No secrets: Secret and ConfigMap contents
+(:class:`~mlab.podman.translate.Port`). No secrets: Secret and ConfigMap contents
 stay in the engine's ``files/`` directory. A file of another :data:`VERSION` (or none, from
 before the version field) is refused with one line naming the file; ``mlab up`` rewrites it.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mlab.atomic import write_atomic
-from mlab.deploy.podman_translate import NetworkSpec, Plan, Port
 from mlab.errors import DeployError
+from mlab.podman.translate import NetworkSpec, Plan, Port
 
 VERSION = 1
 """The ``version`` of the file this MLab writes and reads; raise it when a field changes."""

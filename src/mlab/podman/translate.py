@@ -1,7 +1,7 @@
 """Translate rendered Kubernetes objects into what ``podman kube play`` 4.3 can run.
 
 Pure: ``Rendered`` (from :func:`mlab.render.render_site`) and the site in, a :class:`Plan`
-out; no processes, no files. The podman engine (:mod:`mlab.deploy.podman_engine`) carries
+out; no processes, no files. The podman engine (:mod:`mlab.podman.engine`) carries
 the plan out. Invariant: every pod podman runs is one rendered Deployment's pod template,
 changed only by the rules below; there is no second, hand-written set of pod definitions.
 
@@ -24,7 +24,7 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
 - Service -> published ports on ``access.bindAddress`` with the Service's port numbers.
   Pods on the NAT network get ``hostPort``/``hostIP`` (netavark publishes them); HomePods
   sit on an ``--internal`` network, where netavark publishes nothing, so their ports become
-  DNAT rules in MLab's own nftables table (:mod:`mlab.deploy.firewall`).
+  DNAT rules in MLab's own nftables table (:mod:`mlab.podman.firewall`).
 - NetworkPolicy -> networks. The edges of ``network.yaml`` become: one internal network per
   HomePod shared only with the code service (code service :8080 only, enforced by the
   bridge filter), the Airlock and code service on a NAT network; nothing else attached.
@@ -36,12 +36,16 @@ Translation rules (each a gap between Kubernetes and podman 4.3.1, measured):
   in tests), and the firewall keeps HomePod networks closed to everything routed. Its
   ``--backend`` options name each HomePod's address and VNC port, ``--code-url`` the code
   service's address on the NAT network (no cluster DNS here).
+- The portal wakes a culled HomePod by *asking the host* (``--wake host``): it gets the
+  wake spool of ``mlab.cull.wake_requests`` (``<state_dir>/wake``), ``requests/``
+  read-write and ``host/`` read-only, and no podman; the host's ``mlab cull`` takes the
+  requests. (The rendered portal's own ``--wake`` is replaced.)
 - ``portal.directDesktopPorts: false``: HomePods publish only SSH (the rendered policies
   admit only SSH from offices); desktops are reached through the portal alone, which
   reaches each HomePod's VNC at its address.
 - IPv6: no MLab container has IPv6. podman 4.3.1's kube play ignores a pod's
   ``securityContext.sysctls`` (measured), so the ``disable_ipv6`` sysctls are podman's
-  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman`), set at creation. They
+  ``default_sysctls`` in MLab's containers.conf (:mod:`mlab.podman.runner`), set at creation. They
   are not in the rendered Kubernetes manifests either: there ``net.ipv6.*`` sysctls are
   "unsafe" and a pod asking for them is rejected unless the kubelet's
   ``allowedUnsafeSysctls`` lists them; the node's CNI chain does it instead.
@@ -74,6 +78,10 @@ from mlab.topology import (
     PORT_CODE,
     PORT_SSH,
     PORT_VNC,
+    WAKE_HOST,
+    WAKE_PORTAL_DIR,
+    WAKE_REQUESTS,
+    WAKE_SPOOL,
 )
 
 Obj = dict[str, Any]
@@ -344,12 +352,24 @@ def _check_clashes(pods: list[PodPlan]) -> None:
             seen[key] = where
 
 
-def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec]) -> None:
+def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_dir: str) -> None:
     """The portal pod on the host's network: listen on ``access.bindAddress`` at the
-    Service port, reach each HomePod at its fixed address (mutates ``spec``)."""
+    Service port, reach each HomePod at its fixed address, ask the host for wakes through
+    the wake spool (mutates ``spec``)."""
     spec["hostNetwork"] = True
     container = spec["containers"][0]
     command = list(container["command"])
+    if "--wake" in command:  # the rendered one (in-cluster, portal.wake): no API server here
+        at = command.index("--wake")
+        del command[at:at + 2]
+    spool = f"{state_dir}/{WAKE_SPOOL}"
+    for sub, read_only in ((WAKE_REQUESTS, False), (WAKE_HOST, True)):
+        name = f"wake-{sub}"
+        spec["volumes"].append({"name": name, "hostPath": {"path": f"{spool}/{sub}",
+                                                           "type": "DirectoryOrCreate"}})
+        container["volumeMounts"].append({"name": name, "readOnly": read_only,
+                                          "mountPath": f"{WAKE_PORTAL_DIR}/{sub}"})
+    command += ["--wake", "host", "--wake-dir", WAKE_PORTAL_DIR]
     command[command.index("--port") + 1] = str(site.access.ports.portal)
     command += ["--host", site.access.bind_address]
     if "--code-url" in command:  # the code service's fixed address on the NAT network
@@ -577,7 +597,7 @@ def translate(
                         env.append({"name": var, "value": HOST_CA_BUNDLE})
         spec["volumes"] = new_volumes
         if component == "portal":
-            _portal_on_host(site, spec, nets)
+            _portal_on_host(site, spec, nets, state_dir)
 
         ports: list[Port] = []
         # portal.directDesktopPorts false: like the rendered policies (office -> HomePod keeps

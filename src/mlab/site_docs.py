@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from mlab.site import Site
 
-BEGIN = "<!-- BEGIN GENERATED: site reference (mlab.render.reference) -->"
+BEGIN = "<!-- BEGIN GENERATED: site reference (mlab.site_docs) -->"
 END = "<!-- END GENERATED -->"
 
 

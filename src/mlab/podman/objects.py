@@ -1,6 +1,6 @@
 """podman objects of a site: queries, subnets, playing and removing pods, the image.
 
-Thin wrappers over :func:`mlab.podman.podman` used by :mod:`mlab.deploy.podman_engine`;
+Thin wrappers over :func:`mlab.podman.runner.podman` used by :mod:`mlab.podman.engine`;
 each names the object it acts on in its errors. Invariant: a site's objects are found by
 name prefix ``mlab-<site>`` and label (``app.kubernetes.io/instance`` on pods,
 ``mlab.io/site`` on networks and volumes), never by listing everything.
@@ -22,13 +22,13 @@ from typing import Any
 import yaml
 
 from mlab.atomic import write_atomic
-from mlab.deploy.podman_translate import (
+from mlab.errors import DeployError
+from mlab.podman.runner import podman
+from mlab.podman.translate import (
     LABEL_SITE,
     PodPlan,
     wanted_networks,
 )
-from mlab.errors import DeployError
-from mlab.podman import podman
 from mlab.site import Site
 from mlab.topology import LABEL_INSTANCE
 
@@ -182,41 +182,6 @@ def bridge_of(net: str) -> str:
     """The Linux bridge interface of a podman network (``podman3``)."""
     data = _json(["network", "inspect", net])
     return str(data[0]["network_interface"])
-
-
-def image_ref(site: Site, say: Say) -> str:
-    """The image to run: for MLab's own repository at tag ``latest``, the image of the
-    current recipe and source, built if missing (``ensure_image``); otherwise (a pinned tag
-    or another repository) the site's reference, pulled (``podman pull``, TLS off with
-    ``image.plainHttp``) when missing and ``pullPolicy`` is not ``Never``, always with
-    ``Always``.
-
-    Raises:
-        DeployError: the image is not present and could not be pulled.
-    """
-    from mlab.image import recipe
-
-    if site.image.repository == recipe.REPOSITORY and site.image.tag == "latest":
-        from mlab.image.build import ensure_image
-
-        say("image: checking (building if missing)")
-        return ensure_image(progress=lambda m: say(f"image: {m}"))
-    present = podman(["image", "exists", site.image.ref], check=False).returncode == 0
-    if site.image.pull_policy == "Always" or (not present and site.image.pull_policy != "Never"):
-        say(f"image: pulling {site.image.ref}")
-        tls = "false" if site.image.plain_http else "true"
-        proc = podman(["pull", "-q", f"--tls-verify={tls}", site.image.ref], check=False,
-                      timeout=3600)
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()] or ["no output"]
-            raise DeployError(f"image {site.image.ref}: pull failed: {lines[-1].strip()}",
-                              hint="push it first (mlab image push), or check image.plainHttp")
-        present = True
-    if not present:
-        raise DeployError(f"image {site.image.ref} is not present",
-                          hint="load it with `podman load`, push it (mlab image push), or "
-                          "set image.pullPolicy: IfNotPresent")
-    return site.image.ref
 
 
 def has_code_service(image: str, cache: Path | None = None) -> bool:

@@ -161,7 +161,7 @@ def ruleset(
             the engine): the bridge table matches switched IPv6 frames by them.
         block_ipv6: drop every IPv6 packet in or out of the site's bridges (HomePods and
             NAT network). False only for the test switch that shows what verify finds
-            without it (:data:`mlab.podman.KEEP_IPV6_ENV`).
+            without it (:data:`mlab.podman.runner.KEEP_IPV6_ENV`).
 
     Returns:
         Text for ``nft -f -``: declares, flushes by deletion and re-adds both tables, so an

@@ -11,8 +11,9 @@ A restart loses what was installed outside the home volume: ``sudo apt-get insta
 临时安装), and anything else written outside ``/home/<user>``. ``mlab status`` says so for each
 held HomePod.
 
-The podman engine's side (pods, labels) is read through :mod:`mlab.deploy.podman_objects`;
-the decision itself is :func:`held_pods` (pure).
+The podman engine's side (pods, labels) is read through :mod:`mlab.podman.objects`;
+the decision itself is :func:`held_pods` (pure). On Kubernetes (``mlab apply``) the same rule
+is :func:`mlab.deploy.kubernetes.hold_deployments`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import json
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from mlab.deploy.podman_translate import LABEL_SPEC, Plan, PodPlan
-from mlab.podman import podman
+from mlab.podman.runner import podman
+from mlab.podman.translate import LABEL_SPEC, Plan, PodPlan
 
 RESTART_LOSES = ("packages installed with sudo apt-get / dpkg -i and pip outside the home "
                  "(temporary installs); files outside /home")
@@ -89,51 +90,3 @@ def annotate(components: list[dict[str, Any]], plan_image: str,
             comp["older_image"] = plan_image
             comp["restart_loses"] = RESTART_LOSES
     return components
-
-
-# --- Kubernetes (mlab apply) ---------------------------------------------------------------
-
-def hold_deployments(homepods: list[dict[str, Any]], live: list[dict[str, Any]], image: str,
-                     restart_users: Collection[str] = ()) -> dict[str, str]:
-    """Keep running HomePod Deployments on their live image (pure; edits ``homepods``).
-
-    For each rendered HomePod Deployment whose live Deployment has a ready replica and runs
-    another image than ``image``, and whose user is not in ``restart_users``, the rendered
-    pod template's containers that run ``image`` get the live image back (and their
-    ``MLAB_IMAGE`` variable with it), so server-side apply leaves the pod template's image as
-    it is and the Deployment does not restart the pod. Other changes to the template still
-    roll it out (on the held image); ``--restart-user`` moves it.
-
-    Args:
-        homepods: rendered objects of ``homepod.yaml`` (Deployments are edited in place).
-        live: the cluster's HomePod Deployments (``kubectl get -o json``'s ``items``).
-        image: the site's image reference.
-        restart_users: users whose HomePods move to ``image`` now.
-
-    Returns:
-        Deployment name -> the image it is held on.
-    """
-    running: dict[str, str] = {}
-    for dep in live:
-        ready = int(dep.get("status", {}).get("readyReplicas") or 0)
-        containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
-        if ready and containers:
-            running[dep["metadata"]["name"]] = containers[0].get("image", "")
-    held: dict[str, str] = {}
-    for obj in homepods:
-        if obj.get("kind") != "Deployment":
-            continue
-        name = obj["metadata"]["name"]
-        user = obj["metadata"].get("labels", {}).get("mlab.io/user")
-        old = running.get(name, "")
-        if not old or old == image or user in restart_users:
-            continue
-        for container in obj["spec"]["template"]["spec"]["containers"]:
-            if container.get("image") != image:
-                continue
-            container["image"] = old
-            for env in container.get("env", []):
-                if env.get("name") == "MLAB_IMAGE":
-                    env["value"] = old
-            held[name] = old
-    return held

@@ -1,6 +1,6 @@
 """The podman engine: ``mlab up`` / ``down`` / ``status`` on one machine.
 
-Side effects live here; the decisions are pure and live in :mod:`podman_translate` (what to
+Side effects live here; the decisions are pure and live in :mod:`mlab.podman.translate` (what to
 run) and :mod:`firewall` (which rules). Invariants:
 
 - Everything MLab creates for a site is findable by name and label: pods
@@ -23,7 +23,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +32,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mlab.atomic import write_atomic
-from mlab.deploy import firewall, rollout
-from mlab.deploy.plan_file import PLAN_FILE, PlanFile
-from mlab.deploy.podman_objects import (
+from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
+from mlab.podman import firewall, rollout
+from mlab.podman.objects import (
     Say,
     bridge_of,
     choose_subnets,
     has_code_service,
-    image_ref,
     mac_for,
     play,
     remove_pod,
@@ -48,7 +47,9 @@ from mlab.deploy.podman_objects import (
     site_pods,
     site_volumes,
 )
-from mlab.deploy.podman_translate import (
+from mlab.podman.plan_file import PLAN_FILE, PlanFile
+from mlab.podman.runner import check_network_backend, keep_ipv6, podman, podman_version
+from mlab.podman.translate import (
     LABEL_SITE,
     LABEL_SPEC,
     VOLUME_ROOT,
@@ -56,8 +57,6 @@ from mlab.deploy.podman_translate import (
     PodPlan,
     translate,
 )
-from mlab.errors import DeployError, MlabError, TemporaryError, ToolMissingError
-from mlab.podman import check_network_backend, keep_ipv6, podman, podman_version
 from mlab.site import Site
 from mlab.topology import LABEL_USER, dial_address
 
@@ -85,7 +84,7 @@ class UpResult:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
-    """HomePods kept on their running image for their user (:mod:`mlab.deploy.rollout`)."""
+    """HomePods kept on their running image for their user (:mod:`mlab.podman.rollout`)."""
     culled: list[str] = field(default_factory=list)
     """Culled HomePods left stopped until their user wakes them (docs/culling.md)."""
     placeholder_code_service: bool = False
@@ -212,12 +211,12 @@ def wait_ready(plan: Plan, timeout: float = READY_TIMEOUT, say: Say | None = Non
 
 def plan_path(site_name: str) -> Path:
     """``<state>/<site>/podman/plan.json``: the record of the last ``up``
-    (:class:`~mlab.deploy.plan_file.PlanFile`)."""
+    (:class:`~mlab.podman.plan_file.PlanFile`)."""
     return state_dir(site_name) / PLAN_FILE
 
 
 def save_plan(root: Path, plan: Plan, placeholder: bool, image: str = "") -> None:
-    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.deploy.plan_file.PlanFile.of>`, with
+    """Write ``plan.json`` (:meth:`PlanFile.of <mlab.podman.plan_file.PlanFile.of>`, with
     the site's ``image``) for status and verify."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     PlanFile.of(plan, placeholder, image).write(root / PLAN_FILE)
@@ -228,7 +227,7 @@ def load_plan(site_name: str) -> PlanFile | None:
 
     Raises:
         DeployError: the file is unreadable, of another version or invalid (one line naming
-            it; :meth:`PlanFile.read <mlab.deploy.plan_file.PlanFile.read>`).
+            it; :meth:`PlanFile.read <mlab.podman.plan_file.PlanFile.read>`).
     """
     path = plan_path(site_name)
     if not path.exists():
@@ -263,14 +262,14 @@ def volume_root() -> str:
 
 def firewall_ca_path() -> str:
     """The host CA bundle the Airlock trusts on podman."""
-    from mlab.deploy.podman_translate import HOST_CA_BUNDLE
+    from mlab.podman.translate import HOST_CA_BUNDLE
 
     return HOST_CA_BUNDLE
 
 
 def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
        wait: bool = True, restart_users: Sequence[str] = (),
-       asleep: Collection[str] = ()) -> UpResult:
+       asleep: Collection[str] = (), *, image_of: Callable[[Site, Say], str]) -> UpResult:
     """Bring the site up (or up to date) on this machine.
 
     Args:
@@ -280,9 +279,12 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
             use it only when the image has no ``mlab code-service serve``.
         wait: wait until every published port answers.
         restart_users: users whose running HomePods move to the site's image now; others
-            whose only change is the image are held (:mod:`mlab.deploy.rollout`).
+            whose only change is the image are held (:mod:`mlab.podman.rollout`).
         asleep: users whose HomePods the culler stopped (``mlab.cull.local.culled``); their
             stopped pods stay stopped (``mlab wake USER`` starts them, audited).
+        image_of: gives the image to run for ``site`` (builds or pulls it; called before the
+            host lock is taken): :func:`mlab.image.site_image.image_ref`, which the caller
+            passes because the image package itself runs podman.
 
     Returns:
         What changed.
@@ -298,7 +300,7 @@ def up(site: Site, say: Say | None = None, placeholder: bool | None = None,
     check_network_backend()
     if not shutil.which("nft"):
         raise ToolMissingError("nft is not installed", hint="install it: apt-get install nftables")
-    image = image_ref(site, say)  # may build for minutes: not under the host lock
+    image = image_of(site, say)  # may build for minutes: not under the host lock
     if placeholder is None:
         placeholder = not has_code_service(image, state_dir(site.name) / "image-check.json")
     with host_lock(say):
