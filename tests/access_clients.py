@@ -50,16 +50,19 @@ class DevTools:
     JSON-RPC): the tab that shows ``url``. The portal tests' ``Browser`` is this class."""
 
     def __init__(self, tmp: Path, url: str = "about:blank", ws_timeout: float = 30,
-                 extra_flags: tuple[str, ...] = ()) -> None:
+                 extra_flags: tuple[str, ...] = (), ca: Path | None = None) -> None:
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
         self.log = Path(self.profile + ".log")
+        env = dict(os.environ)
+        if ca is not None:  # trusted as a user who imported it would (see trust_in_nss)
+            env["HOME"] = trust_in_nss(ca, Path(self.profile) / "home")
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 ["chromium", *CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={self.profile}",
                  "--remote-debugging-port=0", url],
-                stdout=subprocess.DEVNULL, stderr=err)
+                stdout=subprocess.DEVNULL, stderr=err, env=env)
         deadline = time.monotonic() + 30
         port = None
         while port is None:
@@ -138,14 +141,27 @@ NOVNC_STATE = ("JSON.stringify({ready: document.readyState, cls: document.docume
                " loaded: performance.getEntriesByType('resource').length})")
 
 
-def novnc_screenshot(url: str, out: Path, tmp: Path) -> bool:
+def trust_in_nss(ca: Path, home: Path) -> str:
+    """A fresh HOME whose NSS database (``~/.pki/nssdb``, what Chromium on Linux reads)
+    trusts ``ca`` as an authority for web sites, as a user importing it would; returns it.
+    Uses NSS's own ``certutil`` (libnss3-tools)."""
+    db = home / ".pki" / "nssdb"
+    db.mkdir(parents=True)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-N", "--empty-password"], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-A", "-t", "C,,", "-n", "mlab-site-ca",
+                    "-i", str(ca)], check=True, capture_output=True, timeout=60)
+    return str(home)
+
+
+def novnc_screenshot(url: str, out: Path, tmp: Path, ca: Path | None = None) -> bool:
     """Open ``url`` and, once noVNC reports a connection, save a screenshot; return whether
-    it connected (else print noVNC's state).
+    it connected (else print noVNC's state). ``ca``: trust this authority (an HTTPS page).
 
     Under heavy load headless Chromium sometimes leaves noVNC's page in its loading state
     (``noVNC_loading``, no connection attempted); like a user, reload it (twice at most).
     """
-    browser = DevTools(tmp, url)
+    browser = DevTools(tmp, url, ca=ca)
     try:
         connected = False
         for attempt in range(3):
@@ -198,16 +214,21 @@ class Xvfb:
 
 
 def rdp_session(host: str, port: int, user: str, password: str, tmp: Path,
-                wait: float = 40) -> tuple[bool, Path]:
+                wait: float = 40, extra: list[str] | None = None,
+                log: Path | None = None) -> tuple[bool, Path]:
     """Log in to ``host:port`` with xfreerdp under Xvfb; poll screenshots until the desktop
-    shows (or ``wait`` seconds pass). Returns (desktop seen, last screenshot)."""
+    shows (or ``wait`` seconds pass). Returns (desktop seen, last screenshot).
+
+    ``extra``: more xfreerdp arguments (``/sec:tls``, ``/drive:...``); ``log``: a file that
+    gets the client's output (its ``/log-level`` messages)."""
     x = Xvfb(tmp)
     out = tmp / f"rdp-{password[:4]}.png"
+    sink = open(log, "w") if log else None  # noqa: SIM115 - closed below
     client = subprocess.Popen(
         ["xfreerdp", f"/v:{host}:{port}", f"/u:{user}", f"/p:{password}", "/cert:ignore",
-         "/size:1280x800", "/bpp:24", "-wallpaper"],
-        env={**os.environ, "DISPLAY": x.display}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+         "/size:1280x800", "/bpp:24", "-wallpaper", *(extra or [])],
+        env={**os.environ, "DISPLAY": x.display},
+        stdout=sink or subprocess.DEVNULL, stderr=subprocess.STDOUT if sink else subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -220,6 +241,8 @@ def rdp_session(host: str, port: int, user: str, password: str, tmp: Path,
         client.terminate()
         client.wait(timeout=10)
         x.close()
+        if sink:
+            sink.close()
 
 
 def looks_like_desktop(png: str | Path) -> bool:

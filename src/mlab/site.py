@@ -921,6 +921,55 @@ class Egress(Model):
         return value
 
 
+class Tls(Model):
+    """Encryption in transit from the office (docs/egress.md "Encryption in transit")."""
+
+    mode: Literal["off", "site-ca", "secret"] = Field(
+        "off",
+        description="off: the code service and desktops as before (HTTP, VncAuth, noVNC over "
+        "HTTP, RDP negotiated). site-ca: MLab makes a CA for the site (kept with its "
+        "passwords, `mlab tls ca` prints how to trust it) and issues the code service and "
+        "every HomePod a certificate; the code service answers the office on HTTPS only, "
+        "HomePods' git goes over HTTPS, VNC offers only VeNCrypt (X509Vnc), noVNC is HTTPS "
+        "and RDP is TLS only. secret: as site-ca, but the code service's certificate is the "
+        "existing kubernetes.io/tls Secret `tls.secret` (keys tls.crt, tls.key, ca.crt). "
+        "Default: off.",
+    )
+    secret: Label | None = Field(
+        None,
+        description="mode secret: an existing kubernetes.io/tls Secret with tls.crt, tls.key "
+        "and ca.crt (the CA HomePods trust). Its names must cover codeService.host and the "
+        "address offices use. None: no such Secret.",
+    )
+    names: list[str] = Field(
+        default_factory=list,
+        description="mode site-ca: extra DNS names or IP addresses offices use to reach the "
+        "code service and desktops (added to every certificate beside codeService.host, "
+        "access.bindAddress, localhost and 127.0.0.1). Empty: none.",
+    )
+
+    @model_validator(mode="after")
+    def _secret_given(self) -> "Tls":
+        if self.mode == "secret" and not self.secret:
+            raise ValueError("tls.secret: mode secret needs the name of a kubernetes.io/tls "
+                             "Secret (or use mode site-ca)")
+        for i, name in enumerate(self.names):
+            try:
+                ipaddress.ip_address(name)
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                                r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", name):
+                raise ValueError(f"tls.names[{i}]: {name!r} must be a DNS name or an IP address")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the site serves TLS (mode is not ``off``)."""
+        return self.mode != "off"
+
+
 class Site(Model):
     """A whole MLab site: everything `mlab render` and `mlab up` need."""
 
@@ -969,6 +1018,8 @@ class Site(Model):
         default_factory=Security, description="Reporting holes in the isolation (SECURITY.md)."
     )
     culling: Culling = Field(default_factory=Culling, description="Idle HomePod culling.")
+    tls: Tls = Field(default_factory=Tls, description="Encryption in transit (HTTPS, "
+                     "VeNCrypt, RDP TLS).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

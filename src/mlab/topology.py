@@ -32,6 +32,10 @@ PORT_CODE = 8080
 """The code service's container port (``mlab code-service serve``); its Service maps 80 here."""
 PORT_CODE_SERVICE = 80
 """The code-service Service port (the URL users type: ``http://$MLAB_CODE_HOST``)."""
+PORT_CODE_TLS = 8443
+"""The code service's HTTPS container port (``tls.mode`` not off): the office's only way in."""
+PORT_CODE_TLS_SERVICE = 443
+"""The code-service Service port of :data:`PORT_CODE_TLS` (``https://<codeService.host>``)."""
 AccessName = Literal["vnc", "rdp", "novnc", "ssh"]
 """The access names: the keys of ``access.ports`` and of a Service's ``ports``."""
 CONTAINER_PORTS: dict[str, int] = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
@@ -152,7 +156,9 @@ class Edge:
             (portal enabled), ``dns-cluster`` (``dns: cluster``), ``proxy`` (proxy addresses
             given), ``direct-desktops`` (offices reach desktop ports, not only the portal),
             ``oidc`` (``portal.oidc`` set), ``wake`` (``portal.wake``: the portal scales
-            culled HomePods through the API server).
+            culled HomePods through the API server),
+            ``tls`` (``tls.mode`` is not off: offices reach the code service on HTTPS only)
+            or ``plain-http`` (it is off).
     """
 
     source: str
@@ -172,7 +178,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("airlock", "code-service", (PORT_CODE,), "airlock"),
     Edge("airlock", "proxy", (), "airlock+proxy"),
     Edge("code-service", "proxy", (), "proxy"),
-    Edge("office", "code-service", (PORT_CODE,), "office"),
+    Edge("office", "code-service", (PORT_CODE_TLS,), "office+tls"),
+    Edge("office", "code-service", (PORT_CODE,), "office+plain-http"),
     Edge("code-service", "internet", ()),
     Edge("code-service", "kube-dns", (PORT_DNS,)),
     Edge("office", "portal", (PORT_PORTAL,), "office+portal"),

@@ -78,3 +78,51 @@ def test_plain_http_to_the_tls_port_gets_no_http_answer(tls: tuple[Service, Path
             answer = b""
     assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert b"alice" not in answer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tls_port_beside_plain_http_for_pods(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--tls-port`` (what a site with ``tls`` renders): HTTPS on its own port for the
+    office, plain HTTP on ``--port`` for pods; one service behind both (a repository
+    approved over one is cloned over the other), and git over plain HTTP to the TLS port is
+    never asked for a password."""
+    monkeypatch.setenv("MLAB_TEST_HOME", str(tmp_path))
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    tls_port = _free_port()
+    svc = start_service(tmp_path, extra_args=("--tls-cert", str(cert), "--tls-key", str(key),
+                                              "--tls-port", str(tls_port)))
+    try:
+        assert svc.url.startswith("http://"), svc.url
+        log = next(tmp_path.glob("service-*.log")).read_text()
+        assert f"listening on https://127.0.0.1:{tls_port}" in log, log
+        upstream = make_upstream(tmp_path, "up")
+        r = httpx.post(f"{svc.url}/api/repos", json={"url": f"file://{upstream}",
+                                                     "name": "demo/up"},
+                       auth=("admin", svc.admin_password), timeout=120, trust_env=False)
+        assert r.status_code == 201, r.text
+        secret = quote(PASSWORDS["alice"], safe="")
+        env = {**git_env(tmp_path), "GIT_SSL_CAINFO": str(ca)}
+        git("clone", "-q", f"https://alice:{secret}@127.0.0.1:{tls_port}/demo/up",
+            str(tmp_path / "https"), env=env)
+        git("clone", "-q", f"http://alice:{secret}@127.0.0.1:{svc.port}/demo/up",
+            str(tmp_path / "http"), env=git_env(tmp_path))
+        assert (tmp_path / "https" / "file0.txt").read_text() == "content 0\n"
+        # git over plain HTTP to the TLS port: the TLS server answers no HTTP, so git never
+        # gets a 401 and never sends (or asks for) a password.
+        asked = tmp_path / "asked"
+        helper = tmp_path / "askpass.sh"
+        helper.write_text(f"#!/bin/sh\necho asked >> {asked}\necho x\n")
+        helper.chmod(0o755)
+        plain = git("clone", "-q", f"http://127.0.0.1:{tls_port}/demo/up",
+                    str(tmp_path / "plain"), env={**git_env(tmp_path), "GIT_ASKPASS": str(helper),
+                                                  "GIT_TERMINAL_PROMPT": "0"}, check=False)
+        assert plain.returncode != 0, plain.stdout
+        assert not asked.exists(), "git was asked for a password over plain HTTP"
+    finally:
+        stop_service(svc)

@@ -2,7 +2,9 @@
 the rendered portal pod (from the HomePod image, on the host network), and a browser signs
 in through Keycloak (a public client, PKCE only) and sees alice's desktop through it. The
 site has ``directDesktopPorts: false``: alice's VNC, RDP and noVNC ports are not published
-(only SSH), so the portal is the only way to her desktop.
+(only SSH), so the portal is the only way to her desktop. The site has ``tls: {mode:
+site-ca}``: alice's VNC server offers only VeNCrypt X509Vnc, so the desktop shows only if
+the portal speaks VeNCrypt and trusts the site CA.
 
 Own site ``t4portal`` on its own bind address (127.0.7.1) and MLAB_STATE_DIR; the Airlock
 is disabled to keep the machine's load down. ``mlab down --volumes`` at the end.
@@ -58,6 +60,9 @@ def up(homepod_image: str, tmp_path_factory) -> Iterator[SimpleNamespace]:
             "codeService": {"reviewers": ["alice"]},
             "portal": {"enabled": True, "url": url, "directDesktopPorts": False,
                        "oidc": {"issuer": keycloak.issuer, "clientId": "mlab-portal"}},
+            # Desktops offer VeNCrypt X509Vnc only: the portal speaks it, checking the
+            # desktop's certificate against the site CA (--vnc-ca).
+            "tls": {"mode": "site-ca"},
         }))
         mlab("down", "--volumes")  # leftovers of an interrupted run
         keycloak.wait()
@@ -90,6 +95,10 @@ def test_up_runs_the_portal_and_it_opens_alices_desktop(up, e2e, tmp_path) -> No
     text = logs.stdout + logs.stderr
     assert '"event": "login", "user": "alice"' in text, text[-2000:]
     assert '"event": "desktop-open", "user": "alice"' in text, text[-2000:]
+    # What the portal got through: a VNC server that offers VeNCrypt X509Vnc and nothing else.
+    cmd = podman(["exec", f"mlab-{SITE}-homepod-alice-homepod", "sh", "-c",
+                  "tr '\\0' ' ' < /proc/$(pgrep -x Xtigervnc)/cmdline"], check=False).stdout
+    assert "-SecurityTypes X509Vnc" in cmd, cmd
 
 
 def _banner(port: int) -> bytes | None:

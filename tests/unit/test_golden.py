@@ -52,3 +52,19 @@ def test_benchmark_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "baseline: CSafeLoader + CSafeDumper" in proc.stdout
     assert "mlab render --out-dir (20 users)" in proc.stdout
+
+
+def test_render_texts_carries_the_site_ca_certificates(tmp_path: Path) -> None:
+    """`mlab render --out-dir` (render_texts) writes the same TLS Secrets as render_site."""
+    from site_kit import local_site
+
+    from mlab.tls import load_or_create
+
+    site = local_site(tls={"mode": "site-ca"}, portal={"enabled": True,
+                                                      "url": "https://127.0.0.1:8443"})
+    tls = load_or_create(site, tmp_path)
+    assert tls is not None
+    passwords = {key: f"golden-{key}-not-a-secret" for key in password_keys(site)}
+    texts = render_site(site, passwords, tls).texts(with_secrets=True)
+    assert render_texts(site, passwords, with_secrets=True, tls=tls) == texts
+    assert "kubernetes.io/tls" in texts["secrets.yaml"]

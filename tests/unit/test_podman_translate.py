@@ -368,7 +368,8 @@ def test_the_firewall_carries_every_edge_podman_can_have() -> None:
     from mlab.topology import EDGES, edge_active
 
     podman_words = {"office", "direct-desktops", "airlock", "proxy"}
-    want = {e for e in EDGES if edge_active(e, podman_words)}
+    want = {e for tls in ("tls", "plain-http") for e in EDGES
+            if edge_active(e, podman_words | {tls})}
     assert set(firewall.RULE_EDGES) == want
     text = _ruleset(_plan(_site()))
     port = firewall.HOMEPOD_TO_CODE.ports[0]

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 from collections import Counter
 
-from site_kit import LOCAL_SITE, translate_fixed
+from site_kit import LOCAL_SITE, fixed_passwords, translate_fixed
 
 from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
 from mlab.podman.plan_file import PlanFile, PodRecord
-from mlab.site import load_site
+from mlab.render import render_site
+from mlab.site import Tls, load_site
+from mlab.tls import Issued, SiteTls, holders
 
 FACTS = HostFacts(listener_port=40000, host_ip="192.0.2.2", internet_ip="203.0.113.80",
                   resolvers=("10.255.255.53",))
 
 
-def _matrix() -> list[Probe]:
+def _matrix(tls: bool = False) -> list[Probe]:
     site = load_site(LOCAL_SITE)
-    plan = translate_fixed(site)
+    if tls:
+        site = site.model_copy(update={"tls": Tls(mode="site-ca")})
+        fake = Issued("CERT", "KEY")
+        rendered = render_site(site, fixed_passwords(site),
+                               SiteTls("CA", {h: fake for h in holders(site)}))
+        plan = translate_fixed(site, rendered=rendered)
+    else:
+        plan = translate_fixed(site)
     return matrix(PlanFile.of(plan), FACTS, site.code_service.host, site.airlock.user)
 
 
@@ -57,13 +66,28 @@ def test_airlock_reaches_pypi_debian_and_the_code_service_only() -> None:
 
 
 def test_host_reaches_every_published_port() -> None:
-    host = [p for p in _matrix() if p.source == "host"]
-    assert all(p.expected and p.host in ("127.0.0.1", "http://127.0.0.1:80/") for p in host)
+    every = [p for p in _matrix() if p.source == "host"]
+    # The code service's other scheme, tried on its published port, must not answer.
+    assert [(p.host, p.expected) for p in every if not p.expected] == [
+        ("https://127.0.0.1:80/", False)]
+    host = [p for p in every if p.expected]
+    assert all(p.host in ("127.0.0.1", "http://127.0.0.1:80/") for p in host)
     # Each published port is checked in its own protocol: a TCP connect proves nothing.
     assert {(p.target.split()[1], p.kind) for p in host} == {
         ("vnc", "rfb"), ("rdp", "rdp"), ("novnc", "novnc"), ("ssh", "ssh"), ("http", "http")}
     assert sorted(p.port for p in host) == sorted(
         [80, 10022, 15900, 17030, 15901, 13389, 17031, 12201, 15902, 13390, 17032, 12202])
+
+
+def test_with_tls_the_office_reaches_https_and_plain_http_must_not_answer() -> None:
+    """tls.mode site-ca: the code service publishes only 443 (HTTPS), noVNC is probed over
+    TLS, and plain HTTP to the HTTPS port is a probe that must find no answer."""
+    host = [p for p in _matrix(tls=True) if p.source == "host"]
+    code = [(p.host, p.expected, p.edge) for p in host if "code" in p.target]
+    assert code == [("https://127.0.0.1:443/", True, "office --> code-service :8443"),
+                    ("http://127.0.0.1:443/", False, "office --> code-service :8080")]
+    assert {p.kind for p in host if p.target.split()[1] == "novnc"} == {"novnc-tls"}
+    assert 80 not in {p.port for p in host}
 
 
 def test_results_as_json() -> None:

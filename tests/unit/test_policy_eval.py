@@ -199,3 +199,21 @@ def test_office_ingress_probes_every_exposed_port() -> None:
                                          "office --> airlock :5900", "office --> homepod :5900",
                                          "office --> homepod :3389", "office --> homepod :7030",
                                          "office --> homepod :22"}
+
+
+def test_office_ingress_with_tls_speaks_tls() -> None:
+    """With ``tls`` the office probes the code service's HTTPS port (allowed) and its plain
+    HTTP port (blocked by the office edge), and noVNC over TLS."""
+    from mlab.render.network import site_facts
+    from mlab.site import Tls
+
+    site = SITE.model_copy(update={"tls": Tls(mode="site-ca")})
+    services = [o for o in render_site(site).objects() if o["kind"] == "Service"]
+    for i, svc in enumerate(services):
+        svc["spec"]["clusterIP"] = f"10.96.1.{i + 1}"
+    probes = km.office_matrix(services, "", site_facts(site))
+    ip = next(s["spec"]["clusterIP"] for s in services if s["metadata"]["name"] == "code-service")
+    code = {(p.host, p.expected, p.check) for p in probes if "code-service" in p.check}
+    assert code == {(f"https://{ip}:443/", True, "office --> code-service :8443"),
+                    (f"http://{ip}:80/", False, "office --> code-service :8080")}
+    assert {p.kind for p in probes if p.target.split()[1] == "novnc"} == {"novnc-tls"}

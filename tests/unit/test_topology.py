@@ -43,6 +43,7 @@ def _facts(site: Site) -> set[str]:
         facts.add("oidc")
     if site.portal.enabled and site.portal.wake:
         facts.add("wake")
+    facts.add("tls" if site.tls.mode != "off" else "plain-http")
     return facts
 
 

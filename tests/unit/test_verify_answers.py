@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import struct
 import threading
 import urllib.error
@@ -60,6 +61,30 @@ def test_rdp_request_is_an_x224_connection_request_with_negotiation() -> None:
     assert req[11:13] == b"\x01\x00" and struct.unpack("<I", req[15:19])[0] == 3
 
 
+def _ssl_error() -> ssl.SSLError:
+    """What a TLS handshake with a plain HTTP server raises (made by a real handshake)."""
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    ctx = ssl.create_default_context()
+    try:
+        with socket.create_connection(server.getsockname(), timeout=10) as raw:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+    except ssl.SSLError as exc:
+        return exc
+    finally:
+        server.close()
+    raise AssertionError("a plain HTTP server completed a TLS handshake")
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
@@ -74,9 +99,10 @@ def test_rdp_request_is_an_x224_connection_request_with_negotiation() -> None:
          "name not resolved (Name or service not known)"),
         (urllib.error.URLError(ConnectionRefusedError(errno.ECONNREFUSED, "refused")),
          "refused"),
+        (urllib.error.URLError(_ssl_error()), "TLS failed (WRONG_VERSION_NUMBER)"),
     ],
     ids=["refused", "timeout", "socket-timeout", "reset", "host-unreachable",
-         "net-unreachable", "dns", "urllib-refused"],
+         "net-unreachable", "dns", "urllib-refused", "https-to-plain-http"],
 )
 def test_failure_names(exc: BaseException, expected: str) -> None:
     assert answers.failure(exc) == expected

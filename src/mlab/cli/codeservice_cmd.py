@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.console import Console
@@ -70,6 +71,10 @@ def register(app: typer.Typer) -> None:
             "--tls-key. Default: plain HTTP."),
         tls_key: Path = typer.Option(
             None, "--tls-key", help="PEM private key of --tls-cert. Default: none."),
+        tls_port: int = typer.Option(
+            None, "--tls-port", help="With --tls-cert: serve HTTPS on this port and plain "
+            "HTTP on --port (for pods; the office reaches only this one). Default: none "
+            "(--port itself is HTTPS when --tls-cert is given)."),
         homepod_net: list[str] = typer.Option(
             [], "--homepod-net", help="CIDR of HomePod addresses (repeat, or "
             "MLAB_HOMEPOD_NETS=A,B). With egress.userBranches reviewed, clients elsewhere "
@@ -95,6 +100,8 @@ def register(app: typer.Typer) -> None:
 
         if (tls_cert is None) != (tls_key is None):
             raise UsageError("--tls-cert and --tls-key: give both (HTTPS) or neither (HTTP)")
+        if tls_port is not None and tls_cert is None:
+            raise UsageError("--tls-port needs --tls-cert and --tls-key")
         for opt, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
             if path is not None and not path.is_file():
                 raise UsageError(f"{opt}: {path} is not a readable file")
@@ -118,14 +125,22 @@ def register(app: typer.Typer) -> None:
                   f"{config.data_dir / 'admin-password'}): {password}", file=sys.stderr)
         app = create_app(config, store)
         logging.getLogger("mlab").setLevel(logging.INFO)
-        sock = listen("mlab code service", host, port, tls=bool(tls_cert))
-        server = uvicorn.Server(uvicorn.Config(
-            app, log_level="info" if access_log else "warning", access_log=access_log,
-            timeout_keep_alive=30, lifespan="on", log_config=None,
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_cert else None,
-        ))
-        server.run(sockets=[sock])
+        def uv_config(tls: bool, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+            return uvicorn.Config(
+                app, log_level="info" if access_log else "warning", access_log=access_log,
+                timeout_keep_alive=30, lifespan=lifespan, log_config=None,
+                ssl_certfile=str(tls_cert) if tls else None,
+                ssl_keyfile=str(tls_key) if tls else None,
+            )
+
+        # --port is HTTPS itself when --tls-cert comes without --tls-port.
+        sock = listen("mlab code service", host, port, tls=bool(tls_cert) and tls_port is None)
+        if tls_port is None:
+            uvicorn.Server(uv_config(tls_cert is not None, "on")).run(sockets=[sock])
+            return
+        tls_sock = listen("mlab code service", host, tls_port, tls=True, option="--tls-port")
+        _serve_both(uvicorn.Server(uv_config(False, "on")), sock,
+                    uvicorn.Server(uv_config(True, "off")), tls_sock)
 
     @repo.command("approve")
     def approve(
@@ -211,6 +226,34 @@ def register(app: typer.Typer) -> None:
         if failed:
             raise MlabError(f"{len(failed)} sync(s) failed; the last good state is kept")
 
+
+
+def _serve_both(plain, plain_sock: socket.socket, tls, tls_sock: socket.socket) -> None:  # type: ignore[no-untyped-def]
+    """Run two uvicorn servers (plain HTTP, HTTPS) of one app in one event loop until
+    either stops (SIGTERM or SIGINT stops both: uvicorn's handlers set ``should_exit``).
+
+    Source of the pattern: uvicorn's ``Server.serve(sockets=...)`` (uvicorn.server); the
+    app's lifespan runs once, in the plain server.
+    """
+    import asyncio
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(plain.serve(sockets=[plain_sock])),
+                 asyncio.create_task(tls.serve(sockets=[tls_sock]))]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        plain.should_exit = tls.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    factory = getattr(plain.config, "get_loop_factory", None)  # uvicorn >= 0.36
+    if factory is None:
+        plain.config.setup_event_loop()
+        asyncio.run(main())
+    else:
+        from uvicorn._compat import asyncio_run
+
+        asyncio_run(main(), loop_factory=factory())
 
 class _JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC ISO 8601), level, logger, message."""

@@ -164,6 +164,12 @@ def up(
                       f"service is a PLACEHOLDER HTTP server on :{PORT_CODE}")
     _print_status(with_site_notes(podman_engine.status(loaded.name),
                                   loaded.code_service.host), fmt)
+    if loaded.tls.enabled:
+        from mlab.tls import trust_hint
+
+        console.print("mlab up: the code service and desktops speak TLS only; trust the "
+                      "site CA (`mlab ca` prints its path):", highlight=False)
+        console.print(trust_hint(loaded), highlight=False, soft_wrap=True)
     if first and fmt == "table":
         from mlab.secrets import load_or_create_passwords
 
@@ -311,8 +317,23 @@ def passwords(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     _print_passwords(password_rows(loaded, load_or_create_passwords(loaded)), fmt)
 
 
+def ca(site: Path = SITE_OPTION) -> None:
+    """Print the path of the site CA (tls.mode site-ca or secret) on stdout, and how to
+    trust it (git, pip, curl, mlab, browser, VNC, RDP) on stderr. Makes it on first use."""
+    from mlab.tls import ca_path, load_or_create, trust_hint
+
+    loaded = load_site(site)
+    if not loaded.tls.enabled:
+        raise UsageError(f"site {loaded.name}: tls.mode is off, there is no site CA",
+                         hint="set tls: {mode: site-ca} in the site file (docs/egress.md)")
+    load_or_create(loaded)
+    print(ca_path(loaded))
+    _stderr().print(trust_hint(loaded), highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to ``app``."""
+    app.command("ca")(ca)
     app.command("up")(up)
     app.command("down")(down)
     app.command("restart")(restart)

@@ -24,7 +24,7 @@ GROUPS = {
     "mlab.cli.site_cmd": ("init", "render", "site"),
     "mlab.cli.cluster_cmd": ("apply", "delete"),  # kubectl
     "mlab.cli.image_cmd": ("image",),
-    "mlab.cli.local_cmd": ("up", "down", "status", "verify", "passwords", "restart"),  # podman
+    "mlab.cli.local_cmd": ("up", "down", "status", "verify", "passwords", "restart", "ca"),  # podman
     "mlab.cli.codeservice_cmd": ("code-service", "repo"),
     "mlab.cli.relay_cmd": ("relay",),
     "mlab.cli.stage_cmd": ("stage", "install", "airlock"),

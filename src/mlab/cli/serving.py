@@ -8,18 +8,18 @@ import sys
 from mlab.errors import UsageError
 
 
-def listen(name: str, host: str, port: int, tls: bool) -> socket.socket:
+def listen(name: str, host: str, port: int, tls: bool, option: str = "--port") -> socket.socket:
     """A TCP socket listening on ``host``:``port`` (0: a free port), announced on stderr as
     ``<name>: listening on http(s)://host:port`` with the port actually bound.
 
     Raises:
         UsageError: the address cannot be bound (in use, not local, no permission), naming
-            ``--port`` and the operating system's reason.
+            ``option`` (``--port``, ``--tls-port``) and the operating system's reason.
     """
     try:
         sock = socket.create_server((host, port), backlog=256)
     except OSError as exc:
-        raise UsageError(f"--port {port}: cannot listen on {host}:{port}: "
+        raise UsageError(f"{option} {port}: cannot listen on {host}:{port}: "
                          f"{exc.strerror}") from None
     scheme = "https" if tls else "http"
     print(f"{name}: listening on {scheme}://{host}:{sock.getsockname()[1]}", file=sys.stderr,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import ssl
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -81,7 +82,7 @@ class ServiceClient:
             try:
                 return httpx.request(method, f"{self.server}{path}", auth=self._auth,
                                      timeout=httpx.Timeout(self.timeout, connect=connect),
-                                     trust_env=False, **kwargs)
+                                     trust_env=False, verify=tls_verify(), **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 if not self.fallbacks:
                     raise
@@ -151,11 +152,31 @@ class ServiceClient:
             httpx.HTTPError: the connection failed (before or while streaming).
         """
         with httpx.stream(method, f"{self.server}{path}", auth=self._auth, timeout=self.timeout,
-                          trust_env=False) as resp:
+                          trust_env=False, verify=tls_verify()) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 self.check(resp)
             yield resp
+
+
+def tls_verify() -> ssl.SSLContext | bool:
+    """What an HTTPS code service's certificate is checked against: the file
+    ``$SSL_CERT_FILE`` names (the site CA, `mlab ca`; OpenSSL's own variable, which httpx
+    does not read when ``trust_env`` is off, as here to keep proxies out), else the
+    default store (True). Hostnames are always checked.
+
+    Raises:
+        MlabError: ``$SSL_CERT_FILE`` names no readable PEM file.
+    """
+    cafile = os.environ.get("SSL_CERT_FILE")
+    if not cafile:
+        return True
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise MlabError(f"SSL_CERT_FILE={cafile}: not a readable PEM certificate file ({exc})",
+                        hint="point it at the site CA: SSL_CERT_FILE=$(mlab ca --site FILE)"
+                        ) from None
 
 
 SECRET_FILE = Path(PASSWORD_FILE)

@@ -6,7 +6,8 @@ First found wins:
 1. ``--server URL`` or ``$MLAB_SERVER`` (the only variable; typer reads it for ``--server``);
 2. a site file (``--site`` / ``$MLAB_SITE``, where the command has one): the code service that
    ``mlab up`` published for it on this host (``http://<bind>:<port>``, what ``mlab status``
-   prints) when that site is up under podman, else ``http://<codeService.host>`` (a cluster);
+   prints) when that site is up under podman, else ``http://<codeService.host>`` (a cluster;
+   ``https://`` when the site has ``tls``);
 3. ``http://$MLAB_CODE_HOST`` (set in every HomePod and the Airlock);
 4. the code service of ``mlab up``'s default site (``examples/local.yaml``) when it is up.
 
@@ -29,7 +30,8 @@ LOCAL_SITE = Path("examples/local.yaml")
 
 def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     """The code service ``mlab up`` published for ``site_file``: ``http://<bind>:<port>``
-    from the engine's last plan (what ``mlab status`` prints), or None when that site is not
+    (``https://`` with ``tls``: clients then trust the site CA, ``mlab tls ca``) from the
+    engine's last plan (what ``mlab status`` prints), or None when that site is not
     up under podman (no site file, an invalid one, or no plan).
 
     Raises:
@@ -50,7 +52,9 @@ def local_server(site_file: Path | str = LOCAL_SITE) -> str | None:
     code = plan.first("code-service") if plan else None
     if code is None or not code.ports:
         return None
-    return f"http://{dial_address(code.ports[0].host_ip)}:{code.ports[0].host_port}"
+    port = code.ports[0]
+    scheme = "https" if port.name == "https" else "http"
+    return f"{scheme}://{dial_address(port.host_ip)}:{port.host_port}"
 
 
 def find_server(server: str | None = None, site: str | Path | None = None) -> str:
@@ -70,7 +74,10 @@ def find_server(server: str | None = None, site: str | Path | None = None) -> st
         if not url:
             from mlab.site import load_site
 
-            url = f"http://{load_site(site).code_service.host}"
+            loaded = load_site(site)
+            # With tls the office reaches the code service on HTTPS only (docs/egress.md).
+            scheme = "https" if loaded.tls.enabled else "http"
+            url = f"{scheme}://{loaded.code_service.host}"
     if not url and os.environ.get("MLAB_CODE_HOST"):
         url = f"http://{os.environ['MLAB_CODE_HOST']}"
     if not url:

@@ -20,15 +20,23 @@ from mlab.site import Site
 
 
 def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered:
-    """Render ``site`` with its stored passwords (generated once if missing)."""
-    return render_site(site, load_or_create_passwords(site, state_dir))
+    """Render ``site`` with its stored passwords (generated once if missing) and, with
+    ``tls.mode`` not off, the site CA's certificates (:func:`mlab.tls.load_or_create`)."""
+    from mlab.tls import load_or_create
+
+    return render_site(site, load_or_create_passwords(site, state_dir),
+                       load_or_create(site, state_dir))
 
 
 def render_texts_with_passwords(site: Site, with_secrets: bool = False,
                                 state_dir: Path | None = None) -> dict[str, str]:
     """File name to YAML text of ``site`` with its stored passwords (generated once if
-    missing), written one user at a time (:func:`mlab.render.render_texts`)."""
-    return render_texts(site, load_or_create_passwords(site, state_dir), with_secrets)
+    missing) and site CA certificates, written one user at a time
+    (:func:`mlab.render.render_texts`)."""
+    from mlab.tls import load_or_create
+
+    return render_texts(site, load_or_create_passwords(site, state_dir), with_secrets,
+                        load_or_create(site, state_dir))
 
 
 def _write_file(path: Path, text: str, mode: int) -> None:

@@ -18,7 +18,8 @@ protocol   request                                     answer recognised
 (HTTP to the code service goes through ``urllib`` in the probe program: any HTTP status is an
 answer there.) A blocked attempt is named by :func:`failure`: ``refused`` (RST to the SYN: a
 REJECT rule, or nothing listens), ``timed out`` (a DROP), ``reset`` (accepted, then reset),
-``unreachable`` (ICMP host/network unreachable, no route).
+``unreachable`` (ICMP host/network unreachable, no route), ``TLS failed`` (HTTPS to a
+plain HTTP port: the code service's other scheme, ``tls``).
 
 This module uses only the standard library and has no I/O: the probe program that runs in
 the containers (python3 of the image) includes its source, so host and containers parse
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import struct
 
 PROTOCOLS = ("rfb", "ssh", "rdp", "novnc")
@@ -126,7 +128,7 @@ def failure(exc: BaseException) -> str:
         exc: what ``socket.create_connection`` (or a later read, or ``urlopen``) raised.
 
     Returns:
-        ``refused``, ``timed out``, ``reset``, ``unreachable (...)``,
+        ``refused``, ``timed out``, ``reset``, ``unreachable (...)``, ``TLS failed (...)``,
         ``name not resolved (...)`` or ``TypeName: message``.
     """
     reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket's error
@@ -134,6 +136,8 @@ def failure(exc: BaseException) -> str:
         exc = reason
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
+    if isinstance(exc, ssl.SSLError):  # TLS spoken to a plain port, or the reverse
+        return f"TLS failed ({exc.reason or exc})"[:120]
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timed out"
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):

@@ -23,6 +23,7 @@ from mlab.topology import (
     LABEL_COMPONENT,
     LABEL_USER,
     PORT_CODE,
+    PORT_CODE_TLS,
     PORT_KUBELET,
     PORT_PORTAL,
 )
@@ -286,8 +287,8 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
         spec = svc["spec"]
         for sp in spec.get("ports", []):
             name = sp.get("name", "")
-            cport = {"code-service": PORT_CODE, "portal": PORT_PORTAL}.get(
-                component, CONTAINER_PORTS.get(name, 0))
+            cport = {"code-service": PORT_CODE_TLS if name == "https" else PORT_CODE,
+                     "portal": PORT_PORTAL}.get(component, CONTAINER_PORTS.get(name, 0))
             if not cport:
                 continue
             check = topology.Check("office", component, cport,
@@ -301,7 +302,10 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
                     continue
                 kind, host = port_kind(cport), ip
                 if component == "code-service":
-                    kind, host = "http", f"http://{ip}:{port}/"
+                    scheme = "https" if name == "https" else "http"
+                    kind, host = "http", f"{scheme}://{ip}:{port}/"
+                elif kind == "novnc" and "tls" in words:  # websockify --ssl-only
+                    kind = "novnc-tls"
                 why = (f"edge {check.name}" if check.expected
                        else f"no active edge {check.name}")
                 out.append(KProbe(OFFICE, f"{svc['metadata']['name']} {name} {ip}:{port}",

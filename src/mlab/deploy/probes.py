@@ -132,11 +132,14 @@ def podman_facts(plan: PlanFile) -> set[str]:
 
     The host is the office PC (it dials the published ports); HomePod networks are
     ``--internal --disable-dns`` (no resolver: no ``dns-cluster``); the engine has no portal
-    (``direct-desktops``); ``airlock`` when the plan has an Airlock pod.
+    (``direct-desktops``); ``airlock`` when the plan has an Airlock pod; ``tls`` when the code
+    service publishes its ``https`` port, else ``plain-http``.
     """
     words = {"always", "office", "direct-desktops"}
     if plan.first("airlock"):
         words.add("airlock")
+    code = plan.first("code-service")
+    words.add("tls" if code and any(p.name == "https" for p in code.ports) else "plain-http")
     return words
 
 
@@ -233,23 +236,41 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
     for pod in plan.pods:
         for port in pod.ports:
             host = dial_address(port.host_ip)
-            kind, where = host_kind(port.name, host, port.host_port)
+            kind, where = host_kind(port.name, host, port.host_port,
+                                    "tls" in podman_facts(plan))
             check = topology.Check("office", pod.component, port.container_port,
                                    topology.allows("office", pod.component,
                                                    port.container_port, podman_facts(plan)))
             out.append(Probe("host", "", f"{pod.deployment} {port.name} "
                              f"{host}:{port.host_port}", kind, where, port.host_port,
                              check.expected, edge=check.name))
+    if code_pod and code_pod.ports:
+        # The code service's other scheme (office --> code-service :8080 with tls, :8443
+        # without): not published, so it is tried on the published port. Plain HTTP to the
+        # HTTPS port must get no HTTP answer (no password is ever asked for in clear).
+        port = code_pod.ports[0]
+        host = dial_address(port.host_ip)
+        other = "http" if port.name == "https" else "https"
+        for check in checks:
+            if (check.source, check.destination) == ("office", "code-service") \
+                    and check.port != port.container_port and not check.expected:
+                out.append(Probe("host", "", f"code service {other}:// on the {port.name} "
+                                 f"port {host}:{port.host_port}", "http",
+                                 f"{other}://{host}:{port.host_port}/", port.host_port,
+                                 False, edge=check.name))
     return out
 
 
-def host_kind(port_name: str, host: str, port: int) -> tuple[str, str]:
+def host_kind(port_name: str, host: str, port: int, tls: bool = False) -> tuple[str, str]:
     """The probe kind and target of a published port: its protocol (``vnc`` -> ``rfb``,
     ``rdp``, ``novnc``, ``ssh``) with ``host``, or ``http`` with the URL for the code
-    service's ``http`` port; ``tcp`` for a port name MLab does not know."""
-    if port_name == "http":
-        return "http", f"http://{host}:{port}/"
-    return answers.PORT_PROTOCOL.get(port_name, "tcp"), host
+    service's ``http`` or ``https`` port; ``tcp`` for a port name MLab does not know. With
+    ``tls`` (the site's ``tls.mode`` is not off) noVNC is spoken over TLS (``novnc-tls``);
+    RFB and RDP negotiate their TLS inside the protocol, after the answer recognised."""
+    if port_name in ("http", "https"):
+        return "http", f"{port_name}://{host}:{port}/"
+    kind = answers.PORT_PROTOCOL.get(port_name, "tcp")
+    return (f"{kind}-tls" if tls and kind == "novnc" else kind), host
 
 
 # The program run inside a container and on the host (python3, standard library only; the
@@ -263,10 +284,16 @@ class Unanswered(Exception):
 def tcp(host, port):
     with socket.create_connection((host, port), timeout=TCP):
         return "connected"
-def talk(kind, host, port):
+def talk(kind, host, port, tls=False):
     s = socket.create_connection((host, port), timeout=TCP)
     data, deadline = b"", time.monotonic() + TCP
     try:
+        if tls:  # reachability, not identity: the site CA is not in every container
+            import ssl
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = ctx.wrap_socket(s, server_hostname=host)
         s.sendall(request(kind, host))
         while len(data) < MAX_ANSWER and time.monotonic() < deadline:
             found = recognise(kind, data)
@@ -302,8 +329,14 @@ def write(path, port):
     os.close(fd); os.unlink(name)
     return "wrote a file"
 def http(url, port):
+    ctx = None
+    if url.startswith("https:"):  # as talk(): the answer counts, not the certificate
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=HTTP) as r:
+        with urllib.request.urlopen(url, timeout=HTTP, context=ctx) as r:
             return "HTTP %d" % r.status
     except urllib.error.HTTPError as e:
         return "HTTP %d" % e.code
@@ -313,6 +346,8 @@ def one(i, kind, host, port):
     try:
         if kind in PROTOCOLS:
             out[i] = ["answered", talk(kind, host, port)]
+        elif kind.endswith("-tls") and kind[:-4] in PROTOCOLS:
+            out[i] = ["answered", talk(kind[:-4], host, port, tls=True)]
         else:
             out[i] = ["answered", KINDS[kind](host, port)]
     except Unanswered as e:

@@ -241,10 +241,11 @@ def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
     """Render the site and translate it for podman (creates passwords on first use)."""
     from mlab.render import render_site
     from mlab.secrets import load_or_create_passwords
+    from mlab.tls import load_or_create
 
     site = site.model_copy(update={"image": site.image.model_copy(update={
         "repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1]})})
-    rendered = render_site(site, load_or_create_passwords(site))
+    rendered = render_site(site, load_or_create_passwords(site), load_or_create(site))
     existing = site_networks(site.name)
     ca = Path(firewall_ca_path())
     host_ca = ca.read_bytes() if ca.is_file() else None
@@ -523,6 +524,9 @@ def status(site_name: str) -> list[dict[str, Any]]:
     if plan is None:
         return []
     pods = site_pods(site_name)
+    code = plan.first("code-service")
+    # With tls the code service publishes only its https port, and desktops speak TLS.
+    web = "https" if code and any(p.name == "https" for p in code.ports) else "http"
     out = []
     for pod in plan.pods:
         record = pods.get(pod.name)
@@ -530,15 +534,16 @@ def status(site_name: str) -> list[dict[str, Any]]:
         for port in pod.ports:
             shown = dial_address(port.host_ip)
             kinds = {"vnc": ["vnc"], "rdp": ["rdp"], "novnc": ["http"], "ssh": ["ssh", "sftp"],
-                     "http": ["http"]}.get(port.name, [port.name])
+                     "http": ["http"], "https": ["https"]}.get(port.name, [port.name])
             for proto in kinds:
                 url = {
                     "vnc": f"vnc://{shown}:{port.host_port}",
                     "rdp": f"rdp://{shown}:{port.host_port}",
                     "ssh": f"ssh://{pod.user or 'airlock'}@{shown}:{port.host_port}",
                     "sftp": f"sftp://{pod.user or 'airlock'}@{shown}:{port.host_port}",
-                    "http": (f"http://{shown}:{port.host_port}/vnc.html"
+                    "http": (f"{web}://{shown}:{port.host_port}/vnc.html"
                              if port.name == "novnc" else f"http://{shown}:{port.host_port}/"),
+                    "https": f"https://{shown}:{port.host_port}/",
                 }.get(proto, "")
                 endpoints.append({"protocol": proto, "host": shown, "port": port.host_port,
                                   "url": url})

@@ -78,7 +78,7 @@ RULE_EDGES: tuple[topology.Edge, ...] = (
     _edge("airlock", "code-service"),
     _edge("airlock", "proxy"),
     _edge("code-service", "proxy"),
-    _edge("office", "code-service"),
+    *(e for e in topology.EDGES if (e.source, e.destination) == ("office", "code-service")),
     _edge("code-service", "internet"),
 )
 """The edges :func:`ruleset` carries (the podman engine has no portal and gives HomePods no

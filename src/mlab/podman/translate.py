@@ -625,6 +625,8 @@ def translate(
                     cport = int(sp["port"])
                 if ssh_only and cport != PORT_SSH:
                     continue
+                if component == "code-service" and site.tls.enabled and cport == PORT_CODE:
+                    continue  # with tls the office reaches the code service on HTTPS only
                 ports.append(Port(sp.get("name", str(sp["port"])), site.access.bind_address,
                                   int(sp["port"]), int(cport), via))
         # podman 4.3 publishes a containerPort without hostPort on the same host port

@@ -51,6 +51,8 @@ class PortalConfig:
             (:func:`mlab.portal.wake.make_waker`); None: the portal never starts one.
         idp_ca_file: PEM CA certificates trusted for the provider's https:// besides the
             system's (``portal.oidc.caBundleSecret``); None: system CAs only.
+        vnc_ca: the site CA (``tls``): desktops offer VeNCrypt X509Vnc only, and their
+            certificates must chain to it. None: VncAuth in the clear (``tls`` off).
     """
 
     site: Site
@@ -64,6 +66,7 @@ class PortalConfig:
     session_db: Path | None = None
     share: Path | None = None
     idp_ca_file: Path | None = None
+    vnc_ca: Path | None = None
 
     @property
     def url(self) -> str:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -65,7 +67,14 @@ async def desktop_socket(ws: WebSocket) -> None:
         _, up = await asyncio.wait_for(
             loop.create_connection(_Upstream, backend.host, backend.port), timeout=10)
         upstream = up
-        await rfb.client_handshake(up.read_exactly, up.write, config.vnc_password(user))
+        start_tls = None
+        if config.vnc_ca is not None:  # the site's tls: desktops offer VeNCrypt only
+            ctx = ssl.create_default_context(cafile=str(config.vnc_ca))
+            # A pod address is in no certificate; the chain (the site CA) is what is checked.
+            ctx.check_hostname = False
+            start_tls = functools.partial(up.start_tls, ctx)
+        await rfb.client_handshake(up.read_exactly, up.write, config.vnc_password(user),
+                                   start_tls)
         pending = bytearray()
 
         async def read_browser(n: int) -> bytes:
@@ -80,7 +89,8 @@ async def desktop_socket(ws: WebSocket) -> None:
             await up.write(bytes(pending))
         audit(config, "desktop-open", user=user, backend=f"{backend.host}:{backend.port}")
         await _relay(ws, up)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, rfb.HandshakeError) as exc:
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, rfb.HandshakeError,
+            ssl.SSLError) as exc:
         audit(config, "desktop-error", user=user, error=str(exc) or type(exc).__name__)
         with contextlib.suppress(Exception):
             await ws.close(code=INTERNAL_ERROR)
@@ -158,6 +168,18 @@ class _Upstream(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
         await self._drained.wait()
+
+    async def start_tls(self, ctx: ssl.SSLContext) -> None:
+        """Turn the connection into TLS (client side), keeping this protocol (VeNCrypt).
+
+        Raises:
+            ssl.SSLError, OSError: the handshake failed (an untrusted certificate, too).
+        """
+        assert self.transport is not None and not self.leftover
+        loop = asyncio.get_running_loop()
+        tls = await loop.start_tls(self.transport, self, ctx)
+        assert tls is not None
+        self.transport = tls  # type: ignore[assignment]
 
     def close(self) -> None:
         if self.transport is not None:

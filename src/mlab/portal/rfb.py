@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover - older cryptography
 VERSION_38 = b"RFB 003.008\n"
 SEC_NONE = 1
 SEC_VNC_AUTH = 2
+SEC_VENCRYPT = 19
+X509_VNC = 261
+"""VeNCrypt subtype X509Vnc: TLS with the desktop's certificate, then VncAuth (the only one
+a desktop offers with the site's ``tls``; TigerVNC's rfbproto "VeNCrypt")."""
 
 ReadExactly = Callable[[int], Awaitable[bytes]]
 Write = Callable[[bytes], Awaitable[None]]
@@ -70,17 +74,22 @@ async def _reason(read: ReadExactly) -> str:
     return (await read(min(length, 4096))).decode("utf-8", "replace")
 
 
-async def client_handshake(read: ReadExactly, write: Write, password: str) -> None:
+async def client_handshake(read: ReadExactly, write: Write, password: str,
+                           start_tls: Callable[[], Awaitable[None]] | None = None) -> None:
     """Authenticate to a VNC server as an RFB 3.8 client, up to (not including) ClientInit.
 
     Args:
         read: reads exactly n bytes from the server (raises on end of stream).
         write: sends bytes to the server.
         password: the VNC password (used when the server offers VncAuth).
+        start_tls: turns the connection into TLS (client side); given, a server that
+            offers only VeNCrypt is answered with subtype X509Vnc: version 0.2, the
+            subtype, its ack, then TLS, then VncAuth inside it. None: no VeNCrypt.
 
     Raises:
-        HandshakeError: the server is not RFB 3.8, offers neither None nor VncAuth, or
-            refuses the password (its reason in the message).
+        HandshakeError: the server is not RFB 3.8, offers neither None nor VncAuth (nor
+            VeNCrypt X509Vnc with ``start_tls``), or refuses the password (its reason in
+            the message).
     """
     version = await read(12)
     if not version.startswith(b"RFB 003.") or version < VERSION_38:
@@ -90,7 +99,26 @@ async def client_handshake(read: ReadExactly, write: Write, password: str) -> No
     if count == 0:
         raise HandshakeError(f"VNC server refused the connection: {await _reason(read)}")
     types = await read(count)
-    if SEC_VNC_AUTH in types:
+    if SEC_VNC_AUTH not in types and SEC_VENCRYPT in types and start_tls is not None:
+        await write(bytes([SEC_VENCRYPT]))
+        major, minor = await read(2)
+        if (major, minor) < (0, 2):
+            raise HandshakeError(f"VNC server speaks VeNCrypt {major}.{minor}, not 0.2")
+        await write(bytes([0, 2]))
+        if (await read(1)) != b"\0":
+            raise HandshakeError("VNC server refused VeNCrypt 0.2")
+        (n,) = await read(1)
+        subtypes = struct.unpack(f">{n}I", await read(4 * n))
+        if X509_VNC not in subtypes:
+            raise HandshakeError(f"VNC server offers VeNCrypt subtypes {list(subtypes)}, "
+                                 "not X509Vnc")
+        await write(struct.pack(">I", X509_VNC))
+        if (await read(1)) != b"\1":
+            raise HandshakeError("VNC server refused VeNCrypt subtype X509Vnc")
+        await start_tls()
+        challenge = await read(16)
+        await write(vnc_auth_response(password, challenge))
+    elif SEC_VNC_AUTH in types:
         await write(bytes([SEC_VNC_AUTH]))
         challenge = await read(16)
         await write(vnc_auth_response(password, challenge))

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlab.render import airlock, code_service, homepod, network, portal
+from mlab.render.common import site_ca_secret, tls_secret
 from mlab.render.dump import dump_document, dump_yaml
 from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site
+
+if TYPE_CHECKING:
+    from mlab.tls import SiteTls
 
 __all__ = ["FILES", "Rendered", "dump_document", "dump_yaml", "render_site", "render_texts",
            "SECRETS_FILE"]
@@ -86,7 +90,8 @@ def _header(name: str) -> str:
     return f"Rendered by mlab; do not edit, change the site file.\n{_HEADERS[name]}"
 
 
-def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rendered:
+def render_site(site: Site, passwords: Mapping[str, str] | None = None,
+                tls: SiteTls | None = None) -> Rendered:
     """Render a site into the four manifest files and the password Secrets.
 
     Args:
@@ -94,6 +99,8 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
         passwords: ``mlab.secrets.load_or_create_passwords`` output: user name, ``airlock``,
             ``admin`` and ``mlab-publisher`` to password. None: render no Secrets (manifests only, e.g. for
             golden files); the manifests are the same either way.
+        tls: ``mlab.tls.load_or_create`` output (``tls.mode`` not off): the site CA's
+            certificates become kubernetes.io/tls Secrets among ``secrets``. None: none.
 
     Returns:
         The rendered objects.
@@ -104,12 +111,12 @@ def render_site(site: Site, passwords: Mapping[str, str] | None = None) -> Rende
     users: list[Obj] = []
     for user in site.users:
         users += homepod.render_user(site, user)
-    return Rendered(files=_files(site, users), secrets=_secrets(site, passwords))
+    return Rendered(files=_files(site, users), secrets=_secrets(site, passwords, tls))
 
 
 def render_texts(site: Site, passwords: Mapping[str, str] | None = None,
-                 with_secrets: bool = False) -> dict[str, str]:
-    """``render_site(site, passwords).texts(with_secrets)``, written one user at a time.
+                 with_secrets: bool = False, tls: SiteTls | None = None) -> dict[str, str]:
+    """``render_site(site, passwords, tls).texts(with_secrets)``, written one user at a time.
 
     Each user's objects are written as soon as they are built and then dropped, instead of
     every object of every user first: on a 10,000-user site 140 MiB less memory and about
@@ -121,7 +128,7 @@ def render_texts(site: Site, passwords: Mapping[str, str] | None = None,
     """
     homepods = (obj for user in site.users for obj in homepod.render_user(site, user))
     homepod_text = dump_yaml(homepods, header=_header("homepod.yaml"))
-    rest = Rendered(files=_files(site, []), secrets=_secrets(site, passwords))
+    rest = Rendered(files=_files(site, []), secrets=_secrets(site, passwords, tls))
     return rest.texts(with_secrets=with_secrets) | {"homepod.yaml": homepod_text}
 
 
@@ -139,18 +146,35 @@ def _files(site: Site, users: list[Obj]) -> dict[str, list[Obj]]:
     return files
 
 
-def _secrets(site: Site, passwords: Mapping[str, str] | None) -> list[Obj]:
-    """The Secrets of generated passwords (none without ``passwords``)."""
-    if passwords is None:
-        return []
-    secrets = [
-        homepod.password_secret(site, user, passwords[user.name])
-        for user in site.users
-        if not user.password_secret
-    ]
-    if site.airlock.enabled and not site.airlock.password_secret:
-        secrets.append(airlock.password_secret(site, passwords["airlock"]))
-    if site.airlock.enabled:
-        secrets.append(airlock.publisher_secret(site, passwords[PUBLISHER_ACCOUNT]))
-    secrets.append(code_service.admin_secret(site, passwords["admin"]))
+def _secrets(site: Site, passwords: Mapping[str, str] | None,
+             tls: SiteTls | None = None) -> list[Obj]:
+    """The Secrets of generated passwords (none without ``passwords``) and of the site CA's
+    certificates (none without ``tls``)."""
+    secrets: list[Obj] = []
+    if passwords is not None:
+        secrets = [
+            homepod.password_secret(site, user, passwords[user.name])
+            for user in site.users
+            if not user.password_secret
+        ]
+        if site.airlock.enabled and not site.airlock.password_secret:
+            secrets.append(airlock.password_secret(site, passwords["airlock"]))
+        if site.airlock.enabled:
+            secrets.append(airlock.publisher_secret(site, passwords[PUBLISHER_ACCOUNT]))
+        secrets.append(code_service.admin_secret(site, passwords["admin"]))
+    if tls is not None:
+        for user in site.users:
+            got = tls.issued[f"homepod-{user.name}"]
+            secrets.append(tls_secret(site, homepod.tls_secret_name(user), "homepod",
+                                      got.cert, got.key, tls.ca, user.name))
+        if site.portal.enabled:
+            secrets.append(site_ca_secret(site, tls.ca))
+        if site.airlock.enabled:
+            got = tls.issued["airlock"]
+            secrets.append(tls_secret(site, airlock.TLS_SECRET, "airlock", got.cert, got.key,
+                                      tls.ca))
+        if site.tls.mode == "site-ca":
+            got = tls.issued["code-service"]
+            secrets.append(tls_secret(site, code_service.TLS_SECRET, "code-service",
+                                      got.cert, got.key, tls.ca))
     return secrets

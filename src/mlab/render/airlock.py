@@ -22,12 +22,14 @@ from mlab.render.common import (
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
+    TLS_DIR,
     VolumeSet,
     common_env,
     component_deployment,
     metadata,
     mount_login_password,
     mount_password,
+    mount_tls,
     pvc,
     resources_field,
     security_context,
@@ -146,6 +148,10 @@ def proxy_env(site: Site) -> list[dict[str, str]]:
     return env
 
 
+TLS_SECRET = "airlock-tls"
+"""The Airlock desktop's certificate Secret from the site CA (``tls.mode`` not off)."""
+
+
 def deployment(site: Site) -> dict[str, Any]:
     """The Airlock Deployment (same image, MLAB_MODE=airlock)."""
     air = site.airlock
@@ -166,6 +172,9 @@ def deployment(site: Site) -> dict[str, Any]:
         *proxy_env(site),
     ]
     mount_ca_bundle(site, vols, env)
+    if site.tls.enabled:  # its desktop: VeNCrypt and noVNC over HTTPS (docs/egress.md)
+        mount_tls(vols, TLS_SECRET)
+        env.append({"name": "MLAB_TLS_DIR", "value": TLS_DIR})
     container: dict[str, Any] = {
         "name": "airlock",
         "image": site.image.ref,
@@ -176,7 +185,8 @@ def deployment(site: Site) -> dict[str, Any]:
         "startupProbe": {"tcpSocket": {"port": "ssh"}, "periodSeconds": 5, "failureThreshold": 60},
         "readinessProbe": {"tcpSocket": {"port": "ssh"}, "periodSeconds": 10},
         "livenessProbe": {
-            "httpGet": {"path": "/", "port": "novnc"},
+            "httpGet": {"path": "/", "port": "novnc",
+                        **({"scheme": "HTTPS"} if site.tls.enabled else {})},
             "periodSeconds": 20,
             "timeoutSeconds": 5,
             "failureThreshold": 3,

@@ -23,11 +23,13 @@ from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.common import (
     CODE_SERVICE_CAPABILITIES,
     PORT_CODE,
+    TLS_DIR,
     VolumeSet,
     common_env,
     component_deployment,
     metadata,
     mount_password,
+    mount_tls,
     pvc,
     resources_field,
     security_context,
@@ -35,6 +37,7 @@ from mlab.render.common import (
 )
 from mlab.render.homepod import password_secret_name
 from mlab.site import HOMEPOD_NETS_ENV, PUBLISHER_ACCOUNT, Site
+from mlab.topology import PORT_CODE_TLS, PORT_CODE_TLS_SERVICE
 
 DATA_DIR = "/var/lib/mlab/code"
 EXPORTS_DIR = "/var/lib/mlab/exports"
@@ -45,6 +48,13 @@ ADMIN_DIR = "/etc/mlab/admin"
 ADMIN_SECRET = "code-service-admin"
 DATA_CLAIM = "code-service-data"
 SITE_CONFIGMAP = "mlab-site"
+TLS_SECRET = "code-service-tls"
+"""The code service's certificate Secret when the site CA issues it (``tls.mode: site-ca``)."""
+
+
+def tls_secret_name(site: Site) -> str:
+    """The code service's kubernetes.io/tls Secret: ``tls.secret`` or ``code-service-tls``."""
+    return site.tls.secret or TLS_SECRET
 
 
 def admin_secret(site: Site, password: str) -> dict[str, Any]:
@@ -130,16 +140,23 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         *proxy_env(site),
     ]
     mount_ca_bundle(site, vols, env)
+    command = ["mlab", "code-service", "serve", "--data", DATA_DIR, "--site", SITE_FILE,
+               "--port", str(PORT_CODE)]
+    ports = [{"name": "http", "containerPort": PORT_CODE, "protocol": "TCP"}]
+    if site.tls.enabled:
+        # HTTPS on its own port for the office; plain HTTP stays for pods (HomePods' clone
+        # URLs, the Airlock, the portal), which the office edge no longer reaches.
+        mount_tls(vols, tls_secret_name(site))
+        command += ["--tls-port", str(PORT_CODE_TLS), "--tls-cert", f"{TLS_DIR}/tls.crt",
+                    "--tls-key", f"{TLS_DIR}/tls.key"]
+        ports.append({"name": "https", "containerPort": PORT_CODE_TLS, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "code-service",
         "image": site.image.ref,
         "imagePullPolicy": site.image.pull_policy,
-        "command": [
-            "mlab", "code-service", "serve", "--data", DATA_DIR, "--site", SITE_FILE,
-            "--port", str(PORT_CODE),
-        ],
+        "command": command,
         "env": env,
-        "ports": [{"name": "http", "containerPort": PORT_CODE, "protocol": "TCP"}],
+        "ports": ports,
         "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
         "livenessProbe": {
             "tcpSocket": {"port": "http"},
@@ -156,7 +173,8 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
 
 
 def service(site: Site) -> dict[str, Any]:
-    """The code-service Service: port 80 to 8080 at the site's fixed clusterIP."""
+    """The code-service Service: port 80 to 8080 (and, with ``tls``, 443 to 8443) at the
+    site's fixed clusterIP."""
     exp = site.code_service.service
     spec: dict[str, Any] = {
         "type": exp.type,
@@ -164,6 +182,9 @@ def service(site: Site) -> dict[str, Any]:
         "selector": selector(site, "code-service"),
         "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
     }
+    if site.tls.enabled:
+        spec["ports"].append({"name": "https", "port": PORT_CODE_TLS_SERVICE,
+                              "targetPort": "https", "protocol": "TCP"})
     if exp.external_ips:
         spec["externalIPs"] = list(exp.external_ips)
     if exp.type in ("NodePort", "LoadBalancer") or exp.external_ips:

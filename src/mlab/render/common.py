@@ -396,3 +396,45 @@ def mount_password(vols: VolumeSet, volume: str, secret_name: str, directory: st
         }
     )
     vols.mount(secret, directory, read_only=True)
+
+
+TLS_DIR = "/etc/mlab/tls"
+"""Where a TLS Secret (tls.crt, tls.key, ca.crt) is mounted, in the code service and
+HomePods alike (``tls.mode`` not off; docs/egress.md)."""
+
+
+def tls_secret(site: Site, name: str, component: Component, cert: str, key: str, ca: str,
+               user: str | None = None) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret (core/v1: keys ``tls.crt``, ``tls.key``; ``ca.crt`` as
+    cert-manager writes it) issued by the site CA (:mod:`mlab.tls`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, name, component, user),
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca},
+    }
+
+
+SITE_CA_SECRET = "mlab-site-ca"
+"""The site CA's certificate alone (key ``ca.crt``): what the portal checks desktops by."""
+
+
+def site_ca_secret(site: Site, ca: str) -> dict[str, Any]:
+    """The Secret :data:`SITE_CA_SECRET` (the CA certificate only, no key)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(site, SITE_CA_SECRET, "portal"),
+        "type": "Opaque",
+        "stringData": {"ca.crt": ca},
+    }
+
+
+def mount_tls(vols: VolumeSet, secret_name: str) -> None:
+    """Mount a TLS Secret's tls.crt, tls.key and ca.crt read-only (root only) at
+    :data:`TLS_DIR`."""
+    vol = vols.add({"name": "tls", "secret": {
+        "secretName": secret_name, "defaultMode": 0o400,
+        "items": [{"key": k, "path": k} for k in ("tls.crt", "tls.key", "ca.crt")]}})
+    vols.mount(vol, TLS_DIR, read_only=True)

@@ -17,12 +17,14 @@ from mlab.render.common import (
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
     SHARE_PATH,
+    TLS_DIR,
     VolumeSet,
     common_env,
     component_deployment,
     labels,
     metadata,
     mount_login_password,
+    mount_tls,
     pvc,
     resources_field,
     security_context,
@@ -102,13 +104,19 @@ host connections arrive from (seen on the node: "Connections: blacklisted: 10.24
 every VNC client from the node refused with "Too many security failures")."""
 
 
-def _probes() -> dict[str, Any]:
+def tls_secret_name(user: User) -> str:
+    """The HomePod's desktop certificate Secret (``tls.mode`` not off): ``homepod-<user>-tls``."""
+    return f"homepod-{user.name}-tls"
+
+
+def _probes(tls: bool = False) -> dict[str, Any]:
     """Startup, readiness and liveness probes.
 
     startup: noVNC accepts TCP (up to 5 min for a first boot that populates a home);
     readiness: the VNC server listens (:data:`VNC_LISTENING`, no connection to it);
     liveness: the noVNC page answers HTTP (as the seed did), restarting a desktop that
-    hangs. No probe connects to the VNC port itself.
+    hangs (over HTTPS when ``tls`` is on: websockify then speaks TLS only). No probe
+    connects to the VNC port itself.
     """
     return {
         "startupProbe": {
@@ -123,7 +131,7 @@ def _probes() -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/", "port": "novnc"},
+            "httpGet": {"path": "/", "port": "novnc", **({"scheme": "HTTPS"} if tls else {})},
             "periodSeconds": 20,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
@@ -183,6 +191,10 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         env.append({"name": "MLAB_GROUPS", "value": ",".join(user.groups)})
     if user.ssh_keys:
         env.append({"name": "MLAB_SSH_KEYS", "value": "\n".join(user.ssh_keys)})
+    if site.tls.enabled:
+        # The desktop's certificate from the site CA: VeNCrypt, noVNC over HTTPS, RDP TLS.
+        mount_tls(vols, tls_secret_name(user))
+        env.append({"name": "MLAB_TLS_DIR", "value": TLS_DIR})
 
     container: dict[str, Any] = {
         "name": "homepod",
@@ -191,7 +203,7 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         "workingDir": f"/home/{user.name}",
         "env": env,
         "ports": container_ports(ACCESS),
-        **_probes(),
+        **_probes(site.tls.enabled),
         "volumeMounts": vols.volume_mounts(),
         # sudo: true means root inside the pod with SESSION_CAPABILITIES only; without sudo
         # no_new_privs is set as well (docs/security.md).

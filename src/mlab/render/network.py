@@ -191,6 +191,7 @@ def site_facts(site: Site) -> set[str]:
         facts.add("oidc")
     if site.portal.enabled and site.portal.wake:
         facts.add("wake")
+    facts.add("tls" if site.tls.enabled else "plain-http")
     return facts
 
 

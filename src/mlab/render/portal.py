@@ -28,6 +28,7 @@ from typing import Any
 from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
 from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
+    SITE_CA_SECRET,
     VolumeSet,
     common_env,
     component_deployment,
@@ -129,6 +130,11 @@ def deployment(site: Site) -> dict[str, Any]:
             "name": portal.tls_secret,
             "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
         command += ["--tls-cert", f"{SECRET_DIR}/tls.crt", "--tls-key", f"{SECRET_DIR}/tls.key"]
+    if site.tls.enabled:
+        # Desktops offer VeNCrypt X509Vnc only; the portal checks their chain to the site CA.
+        secret_sources.append({"secret": {
+            "name": SITE_CA_SECRET, "items": [{"key": "ca.crt", "path": "site-ca.crt"}]}})
+        command += ["--vnc-ca", f"{SECRET_DIR}/site-ca.crt"]
     if secret_sources:
         secrets = vols.add({"name": "portal-secrets",
                             "projected": {"defaultMode": 0o400, "sources": secret_sources}})
