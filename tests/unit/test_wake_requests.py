@@ -104,6 +104,26 @@ def test_links_and_odd_files_are_not_followed(tmp_path: Path) -> None:
     assert host.step() == [] and not list((tmp_path / wr.REQUESTS).iterdir())
 
 
+def test_a_request_renamed_into_place_during_the_scan_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portal writes ``.alice.X.tmp`` and renames it to ``alice``: a scan that saw the
+    temporary name must not fail when it is gone (it did, once, under load, and the host
+    stopped answering in that poll)."""
+    host = Host(tmp_path, {"alice": "Exited"}, {"alice"})
+    wr.prepare(tmp_path)
+    tmp = tmp_path / wr.REQUESTS / ".alice.0000.tmp"
+    tmp.write_text(json.dumps({"user": "alice", "id": "r1"}))
+    seen = list(os.scandir(tmp_path / wr.REQUESTS))
+    tmp.rename(tmp_path / wr.REQUESTS / "alice")
+    real = os.scandir
+    monkeypatch.setattr(wr.os, "scandir",
+                        lambda path: iter(seen) if Path(path) == tmp_path / wr.REQUESTS
+                        else real(path))
+    assert host.step() == []  # nothing taken from the stale scan, and no exception
+    monkeypatch.setattr(wr.os, "scandir", real)
+    assert [(r["user"], r["state"]) for r in host.step()] == [("alice", "woken")]
+
+
 def test_a_failed_wake_is_replied_as_an_error(tmp_path: Path) -> None:
     host = Host(tmp_path, {"alice": "Exited"}, {"alice"}, fail=True)
     _request(tmp_path, "alice")

@@ -242,7 +242,11 @@ def serve_pending(spool: Path, users: set[str], wake: Waker, pods: Lookup, culle
     for entry in entries:
         name = entry.name
         if name.startswith("."):  # a request being written (tmp, then rename)
-            if now() - entry.stat(follow_symlinks=False).st_mtime > 60:
+            try:
+                written = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:  # renamed into place since the scan: the next poll
+                continue
+            if now() - written > 60:
                 _remove(entry)
             continue
         raw = _read_small(Path(entry.path), MAX_REQUEST_BYTES) \
