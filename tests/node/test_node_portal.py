@@ -170,14 +170,35 @@ def _events(p: SimpleNamespace) -> list[tuple[str, str | None]]:
 
 def _sign_in(p: SimpleNamespace, browser: Browser, person: Person) -> None:
     """:func:`sign_in` through Keycloak's page; on failure the message has the browser's
-    error page text and the end of the portal pod's log."""
+    error page text and the end of the portal pod's log.
+
+    Once in six runs (session 4) the browser ended on ``chrome-error://`` right after
+    Keycloak's redirect to the callback: a network error page, not an answer of the portal
+    (an HTTP error would show the portal's page). That one case is printed and the whole
+    sign-in is tried once more from the start (the code in the callback is single-use).
+    """
+    try:
+        sign_in(browser, p.url, person.name, person.password)
+        return
+    except TimeoutError as exc:
+        where = browser.evaluate("location.href") or ""
+        if not where.startswith("chrome-error://"):
+            _sign_in_failed(p, browser, exc)
+        page = browser.evaluate("document.body ? document.body.innerText.slice(0, 400) : ''")
+        print(f"\nsign-in ended on a network error page, once more from the start: {page!r}")
+        browser.call("Network.clearBrowserCookies")  # Keycloak's session too: its form again
     try:
         sign_in(browser, p.url, person.name, person.password)
     except TimeoutError as exc:
-        page = browser.evaluate("document.body ? document.body.innerText.slice(0, 400) : ''")
-        log = p.node.kubectl("-n", NAMESPACE, "logs", "deploy/portal", "--tail=30",
-                             check=False).stdout
-        raise AssertionError(f"{exc}\npage: {page}\nportal log:\n{log}") from None
+        _sign_in_failed(p, browser, exc)
+
+
+def _sign_in_failed(p: SimpleNamespace, browser: Browser, exc: TimeoutError) -> None:
+    """Raise AssertionError with the page's text and the end of the portal pod's log."""
+    page = browser.evaluate("document.body ? document.body.innerText.slice(0, 400) : ''")
+    log = p.node.kubectl("-n", NAMESPACE, "logs", "deploy/portal", "--tail=30",
+                         check=False).stdout
+    raise AssertionError(f"{exc}\npage: {page}\nportal log:\n{log}") from None
 
 
 def test_alice_signs_in_on_keycloak_and_sees_her_desktop(portal, tmp_path) -> None:
