@@ -32,16 +32,21 @@ def _run(tmp: Path, *args: str) -> Run:
                      "MLAB_STATE_DIR": str(tmp / "state")})
 
 
+def _fake_cluster(tmp: Path) -> None:
+    """The fake kubectl and a one-user site (``k16``, namespace ``lab``) in ``tmp``."""
+    (tmp / "kubectl").write_text(FAKE)
+    (tmp / "kubectl").chmod(0o755)
+    (tmp / "site.yaml").write_text(yaml.safe_dump({
+        "name": "k16", "namespace": "lab", "users": [{"name": "alice"}],
+        "culling": {"idleAfter": "1h", "warnBefore": "1m"}}))
+
+
 def _calls(tmp: Path) -> list[list[str]]:
     return [json.loads(x) for x in (tmp / "calls.jsonl").read_text().splitlines()]
 
 
 def test_kubernetes_warn_scale_to_zero_and_wake(tmp_path: Path) -> None:
-    (tmp_path / "kubectl").write_text(FAKE)
-    (tmp_path / "kubectl").chmod(0o755)
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump({
-        "name": "k16", "namespace": "lab", "users": [{"name": "alice"}],
-        "culling": {"idleAfter": "1h", "warnBefore": "1m"}}))
+    _fake_cluster(tmp_path)
     (tmp_path / "replicas").write_text("1")
     (tmp_path / "reading.json").write_text(json.dumps(
         {"input_idle_s": 7200, "uptime_s": 9000, "cpu_percent": 0.5, "cpu_top": None,
@@ -76,11 +81,7 @@ def test_kubernetes_warn_scale_to_zero_and_wake(tmp_path: Path) -> None:
 def test_a_desktop_woken_elsewhere_leaves_the_culled_record(tmp_path: Path) -> None:
     """The rendered portal wakes with its own ServiceAccount, not through this state file:
     the next pass finds alice's Deployment scaled up, drops her cull record and audits it."""
-    (tmp_path / "kubectl").write_text(FAKE)
-    (tmp_path / "kubectl").chmod(0o755)
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump({
-        "name": "k16", "namespace": "lab", "users": [{"name": "alice"}],
-        "culling": {"idleAfter": "1h", "warnBefore": "1m"}}))
+    _fake_cluster(tmp_path)
     state = tmp_path / "state" / "k16" / "cull.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"warned": {}, "culled": {"alice": {"at": 1, "reason": "idle"}}}))

@@ -172,23 +172,34 @@ def _vencrypt_server(ca_dir: Path, password: str):  # type: ignore[no-untyped-de
     return handle, seen
 
 
-def test_portal_handshake_speaks_vencrypt_x509_to_a_tls_desktop(tmp_path: Path) -> None:
+async def _portal_upstream(handle: Any, ca: Path) -> tuple[Any, Any, Any]:
+    """A desktop stand-in serving ``handle`` on loopback, the portal's upstream connection
+    to it (``proxy._Upstream``) and a client TLS context trusting ``ca`` only."""
     import asyncio
     import ssl
 
-    from mlab.portal import proxy, rfb
+    from mlab.portal import proxy
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, up = await loop.create_connection(proxy._Upstream, "127.0.0.1", port)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    return server, up, ctx
+
+
+def test_portal_handshake_speaks_vencrypt_x509_to_a_tls_desktop(tmp_path: Path) -> None:
+    import asyncio
+
+    from mlab.portal import rfb
 
     site = _site(tls={"mode": "site-ca"})
     load_or_create(site, tmp_path)
     handle, seen = _vencrypt_server(tls_dir(site, tmp_path), "alice-pw-123")
 
     async def run() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        _, up = await loop.create_connection(proxy._Upstream, "127.0.0.1", port)
-        ctx = ssl.create_default_context(cafile=str(ca_path(site, tmp_path)))
-        ctx.check_hostname = False
+        server, up, ctx = await _portal_upstream(handle, ca_path(site, tmp_path))
 
         async def start_tls() -> None:
             await up.start_tls(ctx)
@@ -205,7 +216,7 @@ def test_portal_refuses_a_desktop_the_site_ca_did_not_sign(tmp_path: Path) -> No
     import asyncio
     import ssl
 
-    from mlab.portal import proxy, rfb
+    from mlab.portal import rfb
 
     site = _site(tls={"mode": "site-ca"})
     other = _site(name="other", tls={"mode": "site-ca"})
@@ -214,12 +225,7 @@ def test_portal_refuses_a_desktop_the_site_ca_did_not_sign(tmp_path: Path) -> No
     handle, _seen = _vencrypt_server(tls_dir(other, tmp_path), "alice-pw-123")
 
     async def run() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
-        _, up = await loop.create_connection(proxy._Upstream, "127.0.0.1", port)
-        ctx = ssl.create_default_context(cafile=str(ca_path(site, tmp_path)))
-        ctx.check_hostname = False
+        server, up, ctx = await _portal_upstream(handle, ca_path(site, tmp_path))
         try:
             with pytest.raises(ssl.SSLCertVerificationError):
                 await rfb.client_handshake(up.read_exactly, up.write, "alice-pw-123",
