@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.topology import WAKE_HOST, WAKE_PORTAL_DIR, WAKE_REQUESTS, WAKE_SPOOL
 
@@ -85,14 +86,6 @@ def prepare(spool: Path) -> None:
     """Create ``requests/`` and ``host/`` (mode 0700, owned by whoever runs `mlab up`)."""
     for sub in (REQUESTS, HOST):
         (spool / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _read_small(path: Path, limit: int) -> bytes | None:
@@ -153,8 +146,9 @@ class HostWaker:
             raise WakeRefused(NOT_RUNNING.format(user=user))
         rid = secrets.token_hex(8)
         try:
-            _write_atomic(self.spool / REQUESTS / user,
-                          json.dumps({"user": user, "id": rid, "at": time.time()}))
+            write_atomic(self.spool / REQUESTS / user,
+                         json.dumps({"user": user, "id": rid, "at": time.time()}), 0o600,
+                         fsync=False)
         except OSError as exc:
             raise WakeRefused(f"cannot write the wake request to {self.spool / REQUESTS}: "
                               f"{exc.strerror or exc}") from None
@@ -276,8 +270,9 @@ def serve_pending(spool: Path, users: set[str], wake: Waker, pods: Lookup, culle
                 reason = exc.one_line() if isinstance(exc, MlabError) else repr(exc)
                 log.warning("[mlab/wake-%s] wake failed: %s", name, reason)
         woken_at = now() if state == "woken" else (last or {}).get("woken_at")
-        _write_atomic(spool / HOST / f"{name}.json", json.dumps(
-            {"id": rid, "state": state, "reason": reason, "at": now(), "woken_at": woken_at}))
+        write_atomic(spool / HOST / f"{name}.json", json.dumps(
+            {"id": rid, "state": state, "reason": reason, "at": now(), "woken_at": woken_at}),
+            0o600, fsync=False)
         audit({"event": "wake-request", "user": name, "via": "portal", "state": state,
                "reason": reason})
         rows.append({"user": name, "state": state, "reason": reason})
