@@ -46,6 +46,7 @@ class Lab:
 
     node: Node
     pw: dict[str, str]
+    site: Path
 
     def service(self, name: str) -> tuple[str, dict[str, int]]:
         """(clusterIP, port name -> Service port) of Service ``name``."""
@@ -77,8 +78,8 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    apply_with_machine_ca(node, tmp_path_factory.mktemp("journeys"))
-    return Lab(node, passwords())
+    site = apply_with_machine_ca(node, tmp_path_factory.mktemp("journeys"))
+    return Lab(node, passwords(), site)
 
 
 def test_vnc_rdp_and_novnc_show_alices_desktop(lab: Lab, tmp_path: Path) -> None:

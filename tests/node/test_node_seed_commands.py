@@ -18,7 +18,7 @@ shell's ``*`` in the seed's folder sees only the users' wheels (it used to see `
 from __future__ import annotations
 
 import pytest
-from nodekit import NAMESPACE, Node
+from nodekit import Node
 from test_node_journeys import Lab, _airlock_lists_ready
 from test_node_journeys import lab as lab  # noqa: F401  (the module fixture, applied once)
 
@@ -27,11 +27,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 def test_pip_download_then_pip_install_star(lab: Lab) -> None:
     # alice's HomePod on the current image: a running one keeps the image it started with
-    # (an older checkout's `localhost/mlab/homepod:latest`, the same reference, so `mlab
-    # apply --restart-user` sees no change), whose /etc/pip.conf may name another folder.
-    lab.node.kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/homepod-alice")
-    lab.node.kubectl("-n", NAMESPACE, "rollout", "status", "deploy/homepod-alice", "--timeout=600s",
-                     timeout=660)
+    # (an older checkout's `localhost/mlab/homepod:latest`, whose /etc/pip.conf may name
+    # another folder). The site names the same reference, so `--restart-user` restarts it.
+    moved = lab.node.mlab("apply", "--site", str(lab.site), "--restart-user", "alice",
+                          "--timeout", "600")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "restarted homepod-alice on " in moved.stderr, moved.stderr[-2000:]
     fetched = lab.shell("airlock", "airlock",
                         "mlab stage pip iniconfig >/dev/null 2>&1 && echo INDEX $(ls /opt/public/airlock/pip-index) && "
                         "cd /opt/public/airlock/pip && pip download six && pip download tomli-w "

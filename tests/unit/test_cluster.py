@@ -192,6 +192,25 @@ def test_apply_keeps_running_homepods_on_their_image(fake) -> None:
     assert _applied_images(applies[-1])["homepod-alice"][0] == site_image
 
 
+
+def test_apply_restart_user_restarts_a_deployment_on_the_same_reference(fake) -> None:
+    """``--restart-user`` moves a HomePod whose Deployment already names the site's image
+    (a rebuilt ``:latest``): apply alone would leave its pod on the old image."""
+    fake.steps([_deployment(n, True) for n in ALL])
+    proc = fake.run("apply", "--site", str(SITE), "--dry-run")
+    site_image = _applied_images(fake.calls()[1])["airlock"][0]
+    same = [_live_homepod(n, site_image) for n in ("homepod-alice", "homepod-bob")]
+    for dep, user in zip(same, ("alice", "bob")):
+        dep["metadata"]["labels"] = {"mlab.io/user": user}
+    fake.objects(same)
+    proc = fake.run("apply", "--site", str(SITE), "--interval", "0.05", "--restart-user", "alice")
+    assert proc.returncode == 0, proc.stderr
+    restarts = [[a for a in c["argv"] if not a.startswith("--request-timeout")]
+                for c in fake.calls() if "rollout" in c["argv"]]
+    assert restarts == [["rollout", "restart", "-n", "mlab", "deployment/homepod-alice"]], restarts
+    assert f"restarted homepod-alice on {site_image}" in proc.stderr
+    assert "homepod-bob" not in " ".join(" ".join(r) for r in restarts)
+
 def test_apply_times_out_naming_deployments(fake) -> None:
     fake.steps([_deployment(n, ready=n != "homepod-bob") for n in ALL])
     start = time.monotonic()

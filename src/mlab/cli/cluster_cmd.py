@@ -20,6 +20,7 @@ from mlab.deploy.kubernetes import (
     deployment_names,
     hold_deployments,
     prune,
+    restart_in_place,
     site_selector,
     stale_objects,
     wait_for_rollout,
@@ -75,6 +76,12 @@ def apply(
                   f"{name.removeprefix('homepod-')} --kubernetes starts it)",
                   soft_wrap=True, highlight=False)
     count = apply_objects(kubectl, loaded, rendered, dry_run)
+    for name in restart_in_place(live.get("items", []), loaded.image.ref, restart_user):
+        if not dry_run:
+            kubectl.run(["rollout", "restart", "-n", loaded.namespace, f"deployment/{name}"])
+        err.print(f"{'would restart' if dry_run else 'restarted'} {name} on {loaded.image.ref} "
+                  "(the same reference; its new pod takes the image behind it now)",
+                  soft_wrap=True, highlight=False)
     err.print(f"{'checked' if dry_run else 'applied'} {count} objects in namespace {loaded.namespace}")
     stale, kept = stale_objects(kubectl, loaded, rendered, delete_data)
     prune(kubectl, loaded, stale, dry_run, timeout=timeout or 300.0)

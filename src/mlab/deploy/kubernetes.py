@@ -400,3 +400,31 @@ def hold_deployments(homepods: list[dict[str, Any]], live: list[dict[str, Any]],
                     env["value"] = old
             held[name] = old
     return held
+
+
+def restart_in_place(live: list[dict[str, Any]], image: str,
+                     restart_users: Collection[str]) -> list[str]:
+    """HomePod Deployments that ``--restart-user`` must restart with ``kubectl rollout restart``.
+
+    Pure. A user's Deployment whose live pod template already names ``image`` (the same
+    reference, e.g. ``localhost/mlab/homepod:latest`` after a rebuild moved that tag) does
+    not change under server-side apply, so its pod would keep running the old image; the
+    rollout restart annotation (what ``kubectl rollout restart`` sets) gives it a new pod,
+    which resolves the reference again. Deployments whose image changes restart by
+    themselves and are not listed (one restart, not two).
+
+    Args:
+        live: the cluster's HomePod Deployments (``kubectl get -o json``'s ``items``).
+        image: the site's image reference.
+        restart_users: users named with ``--restart-user``.
+
+    Returns:
+        Deployment names, in ``live`` order.
+    """
+    names = []
+    for dep in live:
+        user = dep.get("metadata", {}).get("labels", {}).get("mlab.io/user")
+        containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        if user in restart_users and containers and containers[0].get("image") == image:
+            names.append(dep["metadata"]["name"])
+    return names
