@@ -215,7 +215,7 @@ def _supervisorctl(container: str, *args: str) -> str:
 def test_verify_fails_on_exactly_the_edge_of_a_stopped_service(site: Site) -> None:
     """xrdp stopped inside alice's running HomePod: her published RDP port still has its
     DNAT rule, but nothing answers; verify must fail on that edge and only on it."""
-    from mlab.deploy.answers import recognise, request
+    from mlab.probing.answers import recognise, request
 
     alice = f"mlab-{SITE}-homepod-alice-homepod"
     assert "stopped" in _supervisorctl(alice, "stop", "xrdp")

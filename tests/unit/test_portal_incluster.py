@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from mlab.cull.incluster import InCluster, wake
-from mlab.deploy.policy_eval import Endpoint, allowed
 from mlab.errors import DeployError, SiteError, UsageError
 from mlab.render import render_site
 from mlab.render.common import labels
 from mlab.site import parse_site
+from mlab.verify.policy_eval import Endpoint, allowed
 
 API = "10.0.0.1"
 
