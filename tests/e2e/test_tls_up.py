@@ -30,15 +30,14 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
+from up_lab import UpLab, running, site_doc
 
 from mlab.podman.runner import podman
 
@@ -50,47 +49,19 @@ PORTS = {"vnc": 15961, "rdp": 13461, "novnc": 17081, "ssh": 12261}
 
 
 def _site_doc(image: str) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": SITE,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": [{"name": "alice", "uid": 1001, "home": {"size": "1Gi"},
-                   "service": {"ports": PORTS}}],
-        "airlock": {"enabled": False},
-        "codeService": {"allowLocalUpstreams": True},
-        "tls": {"mode": "site-ca"},
-    }
+    return site_doc(SITE, image, BIND, [{"name": "alice", "uid": 1001, "home": {"size": "1Gi"},
+                                         "service": {"ports": PORTS}}],
+                    airlock={"enabled": False}, codeService={"allowLocalUpstreams": True},
+                    tls={"mode": "site-ca"})
 
 
-class Lab:
+class Lab(UpLab):
     """The running test site."""
 
     def __init__(self, root: Path, image: str) -> None:
-        self.root = root
-        self.file = root / f"{SITE}.yaml"
-        self.file.write_text(yaml.safe_dump(_site_doc(image)))
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
-        for var in ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER",
-                    "MLAB_PASSWORD", "MLAB_PASSWORD_FILE", "SSL_CERT_FILE", "GIT_SSL_CAINFO"):
-            self.env.pop(var, None)
-        self.passwords: dict[str, str] = {}
+        super().__init__(root, SITE, _site_doc(image), clear=("SSL_CERT_FILE", "GIT_SSL_CAINFO"))
         self.ca = Path()
-        self.up_log = ""
-        self.alice = f"mlab-{SITE}-homepod-alice-homepod"
-
-    def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "mlab.cli.main", *args]
-        if site:
-            argv += ["--site", str(self.file)]
-        proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=600, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+        self.alice = self.box("homepod-alice", "homepod")
 
     def ctx(self) -> ssl.SSLContext:
         """A client context that trusts only the site CA (hostname checked)."""
@@ -106,17 +77,9 @@ def _exec(container: str, script: str, user: str = "root") -> str:
 
 @pytest.fixture(scope="module")
 def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    s = Lab(tmp_path_factory.mktemp(SITE), homepod_image)
-    s.mlab("down", "--volumes", check=False)
-    try:
-        up = s.mlab("up")
-        s.up_log = up.stdout + up.stderr
-        rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
-        s.passwords = {row["user"]: row["password"] for row in rows}
+    with running(Lab(tmp_path_factory.mktemp(SITE), homepod_image)) as s:
         s.ca = Path(s.mlab("ca").stdout.strip())
         yield s
-    finally:
-        s.mlab("down", "--volumes", check=False)
 
 
 def _upstream(lab: Lab, tmp: Path) -> None:
