@@ -109,6 +109,16 @@ def test_podman_translation_asks_the_host_instead_of_the_in_cluster_wake() -> No
     assert command[command.index("--wake") + 1] == "host"
 
 
+def test_portal_options_are_set_by_flag_in_place_or_appended() -> None:
+    from mlab.render.portal import set_options, wake_args
+
+    rendered = ["mlab", "portal", "serve", "--port", "8443", *wake_args("in-cluster")]
+    got = set_options(rendered, [*wake_args("host", "/w"), "--port", "9443"])
+    assert got == ["mlab", "portal", "serve", "--port", "9443", "--wake", "host",
+                   "--wake-dir", "/w"]
+    assert rendered[-1] == "in-cluster"  # not mutated
+
+
 def test_idp_ca_file_that_is_no_bundle_is_one_line(tmp_path: Path) -> None:
     from mlab.portal.app import idp_tls_context
 
