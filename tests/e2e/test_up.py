@@ -11,11 +11,9 @@ that a port in use and a failure half-way leave nothing started.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
 
 from mlab.podman.runner import podman
 
@@ -57,20 +56,13 @@ class Site:
     def __init__(self, root: Path, image: str, name: str = SITE, bind: str = BIND) -> None:
         self.root, self.image, self.name, self.bind = root, image, name, bind
         self.file = root / f"{name}.yaml"
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
+        self.env = {"MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
 
     def write(self, users: list[str]) -> None:
         self.file.write_text(yaml.safe_dump(_site_doc(self.image, users, self.name, self.bind)))
 
-    def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "mlab.cli.main", *args, "--site", str(self.file)],
-            env=self.env, capture_output=True, text=True, timeout=600, check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+    def mlab(self, *args: str, check: bool = True) -> Run:
+        return mlab_site(self.file, *args, env=self.env, check=check)
 
     def status(self) -> list[dict[str, Any]]:
         return json.loads(self.mlab("status", "-o", "json").stdout)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cli_runner import Run, mlab
+from cli_runner import Run, mlab, mlab_site
 
 CLEARED = ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER", "MLAB_PASSWORD",
            "MLAB_PASSWORD_FILE")
@@ -62,9 +62,10 @@ class UpLab:
              check: bool = True, cwd: Path | None = None) -> Run:
         """``mlab ARGS`` (with ``--site`` unless ``site`` is False) as a process; with
         ``check`` an exit code other than 0 fails with the tails of its output."""
-        argv = [*args, "--site", str(self.file)] if site else list(args)
-        proc = mlab(*argv, env={**self.env, **(env or {})}, drop=self.drop, cwd=cwd,
-                    timeout=600)
+        every = {**self.env, **(env or {})}
+        if site:
+            return mlab_site(self.file, *args, env=every, drop=self.drop, cwd=cwd, check=check)
+        proc = mlab(*args, env=every, drop=self.drop, cwd=cwd, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
