@@ -34,7 +34,8 @@ from typing import Any
 import paramiko
 import pytest
 from cli_runner import Run
-from up_lab import UpLab, running, site_doc
+from up_lab import UpLab, local_upstream, running, site_doc
+from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
 
@@ -92,13 +93,6 @@ class Lab(UpLab):
                 "-o", "LogLevel=ERROR"]
         return subprocess.run([tool, *opts, *args], capture_output=True, text=True,
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL)
-
-
-def _exec(container: str, script: str, user: str = "root") -> str:
-    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
-                  timeout=120)
-    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -243,16 +237,7 @@ def test_export_downloads_only_for_its_requester(lab: Lab, tmp_path: Path) -> No
 def test_homepod_branch_reaches_the_office_only_after_review(lab: Lab, tmp_path: Path) -> None:
     import base64
 
-    work = tmp_path / "up"
-    work.mkdir()
-    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    (work / "README").write_text("egress\n")
-    subprocess.run([*git, "add", "README"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
-    upstreams = lab.root / "state" / SITE / "upstreams"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
-                   check=True)
+    assert local_upstream(lab, tmp_path / "up", "egress\n")
     lab.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
              "--server", lab.server, site=False,
              env={"MLAB_USER": "admin", "MLAB_PASSWORD": lab.passwords["admin"]})

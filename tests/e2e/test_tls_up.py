@@ -37,7 +37,8 @@ from typing import Any
 import httpx
 import pytest
 from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
-from up_lab import UpLab, running, site_doc
+from up_lab import UpLab, local_upstream, running, site_doc
+from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
 
@@ -68,13 +69,6 @@ class Lab(UpLab):
         return ssl.create_default_context(cafile=str(self.ca))
 
 
-def _exec(container: str, script: str, user: str = "root") -> str:
-    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
-                  timeout=120)
-    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with running(Lab(tmp_path_factory.mktemp(SITE), homepod_image)) as s:
@@ -84,18 +78,7 @@ def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _upstream(lab: Lab, tmp: Path) -> None:
     """A local upstream, approved as demo/up over HTTPS by the admin (SSL_CERT_FILE)."""
-    work = tmp / "work"
-    work.mkdir()
-    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    (work / "README").write_text("tls\n")
-    subprocess.run([*git, "add", "README"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
-    upstreams = lab.root / "state" / SITE / "upstreams"
-    upstreams.mkdir(parents=True, exist_ok=True)
-    if not (upstreams / "up.git").exists():
-        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
-                       check=True)
+    if local_upstream(lab, tmp / "work", "tls\n"):
         lab.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
                  "--server", f"https://{BIND}", site=False,
                  env={"MLAB_USER": "admin", "MLAB_PASSWORD": lab.passwords["admin"],

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_runner import Run, mlab_site
+from up_lab import site_doc
 
 from mlab.podman.runner import podman
 
@@ -32,22 +33,16 @@ BIND = "127.0.4.1"
 
 
 def _site_doc(image: str, users: list[str], name: str = SITE, bind: str = BIND) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": name,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": bind, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": [
-            {"name": u, "uid": 1001 + i, "service": {"ports": {
-                "vnc": 15901 + i, "rdp": 13389 + i, "novnc": 17031 + i, "ssh": 12201 + i}}}
-            for i, u in enumerate(users)
-        ],
-        "airlock": {"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
-        "codeService": {"allowLocalUpstreams": True, "reviewers": [users[-1]]},
+    return site_doc(
+        name, image, bind,
+        [{"name": u, "uid": 1001 + i, "service": {"ports": {
+            "vnc": 15901 + i, "rdp": 13389 + i, "novnc": 17031 + i, "ssh": 12201 + i}}}
+         for i, u in enumerate(users)],
+        airlock={"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
+        codeService={"allowLocalUpstreams": True, "reviewers": [users[-1]]},
         # The seed's paths (SSH commands below); the reviewed posture: test_egress_up.py.
-        "posture": "open",
-    }
+        posture="open",
+    )
 
 
 class Site:

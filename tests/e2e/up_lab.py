@@ -5,6 +5,7 @@ through the shared runner (tests/cli_runner.py), and the start-up every such mod
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import yaml
 from cli_runner import Run, mlab, mlab_site
+
+from mlab.podman.runner import podman
 
 CLEARED = ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER", "MLAB_PASSWORD",
            "MLAB_PASSWORD_FILE")
@@ -92,3 +95,30 @@ def running(lab: UpLab) -> Iterator[UpLab]:
         yield lab
     finally:
         lab.mlab("down", "--volumes", check=False)
+
+
+def exec_in(container: str, script: str, user: str = "root") -> str:
+    """``bash -lc SCRIPT`` in ``container`` as ``user``; fails unless it exits 0. Its stdout."""
+    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
+                  timeout=120)
+    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def local_upstream(lab: UpLab, work: Path, text: str) -> bool:
+    """A one-commit repository (README = ``text``) made in ``work`` and cloned bare as
+    ``up.git`` into the site's upstreams directory (the code service's
+    ``/srv/mlab/upstreams``). False, and nothing cloned, when ``up.git`` is there already."""
+    work.mkdir()
+    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
+    (work / "README").write_text(text)
+    subprocess.run([*git, "add", "README"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
+    upstreams = lab.root / "state" / lab.name / "upstreams"
+    upstreams.mkdir(parents=True, exist_ok=True)
+    if (upstreams / "up.git").exists():
+        return False
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
+                   check=True)
+    return True
