@@ -25,7 +25,7 @@ from mlab.topology import (
     PORT_PORTAL,
 )
 from mlab.verify import policy_eval
-from mlab.verify.matrix import DEBIAN_URL, METADATA_IP, port_kind
+from mlab.verify.matrix import DEBIAN_URL, METADATA_IP, host_kind, port_kind
 from mlab.verify.policy_eval import Endpoint
 
 VERIFY_LABEL = "mlab.io/verify-probe"
@@ -300,12 +300,9 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
             for ip, port in where:
                 if not ip or ip == "None":
                     continue
-                kind, host = port_kind(cport), ip
-                if component == "code-service":
-                    scheme = "https" if name == "https" else "http"
-                    kind, host = "http", f"{scheme}://{ip}:{port}/"
-                elif kind == "novnc" and "tls" in words:  # websockify --ssl-only
-                    kind = "novnc-tls"
+                # As from the podman host: the protocol of the port's name, HTTP(S) to the
+                # code service, noVNC over TLS with the site's tls (websockify --ssl-only).
+                kind, host = host_kind(name, ip, port, "tls" in words)
                 why = (f"edge {check.name}" if check.expected
                        else f"no active edge {check.name}")
                 out.append(KProbe(OFFICE, f"{svc['metadata']['name']} {name} {ip}:{port}",
