@@ -78,8 +78,8 @@ def write_site(path: Path, users: int) -> None:
 
 def rendered_objects(site_path: Path, out_json: Path) -> None:
     """Render once in-process and keep the objects as JSON for the baseline."""
-    from mlab.deploy import render_with_passwords
     from mlab.site import load_site
+    from mlab.stored_render import render_with_passwords
 
     rendered = render_with_passwords(load_site(site_path))
     files = {name: list(objs) for name, objs in rendered.files.items()}

@@ -27,12 +27,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlab.deploy import probes
 from mlab.image.build import ensure_image
 from mlab.image.site_image import image_ref
 from mlab.podman import engine as podman_engine
 from mlab.podman.runner import podman
+from mlab.probing import podman as probes
 from mlab.site import Site, parse_site
+from mlab.verify.matrix import Result
 
 NAME = "t4bench"
 BIND = "127.0.4.9"
@@ -74,7 +75,7 @@ def main() -> None:
             same = timed(lambda: podman_engine.up(site(image, 2), image_of=image_ref))
             plan = podman_engine.load_plan(NAME)
             assert plan is not None
-            results: list[probes.Result] = []
+            results: list[Result] = []
             verify = timed(lambda: results.extend(probes.run(plan, one.code_service.host)))
             bad = sum(not r.ok for r in results)
         finally:

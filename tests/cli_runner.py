@@ -66,3 +66,16 @@ def mlab(*args: str, capsys: Any = None, env: Mapping[str, str] | None = None,
     if check and result.returncode != 0:
         raise AssertionError(f"mlab {' '.join(args)}: exit {result.returncode}\n{result.stderr}")
     return result
+
+
+def mlab_site(site_file: Path, *args: str, env: Mapping[str, str] | None = None,
+              drop: tuple[str, ...] = (), cwd: Path | None = None, timeout: float = 600,
+              check: bool = True) -> Run:
+    """``mlab ARGS --site SITE_FILE`` as a process (:func:`mlab`), the way the e2e modules
+    drive their own site; with ``check`` an exit code other than 0 fails with the tails of
+    stdout and stderr."""
+    proc = mlab(*args, "--site", str(site_file), env=env, drop=drop, cwd=cwd, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

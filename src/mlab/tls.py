@@ -18,7 +18,6 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock
 
@@ -107,21 +106,13 @@ def names(site: Site, holder: str) -> list[str]:
 
 
 def _x509():  # type: ignore[no-untyped-def]
+    """``cryptography.x509``, imported on first use (rendering without TLS never loads it)."""
     try:
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError:  # pragma: no cover - a dependency of mlab
         raise MlabError("tls.mode site-ca needs the cryptography package",
                         hint="pip install cryptography") from None
-    return x509, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID
-
-
-def _key_pem(key) -> str:  # type: ignore[no-untyped-def]
-    _, _, serialization, _, _, _ = _x509()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return x509
 
 
 def _now() -> datetime.datetime:
@@ -129,63 +120,34 @@ def _now() -> datetime.datetime:
 
 
 def _make_ca(site: Site) -> Issued:
-    x509, hashes, serialization, ec, _, NameOID = _x509()
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLab"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"MLab site CA {site.name}")])
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+    _x509()  # the one clear line when cryptography is missing
+    from mlab import certs
+
+    cert, key = certs.make_ca(certs.subject(f"MLab site CA {site.name}", ["MLab"]), CA_DAYS,
+                              path_length=0, digital_signature=False, key_id=True)
+    return Issued(cert.decode(), key.decode())
 
 
 def _issue(site: Site, ca: Issued, holder: str, alt: list[str]) -> Issued:
-    x509, hashes, serialization, ec, EKU, NameOID = _x509()
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    x509 = _x509()
+    from mlab import certs
 
-    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
-    ca_key = serialization.load_pem_private_key(ca.key.encode(), None)
+    code = holder == CODE_SERVICE
     # Desktops get RSA: xrdp's and TigerVNC's TLS are known to work with it on Debian 12.
-    key = (ec.generate_private_key(ec.SECP256R1()) if holder == CODE_SERVICE
-           else rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    sans: list[Any] = []
-    for n in alt:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
-    now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLab"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{holder}.{site.name}")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, holder != CODE_SERVICE, False,
-                                         holder == CODE_SERVICE, False, False, False, False),
-                           critical=True)
-            .add_extension(x509.ExtendedKeyUsage([EKU.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)  # type: ignore[arg-type]
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+    cert, key = certs.issue(
+        ca.cert.encode(), ca.key.encode(), certs.subject(f"{holder}.{site.name}", ["MLab"]),
+        CERT_DAYS, server=True, names=alt, key_kind="ec" if code else "rsa",
+        key_usage=x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=not code,
+            data_encipherment=False, key_agreement=code, key_cert_sign=False, crl_sign=False,
+            encipher_only=False, decipher_only=False),
+        authority_key_id=True)
+    return Issued(cert.decode(), key.decode())
 
 
 def _current(issued: Issued, alt: list[str]) -> bool:
     """Whether ``issued`` covers exactly ``alt`` and is not near expiry."""
-    x509 = _x509()[0]
+    x509 = _x509()
     cert = x509.load_pem_x509_certificate(issued.cert.encode())
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

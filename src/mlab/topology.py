@@ -191,7 +191,7 @@ EDGES: tuple[Edge, ...] = (
 )
 """The network's allowed edges: the NetworkPolicies (``mlab.render.network``, ``.portal``)
 grant exactly these (tests/unit/test_topology.py checks both ways, with the evaluator
-``mlab.deploy.policy_eval``); the podman emulation and ``mlab verify`` probe them. No
+``mlab.verify.policy_eval``); the podman emulation and ``mlab verify`` probe them. No
 HomePod edge reaches the identity provider or the API server: only the portal does."""
 
 PORT_GIT = 9418
@@ -294,7 +294,7 @@ def checks(facts: set[str]) -> list[Check]:
         blocked unless another active edge allows it: ``office --> homepod :22`` stays open
         when only the portal is the door to desktops); each :data:`DENIED` row whose ends
         exist (expected blocked). The engines bind each check to concrete probes
-        (``mlab.deploy.probes`` for podman, ``mlab.deploy.kube_matrix`` on a cluster).
+        (``mlab.verify.matrix`` for podman, ``mlab.verify.kube_matrix`` on a cluster).
     """
     seen: dict[tuple[str, str, int], Check] = {}
     rows = [(e.source, e.destination, port, e.condition)

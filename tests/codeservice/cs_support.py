@@ -13,10 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob:with:colons"}
 
@@ -167,3 +170,18 @@ def stop_service(svc: Service, sig: int = signal.SIGTERM) -> None:
             svc.proc.wait(timeout=15)
 
 
+@contextmanager
+def module_service(factory: pytest.TempPathFactory, name: str, site_extra: str = "",
+                   upstream: bool = True) -> Iterator[Service]:
+    """One test module's service: its own temp dir (``MLAB_TEST_HOME`` for the module only),
+    ``site_extra`` in the site, and with ``upstream`` a one-commit upstream approved as
+    ``org/<name>``; stopped at the end."""
+    tmp = factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
+        env.setenv("MLAB_TEST_HOME", str(tmp))
+        service = start_service(tmp, site_extra)
+        if upstream:
+            bare = make_upstream(tmp, name, commits=1)
+            service.approve(f"file://{bare}", f"org/{name}")
+        yield service
+        stop_service(service)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
+from cs_support import PASSWORDS, Service, git, module_service
 
 SITE = """  limits:
     gitTimeout: 10
@@ -46,17 +46,11 @@ def git_processes(repos: Path, only: bytes = b"git") -> list[int]:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("dos")
-    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
-        env.setenv("MLAB_TEST_HOME", str(tmp))
-        service = start_service(tmp, SITE)
-        bare = make_upstream(tmp, "dos", commits=1)
-        service.approve(f"file://{bare}", "org/dos")
+    with module_service(tmp_path_factory, "dos", SITE) as service:
         yield service
-        stop_service(service)
-        # Never leave a spinning git behind on a shared machine (today's bug did exactly that).
-        for pid in git_processes(service.data / "repos"):
-            with_suppress_kill(pid)
+    # Never leave a spinning git behind on a shared machine (today's bug did exactly that).
+    for pid in git_processes(service.data / "repos"):
+        with_suppress_kill(pid)
 
 
 def with_suppress_kill(pid: int) -> None:

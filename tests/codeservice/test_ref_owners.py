@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cs_support import PASSWORDS, Service, git, make_upstream, start_service, stop_service
+from cs_support import (
+    PASSWORDS,
+    Service,
+    git,
+    make_upstream,
+    module_service,
+    start_service,
+    stop_service,
+)
 
 SITE = """  limits:
     maxRefsPerDay: 40
@@ -22,12 +30,8 @@ SITE = """  limits:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("owners")
-    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
-        env.setenv("MLAB_TEST_HOME", str(tmp))
-        service = start_service(tmp, SITE)
+    with module_service(tmp_path_factory, "owners", SITE, upstream=False) as service:
         yield service
-        stop_service(service)
 
 
 def _clone(svc: Service, repo: str, user: str, dest: Path) -> Path:

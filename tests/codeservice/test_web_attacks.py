@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cs_support import PASSWORDS, Service, make_upstream, start_service, stop_service
+from cs_support import PASSWORDS, Service, module_service, start_service, stop_service
 
 SITE = """  limits:
     loginFailuresPerAccount: 5
@@ -23,14 +23,8 @@ SITE = """  limits:
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("web")
-    with pytest.MonkeyPatch.context() as env:  # for this module's tests only
-        env.setenv("MLAB_TEST_HOME", str(tmp))
-        service = start_service(tmp, SITE)
-        bare = make_upstream(tmp, "web", commits=1)
-        service.approve(f"file://{bare}", "org/web")
+    with module_service(tmp_path_factory, "web", SITE) as service:
         yield service
-        stop_service(service)
 
 
 def _admin(svc: Service) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
 
 from mlab.podman.runner import podman
 
@@ -40,14 +41,10 @@ class Pod:
         self.container = f"{self.pod}-homepod"
         self.volume = f"mlab_{site}_home-{USER}"
         self.file = root / "site.yaml"
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state")}
+        self.env = {"MLAB_STATE_DIR": str(root / "state")}
 
-    def mlab(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
-                               str(self.file)], env=self.env, capture_output=True, text=True,
-                              timeout=300, check=False)
-        assert proc.returncode == 0, f"mlab {args}: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        return proc
+    def mlab(self, *args: str) -> Run:
+        return mlab_site(self.file, *args, env=self.env, timeout=300)
 
     def cull(self) -> dict[str, Any]:
         rows = json.loads(self.mlab("cull", "--once", "-o", "json").stdout)

@@ -9,9 +9,6 @@ shows it culled; `mlab wake dora` starts it (audited), and the next `mlab up` ch
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
 
 from mlab.podman.runner import podman
 
@@ -33,14 +31,10 @@ class UpSite:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.file = root / f"{SITE}.yaml"
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "250"}
+        self.env = {"MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "250"}
 
-    def mlab(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
-                               str(self.file)], env=self.env, capture_output=True, text=True,
-                              timeout=900, check=False)
-        assert proc.returncode == 0, f"mlab {args}: {proc.stdout[-1500:]}\n{proc.stderr[-2500:]}"
-        return proc
+    def mlab(self, *args: str) -> Run:
+        return mlab_site(self.file, *args, env=self.env, timeout=900)
 
     def state(self) -> str:
         return podman(["pod", "inspect", POD, "--format", "{{.State}}"]).stdout.strip()

@@ -23,12 +23,9 @@ the test's own, so the OpenSSH clients run unattended) and reviewer bob.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +33,9 @@ from typing import Any
 
 import paramiko
 import pytest
-import yaml
+from cli_runner import Run
+from up_lab import UpLab, local_upstream, running, site_doc
+from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
 
@@ -50,7 +49,6 @@ PUBLISH_WAIT = 120.0
 
 
 def _site_doc(image: str, key: str) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
     users = []
     for i, name in enumerate(["alice", "bob"]):
         user: dict[str, Any] = {"name": name, "uid": 1001 + i, "home": {"size": "1Gi"},
@@ -59,53 +57,30 @@ def _site_doc(image: str, key: str) -> dict[str, Any]:
         if name == "alice":
             user["sshKeys"] = [key]
         users.append(user)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": SITE,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": users,
-        "airlock": {"service": {"ports": {"vnc": 15930, "novnc": 17050, "ssh": 10132}}},
-        "codeService": {"reviewers": ["bob"], "allowLocalUpstreams": True},
-    }
+    return site_doc(
+        SITE, image, BIND, users,
+        airlock={"service": {"ports": {"vnc": 15930, "novnc": 17050, "ssh": 10132}}},
+        codeService={"reviewers": ["bob"], "allowLocalUpstreams": True},
+    )
 
 
-class Lab:
+class Lab(UpLab):
     """The running test site."""
 
     def __init__(self, root: Path, image: str) -> None:
-        self.root = root
         self.key = root / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
                        check=True, timeout=60)
-        self.file = root / f"{SITE}.yaml"
         pub = (root / "id_ed25519.pub").read_text().strip()
-        self.file.write_text(yaml.safe_dump(_site_doc(image, pub)))
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
-        for var in ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER",
-                    "MLAB_PASSWORD", "MLAB_PASSWORD_FILE"):
-            self.env.pop(var, None)
-        self.passwords: dict[str, str] = {}
+        super().__init__(root, SITE, _site_doc(image, pub))
         self.server = ""
-        self.alice = f"mlab-{SITE}-homepod-alice-homepod"
-        self.bob = f"mlab-{SITE}-homepod-bob-homepod"
-        self.airlock = f"mlab-{SITE}-airlock-airlock"
-        self.code = f"mlab-{SITE}-code-service-code-service"
-
-    def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
-             check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "mlab.cli.main", *args]
-        if site:
-            argv += ["--site", str(self.file)]
-        proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=600, check=False, cwd=cwd)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+        self.alice = self.box("homepod-alice", "homepod")
+        self.bob = self.box("homepod-bob", "homepod")
+        self.airlock = self.box("airlock", "airlock")
+        self.code = self.box("code-service", "code-service")
 
     def request_as(self, user: str, *args: str, check: bool = True,
-                   cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+                   cwd: Path | None = None) -> Run:
         """``mlab request ARGS`` from this (office) machine as ``user``."""
         return self.mlab("request", *args, "--server", self.server, site=False, check=check,
                          cwd=cwd, env={"MLAB_USER": user, "MLAB_PASSWORD": self.passwords[user]})
@@ -120,28 +95,11 @@ class Lab:
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL)
 
 
-def _exec(container: str, script: str, user: str = "root") -> str:
-    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
-                  timeout=120)
-    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    s = Lab(tmp_path_factory.mktemp(SITE), homepod_image)
-    s.mlab("down", "--volumes", check=False)
-    try:
-        s.mlab("up")
-        rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
-        s.passwords = {row["user"]: row["password"] for row in rows}
-        code = next(c for c in json.loads(s.mlab("status", "-o", "json").stdout)
-                    if c["name"] == "code-service")
-        endpoint = code["endpoints"][0]
-        s.server = f"http://{endpoint['host']}:{endpoint['port']}"
+    with running(Lab(tmp_path_factory.mktemp(SITE), homepod_image)) as s:
+        s.server = s.code_server()
         yield s
-    finally:
-        s.mlab("down", "--volumes", check=False)
 
 
 def test_ssh_gives_an_interactive_shell(lab: Lab) -> None:
@@ -279,16 +237,7 @@ def test_export_downloads_only_for_its_requester(lab: Lab, tmp_path: Path) -> No
 def test_homepod_branch_reaches_the_office_only_after_review(lab: Lab, tmp_path: Path) -> None:
     import base64
 
-    work = tmp_path / "up"
-    work.mkdir()
-    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    (work / "README").write_text("egress\n")
-    subprocess.run([*git, "add", "README"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
-    upstreams = lab.root / "state" / SITE / "upstreams"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
-                   check=True)
+    assert local_upstream(lab, tmp_path / "up", "egress\n")
     lab.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
              "--server", lab.server, site=False,
              env={"MLAB_USER": "admin", "MLAB_PASSWORD": lab.passwords["admin"]})

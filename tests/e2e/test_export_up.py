@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import Any
 
 import paramiko
 import pytest
-import yaml
+from cli_runner import Run
+from up_lab import UpLab, running, site_doc
 
 from mlab.podman.runner import podman
 
@@ -46,56 +46,30 @@ PUBLISH_WAIT = 120.0
 
 
 def _site_doc(image: str) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": SITE,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": [
-            {"name": u, "uid": 1001 + i, "home": {"size": "1Gi"}, "service": {"ports": {
-                "vnc": 15911 + i, "rdp": 13399 + i, "novnc": 17041 + i, "ssh": 12211 + i}}}
-            for i, u in enumerate(["alice", "bob"])
-        ],
-        "airlock": {"service": {"ports": {"vnc": 15910, "novnc": 17040, "ssh": AIRLOCK_SSH}}},
-        "codeService": {"reviewers": ["bob"]},
+    users = [{"name": u, "uid": 1001 + i, "home": {"size": "1Gi"}, "service": {"ports": {
+        "vnc": 15911 + i, "rdp": 13399 + i, "novnc": 17041 + i, "ssh": 12211 + i}}}
+        for i, u in enumerate(["alice", "bob"])]
+    return site_doc(
+        SITE, image, BIND, users,
+        airlock={"service": {"ports": {"vnc": 15910, "novnc": 17040, "ssh": AIRLOCK_SSH}}},
+        codeService={"reviewers": ["bob"]},
         # Exports on the Airlock share (the open posture's delivery): what the Airlock may
         # and may not see. The reviewed default (requester delivery) is test_egress_up.py.
-        "egress": {"exportDelivery": "share"},
-    }
+        egress={"exportDelivery": "share"},
+    )
 
 
-class Lab:
+class Lab(UpLab):
     """The running test site: its file, state directory, passwords and container names."""
 
     def __init__(self, root: Path, image: str) -> None:
-        self.root = root
-        self.file = root / f"{SITE}.yaml"
-        self.file.write_text(yaml.safe_dump(_site_doc(image)))
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
-        for var in ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER",
-                    "MLAB_PASSWORD", "MLAB_PASSWORD_FILE"):
-            self.env.pop(var, None)
-        self.passwords: dict[str, str] = {}
+        super().__init__(root, SITE, _site_doc(image))
         self.server = ""
-        self.airlock = f"mlab-{SITE}-airlock-airlock"
-        self.alice = f"mlab-{SITE}-homepod-alice-homepod"
-        self.publisher = f"mlab-{SITE}-airlock-publisher"
+        self.airlock = self.box("airlock", "airlock")
+        self.alice = self.box("homepod-alice", "homepod")
+        self.publisher = self.box("airlock", "publisher")
 
-
-    def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "mlab.cli.main", *args]
-        if site:
-            argv += ["--site", str(self.file)]
-        proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=600, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
-
-    def request_as(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def request_as(self, user: str, *args: str) -> Run:
         """``mlab request ARGS`` from this machine, logged in as ``user``."""
         return self.mlab("request", *args, "--server", self.server, site=False,
                          env={"MLAB_USER": user, "MLAB_PASSWORD": self.passwords[user]})
@@ -114,19 +88,9 @@ def _exec(container: str, script: str, user: str, timeout: float = 120
 @pytest.fixture(scope="module")
 def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The t4exp site, up; torn down with its volumes at the end."""
-    s = Lab(tmp_path_factory.mktemp(SITE), homepod_image)
-    s.mlab("down", "--volumes", check=False)  # leftovers of an interrupted run
-    try:
-        s.mlab("up")
-        rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
-        s.passwords = {row["user"]: row["password"] for row in rows}
-        code = next(c for c in json.loads(s.mlab("status", "-o", "json").stdout)
-                    if c["name"] == "code-service")
-        endpoint = code["endpoints"][0]
-        s.server = f"http://{endpoint['host']}:{endpoint['port']}"
+    with running(Lab(tmp_path_factory.mktemp(SITE), homepod_image)) as s:
+        s.server = s.code_server()
         yield s
-    finally:
-        s.mlab("down", "--volumes", check=False)
 
 
 def _request_id(out: str) -> int:

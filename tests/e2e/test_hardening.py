@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from mlab.deploy import probes_link
 from mlab.podman.runner import podman
+from mlab.probing import podman_link
+from mlab.verify import link as probes_link
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -125,7 +126,7 @@ def test_link_probes_see_forged_sources_and_ipv6_only_where_they_exist(
     c = e2e.run_container(homepod_image, PREFIX, env=ENV, args=["sleep", "300"],
                           capabilities=caps, extra=["--network", network["name"]])
     containers.append(c)
-    (gw_ll,) = probes_link.link_local_of(network["bridge"])
+    (gw_ll,) = podman_link.link_local_of(network["bridge"])
     forged = str(ipaddress.ip_network(network["subnet"])[200])  # the "Airlock's" address
     token = f"mlab-forged-{secrets.token_hex(4)}"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
@@ -138,7 +139,7 @@ def test_link_probes_see_forged_sources_and_ipv6_only_where_they_exist(
             "homepod-test", c.name, forged, network["gateway"],
             ((f"IPv6 host [{gw_ll}]", gw_ll, tcp6.getsockname()[1]),), token)
         answer = _run_link_program(c.name, job, udp)
-        arrived = probes_link.collect(udp)
+        arrived = podman_link.collect(udp)
     rows = {r.probe.target: r for r in probes_link.results(job, answer, arrived)}
     raw = rows["raw socket (AF_INET, SOCK_RAW) as root"]
     by_ip = next(r for t, r in rows.items() if t.endswith("by raw IP"))

@@ -15,18 +15,16 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
+from portal_harness import Browser, Keycloak, Person, open_desktop, realm_json, sign_in
 
 from mlab.podman.runner import podman
-from portal_harness import Browser, Keycloak, Person, open_desktop, realm_json, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -44,9 +42,8 @@ def up(homepod_image: str, tmp_path_factory) -> Iterator[SimpleNamespace]:
     site_file = tmp / f"{SITE}.yaml"
     env = {**os.environ, "MLAB_STATE_DIR": str(tmp / "state")}
 
-    def mlab(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site", str(site_file)],
-                              env=env, capture_output=True, text=True, timeout=900, check=False)
+    def mlab(*args: str) -> Run:
+        return mlab_site(site_file, *args, env=env, timeout=900, check=False)
 
     try:
         repo, tag = homepod_image.rsplit(":", 1)

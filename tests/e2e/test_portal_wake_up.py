@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
 from portal_harness import Browser, sign_in_password, wait_novnc
 
 from mlab.podman.runner import podman
@@ -54,13 +55,8 @@ class UpSite:
         self.culler: subprocess.Popen[str] | None = None
         self.culler_out: Any = None
 
-    def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
-                               str(self.file)], env=self.env, capture_output=True, text=True,
-                              timeout=900, check=False)
-        assert not check or proc.returncode == 0, \
-            f"mlab {args}: {proc.stdout[-1500:]}\n{proc.stderr[-2500:]}"
-        return proc
+    def mlab(self, *args: str, check: bool = True) -> Run:
+        return mlab_site(self.file, *args, env=self.env, timeout=900, check=check)
 
     def pod_state(self, user: str) -> str:
         return podman(["pod", "inspect", f"mlab-{SITE}-homepod-{user}", "--format",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import mlab
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,9 +52,7 @@ def test_image_build_draws_progress_on_a_terminal_and_not_with_q(homepod_image: 
     """The real CLI: -q on every long command; `mlab image build` (the image is cached by the
     session's other tests, so this is quick) draws its steps on a terminal, not with -q."""
     for cmd in ("up", "down", "verify"):
-        help_text = subprocess.run([sys.executable, "-m", "mlab.cli.main", cmd, "--help"],
-                                   capture_output=True, text=True, check=True,
-                                   env={**os.environ, "COLUMNS": "200"}).stdout
+        help_text = mlab(cmd, "--help", env={"COLUMNS": "200"}, check=True).stdout
         assert "--quiet" in help_text and "-q" in help_text, cmd
     drawn = _on_a_terminal("image", "build", "--local")
     assert "image: hashing the recipe" in drawn or "image: done" in drawn, drawn[-2000:]

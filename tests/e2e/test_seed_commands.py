@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
 
 from mlab.podman.runner import podman
 
@@ -56,13 +56,8 @@ class SeedSite:
             "security": {"report": "mailto:holes@example.com"},
         }))
 
-    def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", *args, "--site",
-                               str(self.file)], env=self.env, capture_output=True, text=True,
-                              timeout=900, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        return proc
+    def mlab(self, *args: str, check: bool = True) -> Run:
+        return mlab_site(self.file, *args, env=self.env, timeout=900, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,15 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
+from up_lab import UpLab, local_upstream, running, site_doc
+from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
 
@@ -50,89 +50,35 @@ PORTS = {"vnc": 15961, "rdp": 13461, "novnc": 17081, "ssh": 12261}
 
 
 def _site_doc(image: str) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": SITE,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": BIND, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": [{"name": "alice", "uid": 1001, "home": {"size": "1Gi"},
-                   "service": {"ports": PORTS}}],
-        "airlock": {"enabled": False},
-        "codeService": {"allowLocalUpstreams": True},
-        "tls": {"mode": "site-ca"},
-    }
+    return site_doc(SITE, image, BIND, [{"name": "alice", "uid": 1001, "home": {"size": "1Gi"},
+                                         "service": {"ports": PORTS}}],
+                    airlock={"enabled": False}, codeService={"allowLocalUpstreams": True},
+                    tls={"mode": "site-ca"})
 
 
-class Lab:
+class Lab(UpLab):
     """The running test site."""
 
     def __init__(self, root: Path, image: str) -> None:
-        self.root = root
-        self.file = root / f"{SITE}.yaml"
-        self.file.write_text(yaml.safe_dump(_site_doc(image)))
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
-        for var in ("MLAB_SERVER", "MLAB_CODE_URL", "MLAB_CODE_HOST", "MLAB_USER",
-                    "MLAB_PASSWORD", "MLAB_PASSWORD_FILE", "SSL_CERT_FILE", "GIT_SSL_CAINFO"):
-            self.env.pop(var, None)
-        self.passwords: dict[str, str] = {}
+        super().__init__(root, SITE, _site_doc(image), clear=("SSL_CERT_FILE", "GIT_SSL_CAINFO"))
         self.ca = Path()
-        self.up_log = ""
-        self.alice = f"mlab-{SITE}-homepod-alice-homepod"
-
-    def mlab(self, *args: str, site: bool = True, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "mlab.cli.main", *args]
-        if site:
-            argv += ["--site", str(self.file)]
-        proc = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=600, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+        self.alice = self.box("homepod-alice", "homepod")
 
     def ctx(self) -> ssl.SSLContext:
         """A client context that trusts only the site CA (hostname checked)."""
         return ssl.create_default_context(cafile=str(self.ca))
 
 
-def _exec(container: str, script: str, user: str = "root") -> str:
-    proc = podman(["exec", "-u", user, container, "bash", "-lc", script], check=False,
-                  timeout=120)
-    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    s = Lab(tmp_path_factory.mktemp(SITE), homepod_image)
-    s.mlab("down", "--volumes", check=False)
-    try:
-        up = s.mlab("up")
-        s.up_log = up.stdout + up.stderr
-        rows = json.loads(s.mlab("passwords", "-o", "json").stdout)
-        s.passwords = {row["user"]: row["password"] for row in rows}
+    with running(Lab(tmp_path_factory.mktemp(SITE), homepod_image)) as s:
         s.ca = Path(s.mlab("ca").stdout.strip())
         yield s
-    finally:
-        s.mlab("down", "--volumes", check=False)
 
 
 def _upstream(lab: Lab, tmp: Path) -> None:
     """A local upstream, approved as demo/up over HTTPS by the admin (SSL_CERT_FILE)."""
-    work = tmp / "work"
-    work.mkdir()
-    git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    (work / "README").write_text("tls\n")
-    subprocess.run([*git, "add", "README"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "first"], cwd=work, check=True)
-    upstreams = lab.root / "state" / SITE / "upstreams"
-    upstreams.mkdir(parents=True, exist_ok=True)
-    if not (upstreams / "up.git").exists():
-        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
-                       check=True)
+    if local_upstream(lab, tmp / "work", "tls\n"):
         lab.mlab("repo", "approve", "file:///srv/mlab/upstreams/up.git", "--as", "demo/up",
                  "--server", f"https://{BIND}", site=False,
                  env={"MLAB_USER": "admin", "MLAB_PASSWORD": lab.passwords["admin"],

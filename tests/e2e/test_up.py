@@ -11,11 +11,9 @@ that a port in use and a failure half-way leave nothing started.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_runner import Run, mlab_site
+from up_lab import site_doc
 
 from mlab.podman.runner import podman
 
@@ -33,22 +33,16 @@ BIND = "127.0.4.1"
 
 
 def _site_doc(image: str, users: list[str], name: str = SITE, bind: str = BIND) -> dict[str, Any]:
-    repo, tag = image.rsplit(":", 1)
-    return {
-        "apiVersion": "mlab.io/v1",
-        "name": name,
-        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
-        "access": {"bindAddress": bind, "officeCIDRs": ["127.0.0.0/8"]},
-        "users": [
-            {"name": u, "uid": 1001 + i, "service": {"ports": {
-                "vnc": 15901 + i, "rdp": 13389 + i, "novnc": 17031 + i, "ssh": 12201 + i}}}
-            for i, u in enumerate(users)
-        ],
-        "airlock": {"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
-        "codeService": {"allowLocalUpstreams": True, "reviewers": [users[-1]]},
+    return site_doc(
+        name, image, bind,
+        [{"name": u, "uid": 1001 + i, "service": {"ports": {
+            "vnc": 15901 + i, "rdp": 13389 + i, "novnc": 17031 + i, "ssh": 12201 + i}}}
+         for i, u in enumerate(users)],
+        airlock={"service": {"ports": {"vnc": 15900, "novnc": 17030, "ssh": 10022}}},
+        codeService={"allowLocalUpstreams": True, "reviewers": [users[-1]]},
         # The seed's paths (SSH commands below); the reviewed posture: test_egress_up.py.
-        "posture": "open",
-    }
+        posture="open",
+    )
 
 
 class Site:
@@ -57,20 +51,13 @@ class Site:
     def __init__(self, root: Path, image: str, name: str = SITE, bind: str = BIND) -> None:
         self.root, self.image, self.name, self.bind = root, image, name, bind
         self.file = root / f"{name}.yaml"
-        self.env = {**os.environ, "MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
+        self.env = {"MLAB_STATE_DIR": str(root / "state"), "COLUMNS": "200"}
 
     def write(self, users: list[str]) -> None:
         self.file.write_text(yaml.safe_dump(_site_doc(self.image, users, self.name, self.bind)))
 
-    def mlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "mlab.cli.main", *args, "--site", str(self.file)],
-            env=self.env, capture_output=True, text=True, timeout=600, check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mlab {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc
+    def mlab(self, *args: str, check: bool = True) -> Run:
+        return mlab_site(self.file, *args, env=self.env, check=check)
 
     def status(self) -> list[dict[str, Any]]:
         return json.loads(self.mlab("status", "-o", "json").stdout)
@@ -215,7 +202,7 @@ def _supervisorctl(container: str, *args: str) -> str:
 def test_verify_fails_on_exactly_the_edge_of_a_stopped_service(site: Site) -> None:
     """xrdp stopped inside alice's running HomePod: her published RDP port still has its
     DNAT rule, but nothing answers; verify must fail on that edge and only on it."""
-    from mlab.deploy.answers import recognise, request
+    from mlab.probing.answers import recognise, request
 
     alice = f"mlab-{SITE}-homepod-alice-homepod"
     assert "stopped" in _supervisorctl(alice, "stop", "xrdp")

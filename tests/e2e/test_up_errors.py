@@ -8,20 +8,17 @@ real one (the only fake in these tests, at the process boundary).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import Run, mlab
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "examples" / "local.yaml"
 
 
-def _mlab(args: list[str], path: str, state: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": path, "MLAB_STATE_DIR": str(state)}
-    return subprocess.run([sys.executable, "-m", "mlab.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+def _mlab(args: list[str], path: str, state: Path) -> Run:
+    return mlab(*args, env={"PATH": path, "MLAB_STATE_DIR": str(state)}, timeout=120)
 
 
 @pytest.mark.parametrize("command", [["up"], ["down"], ["down", "--volumes"]])
@@ -70,10 +67,10 @@ def test_down_volumes_forgets_the_passwords(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """After `mlab down --volumes` the next `up` is a first start and shows new passwords
     (issue 10: passwords.json was kept, so the user never saw the new ones)."""
+    import secrets
+
     from mlab.secrets import load_or_create_passwords, passwords_path
     from mlab.site import load_site
-
-    import secrets
 
     # A site name of its own: `down` removes every podman object of the site's name.
     own = tmp_path / "site.yaml"

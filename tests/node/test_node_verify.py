@@ -14,9 +14,9 @@ import pytest
 import yaml
 from nodekit import NAMESPACE, SITE, Node
 
-from mlab.deploy.kube_matrix import VERIFY_LABEL
 from mlab.render import render_site
 from mlab.site import load_site
+from mlab.verify.kube_matrix import VERIFY_LABEL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 

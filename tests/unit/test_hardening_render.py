@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from site_kit import local_site, render_fixed, translate_fixed
 
-from mlab.deploy import probes_link
 from mlab.homepod import startgate
 from mlab.podman import firewall
 from mlab.podman.runner import KEEP_IPV6_ENV, containers_conf
+from mlab.probing import podman_link
 from mlab.render.common import SESSION_CAPABILITIES
 from mlab.site import Site, load_site
+from mlab.verify import link as probes_link
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_CAPS = {"NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SETFCAP",
@@ -246,5 +247,5 @@ def test_link_local_of_reads_the_interface_address_not_its_mac(tmp_path: Path) -
     inet6 = tmp_path / "if_inet6"
     inet6.write_text("fe80000000000000e057b7fffe2e8c97 6f 40 20 80  podman5\n"
                      "00000000000000000000000000000001 01 80 10 80       lo\n")
-    assert probes_link.link_local_of("podman5", str(inet6)) == ["fe80::e057:b7ff:fe2e:8c97"]
-    assert probes_link.link_local_of("no-such-bridge-x", str(inet6)) == []
+    assert podman_link.link_local_of("podman5", str(inet6)) == ["fe80::e057:b7ff:fe2e:8c97"]
+    assert podman_link.link_local_of("no-such-bridge-x", str(inet6)) == []

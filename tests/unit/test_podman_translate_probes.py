@@ -7,11 +7,11 @@ from collections import Counter
 
 from site_kit import LOCAL_SITE, fixed_passwords, translate_fixed
 
-from mlab.deploy.probes import HostFacts, Probe, Result, matrix, to_json
 from mlab.podman.plan_file import PlanFile, PodRecord
 from mlab.render import render_site
 from mlab.site import Tls, load_site
 from mlab.tls import Issued, SiteTls, holders
+from mlab.verify.matrix import HostFacts, Probe, Result, matrix, to_json
 
 FACTS = HostFacts(listener_port=40000, host_ip="192.0.2.2", internet_ip="203.0.113.80",
                   resolvers=("10.255.255.53",))
@@ -100,8 +100,8 @@ def test_results_as_json() -> None:
 def test_podman_expectations_agree_with_the_rendered_policies(local_rendered) -> None:
     """The podman matrix's hand-set expectations for pod and internet edges equal what the
     NetworkPolicy evaluator (the cluster verify's source of truth) says about network.yaml."""
-    from mlab.deploy.policy_eval import Endpoint, allowed
     from mlab.render.common import labels
+    from mlab.verify.policy_eval import Endpoint, allowed
 
     site, rendered = local_rendered
     policies = rendered.files["network.yaml"]
@@ -143,8 +143,8 @@ def test_every_check_of_the_topology_has_a_probe(local_rendered) -> None:
     """One matrix: every check of mlab.topology.checks (each edge of EDGES, each DENIED
     example) whose source the podman engine has is probed with the check's expectation,
     and every network probe stands for a check."""
-    from mlab.deploy.probes import podman_facts
     from mlab.topology import checks
+    from mlab.verify.matrix import podman_facts
 
     site, rendered = local_rendered
     plan = PlanFile.of(translate_fixed(site, rendered=rendered))

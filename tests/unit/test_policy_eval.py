@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mlab.deploy import kube_matrix as km
-from mlab.deploy.policy_eval import Endpoint, allowed, match_selector
 from mlab.render import render_site
 from mlab.render.common import labels
 from mlab.site import load_site
+from mlab.verify import kube_matrix as km
+from mlab.verify.policy_eval import Endpoint, allowed, match_selector
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = load_site(ROOT / "examples" / "local.yaml")
@@ -119,7 +119,7 @@ def test_documented_role_is_the_rendered_one() -> None:
 
     import yaml
 
-    from mlab.deploy.kube_verify import verify_role
+    from mlab.probing.kube import verify_role
 
     text = (ROOT / "docs" / "verify.md").read_text()
     block = re.search(r"```yaml\n(kind: Role.*?|apiVersion: rbac.*?)```", text, re.S)
@@ -132,7 +132,7 @@ def test_documented_role_is_the_rendered_one() -> None:
 def test_junit_and_json_rows() -> None:
     from xml.etree import ElementTree as ET
 
-    from mlab.deploy.kube_verify import KResult, junit, to_json
+    from mlab.probing.kube import KResult, junit, to_json
 
     src = km.Source("probe-homepod", "p", "probe", "homepod", HOME_A)
     good = KResult(km.KProbe(src, "code service", "http", "h", 0, True, "egress x"), True,

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from mlab.cull.incluster import InCluster, wake
-from mlab.deploy.policy_eval import Endpoint, allowed
 from mlab.errors import DeployError, SiteError, UsageError
 from mlab.render import render_site
 from mlab.render.common import labels
 from mlab.site import parse_site
+from mlab.verify.policy_eval import Endpoint, allowed
 
 API = "10.0.0.1"
 
@@ -107,6 +107,16 @@ def test_podman_translation_asks_the_host_instead_of_the_in_cluster_wake() -> No
     assert "in-cluster" not in command and "--share" in command
     assert command.count("--wake") == 1
     assert command[command.index("--wake") + 1] == "host"
+
+
+def test_portal_options_are_set_by_flag_in_place_or_appended() -> None:
+    from mlab.render.portal import set_options, wake_args
+
+    rendered = ["mlab", "portal", "serve", "--port", "8443", *wake_args("in-cluster")]
+    got = set_options(rendered, [*wake_args("host", "/w"), "--port", "9443"])
+    assert got == ["mlab", "portal", "serve", "--port", "9443", "--wake", "host",
+                   "--wake-dir", "/w"]
+    assert rendered[-1] == "in-cluster"  # not mutated
 
 
 def test_idp_ca_file_that_is_no_bundle_is_one_line(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from mlab.deploy.policy_eval import Endpoint, allowed
 from mlab.render import render_site
 from mlab.render.common import ANNOTATION_EDGE, labels
 from mlab.render.network import site_facts
 from mlab.site import Site, load_site
 from mlab.topology import DENIED, EDGES, PORT_DNS, Edge, checks, edge_active
+from mlab.verify.policy_eval import Endpoint, allowed
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

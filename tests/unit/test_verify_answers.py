@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mlab.deploy import answers
-from mlab.deploy.probes import Probe, _run_in, host_kind, observed
+from mlab.probing import answers
+from mlab.probing.podman import _run_in
+from mlab.verify.matrix import Probe, host_kind, observed
 
 # The Connection Confirm xrdp sends to `answers.request("rdp")` (captured from a HomePod).
 XRDP_CC = bytes.fromhex("030000130ed000001234000201080001000000")

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlab.cli.site_cmd import SITE_OPTION
-from mlab.deploy import render_with_passwords
 from mlab.deploy.kubernetes import (
     Kubectl,
     apply_objects,
@@ -26,6 +25,7 @@ from mlab.deploy.kubernetes import (
     wait_for_rollout,
 )
 from mlab.site import load_site
+from mlab.stored_render import render_with_passwords
 
 CONTEXT_OPTION = typer.Option(
     None, "--context", help="kubeconfig context to use. Default: the current context."

@@ -256,8 +256,10 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
 
     Without --cluster inside the running podman containers; with it on Kubernetes.
     """
-    from mlab.deploy import probes, probes_link
     from mlab.podman import engine as podman_engine
+    from mlab.probing import podman as probes
+    from mlab.probing import podman_link as probes_link
+    from mlab.verify import matrix
 
     fmt = _format(output)
     loaded = load_site(site)
@@ -279,7 +281,7 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
         results += probes_link.run(plan, probes.host_facts(0).host_ip)
     bad = [r for r in results if not r.ok]
     if fmt == "json":
-        sys.stdout.write(json.dumps(probes.to_json(results), indent=2) + "\n")
+        sys.stdout.write(json.dumps(matrix.to_json(results), indent=2) + "\n")
     else:
         table = Table("from", "to", "expected", "observed", "", "detail")
         for r in results:

@@ -16,10 +16,11 @@ import typer
 
 from mlab.atomic import write_atomic
 from mlab.cli.options import old_output_path_option, out_path, site_option
-from mlab.deploy import render_texts_with_passwords, write_rendered
+from mlab.deploy import write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
 from mlab.site import load_site, site_schema
+from mlab.stored_render import render_texts_with_passwords
 
 SITE_OPTION = site_option(..., "The site file (YAML). Required.")
 

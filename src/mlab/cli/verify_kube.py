@@ -22,13 +22,13 @@ def _sigterm(_signum: int, _frame: object) -> None:
 
 def verify_cluster(site: Site, fmt: str, quiet: bool, junit_file: Path | None,
                    context: str | None, user: str) -> None:
-    """Run :func:`mlab.deploy.kube_verify.run`, print the table or JSON, exit 1 on a mismatch.
+    """Run :func:`mlab.probing.kube.run`, print the table or JSON, exit 1 on a mismatch.
 
     Raises:
         typer.Exit: 1 when an edge does not hold or the CNI does not enforce policies.
     """
-    from mlab.deploy import kube_verify
     from mlab.deploy.kubernetes import Kubectl
+    from mlab.probing import kube as kube_verify
 
     console = Console(stderr=True)
     start = time.monotonic()

@@ -1,4 +1,6 @@
-"""Side effects of deploying: rendering with the stored passwords, writing rendered files.
+"""Side effects of deploying: writing rendered files (and, in :mod:`kubernetes`, applying them).
+
+Rendering with the stored passwords is :mod:`mlab.stored_render`.
 
 Invariant: ``write_rendered`` either leaves the output directory with a complete, consistent
 set of files or does not touch it (everything is rendered in memory first; each file is
@@ -14,29 +16,7 @@ from pathlib import Path
 
 from mlab.atomic import write_atomic
 from mlab.errors import MlabError
-from mlab.render import FILES, SECRETS_FILE, Rendered, render_site, render_texts
-from mlab.secrets import load_or_create_passwords
-from mlab.site import Site
-
-
-def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered:
-    """Render ``site`` with its stored passwords (generated once if missing) and, with
-    ``tls.mode`` not off, the site CA's certificates (:func:`mlab.tls.load_or_create`)."""
-    from mlab.tls import load_or_create
-
-    return render_site(site, load_or_create_passwords(site, state_dir),
-                       load_or_create(site, state_dir))
-
-
-def render_texts_with_passwords(site: Site, with_secrets: bool = False,
-                                state_dir: Path | None = None) -> dict[str, str]:
-    """File name to YAML text of ``site`` with its stored passwords (generated once if
-    missing) and site CA certificates, written one user at a time
-    (:func:`mlab.render.render_texts`)."""
-    from mlab.tls import load_or_create
-
-    return render_texts(site, load_or_create_passwords(site, state_dir), with_secrets,
-                        load_or_create(site, state_dir))
+from mlab.render import FILES, SECRETS_FILE
 
 
 def _write_file(path: Path, text: str, mode: int) -> None:
@@ -83,4 +63,4 @@ def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:
     return [out_dir / name for name in texts]
 
 
-__all__ = ["FILES", "render_texts_with_passwords", "render_with_passwords", "write_rendered"]
+__all__ = ["FILES", "write_rendered"]

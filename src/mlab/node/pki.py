@@ -13,15 +13,12 @@ keeps them, so a second ``mlab node up`` presents the same CA.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
+from mlab import certs
 from mlab.node import layout
 
 VALIDITY = datetime.timedelta(days=3650)
@@ -59,67 +56,24 @@ def identities() -> list[Identity]:
     ]
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def make_ca() -> tuple[bytes, bytes]:
-    """A new self-signed CA. Returns (certificate PEM, key PEM)."""
-    key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mlab-node-ca")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+    """A new self-signed CA (:func:`mlab.certs.make_ca`). Returns (certificate PEM, key PEM)."""
+    return certs.make_ca(certs.subject("mlab-node-ca"), VALIDITY.days)
 
 
 def make_cert(ident: Identity, ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[bytes, bytes]:
-    """A certificate for ``ident`` signed by the CA. Returns (certificate PEM, key PEM)."""
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = _key()
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in ident.groups]
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, ident.cn))
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if ident.server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    )
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in ident.dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ident.ips]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+    """A certificate for ``ident`` signed by the CA (:func:`mlab.certs.issue`). Returns
+    (certificate PEM, key PEM)."""
+    return certs.issue(ca_cert_pem, ca_key_pem, certs.subject(ident.cn, ident.groups),
+                       VALIDITY.days, server=ident.server, names=[*ident.dns, *ident.ips])
 
 
 def make_service_account_key() -> tuple[bytes, bytes]:
     """The key that signs service-account tokens. Returns (public PEM, private PEM)."""
-    key = _key()
+    key = certs.new_key("ec")
     pub = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pub, _pem_key(key)
+    return pub, certs.key_pem(key)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -238,14 +238,13 @@ def load_plan(site_name: str) -> PlanFile | None:
 # --- the commands ---------------------------------------------------------------------------
 
 def build_plan(site: Site, image: str, placeholder: bool) -> Plan:
-    """Render the site and translate it for podman (creates passwords on first use)."""
-    from mlab.render import render_site
-    from mlab.secrets import load_or_create_passwords
-    from mlab.tls import load_or_create
+    """Render the site (:func:`mlab.stored_render.render_with_passwords`: creates passwords
+    on first use) and translate it for podman."""
+    from mlab.stored_render import render_with_passwords
 
     site = site.model_copy(update={"image": site.image.model_copy(update={
         "repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1]})})
-    rendered = render_site(site, load_or_create_passwords(site), load_or_create(site))
+    rendered = render_with_passwords(site)
     existing = site_networks(site.name)
     ca = Path(firewall_ca_path())
     host_ca = ca.read_bytes() if ca.is_file() else None

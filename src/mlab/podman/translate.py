@@ -69,6 +69,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from mlab.errors import DeployError
+from mlab.render.portal import set_options, wake_args
 from mlab.site import HOMEPOD_NETS_ENV, Site
 from mlab.topology import (
     EGRESS_CHECK_ENV,
@@ -358,10 +359,6 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_d
     the wake spool (mutates ``spec``)."""
     spec["hostNetwork"] = True
     container = spec["containers"][0]
-    command = list(container["command"])
-    if "--wake" in command:  # the rendered one (in-cluster, portal.wake): no API server here
-        at = command.index("--wake")
-        del command[at:at + 2]
     spool = f"{state_dir}/{WAKE_SPOOL}"
     for sub, read_only in ((WAKE_REQUESTS, False), (WAKE_HOST, True)):
         name = f"wake-{sub}"
@@ -369,12 +366,13 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_d
                                                            "type": "DirectoryOrCreate"}})
         container["volumeMounts"].append({"name": name, "readOnly": read_only,
                                           "mountPath": f"{WAKE_PORTAL_DIR}/{sub}"})
-    command += ["--wake", "host", "--wake-dir", WAKE_PORTAL_DIR]
-    command[command.index("--port") + 1] = str(site.access.ports.portal)
-    command += ["--host", site.access.bind_address]
-    if "--code-url" in command:  # the code service's fixed address on the NAT network
-        nat = nets[nat_network_name(site)]
-        command[command.index("--code-url") + 1] = f"http://{nat.code_ip}:{PORT_CODE}"
+    # The host wakes (no API server here: it replaces the rendered in-cluster wake), the
+    # Service port on the bind address, the code service's fixed address on the NAT network.
+    options = [*wake_args("host", WAKE_PORTAL_DIR), "--port", str(site.access.ports.portal),
+               "--host", site.access.bind_address]
+    if "--code-url" in container["command"]:
+        options += ["--code-url", f"http://{nets[nat_network_name(site)].code_ip}:{PORT_CODE}"]
+    command = set_options(container["command"], options)
     for net in nets.values():
         if net.internal and net.user is not None:
             command += ["--backend", f"{net.user}={net.pod_ip}:{PORT_VNC}"]

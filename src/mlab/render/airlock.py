@@ -36,6 +36,7 @@ from mlab.render.common import (
     selector,
     service_ports,
 )
+from mlab.render.common import password_secret as common_password_secret
 from mlab.render.homepod import container_ports, shm_volume
 from mlab.site import PUBLISHER_ACCOUNT, Site
 from mlab.topology import (
@@ -70,13 +71,7 @@ PUBLISHER_COMMAND = ["/usr/local/lib/mlab/run-publisher"]
 
 def publisher_secret(site: Site, password: str) -> dict[str, Any]:
     """The generated Secret of the publisher's code-service account (key ``password``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(site, PUBLISHER_SECRET, "airlock"),
-        "type": "Opaque",
-        "stringData": {"password": password},
-    }
+    return common_password_secret(site, PUBLISHER_SECRET, "airlock", password)
 
 
 def password_secret_name(site: Site) -> str:
@@ -86,13 +81,7 @@ def password_secret_name(site: Site) -> str:
 
 def password_secret(site: Site, password: str) -> dict[str, Any]:
     """The generated Airlock password Secret (key ``password``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(site, password_secret_name(site), "airlock"),
-        "type": "Opaque",
-        "stringData": {"password": password},
-    }
+    return common_password_secret(site, password_secret_name(site), "airlock", password)
 
 
 def share_claim(site: Site) -> str:

@@ -35,6 +35,7 @@ from mlab.render.common import (
     security_context,
     selector,
 )
+from mlab.render.common import password_secret as common_password_secret
 from mlab.render.homepod import password_secret_name
 from mlab.site import HOMEPOD_NETS_ENV, PUBLISHER_ACCOUNT, Site
 from mlab.topology import PORT_CODE_TLS, PORT_CODE_TLS_SERVICE
@@ -59,13 +60,7 @@ def tls_secret_name(site: Site) -> str:
 
 def admin_secret(site: Site, password: str) -> dict[str, Any]:
     """The generated admin password Secret (key ``password``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(site, ADMIN_SECRET, "code-service"),
-        "type": "Opaque",
-        "stringData": {"password": password},
-    }
+    return common_password_secret(site, ADMIN_SECRET, "code-service", password)
 
 
 def site_configmap(site: Site, site_yaml: str) -> dict[str, Any]:

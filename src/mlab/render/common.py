@@ -403,17 +403,39 @@ TLS_DIR = "/etc/mlab/tls"
 HomePods alike (``tls.mode`` not off; docs/egress.md)."""
 
 
-def tls_secret(site: Site, name: str, component: Component, cert: str, key: str, ca: str,
-               user: str | None = None) -> dict[str, Any]:
-    """A kubernetes.io/tls Secret (core/v1: keys ``tls.crt``, ``tls.key``; ``ca.crt`` as
-    cert-manager writes it) issued by the site CA (:mod:`mlab.tls`)."""
+def secret(site: Site, name: str, component: Component, data: dict[str, str],
+           user: str | None = None, kind: str = "Opaque") -> dict[str, Any]:
+    """A core/v1 Secret of the site: ``data`` as ``stringData``, of type ``kind``.
+
+    Args:
+        site: the site (labels, namespace).
+        name: the Secret's name.
+        component: the component it belongs to (its label).
+        data: key -> text.
+        user: the user it belongs to (HomePod Secrets), else None.
+        kind: the Secret type (``Opaque``, ``kubernetes.io/tls``).
+    """
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata(site, name, component, user),
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca},
+        "type": kind,
+        "stringData": data,
     }
+
+
+def password_secret(site: Site, name: str, component: Component, password: str,
+                    user: str | None = None) -> dict[str, Any]:
+    """A generated password Secret (key ``password``): a user's, the Airlock's, an account's."""
+    return secret(site, name, component, {"password": password}, user)
+
+
+def tls_secret(site: Site, name: str, component: Component, cert: str, key: str, ca: str,
+               user: str | None = None) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret (core/v1: keys ``tls.crt``, ``tls.key``; ``ca.crt`` as
+    cert-manager writes it) issued by the site CA (:mod:`mlab.tls`)."""
+    return secret(site, name, component, {"tls.crt": cert, "tls.key": key, "ca.crt": ca},
+                  user, "kubernetes.io/tls")
 
 
 SITE_CA_SECRET = "mlab-site-ca"
@@ -422,13 +444,7 @@ SITE_CA_SECRET = "mlab-site-ca"
 
 def site_ca_secret(site: Site, ca: str) -> dict[str, Any]:
     """The Secret :data:`SITE_CA_SECRET` (the CA certificate only, no key)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(site, SITE_CA_SECRET, "portal"),
-        "type": "Opaque",
-        "stringData": {"ca.crt": ca},
-    }
+    return secret(site, SITE_CA_SECRET, "portal", {"ca.crt": ca})
 
 
 def mount_tls(vols: VolumeSet, secret_name: str) -> None:

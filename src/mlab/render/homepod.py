@@ -31,6 +31,7 @@ from mlab.render.common import (
     selector,
     service_ports,
 )
+from mlab.render.common import password_secret as common_password_secret
 from mlab.site import Site, User
 from mlab.topology import (
     CLAIM_OUTBOX,
@@ -73,13 +74,8 @@ def password_secret_name(user: User) -> str:
 
 def password_secret(site: Site, user: User, password: str) -> dict[str, Any]:
     """The generated password Secret of one user (key ``password``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(site, password_secret_name(user), "homepod", user.name),
-        "type": "Opaque",
-        "stringData": {"password": password},
-    }
+    return common_password_secret(site, password_secret_name(user), "homepod", password,
+                                  user.name)
 
 
 def home_pvc(site: Site, user: User) -> dict[str, Any] | None:

@@ -56,6 +56,34 @@ IDP_CA_KEY = "ca.crt"
 """Key of ``portal.oidc.caBundleSecret`` holding the provider's CA certificates (PEM)."""
 
 
+def wake_args(mode: str, wake_dir: str = "") -> list[str]:
+    """The wake options of ``mlab portal serve``: ``--wake MODE`` and, with ``wake_dir``,
+    ``--wake-dir``. ``in-cluster``: the rendered portal scales HomePods itself (with
+    ``portal.wake``); ``host``: the podman engine's portal asks the host through the wake
+    spool at ``wake_dir`` (:mod:`mlab.cull.wake_requests`)."""
+    return ["--wake", mode, *(["--wake-dir", wake_dir] if wake_dir else [])]
+
+
+def set_options(command: list[str], options: list[str]) -> list[str]:
+    """``command`` with each ``--flag value`` pair of ``options`` set: the value replaced
+    where the flag is, the pair appended (in the given order) where it is not.
+
+    Args:
+        command: a command line whose options each take one value.
+        options: ``[flag, value, flag, value, ...]``.
+
+    Returns:
+        A new list; ``command`` is not mutated.
+    """
+    out = list(command)
+    for flag, value in zip(options[::2], options[1::2], strict=True):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
 def issuer_port(site: Site) -> int:
     """TCP port of the provider's issuer URL (443 for https://, 80 for http://)."""
     assert site.portal.oidc is not None
@@ -155,7 +183,7 @@ def deployment(site: Site) -> dict[str, Any]:
     }
     pod_fields: dict[str, Any] = {}
     if portal.wake:
-        command += ["--wake", "in-cluster"]
+        command += wake_args("in-cluster")
         # Only this pod mounts a token: its ServiceAccount may scale HomePods, nothing else.
         pod_fields = {"serviceAccountName": SERVICE_ACCOUNT, "automountServiceAccountToken": True}
     dep = component_deployment(site, NAME, "portal", [container], vols.volumes())

@@ -35,8 +35,6 @@ import struct
 
 PROTOCOLS = ("rfb", "ssh", "rdp", "novnc")
 """The protocols this module knows (probe kinds)."""
-PORT_PROTOCOL = {"vnc": "rfb", "ssh": "ssh", "rdp": "rdp", "novnc": "novnc"}
-"""A published port's name (the site's ``service.ports`` keys) -> its protocol."""
 MAX_ANSWER = 256 * 1024
 """Bytes read at most while waiting for an answer to be recognised."""
 

@@ -4,8 +4,8 @@ Sources are short-lived probe pods with exactly the labels (and DNS, security co
 image) of the rendered pod templates of a HomePod and of the Airlock, an outsider pod with
 none of MLab's labels, and the site's real pods. The expected outcome of every probe is not
 written here: :func:`expect` evaluates the rendered NetworkPolicies (network.yaml, via
-:mod:`mlab.deploy.policy_eval`) for the probe's source labels and its destination endpoint.
-Allowed probes must get the service's own answer (:mod:`mlab.deploy.answers`; HTTP status).
+:mod:`mlab.verify.policy_eval`) for the probe's source labels and its destination endpoint.
+Allowed probes must get the service's own answer (:mod:`mlab.probing.answers`; HTTP status).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlab import topology
-from mlab.deploy import policy_eval
-from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import DEBIAN_URL, METADATA_IP, port_kind
 from mlab.topology import (
     CONTAINER_PORTS,
     LABEL_COMPONENT,
@@ -27,6 +24,9 @@ from mlab.topology import (
     PORT_KUBELET,
     PORT_PORTAL,
 )
+from mlab.verify import policy_eval
+from mlab.verify.matrix import DEBIAN_URL, METADATA_IP, host_kind, port_kind
+from mlab.verify.policy_eval import Endpoint
 
 VERIFY_LABEL = "mlab.io/verify-probe"
 """Label of every probe pod and canary policy (value: the role); cleanup selects on it."""
@@ -64,7 +64,7 @@ class KProbe:
 
 @dataclass
 class ClusterFacts:
-    """What the matrix needs from the cluster (read by :mod:`mlab.deploy.kube_verify`).
+    """What the matrix needs from the cluster (read by :mod:`mlab.probing.kube`).
 
     Attributes:
         namespace: the site's namespace.
@@ -300,12 +300,9 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
             for ip, port in where:
                 if not ip or ip == "None":
                     continue
-                kind, host = port_kind(cport), ip
-                if component == "code-service":
-                    scheme = "https" if name == "https" else "http"
-                    kind, host = "http", f"{scheme}://{ip}:{port}/"
-                elif kind == "novnc" and "tls" in words:  # websockify --ssl-only
-                    kind = "novnc-tls"
+                # As from the podman host: the protocol of the port's name, HTTP(S) to the
+                # code service, noVNC over TLS with the site's tls (websockify --ssl-only).
+                kind, host = host_kind(name, ip, port, "tls" in words)
                 why = (f"edge {check.name}" if check.expected
                        else f"no active edge {check.name}")
                 out.append(KProbe(OFFICE, f"{svc['metadata']['name']} {name} {ip}:{port}",

@@ -1,7 +1,7 @@
 """``mlab verify`` on a Kubernetes cluster: probe pods, a canary, the matrix, cleanup.
 
 Order: read the site's pods and addresses; create the probe pods (HomePod, Airlock,
-outsider, canary: :func:`mlab.deploy.kube_matrix.probe_pod`) labelled with this run's id;
+outsider, canary: :func:`mlab.verify.kube_matrix.probe_pod`) labelled with this run's id;
 the canary (a policy denying the canary pod's egress must stop its DNS query, else the CNI
 does not enforce NetworkPolicies and nothing else is worth running); then the matrix from
 the probe pods and the real pods, one ``kubectl exec ... python3 -c`` per source, all
@@ -24,23 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlab.deploy import kube_link
-from mlab.deploy import kube_matrix as km
 from mlab.deploy.kubernetes import Kubectl
-from mlab.deploy.policy_eval import Endpoint
-from mlab.deploy.probes import (
-    DEBIAN_URL,
-    HTTP_TIMEOUT,
-    PROBE_PROGRAM,
-    TCP_TIMEOUT,
-    host_facts,
-    observed,
-)
 from mlab.errors import DeployError, MlabError
+from mlab.probing import kube_link
+from mlab.probing.podman import PROBE_PROGRAM, host_facts
 from mlab.render import render_site
 from mlab.render.common import LABEL_INSTANCE
 from mlab.render.network import site_facts
 from mlab.site import Site
+from mlab.verify import kube_matrix as km
+from mlab.verify.matrix import DEBIAN_URL, HTTP_TIMEOUT, TCP_TIMEOUT, observed
+from mlab.verify.policy_eval import Endpoint
 
 CANARY_WAIT = 30.0
 """Seconds the canary policy gets to take effect."""

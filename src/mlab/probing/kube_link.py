@@ -1,6 +1,6 @@
 """Below-policy probes on a cluster: raw sockets, forged sources and IPv6 (issue 20).
 
-The same :data:`mlab.deploy.probes_link.LINK_PROGRAM` and row builder as the podman verify,
+The same :data:`mlab.verify.link.LINK_PROGRAM` and row builder as the podman verify,
 run by ``kubectl exec`` in every HomePod source (probe pod and real pods). A forged datagram
 carries the Airlock's address as source and goes to a UDP listener this module runs in the
 outsider probe pod (a pod no policy selects, so only the node's anti-spoofing or the missing
@@ -15,11 +15,11 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mlab.deploy import kube_matrix as km
 from mlab.deploy.kubernetes import Kubectl
-from mlab.deploy.probes import TCP_TIMEOUT, Result
-from mlab.deploy.probes_link import LINK_PORTS, LINK_PROGRAM, LinkJob, results
 from mlab.errors import MlabError
+from mlab.verify import kube_matrix as km
+from mlab.verify.link import LINK_PORTS, LINK_PROGRAM, LinkJob, results
+from mlab.verify.matrix import TCP_TIMEOUT, Result
 
 LISTEN_SECONDS = 12.0
 """How long the outsider's UDP listener collects forged datagrams."""
@@ -41,7 +41,7 @@ print(json.dumps(got))
 
 def run(kubectl: Kubectl, ns: str, sources: list[km.Source], airlock_ip: str,
         outsider: km.Source) -> list[Result]:
-    """Run the link program in every HomePod source; rows as :func:`probes_link.results`."""
+    """Run the link program in every HomePod source; rows as :func:`mlab.verify.link.results`."""
     token = "mlab-forged-" + secrets.token_hex(6)
     homes = [s for s in sources if s.role == "homepod"]
     jobs = [LinkJob(s.name, s.pod, airlock_ip, outsider.endpoint.ip, (), f"{token}-{i}")
