@@ -1,0 +1,116 @@
+"""`mlab render` in parts and in worker processes: the same bytes as rendering in one go.
+
+The parts of homepod.yaml and secrets.yaml are cut every ``CHUNK_USERS`` users; here that
+is set to 2 so the example sites (a few users each) are cut at many places, and the
+workers are real forked processes (``MIN_COST`` 0 so even a small site uses them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mlab.render as render
+from mlab.cli import workers
+from mlab.render import TextPart, render_site, render_texts, run_serially, text_parts
+from mlab.secrets import password_keys
+from mlab.site import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "CHUNK_USERS", 2)
+    monkeypatch.setattr(workers, "MIN_COST", 0)
+
+
+def _passwords(site) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {key: f"golden-{key}-not-a-secret" for key in password_keys(site)}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("with_secrets", [True, False])
+def test_parts_in_workers_give_the_same_bytes(path: Path, with_secrets: bool,
+                                              small_chunks: None) -> None:
+    site = load_site(path)
+    passwords = _passwords(site)
+    expected = render_site(site, passwords).texts(with_secrets=with_secrets)
+    parts = text_parts(site, passwords, with_secrets)
+    if len(site.users) > 2:
+        assert len([p for p in parts if p.file == "homepod.yaml"]) > 2  # really cut
+    serial = render_texts(site, passwords, with_secrets)
+    forked = render_texts(site, passwords, with_secrets,
+                          run=lambda ps: workers.run_in_workers(ps, workers=2))
+    assert serial == expected
+    assert forked == expected
+    assert list(forked) == list(expected)  # the files in the same order
+
+
+def test_site_ca_certificates_in_parts(tmp_path: Path, small_chunks: None) -> None:
+    from site_kit import local_site
+
+    from mlab.tls import load_or_create
+
+    site = local_site(tls={"mode": "site-ca"}, portal={"enabled": True,
+                                                      "url": "https://127.0.0.1:8443"},
+                      users=[{"name": f"u{i}", "uid": 2000 + i} for i in range(5)])
+    tls = load_or_create(site, tmp_path)
+    passwords = _passwords(site)
+    expected = render_site(site, passwords, tls).texts(with_secrets=True)
+    forked = render_texts(site, passwords, with_secrets=True, tls=tls,
+                          run=lambda ps: workers.run_in_workers(ps, workers=2))
+    assert forked == expected
+    assert expected["secrets.yaml"].count("kubernetes.io/tls") >= 5
+
+
+def test_no_secrets_file_when_there_are_none(small_chunks: None) -> None:
+    site = load_site(EXAMPLES[0])
+    assert "secrets.yaml" not in render_texts(site, None, with_secrets=True)
+    assert render_texts(site, None, with_secrets=True) == render_site(site).texts(True)
+
+
+def test_missing_password_is_the_same_error(small_chunks: None) -> None:
+    site = load_site(EXAMPLES[0])
+    passwords = _passwords(site)
+    del passwords["admin"]
+    with pytest.raises(KeyError, match="admin"):
+        render_site(site, passwords)
+    with pytest.raises(KeyError, match="admin"):
+        render_texts(site, passwords, True, run=lambda ps: workers.run_in_workers(ps, workers=2))
+    user = site.users[0].name
+    passwords = _passwords(site)
+    del passwords[user]
+    with pytest.raises(KeyError, match=user):
+        render_texts(site, passwords, True, run=lambda ps: workers.run_in_workers(ps, workers=2))
+
+
+def test_a_part_failing_in_a_worker_raises_here(small_chunks: None) -> None:
+    """The error of a part made in a worker reaches the caller as the part's own error
+    (the part is made again in this process), and the other parts' texts are kept."""
+    calls: list[str] = []
+
+    def boom() -> str:
+        calls.append("here")  # only the parent's list sees the retry
+        raise ValueError("users[3].name: bad")
+
+    parts = [TextPart("a", 10, lambda: "one"), TextPart("a", 10, boom),
+             TextPart("a", 10, lambda: "three")]
+    with pytest.raises(ValueError, match=r"users\[3\]\.name: bad"):
+        workers.run_in_workers(parts, workers=2)
+    assert calls == ["here"]
+    good = [TextPart("a", 10, lambda: "one"), TextPart("b", 10, lambda: "two")]
+    assert workers.run_in_workers(good, workers=2) == run_serially(good) == ["one", "two"]
+
+
+def test_small_work_stays_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below MIN_COST no process is forked: a part sees this very process's state."""
+    import os
+
+    pid = os.getpid()
+    parts = [TextPart("a", 1, lambda: str(os.getpid()))]
+    assert workers.run_in_workers(parts, workers=2) == [str(pid)]
+    monkeypatch.setattr(workers, "MIN_COST", 0)
+    assert workers.run_in_workers(parts, workers=2) != [str(pid)]
