@@ -87,30 +87,42 @@ def test_missing_password_is_the_same_error(small_chunks: None) -> None:
         render_texts(site, passwords, True, run=lambda ps: workers.run_in_workers(ps, workers=2))
 
 
-def test_a_part_failing_in_a_worker_raises_here(small_chunks: None) -> None:
+def test_a_part_failing_in_a_worker_raises_here(small_chunks: None, tmp_path: Path) -> None:
     """The error of a part made in a worker reaches the caller as the part's own error
     (the part is made again in this process), and the other parts' texts are kept."""
-    calls: list[str] = []
+    import os
+
+    tries = tmp_path / "tries"
 
     def boom() -> str:
-        calls.append("here")  # only the parent's list sees the retry
+        with tries.open("a") as f:
+            f.write(f"{os.getpid()}\n")
         raise ValueError("users[3].name: bad")
 
     parts = [TextPart("a", 10, lambda: "one"), TextPart("a", 10, boom),
              TextPart("a", 10, lambda: "three")]
+    assert workers.share([p.cost for p in parts], 2) == [[0, 2], [1]]  # boom: the worker's
     with pytest.raises(ValueError, match=r"users\[3\]\.name: bad"):
         workers.run_in_workers(parts, workers=2)
-    assert calls == ["here"]
+    pids = tries.read_text().split()
+    assert len(pids) == 2 and pids[0] != str(os.getpid()) and pids[1] == str(os.getpid())
     good = [TextPart("a", 10, lambda: "one"), TextPart("b", 10, lambda: "two")]
     assert workers.run_in_workers(good, workers=2) == run_serially(good) == ["one", "two"]
 
 
+def test_parts_are_shared_by_cost() -> None:
+    assert workers.share([100, 1, 1, 50, 50, 0], 2) == [[0, 1, 5], [2, 3, 4]]  # 101 and 101
+    assert workers.share([5, 5, 5, 5], 4) == [[0], [1], [2], [3]]
+    assert workers.share([], 3) == [[], [], []]
+
+
 def test_small_work_stays_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below MIN_COST no process is forked: a part sees this very process's state."""
+    """Below MIN_COST no process is forked; above it a worker makes its share."""
     import os
 
-    pid = os.getpid()
-    parts = [TextPart("a", 1, lambda: str(os.getpid()))]
-    assert workers.run_in_workers(parts, workers=2) == [str(pid)]
+    pid = str(os.getpid())
+    parts = [TextPart("a", 1, lambda: str(os.getpid())), TextPart("a", 1, lambda: str(os.getpid()))]
+    assert workers.run_in_workers(parts, workers=2) == [pid, pid]
     monkeypatch.setattr(workers, "MIN_COST", 0)
-    assert workers.run_in_workers(parts, workers=2) != [str(pid)]
+    here, there = workers.run_in_workers(parts, workers=2)
+    assert here == pid and there != pid

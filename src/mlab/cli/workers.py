@@ -2,7 +2,7 @@
 
 Rendering is pure (:mod:`mlab.render`): each :class:`mlab.render.TextPart` is a call that
 only reads the validated site, so forked copies of this process can make parts side by side
-and send back their text. Invariant: the texts come back in the parts' order and are the
+and send back their text; this process makes a share too. Invariant: the texts come back in the parts' order and are the
 bytes :func:`mlab.render.run_serially` gives; a part that fails in a worker (or a worker
 that dies) is made again in this process, so its error reaches the user exactly as it
 would without workers (one line, from :func:`mlab.cli.main.main`).
@@ -14,6 +14,7 @@ and the machines it runs on have two cores or more (issue 18).
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 
 from mlab.render import TextPart, run_serially
@@ -30,21 +31,29 @@ def worker_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_PARTS: Sequence[TextPart] = ()
-"""The parts being made; a forked worker inherits them (nothing is pickled but an index)."""
-
-
-def _make(index: int) -> str:
-    return _PARTS[index].make()
+def share(costs: Sequence[int], bins: int) -> list[list[int]]:
+    """Part indices in ``bins`` bins of about equal total cost (costliest first, each to the
+    lightest bin so far); each bin in index order. Deterministic."""
+    out: list[list[int]] = [[] for _ in range(bins)]
+    load = [0] * bins
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        lightest = min(range(bins), key=lambda b: (load[b], b))
+        out[lightest].append(i)
+        load[lightest] += max(costs[i], 1)
+    return [sorted(b) for b in out]
 
 
 def run_in_workers(parts: Sequence[TextPart], workers: int | None = None) -> list[str]:
-    """Each part's text, made by up to ``workers`` forked processes, in the parts' order.
+    """Each part's text, made by ``workers`` processes (this one and forked ones), in order.
+
+    The parts are shared by cost (:func:`share`); each forked worker sends its texts back
+    through a pipe as UTF-8 and exits; this process makes its own share meanwhile.
 
     Args:
         parts: pure parts (:func:`mlab.render.text_parts`).
-        workers: processes to use; None: :func:`worker_count`. 1, a total cost below
-            :data:`MIN_COST`, or a platform without ``fork``: in this process.
+        workers: processes to use, this one included; None: :func:`worker_count`. 1, a
+            total cost below :data:`MIN_COST`, or a platform without ``fork``: this process
+            alone.
 
     Returns:
         The texts, ``[part.make() for part in parts]``.
@@ -53,27 +62,83 @@ def run_in_workers(parts: Sequence[TextPart], workers: int | None = None) -> lis
         Exception: what a part raises when made in this process (a failed worker's parts
             are made again here).
     """
-    global _PARTS
     workers = worker_count() if workers is None else workers
-    total = sum(part.cost for part in parts)
-    if workers < 2 or total < MIN_COST or not hasattr(os, "fork"):
+    if workers < 2 or sum(p.cost for p in parts) < MIN_COST or not hasattr(os, "fork"):
         return run_serially(parts)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # Costliest first, so the small parts fill in at the end (the pool takes them in order).
-    order = sorted(range(len(parts)), key=lambda i: -parts[i].cost)
+    bins = share([p.cost for p in parts], workers)
     texts: list[str | None] = [None] * len(parts)
-    _PARTS = parts
+    children: list[tuple[int, int, list[int]]] = []  # (pid, read end, part indices)
     try:
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {i: pool.submit(_make, i) for i in order}
-            for i, future in futures.items():
-                try:
-                    texts[i] = future.result()
-                except Exception:  # noqa: BLE001 - made again below, raising here as usual
-                    texts[i] = None
+        for indices in bins[1:]:
+            if indices:
+                children.append(_fork(parts, indices))
+        for i in bins[0]:
+            texts[i] = parts[i].make()
+        for pid, fd, indices in children:
+            got = _collect(pid, fd, len(indices))
+            if got is not None:
+                for i, text in zip(indices, got, strict=True):
+                    texts[i] = text
     finally:
-        _PARTS = ()
+        for pid, fd, _ in children:
+            _reap(pid, fd)
+    # A failed worker's parts, again here: the part's own error is raised from here.
     return [parts[i].make() if text is None else text for i, text in enumerate(texts)]
+
+
+_HEAD = struct.Struct("<Q")
+
+
+def _fork(parts: Sequence[TextPart], indices: list[int]) -> tuple[int, int, list[int]]:
+    """A forked worker making ``parts[i]`` for ``i`` in ``indices``: (pid, read end, indices).
+
+    It writes each text as an 8-byte little-endian length and the UTF-8 bytes, then exits
+    0; on any error it exits 1 at once (the parent makes its parts again).
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns
+        status = 1
+        try:
+            os.close(read)
+            with open(write, "wb", buffering=0) as out:
+                for i in indices:
+                    data = parts[i].make().encode("utf-8")
+                    out.write(_HEAD.pack(len(data)))
+                    out.write(data)
+            status = 0
+        except BaseException:  # noqa: BLE001 - reported by the exit status only
+            pass
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, read, indices
+
+
+def _collect(pid: int, fd: int, count: int) -> list[str] | None:
+    """The ``count`` texts worker ``pid`` sends on ``fd``; None when it failed."""
+    with open(fd, "rb", closefd=False) as stream:
+        data = stream.read()
+    texts: list[str] = []
+    at = 0
+    while at + _HEAD.size <= len(data) and len(texts) < count:
+        (size,) = _HEAD.unpack_from(data, at)
+        at += _HEAD.size
+        if at + size > len(data):
+            return None
+        texts.append(data[at:at + size].decode("utf-8"))
+        at += size
+    _, status = os.waitpid(pid, 0)
+    return texts if status == 0 and len(texts) == count and at == len(data) else None
+
+
+def _reap(pid: int, fd: int) -> None:
+    """Close the pipe (a worker still writing gets EPIPE and exits) and wait for it."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # already waited for by _collect
