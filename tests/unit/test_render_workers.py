@@ -126,3 +126,40 @@ def test_small_work_stays_in_this_process(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(workers, "MIN_COST", 0)
     here, there = workers.run_in_workers(parts, workers=2)
     assert here == pid and there != pid
+
+
+def test_whole_command_with_workers_writes_the_serial_bytes(tmp_path: Path) -> None:
+    """`mlab render --out-dir` as a user runs it, on a site big enough for workers (above
+    MIN_COST), writes exactly what rendering in one process gives, stdout included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from mlab.deploy import render_texts_with_passwords
+
+    users = workers.MIN_COST + 500
+    data = yaml.safe_load((ROOT / "examples" / "local.yaml").read_text(encoding="utf-8"))
+    data["users"] = [{"name": f"u{i:05d}", "uid": 3000 + i, "groups": ["ml"]}
+                     for i in range(users)]
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "MLAB_STATE_DIR": str(tmp_path / "state")}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mlab.cli.main", "render", "--site", str(site_file)]
+    proc = subprocess.run([*cmd, "--out-dir", str(out)], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    printed = subprocess.run([*cmd, "--with-secrets"], capture_output=True, text=True,
+                             env=env, timeout=600, check=False)
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads((tmp_path / "state" / data["name"] / "passwords.json").read_text())
+    expected = render_texts_with_passwords(load_site(site_file), with_secrets=True,
+                                           state_dir=tmp_path / "state")
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for name, text in expected.items():
+        assert (out / name).read_text(encoding="utf-8") == text, name
+    assert printed.stdout == "".join(expected.values())
+    assert expected["homepod.yaml"].count("kind: Deployment") == users
