@@ -14,6 +14,10 @@ Also prints the linearity: the command at ``--users``, at a tenth of it and at 1
 fixed cost of starting); linear means the time per user above the fixed cost stays the
 same (their ratio, big over small, about 1).
 
+Also prints each case's median CPU seconds (user + system of the process and its worker
+processes): on a shared machine the wall time depends on what else runs, the CPU much less;
+and the load average before and after, to judge how quiet the machine was.
+
 Goal (issue 18): 10,000 users in under 2 s for the whole command, and linear.
 """
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,6 +93,17 @@ def rendered_objects(site_path: Path, out_json: Path) -> None:
     out_json.write_text(json.dumps(files), encoding="utf-8")
 
 
+def with_cpu(run: Any, into: list[float]) -> Any:
+    """``run`` that also appends the CPU seconds (user + system) of the processes it waited
+    for, workers included, to ``into``."""
+    def timed() -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        into.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10000, help="Users in the site. Default: 10000.")
@@ -120,7 +137,13 @@ def main() -> None:
             "baseline: CSafeLoader + CSafeDumper": lambda: subprocess.run(
                 base_argv, check=True, stdout=subprocess.DEVNULL),
         }
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
+        cases = {name: with_cpu(run, cpu[name]) for name, run in cases.items()}
+        load_before = os.getloadavg()
         stats = interleave(cases, samples=args.samples)
+        load_after = os.getloadavg()
+    # The warm-up round is counted in ``cpu`` too; drop it as interleave drops its time.
+    cpu_median = {name: statistics.median(times[-args.samples:]) for name, times in cpu.items()}
     big, little, one = (stats[k].median for k in list(cases)[:3])
     base_name = list(cases)[3]
     # Marginal time per user above a 1-user site (the fixed cost of starting), big over small.
@@ -128,10 +151,16 @@ def main() -> None:
     goal = {f"mlab render --out-dir ({args.users} users)": 2.0}
     if args.json:
         print(dumps({"users": args.users, "figures": as_json(stats, base_name),
+                     "cpu_median_s": {k: round(v, 3) for k, v in cpu_median.items()},
+                     "load_average_before_after": [load_before, load_after],
                      "marginal_per_user_big_over_small": round(linearity, 2)}))
         return
     print(report(stats, baseline=base_name,
                  title=f"whole-command render, {args.users} and {small} users"))
+    for case, seconds in cpu_median.items():
+        print(f"  CPU {case}: median {seconds:.2f} s")
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}; "
+          "CPUs: {}".format(*load_before, *load_after, os.cpu_count()))
     name = list(cases)[0]
     print(f"\n{name}: median {big:.2f} s; goal < 2 s: {'met' if big < goal[name] else 'MISSED'}")
     print(f"time per user above a 1-user site, {args.users} over {small} users: {linearity:.2f} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlab.render import Rendered, render_site, render_texts
+from mlab.render import PartRunner, Rendered, render_site, render_texts, run_serially
 from mlab.secrets import load_or_create_passwords
 from mlab.site import Site
 from mlab.tls import SiteTls, load_or_create
@@ -42,8 +42,9 @@ def render_with_passwords(site: Site, state_dir: Path | None = None) -> Rendered
 
 
 def render_texts_with_passwords(site: Site, with_secrets: bool = False,
-                                state_dir: Path | None = None) -> dict[str, str]:
+                                state_dir: Path | None = None,
+                                run: PartRunner = run_serially) -> dict[str, str]:
     """File name to YAML text of ``site`` with its :func:`stored_secrets`, written one user
-    at a time (:func:`mlab.render.render_texts`)."""
+    at a time, its parts made by ``run`` (:func:`mlab.render.render_texts`)."""
     passwords, tls = stored_secrets(site, state_dir)
-    return render_texts(site, passwords, with_secrets, tls)
+    return render_texts(site, passwords, with_secrets, tls, run=run)

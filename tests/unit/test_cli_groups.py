@@ -53,7 +53,8 @@ def test_render_does_not_import_other_groups(tmp_path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == (
-        "['mlab.cli.main', 'mlab.cli.options', 'mlab.cli.site_cmd']")  # options: shared, not a group
+        "['mlab.cli.main', 'mlab.cli.options', 'mlab.cli.site_cmd', 'mlab.cli.workers']"
+    )  # options: shared, workers: render's worker processes; neither is a group
 
 
 def test_top_level_help_lists_every_command() -> None:

@@ -16,6 +16,7 @@ import typer
 
 from mlab.atomic import write_atomic
 from mlab.cli.options import old_output_path_option, out_path, site_option
+from mlab.cli.workers import run_in_workers
 from mlab.deploy import write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
@@ -93,7 +94,9 @@ def render(
     gc.disable()
     output = out_path(out_dir, old_output, "--out-dir")
     loaded = load_site(site)
-    texts = render_texts_with_passwords(loaded, with_secrets=with_secrets or output is not None)
+    # The per-user parts are made by worker processes, one per CPU (mlab.cli.workers).
+    texts = render_texts_with_passwords(loaded, with_secrets=with_secrets or output is not None,
+                                        run=run_in_workers)
     if output is None:
         names = [*FILES, SECRETS_FILE] if with_secrets else list(FILES)
         sys.stdout.write("".join(texts[n] for n in names if n in texts))
