@@ -125,7 +125,7 @@ def test_podman_expectations_agree_with_the_rendered_policies(local_rendered) ->
             continue
         dest, port = None, probe.port
         if probe.kind == "http" and site.code_service.host in probe.host:
-            dest, port = code_end, 8080
+            dest, port = code_end, 8443 if probe.host.startswith("https:") else 8080
         elif probe.host in by_ip:
             dest = by_ip[probe.host]
         elif probe.host in (FACTS.internet_ip, "169.254.169.254"):

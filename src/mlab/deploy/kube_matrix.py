@@ -181,6 +181,11 @@ def _bind(check: topology.Check, src: Source, facts: ClusterFacts, code: Endpoin
                      f"http://{facts.code_host}/", 0, code, PORT_CODE, "TCP"),
                     (f"code service {code.ip}:{PORT_CODE}", "http",
                      f"http://{code.ip}:{PORT_CODE}/", 0, code, PORT_CODE, "TCP")]
+        if port == PORT_CODE_TLS:  # with tls: the Service's 443 and the container port
+            return [(f"code service https://{facts.code_host}/", "http",
+                     f"https://{facts.code_host}/", 0, code, PORT_CODE_TLS, "TCP"),
+                    (f"code service {code.ip}:{PORT_CODE_TLS}", "http",
+                     f"https://{code.ip}:{PORT_CODE_TLS}/", 0, code, PORT_CODE_TLS, "TCP")]
         return [(f"code service :{port} (other port)", "tcp", code.ip, port, code, port, "TCP")]
     if dst == "airlock" and airlock:
         return [(f"airlock :{port}", port_kind(port), airlock.ip, port, airlock, port, "TCP")]

@@ -34,7 +34,7 @@ from mlab import topology
 from mlab.deploy import answers
 from mlab.podman.plan_file import PlanFile
 from mlab.podman.runner import podman_command, podman_env
-from mlab.topology import PORT_CODE, SHARE_PATH, dial_address
+from mlab.topology import PORT_CODE, PORT_CODE_TLS, SHARE_PATH, dial_address
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -177,6 +177,11 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
             return [(f"code service {code_host}:80", "http", f"http://{code_host}/", 0),
                     (f"code service {code_host}:{PORT_CODE}", "http",
                      f"http://{code_host}:{PORT_CODE}/", 0)]
+        if dst == "code-service" and port == PORT_CODE_TLS:
+            # With tls: the HTTPS URL users type (Service port 443, DNAT'd) and the port.
+            return [(f"code service https://{code_host}/", "http", f"https://{code_host}/", 0),
+                    (f"code service {code_host}:{PORT_CODE_TLS}", "http",
+                     f"https://{code_host}:{PORT_CODE_TLS}/", 0)]
         if dst == "code-service":
             return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
         if dst == "airlock" and airlock:
