@@ -232,6 +232,15 @@ def test_the_homepod_clones_and_pushes_over_https_with_no_option(lab: Lab,
                "try:\n    print(u.urlopen('https://code.mlab.local/', timeout=30).status)\n"
                "except urllib.error.HTTPError as e:\n    print(e.code)\nPY", "alice")
     assert py.strip().isdigit(), py
+    # pip (Debian's, as users run it): the index URL answers over verified TLS; what it
+    # finds there (no such project) is not a certificate error.
+    pip = podman(["exec", "-u", "alice", lab.alice, "bash", "-lc",
+                  "python3 -m pip download -q --no-input --no-deps -d /tmp/pipdl --index-url "
+                  "https://code.mlab.local/simple/ mlab-no-such-project 2>&1"],
+                 check=False, timeout=120)
+    text = pip.stdout + pip.stderr
+    assert "No matching distribution" in text or "Could not find a version" in text, text
+    assert "CERTIFICATE_VERIFY_FAILED" not in text and "SSLError" not in text, text
 
 
 def test_plain_http_from_the_homepod_never_connects(lab: Lab, tmp_path: Path) -> None:
