@@ -34,7 +34,13 @@ from mlab import topology
 from mlab.deploy import answers
 from mlab.podman.plan_file import PlanFile
 from mlab.podman.runner import podman_command, podman_env
-from mlab.topology import PORT_CODE, PORT_CODE_TLS, SHARE_PATH, dial_address
+from mlab.topology import (
+    PORT_CODE,
+    PORT_CODE_TLS,
+    PORT_CODE_TLS_SERVICE,
+    SHARE_PATH,
+    dial_address,
+)
 
 TCP_TIMEOUT = 3.0
 """Seconds a TCP or DNS probe waits; a dropped SYN counts as blocked after this."""
@@ -162,6 +168,7 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
         in HomePods, writable in the Airlock (docs/CONTRACTS.md).
     """
     checks = topology.checks(podman_facts(plan))
+    tls = "tls" in podman_facts(plan)
     nat = plan.nat_network()
     homepods = plan.components("homepod")
     airlock = plan.first("airlock")
@@ -182,6 +189,10 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
             return [(f"code service https://{code_host}/", "http", f"https://{code_host}/", 0),
                     (f"code service {code_host}:{PORT_CODE_TLS}", "http",
                      f"https://{code_host}:{PORT_CODE_TLS}/", 0)]
+        if dst == "code-service" and role == "homepod" and tls and port == PORT_CODE_TLS_SERVICE:
+            # Here the code service's address on a HomePod network is also its Service's:
+            # 443 is DNAT'd to the HTTPS edge (probed above), as 80 is to 8080 without tls.
+            return []
         if dst == "code-service":
             return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
         if dst == "airlock" and airlock:
