@@ -170,8 +170,14 @@ def test_verify_passes_with_tls(lab: Lab) -> None:
     assert f"code-service https {BIND}:443" in text, text[-4000:]
     assert f"code service http:// on the https port {BIND}:443" in text, text[-4000:]
     # The HomePod's own edge: HTTPS answers, plain HTTP is blocked (both probed from alice).
-    assert "homepod --> code-service :8443" in text, text[-4000:]
-    assert "homepod --> code-service :8080" in text, text[-4000:]
+    rows = {(cells[1], cells[2]): cells[3:6] for line in text.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")]) > 6}
+    for target in ("https://code.mlab.local/", "code.mlab.local:8443"):
+        assert rows[("homepod-alice", f"code service {target}")] == [
+            "allowed", "allowed", "ok"], text[-4000:]
+    for target in ("code.mlab.local:80", "code.mlab.local:8080"):
+        assert rows[("homepod-alice", f"code service {target}")] == [
+            "blocked", "blocked", "ok"], text[-4000:]
 
 
 def test_git_clone_over_https_with_the_site_ca(lab: Lab, tmp_path: Path) -> None:
@@ -261,7 +267,8 @@ def test_plain_http_from_the_homepod_never_connects(lab: Lab, tmp_path: Path) ->
              "tcp port 80 or tcp port 8080"], stdout=sink, stderr=subprocess.PIPE, text=True)
         try:
             assert dump.stderr is not None
-            assert "listening" in dump.stderr.readline()
+            while "listening" not in (line := dump.stderr.readline()):
+                assert line, "tcpdump did not start"
             from urllib.parse import quote
 
             pw = quote(lab.passwords["alice"], safe="")
@@ -273,7 +280,7 @@ def test_plain_http_from_the_homepod_never_connects(lab: Lab, tmp_path: Path) ->
                 assert proc.returncode != 0, proc.stdout + proc.stderr
         finally:
             dump.terminate()
-            dump.wait(timeout=10)
+            dump.communicate(timeout=10)  # also closes its stderr pipe
     text = pcap.read_text(errors="replace")
     lines = [ln for ln in text.splitlines() if " IP " in ln]
     assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
