@@ -282,7 +282,9 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
     Returns:
         One probe per Service port and address (the ClusterIP, reachable from a node; each
         ``externalIPs`` address; the node's NodePort), expected allowed when an active edge
-        ``office --> <component>`` lists the container port, else blocked; the service must
+        ``office --> <component>`` lists the container port, else blocked (not on the
+        ClusterIP: no office routes there, and the node's own connections pass the
+        policies); the service must
         answer in its protocol (HTTP status for the code service; the portal by TCP connect,
         as its TLS certificate may be the site's own).
     """
@@ -304,6 +306,11 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
                 where.append((node_ip, sp["nodePort"]))
             for ip, port in where:
                 if not ip or ip == "None":
+                    continue
+                if ip == spec.get("clusterIP") and not check.expected:
+                    # No office routes to a ClusterIP, and a node's own connections pass
+                    # whatever the policies say (docs/verify.md): a blocked office edge is
+                    # probed where offices arrive (externalIPs, NodePorts) only.
                     continue
                 kind, host = port_kind(cport), ip
                 if component == "code-service":
