@@ -76,7 +76,34 @@ def lab(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert back.returncode == 0, f"could not restore examples/local.yaml: {back.stderr}"
 
 
+def _desktops_answer(lab: Lab, seconds: float = 240) -> None:
+    """Wait until every HomePod's noVNC answers over HTTPS (the rollout to the tls site
+    restarts the desktops; websockify may come up after the pod is Ready)."""
+    import ssl
+    import time
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(lab.ca))
+    ctx.check_hostname = False  # a ClusterIP is in no certificate; the chain is checked
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    for user in (u.name for u in load_site(lab.site).users):
+        svc = lab.node.json("-n", NAMESPACE, "get", "service", f"homepod-{user}")
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "novnc")
+        url = f"https://{svc['spec']['clusterIP']}:{port}/vnc.html"
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                with opener.open(url, timeout=10) as page:
+                    if page.status == 200:
+                        break
+            except OSError as exc:
+                assert time.monotonic() < deadline, f"{url}: {exc}"
+            time.sleep(3)
+
+
 def test_verify_passes_with_homepods_on_https_only(lab: Lab, tmp_path: Path) -> None:
+    _desktops_answer(lab)
     proc = lab.node.mlab("verify", "--site", str(lab.site), "--cluster", "-o", "json", "-q",
                          timeout=600)
     rows = json.loads(proc.stdout) if proc.stdout.strip().startswith("[") else []
