@@ -24,10 +24,9 @@ from filelock import FileLock
 
 from mlab.atomic import write_atomic
 from mlab.errors import MlabError
-from mlab.node.layout import CLUSTER_DOMAIN
 from mlab.secrets import state_root
 from mlab.site import Site
-from mlab.topology import LOOPBACK
+from mlab.topology import CLUSTER_DOMAIN, LOOPBACK
 
 CA_DAYS = 3650
 """Days the site CA is valid."""

@@ -59,6 +59,9 @@ AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
 """What an office reaches on the Airlock."""
 
 LOOPBACK = "127.0.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+"""Kubernetes' default cluster DNS domain (the kubelet's ``clusterDomain``; the MLab node's):
+Services are ``<service>.<namespace>.svc.<domain>``."""
 
 
 def dial_address(bind_address: str) -> str:
