@@ -45,7 +45,7 @@ class RelayError(MlabError):
     """A relay step refused or failed; the message names the step and the fix."""
 
 
-def homepod_url(mlab_url: str, code_host: str) -> str:
+def homepod_url(mlab_url: str, code_host: str, tls: bool = False) -> str:
     """The URL a HomePod clones the mirror with (pure): the office PC may reach the code
     service at another address (``http://127.0.0.1:80/demo/up`` on the host of a local site),
     but inside a HomePod it is always ``http://<codeService.host>/<org>/<repo>`` (port 80).
@@ -53,13 +53,16 @@ def homepod_url(mlab_url: str, code_host: str) -> str:
     Args:
         mlab_url: the ``mlab`` remote of the office clone.
         code_host: ``codeService.host`` of the site (``code.mlab.local`` by default).
+        tls: the site's ``tls.mode`` is not off: HomePods reach the code service on HTTPS
+            only (port 443).
 
     Returns:
-        ``http://<code_host>/<org>/<repo>`` (no credentials, query or fragment).
+        ``http://<code_host>/<org>/<repo>`` (``https://`` with ``tls``; no credentials,
+        query or fragment).
     """
     from urllib.parse import urlsplit
 
-    return f"http://{code_host}{urlsplit(mlab_url).path}"
+    return f"{'https' if tls else 'http'}://{code_host}{urlsplit(mlab_url).path}"
 
 
 def check_branch(name: str) -> str:

@@ -25,7 +25,7 @@ from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.secrets import state_root
 from mlab.site import Site
-from mlab.topology import LOOPBACK
+from mlab.topology import CLUSTER_DOMAIN, LOOPBACK
 
 CA_DAYS = 3650
 """Days the site CA is valid."""
@@ -87,7 +87,7 @@ def names(site: Site, holder: str) -> list[str]:
 
     The names offices use: ``tls.names``, ``access.bindAddress`` (unless 0.0.0.0 or ::),
     the Services' ``externalIPs``, ``localhost`` and 127.0.0.1; the code service also gets
-    ``codeService.host`` and its clusterIP.
+    ``codeService.host``, its clusterIP and its in-cluster DNS names (:func:`service_names`).
     """
     out = {"localhost", LOOPBACK, *site.tls.names}
     bind = ipaddress.ip_address(site.access.bind_address)
@@ -95,7 +95,7 @@ def names(site: Site, holder: str) -> list[str]:
         out.add(str(bind))
     if holder == CODE_SERVICE:
         out |= {site.code_service.host, site.code_service_ip,
-                *site.code_service.service.external_ips}
+                *site.code_service.service.external_ips, *service_names(site, CODE_SERVICE)}
     elif holder == "airlock":
         out |= set(site.airlock.service.external_ips)
     else:
@@ -103,6 +103,16 @@ def names(site: Site, holder: str) -> list[str]:
         if user is not None:
             out |= set(user.service.external_ips)
     return sorted(out)
+
+
+def service_names(site: Site, service: str) -> list[str]:
+    """The in-cluster DNS names of the Service ``service`` (Kubernetes DNS specification,
+    https://github.com/kubernetes/dns/blob/master/docs/specification.md): ``<service>``,
+    ``<service>.<namespace>``, ``<service>.<namespace>.svc`` and
+    ``<service>.<namespace>.svc.cluster.local`` (the default cluster domain, the MLab node's;
+    a cluster with another domain adds its name to ``tls.names``)."""
+    ns = f"{service}.{site.namespace}"
+    return [service, ns, f"{ns}.svc", f"{ns}.svc.{CLUSTER_DOMAIN}"]
 
 
 def _x509():  # type: ignore[no-untyped-def]

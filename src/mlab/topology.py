@@ -36,6 +36,10 @@ PORT_CODE_TLS = 8443
 """The code service's HTTPS container port (``tls.mode`` not off): the office's only way in."""
 PORT_CODE_TLS_SERVICE = 443
 """The code-service Service port of :data:`PORT_CODE_TLS` (``https://<codeService.host>``)."""
+CODE_SERVICE_PORTS: dict[int, int] = {PORT_CODE: PORT_CODE_SERVICE,
+                                      PORT_CODE_TLS: PORT_CODE_TLS_SERVICE}
+"""The code service's container port -> its Service port (what the Service and the podman
+engine's DNAT map)."""
 AccessName = Literal["vnc", "rdp", "novnc", "ssh"]
 """The access names: the keys of ``access.ports`` and of a Service's ``ports``."""
 CONTAINER_PORTS: dict[str, int] = {"vnc": PORT_VNC, "rdp": PORT_RDP, "novnc": PORT_NOVNC, "ssh": PORT_SSH}
@@ -55,6 +59,9 @@ AIRLOCK_IN = (PORT_SSH, PORT_NOVNC, PORT_VNC)
 """What an office reaches on the Airlock."""
 
 LOOPBACK = "127.0.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+"""Kubernetes' default cluster DNS domain (the kubelet's ``clusterDomain``; the MLab node's):
+Services are ``<service>.<namespace>.svc.<domain>``."""
 
 
 def dial_address(bind_address: str) -> str:
@@ -76,6 +83,9 @@ def dial_address(bind_address: str) -> str:
 # The HomePod start gate's environment (mlab.homepod.startgate).
 EGRESS_CHECK_ENV = "MLAB_EGRESS_CHECK"
 """Comma-separated ``[label=]host:port`` the gate must see refused before sessions start."""
+SERVER_ENV = "MLAB_SERVER"
+"""The code service's URL for every client command (mlab.codeservice.locate). HomePods of a
+site with ``tls`` get ``https://<codeService.host>`` in it (their only way in)."""
 NODE_IP_ENV = "MLAB_NODE_IP"
 """The pod's node address (downward API ``status.hostIP``), named in EGRESS_CHECK_ENV."""
 
@@ -157,8 +167,8 @@ class Edge:
             given), ``direct-desktops`` (offices reach desktop ports, not only the portal),
             ``oidc`` (``portal.oidc`` set), ``wake`` (``portal.wake``: the portal scales
             culled HomePods through the API server),
-            ``tls`` (``tls.mode`` is not off: offices reach the code service on HTTPS only)
-            or ``plain-http`` (it is off).
+            ``tls`` (``tls.mode`` is not off: offices and HomePods reach the code service on
+            HTTPS only) or ``plain-http`` (it is off).
     """
 
     source: str
@@ -170,7 +180,8 @@ class Edge:
 EDGES: tuple[Edge, ...] = (
     Edge("office", "homepod", HOMEPOD_IN, "office+direct-desktops"),
     Edge("office", "homepod", (PORT_SSH,), "office"),
-    Edge("homepod", "code-service", (PORT_CODE,)),
+    Edge("homepod", "code-service", (PORT_CODE,), "plain-http"),
+    Edge("homepod", "code-service", (PORT_CODE_TLS,), "tls"),
     Edge("homepod", "kube-dns", (PORT_DNS,), "dns-cluster"),
     Edge("office", "airlock", AIRLOCK_IN, "office+airlock"),
     Edge("airlock", "internet", (), "airlock"),

@@ -7,8 +7,13 @@ MLAB_STATE_DIR), alice only, no Airlock:
 - the code service: `git clone https://...` with ``GIT_SSL_CAINFO`` (the CA `mlab ca`
   prints) works, without it git refuses the certificate; `mlab repo approve` over HTTPS with
   ``SSL_CERT_FILE``; git over plain HTTP to the office-facing port fails without ever being
-  asked for a password, and port 80 is not published at all; inside the HomePod the clone
-  URL users type (``http://code.mlab.local/...``) keeps working;
+  asked for a password, and port 80 is not published at all;
+- inside the HomePod (as alice, no TLS option anywhere: the code service's CA is in the
+  system trust store): `git clone`/`git push` over the clone URL users type
+  (``https://code.mlab.local/...``), curl and Python's ssl verify the code service; plain
+  HTTP to it (the Service's port 80 and the container's 8080) never connects, so a
+  Basic-auth password given to git there never leaves the pod (tcpdump in the pod's network
+  namespace sees only unanswered SYNs, no payload); `mlab verify` probes both;
 - VNC offers only VeNCrypt with subtype X509Vnc; the TLS handshake verifies against the
   site CA for the bind address, and VncAuth inside it logs in (ServerInit 1280x800);
 - noVNC: the page over HTTPS with the CA, nothing over plain HTTP, and the WebSocket (WSS)
@@ -99,7 +104,7 @@ def test_up_says_how_to_trust_the_site_ca(lab: Lab) -> None:
     code = next(c for c in status if c["name"] == "code-service")
     # The office's URL is HTTPS; the HomePods' own (a note) stays the one users type there.
     assert [e["url"] for e in code["endpoints"]] == [f"https://{BIND}:443/",
-                                                     "http://code.mlab.local/<org>/<repo>"]
+                                                     "https://code.mlab.local/<org>/<repo>"]
 
 
 def test_verify_passes_with_tls(lab: Lab) -> None:
@@ -110,6 +115,15 @@ def test_verify_passes_with_tls(lab: Lab) -> None:
     assert proc.returncode == 0, text[-4000:]
     assert f"code-service https {BIND}:443" in text, text[-4000:]
     assert f"code service http:// on the https port {BIND}:443" in text, text[-4000:]
+    # The HomePod's own edge: HTTPS answers, plain HTTP is blocked (both probed from alice).
+    rows = {(cells[1], cells[2]): cells[3:6] for line in text.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")]) > 6}
+    for target in ("https://code.mlab.local/", "code.mlab.local:8443"):
+        assert rows[("homepod-alice", f"code service {target}")] == [
+            "allowed", "allowed", "ok"], text[-4000:]
+    for target in ("code.mlab.local:80", "code.mlab.local:8080"):
+        assert rows[("homepod-alice", f"code service {target}")] == [
+            "blocked", "blocked", "ok"], text[-4000:]
 
 
 def test_git_clone_over_https_with_the_site_ca(lab: Lab, tmp_path: Path) -> None:
@@ -140,15 +154,84 @@ def test_plain_http_to_the_office_port_carries_no_password(lab: Lab, tmp_path: P
         socket.create_connection((BIND, 80), timeout=5).close()
 
 
-def test_the_homepod_clone_url_keeps_working(lab: Lab, tmp_path: Path) -> None:
-    import base64
+def test_the_homepod_clones_and_pushes_over_https_with_no_option(lab: Lab,
+                                                                 tmp_path: Path) -> None:
+    """As alice in her HomePod, the clone URL users type is https:// and git, curl and
+    Python verify the code service against the system trust store (no CA option, no
+    http.sslVerify=false): clone, commit, push a branch of hers, see it on the server."""
+    from urllib.parse import quote
 
     _upstream(lab, tmp_path)
-    auth = base64.b64encode(f"alice:{lab.passwords['alice']}".encode()).decode()
+    pw = quote(lab.passwords["alice"], safe="")
+    env = _exec(lab.alice, "cat /etc/environment")
+    assert "MLAB_SERVER=https://code.mlab.local" in env, env
     out = _exec(lab.alice, (
-        f"git -c http.extraHeader='Authorization: Basic {auth}' clone -q "
-        "http://code.mlab.local/demo/up /tmp/up && cat /tmp/up/README"), "alice")
-    assert out.strip() == "tls"
+        "set -e; cd /tmp; rm -rf up; "
+        f"git clone -q https://alice:{pw}@code.mlab.local/demo/up up && cat up/README; "
+        "cd up; git -c user.name=A -c user.email=a@example.org commit -q --allow-empty "
+        "-m 'from the homepod over https'; git push -q origin HEAD:refs/heads/alice/tls; "
+        "git ls-remote origin refs/heads/alice/tls | cut -c1-40; git rev-parse HEAD; "
+        "git config --show-origin --get-regexp '^http\\.' || true"), "alice")
+    lines = out.split()
+    assert lines[0] == "tls", out
+    assert lines[1] == lines[2], f"the pushed branch is not on the server:\n{out}"
+    assert "sslverify" not in out.lower() and "sslcainfo" not in out.lower(), out
+    curl = _exec(lab.alice, "curl -sS -o /dev/null -w '%{http_code} %{ssl_verify_result}' "
+                 "https://code.mlab.local/", "alice")
+    assert curl.split()[1] == "0", curl  # verified against the system store
+    # Python's ssl (what pip and `mlab request` use): an HTTP status, not a TLS error.
+    py = _exec(lab.alice, "python3 - <<'PY'\nimport urllib.error, urllib.request as u\n"
+               "try:\n    print(u.urlopen('https://code.mlab.local/', timeout=30).status)\n"
+               "except urllib.error.HTTPError as e:\n    print(e.code)\nPY", "alice")
+    assert py.strip().isdigit(), py
+    # pip (Debian's, as users run it): the index URL answers over verified TLS; what it
+    # finds there (no such project) is not a certificate error.
+    pip = podman(["exec", "-u", "alice", lab.alice, "bash", "-lc",
+                  "python3 -m pip download -q --no-input --no-deps -d /tmp/pipdl --index-url "
+                  "https://code.mlab.local/simple/ mlab-no-such-project 2>&1"],
+                 check=False, timeout=120)
+    text = pip.stdout + pip.stderr
+    assert "No matching distribution" in text or "Could not find a version" in text, text
+    assert "CERTIFICATE_VERIFY_FAILED" not in text and "SSLError" not in text, text
+
+
+def test_plain_http_from_the_homepod_never_connects(lab: Lab, tmp_path: Path) -> None:
+    """Plain HTTP to the code service from the HomePod (Service port 80, container port
+    8080) does not connect, and a git clone that carries alice's Basic-auth password in the
+    URL sends nothing but SYNs: tcpdump in the pod's network namespace sees no packet with
+    a payload to either port and no answer from the code service."""
+    _upstream(lab, tmp_path)
+    for url in ("http://code.mlab.local/", "http://code.mlab.local:8080/"):
+        proc = podman(["exec", "-u", "alice", lab.alice, "curl", "-sS", "--max-time", "5",
+                       "-o", "/dev/null", url], check=False, timeout=60)
+        assert proc.returncode != 0, f"{url} answered from the HomePod: {proc.stdout}"
+    pid = podman(["inspect", "-f", "{{.State.Pid}}", lab.alice], timeout=60).stdout.strip()
+    pcap = tmp_path / "plain.txt"
+    with open(pcap, "w") as sink:
+        dump = subprocess.Popen(
+            ["nsenter", "-t", pid, "-n", "tcpdump", "-l", "-n", "-A", "-s", "0", "-i", "any",
+             "tcp port 80 or tcp port 8080"], stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            assert dump.stderr is not None
+            while "listening" not in (line := dump.stderr.readline()):
+                assert line, "tcpdump did not start"
+            from urllib.parse import quote
+
+            pw = quote(lab.passwords["alice"], safe="")
+            for port in ("", ":8080"):
+                proc = podman(["exec", "-u", "alice", lab.alice, "timeout", "15", "git",
+                               "clone", "-q",
+                               f"http://alice:{pw}@code.mlab.local{port}/demo/up",
+                               f"/tmp/plain{port.strip(':')}"], check=False, timeout=60)
+                assert proc.returncode != 0, proc.stdout + proc.stderr
+        finally:
+            dump.terminate()
+            dump.communicate(timeout=10)  # also closes its stderr pipe
+    text = pcap.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if " IP " in ln]
+    assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
+    assert all("Flags [S]" in ln for ln in lines), "a connection got past the SYN:\n" + text
+    assert "Authorization" not in text and lab.passwords["alice"] not in text, text
 
 
 def _rfb_security(host: str, port: int) -> tuple[bytes, list[int]]:

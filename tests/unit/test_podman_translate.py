@@ -8,8 +8,10 @@ rendered manifests that podman cannot run shows up here, not only in the e2e run
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -234,13 +236,13 @@ def test_an_existing_secret_podman_cannot_read_is_an_error() -> None:
         _plan(parse_site(data))
 
 
-def _ruleset(plan: Plan) -> str:
+def _ruleset(plan: Plan, **kwargs: Any) -> str:
     homepods = [firewall.HomepodNet(n.user or "", n.subnet, n.code_ip, n.pod_ip)
                 for n in plan.homepod_networks()]
     dnats = [firewall.Dnat(p.host_ip, p.host_port, pod.networks[0][1], p.container_port, pod.name)
              for pod in plan.pods for p in pod.ports if p.via == "nft"]
     return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
-                            offices=["127.0.0.0/8"])
+                            offices=["127.0.0.0/8"], **kwargs)
 
 
 def test_firewall_rules_cover_each_homepod_edge() -> None:
@@ -371,9 +373,14 @@ def test_the_firewall_carries_every_edge_podman_can_have() -> None:
     want = {e for tls in ("tls", "plain-http") for e in EDGES
             if edge_active(e, podman_words | {tls})}
     assert set(firewall.RULE_EDGES) == want
-    text = _ruleset(_plan(_site()))
-    port = firewall.HOMEPOD_TO_CODE.ports[0]
-    assert f"tcp dport {port} accept comment" in text.split("table bridge")[-1]
+    for words in ({"plain-http"}, {"tls"}):
+        port = firewall.homepod_code_port(words)
+        assert port == next(e.ports[0] for e in EDGES if (e.source, e.destination)
+                            == ("homepod", "code-service") and edge_active(e, words))
+        text = _ruleset(_plan(_site()), code_port=port)
+        bridge = text.split("table bridge")[-1]
+        assert f"tcp dport {port} accept comment" in bridge
+        assert len({int(w) for w in re.findall(r"dport (\d+) accept comment \"homepod", bridge)}) == 1
     assert f"udp dport {firewall.NAT_TO_DNS[0].ports[0]} accept" in text
 
 

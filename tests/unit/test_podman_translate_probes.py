@@ -90,6 +90,21 @@ def test_with_tls_the_office_reaches_https_and_plain_http_must_not_answer() -> N
     assert 80 not in {p.port for p in host}
 
 
+def test_with_tls_homepods_reach_the_code_service_on_https_only() -> None:
+    """tls.mode site-ca: a HomePod's allowed probes are the code service's HTTPS URL (the
+    Service's 443) and its HTTPS port; the plain ones (80, 8080) must be blocked; the
+    HomePod network's 443 is the Service itself under podman, so no "other port" probe."""
+    for user in ("alice", "bob"):
+        mine = [p for p in _matrix(tls=True) if p.source == f"homepod-{user}"]
+        assert [(p.host, p.edge) for p in mine if p.expected] == [
+            ("https://code.mlab.local/", "homepod --> code-service :8443"),
+            ("https://code.mlab.local:8443/", "homepod --> code-service :8443")]
+        plain = [(p.host, p.expected) for p in mine if p.edge == "homepod --> code-service :8080"]
+        assert plain == [("http://code.mlab.local/", False),
+                         ("http://code.mlab.local:8080/", False)]
+        assert not [p for p in mine if p.port == 443 and "code service" in p.target]
+
+
 def test_results_as_json() -> None:
     probe = Probe("homepod-alice", "c", "metadata", "tcp", "169.254.169.254", 80, False)
     assert to_json([Result(probe, True, "connected")]) == [{
@@ -125,7 +140,7 @@ def test_podman_expectations_agree_with_the_rendered_policies(local_rendered) ->
             continue
         dest, port = None, probe.port
         if probe.kind == "http" and site.code_service.host in probe.host:
-            dest, port = code_end, 8080
+            dest, port = code_end, 8443 if probe.host.startswith("https:") else 8080
         elif probe.host in by_ip:
             dest = by_ip[probe.host]
         elif probe.host in (FACTS.internet_ip, "169.254.169.254"):

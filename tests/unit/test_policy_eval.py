@@ -214,6 +214,14 @@ def test_office_ingress_with_tls_speaks_tls() -> None:
     probes = km.office_matrix(services, "", site_facts(site))
     ip = next(s["spec"]["clusterIP"] for s in services if s["metadata"]["name"] == "code-service")
     code = {(p.host, p.expected, p.check) for p in probes if "code-service" in p.check}
+    # The plain port's blocked office edge is not probed on the ClusterIP (no office
+    # routes there; the node's own connections pass the policies): only where offices arrive.
+    assert code == {(f"https://{ip}:443/", True, "office --> code-service :8443")}
+    code_svc = next(s for s in services if s["metadata"]["name"] == "code-service")
+    code_svc["spec"]["externalIPs"] = ["192.0.2.80"]
+    probes = km.office_matrix(services, "", site_facts(site))
+    code = {(p.host, p.expected, p.check) for p in probes if "code-service" in p.check}
     assert code == {(f"https://{ip}:443/", True, "office --> code-service :8443"),
-                    (f"http://{ip}:80/", False, "office --> code-service :8080")}
+                    ("https://192.0.2.80:443/", True, "office --> code-service :8443"),
+                    ("http://192.0.2.80:80/", False, "office --> code-service :8080")}
     assert {p.kind for p in probes if p.target.split()[1] == "novnc"} == {"novnc-tls"}

@@ -235,3 +235,73 @@ def test_portal_refuses_a_desktop_the_site_ca_did_not_sign(tmp_path: Path) -> No
             server.close()
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_homepods_reach_the_code_service_on_https_only_and_trust_its_ca(tmp_path: Path) -> None:
+    """Issue 17, pod side: with tls the HomePod -> code-service edge is the HTTPS port (the
+    NetworkPolicies and the probe matrix follow mlab.topology.EDGES), the HomePod mounts
+    only the ca.crt of the code service's Secret and names it MLAB_CA_BUNDLE (the
+    entrypoint trusts it system-wide), and its code-service URL is https://."""
+    from mlab.topology import checks
+
+    site = _site(tls={"mode": "site-ca"})
+    by, _ = _render(site, tmp_path)
+    for name in ("homepod-to-code-service", "code-service-from-homepods"):
+        spec = by[("NetworkPolicy", name)]["spec"]
+        rules = spec.get("egress") or spec.get("ingress")
+        assert [r["ports"] for r in rules] == [[{"protocol": "TCP", "port": 8443}]], name
+    pod = by[("Deployment", "homepod-alice")]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MLAB_CA_BUNDLE"] == "/etc/mlab/code-ca/ca.crt"
+    assert env["MLAB_SERVER"] == "https://code.mlab.local"
+    vol = next(v for v in pod["volumes"] if v["name"] == "code-ca")
+    assert vol["secret"]["secretName"] == "code-service-tls"
+    assert vol["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the key
+    got = {(c.source, c.destination, c.port): c.expected
+           for c in checks({"office", "airlock", "direct-desktops", "tls"})}
+    assert got[("homepod", "code-service", 8443)] is True
+    assert got[("homepod", "code-service", 8080)] is False
+    plain = {(c.source, c.destination, c.port): c.expected
+             for c in checks({"office", "airlock", "direct-desktops", "plain-http"})}
+    assert plain[("homepod", "code-service", 8080)] is True
+    # secret mode: the HomePods trust the CA of the site's own Secret.
+    by, _ = _render(_site(tls={"mode": "secret", "secret": "wildcard-tls"}), tmp_path)
+    pod = by[("Deployment", "homepod-alice")]["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "code-ca")
+    assert vol["secret"]["secretName"] == "wildcard-tls"
+    # tls off: no trust, no URL, plain HTTP as before.
+    by, _ = _render(_site(), tmp_path)
+    pod = by[("Deployment", "homepod-alice")]["spec"]["template"]["spec"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert not env & {"MLAB_CA_BUNDLE", "MLAB_SERVER"}
+    assert all(v["name"] != "code-ca" for v in pod["volumes"])
+
+
+def test_the_code_service_certificate_names_its_in_cluster_service(tmp_path: Path) -> None:
+    site = _site(tls={"mode": "site-ca"})
+    got = load_or_create(site, tmp_path)
+    assert got is not None
+    ca = ca_path(site, tmp_path)
+    for name in ("code-service", "code-service.mlab", "code-service.mlab.svc",
+                 "code-service.mlab.svc.cluster.local", site.code_service_ip):
+        ok = _verify(ca, got.issued["code-service"].cert, tmp_path, name)
+        assert ok.returncode == 0, (name, ok.stdout + ok.stderr)
+
+
+def test_podman_homepods_reach_the_code_service_on_https_only(tmp_path: Path) -> None:
+    """The podman engine's firewall: HomePod networks DNAT the code Service's 443 to 8443
+    and their bridge accepts 8443 only; the Airlock keeps its plain edge (80 -> 8080)."""
+    from mlab.podman.engine import _firewall_script
+
+    site = _site(tls={"mode": "site-ca"})
+    rendered = render_site(site, {k: "x" * 20 for k in password_keys(site)},
+                           load_or_create(site, tmp_path))
+    subnets = {n: f"10.89.{250 - i}.0/24" for i, (n, _, _) in enumerate(wanted_networks(site))}
+    plan = translate(site, rendered.files, rendered.secrets, subnets, "/state")
+    text = _firewall_script(plan)
+    bridge = text.split("table bridge")[-1]
+    hp = plan.homepod_networks()[0]
+    assert f"ip daddr {hp.code_ip} tcp dport 443 dnat ip to {hp.code_ip}:8443" in text
+    assert f"ip daddr {hp.code_ip} tcp dport 8443 accept" in bridge
+    assert "dport 8080" not in bridge and "dport 80 dnat ip to " + hp.code_ip not in text
+    assert "airlock --> code Service :80 -> :8080" in text

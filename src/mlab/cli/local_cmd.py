@@ -20,7 +20,7 @@ from mlab.cli.options import site_option
 from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
-from mlab.topology import PORT_CODE
+from mlab.topology import PORT_CODE, PORT_CODE_SERVICE, PORT_CODE_TLS_SERVICE
 
 DEFAULT_SITE = Path("examples/local.yaml")
 
@@ -46,17 +46,22 @@ VNC_NOTE = "password: its first 8 characters (VncAuth)"
 (RFC 6143 section 7.2.2); the entrypoint stores exactly those."""
 
 
-def with_site_notes(components: list[dict[str, Any]], code_host: str) -> list[dict[str, Any]]:
+def with_site_notes(components: list[dict[str, Any]], code_host: str,
+                    tls: bool = False) -> list[dict[str, Any]]:
     """``status`` components with what the engine cannot know (pure, copies): every VNC
     endpoint gets ``note`` :data:`VNC_NOTE`; the code service gets the URL HomePods use,
-    ``http://<codeService.host>/<org>/<repo>`` (endpoint ``where: "homepod"``)."""
+    ``http://<codeService.host>/<org>/<repo>`` (endpoint ``where: "homepod"``; with ``tls``
+    ``https://`` on port 443, the HomePods' only way in)."""
     out = []
     for comp in components:
         endpoints = [dict(e, note=VNC_NOTE) if e["protocol"] == "vnc" else dict(e)
                      for e in comp["endpoints"]]
         if comp["kind"] == "code-service":
-            endpoints.append({"protocol": "http", "host": code_host, "port": 80,
-                              "url": f"http://{code_host}/<org>/<repo>", "where": "homepod"})
+            scheme = "https" if tls else "http"
+            endpoints.append({"protocol": scheme, "host": code_host,
+                              "port": PORT_CODE_TLS_SERVICE if tls else PORT_CODE_SERVICE,
+                              "url": f"{scheme}://{code_host}/<org>/<repo>",
+                              "where": "homepod"})
         out.append({**comp, "endpoints": endpoints})
     return out
 
@@ -163,7 +168,7 @@ def up(
         console.print("mlab up: the image has no `mlab code-service serve` yet; the code "
                       f"service is a PLACEHOLDER HTTP server on :{PORT_CODE}")
     _print_status(with_site_notes(podman_engine.status(loaded.name),
-                                  loaded.code_service.host), fmt)
+                                  loaded.code_service.host, loaded.tls.enabled), fmt)
     if loaded.tls.enabled:
         from mlab.tls import trust_hint
 
@@ -239,7 +244,7 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     if not components and fmt == "table":
         _stderr().print(f"site {loaded.name} is not up (run `mlab up`)")
         return
-    _print_status(with_site_notes(components, loaded.code_service.host), fmt)
+    _print_status(with_site_notes(components, loaded.code_service.host, loaded.tls.enabled), fmt)
 
 
 def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,

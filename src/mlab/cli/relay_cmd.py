@@ -52,15 +52,16 @@ def register(app: typer.Typer) -> None:
         from mlab import relay as r
         from mlab.site import CodeService
 
-        host = code_host
-        if not host and site.is_file():
+        host, tls = code_host, False
+        if site.is_file():
             from mlab.site import load_site
 
-            host = load_site(site).code_service.host
+            loaded = load_site(site)
+            host, tls = host or loaded.code_service.host, loaded.tls.enabled
         host = host or str(CodeService.model_fields["host"].default)
         rel = r.Relay(directory)
         base = r.start(rel, branch)
-        url = r.homepod_url(rel.git("remote", "get-url", "mlab").strip(), host)
+        url = r.homepod_url(rel.git("remote", "get-url", "mlab").strip(), host, tls)
         repo = url.split("/", 3)[3]
         print(f"{branch} (from upstream/{base}) is on the code service. In a HomePod:\n"
               f"  git clone {url} && git checkout {branch}\n"

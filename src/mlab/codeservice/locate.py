@@ -20,10 +20,11 @@ import os
 from pathlib import Path
 
 from mlab.errors import MlabError, UsageError
-from mlab.topology import dial_address
+from mlab.topology import SERVER_ENV, dial_address
 
-ENV = "MLAB_SERVER"
-"""The environment variable naming the code service URL, for every client command."""
+ENV = SERVER_ENV
+"""The environment variable naming the code service URL, for every client command (set in
+HomePods of a site with ``tls``: ``https://<codeService.host>``)."""
 LOCAL_SITE = Path("examples/local.yaml")
 """The local commands' default site (``mlab up``)."""
 

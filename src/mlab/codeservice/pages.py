@@ -59,8 +59,10 @@ def branches(repo: Path) -> list[tuple[str, bool, str, str]]:
 
 
 def clone_url(config: ServiceConfig, name: str) -> str:
-    """The URL users clone from: ``http://<codeService.host>/<org>/<repo>``."""
-    return f"http://{config.site.code_service.host}/{name}"
+    """The URL users clone from in a HomePod: ``http://<codeService.host>/<org>/<repo>``
+    (``https://`` when the site's ``tls.mode`` is not off: their only way in then)."""
+    scheme = "https" if config.site.tls.enabled else "http"
+    return f"{scheme}://{config.site.code_service.host}/{name}"
 
 
 def _sync_cell(record: RepoRecord) -> str:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlab import topology
+
 NODE_NAME = "mlab-node"
 NODE_IP = "192.0.2.2"
 """The node's address (on ``lo``): API server, kubelet and NodePorts answer here."""
@@ -23,7 +25,7 @@ POD_GATEWAY = "10.244.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 DNS_SERVICE_IP = "10.96.0.10"
-CLUSTER_DOMAIN = "cluster.local"
+CLUSTER_DOMAIN = topology.CLUSTER_DOMAIN
 BRIDGE = "mlabcni0"
 """Linux bridge the CNI ``bridge`` plugin makes; every pod's veth is a port of it."""
 ANTISPOOF_CHAIN = "MLAB-ANTISPOOF"

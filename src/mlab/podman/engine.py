@@ -169,7 +169,12 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
                 ip = pod.networks[0][1]
                 dnats.append(firewall.Dnat(port.host_ip, port.host_port, ip, port.container_port,
                                            f"{pod.name} {port.name}"))
+    code = next((p for p in plan.pods if p.component == "code-service"), None)
+    # With tls the code service publishes its https port; HomePods then reach it there too.
+    tls = bool(code and any(p.name == "https" for p in code.ports))
     return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
+                            code_port=firewall.homepod_code_port(
+                                {"tls" if tls else "plain-http"}),
                             proxies=list(proxies), offices=list(offices),
                             nat_bridge=bridges.get(plan.nat_network().name, ""), macs=macs,
                             block_ipv6=not keep_ipv6())

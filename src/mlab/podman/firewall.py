@@ -52,7 +52,6 @@ from dataclasses import dataclass
 from mlab import topology
 from mlab.errors import DeployError, ToolMissingError
 from mlab.site import PRIVATE_RANGES
-from mlab.topology import PORT_CODE_SERVICE
 
 DNAT_PRIORITY = -105
 """Before netavark's iptables-nft dstnat (-100), so our published ports win."""
@@ -65,13 +64,23 @@ def _edge(source: str, destination: str) -> topology.Edge:
     return next(e for e in topology.EDGES if (e.source, e.destination) == (source, destination))
 
 
-HOMEPOD_TO_CODE = _edge("homepod", "code-service")
-"""The bridge table's one accept and the Service DNAT on HomePod networks."""
+HOMEPOD_TO_CODE = tuple(e for e in topology.EDGES
+                        if (e.source, e.destination) == ("homepod", "code-service"))
+"""The HomePod -> code-service edges (plain HTTP, or HTTPS with ``tls``): the bridge table's
+one accept and the Service DNAT on HomePod networks carry the active one's port."""
+
+
+def homepod_code_port(facts: set[str]) -> int:
+    """The code service's container port HomePods reach on a site with ``facts`` (the
+    condition words): :data:`mlab.topology.PORT_CODE`, or its HTTPS port with ``tls``."""
+    return next(e.ports[0] for e in HOMEPOD_TO_CODE if topology.edge_active(e, facts))
+
+
 NAT_TO_DNS = (_edge("airlock", "kube-dns"), _edge("code-service", "kube-dns"))
 """The input chain's DNS accept for the NAT network (the host's resolver stands for kube-dns)."""
 RULE_EDGES: tuple[topology.Edge, ...] = (
     *(e for e in topology.EDGES if (e.source, e.destination) == ("office", "homepod")),
-    HOMEPOD_TO_CODE,
+    *HOMEPOD_TO_CODE,
     _edge("office", "airlock"),
     _edge("airlock", "internet"),
     *NAT_TO_DNS,
@@ -132,8 +141,8 @@ def ruleset(
     homepods: Sequence[HomepodNet],
     dnats: Sequence[Dnat],
     nat_subnet: str | None,
-    code_port: int = HOMEPOD_TO_CODE.ports[0],
-    service_port: int = PORT_CODE_SERVICE,
+    code_port: int = topology.PORT_CODE,
+    service_port: int | None = None,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
     nat_bridge: str = "",
@@ -147,9 +156,12 @@ def ruleset(
         homepods: the HomePod networks.
         dnats: published HomePod ports.
         nat_subnet: the Airlock/code-service NAT network's CIDR, or None.
-        code_port: the code service's container port (the Service's ``targetPort``).
-        service_port: the code Service's ``port``: DNAT'd to ``code_port`` on the code
-            service's address of each network, for sources on that network.
+        code_port: the code service's container port HomePods reach (the Service's
+            ``targetPort``; :func:`homepod_code_port`: the HTTPS port with ``tls``). The
+            Airlock keeps :data:`mlab.topology.PORT_CODE` (its edge in the table).
+        service_port: the code Service's ``port`` HomePods dial: DNAT'd to ``code_port`` on
+            the code service's address of their network. None: ``code_port``'s Service port
+            (:data:`mlab.topology.CODE_SERVICE_PORTS`).
         proxies: (IPv4, TCP port) of the Airlock's outbound proxies, allowed from the NAT
             network even inside a private range (``airlock.proxy``).
         offices: ``access.officeCIDRs``: the only sources that other hosts may reach
@@ -168,6 +180,11 @@ def ruleset(
         unchanged site gives the same ruleset (idempotent).
     """
     t = table_name(site)
+    if service_port is None:
+        service_port = topology.CODE_SERVICE_PORTS[code_port]
+    # The Airlock's edge to the code service (plain HTTP on the NAT network).
+    nat_port = _edge("airlock", "code-service").ports[0]
+    nat_service = topology.CODE_SERVICE_PORTS[nat_port]
     # The code service's address on the NAT network (the engine's third address of a subnet).
     nat_code = str(ipaddress.ip_network(nat_subnet)[2]) if nat_subnet else ""
     bridges = sorted({b for b in [nat_bridge, *(hp.bridge for hp in homepods)] if b})
@@ -194,9 +211,9 @@ def ruleset(
     ]
     if nat_subnet:
         service_rules.append(
-            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {service_port}"
-            f" dnat ip to {nat_code}:{code_port}"
-            f" comment \"airlock --> code Service :{service_port} -> :{code_port}\"")
+            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {nat_service}"
+            f" dnat ip to {nat_code}:{nat_port}"
+            f" comment \"airlock --> code Service :{nat_service} -> :{nat_port}\"")
     lines += service_rules
     lines += [
         "  }",
@@ -240,9 +257,9 @@ def ruleset(
     office = f"{{ {', '.join(offices)} }}" if offices else ""
     if nat_subnet:
         lines.append(
-            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {code_port} ct status dnat"
-            f" ct original proto-dst {service_port} accept"
-            f" comment \"airlock --> code Service :{service_port} (DNAT to :{code_port})\"")
+            f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {nat_port} ct status dnat"
+            f" ct original proto-dst {nat_service} accept"
+            f" comment \"airlock --> code Service :{nat_service} (DNAT to :{nat_port})\"")
         # Published ports of the NAT pods (netavark's DNAT) from other hosts: offices only.
         lines.append(
             f"    ip daddr {nat_subnet} ct status dnat "

@@ -22,9 +22,11 @@ from mlab.render.airlock import (
 from mlab.render.airlock import password_secret_name as airlock_secret_name
 from mlab.render.common import (
     CODE_SERVICE_CAPABILITIES,
+    CODE_TLS_SECRET,
     PORT_CODE,
     TLS_DIR,
     VolumeSet,
+    code_tls_secret_name,
     common_env,
     component_deployment,
     metadata,
@@ -49,13 +51,9 @@ ADMIN_DIR = "/etc/mlab/admin"
 ADMIN_SECRET = "code-service-admin"
 DATA_CLAIM = "code-service-data"
 SITE_CONFIGMAP = "mlab-site"
-TLS_SECRET = "code-service-tls"
+TLS_SECRET = CODE_TLS_SECRET
 """The code service's certificate Secret when the site CA issues it (``tls.mode: site-ca``)."""
-
-
-def tls_secret_name(site: Site) -> str:
-    """The code service's kubernetes.io/tls Secret: ``tls.secret`` or ``code-service-tls``."""
-    return site.tls.secret or TLS_SECRET
+tls_secret_name = code_tls_secret_name
 
 
 def admin_secret(site: Site, password: str) -> dict[str, Any]:

@@ -438,6 +438,28 @@ def tls_secret(site: Site, name: str, component: Component, cert: str, key: str,
                   user, "kubernetes.io/tls")
 
 
+CODE_TLS_SECRET = "code-service-tls"
+"""The code service's certificate Secret when the site CA issues it (``tls.mode: site-ca``)."""
+CODE_CA_DIR = "/etc/mlab/code-ca"
+"""Where HomePods mount the ``ca.crt`` of the code service's TLS Secret (``tls.mode`` not
+off): the entrypoint adds it to the system trust store (``MLAB_CA_BUNDLE``), so git, pip,
+curl and Python's ssl verify ``https://<codeService.host>`` with no option."""
+
+
+def code_tls_secret_name(site: Site) -> str:
+    """The code service's kubernetes.io/tls Secret: ``tls.secret`` or ``code-service-tls``."""
+    return site.tls.secret or CODE_TLS_SECRET
+
+
+def mount_code_ca(site: Site, vols: VolumeSet) -> None:
+    """Mount only the ``ca.crt`` of the code service's TLS Secret (never its key) read-only
+    at :data:`CODE_CA_DIR`; the Secret is :func:`code_tls_secret_name`'s."""
+    vol = vols.add({"name": "code-ca", "secret": {
+        "secretName": code_tls_secret_name(site), "defaultMode": 0o444,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+    vols.mount(vol, CODE_CA_DIR, read_only=True)
+
+
 SITE_CA_SECRET = "mlab-site-ca"
 """The site CA's certificate alone (key ``ca.crt``): what the portal checks desktops by."""
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlab.render.common import (
+    CODE_CA_DIR,
     CONTAINER_PORTS,
     GROUP_LABEL_PREFIX,
     OUTBOX_PATH,
@@ -23,6 +24,7 @@ from mlab.render.common import (
     component_deployment,
     labels,
     metadata,
+    mount_code_ca,
     mount_login_password,
     mount_tls,
     pvc,
@@ -41,6 +43,7 @@ from mlab.topology import (
     NODE_IP_ENV,
     PORT_KUBELET,
     PORT_VNC,
+    SERVER_ENV,
     service_port,
 )
 
@@ -191,6 +194,11 @@ def deployment(site: Site, user: User) -> dict[str, Any]:
         # The desktop's certificate from the site CA: VeNCrypt, noVNC over HTTPS, RDP TLS.
         mount_tls(vols, tls_secret_name(user))
         env.append({"name": "MLAB_TLS_DIR", "value": TLS_DIR})
+        # The code service over HTTPS only (its HomePod edge, mlab.topology.EDGES): its CA
+        # joins the system trust store, so git, pip and curl verify it with no option.
+        mount_code_ca(site, vols)
+        env += [{"name": "MLAB_CA_BUNDLE", "value": f"{CODE_CA_DIR}/ca.crt"},
+                {"name": SERVER_ENV, "value": f"https://{site.code_service.host}"}]
 
     container: dict[str, Any] = {
         "name": "homepod",

@@ -181,6 +181,11 @@ def _bind(check: topology.Check, src: Source, facts: ClusterFacts, code: Endpoin
                      f"http://{facts.code_host}/", 0, code, PORT_CODE, "TCP"),
                     (f"code service {code.ip}:{PORT_CODE}", "http",
                      f"http://{code.ip}:{PORT_CODE}/", 0, code, PORT_CODE, "TCP")]
+        if port == PORT_CODE_TLS:  # with tls: the Service's 443 and the container port
+            return [(f"code service https://{facts.code_host}/", "http",
+                     f"https://{facts.code_host}/", 0, code, PORT_CODE_TLS, "TCP"),
+                    (f"code service {code.ip}:{PORT_CODE_TLS}", "http",
+                     f"https://{code.ip}:{PORT_CODE_TLS}/", 0, code, PORT_CODE_TLS, "TCP")]
         return [(f"code service :{port} (other port)", "tcp", code.ip, port, code, port, "TCP")]
     if dst == "airlock" and airlock:
         return [(f"airlock :{port}", port_kind(port), airlock.ip, port, airlock, port, "TCP")]
@@ -277,7 +282,9 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
     Returns:
         One probe per Service port and address (the ClusterIP, reachable from a node; each
         ``externalIPs`` address; the node's NodePort), expected allowed when an active edge
-        ``office --> <component>`` lists the container port, else blocked; the service must
+        ``office --> <component>`` lists the container port, else blocked (not on the
+        ClusterIP: no office routes there, and the node's own connections pass the
+        policies); the service must
         answer in its protocol (HTTP status for the code service; the portal by TCP connect,
         as its TLS certificate may be the site's own).
     """
@@ -299,6 +306,11 @@ def office_matrix(services: list[dict[str, Any]], node_ip: str, words: set[str]
                 where.append((node_ip, sp["nodePort"]))
             for ip, port in where:
                 if not ip or ip == "None":
+                    continue
+                if ip == spec.get("clusterIP") and not check.expected:
+                    # No office routes to a ClusterIP, and a node's own connections pass
+                    # whatever the policies say (docs/verify.md): a blocked office edge is
+                    # probed where offices arrive (externalIPs, NodePorts) only.
                     continue
                 # As from the podman host: the protocol of the port's name, HTTP(S) to the
                 # code service, noVNC over TLS with the site's tls (websockify --ssl-only).

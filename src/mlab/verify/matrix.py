@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlab import topology
-from mlab.topology import CONTAINER_PORTS, PORT_CODE, SHARE_PATH, dial_address
+from mlab.topology import (
+    CONTAINER_PORTS,
+    PORT_CODE,
+    PORT_CODE_TLS,
+    PORT_CODE_TLS_SERVICE,
+    SHARE_PATH,
+    dial_address,
+)
 
 if TYPE_CHECKING:  # the record's shape only: this module reads no file
     from mlab.podman.plan_file import PlanFile
@@ -156,6 +163,7 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
         in HomePods, writable in the Airlock (docs/CONTRACTS.md).
     """
     checks = topology.checks(podman_facts(plan))
+    tls = "tls" in podman_facts(plan)
     nat = plan.nat_network()
     homepods = plan.components("homepod")
     airlock = plan.first("airlock")
@@ -171,6 +179,15 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
             return [(f"code service {code_host}:80", "http", f"http://{code_host}/", 0),
                     (f"code service {code_host}:{PORT_CODE}", "http",
                      f"http://{code_host}:{PORT_CODE}/", 0)]
+        if dst == "code-service" and port == PORT_CODE_TLS:
+            # With tls: the HTTPS URL users type (Service port 443, DNAT'd) and the port.
+            return [(f"code service https://{code_host}/", "http", f"https://{code_host}/", 0),
+                    (f"code service {code_host}:{PORT_CODE_TLS}", "http",
+                     f"https://{code_host}:{PORT_CODE_TLS}/", 0)]
+        if dst == "code-service" and role == "homepod" and tls and port == PORT_CODE_TLS_SERVICE:
+            # Here the code service's address on a HomePod network is also its Service's:
+            # 443 is DNAT'd to the HTTPS edge (probed above), as 80 is to 8080 without tls.
+            return []
         if dst == "code-service":
             return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
         if dst == "airlock" and airlock:
