@@ -1,0 +1,114 @@
+"""Parallel fetch of pip's choices: the report, hash checks, fallbacks, and the same set as `pip download`."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from mlab.airlock import pip, pipfetch, pipindex
+
+
+def _item(url: str, archive: dict | None, name: str = "a", version: str = "1.0") -> dict:
+    info: dict = {"url": url}
+    if archive is not None:
+        info["archive_info"] = archive
+    return {"download_info": info, "metadata": {"name": name, "version": version}}
+
+
+def test_parse_report_hashes_and_non_archives() -> None:
+    doc = {"version": "1", "install": [
+        _item("https://h/p/a-1.0-py3-none-any.whl", {"hashes": {"sha256": "ab" * 32}}),
+        _item("https://h/p/b%2Bx-2.0.tar.gz", {"hash": "sha256=" + "cd" * 32}, "b", "2.0"),
+        _item("https://h/p/c-1.0-py3-none-any.whl", {}, "c"),
+    ]}
+    got = pipfetch.parse_report(doc)
+    assert got is not None
+    assert [(c.name, c.filename, c.sha256, c.fetchable) for c in got] == [
+        ("a", "a-1.0-py3-none-any.whl", "ab" * 32, True),
+        ("b", "b+x-2.0.tar.gz", "cd" * 32, False),  # an sdist: left to pip
+        ("c", "c-1.0-py3-none-any.whl", None, False),  # no hash: left to pip
+    ]
+    vcs = {"version": "1", "install": [{"download_info": {"url": "https://h/r.git", "vcs_info": {"vcs": "git"}},
+                                        "metadata": {"name": "r", "version": "1"}}]}
+    assert pipfetch.parse_report(vcs) is None
+    with pytest.raises(pipfetch.MlabError, match="report has version '2'"):
+        pipfetch.parse_report({"version": "2", "install": []})
+
+
+def test_download_checks_hash_and_leaves_nothing_on_mismatch(tmp_path, wheel_factory) -> None:
+    wheel = wheel_factory(tmp_path / "src", "a", "1.0")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    good = pipfetch.Chosen("a", "1.0", wheel.as_uri(), digest)
+    hashes, left = pipfetch.download([good], dest)
+    assert hashes == {wheel.name: digest} and left == []
+    assert (dest / wheel.name).read_bytes() == wheel.read_bytes()
+    (dest / wheel.name).unlink()
+    bad = pipfetch.Chosen("a", "1.0", wheel.as_uri(), "0" * 64)
+    with pytest.raises(pipfetch.HashMismatch, match=f"{wheel.name} from .* has sha256 {digest}, not 0000"):
+        pipfetch.download([bad], dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_over_http_and_failures_left_to_pip(tmp_path, wheel_factory) -> None:
+    served = tmp_path / "served"
+    wheel = wheel_factory(served, "a", "1.0")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        ok = pipfetch.Chosen("a", "1.0", f"{base}/{wheel.name}", digest)
+        missing = pipfetch.Chosen("b", "1.0", f"{base}/b-1.0-py3-none-any.whl", "1" * 64)
+        env = {k: os.environ.pop(k) for k in list(os.environ) if k.lower().endswith("_proxy")}
+        try:
+            hashes, left = pipfetch.download([ok, missing], dest)
+        finally:
+            os.environ.update(env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hashes == {wheel.name: digest}
+    assert left == [missing]  # a 404 here: pip gets to try it (and fails clearly)
+    assert sorted(p.name for p in dest.iterdir()) == [wheel.name]
+
+
+def _pip_download(dest: Path, specs: list[str], cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["XDG_CACHE_HOME"] = str(cache)
+    subprocess.run([sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "-q",
+                    "--dest", str(dest), "--index-url", pip.DEFAULT_INDEX_URL, *specs],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in dest.iterdir()}
+
+
+def test_staged_set_equals_plain_pip_download_from_pypi(tmp_path) -> None:
+    """Real pip, real PyPI: the same names, versions, files and hashes as `pip download`."""
+    specs = ["requests", "tqdm", "markupsafe<3.1", "pyyaml"]  # compiled wheels and a closure
+    share = tmp_path / "share"
+    res = pip.stage(share, specs)
+    plain = _pip_download(tmp_path / "plain", specs, tmp_path / "cache")
+    staged = {w.filename: w.sha256 for w in res.added}
+    assert staged == plain
+    files = pipindex.index_dir(share) / "files"
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.iterdir()} == plain
+    assert res.built == []
