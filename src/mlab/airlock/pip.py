@@ -5,8 +5,10 @@ of a project cannot be installed by globbing, sdists cannot be built offline, an
 evaluates environment markers for the interpreter it runs on. So:
 
 1. pip resolves and fetches. For the local interpreter (the default: the Airlock runs the
-   HomePod's image) ``pip download`` fetches the closure and ``pip wheel --no-deps``
-   builds wheels from the sdists among it. For another target (``--python-version``/``--platform``) ``pip download
+   HomePod's image) ``pip install --dry-run --report`` resolves, the chosen wheels are
+   downloaded in parallel and checked against pip's hashes (:mod:`mlab.airlock.pipfetch`),
+   sdists are downloaded by pip pinned to the same URL, and ``pip wheel --no-deps``
+   builds wheels from them. For another target (``--python-version``/``--platform``) ``pip download
    --only-binary=:all:`` with pip's target options is used; sdists that build here into
    pure-Python (``none-any``) wheels are offered to it, compiled ones cannot be staged for
    an interpreter that is not here.
