@@ -570,18 +570,30 @@ def _new_tree(root: Path, simple: Path, by_project: Mapping[str, Sequence[WheelF
     fresh = Path(tempfile.mkdtemp(prefix=".simple-rebuild-", dir=root))
     try:
         os.chmod(fresh, 0o755)
+        base = str(fresh)
         for project, files in by_project.items():
-            pdir = fresh / project
-            pdir.mkdir(mode=0o755)
-            (pdir / "index.json").write_text(render_project_json(project, files), encoding="utf-8")
-            (pdir / "index.html").write_text(render_project_html(project, files), encoding="utf-8")
-        (fresh / "index.html").write_text(render_root_html(by_project), encoding="utf-8")
+            pdir = os.path.join(base, project)
+            os.mkdir(pdir, 0o755)
+            _write_new(os.path.join(pdir, "index.json"), render_project_json(project, files))
+            _write_new(os.path.join(pdir, "index.html"), render_project_html(project, files))
+        _write_new(os.path.join(base, "index.html"), render_root_html(by_project))
         sync_filesystem(fresh)
         if exchange_dirs(fresh, simple):  # a tree appeared meanwhile (not under our lock)
             shutil.rmtree(fresh, ignore_errors=True)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
+
+
+def _write_new(path: str, text: str) -> None:
+    """Create ``path`` with ``text`` (UTF-8): three system calls, no buffering layer."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def _read_page(path: Path | str) -> bytes | None:
