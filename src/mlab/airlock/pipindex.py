@@ -391,9 +391,11 @@ def _rebuild_locked(share: Path) -> int:
     files_dir = ensure_dir(root / "files")
     simple = root / "simple"
     by_project: dict[str, list[str]] = {}
+    parsed: dict[str, tuple[str, str]] = {}
     for name in sorted(e.name for e in os.scandir(files_dir)):
         if name.endswith(".whl") and not name.startswith("."):
-            by_project.setdefault(_wheel_name(name)[0], []).append(name)
+            parsed[name] = _wheel_name(name)
+            by_project.setdefault(parsed[name][0], []).append(name)
     old: dict[str, tuple[bytes | None, bytes | None]] = {}
     known: dict[str, WheelFile] = {}
     if simple.is_dir():
@@ -403,7 +405,7 @@ def _rebuild_locked(share: Path) -> int:
                             _read_page(os.path.join(pdir, "index.html")))
             known.update(_listed(project, old[project][0]))
     names = [n for ns in by_project.values() for n in ns]
-    infos = dict(zip(names, _read_wheels(str(files_dir), names, known)))
+    infos = dict(zip(names, _read_wheels(str(files_dir), names, known, parsed)))
     wheels = {p: [infos[n] for n in ns] for p, ns in by_project.items()}
     if simple.is_dir():
         _update_pages(simple, wheels, old)
@@ -434,8 +436,11 @@ REBUILD_THREADS = 4
 """Threads reading and hashing the big wheels of a rebuild."""
 
 
-def _read_wheels(files_dir: str, names: Sequence[str], known: Mapping[str, WheelFile]) -> list[WheelFile]:
+def _read_wheels(files_dir: str, names: Sequence[str], known: Mapping[str, WheelFile],
+                 parsed: Mapping[str, tuple[str, str]]) -> list[WheelFile]:
     """Read and hash every wheel in ``names`` (in ``files_dir``), in order.
+
+    ``parsed``: each name's (normalized project, version) (:func:`_wheel_name`).
 
     A wheel's METADATA is parsed only when its hash is not the one ``known`` (the old
     JSON pages) lists for its name: the pages are the cache of each file's
@@ -449,7 +454,7 @@ def _read_wheels(files_dir: str, names: Sequence[str], known: Mapping[str, Wheel
     """
     def one(name: str, defer_big: bool = False) -> WheelFile | None:
         path = os.path.join(files_dir, name)
-        project, version = _wheel_name(name)
+        project, version = parsed[name]
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
