@@ -5,10 +5,12 @@ of a project cannot be installed by globbing, sdists cannot be built offline, an
 evaluates environment markers for the interpreter it runs on. So:
 
 1. pip resolves and fetches. For the local interpreter (the default: the Airlock runs the
-   HomePod's image) ``pip install --dry-run --report`` resolves, the chosen wheels are
-   downloaded in parallel and checked against pip's hashes (:mod:`mlab.airlock.pipfetch`),
-   sdists are downloaded by pip pinned to the same URL, and ``pip wheel --no-deps``
-   builds wheels from them. For another target (``--python-version``/``--platform``) ``pip download
+   HomePod's image) from an index over HTTP(S), ``pip install --dry-run --report``
+   resolves, the chosen wheels are downloaded in parallel and checked against pip's
+   hashes (:mod:`mlab.airlock.pipfetch`) and sdists are downloaded by pip pinned to the
+   same URL; from local folders only (``--no-index``), ``pip download`` fetches the
+   closure (pip's resolve with the report's hashes costs more CPU than its whole
+   download there). ``pip wheel --no-deps`` builds wheels from the sdists. For another target (``--python-version``/``--platform``) ``pip download
    --only-binary=:all:`` with pip's target options is used; sdists that build here into
    pure-Python (``none-any``) wheels are offered to it, compiled ones cannot be staged for
    an interpreter that is not here.
@@ -226,6 +228,12 @@ class Sources:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     no_index: bool = False
+
+    @property
+    def remote(self) -> bool:
+        """True when an index is reached over HTTP(S) (downloads worth running in parallel)."""
+        return not self.no_index and any(
+            u.startswith(("http://", "https://")) for u in (self.index_url, *self.extra_index_urls))
 
     def pip_args(self) -> list[str]:
         """pip options for these sources."""
@@ -504,7 +512,10 @@ def fetch(
         if target.foreign:
             built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
         else:
-            hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
+            if sources.remote:
+                hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
+            else:  # local folders only: pip's resolve with hashes alone costs more than its download
+                _run_pip(args, report)
             built += _build_sdists(dest, sources, report)
         req_args = []
         paths = list(dest.glob("*.whl"))
