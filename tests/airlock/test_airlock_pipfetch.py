@@ -58,6 +58,42 @@ def test_download_checks_hash_and_leaves_nothing_on_mismatch(tmp_path, wheel_fac
     assert list(dest.iterdir()) == []
 
 
+@pytest.mark.parametrize(("page", "ctype", "expected"), [
+    ('{"files": [{"filename": "a-1.0-py3-none-any.whl", "core-metadata": {"sha256": "00"}}]}',
+     "application/vnd.pypi.simple.v1+json", True),
+    ('{"files": [{"filename": "a-1.0-py3-none-any.whl", "dist-info-metadata": true}]}',
+     "application/vnd.pypi.simple.v1+json", True),
+    ('{"files": [{"filename": "a-1.0-py3-none-any.whl"}, {"filename": "a-1.0.tar.gz", "core-metadata": true}]}',
+     "application/vnd.pypi.simple.v1+json", False),
+    ('<a href="a-1.0-py3-none-any.whl" data-core-metadata="sha256=00">a</a>', "text/html", True),
+    ('<a href="a-1.0-py3-none-any.whl">a</a>', "text/html", False),
+], ids=["json-pep714", "json-pep658", "json-none", "html-pep714", "html-none"])
+def test_serves_metadata(page, ctype, expected) -> None:
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = page.encode()
+            self.send_response(200 if self.path == "/simple/my-proj/" else 404)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: os.environ.pop(k) for k in list(os.environ) if k.lower().endswith("_proxy")}
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/simple"
+        assert pipfetch.serves_metadata(base, "My_Proj") is expected
+        assert pipfetch.serves_metadata(f"http://127.0.0.1:{server.server_address[1]}/other", "my-proj") is False
+    finally:
+        os.environ.update(env)
+        server.shutdown()
+        server.server_close()
+
+
 def test_download_over_http_and_failures_left_to_pip(tmp_path, wheel_factory) -> None:
     served = tmp_path / "served"
     wheel = wheel_factory(served, "a", "1.0")
@@ -101,8 +137,9 @@ def _pip_download(dest: Path, specs: list[str], cache: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in dest.iterdir()}
 
 
-def test_staged_set_equals_plain_pip_download_from_pypi(tmp_path) -> None:
+def test_staged_set_equals_plain_pip_download_from_pypi(tmp_path, monkeypatch) -> None:
     """Real pip, real PyPI: the same names, versions, files and hashes as `pip download`."""
+    monkeypatch.setenv(pipfetch.PARALLEL_ENV, "1")  # the report and parallel path, whatever the index serves
     specs = ["requests", "tqdm", "markupsafe<3.1", "pyyaml"]  # compiled wheels and a closure
     share = tmp_path / "share"
     res = pip.stage(share, specs)
