@@ -4,7 +4,9 @@ in the same run, with interleaved samples (A B A B ...), the median and the spre
 1. stage from PyPI: ``mlab stage pip`` of a real requirements set (numpy, pandas,
    scikit-learn, requests, tqdm, pillow and their dependencies) beside a plain
    ``pip download`` of the same set; every sample with an empty pip cache and a new share.
-   Goal (issue 18): ratio <= 1.0.
+   Also with ``MLAB_STAGE_PARALLEL=1`` (pip's report, then the files six at once, even
+   where the index serves no PEP 658 metadata). Each side's files and hashes of its last
+   sample are compared with ``pip download``'s. Goal (issue 18): ratio <= 1.0.
 2. stage from a local wheel folder: the same two commands with ``--no-index
    --find-links`` on a folder holding the set's wheels (no network: shows MLab's fixed
    costs: start, metadata reading, publishing).
@@ -77,18 +79,27 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         shutil.rmtree(dest)
         return seconds
 
-    def stage() -> float:
+    def stage(parallel: str | None = None) -> float:
         share = Path(tempfile.mkdtemp(dir=root, prefix="share-"))
+        env = _fresh_env(root)
+        env.pop("MLAB_STAGE_PARALLEL", None)
+        if parallel:
+            env["MLAB_STAGE_PARALLEL"] = parallel
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share",
                         str(share), *sources, *specs],
-                       check=True, env=_fresh_env(root), stdout=subprocess.DEVNULL)
+                       check=True, env=env, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        chosen["mlab stage pip"] = _hashes(share / "pip-index" / "files")
+        chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")] = \
+            _hashes(share / "pip-index" / "files")
         shutil.rmtree(share)
         return seconds
 
-    return {"mlab stage pip": stage, "pip download (baseline)": download}
+    cases: dict[str, object] = {"mlab stage pip": stage, "pip download (baseline)": download}
+    if not any(s == "--no-index" for s in sources):
+        # the report and the parallel fetch, also where the index serves no PEP 658 metadata
+        cases["mlab stage pip MLAB_STAGE_PARALLEL=1"] = lambda: stage("1")
+    return cases
 
 
 def load_old_pipindex(ref: str):  # type: ignore[no-untyped-def]
@@ -193,11 +204,12 @@ def main() -> None:
             if not args.json:
                 goals = {list(cases)[0]: goal} if goal else {}
                 print(report(stats, baseline=base, goals=goals, title=f"\n{title}"))
-            if goal:  # a staging group: both sides' last samples chose the same files?
-                same = chosen["mlab stage pip"] == chosen["pip download"]
-                out[title]["same files and hashes as pip download"] = same  # type: ignore[index]
-                if not args.json:
-                    print(f"same {len(chosen['pip download'])} files and sha256 as pip download: {same}")
+            if goal:  # a staging group: every side's last sample chose the same files?
+                for name in [n for n in cases if n in chosen and n.startswith("mlab")]:
+                    same = chosen[name] == chosen["pip download"]
+                    out[title][f"{name}: same files and hashes as pip download"] = same  # type: ignore[index]
+                    if not args.json:
+                        print(f"{name}: same {len(chosen['pip download'])} files and sha256 as pip download: {same}")
         figures = out[f"full index rebuild, {projects} projects"]
         rebuild_s = figures["index rebuild, index up to date"]["median_s"]  # type: ignore[index]
         first_s = figures["index rebuild from nothing"]["median_s"]  # type: ignore[index]
