@@ -8,6 +8,11 @@ once (pip downloads one after the other), each into a temporary name beside its 
 hashed while it arrives, compared with pip's hash and only then renamed: a file that does
 not match is an error naming it, never a staged wheel.
 
+This pays only where the index serves wheel metadata apart (PEP 658/714): otherwise pip's
+resolve downloads every wheel whole, one after the other, and a second download only adds.
+:func:`serves_metadata` probes the index; ``MLAB_STAGE_PARALLEL`` (:data:`PARALLEL_ENV`)
+forces the choice.
+
 What the report cannot serve this way is left to pip, pinned to pip's choice: a wheel
 whose download fails here (an index that needs pip's credentials) is fetched with
 ``pip download --no-deps NAME @ URL``; a report without a URL and a hash for some item (a
