@@ -149,3 +149,23 @@ def test_staged_set_equals_plain_pip_download_from_pypi(tmp_path, monkeypatch) -
     files = pipindex.index_dir(share) / "files"
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files.iterdir()} == plain
     assert res.built == []
+
+
+def test_report_path_leaves_sdists_to_pip_pinned_and_builds_them(tmp_path, wheel_factory, sdist_factory,
+                                                                  pip_target, monkeypatch) -> None:
+    """The report path with a local folder: the wheel is copied and checked, the sdist pip chose
+    is downloaded by pip from the same URL (``NAME @ URL#sha256=``) and built into a wheel."""
+    monkeypatch.setenv(pipfetch.PARALLEL_ENV, "1")
+    src = tmp_path / "src"
+    wheel_factory(src, "app", "1.0", requires=["sdistonly"])
+    sdist_factory(src, "sdistonly", "0.3")
+    sdist_factory(src, "sdistonly", "0.2")  # not chosen: pip takes the newest
+    share = tmp_path / "share"
+    # the sdist's build backend (setuptools) comes from PyPI, as on the Airlock
+    res = pip.stage(share, ["app"], sources=pip.Sources(find_links=(str(src),)))
+    assert sorted(w.filename for w in res.added) == ["app-1.0-py3-none-any.whl", "sdistonly-0.3-py3-none-any.whl"]
+    assert res.built == ["sdistonly-0.3-py3-none-any.whl"]
+    app = pipindex.load_project(share, "app")[0]
+    assert app.sha256 == hashlib.sha256((src / "app-1.0-py3-none-any.whl").read_bytes()).hexdigest()
+    proc = pip_target(share / "pip-index" / "simple", tmp_path / "t", "app")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
