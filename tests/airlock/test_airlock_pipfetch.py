@@ -169,3 +169,13 @@ def test_report_path_leaves_sdists_to_pip_pinned_and_builds_them(tmp_path, wheel
     assert app.sha256 == hashlib.sha256((src / "app-1.0-py3-none-any.whl").read_bytes()).hexdigest()
     proc = pip_target(share / "pip-index" / "simple", tmp_path / "t", "app")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_worth_it_env_and_local_sources(monkeypatch) -> None:
+    monkeypatch.delenv(pipfetch.PARALLEL_ENV, raising=False)
+    assert pipfetch.worth_it(None, "app") is False  # --no-index or local folders only
+    assert pipfetch.worth_it("https://pypi.org/simple", None) is False  # only -r files: no page to probe
+    monkeypatch.setenv(pipfetch.PARALLEL_ENV, "1")
+    assert pipfetch.worth_it(None, None) is True
+    monkeypatch.setenv(pipfetch.PARALLEL_ENV, "0")
+    assert pipfetch.worth_it("https://pypi.org/simple", "app") is False

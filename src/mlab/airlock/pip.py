@@ -229,12 +229,6 @@ class Sources:
     find_links: tuple[str, ...] = ()
     no_index: bool = False
 
-    @property
-    def remote(self) -> bool:
-        """True when an index is reached over HTTP(S) (downloads worth running in parallel)."""
-        return not self.no_index and any(
-            u.startswith(("http://", "https://")) for u in (self.index_url, *self.extra_index_urls))
-
     def pip_args(self) -> list[str]:
         """pip options for these sources."""
         args = ["--no-index"] if self.no_index else ["--index-url", self.index_url]
@@ -444,28 +438,6 @@ def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, l
         inspected.update(zip(new, pool.map(one, new)))
 
 
-def _parallel_worth_it(sources: Sources, roots: Sequence[Requirement]) -> bool:
-    """Whether to fetch pip's choices in parallel (:func:`_download_chosen`).
-
-    ``MLAB_STAGE_PARALLEL`` (``1``/``0``) decides when set. Otherwise only for an index over
-    HTTP(S) that serves wheel metadata apart (PEP 658; probed on the first requirement's
-    page): from local folders pip's resolve with the report's hashes alone took more CPU
-    (1.17 s) than its whole ``pip download`` (0.98 s), and without PEP 658 the resolve
-    downloads every wheel whole, so a second, parallel download only adds (issue 18).
-    """
-    import os
-
-    from mlab.airlock import pipfetch
-
-    forced = os.environ.get(pipfetch.PARALLEL_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
-    if not sources.remote or not roots:
-        return False
-    index = next(u for u in (sources.index_url, *sources.extra_index_urls) if u.startswith(("http://", "https://")))
-    return pipfetch.serves_metadata(index, roots[0].name)
-
-
 def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Path, sources: Sources,
                      report: Report | None) -> dict[str, str]:
     """Put exactly the files pip chooses for ``resolve_args`` into ``dest``; return verified hashes.
@@ -512,7 +484,7 @@ def fetch(
 
     ``parallel``: resolve with pip's report and fetch its files in parallel
     (:func:`_download_chosen`) or run plain ``pip download``; None: decide with
-    :func:`_parallel_worth_it`.
+    :func:`mlab.airlock.pipfetch.worth_it`.
 
     ``inspected`` (path -> :func:`mlab.airlock.pipindex.inspect_wheel`) is filled with
     every wheel read for the closure check, so publishing need not open them again.
@@ -540,7 +512,11 @@ def fetch(
             built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
         else:
             if parallel is None:
-                parallel = _parallel_worth_it(sources, roots)
+                from mlab.airlock.pipfetch import worth_it
+
+                index = next((u for u in (sources.index_url, *sources.extra_index_urls)
+                              if u.startswith(("http://", "https://")) and not sources.no_index), None)
+                parallel = worth_it(index, roots[0].name if roots else None)
             if parallel:
                 hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
             else:
