@@ -102,13 +102,14 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
     return cases
 
 
-def load_old_pipindex(ref: str):  # type: ignore[no-untyped-def]
-    """``src/mlab/airlock/pipindex.py`` as it was at git ``ref``, imported as a module."""
+def load_old_pipindex(ref: str, folder: Path):  # type: ignore[no-untyped-def]
+    """``src/mlab/airlock/pipindex.py`` as it was at git ``ref``, imported as a module (its
+    source written to ``folder``)."""
     import importlib.util
 
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:src/mlab/airlock/pipindex.py"],
                             check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="mlab-old-pipindex-")) / "old_pipindex.py"
+    path = folder / "old_pipindex.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("old_pipindex", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -153,7 +154,7 @@ def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[
     cases: dict[str, object] = {"index rebuild, index up to date": lambda: pipindex.rebuild(share),
                                 "sha256sum of every wheel (baseline)": sha256sum}
     if old_ref:
-        old = load_old_pipindex(old_ref)
+        old = load_old_pipindex(old_ref, root)
         cases[f"the same with the code of {old_ref}"] = lambda: old.rebuild(share)
     cases["index rebuild, 1% of projects changed by hand"] = changed_by_hand
     cases["index rebuild from nothing"] = from_nothing
