@@ -4,7 +4,9 @@ in the same run, with interleaved samples (A B A B ...), the median and the spre
 1. stage from PyPI: ``mlab stage pip`` of a real requirements set (numpy, pandas,
    scikit-learn, requests, tqdm, pillow and their dependencies) beside a plain
    ``pip download`` of the same set; every sample with an empty pip cache and a new share.
-   Goal (issue 18): ratio <= 1.0.
+   Also with ``MLAB_STAGE_PARALLEL=1`` (pip's report, then the files six at once, even
+   where the index serves no PEP 658 metadata). Each side's files and hashes of its last
+   sample are compared with ``pip download``'s. Goal (issue 18): ratio <= 1.0.
 2. stage from a local wheel folder: the same two commands with ``--no-index
    --find-links`` on a folder holding the set's wheels (no network: shows MLab's fixed
    costs: start, metadata reading, publishing).
@@ -25,6 +27,7 @@ Needs PyPI unless ``--skip-network``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -54,26 +57,68 @@ def _fresh_env(root: Path) -> dict[str, str]:
     return env
 
 
-def stage_cases(root: Path, specs: list[str], sources: list[str]) -> dict[str, object]:
-    """The two commands, each sample in new folders with an empty cache."""
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
-    def download() -> None:
+
+def stage_cases(root: Path, specs: list[str], sources: list[str],
+                chosen: dict[str, dict[str, str]]) -> dict[str, object]:
+    """The two commands, each sample in new folders with an empty cache.
+
+    ``chosen`` gets each side's file name -> sha256 of its last sample (not timed), so the
+    run can show that both chose the same files.
+    """
+
+    def download() -> float:
         dest = Path(tempfile.mkdtemp(dir=root, prefix="dl-"))
+        start = time.perf_counter()
         subprocess.run([*PIP, "download", "-q", "--dest", str(dest), *sources, *specs],
                        check=True, env=_fresh_env(root), stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        chosen["pip download"] = _hashes(dest)
         shutil.rmtree(dest)
+        return seconds
 
-    def stage() -> None:
+    def stage(parallel: str | None = None) -> float:
         share = Path(tempfile.mkdtemp(dir=root, prefix="share-"))
+        env = _fresh_env(root)
+        env.pop("MLAB_STAGE_PARALLEL", None)
+        if parallel:
+            env["MLAB_STAGE_PARALLEL"] = parallel
+        start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share",
                         str(share), *sources, *specs],
-                       check=True, env=_fresh_env(root), stdout=subprocess.DEVNULL)
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")] = \
+            _hashes(share / "pip-index" / "files")
         shutil.rmtree(share)
+        return seconds
 
-    return {"mlab stage pip": stage, "pip download (baseline)": download}
+    cases: dict[str, object] = {"mlab stage pip": stage, "pip download (baseline)": download}
+    if not any(s == "--no-index" for s in sources):
+        # the report and the parallel fetch, also where the index serves no PEP 658 metadata
+        cases["mlab stage pip MLAB_STAGE_PARALLEL=1"] = lambda: stage("1")
+    return cases
 
 
-def index_cases(root: Path, projects: int) -> tuple[dict[str, object], Path]:
+def load_old_pipindex(ref: str, folder: Path):  # type: ignore[no-untyped-def]
+    """``src/mlab/airlock/pipindex.py`` as it was at git ``ref``, imported as a module (its
+    source written to ``folder``)."""
+    import importlib.util
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:src/mlab/airlock/pipindex.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = folder / "old_pipindex.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_pipindex", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["old_pipindex"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[dict[str, object], Path]:
     share = root / "big-share"
     src = share / "pip-index" / "files"
     for i in range(projects):
@@ -106,10 +151,21 @@ def index_cases(root: Path, projects: int) -> tuple[dict[str, object], Path]:
         pipindex.rebuild(share)
         return time.perf_counter() - start
 
-    return {"index rebuild, index up to date": lambda: pipindex.rebuild(share),
-            "sha256sum of every wheel (baseline)": sha256sum,
-            "index rebuild, 1% of projects changed by hand": changed_by_hand,
-            "index rebuild from nothing": from_nothing}, share
+    cases: dict[str, object] = {"index rebuild, index up to date": lambda: pipindex.rebuild(share),
+                                "sha256sum of every wheel (baseline)": sha256sum}
+    if old_ref:
+        old = load_old_pipindex(old_ref, root)
+        cases[f"the same with the code of {old_ref}"] = lambda: old.rebuild(share)
+    cases["index rebuild, 1% of projects changed by hand"] = changed_by_hand
+    cases["index rebuild from nothing"] = from_nothing
+    if old_ref:
+        def old_from_nothing() -> float:
+            shutil.rmtree(share / "pip-index" / "simple", ignore_errors=True)  # not timed
+            start = time.perf_counter()
+            old.rebuild(share)
+            return time.perf_counter() - start
+        cases[f"from nothing with the code of {old_ref}"] = old_from_nothing
+    return cases, share
 
 
 def main() -> None:
@@ -120,6 +176,8 @@ def main() -> None:
     parser.add_argument("--skip-network", action="store_true", help="skip staging from PyPI")
     parser.add_argument("--index-only", action="store_true",
                         help="only the index rebuild and publish figures (no pip, no network)")
+    parser.add_argument("--old-ref", default=None,
+                        help="also time the index rebuild with pipindex.py as it was at this git ref")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     args = parser.parse_args()
     specs = QUICK_SET if args.quick else FULL_SET
@@ -127,6 +185,7 @@ def main() -> None:
     samples = args.samples or (3 if args.quick else 5)
     root = Path(tempfile.mkdtemp(prefix="mlab-bench-stage-"))
     out: dict[str, object] = {"set": specs, "projects": projects}
+    chosen: dict[str, dict[str, str]] = {}
     try:
         groups = {}
         if not args.index_only:
@@ -134,10 +193,10 @@ def main() -> None:
             subprocess.run([*PIP, "download", "-q", "--dest", str(wheels), *specs], check=True,
                            env=_fresh_env(root), stdout=subprocess.DEVNULL)
             if not args.skip_network:
-                groups["stage from PyPI, empty caches"] = (stage_cases(root, specs, []), 1.0)
+                groups["stage from PyPI, empty caches"] = (stage_cases(root, specs, [], chosen), 1.0)
             groups["stage from a local wheel folder"] = (
-                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)]), 1.0)
-        index, share = index_cases(root, projects)
+                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen), 1.0)
+        index, share = index_cases(root, projects, args.old_ref)
         groups[f"full index rebuild, {projects} projects"] = (index, None)
         for title, (cases, goal) in groups.items():
             stats = interleave(cases, samples=samples)  # type: ignore[arg-type]
@@ -146,6 +205,12 @@ def main() -> None:
             if not args.json:
                 goals = {list(cases)[0]: goal} if goal else {}
                 print(report(stats, baseline=base, goals=goals, title=f"\n{title}"))
+            if goal:  # a staging group: every side's last sample chose the same files?
+                for name in [n for n in cases if n in chosen and n.startswith("mlab")]:
+                    same = chosen[name] == chosen["pip download"]
+                    out[title][f"{name}: same files and hashes as pip download"] = same  # type: ignore[index]
+                    if not args.json:
+                        print(f"{name}: same {len(chosen['pip download'])} files and sha256 as pip download: {same}")
         figures = out[f"full index rebuild, {projects} projects"]
         rebuild_s = figures["index rebuild, index up to date"]["median_s"]  # type: ignore[index]
         first_s = figures["index rebuild from nothing"]["median_s"]  # type: ignore[index]

@@ -282,3 +282,22 @@ def test_foreign_target_builds_pure_sdist(tmp_path, wheel_factory, sdist_factory
     assert res.built == ["sdistonly-0.3-py3-none-any.whl"]
     assert sorted(w.filename for w in res.added) == ["app-1.0-py3-none-any.whl", "sdistonly-0.3-py3-none-any.whl"]
     assert pip_target(share / "pip-index" / "simple", tmp_path / "t", "app").returncode == 0
+
+
+def test_rebuild_reads_metadata_again_when_a_wheel_changes_under_its_name(tmp_path, wheel_factory) -> None:
+    """The old JSON pages spare unzipping a wheel only while its hash is the one they list."""
+    share = tmp_path / "share"
+    src = tmp_path / "src"
+    wheel_factory(src, "a", "1.0", requires_python=">=3.8")
+    wheel_factory(src, "b", "1.0")
+    pip.stage(share, ["a", "b"], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    files = share / "pip-index" / "files"
+    (files / "a-1.0-py3-none-any.whl").unlink()
+    wheel_factory(files, "a", "1.0", requires_python=">=3.10", module_body="X = 2\n")
+    assert pipindex.rebuild(share) == 2
+    page = (share / "pip-index" / "simple" / "a" / "index.html").read_text()
+    digest = hashlib.sha256((files / "a-1.0-py3-none-any.whl").read_bytes()).hexdigest()
+    assert f"#sha256={digest}" in page
+    assert 'data-requires-python="&gt;=3.10"' in page
+    assert pipindex.load_project(share, "a")[0].requires_python == ">=3.10"
+    assert_index_valid(share)

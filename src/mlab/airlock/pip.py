@@ -5,8 +5,12 @@ of a project cannot be installed by globbing, sdists cannot be built offline, an
 evaluates environment markers for the interpreter it runs on. So:
 
 1. pip resolves and fetches. For the local interpreter (the default: the Airlock runs the
-   HomePod's image) ``pip download`` fetches the closure and ``pip wheel --no-deps``
-   builds wheels from the sdists among it. For another target (``--python-version``/``--platform``) ``pip download
+   HomePod's image) from an index over HTTP(S), ``pip install --dry-run --report``
+   resolves, the chosen wheels are downloaded in parallel and checked against pip's
+   hashes (:mod:`mlab.airlock.pipfetch`) and sdists are downloaded by pip pinned to the
+   same URL; from local folders only (``--no-index``), ``pip download`` fetches the
+   closure (pip's resolve with the report's hashes costs more CPU than its whole
+   download there). ``pip wheel --no-deps`` builds wheels from the sdists. For another target (``--python-version``/``--platform``) ``pip download
    --only-binary=:all:`` with pip's target options is used; sdists that build here into
    pure-Python (``none-any``) wheels are offered to it, compiled ones cannot be staged for
    an interpreter that is not here.
@@ -30,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -414,16 +418,56 @@ INSPECT_THREADS = 4
 Airlock's cores 80 MB of wheels hash in about half the time (issue 18)."""
 
 
-def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, list[str]]]) -> None:
-    """Add :func:`inspect_wheel` of each path not in ``inspected``, several at once."""
+def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, list[str]]],
+                 hashes: Mapping[str, str] = {}) -> None:
+    """Add :func:`inspect_wheel` of each path not in ``inspected``, several at once.
+
+    ``hashes``: file name -> sha256 already verified while downloading (not hashed again).
+    """
     new = [p for p in paths if p not in inspected]
+
+    def one(path: Path) -> tuple[WheelFile, list[str]]:
+        return inspect_wheel(path, hashes.get(path.name))
+
     if len(new) < 2:
-        inspected.update((p, inspect_wheel(p)) for p in new)
+        inspected.update((p, one(p)) for p in new)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(INSPECT_THREADS, len(new))) as pool:
-        inspected.update(zip(new, pool.map(inspect_wheel, new)))
+        inspected.update(zip(new, pool.map(one, new)))
+
+
+def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Path, sources: Sources,
+                     report: Report | None) -> dict[str, str]:
+    """Put exactly the files pip chooses for ``resolve_args`` into ``dest``; return verified hashes.
+
+    pip resolves (:func:`mlab.airlock.pipfetch.resolve`); its wheels are fetched in
+    parallel and checked against its hashes (:func:`mlab.airlock.pipfetch.download`); its
+    other files (sdists) and any wheel that could not be fetched here are downloaded by
+    pip, pinned to the same URL (``NAME @ URL``, ``--no-deps``). When the report names
+    something that is not a single file, plain ``pip download`` (``download_args``) runs
+    instead (issue 18: pip downloads one file after the other).
+
+    Returns:
+        File name -> sha256 of each wheel fetched and verified here.
+
+    Raises:
+        NotFoundError: pip found no distribution for a requirement.
+        MlabError: pip failed, or a file did not match pip's hash.
+    """
+    from mlab.airlock import pipfetch
+
+    chosen = pipfetch.resolve(lambda argv: _run_pip(argv, report), resolve_args)
+    if chosen is None:
+        _run_pip(download_args, report)
+        return {}
+    hashes, left = pipfetch.download([c for c in chosen if c.fetchable], dest, started=report)
+    left += [c for c in chosen if not c.fetchable]
+    if left:
+        _run_pip(["download", "--no-deps", "--dest", str(dest), "--progress-bar", "off", *sources.pip_args(),
+                  *(f"{c.name} @ {c.url}" + (f"#sha256={c.sha256}" if c.sha256 else "") for c in left)], report)
+    return hashes
 
 
 def fetch(
@@ -434,8 +478,13 @@ def fetch(
     sources: Sources,
     report: Report | None = None,
     inspected: dict[Path, tuple[WheelFile, list[str]]] | None = None,
+    parallel: bool | None = None,
 ) -> list[str]:
     """Resolve ``specs`` and put the closure's wheels in ``dest``; return built file names.
+
+    ``parallel``: resolve with pip's report and fetch its files in parallel
+    (:func:`_download_chosen`) or run plain ``pip download``; None: decide with
+    :func:`mlab.airlock.pipfetch.worth_it`.
 
     ``inspected`` (path -> :func:`mlab.airlock.pipindex.inspect_wheel`) is filled with
     every wheel read for the closure check, so publishing need not open them again.
@@ -458,14 +507,24 @@ def fetch(
         # downloaded wheel (pip wheel took 1.14x as long on wheels only, issue 18).
         args = ["download", "--dest", str(dest), *target.pip_args()]
         args += ["--progress-bar", "off", *sources.pip_args(), *pending, *req_args]
+        hashes: dict[str, str] = {}
         if target.foreign:
             built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
         else:
-            _run_pip(args, report)
+            if parallel is None:
+                from mlab.airlock.pipfetch import worth_it
+
+                index = next((u for u in (sources.index_url, *sources.extra_index_urls)
+                              if u.startswith(("http://", "https://")) and not sources.no_index), None)
+                parallel = worth_it(index, roots[0].name if roots else None)
+            if parallel:
+                hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
+            else:
+                _run_pip(args, report)
             built += _build_sdists(dest, sources, report)
         req_args = []
         paths = list(dest.glob("*.whl"))
-        _inspect_new(paths, inspected)  # each wheel opened once, for the closure and publishing
+        _inspect_new(paths, inspected, hashes)  # each wheel opened once, for the closure and publishing
         dists = [_dist_of(*inspected[path]) for path in paths]
         missing = missing_requirements(roots, dists, env)
         if not missing:
