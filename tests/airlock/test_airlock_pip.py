@@ -15,7 +15,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from mlab.airlock import pip, pipindex
+from mlab.airlock import pip, pipindex, pipindex_pages
 from mlab.errors import MlabError
 
 
@@ -84,11 +84,11 @@ def test_target_markers_and_args() -> None:
 
 
 def test_render_pages_escape_and_relative_links() -> None:
-    w = pipindex.WheelFile("torch-2.0+cpu-cp311-cp311-linux_x86_64.whl", "torch", "2.0+cpu", "a" * 64, 1, ">=3.8,<4")
-    page = pipindex.render_project_html("torch", [w])
+    w = pipindex_pages.WheelFile("torch-2.0+cpu-cp311-cp311-linux_x86_64.whl", "torch", "2.0+cpu", "a" * 64, 1, ">=3.8,<4")
+    page = pipindex_pages.render_project_html("torch", [w])
     assert 'href="../../files/torch-2.0%2Bcpu-cp311-cp311-linux_x86_64.whl#sha256=' + "a" * 64 + '"' in page
     assert 'data-requires-python="&gt;=3.8,&lt;4"' in page
-    assert '<a href="a-b/">a-b</a>' in pipindex.render_root_html(["a-b"])
+    assert '<a href="a-b/">a-b</a>' in pipindex_pages.render_root_html(["a-b"])
 
 
 def test_stage_local_folder_closure_and_marker_for_target(tmp_path, wheel_factory, pip_target) -> None:

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlab.airlock import audit as airlock_audit
-from mlab.airlock.pipindex import WheelFile, render_project_json
+from mlab.airlock.pipindex_pages import WheelFile, render_project_json
 from mlab.portal import staged
 from mlab.portal.app import build_app
 from mlab.portal.config import Backend, PortalConfig

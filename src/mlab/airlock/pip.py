@@ -46,11 +46,11 @@ from mlab.airlock import audit
 from mlab.airlock.fsutil import check_writable, ensure_dir
 from mlab.airlock.pipindex import (
     PublishResult,
-    WheelFile,
     index_dir,
     inspect_wheel,
     publish,
 )
+from mlab.airlock.pipindex_pages import WheelFile
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PIP_INDEX_DIR
 
