@@ -167,8 +167,9 @@ class Edge:
             given), ``direct-desktops`` (offices reach desktop ports, not only the portal),
             ``oidc`` (``portal.oidc`` set), ``wake`` (``portal.wake``: the portal scales
             culled HomePods through the API server),
-            ``tls`` (``tls.mode`` is not off: offices and HomePods reach the code service on
-            HTTPS only) or ``plain-http`` (it is off).
+            ``tls`` (``tls.mode`` is not off: offices, HomePods and the Airlock, its login and
+            its export publisher, reach the code service on HTTPS only) or ``plain-http``
+            (it is off).
     """
 
     source: str
@@ -186,7 +187,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("office", "airlock", AIRLOCK_IN, "office+airlock"),
     Edge("airlock", "internet", (), "airlock"),
     Edge("airlock", "kube-dns", (PORT_DNS,), "airlock"),
-    Edge("airlock", "code-service", (PORT_CODE,), "airlock"),
+    Edge("airlock", "code-service", (PORT_CODE,), "airlock+plain-http"),
+    Edge("airlock", "code-service", (PORT_CODE_TLS,), "airlock+tls"),
     Edge("airlock", "proxy", (), "airlock+proxy"),
     Edge("code-service", "proxy", (), "proxy"),
     Edge("office", "code-service", (PORT_CODE_TLS,), "office+tls"),
