@@ -12,8 +12,8 @@ MLAB_STATE_DIR), alice and reviewer bob, the Airlock, exports delivered to its s
   store, next to any proxy CA), ``MLAB_SERVER`` is ``https://code.mlab.local``, curl and
   Python's ssl verify the code service, and the Airlock's login is accepted there;
 - plain HTTP to the code service from the Airlock pod (the Service's port 80, the
-  container's 8080) never connects: a Basic-auth request sends nothing but SYNs (tcpdump in
-  the pod's network namespace, which the publisher shares);
+  container's 8080) never connects: a Basic-auth request sends nothing but SYNs, answered
+  at most by a reset (tcpdump in the pod's network namespace, which the publisher shares);
 - `mlab verify` probes the Airlock's HTTPS edge allowed and both plain ports blocked.
 
 ``mlab down --volumes`` removes the site at the end.
@@ -75,8 +75,10 @@ def lab(homepod_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def test_the_publisher_publishes_an_approved_export_over_https(lab: Lab) -> None:
     _exec(lab.alice, "mkdir -p ~/out && echo 'model v3' > ~/out/notes.txt", "alice")
-    out = _exec(lab.alice, "cd ~/out && mlab request export notes.txt --reason 'for ACME'",
-                "alice")
+    # As in alice's SSH or desktop session: `podman exec` passes no PAM, so the login
+    # environment (SSL_CERT_FILE = the system bundle with the code service's CA) is read here.
+    out = _exec(lab.alice, "set -a; . /etc/environment; set +a; cd ~/out && "
+                "mlab request export notes.txt --reason 'for ACME'", "alice")
     match = re.search(r"request (\d+)", out)
     assert match, out
     rid = match.group(1)
@@ -118,7 +120,8 @@ def test_the_airlock_login_reaches_the_code_service_over_https(lab: Lab) -> None
 
 def test_plain_http_from_the_airlock_never_connects(lab: Lab, tmp_path: Path) -> None:
     """Plain HTTP to the code service from the Airlock pod (port 80 and 8080) does not
-    connect, and a request carrying the Airlock's Basic-auth login sends nothing but SYNs."""
+    connect, and a request carrying the Airlock's Basic-auth login sends nothing but SYNs
+    (8080 is dropped; port 80 is no longer DNAT'd and finds nothing listening: a reset)."""
     for url in ("http://code.mlab.local/", "http://code.mlab.local:8080/"):
         proc = podman(["exec", "-u", "airlock", lab.airlock, "curl", "-sS", "--max-time", "5",
                        "-o", "/dev/null", url], check=False, timeout=60)
@@ -147,7 +150,10 @@ def test_plain_http_from_the_airlock_never_connects(lab: Lab, tmp_path: Path) ->
     text = pcap.read_text(errors="replace")
     lines = [ln for ln in text.splitlines() if " IP " in ln]
     assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
-    assert all("Flags [S]" in ln for ln in lines), "a connection got past the SYN:\n" + text
+    # Out: SYNs only (no payload); in: at most a reset (nothing listens on the code
+    # service's port 80 here; 8080 is dropped, its SYNs go unanswered).
+    assert all("Flags [S]" in ln for ln in lines if " Out " in ln), "past the SYN:\n" + text
+    assert all("Flags [R.]" in ln for ln in lines if " In " in ln), "an answer:\n" + text
     assert "Authorization" not in text and password not in text, text
 
 
