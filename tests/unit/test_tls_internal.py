@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from mlab.errors import MlabError
 from mlab.podman.engine import _firewall_script
 from mlab.podman.translate import translate, wanted_networks
 from mlab.render import render_site
+from mlab.requests.client import RequestsClient
 from mlab.secrets import password_keys
 from mlab.site import Site, parse_site
-from mlab.errors import MlabError
-from mlab.requests.client import RequestsClient
 from mlab.tls import ca_path, load_or_create
 from mlab.topology import checks
 
