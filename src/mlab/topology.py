@@ -167,8 +167,9 @@ class Edge:
             given), ``direct-desktops`` (offices reach desktop ports, not only the portal),
             ``oidc`` (``portal.oidc`` set), ``wake`` (``portal.wake``: the portal scales
             culled HomePods through the API server),
-            ``tls`` (``tls.mode`` is not off: offices and HomePods reach the code service on
-            HTTPS only) or ``plain-http`` (it is off).
+            ``tls`` (``tls.mode`` is not off: offices, HomePods, the Airlock (its login and
+            its export publisher) and the portal reach the code service on HTTPS only) or
+            ``plain-http`` (it is off).
     """
 
     source: str
@@ -186,7 +187,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("office", "airlock", AIRLOCK_IN, "office+airlock"),
     Edge("airlock", "internet", (), "airlock"),
     Edge("airlock", "kube-dns", (PORT_DNS,), "airlock"),
-    Edge("airlock", "code-service", (PORT_CODE,), "airlock"),
+    Edge("airlock", "code-service", (PORT_CODE,), "airlock+plain-http"),
+    Edge("airlock", "code-service", (PORT_CODE_TLS,), "airlock+tls"),
     Edge("airlock", "proxy", (), "airlock+proxy"),
     Edge("code-service", "proxy", (), "proxy"),
     Edge("office", "code-service", (PORT_CODE_TLS,), "office+tls"),
@@ -195,7 +197,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("code-service", "kube-dns", (PORT_DNS,)),
     Edge("office", "portal", (PORT_PORTAL,), "office+portal"),
     Edge("portal", "homepod", (PORT_VNC,), "portal"),
-    Edge("portal", "code-service", (PORT_CODE,), "portal"),
+    Edge("portal", "code-service", (PORT_CODE,), "portal+plain-http"),
+    Edge("portal", "code-service", (PORT_CODE_TLS,), "portal+tls"),
     Edge("portal", "kube-dns", (PORT_DNS,), "portal"),
     Edge("portal", "identity-provider", (), "portal+oidc"),
     Edge("portal", "api-server", (), "portal+wake"),

@@ -71,7 +71,9 @@ def test_homepod_groups_ca_image_proxies_and_outbox(homepod_image, e2e, containe
     c = e2e.run_container(
         homepod_image, PREFIX,
         env={"MLAB_USER": "carol", "MLAB_UID": "1500", "MLAB_PASSWORD": PASSWORD,
-             "MLAB_GROUPS": "data, gpu,users", "MLAB_CA_BUNDLE": "/etc/mlab/ca/ca.crt",
+             "MLAB_GROUPS": "data, gpu,users",
+             # A list (docs/image.md): the proxy CA is only in the second file (of two CAs).
+             "MLAB_CA_BUNDLE": "/etc/mlab/ca/other-ca.crt:/etc/mlab/ca/ca.crt",
              "MLAB_IMAGE": "registry.example/mlab/homepod:1.2", "MLAB_CODE_HOST": "code-service",
              "http_proxy": PROXY, "https_proxy": PROXY, "no_proxy": ".corp.example"},
         volumes=[f"{certs}:/etc/mlab/ca:ro", f"{outbox}:/opt/outbox"],
@@ -102,6 +104,8 @@ def test_homepod_groups_ca_image_proxies_and_outbox(homepod_image, e2e, containe
           "print(urllib.request.urlopen('https://localhost:8443/', context=ctx).status)")
     assert c.exec("env", "-u", "https_proxy", "python3", "-c", py, user="carol").stdout.strip() == "200"
     assert "OK" in c.exec("openssl", "verify", "/tmp/leaf.crt").stdout
+    added = c.exec("ls", "/usr/local/share/ca-certificates").stdout.split()
+    assert added == ["mlab-site-1-1.crt", "mlab-site-2-1.crt", "mlab-site-2-2.crt"], added
 
 
 def test_airlock_sftp_audit_share_folders_and_publisher(homepod_image, e2e, containers,

@@ -130,7 +130,8 @@ def test_the_portal_checks_desktops_by_the_site_ca(tmp_path: Path) -> None:
     site = _site(tls={"mode": "site-ca"}, portal={"enabled": True})
     by, secrets = _render(site, tmp_path)
     box = by[("Deployment", "portal")]["spec"]["template"]["spec"]["containers"][0]
-    assert box["command"][-2:] == ["--vnc-ca", "/etc/mlab/portal/site-ca.crt"]
+    command = box["command"]
+    assert command[command.index("--vnc-ca") + 1] == "/etc/mlab/portal/site-ca.crt"
     ca = next(s for s in secrets if s["metadata"]["name"] == "mlab-site-ca")
     assert set(ca["stringData"]) == {"ca.crt"}  # the certificate only, never a key
     assert ca["stringData"]["ca.crt"] == load_or_create(site, tmp_path).ca  # type: ignore[union-attr]
@@ -290,7 +291,8 @@ def test_the_code_service_certificate_names_its_in_cluster_service(tmp_path: Pat
 
 def test_podman_homepods_reach_the_code_service_on_https_only(tmp_path: Path) -> None:
     """The podman engine's firewall: HomePod networks DNAT the code Service's 443 to 8443
-    and their bridge accepts 8443 only; the Airlock keeps its plain edge (80 -> 8080)."""
+    and their bridge accepts 8443 only; the Airlock's NAT network too (443 -> 8443), and
+    drops 8080 (tests/unit/test_tls_airlock.py)."""
     from mlab.podman.engine import _firewall_script
 
     site = _site(tls={"mode": "site-ca"})
@@ -304,4 +306,4 @@ def test_podman_homepods_reach_the_code_service_on_https_only(tmp_path: Path) ->
     assert f"ip daddr {hp.code_ip} tcp dport 443 dnat ip to {hp.code_ip}:8443" in text
     assert f"ip daddr {hp.code_ip} tcp dport 8443 accept" in bridge
     assert "dport 8080" not in bridge and "dport 80 dnat ip to " + hp.code_ip not in text
-    assert "airlock --> code Service :80 -> :8080" in text
+    assert "airlock --> code Service :443 -> :8443" in text

@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         vnc_ca: Path = typer.Option(
             None, "--vnc-ca", help="The site CA (PEM): desktops speak VeNCrypt X509Vnc, and "
             "their certificates must chain to it (the site's tls). Default: VncAuth."),
+        code_ca: Path = typer.Option(
+            None, "--code-ca", help="The code service's CA (PEM) an https:// --code-url is "
+            "checked against (the site's tls). Default: SSL_CERT_FILE or the system's CAs."),
     ) -> None:
         """Serve the portal on PORT for the users of SITE."""
         import uvicorn
@@ -87,13 +90,15 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--tls-cert and --tls-key go together")
         if vnc_ca is not None and not vnc_ca.is_file():
             raise UsageError(f"--vnc-ca {vnc_ca}: not a readable file (the site CA)")
+        if code_ca is not None and not code_ca.is_file():
+            raise UsageError(f"--code-ca {code_ca}: not a readable file (the code service's CA)")
         config = PortalConfig(site=the_site, users_dir=users_dir,
                               backends=parse_backends(backend, the_site),
                               client_secret=secret, audit_log=audit_log, novnc_dir=novnc_dir,
                               code_url=code_url.rstrip("/") if code_url else None,
                               waker=make_waker(wake, the_site, wake_dir, audit_log),
                               session_db=session_db, share=share, idp_ca_file=idp_ca_file,
-                              vnc_ca=vnc_ca)
+                              vnc_ca=vnc_ca, code_ca=code_ca)
         if session_db is not None and not session_db.parent.is_dir():
             raise UsageError(f"--session-db {session_db}: directory {session_db.parent} "
                              "does not exist")

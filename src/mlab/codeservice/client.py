@@ -48,11 +48,15 @@ class ServiceClient:
             becomes ``server``.
         errors: HTTP status -> the :class:`MlabError` subclass raised for it (e.g. the
             requests API's typed errors); others are MlabError, 5xx TemporaryError.
+        cafile: PEM CA certificates an https:// server is checked against (the portal's
+            ``--code-ca``); None: :func:`tls_verify`'s (``$SSL_CERT_FILE`` or the system's).
     """
 
     def __init__(self, server: str, user: str, password: str,
                  timeout: float = DEFAULT_TIMEOUT, fallbacks: tuple[str, ...] = (),
-                 errors: Mapping[int, type[MlabError]] | None = None) -> None:
+                 errors: Mapping[int, type[MlabError]] | None = None,
+                 cafile: str | None = None) -> None:
+        self.cafile = cafile
         self.server = server.rstrip("/")
         self.user = user
         self.timeout = timeout
@@ -82,7 +86,7 @@ class ServiceClient:
             try:
                 return httpx.request(method, f"{self.server}{path}", auth=self._auth,
                                      timeout=httpx.Timeout(self.timeout, connect=connect),
-                                     trust_env=False, verify=tls_verify(), **kwargs)
+                                     trust_env=False, verify=tls_verify(self.cafile), **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 if not self.fallbacks:
                     raise
@@ -152,23 +156,23 @@ class ServiceClient:
             httpx.HTTPError: the connection failed (before or while streaming).
         """
         with httpx.stream(method, f"{self.server}{path}", auth=self._auth, timeout=self.timeout,
-                          trust_env=False, verify=tls_verify()) as resp:
+                          trust_env=False, verify=tls_verify(self.cafile)) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 self.check(resp)
             yield resp
 
 
-def tls_verify() -> ssl.SSLContext | bool:
-    """What an HTTPS code service's certificate is checked against: the file
-    ``$SSL_CERT_FILE`` names (the site CA, `mlab ca`; OpenSSL's own variable, which httpx
-    does not read when ``trust_env`` is off, as here to keep proxies out), else the
-    default store (True). Hostnames are always checked.
+def tls_verify(cafile: str | None = None) -> ssl.SSLContext | bool:
+    """What an HTTPS code service's certificate is checked against: ``cafile`` when given,
+    else the file ``$SSL_CERT_FILE`` names (the site CA, `mlab ca`; OpenSSL's own variable,
+    which httpx does not read when ``trust_env`` is off, as here to keep proxies out), else
+    the default store (True). Hostnames are always checked.
 
     Raises:
-        MlabError: ``$SSL_CERT_FILE`` names no readable PEM file.
+        MlabError: the file (``cafile`` or ``$SSL_CERT_FILE``) is no readable PEM file.
     """
-    cafile = os.environ.get("SSL_CERT_FILE")
+    cafile = cafile or os.environ.get("SSL_CERT_FILE")
     if not cafile:
         return True
     try:

@@ -175,6 +175,8 @@ def _firewall_script(plan: Plan, proxies: Sequence[tuple[str, int]] = (),
     return firewall.ruleset(plan.site, homepods, dnats, plan.nat_network().subnet,
                             code_port=firewall.homepod_code_port(
                                 {"tls" if tls else "plain-http"}),
+                            nat_code_port=firewall.airlock_code_port(
+                                {"tls" if tls else "plain-http"}),
                             proxies=list(proxies), offices=list(offices),
                             nat_bridge=bridges.get(plan.nat_network().name, ""), macs=macs,
                             block_ipv6=not keep_ipv6())

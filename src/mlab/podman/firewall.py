@@ -76,6 +76,20 @@ def homepod_code_port(facts: set[str]) -> int:
     return next(e.ports[0] for e in HOMEPOD_TO_CODE if topology.edge_active(e, facts))
 
 
+AIRLOCK_TO_CODE = tuple(e for e in topology.EDGES
+                        if (e.source, e.destination) == ("airlock", "code-service"))
+"""The Airlock -> code-service edges (plain HTTP, or HTTPS with ``tls``): the NAT network's
+Service DNAT and its accept carry the active one's port."""
+
+
+def airlock_code_port(facts: set[str]) -> int:
+    """The code service's container port the Airlock (its login and export publisher)
+    reaches on a site with ``facts``: :data:`mlab.topology.PORT_CODE`, or its HTTPS port
+    with ``tls`` (the edge table, :data:`mlab.topology.EDGES`)."""
+    facts = facts | {"airlock"}  # the NAT network's rules exist whether or not it runs
+    return next(e.ports[0] for e in AIRLOCK_TO_CODE if topology.edge_active(e, facts))
+
+
 NAT_TO_DNS = (_edge("airlock", "kube-dns"), _edge("code-service", "kube-dns"))
 """The input chain's DNS accept for the NAT network (the host's resolver stands for kube-dns)."""
 RULE_EDGES: tuple[topology.Edge, ...] = (
@@ -84,7 +98,7 @@ RULE_EDGES: tuple[topology.Edge, ...] = (
     _edge("office", "airlock"),
     _edge("airlock", "internet"),
     *NAT_TO_DNS,
-    _edge("airlock", "code-service"),
+    *AIRLOCK_TO_CODE,
     _edge("airlock", "proxy"),
     _edge("code-service", "proxy"),
     *(e for e in topology.EDGES if (e.source, e.destination) == ("office", "code-service")),
@@ -143,6 +157,7 @@ def ruleset(
     nat_subnet: str | None,
     code_port: int = topology.PORT_CODE,
     service_port: int | None = None,
+    nat_code_port: int = topology.PORT_CODE,
     proxies: Sequence[tuple[str, int]] = (),
     offices: Sequence[str] = (),
     nat_bridge: str = "",
@@ -162,6 +177,11 @@ def ruleset(
         service_port: the code Service's ``port`` HomePods dial: DNAT'd to ``code_port`` on
             the code service's address of their network. None: ``code_port``'s Service port
             (:data:`mlab.topology.CODE_SERVICE_PORTS`).
+        nat_code_port: the code service's container port the Airlock reaches on the NAT
+            network (:func:`airlock_code_port`: the HTTPS port with ``tls``); its Service
+            port (:data:`mlab.topology.CODE_SERVICE_PORTS`) is DNAT'd to it there. With
+            ``tls`` the plain port is dropped from the NAT network (the Airlock and the
+            code service share its bridge, so nothing else would keep it out).
         proxies: (IPv4, TCP port) of the Airlock's outbound proxies, allowed from the NAT
             network even inside a private range (``airlock.proxy``).
         offices: ``access.officeCIDRs``: the only sources that other hosts may reach
@@ -182,8 +202,8 @@ def ruleset(
     t = table_name(site)
     if service_port is None:
         service_port = topology.CODE_SERVICE_PORTS[code_port]
-    # The Airlock's edge to the code service (plain HTTP on the NAT network).
-    nat_port = _edge("airlock", "code-service").ports[0]
+    # The Airlock's edge to the code service on the NAT network (HTTPS with tls).
+    nat_port = nat_code_port
     nat_service = topology.CODE_SERVICE_PORTS[nat_port]
     # The code service's address on the NAT network (the engine's third address of a subnet).
     nat_code = str(ipaddress.ip_network(nat_subnet)[2]) if nat_subnet else ""
@@ -260,6 +280,11 @@ def ruleset(
             f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {nat_port} ct status dnat"
             f" ct original proto-dst {nat_service} accept"
             f" comment \"airlock --> code Service :{nat_service} (DNAT to :{nat_port})\"")
+        if nat_port != topology.PORT_CODE:
+            lines.append(
+                f"    ip saddr {nat_subnet} ip daddr {nat_code} tcp dport {topology.PORT_CODE}"
+                f" drop comment \"airlock --> code-service :{topology.PORT_CODE}: denied"
+                f" (HTTPS :{nat_port} only)\"")
         # Published ports of the NAT pods (netavark's DNAT) from other hosts: offices only.
         lines.append(
             f"    ip daddr {nat_subnet} ct status dnat "

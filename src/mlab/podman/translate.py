@@ -77,12 +77,14 @@ from mlab.topology import (
     LABEL_USER,
     NODE_IP_ENV,
     PORT_CODE,
+    PORT_CODE_TLS_SERVICE,
     PORT_SSH,
     PORT_VNC,
     WAKE_HOST,
     WAKE_PORTAL_DIR,
     WAKE_REQUESTS,
     WAKE_SPOOL,
+    dial_address,
 )
 
 Obj = dict[str, Any]
@@ -370,7 +372,12 @@ def _portal_on_host(site: Site, spec: Obj, nets: dict[str, NetworkSpec], state_d
     # Service port on the bind address, the code service's fixed address on the NAT network.
     options = [*wake_args("host", WAKE_PORTAL_DIR), "--port", str(site.access.ports.portal),
                "--host", site.access.bind_address]
-    if "--code-url" in container["command"]:
+    if "--code-url" in container["command"] and site.tls.enabled:
+        # HTTPS only: the code service's published port on the bind address, a name its
+        # certificate carries (mlab.tls.names); the NAT network's address is not one.
+        options += ["--code-url", f"https://{dial_address(site.access.bind_address)}"
+                                  f":{PORT_CODE_TLS_SERVICE}"]
+    elif "--code-url" in container["command"]:
         options += ["--code-url", f"http://{nets[nat_network_name(site)].code_ip}:{PORT_CODE}"]
     command = set_options(container["command"], options)
     for net in nets.values():

@@ -53,6 +53,8 @@ class PortalConfig:
             system's (``portal.oidc.caBundleSecret``); None: system CAs only.
         vnc_ca: the site CA (``tls``): desktops offer VeNCrypt X509Vnc only, and their
             certificates must chain to it. None: VncAuth in the clear (``tls`` off).
+        code_ca: the code service's CA (``tls``: ``code_url`` is https://, checked against
+            it alone). None: the default trust (``$SSL_CERT_FILE`` or the system's).
     """
 
     site: Site
@@ -67,6 +69,7 @@ class PortalConfig:
     share: Path | None = None
     idp_ca_file: Path | None = None
     vnc_ca: Path | None = None
+    code_ca: Path | None = None
 
     @property
     def url(self) -> str:

@@ -25,7 +25,8 @@ REVIEW_ACTIONS = ("approve", "reject")
 
 def _client(config: PortalConfig, user: str) -> RequestsClient:
     assert config.code_url is not None
-    return RequestsClient(config.code_url, user, config.vnc_password(user), timeout=15)
+    return RequestsClient(config.code_url, user, config.vnc_password(user), timeout=15,
+                          cafile=str(config.code_ca) if config.code_ca else None)
 
 
 async def load(config: PortalConfig, user: str, reviewer: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from mlab.render.common import (
     CA_DIR,
+    CODE_CA_DIR,
     OUTBOX_PATH,
     PASSWORD_FILE,
     SESSION_CAPABILITIES,
@@ -27,6 +28,7 @@ from mlab.render.common import (
     common_env,
     component_deployment,
     metadata,
+    mount_code_ca,
     mount_login_password,
     mount_password,
     mount_tls,
@@ -46,6 +48,7 @@ from mlab.topology import (
     CLAIM_SHARE,
     EXPORT_DIR,
     SECRET_AIRLOCK_PASSWORD,
+    SERVER_ENV,
     service_port,
 )
 
@@ -139,6 +142,14 @@ def proxy_env(site: Site) -> list[dict[str, str]]:
 
 TLS_SECRET = "airlock-tls"
 """The Airlock desktop's certificate Secret from the site CA (``tls.mode`` not off)."""
+CODE_CA_FILE = f"{CODE_CA_DIR}/ca.crt"
+"""The code service's CA certificate in the Airlock's containers (``tls.mode`` not off)."""
+
+
+def code_server_env(site: Site) -> dict[str, str]:
+    """``MLAB_SERVER=https://<codeService.host>``: with ``tls`` the Airlock's login and its
+    publisher reach the code service on HTTPS only (its Service port 443)."""
+    return {"name": SERVER_ENV, "value": f"https://{site.code_service.host}"}
 
 
 def deployment(site: Site) -> dict[str, Any]:
@@ -164,6 +175,15 @@ def deployment(site: Site) -> dict[str, Any]:
     if site.tls.enabled:  # its desktop: VeNCrypt and noVNC over HTTPS (docs/egress.md)
         mount_tls(vols, TLS_SECRET)
         env.append({"name": "MLAB_TLS_DIR", "value": TLS_DIR})
+        # The code service over HTTPS only (the Airlock's edge, mlab.topology.EDGES): its CA
+        # joins the system trust store, after a proxy's CA (MLAB_CA_BUNDLE lists files).
+        mount_code_ca(site, vols)
+        env.append(code_server_env(site))
+        bundle = next((e for e in env if e["name"] == "MLAB_CA_BUNDLE"), None)
+        if bundle:
+            bundle["value"] += f":{CODE_CA_FILE}"
+        else:
+            env.append({"name": "MLAB_CA_BUNDLE", "value": CODE_CA_FILE})
     container: dict[str, Any] = {
         "name": "airlock",
         "image": site.image.ref,
@@ -205,6 +225,12 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
     """
     air = site.airlock
     mount_password(vols, "publisher-password", PUBLISHER_SECRET, PUBLISHER_PASSWORD_DIR)
+    tls_env: list[dict[str, str]] = []
+    if site.tls.enabled:
+        # HTTPS only, checked against the code service's CA alone (the publisher reaches
+        # nothing else; mlab.codeservice.client.tls_verify reads SSL_CERT_FILE).
+        mount_code_ca(site, vols)
+        tls_env = [code_server_env(site), {"name": "SSL_CERT_FILE", "value": CODE_CA_FILE}]
     delivered = exports_claim(site)
     if delivered:
         # Requester delivery: the publication root is the exports claim, which only the
@@ -229,6 +255,7 @@ def publisher_container(site: Site, vols: VolumeSet) -> dict[str, Any]:
             {"name": "MLAB_PASSWORD_FILE", "value": f"{PUBLISHER_PASSWORD_DIR}/password"},
             {"name": "MLAB_CODE_HOST", "value": site.code_service.host},
             {"name": "HOME", "value": "/tmp"},
+            *tls_env,
             *common_env(site),
         ],
         # Reads every outbox (DAC_OVERRIDE), nothing else; no login, no sudo, no writes

@@ -7,8 +7,9 @@ that as a comment), and tests/unit/test_topology.py holds the rendered policies 
 In short:
 
 - office --> homepod :5900 :3389 :7030 :22;   office --> airlock :22 :7030 :5900
-- homepod, airlock, office --> code-service :8080
-- homepod --> code-service :8080 (and, only with ``dns: cluster``, kube-dns :53)
+- homepod, airlock, office --> code-service :8080 (with ``tls``: :8443 only)
+- homepod --> code-service :8080, :8443 with ``tls`` (and, only with ``dns: cluster``,
+  kube-dns :53)
 - airlock, code-service --> internet (0.0.0.0/0 and ::/0 except private, link-local and
   cluster ranges of each family) and kube-dns :53, and the site's HTTP proxy addresses if
   it names any

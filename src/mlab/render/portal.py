@@ -9,7 +9,8 @@ browser never holds a VNC password). Its edges (each policy annotated ``mlab.io/
 - office --> portal :8443 (the container port; the Service port is ``access.ports.portal``)
 - portal --> homepod :5900, and homepod <-- portal :5900 (the desktop proxy)
 - portal --> kube-dns :53 (it reaches ``homepod-<user>.<namespace>.svc`` by name)
-- portal --> code-service :8080 (the requests API, as the signed-in user)
+- portal --> code-service :8080 (the requests API, as the signed-in user); with ``tls``
+  :8443 only (``https://code-service``, checked against the code service's CA)
 - portal --> the identity provider: ``portal.oidc.cidrs`` or, without them, the internet
   (not private or cluster ranges), on the issuer's port
 - portal --> the API server (``cluster.apiServerCIDRs`` on ``cluster.apiServerPort``), only
@@ -30,6 +31,7 @@ from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
     SITE_CA_SECRET,
     VolumeSet,
+    code_tls_secret_name,
     common_env,
     component_deployment,
     metadata,
@@ -44,6 +46,8 @@ from mlab.topology import CLAIM_SHARE, PORT_PORTAL, SHARE_PATH
 NAME = "portal"
 CODE_URL = "http://code-service"
 """The code service's Service (port 80) in the portal's namespace: the requests API."""
+CODE_TLS_URL = "https://code-service"
+"""With ``tls``: the Service's port 443 (its certificate names ``code-service``)."""
 SECRET_DIR = "/etc/mlab/portal"
 CLIENT_SECRET_KEY = "clientSecret"
 """Key of ``portal.oidc.clientSecretSecret`` that holds the client secret."""
@@ -140,7 +144,8 @@ def deployment(site: Site) -> dict[str, Any]:
     vols.mount(vols.add({"name": "state", "emptyDir": {}}), STATE_DIR)
     command = ["mlab", "portal", "serve", "--site", SITE_FILE, "--port", str(PORT_PORTAL),
                "--users-dir", USERS_DIR, "--audit-log", "/dev/stderr",
-               "--code-url", CODE_URL, "--share", SHARE_PATH,
+               "--code-url", CODE_TLS_URL if site.tls.enabled else CODE_URL,
+               "--share", SHARE_PATH,
                "--session-db", f"{STATE_DIR}/sessions.db"]
     secret_sources: list[dict[str, Any]] = []
     if portal.oidc and portal.oidc.client_secret_secret:
@@ -163,6 +168,11 @@ def deployment(site: Site) -> dict[str, Any]:
         secret_sources.append({"secret": {
             "name": SITE_CA_SECRET, "items": [{"key": "ca.crt", "path": "site-ca.crt"}]}})
         command += ["--vnc-ca", f"{SECRET_DIR}/site-ca.crt"]
+        # The requests API over HTTPS only, checked against the code service's CA (only
+        # the ca.crt of its Secret, never its key).
+        secret_sources.append({"secret": {
+            "name": code_tls_secret_name(site), "items": [{"key": "ca.crt", "path": "code-ca.crt"}]}})
+        command += ["--code-ca", f"{SECRET_DIR}/code-ca.crt"]
     if secret_sources:
         secrets = vols.add({"name": "portal-secrets",
                             "projected": {"defaultMode": 0o400, "sources": secret_sources}})

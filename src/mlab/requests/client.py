@@ -73,11 +73,14 @@ class RequestsClient(ServiceClient):
         password: its password.
         timeout: seconds per HTTP call.
         fallbacks: other base URLs to try, in order, when ``server`` refuses the connection.
+        cafile: PEM CA certificates an https:// server is checked against; None: the
+            default (:func:`mlab.codeservice.client.tls_verify`).
     """
 
     def __init__(self, server: str, user: str, password: str, timeout: float = 60.0,
-                 fallbacks: tuple[str, ...] = ()) -> None:
-        super().__init__(server, user, password, timeout, fallbacks, errors=_STATUS)
+                 fallbacks: tuple[str, ...] = (), cafile: str | None = None) -> None:
+        super().__init__(server, user, password, timeout, fallbacks, errors=_STATUS,
+                         cafile=cafile)
 
     @classmethod
     def from_env(cls, server: str | None = None) -> "RequestsClient":

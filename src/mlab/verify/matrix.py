@@ -184,9 +184,11 @@ def matrix(plan: PlanFile, facts: HostFacts, code_host: str,
             return [(f"code service https://{code_host}/", "http", f"https://{code_host}/", 0),
                     (f"code service {code_host}:{PORT_CODE_TLS}", "http",
                      f"https://{code_host}:{PORT_CODE_TLS}/", 0)]
-        if dst == "code-service" and role == "homepod" and tls and port == PORT_CODE_TLS_SERVICE:
-            # Here the code service's address on a HomePod network is also its Service's:
-            # 443 is DNAT'd to the HTTPS edge (probed above), as 80 is to 8080 without tls.
+        if (dst == "code-service" and role in ("homepod", "airlock") and tls
+                and port == PORT_CODE_TLS_SERVICE):
+            # Here the code service's address on a HomePod network (the NAT network, for
+            # the Airlock) is also its Service's: 443 is DNAT'd to the HTTPS edge (probed
+            # above), as 80 is to 8080 without tls.
             return []
         if dst == "code-service":
             return [(f"code service :{port} (other port)", "tcp", code_ip, port)]
