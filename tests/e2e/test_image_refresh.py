@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_runner import mlab
 
 from mlab.image import recipe
 from mlab.image.build import refreshed_label
@@ -32,9 +31,7 @@ def test_refresh_rebuilds_the_base_and_status_finds_no_missing_security_update(
     base = f"{recipe.BASE_REPOSITORY}:{recipe.base_hash()[:16]}"
     before = _image_id(base)
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "image", "build", "--local",
-                           "--refresh", "-q"], capture_output=True, text=True, timeout=3300,
-                          check=False)
+    proc = mlab("image", "build", "--local", "--refresh", "-q", timeout=3300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = proc.stdout.strip().splitlines()[-1]
     assert ref != homepod_image, "the app layer is rebuilt on the refreshed base"
@@ -44,14 +41,11 @@ def test_refresh_rebuilds_the_base_and_status_finds_no_missing_security_update(
     dated = [n for n in json.loads(podman(["image", "inspect", base]).stdout)[0]["RepoTags"]
              if n.startswith(f"{base}-r")]
     assert dated, "the refreshed base keeps a dated tag"
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "image", "status", "--image",
-                           ref, "-o", "json"], capture_output=True, text=True, timeout=900,
-                          check=False)
+    proc = mlab("image", "status", "--image", ref, "-o", "json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout)
     assert info["age_days"] == 0
     assert info["security"] == 0, [u for u in info["updates"] if u["security"]]
     # A build without --refresh now reuses the refreshed base and this image.
-    again = subprocess.run([sys.executable, "-m", "mlab.cli.main", "image", "build", "--local",
-                            "-q"], capture_output=True, text=True, timeout=1200, check=False)
+    again = mlab("image", "build", "--local", "-q", timeout=1200)
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == ref, again.stderr

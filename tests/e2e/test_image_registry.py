@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import Run, mlab, mlab_site
 from registry_kit import serving
 
 from mlab.podman.runner import podman
@@ -63,14 +62,11 @@ class RegSite:
             "airlock": {"enabled": False},
         }))
 
-    def mlab(self, *args: str, site: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "mlab.cli.main", *args]
+    def mlab(self, *args: str, site: bool = True) -> Run:
+        """``mlab ARGS [--site FILE]`` on the shared runner; a non-zero exit fails."""
         if site:
-            argv += ["--site", str(self.file)]
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=1800,
-                              check=False)
-        assert proc.returncode == 0, f"mlab {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-        return proc
+            return mlab_site(self.file, *args, env=self.env, timeout=1800)
+        return mlab(*args, env=self.env, timeout=1800, check=True)
 
 
 def carol_image() -> str:

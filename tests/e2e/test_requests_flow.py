@@ -25,12 +25,12 @@ import secrets
 import shlex
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import paramiko
 import pytest
+from cli_runner import mlab, mlab_site
 
 from mlab.podman.runner import podman
 from mlab.requests.client import RequestsClient
@@ -180,9 +180,7 @@ def test_package_request_baked_into_the_image(lab) -> None:  # type: ignore[no-u
     out.write_text(json.dumps({"packages": client(lab, "admin").packages()}))
     assert [s.id for s in load_steps(path=out)] == [rid]
     # The next image: the built image plus the approved scripts, in approval order.
-    proc = subprocess.run([sys.executable, "-m", "mlab.cli.main", "request", "bake",
-                           "--base", lab["image"], "--from", str(out)],
-                          capture_output=True, text=True, timeout=1200, check=False)
+    proc = mlab("request", "bake", "--base", lab["image"], "--from", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = proc.stdout.strip().splitlines()[-1]
     try:
@@ -216,12 +214,9 @@ def _homepod_of_mlab_up_has_tree(ref: str, tmp: Path) -> None:
         f"    service: {{ports: {{vnc: {vnc}, rdp: {rdp}, novnc: {novnc}, ssh: {ssh}}}}}\n"
         "airlock: {enabled: false}\n"
     )
-    env = {**os.environ, "MLAB_STATE_DIR": str(tmp / "up-state")}
-    mlab = [sys.executable, "-m", "mlab.cli.main"]
+    env = {"MLAB_STATE_DIR": str(tmp / "up-state")}
     try:
-        proc = subprocess.run([*mlab, "up", "--site", str(site)], capture_output=True,
-                              text=True, env=env, timeout=600, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        mlab_site(site, "up", env=env, timeout=600)
         pods = podman(["ps", "--format", "{{.Names}}", "--filter",
                        f"label=app.kubernetes.io/instance={name}", "--filter",
                        "label=mlab.io/user=alice"]).stdout.split()
@@ -230,8 +225,7 @@ def _homepod_of_mlab_up_has_tree(ref: str, tmp: Path) -> None:
         proc = podman(["exec", "-u", "alice", homepod[0], "tree", "--version"], check=False)
         assert proc.returncode == 0 and "tree v" in proc.stdout, proc.stderr
     finally:
-        subprocess.run([*mlab, "down", "--site", str(site), "--volumes"], capture_output=True,
-                       env=env, timeout=600, check=False)
+        mlab_site(site, "down", "--volumes", env=env, timeout=600, check=False)
 
 
 def _sftp(lab) -> paramiko.SFTPClient:  # type: ignore[no-untyped-def]
