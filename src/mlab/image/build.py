@@ -150,6 +150,34 @@ def mmdebstrap_argv(ctx: Path, chroot_env: list[str], output: Path) -> list[str]
     ]
 
 
+def prepare_context(tmp: Path) -> tuple[Path, list[str]]:
+    """Write what provision.sh needs into ``tmp/mlab-image``; return it and the chroot's
+    environment (``NAME=value`` strings: requirements, PATH, the host CA bundle for pip,
+    the proxy and index variables of this process).
+    """
+    ctx = Path(tmp) / "mlab-image"
+    src = recipe.image_dir()
+    ctx.mkdir()
+    shutil.copy2(src / "provision.sh", ctx / "provision.sh")
+    shutil.copy2(src / "packages.txt", ctx / "packages.txt")
+    shutil.copytree(src / "rootfs", ctx / "rootfs", ignore=shutil.ignore_patterns("__pycache__"))
+    (ctx / "requirements.txt").write_text("".join(f"{d}\n" for d in recipe.dependencies()))
+    # pip in the chroot trusts the host's CA bundle (a site's TLS proxy); the bundle is
+    # used for this build only and removed with the rest of /var/tmp/mlab-image.
+    ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+              or "/etc/ssl/certs/ca-certificates.crt")
+    chroot_env = ["MLAB_REQUIREMENTS=/var/tmp/mlab-image/requirements.txt",
+                  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                  "HOME=/root"]
+    if ca.is_file():
+        shutil.copy2(ca, ctx / "host-ca.crt")
+        chroot_env.append("PIP_CERT=/var/tmp/mlab-image/host-ca.crt")
+    for var in ("http_proxy", "https_proxy", "no_proxy", "PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT"):
+        if os.environ.get(var):
+            chroot_env.append(f"{var}={os.environ[var]}")
+    return ctx, chroot_env
+
+
 def build_base(base_hash: str, *, progress: Progress | None = None,
                refresh: bool = False) -> str:
     """Build (or reuse) the base image for ``base_hash``; return its reference.
@@ -178,26 +206,7 @@ def build_base(base_hash: str, *, progress: Progress | None = None,
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="base-", dir=cache) as tmp:
-        ctx = Path(tmp) / "mlab-image"
-        src = recipe.image_dir()
-        ctx.mkdir()
-        shutil.copy2(src / "provision.sh", ctx / "provision.sh")
-        shutil.copy2(src / "packages.txt", ctx / "packages.txt")
-        shutil.copytree(src / "rootfs", ctx / "rootfs", ignore=shutil.ignore_patterns("__pycache__"))
-        (ctx / "requirements.txt").write_text("".join(f"{d}\n" for d in recipe.dependencies()))
-        # pip in the chroot trusts the host's CA bundle (a site's TLS proxy); the bundle is
-        # used for this build only and removed with the rest of /var/tmp/mlab-image.
-        ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
-                  or "/etc/ssl/certs/ca-certificates.crt")
-        chroot_env = ["MLAB_REQUIREMENTS=/var/tmp/mlab-image/requirements.txt",
-                      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                      "HOME=/root"]
-        if ca.is_file():
-            shutil.copy2(ca, ctx / "host-ca.crt")
-            chroot_env.append("PIP_CERT=/var/tmp/mlab-image/host-ca.crt")
-        for var in ("http_proxy", "https_proxy", "no_proxy", "PIP_INDEX_URL", "PIP_DEFAULT_TIMEOUT"):
-            if os.environ.get(var):
-                chroot_env.append(f"{var}={os.environ[var]}")
+        ctx, chroot_env = prepare_context(Path(tmp))
         scratch = scratch_dir(cache)
         with tempfile.TemporaryDirectory(prefix="mlab-rootfs-", dir=scratch) as work:
             tar = Path(work) / "rootfs.tar"
