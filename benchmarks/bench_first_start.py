@@ -51,15 +51,22 @@ def run_phased(case: str, argv: list[str], env: dict[str, str]) -> None:
     tail: list[str] = []
     for line in proc.stdout:
         tail = (tail + [line])[-5:]
-        if line.startswith("I: ") and line.rstrip().endswith("..."):
-            marks.append((time.monotonic() - start, line[3:].strip().rstrip(".")))
+        if not line.startswith("I: "):
+            continue
+        if " hook" in line:  # copy-in, provision.sh, clean-up: one phase
+            name = "customize hooks (provision.sh)"
+        elif line.rstrip().endswith("..."):
+            name = line[3:].strip().rstrip(".").split(" /")[0]
+        else:
+            continue
+        if not marks or marks[-1][1] != name:
+            marks.append((time.monotonic() - start, name))
     if proc.wait() != 0:
         raise SystemExit(f"{case}: mmdebstrap failed: {''.join(tail)}")
     marks.append((time.monotonic() - start, "end"))
     phases = PHASES.setdefault(case, {})
     for (t0, name), (t1, _) in zip(marks, marks[1:]):
-        key = name.split(":")[0][:40]
-        phases.setdefault(key, []).append(t1 - t0)
+        phases.setdefault(name, []).append(t1 - t0)
 
 
 def build_once(case: str) -> float:
@@ -125,7 +132,7 @@ def main() -> int:
     for case, p in phases.items():
         print(f"\n{case} (tarball {sizes[case]} MB), median seconds per phase:")
         for name, secs in p.items():
-            print(f"  {name:42} {secs:7.1f}")
+            print(f"  {name:48} {secs:7.1f}")
     return 0
 
 
