@@ -13,7 +13,10 @@ never the host's /var/cache/apt):
   straightforward build of the same package list costs;
 - ``mlab``: what ``mlab.image.build.build_base`` runs (``mmdebstrap_argv``: unsafe dpkg
   I/O, the dpkg path rules, provision.sh with its pip install of MLab's dependencies, in
-  ``scratch_dir``), then ``podman import``. It does *more* than the baseline (provision).
+  ``scratch_dir``), then ``podman import``. It does *more* than the baseline (provision.sh,
+  whose venv also makes the import slower: more files);
+- ``before`` (``--before``): the same hooks without the dpkg options, on disk (main's build
+  before issue 18), the like-for-like comparison.
 
 Prints each case's median and spread, the ratio against the baseline, the time of each
 mmdebstrap phase (from the ``I:`` lines of its log) and the tarball size. Numbers, not
@@ -76,7 +79,16 @@ def build_once(case: str) -> float:
     cache.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-", dir=cache) as tmp:
-        if case == "baseline":
+        if case == "before":
+            # main's build before issue 18: the same hooks, no dpkg options, on disk.
+            ctx, chroot_env = build.prepare_context(Path(tmp))
+            scratch = Path(tempfile.gettempdir())
+            timed_tar = Path(tmp) / "rootfs.tar"
+            argv = [a for a in build.mmdebstrap_argv(ctx, chroot_env, timed_tar)
+                    if a != "--dpkgopt=force-unsafe-io" and not a.startswith("--extract-hook=")
+                    and "force-unsafe-io" not in a]
+            run_phased(case, argv, dict(os.environ))
+        elif case == "baseline":
             scratch = Path(tempfile.gettempdir())
             tar = Path(tmp) / "rootfs.tar"
             argv = ["mmdebstrap", "--variant=apt", "--verbose",
@@ -102,7 +114,7 @@ def build_once(case: str) -> float:
             podman(["import", str(timed_tar), ref], timeout=1800)
         finally:
             timed_tar.unlink(missing_ok=True)
-            if case != "baseline":
+            if case == "mlab":
                 os.rmdir(timed_tar.parent)
         PHASES[case].setdefault("podman import", []).append(time.monotonic() - t0)
     elapsed = time.monotonic() - start
@@ -114,11 +126,16 @@ def build_once(case: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1, help="runs of each case (default 1)")
+    parser.add_argument("--before", action="store_true",
+                        help="also the build as it was before issue 18 (same hooks, no dpkg "
+                        "options, on disk): like for like with provision.sh")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
     load = os.getloadavg()
-    stats = interleave({"baseline": lambda: build_once("baseline"),
-                        "mlab": lambda: build_once("mlab")}, samples=args.samples, warmup=0)
+    cases = {"baseline": lambda: build_once("baseline"), "mlab": lambda: build_once("mlab")}
+    if args.before:
+        cases["before"] = lambda: build_once("before")
+    stats = interleave(cases, samples=args.samples, warmup=0)
     phases = {case: {name: round(statistics.median(ts), 1) for name, ts in p.items()}
               for case, p in PHASES.items()}
     sizes = {case: round(statistics.median(v)) for case, v in SIZES.items()}
