@@ -99,23 +99,15 @@ def build_once(case: str) -> float:
         else:
             ctx, chroot_env = build.prepare_context(Path(tmp))
             scratch = build.scratch_dir(cache)
-            work = tempfile.mkdtemp(prefix="mlab-rootfs-", dir=scratch)
-            timed_tar = Path(work) / "rootfs.tar"
-            try:
-                run_phased(case, build.mmdebstrap_argv(ctx, chroot_env, timed_tar),
-                           {**os.environ, "TMPDIR": str(scratch)})
-            except BaseException:
-                timed_tar.unlink(missing_ok=True)
-                os.rmdir(work)
-                raise
+            timed_tar = Path(tmp) / "rootfs.tar"  # on disk, as build_base writes it
+            run_phased(case, build.mmdebstrap_argv(ctx, chroot_env, timed_tar),
+                       {**os.environ, "TMPDIR": str(scratch)})
         SIZES.setdefault(case, []).append(timed_tar.stat().st_size / 1e6)
         t0 = time.monotonic()
         try:
             podman(["import", str(timed_tar), ref], timeout=1800)
         finally:
             timed_tar.unlink(missing_ok=True)
-            if case == "mlab":
-                os.rmdir(timed_tar.parent)
         PHASES[case].setdefault("podman import", []).append(time.monotonic() - t0)
     elapsed = time.monotonic() - start
     podman(["rmi", ref], check=False)
