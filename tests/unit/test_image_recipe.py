@@ -34,8 +34,10 @@ def test_base_hash_is_stable_and_ignores_caches(image_copy: Path) -> None:
     assert recipe.base_hash(image_copy, deps=["a>=1"]) == h
 
 
-@pytest.mark.parametrize("change", ["provision", "packages", "overlay", "exec-bit", "deps"])
-def test_base_hash_changes_with_every_input(image_copy: Path, change: str) -> None:
+@pytest.mark.parametrize("change", ["provision", "packages", "overlay", "exec-bit", "deps",
+                                    "dpkg-rules"])
+def test_base_hash_changes_with_every_input(image_copy: Path, change: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     before = recipe.base_hash(image_copy, deps=["a>=1"])
     deps = ["a>=1"]
     entry = image_copy / "rootfs" / "usr" / "local" / "sbin" / "mlab-entrypoint"
@@ -47,6 +49,8 @@ def test_base_hash_changes_with_every_input(image_copy: Path, change: str) -> No
         entry.write_text(entry.read_text() + "\n")
     elif change == "exec-bit":
         entry.chmod(0o644)
+    elif change == "dpkg-rules":
+        monkeypatch.setattr(recipe, "DPKG_PATH_RULES", recipe.DPKG_PATH_RULES[:-1])
     else:
         deps = ["a>=2"]
     assert recipe.base_hash(image_copy, deps=deps) != before

@@ -5,8 +5,8 @@ input that shapes the image changes, so a cached image is reused only when the r
 made it is the same:
 
 - the *base hash* covers the provisioning script, the package list, the rootfs overlay
-  (paths, executable bits, contents), MLab's runtime dependency list (pyproject.toml) and
-  the Debian suite and mirrors;
+  (paths, executable bits, contents), MLab's runtime dependency list (pyproject.toml), the
+  Debian suite and mirrors, and dpkg's path rules;
 - the *app hash* covers the base hash and the bytes of the MLab wheel (its source).
 """
 
@@ -33,6 +33,20 @@ MIRRORS = (
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
+DPKG_PATH_RULES = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*/LC_MESSAGES/*.mo",
+    "path-include=/usr/share/locale/en*/LC_MESSAGES/*.mo",
+    "path-include=/usr/share/locale/zh*/LC_MESSAGES/*.mo",
+)
+"""dpkg's ``path-exclude``/``path-include`` rules of the local base (dpkg(1), in this order:
+the last matching rule wins): no manual pages, info or documentation (licences stay), and
+message translations only for the languages whose locales provision.sh generates (en_US,
+zh_CN). About 180 MB less to unpack, tar and import (issue 18). They stay in the image's
+/etc/dpkg/dpkg.cfg.d/99mmdebstrap, so packages installed later follow the same rules."""
 REPOSITORY = "localhost/mlab/homepod"
 BASE_REPOSITORY = "localhost/mlab/homepod-base"
 PORTS = (5900, 3389, 7030, 22)
@@ -99,6 +113,8 @@ def base_hash(image: Path | None = None, deps: list[str] | None = None) -> str:
     h.update(f"{RECIPE_VERSION}\n{SUITE}\n".encode())
     for line in MIRRORS:
         h.update(f"mirror {line}\n".encode())
+    for rule in DPKG_PATH_RULES:
+        h.update(f"dpkg {rule}\n".encode())
     for req in deps if deps is not None else dependencies():
         h.update(f"req {req}\n".encode())
     for name in ("provision.sh", "packages.txt"):
