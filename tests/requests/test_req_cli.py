@@ -73,7 +73,7 @@ def test_list_and_usage_errors(service, tmp_path: Path) -> None:  # type: ignore
     proc = mlab(service, "carol", "show", "999999", check=False)
     assert proc.returncode == 1 and "no such request" in proc.stderr
     proc = mlab(service, "carol", "list", "-o", "yaml", check=False)
-    assert proc.returncode == 2 and "-o" in proc.stderr
+    assert proc.returncode == 2 and "--output 'yaml': choose table or json" in proc.stderr, proc.stderr
     proc = mlab(service, "carol", "package", str(tmp_path / "nope.sh"), "--reason", "x",
                 check=False)
     assert proc.returncode == 2 and "SCRIPT" in proc.stderr

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlab.cli.options import site_option
+from mlab.cli.options import output_format, site_option
 from mlab.cli.serving import listen
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
@@ -90,8 +90,7 @@ def register(app: typer.Typer) -> None:
         from mlab.requests.api import request_routes
         from mlab.site import load_site
 
-        if log_format not in ("text", "json"):
-            raise UsageError(f"--log-format {log_format!r}: use text or json")
+        output_format(log_format, ("text", "json"), "--log-format")
         if log_format == "json":
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_JsonFormatter())
@@ -188,8 +187,7 @@ def register(app: typer.Typer) -> None:
                                          help="table or json. Default: table."),
               server: str = SERVER_OPT, site: str = SITE_OPT) -> None:
         """List mirrors with their upstream, last sync and its result."""
-        if output not in ("table", "json"):
-            raise UsageError(f"-o {output!r}: use table or json")
+        output_format(output)
         rows = _client(server, site).request("GET", "/api/repos")
         if output == "json":
             print(json.dumps(rows, indent=2))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from mlab.cli.local_cmd import OUTPUT_OPTION, SITE_OPTION, _format
+from mlab.cli.local_cmd import OUTPUT_OPTION, SITE_OPTION
+from mlab.cli.options import output_format
 from mlab.site import duration_seconds, load_site
 
 KUBE_OPTION = typer.Option(
@@ -51,7 +52,7 @@ def cull(
     """Warn, then stop idle HomePods (their homes are kept); `mlab wake USER` restarts one.
     Under podman it also takes the portal's wake requests ("Open desktop" on a culled
     HomePod), every second while it runs."""
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     if kubernetes:
         from mlab.cull import kube as engine

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mlab.cli.options import site_option
+from mlab.cli.options import output_format, site_option
 from mlab.cli.progress import QUIET_HELP
 from mlab.errors import UsageError
 
@@ -139,8 +139,7 @@ def register(app: typer.Typer) -> None:
 
         from mlab.image.status import status
 
-        if output not in ("text", "json"):
-            raise UsageError(f"-o {output!r}: use text or json")
+        output_format(output, ("text", "json"))
         err = Console(stderr=True)
         with err.status("asking the Debian mirror what the image lacks"):
             info = status(ref)

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlab.cli.options import site_option
+from mlab.cli.options import output_format, site_option
 from mlab.cli.progress import QUIET_HELP, Steps, progress_console
 from mlab.errors import MlabError, UsageError
 from mlab.site import Site, load_site
@@ -29,12 +29,6 @@ OUTPUT_OPTION = typer.Option(
     "table", "--output", "-o", help="Output format: table or json. Default: table.",
 )
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
-
-
-def _format(value: str) -> str:
-    if value not in ("table", "json"):
-        raise UsageError(f"--output {value!r}: choose table or json")
-    return value
 
 
 def _stderr() -> Console:
@@ -145,7 +139,7 @@ def up(
     from mlab.podman import engine as podman_engine
     from mlab.secrets import passwords_path
 
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     first = not passwords_path(loaded).exists()
     console = _stderr()
@@ -195,7 +189,7 @@ def restart(
     from mlab.image.site_image import image_ref
     from mlab.podman import engine as podman_engine
 
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     known = {u.name for u in loaded.users}
     for name in user:
@@ -235,7 +229,7 @@ def status(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     """Show each component, its state and how to connect."""
     from mlab.podman import engine as podman_engine
 
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     components = podman_engine.status(loaded.name)
     from mlab.cull.local import annotate_status, culled
@@ -266,7 +260,7 @@ def verify(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION,
     from mlab.probing import podman_link as probes_link
     from mlab.verify import matrix
 
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     if cluster:
         from mlab.cli.verify_kube import verify_cluster
@@ -316,7 +310,7 @@ def passwords(site: Path = SITE_OPTION, output: str = OUTPUT_OPTION) -> None:
     """Show the generated passwords of the local site again."""
     from mlab.secrets import load_or_create_passwords, passwords_path
 
-    fmt = _format(output)
+    fmt = output_format(output)
     loaded = load_site(site)
     path = passwords_path(loaded)
     if not path.exists():

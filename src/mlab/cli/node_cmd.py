@@ -13,7 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mlab.errors import DeployError, ToolMissingError, UsageError
+from mlab.cli.options import output_format
+from mlab.errors import DeployError, ToolMissingError
 from mlab.node.layout import default_layout
 
 node_app = typer.Typer(help="A real one-node Kubernetes on this machine (see docs/node.md).",
@@ -120,8 +121,7 @@ def status(
     output: str = typer.Option("table", "-o", "--output", help="table or json. Default: table."),
 ) -> None:
     """What runs: each component (pid) and whether the node is Ready. Exit 1 if not Ready."""
-    if output not in ("table", "json"):
-        raise UsageError(f"--output {output!r}: choose table or json")
+    output_format(output)
     state = _lifecycle().status(default_layout())
     if output == "json":
         print(json.dumps(state, indent=2))

@@ -3,7 +3,8 @@
 - ``--site``/``-s PATH``: the site file. Resolved the same way everywhere: the flag, else
   ``$MLAB_SITE``, else the command's default (named in its help; some commands have none
   and require it). Relative paths are relative to the working directory.
-- ``-o``/``--output FORMAT``: an output format (``table``, ``json``, ``text``) and nothing else.
+- ``-o``/``--output FORMAT``: an output format (``table``, ``json``, ``text``) and nothing else,
+  checked by :func:`output_format` (one message for every command).
 - ``--out-dir DIR`` and ``--out-file PATH``: where a command writes files. Until the next
   release the old spelling ``-o PATH`` still works in those commands, with a one-line
   deprecation warning on stderr (:func:`out_path`).
@@ -56,3 +57,24 @@ def out_path(new: T | None, old: T | None, flag: str) -> T | None:
     typer.echo(f"mlab: warning: -o/--output PATH is deprecated (-o is the output format); "
                f"use {flag}", err=True)
     return old
+
+
+def output_format(value: str, choices: tuple[str, ...] = ("table", "json"),
+                  flag: str = "--output") -> str:
+    """``value`` of an output-format option, checked against ``choices``.
+
+    Args:
+        value: what the user gave (``-o``/``--output``, or ``flag``).
+        choices: the formats the command prints, e.g. ``("table", "json")``.
+        flag: the option's name, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        UsageError: ``value`` is not one of ``choices`` ("--output 'yaml': choose table or
+            json").
+    """
+    if value not in choices:
+        raise UsageError(f"{flag} {value!r}: choose {' or '.join(choices)}")
+    return value

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from mlab.atomic import write_atomic
-from mlab.cli.options import old_output_path_option, out_path, site_option
+from mlab.cli.options import old_output_path_option, out_path, output_format, site_option
 from mlab.errors import MlabError, UsageError
 from mlab.topology import EXPORT_PATH
 
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
         """List requests, newest first."""
         from mlab.requests.formats import requests_table, to_json
 
-        _check_output(output)
+        output_format(output)
         items = _client(server).list(all_users=all_users, kind=kind, state=state,
                                      history=output == "json")
         if output == "json":
@@ -182,8 +182,7 @@ def register(app: typer.Typer) -> None:
         """Show a request: contents, test transcript or files, and its history."""
         from mlab.requests.formats import request_text, to_json
 
-        if output not in ("text", "json"):
-            raise UsageError(f"-o {output!r}: use text or json")
+        output_format(output, ("text", "json"))
         client = _client(server)
         item = client.get(request_id)
         if output == "json":
@@ -342,11 +341,6 @@ def register(app: typer.Typer) -> None:
             err.print(f"mlab: pushed; set image.tag: {ref.rsplit(':', 1)[1]} in {site}, then "
                       "mlab apply (or mlab up)", highlight=False)
         print(ref)
-
-
-def _check_output(output: str) -> None:
-    if output not in ("table", "json"):
-        raise UsageError(f"-o {output!r}: use table or json")
 
 
 def _read_script(script: Path) -> str:

@@ -28,8 +28,7 @@ from rich.progress import (
 )
 
 from mlab.airlock import DEFAULT_SHARE
-from mlab.cli.options import old_output_path_option, out_path
-from mlab.errors import UsageError
+from mlab.cli.options import old_output_path_option, out_path, output_format
 
 SHARE_HELP = f"The Airlock share. Default: {DEFAULT_SHARE} (env MLAB_SHARE)."
 
@@ -191,8 +190,7 @@ def airlock_log(
     """Show the audit log (who staged, downloaded or uploaded what)."""
     from mlab.airlock import audit
 
-    if output not in ("table", "json"):
-        raise UsageError(f"-o {output!r} is not a format", hint="use -o table or -o json")
+    output_format(output)
     records = list(audit.read(share))
     if output == "json":
         for r in records:
