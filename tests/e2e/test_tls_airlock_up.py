@@ -22,14 +22,13 @@ MLAB_STATE_DIR), alice and reviewer bob, the Airlock, exports delivered to its s
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from up_lab import UpLab, running, site_doc
+from up_lab import UpLab, captured_packets, pod_capture, running, site_doc
 from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
@@ -126,30 +125,17 @@ def test_plain_http_from_the_airlock_never_connects(lab: Lab, tmp_path: Path) ->
         proc = podman(["exec", "-u", "airlock", lab.airlock, "curl", "-sS", "--max-time", "5",
                        "-o", "/dev/null", url], check=False, timeout=60)
         assert proc.returncode != 0, f"{url} answered from the Airlock: {proc.stdout}"
-    pid = podman(["inspect", "-f", "{{.State.Pid}}", lab.airlock], timeout=60).stdout.strip()
     pcap = tmp_path / "plain.txt"
     password = lab.passwords["airlock"]
-    with open(pcap, "w") as sink:
-        dump = subprocess.Popen(
-            ["nsenter", "-t", pid, "-n", "tcpdump", "-l", "-n", "-A", "-s", "0", "-i", "any",
-             "tcp port 80 or tcp port 8080"], stdout=sink, stderr=subprocess.PIPE, text=True)
-        try:
-            assert dump.stderr is not None
-            while "listening" not in (line := dump.stderr.readline()):
-                assert line, "tcpdump did not start"
-            for port in ("", ":8080"):
-                proc = podman(["exec", "-u", "airlock", lab.airlock, "bash", "-c",
-                               "curl -sS --max-time 8 -o /dev/null -u "
-                               f"airlock:\"$(cat $MLAB_PASSWORD_FILE)\" "
-                               f"http://code.mlab.local{port}/api/requests"],
-                              check=False, timeout=60)
-                assert proc.returncode != 0, proc.stdout + proc.stderr
-        finally:
-            dump.terminate()
-            dump.communicate(timeout=10)
-    text = pcap.read_text(errors="replace")
-    lines = [ln for ln in text.splitlines() if " IP " in ln]
-    assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
+    with pod_capture(lab.airlock, pcap, "tcp port 80 or tcp port 8080"):
+        for port in ("", ":8080"):
+            proc = podman(["exec", "-u", "airlock", lab.airlock, "bash", "-c",
+                           "curl -sS --max-time 8 -o /dev/null -u "
+                           f"airlock:\"$(cat $MLAB_PASSWORD_FILE)\" "
+                           f"http://code.mlab.local{port}/api/requests"],
+                          check=False, timeout=60)
+            assert proc.returncode != 0, proc.stdout + proc.stderr
+    text, lines = captured_packets(pcap)
     # Out: SYNs only (no payload); in: at most a reset (nothing listens on the code
     # service's port 80 here; 8080 is dropped, its SYNs go unanswered).
     assert all("Flags [S]" in ln for ln in lines if " Out " in ln), "past the SYN:\n" + text

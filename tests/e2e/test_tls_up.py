@@ -38,11 +38,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from access_clients import Xvfb, looks_like_desktop, novnc_screenshot, rdp_session
-from up_lab import UpLab, local_upstream, running, site_doc
+from up_lab import UpLab, captured_packets, local_upstream, pod_capture, running, site_doc
 from up_lab import exec_in as _exec
 
 from mlab.podman.runner import podman
@@ -128,8 +129,6 @@ def test_verify_passes_with_tls(lab: Lab) -> None:
 
 def test_git_clone_over_https_with_the_site_ca(lab: Lab, tmp_path: Path) -> None:
     _upstream(lab, tmp_path)
-    from urllib.parse import quote
-
     url = f"https://alice:{quote(lab.passwords['alice'], safe='')}@{BIND}/demo/up"
     ok = _git("clone", "-q", url, "ok", env={"GIT_SSL_CAINFO": str(lab.ca)}, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -159,8 +158,6 @@ def test_the_homepod_clones_and_pushes_over_https_with_no_option(lab: Lab,
     """As alice in her HomePod, the clone URL users type is https:// and git, curl and
     Python verify the code service against the system trust store (no CA option, no
     http.sslVerify=false): clone, commit, push a branch of hers, see it on the server."""
-    from urllib.parse import quote
-
     _upstream(lab, tmp_path)
     pw = quote(lab.passwords["alice"], safe="")
     env = _exec(lab.alice, "cat /etc/environment")
@@ -205,31 +202,16 @@ def test_plain_http_from_the_homepod_never_connects(lab: Lab, tmp_path: Path) ->
         proc = podman(["exec", "-u", "alice", lab.alice, "curl", "-sS", "--max-time", "5",
                        "-o", "/dev/null", url], check=False, timeout=60)
         assert proc.returncode != 0, f"{url} answered from the HomePod: {proc.stdout}"
-    pid = podman(["inspect", "-f", "{{.State.Pid}}", lab.alice], timeout=60).stdout.strip()
     pcap = tmp_path / "plain.txt"
-    with open(pcap, "w") as sink:
-        dump = subprocess.Popen(
-            ["nsenter", "-t", pid, "-n", "tcpdump", "-l", "-n", "-A", "-s", "0", "-i", "any",
-             "tcp port 80 or tcp port 8080"], stdout=sink, stderr=subprocess.PIPE, text=True)
-        try:
-            assert dump.stderr is not None
-            while "listening" not in (line := dump.stderr.readline()):
-                assert line, "tcpdump did not start"
-            from urllib.parse import quote
-
-            pw = quote(lab.passwords["alice"], safe="")
-            for port in ("", ":8080"):
-                proc = podman(["exec", "-u", "alice", lab.alice, "timeout", "15", "git",
-                               "clone", "-q",
-                               f"http://alice:{pw}@code.mlab.local{port}/demo/up",
-                               f"/tmp/plain{port.strip(':')}"], check=False, timeout=60)
-                assert proc.returncode != 0, proc.stdout + proc.stderr
-        finally:
-            dump.terminate()
-            dump.communicate(timeout=10)  # also closes its stderr pipe
-    text = pcap.read_text(errors="replace")
-    lines = [ln for ln in text.splitlines() if " IP " in ln]
-    assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
+    pw = quote(lab.passwords["alice"], safe="")
+    with pod_capture(lab.alice, pcap, "tcp port 80 or tcp port 8080"):
+        for port in ("", ":8080"):
+            proc = podman(["exec", "-u", "alice", lab.alice, "timeout", "15", "git",
+                           "clone", "-q",
+                           f"http://alice:{pw}@code.mlab.local{port}/demo/up",
+                           f"/tmp/plain{port.strip(':')}"], check=False, timeout=60)
+            assert proc.returncode != 0, proc.stdout + proc.stderr
+    text, lines = captured_packets(pcap)
     assert all("Flags [S]" in ln for ln in lines), "a connection got past the SYN:\n" + text
     assert "Authorization" not in text and lab.passwords["alice"] not in text, text
 

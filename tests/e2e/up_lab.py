@@ -122,3 +122,37 @@ def local_upstream(lab: UpLab, work: Path, text: str) -> bool:
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(upstreams / "up.git")],
                    check=True)
     return True
+
+
+@contextmanager
+def pod_capture(container: str, sink: Path, expression: str) -> Iterator[None]:
+    """tcpdump (``-A``, every interface) in ``container``'s network namespace while the
+    body runs, written to ``sink``; the body starts only once tcpdump is listening.
+
+    Args:
+        container: a running podman container (its PID gives the namespace).
+        sink: the text file the capture goes to (read it after the block).
+        expression: the pcap filter, e.g. ``"tcp port 80 or tcp port 8080"``.
+    """
+    pid = podman(["inspect", "-f", "{{.State.Pid}}", container], timeout=60).stdout.strip()
+    with open(sink, "w") as out:
+        dump = subprocess.Popen(
+            ["nsenter", "-t", pid, "-n", "tcpdump", "-l", "-n", "-A", "-s", "0", "-i", "any",
+             expression], stdout=out, stderr=subprocess.PIPE, text=True)
+        try:
+            assert dump.stderr is not None
+            while "listening" not in (line := dump.stderr.readline()):
+                assert line, "tcpdump did not start"
+            yield
+        finally:
+            dump.terminate()
+            dump.communicate(timeout=10)  # also closes its stderr pipe
+
+
+def captured_packets(sink: Path) -> tuple[str, list[str]]:
+    """The capture's text and its packet lines (those naming ``IP``); fails when tcpdump
+    saw nothing, i.e. the capture was not on the pod's interface."""
+    text = sink.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if " IP " in ln]
+    assert lines, "tcpdump saw no attempt (the capture is not on the pod's interface)"
+    return text, lines
