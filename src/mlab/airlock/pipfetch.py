@@ -25,9 +25,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from mlab.errors import MlabError
@@ -164,19 +166,10 @@ def download(chosen: Sequence[Chosen], dest: Path, threads: int = FETCH_THREADS,
         fd, tmp = tempfile.mkstemp(prefix=f".{item.filename}.", suffix=".part", dir=dest)
         try:
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                if urlsplit(item.url).scheme == "file":
-                    with open(unquote(urlsplit(item.url).path), "rb") as src:
-                        while chunk := src.read(CHUNK):
-                            digest.update(chunk)
-                            out.write(chunk)
-                else:
-                    assert client is not None
-                    with client.stream("GET", item.url) as resp:
-                        resp.raise_for_status()
-                        for chunk in resp.iter_bytes(CHUNK):
-                            digest.update(chunk)
-                            out.write(chunk)
+            with os.fdopen(fd, "wb") as out, _source(item.url, client) as chunks:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    out.write(chunk)
             got = digest.hexdigest()
             if got != item.sha256:
                 raise HashMismatch(
@@ -204,6 +197,19 @@ def download(chosen: Sequence[Chosen], dest: Path, threads: int = FETCH_THREADS,
             client.close()
     hashes = {item.filename: got for item, got in results if got is not None}
     return hashes, [item for item, got in results if got is None]
+
+
+@contextmanager
+def _source(url: str, client: Any) -> Iterator[Iterator[bytes]]:
+    """The bytes at ``url`` in chunks of :data:`CHUNK`: a ``file://`` URL read from disk,
+    anything else streamed through ``client`` (an ``httpx.Client``; HTTP errors raise)."""
+    if urlsplit(url).scheme == "file":
+        with open(unquote(urlsplit(url).path), "rb") as src:
+            yield iter(lambda: src.read(CHUNK), b"")
+    else:
+        with client.stream("GET", url) as resp:
+            resp.raise_for_status()
+            yield resp.iter_bytes(CHUNK)
 
 
 PARALLEL_ENV = "MLAB_STAGE_PARALLEL"
