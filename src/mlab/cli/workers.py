@@ -14,7 +14,9 @@ and the machines it runs on have two cores or more (issue 18).
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import threading
 from collections.abc import Sequence
 
 from mlab.render import TextPart, run_serially
@@ -68,20 +70,29 @@ def run_in_workers(parts: Sequence[TextPart], workers: int | None = None) -> lis
     bins = share([p.cost for p in parts], workers)
     texts: list[str | None] = [None] * len(parts)
     children: list[tuple[int, int, list[int]]] = []  # (pid, read end, part indices)
+    readers: list[tuple[threading.Thread, list[bytes]]] = []
     try:
         for indices in bins[1:]:
             if indices:
                 children.append(_fork(parts, indices))
+        # Drain every pipe while this process makes its own share: a worker blocked on a
+        # full pipe (64 KiB) would otherwise wait for this share to finish.
+        for _, fd, _ in children:
+            sink: list[bytes] = []
+            reader = threading.Thread(target=_drain, args=(fd, sink), daemon=True)
+            reader.start()
+            readers.append((reader, sink))
         for i in bins[0]:
             texts[i] = parts[i].make()
-        for pid, fd, indices in children:
-            got = _collect(pid, fd, len(indices))
+        for (pid, _, indices), (reader, sink) in zip(children, readers, strict=True):
+            reader.join()
+            got = _collect(pid, b"".join(sink), len(indices))
             if got is not None:
                 for i, text in zip(indices, got, strict=True):
                     texts[i] = text
     finally:
-        for pid, fd, _ in children:
-            _reap(pid, fd)
+        for i, (pid, fd, _) in enumerate(children):
+            _reap(pid, fd, readers[i][0] if i < len(readers) else None)
     # A failed worker's parts, again here: the part's own error is raised from here.
     return [parts[i].make() if text is None else text for i, text in enumerate(texts)]
 
@@ -115,10 +126,15 @@ def _fork(parts: Sequence[TextPart], indices: list[int]) -> tuple[int, int, list
     return pid, read, indices
 
 
-def _collect(pid: int, fd: int, count: int) -> list[str] | None:
-    """The ``count`` texts worker ``pid`` sends on ``fd``; None when it failed."""
+def _drain(fd: int, sink: list[bytes]) -> None:
+    """Read the pipe ``fd`` to its end into ``sink`` (a reader thread; the read releases
+    the GIL)."""
     with open(fd, "rb", closefd=False) as stream:
-        data = stream.read()
+        sink.append(stream.read())
+
+
+def _collect(pid: int, data: bytes, count: int) -> list[str] | None:
+    """The ``count`` texts worker ``pid`` sent (``data``, all it wrote); None when it failed."""
     texts: list[str] = []
     at = 0
     while at + _HEAD.size <= len(data) and len(texts) < count:
@@ -132,8 +148,15 @@ def _collect(pid: int, fd: int, count: int) -> list[str] | None:
     return texts if status == 0 and len(texts) == count and at == len(data) else None
 
 
-def _reap(pid: int, fd: int) -> None:
-    """Close the pipe (a worker still writing gets EPIPE and exits) and wait for it."""
+def _reap(pid: int, fd: int, reader: threading.Thread | None) -> None:
+    """End worker ``pid``: when its pipe is still being read (this process failed first),
+    stop the worker so the reader sees the end; then close the pipe and wait for it."""
+    if reader is not None and reader.is_alive():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        reader.join()
     try:
         os.close(fd)
     except OSError:
