@@ -339,3 +339,11 @@ def edge_active(edge: Edge, facts: set[str]) -> bool:
     if edge.condition == "always":
         return True
     return all(word in facts for word in edge.condition.split("+"))
+
+
+def active_edge(source: str, destination: str, facts: set[str]) -> Edge | None:
+    """The first row of :data:`EDGES` from ``source`` to ``destination`` that exists on a site
+    with ``facts`` (:func:`edge_active`), e.g. the HomePod -> code-service edge on 8443 with
+    ``tls`` and on 8080 without; None when no such edge is active."""
+    return next((e for e in EDGES if (e.source, e.destination) == (source, destination)
+                 and edge_active(e, facts)), None)

@@ -73,7 +73,13 @@ one accept and the Service DNAT on HomePod networks carry the active one's port.
 def homepod_code_port(facts: set[str]) -> int:
     """The code service's container port HomePods reach on a site with ``facts`` (the
     condition words): :data:`mlab.topology.PORT_CODE`, or its HTTPS port with ``tls``."""
-    return next(e.ports[0] for e in HOMEPOD_TO_CODE if topology.edge_active(e, facts))
+    return _code_port("homepod", facts)
+
+
+def _code_port(source: str, facts: set[str]) -> int:
+    edge = topology.active_edge(source, "code-service", facts)
+    assert edge is not None and edge.ports, f"no active {source} --> code-service edge"
+    return edge.ports[0]
 
 
 AIRLOCK_TO_CODE = tuple(e for e in topology.EDGES
@@ -86,8 +92,8 @@ def airlock_code_port(facts: set[str]) -> int:
     """The code service's container port the Airlock (its login and export publisher)
     reaches on a site with ``facts``: :data:`mlab.topology.PORT_CODE`, or its HTTPS port
     with ``tls`` (the edge table, :data:`mlab.topology.EDGES`)."""
-    facts = facts | {"airlock"}  # the NAT network's rules exist whether or not it runs
-    return next(e.ports[0] for e in AIRLOCK_TO_CODE if topology.edge_active(e, facts))
+    # The NAT network's rules exist whether or not the Airlock runs.
+    return _code_port("airlock", facts | {"airlock"})
 
 
 NAT_TO_DNS = (_edge("airlock", "kube-dns"), _edge("code-service", "kube-dns"))
@@ -203,8 +209,7 @@ def ruleset(
     if service_port is None:
         service_port = topology.CODE_SERVICE_PORTS[code_port]
     # The Airlock's edge to the code service on the NAT network (HTTPS with tls).
-    nat_port = nat_code_port
-    nat_service = topology.CODE_SERVICE_PORTS[nat_port]
+    nat_port, nat_service = nat_code_port, topology.CODE_SERVICE_PORTS[nat_code_port]
     # The code service's address on the NAT network (the engine's third address of a subnet).
     nat_code = str(ipaddress.ip_network(nat_subnet)[2]) if nat_subnet else ""
     bridges = sorted({b for b in [nat_bridge, *(hp.bridge for hp in homepods)] if b})

@@ -265,8 +265,7 @@ def edge_policies(site: Site, order: list[tuple[str, str, str, str]]) -> list[di
     facts = site_facts(site)
     out = []
     for name, source, destination, side in order:
-        edge = next((e for e in topology.EDGES if (e.source, e.destination) == (source, destination)
-                     and topology.edge_active(e, facts)), None)
+        edge = topology.active_edge(source, destination, facts)
         if edge is None:
             continue
         component = edge.source if side == "egress" else edge.destination
