@@ -192,11 +192,9 @@ def text_parts(site: Site, passwords: Mapping[str, str] | None = None,
     parts = [TextPart("homepod.yaml", 0, lambda: _header_text("homepod.yaml"))]
     parts += [TextPart("homepod.yaml", len(c), homepods(c)) for c in chunks]
     # The site-wide files: small, except code-service.yaml (the site's YAML, every user).
-    for name in ("airlock.yaml", "network.yaml", "code-service.yaml", "portal.yaml"):
-        if name == "portal.yaml" and not site.portal.enabled:
-            continue
+    for name, make in _site_wide(site).items():
         cost = len(users) * 2 // 5 if name == "code-service.yaml" else 1
-        parts.append(TextPart(name, cost, _file_part(site, name)))
+        parts.append(TextPart(name, cost, _file_part(name, make)))
     if not with_secrets:
         return parts
     secret_parts = _secret_parts(site, passwords, tls, chunks)
@@ -211,19 +209,9 @@ def _header_text(name: str) -> str:
     return dump_yaml([], header=_header(name))
 
 
-def _file_part(site: Site, name: str) -> Callable[[], str]:
-    """The whole text of a site-wide file (no header: that is the first object's part)."""
-    def make() -> str:
-        if name == "airlock.yaml":
-            objs = airlock.render_airlock(site)
-        elif name == "network.yaml":
-            objs = network.render_network(site) + portal.render_policies(site)
-        elif name == "code-service.yaml":
-            objs = code_service.render_code_service(site, site_yaml(site))
-        else:
-            objs = portal.render_portal(site)
-        return dump_yaml(objs, header=_header(name))
-    return make
+def _file_part(name: str, make: Callable[[], list[Obj]]) -> Callable[[], str]:
+    """The whole text of site-wide file ``name`` (with its header) from its objects."""
+    return lambda: dump_yaml(make(), header=_header(name))
 
 
 def _secret_parts(site: Site, passwords: Mapping[str, str] | None, tls: SiteTls | None,
@@ -258,15 +246,20 @@ def _secret_parts(site: Site, passwords: Mapping[str, str] | None, tls: SiteTls 
 
 def _files(site: Site, users: list[Obj]) -> dict[str, list[Obj]]:
     """The manifest files, ``users`` (the HomePod objects) as homepod.yaml."""
-    text = site_yaml(site)
-    files = {
-        "homepod.yaml": users,
-        "airlock.yaml": airlock.render_airlock(site),
-        "network.yaml": network.render_network(site) + portal.render_policies(site),
-        "code-service.yaml": code_service.render_code_service(site, text),
+    return {"homepod.yaml": users, **{name: make() for name, make in _site_wide(site).items()}}
+
+
+def _site_wide(site: Site) -> dict[str, Callable[[], list[Obj]]]:
+    """File name to the call that renders it, for the files after homepod.yaml, in order
+    (portal.yaml only with ``portal.enabled``): the one table of which renderer makes
+    which file."""
+    files: dict[str, Callable[[], list[Obj]]] = {
+        "airlock.yaml": lambda: airlock.render_airlock(site),
+        "network.yaml": lambda: network.render_network(site) + portal.render_policies(site),
+        "code-service.yaml": lambda: code_service.render_code_service(site, site_yaml(site)),
     }
     if site.portal.enabled:
-        files["portal.yaml"] = portal.render_portal(site)
+        files["portal.yaml"] = lambda: portal.render_portal(site)
     return files
 
 
