@@ -13,7 +13,9 @@ in the same run, with interleaved samples (A B A B ...), the median and the spre
 3. full index rebuild: :func:`mlab.airlock.pipindex.rebuild` of a share of ``--projects``
    projects (one tiny wheel each) over an up-to-date index, after 1% of the projects got a
    wheel by hand, and from nothing (no ``simple/``), beside ``sha256sum`` of the same wheels
-   (the part of a rebuild no implementation can skip: reading and hashing every file).
+   (the part of a rebuild no implementation can skip: reading and hashing every file),
+   and a bare loop that only creates the entries of a build from nothing (a directory and a
+   page per project) and flushes them once: the floor of that case on this file system.
    Goal: < 3 s for 10,000 projects.
 4. incremental publish: one wheel into that share (a single sample each; the baseline is
    the rebuild).
@@ -44,6 +46,8 @@ from airlock_testlib import make_wheel  # noqa: E402  (tiny valid wheels)
 from sampling import as_json, dumps, interleave, report  # noqa: E402
 
 from mlab.airlock import pipindex  # noqa: E402
+from mlab.airlock.fsutil import sync_filesystem  # noqa: E402
+from mlab.airlock.pipindex_pages import render_project_html, render_root_html  # noqa: E402
 
 FULL_SET = ["numpy", "pandas", "scikit-learn", "requests", "tqdm", "pillow"]
 QUICK_SET = ["requests"]
@@ -118,6 +122,21 @@ def load_old_pipindex(ref: str, folder: Path):  # type: ignore[no-untyped-def]
     return module
 
 
+def _by_project(files: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for path in sorted(files.glob("*.whl")):
+        out.setdefault(pipindex.read_wheel(path).project, []).append(path.name)
+    return out
+
+
+def _create(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[dict[str, object], Path]:
     share = root / "big-share"
     src = share / "pip-index" / "files"
@@ -151,6 +170,27 @@ def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[
         pipindex.rebuild(share)
         return time.perf_counter() - start
 
+    # The floor of a build from nothing: a bare loop that creates the same entries with the
+    # same bytes (a directory and an index.html per project, the root page) and flushes
+    # them with one syncfs, as the rebuild does; its previous tree is deleted right before
+    # (not timed), as the rebuild's case deletes simple/.
+    pages = {p: render_project_html(p, [pipindex.read_wheel(src / n) for n in ns])
+             for p, ns in _by_project(src).items()}
+    root_page = render_root_html(pages).encode()
+    bare = share / "pip-index" / ".bare-floor"
+
+    def bare_loop() -> float:
+        shutil.rmtree(bare, ignore_errors=True)  # not timed
+        start = time.perf_counter()
+        os.mkdir(bare)
+        for project, text in pages.items():
+            pdir = os.path.join(bare, project)
+            os.mkdir(pdir)
+            _create(os.path.join(pdir, "index.html"), text.encode())
+        _create(os.path.join(bare, "index.html"), root_page)
+        sync_filesystem(bare)
+        return time.perf_counter() - start
+
     cases: dict[str, object] = {"index rebuild, index up to date": lambda: pipindex.rebuild(share),
                                 "sha256sum of every wheel (baseline)": sha256sum}
     if old_ref:
@@ -158,6 +198,7 @@ def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[
         cases[f"the same with the code of {old_ref}"] = lambda: old.rebuild(share)
     cases["index rebuild, 1% of projects changed by hand"] = changed_by_hand
     cases["index rebuild from nothing"] = from_nothing
+    cases["bare loop creating the same entries (floor of a build from nothing)"] = bare_loop
     if old_ref:
         def old_from_nothing() -> float:
             shutil.rmtree(share / "pip-index" / "simple", ignore_errors=True)  # not timed
