@@ -29,6 +29,7 @@ environment still apply.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.markers import Marker, default_environment
 from packaging.requirements import InvalidRequirement, Requirement
@@ -275,8 +277,15 @@ class NotFoundError(MlabError):
         self.requirement = requirement
 
 
-def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[str]]:
+def _run_pip(args: list[str], report: Report | None, *, started: Callable[[subprocess.Popen[str]], None] | None = None,
+             each_line: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """Run ``python -m pip ARGS``; return (all output lines, created wheel names).
+
+    Args:
+        args: pip's arguments.
+        report: called with each project name pip starts on.
+        started: called with the running process (to stop it from another thread).
+        each_line: called with each line of pip's output as it comes.
 
     Raises:
         MlabError: pip failed; the message names the requirement pip could not find, or
@@ -287,6 +296,8 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
     created: list[str] = []
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
+        if started:
+            started(proc)
         for line in proc.stdout:
             line = line.rstrip("\n")
             lines.append(line)
@@ -294,6 +305,8 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
                 created.append(m.group(1))
             if report and (m := _COLLECTING.match(line)):
                 report(m.group(1))
+            if each_line:
+                each_line(line)
         code = proc.wait()
     if code != 0:
         text = "\n".join(lines)
@@ -417,25 +430,77 @@ INSPECT_THREADS = 4
 """Wheels read and hashed at once: the reads and sha256 release the GIL, so on the
 Airlock's cores 80 MB of wheels hash in about half the time (issue 18)."""
 
+_SAVED = re.compile(r"^\s*Saved (\S+\.whl)$")
+"""pip download's line for each file it has copied into ``--dest`` (after resolving)."""
 
-def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, list[str]]],
-                 hashes: Mapping[str, str] = {}) -> None:
-    """Add :func:`inspect_wheel` of each path not in ``inspected``, several at once.
 
-    ``hashes``: file name -> sha256 already verified while downloading (not hashed again).
+def _inspect_durably(path: Path, sha256: str | None) -> tuple[WheelFile, list[str]]:
+    """:func:`inspect_wheel`, then ``fsync`` the wheel: publishing fsyncs it again before
+    its pages are renamed, which then finds nothing left to write."""
+    info = inspect_wheel(path, sha256)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return info
+
+
+class _Inspector:
+    """Reads each wheel once (:func:`inspect_wheel`) and flushes it, several at once, in
+    threads: while pip still runs for the wheels it reports saved, the rest at the end.
+
+    ``inspected`` (path -> what :func:`inspect_wheel` returned) gets every result.
     """
-    new = [p for p in paths if p not in inspected]
 
-    def one(path: Path) -> tuple[WheelFile, list[str]]:
-        return inspect_wheel(path, hashes.get(path.name))
+    def __init__(self, inspected: dict[Path, tuple[WheelFile, list[str]]]) -> None:
+        self.inspected = inspected
+        self._pool: Any = None
+        self._pending: dict[Path, Any] = {}
 
-    if len(new) < 2:
-        inspected.update((p, one(p)) for p in new)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    def submit(self, path: Path, sha256: str | None = None) -> None:
+        """Start on ``path`` unless it is done or under way (``sha256``: already verified)."""
+        if path in self.inspected or path in self._pending:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(INSPECT_THREADS, len(new))) as pool:
-        inspected.update(zip(new, pool.map(one, new)))
+            self._pool = ThreadPoolExecutor(INSPECT_THREADS, thread_name_prefix="mlab-inspect")
+        self._pending[path] = self._pool.submit(_inspect_durably, path, sha256)
+
+    def saved_line(self, dest: Path) -> Callable[[str], None]:
+        """A ``each_line`` hook for :func:`_run_pip` that submits each wheel pip saved in ``dest``."""
+        def each(line: str) -> None:
+            if (m := _SAVED.match(line)):
+                self.submit(dest / Path(m.group(1)).name)
+        return each
+
+    def collect(self, paths: Sequence[Path], hashes: Mapping[str, str] = {}) -> None:
+        """Finish every path (``hashes``: file name -> sha256 verified while downloading).
+
+        Raises:
+            MlabError: a wheel is unreadable.
+        """
+        for path in paths:
+            self.submit(path, hashes.get(path.name))
+        pending, self._pending = self._pending, {}
+        for path, future in pending.items():
+            self.inspected[path] = future.result()
+
+    def forget(self) -> None:
+        """Drop every result and the work under way (the files are about to be replaced)."""
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.cancel()
+        for future in pending.values():
+            if not future.cancelled():
+                future.exception()  # wait; its error, if any, no longer matters
+        self.inspected.clear()
+
+    def close(self) -> None:
+        """Stop the threads (work not collected is dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Path, sources: Sources,
@@ -470,6 +535,36 @@ def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Pa
     return hashes
 
 
+def _download_probed(args: list[str], dest: Path, report: Report | None, probe: Any,
+                     each_line: Callable[[str], None]) -> bool:
+    """``pip download ARGS`` while ``probe`` (:class:`mlab.airlock.pipfetch.Probe`) asks the
+    index; returns True when pip was stopped because the index serves metadata apart (the
+    caller then empties ``dest`` and takes the parallel path), False when pip finished.
+    pip is stopped with SIGTERM; a build it had started for an sdist may finish on its own.
+
+    Raises:
+        NotFoundError: pip found no distribution for a requirement.
+        MlabError: pip failed.
+    """
+    import threading
+
+    stopped = threading.Event()
+
+    def watch(proc: subprocess.Popen[str]) -> None:
+        def run() -> None:
+            if probe.answer() and proc.poll() is None:
+                stopped.set()
+                proc.terminate()
+        threading.Thread(target=run, daemon=True, name="mlab-probe-watch").start()
+
+    try:
+        _run_pip(args, report, started=watch, each_line=each_line)
+    except MlabError:
+        if not stopped.is_set():
+            raise
+    return stopped.is_set()
+
+
 def fetch(
     specs: Sequence[str],
     requirement_files: Sequence[Path],
@@ -483,11 +578,15 @@ def fetch(
     """Resolve ``specs`` and put the closure's wheels in ``dest``; return built file names.
 
     ``parallel``: resolve with pip's report and fetch its files in parallel
-    (:func:`_download_chosen`) or run plain ``pip download``; None: decide with
-    :func:`mlab.airlock.pipfetch.worth_it`.
+    (:func:`_download_chosen`) or run plain ``pip download``; None: decide as
+    :func:`mlab.airlock.pipfetch.worth_it` does, with the index asked in a thread while
+    ``pip download`` already runs (:func:`_download_probed`: stopped and replaced by the
+    parallel path only if the index serves wheel metadata apart).
 
     ``inspected`` (path -> :func:`mlab.airlock.pipindex.inspect_wheel`) is filled with
-    every wheel read for the closure check, so publishing need not open them again.
+    every wheel read for the closure check, so publishing need not open them again; each
+    wheel is read, hashed and flushed to disk (fsync) in threads as soon as pip reports
+    it saved, while pip finishes the others and exits.
 
     Raises:
         MlabError: a requirement cannot be found or built, or the closure stays incomplete
@@ -498,9 +597,31 @@ def fetch(
         roots += parse_requirement_lines(Path(path).read_text(encoding="utf-8").splitlines())
     env = target.marker_environment()
     inspected = {} if inspected is None else inspected
+    inspector = _Inspector(inspected)
+    try:
+        return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector, parallel, env)
+    finally:
+        inspector.close()
+
+
+def _fetch_rounds(specs: Sequence[str], roots: list[Requirement], requirement_files: Sequence[Path], dest: Path,
+                  target: Target, sources: Sources, report: Report | None, inspector: _Inspector,
+                  parallel: bool | None, env: dict[str, str]) -> list[str]:
+    """:func:`fetch`'s rounds: download, build, check the closure, until nothing is missing."""
+    from mlab.airlock import pipfetch
+
     built: list[str] = []
     pending = list(specs)
     req_args = [a for p in requirement_files for a in ("-r", str(p))]
+    probe = None
+    if parallel is None and not target.foreign:
+        index = next((u for u in (sources.index_url, *sources.extra_index_urls)
+                      if u.startswith(("http://", "https://")) and not sources.no_index), None)
+        first = roots[0].name if roots else None
+        if pipfetch.forced() is None and index is not None and first is not None:
+            probe = pipfetch.Probe(index, first)  # asked while pip download starts
+        else:
+            parallel = pipfetch.worth_it(index, first)
     for _round in range(MAX_ROUNDS):
         # pip download, not pip wheel: the same resolver and choices (both prefer a wheel to
         # an sdist of the same version), without pip wheel's extra pass over each
@@ -511,21 +632,25 @@ def fetch(
         if target.foreign:
             built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
         else:
-            if parallel is None:
-                from mlab.airlock.pipfetch import worth_it
-
-                index = next((u for u in (sources.index_url, *sources.extra_index_urls)
-                              if u.startswith(("http://", "https://")) and not sources.no_index), None)
-                parallel = worth_it(index, roots[0].name if roots else None)
-            if parallel:
+            if probe is not None:
+                parallel = _download_probed(args, dest, report, probe, inspector.saved_line(dest))
+                probe = None
+                if parallel:
+                    inspector.forget()
+                    for path in dest.iterdir():  # whatever pip saved before it was stopped
+                        if path.is_file():
+                            path.unlink()
+                    hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources,
+                                              report)
+            elif parallel:
                 hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
             else:
-                _run_pip(args, report)
+                _run_pip(args, report, each_line=inspector.saved_line(dest))
             built += _build_sdists(dest, sources, report)
         req_args = []
         paths = list(dest.glob("*.whl"))
-        _inspect_new(paths, inspected, hashes)  # each wheel opened once, for the closure and publishing
-        dists = [_dist_of(*inspected[path]) for path in paths]
+        inspector.collect(paths, hashes)  # each wheel opened once, for the closure and publishing
+        dists = [_dist_of(*inspector.inspected[path]) for path in paths]
         missing = missing_requirements(roots, dists, env)
         if not missing:
             return sorted({b for b in built if (dest / b).exists()})
