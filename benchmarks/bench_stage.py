@@ -107,19 +107,26 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
 
 
 def load_old_pipindex(ref: str, folder: Path):  # type: ignore[no-untyped-def]
-    """``src/mlab/airlock/pipindex.py`` as it was at git ``ref``, imported as a module (its
-    source written to ``folder``)."""
+    """``src/mlab/airlock/pipindex.py`` as it was at git ``ref``, imported as a module, with
+    the ``pipindex_pages.py`` of the same ref (their sources written to ``folder``)."""
     import importlib.util
 
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:src/mlab/airlock/pipindex.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = folder / "old_pipindex.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("old_pipindex", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["old_pipindex"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    def show(path: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], check=True,
+                              capture_output=True, text=True).stdout
+
+    modules = {}
+    for name, text in (("old_pipindex_pages", show("src/mlab/airlock/pipindex_pages.py")),
+                       ("old_pipindex", show("src/mlab/airlock/pipindex.py")
+                        .replace("mlab.airlock.pipindex_pages", "old_pipindex_pages"))):
+        path = folder / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        modules[name] = module
+    return modules["old_pipindex"]
 
 
 def _by_project(files: Path) -> dict[str, list[str]]:
@@ -194,16 +201,23 @@ def index_cases(root: Path, projects: int, old_ref: str | None = None) -> tuple[
     cases: dict[str, object] = {"index rebuild, index up to date": lambda: pipindex.rebuild(share),
                                 "sha256sum of every wheel (baseline)": sha256sum}
     if old_ref:
+        # the old code on its own copy of the share (the same wheels, hard-linked): the two
+        # codes' pages differ, so on one tree each would rewrite the other's every time
         old = load_old_pipindex(old_ref, root)
-        cases[f"the same with the code of {old_ref}"] = lambda: old.rebuild(share)
+        old_share = root / "old-share"
+        (old_share / "pip-index" / "files").mkdir(parents=True)
+        for path in src.iterdir():
+            os.link(path, old_share / "pip-index" / "files" / path.name)
+        old.rebuild(old_share)
+        cases[f"the same with the code of {old_ref}"] = lambda: old.rebuild(old_share)
     cases["index rebuild, 1% of projects changed by hand"] = changed_by_hand
     cases["index rebuild from nothing"] = from_nothing
     cases["bare loop creating the same entries (floor of a build from nothing)"] = bare_loop
     if old_ref:
         def old_from_nothing() -> float:
-            shutil.rmtree(share / "pip-index" / "simple", ignore_errors=True)  # not timed
+            shutil.rmtree(old_share / "pip-index" / "simple", ignore_errors=True)  # not timed
             start = time.perf_counter()
-            old.rebuild(share)
+            old.rebuild(old_share)
             return time.perf_counter() - start
         cases[f"from nothing with the code of {old_ref}"] = old_from_nothing
     return cases, share
