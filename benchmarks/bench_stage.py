@@ -66,7 +66,8 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def stage_cases(root: Path, specs: list[str], sources: list[str],
-                chosen: dict[str, dict[str, str]]) -> dict[str, object]:
+                chosen: dict[str, dict[str, str]], old_src: Path | None = None,
+                parallel_case: bool = True) -> dict[str, object]:
     """The two commands, each sample in new folders with an empty cache.
 
     ``chosen`` gets each side's file name -> sha256 of its last sample (not timed), so the
@@ -83,26 +84,30 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         shutil.rmtree(dest)
         return seconds
 
-    def stage(parallel: str | None = None) -> float:
+    def stage(parallel: str | None = None, src: Path | None = None) -> float:
         share = Path(tempfile.mkdtemp(dir=root, prefix="share-"))
         env = _fresh_env(root)
         env.pop("MLAB_STAGE_PARALLEL", None)
         if parallel:
             env["MLAB_STAGE_PARALLEL"] = parallel
+        if src is not None:  # another checkout's code, with this virtualenv
+            env["PYTHONPATH"] = str(src)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share",
                         str(share), *sources, *specs],
                        check=True, env=env, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")] = \
-            _hashes(share / "pip-index" / "files")
+        chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")
+               + (f" with the code in {src}" if src else "")] = _hashes(share / "pip-index" / "files")
         shutil.rmtree(share)
         return seconds
 
     cases: dict[str, object] = {"mlab stage pip": stage, "pip download (baseline)": download}
-    if not any(s == "--no-index" for s in sources):
+    if parallel_case and not any(s == "--no-index" for s in sources):
         # the report and the parallel fetch, also where the index serves no PEP 658 metadata
         cases["mlab stage pip MLAB_STAGE_PARALLEL=1"] = lambda: stage("1")
+    if old_src is not None:
+        cases[f"mlab stage pip with the code in {old_src}"] = lambda: stage(src=old_src)
     return cases
 
 
@@ -233,6 +238,11 @@ def main() -> None:
                         help="only the index rebuild and publish figures (no pip, no network)")
     parser.add_argument("--old-ref", default=None,
                         help="also time the index rebuild with pipindex.py as it was at this git ref")
+    parser.add_argument("--old-src", type=Path, default=None,
+                        help="also stage with the mlab package in this src/ folder (another checkout), same venv")
+    parser.add_argument("--no-parallel-case", action="store_true",
+                        help="skip the MLAB_STAGE_PARALLEL=1 case from PyPI")
+    parser.add_argument("--stage-only", action="store_true", help="only the staging figures (no index rebuild)")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     args = parser.parse_args()
     specs = QUICK_SET if args.quick else FULL_SET
@@ -248,11 +258,13 @@ def main() -> None:
             subprocess.run([*PIP, "download", "-q", "--dest", str(wheels), *specs], check=True,
                            env=_fresh_env(root), stdout=subprocess.DEVNULL)
             if not args.skip_network:
-                groups["stage from PyPI, empty caches"] = (stage_cases(root, specs, [], chosen), 1.0)
+                groups["stage from PyPI, empty caches"] = (
+                    stage_cases(root, specs, [], chosen, args.old_src, not args.no_parallel_case), 1.0)
             groups["stage from a local wheel folder"] = (
-                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen), 1.0)
-        index, share = index_cases(root, projects, args.old_ref)
-        groups[f"full index rebuild, {projects} projects"] = (index, None)
+                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen, args.old_src), 1.0)
+        if not args.stage_only:
+            index, share = index_cases(root, projects, args.old_ref)
+            groups[f"full index rebuild, {projects} projects"] = (index, None)
         for title, (cases, goal) in groups.items():
             stats = interleave(cases, samples=samples)  # type: ignore[arg-type]
             base = list(cases)[1]
@@ -266,21 +278,22 @@ def main() -> None:
                     out[title][f"{name}: same files and hashes as pip download"] = same  # type: ignore[index]
                     if not args.json:
                         print(f"{name}: same {len(chosen['pip download'])} files and sha256 as pip download: {same}")
-        figures = out[f"full index rebuild, {projects} projects"]
-        rebuild_s = figures["index rebuild, index up to date"]["median_s"]  # type: ignore[index]
-        first_s = figures["index rebuild from nothing"]["median_s"]  # type: ignore[index]
-        one = make_wheel(root / "new", "proj0", "9.0")
-        start = time.perf_counter()
-        pipindex.publish(share, [one])
-        publish_s = time.perf_counter() - start
-        out["publish one wheel into the share"] = {"seconds": round(publish_s, 3),
-                                                   "ratio_to_rebuild": round(publish_s / rebuild_s, 4)}
-        if not args.json:
-            for what, secs in (("over an up-to-date index", rebuild_s), ("from nothing", first_s)):
-                print(f"\nfull rebuild of {projects} projects {what}: median {secs:.2f} s; "
-                      f"goal < 3 s ({'met' if secs < 3 else 'MISSED'})")
-            print(f"publish one wheel into the share: {publish_s:.3f} s "
-                  f"({publish_s / rebuild_s:.3f}x a full rebuild)")
+        if not args.stage_only:
+            figures = out[f"full index rebuild, {projects} projects"]
+            rebuild_s = figures["index rebuild, index up to date"]["median_s"]  # type: ignore[index]
+            first_s = figures["index rebuild from nothing"]["median_s"]  # type: ignore[index]
+            one = make_wheel(root / "new", "proj0", "9.0")
+            start = time.perf_counter()
+            pipindex.publish(share, [one])
+            publish_s = time.perf_counter() - start
+            out["publish one wheel into the share"] = {"seconds": round(publish_s, 3),
+                                                       "ratio_to_rebuild": round(publish_s / rebuild_s, 4)}
+            if not args.json:
+                for what, secs in (("over an up-to-date index", rebuild_s), ("from nothing", first_s)):
+                    print(f"\nfull rebuild of {projects} projects {what}: median {secs:.2f} s; "
+                          f"goal < 3 s ({'met' if secs < 3 else 'MISSED'})")
+                print(f"publish one wheel into the share: {publish_s:.3f} s "
+                      f"({publish_s / rebuild_s:.3f}x a full rebuild)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
