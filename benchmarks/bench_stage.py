@@ -90,8 +90,9 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         env.pop("MLAB_STAGE_PARALLEL", None)
         if parallel:
             env["MLAB_STAGE_PARALLEL"] = parallel
-        if src is not None:  # another checkout's code, with this virtualenv
-            env["PYTHONPATH"] = str(src)
+        if src is not None:  # another checkout's code, with this virtualenv; its bytecode
+            env["PYTHONPATH"] = str(src)  # cached apart (that checkout is left untouched)
+            env["PYTHONPYCACHEPREFIX"] = str(root / "pycache-old-src")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share",
                         str(share), *sources, *specs],
