@@ -29,24 +29,25 @@ environment still apply.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packaging.markers import Marker, default_environment
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from mlab.airlock import audit
 from mlab.airlock.fsutil import check_writable, ensure_dir
 from mlab.airlock.pipindex_pages import WheelFile
+from mlab.airlock.pipinspect import Inspector
+from mlab.airlock.piptarget import Target
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PIP_INDEX_DIR
 
@@ -60,70 +61,6 @@ MAX_ROUNDS = 4
 """Resolution rounds before giving up on a closure that keeps missing requirements."""
 
 Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The interpreter and platform wheels are staged for.
-
-    Attributes:
-        python_version: ``"3.11"``-style version; None: the interpreter running mlab.
-        platforms: pip platform tags (``manylinux_2_36_x86_64``...); empty: this machine's.
-        implementation: pip implementation tag (``cp``).
-        abi: pip ABI tag (``cp311``); None: pip's default for the version.
-    """
-
-    python_version: str | None = None
-    platforms: tuple[str, ...] = ()
-    implementation: str = "cp"
-    abi: str | None = None
-
-    @property
-    def foreign(self) -> bool:
-        """True when the target is not the local interpreter (only wheels can be staged)."""
-        return bool(self.python_version or self.platforms or self.abi)
-
-    def marker_environment(self) -> dict[str, str]:
-        """PEP 508 marker variables for the target (the local ones, overridden)."""
-        env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
-        if self.python_version:
-            parts = self.python_version.split(".")
-            if len(parts) < 2 or not all(p.isdigit() for p in parts):
-                raise UsageError(
-                    f"--python-version {self.python_version!r} is not a version",
-                    hint="use MAJOR.MINOR, e.g. 3.11",
-                )
-            env["python_version"] = ".".join(parts[:2])
-            env["python_full_version"] = ".".join((parts + ["0"])[:3])
-        if self.platforms:
-            env.update(_platform_markers(self.platforms[0]))
-        return env
-
-    def pip_args(self) -> list[str]:
-        """pip options selecting this target (empty for the local interpreter)."""
-        if not self.foreign:
-            return []
-        args = ["--only-binary=:all:", "--implementation", self.implementation]
-        if self.python_version:
-            args += ["--python-version", self.python_version]
-        for plat in self.platforms:
-            args += ["--platform", plat]
-        if self.abi:
-            args += ["--abi", self.abi]
-        return args
-
-
-def _platform_markers(tag: str) -> dict[str, str]:
-    """``sys_platform``/``platform_system``/``platform_machine`` for a platform tag."""
-    if tag.startswith(("manylinux", "musllinux", "linux")):
-        machine = re.sub(r"^(manylinux|musllinux)_\d+_\d+_|^manylinux\d+_|^linux_", "", tag)
-        return {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": machine}
-    if tag.startswith("win"):
-        machine = {"win_amd64": "AMD64", "win32": "x86", "win_arm64": "ARM64"}.get(tag, "AMD64")
-        return {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": machine}
-    if tag.startswith("macosx"):
-        return {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": tag.rsplit("_", 1)[-1]}
-    return {}
 
 
 @dataclass
@@ -427,85 +364,6 @@ def _build_sdists(dest: Path, sources: Sources, report: Report | None) -> list[s
     return created
 
 
-INSPECT_THREADS = 4
-"""Wheels read and hashed at once: the reads and sha256 release the GIL, so on the
-Airlock's cores 80 MB of wheels hash in about half the time (issue 18)."""
-
-_SAVED = re.compile(r"^\s*Saved (\S+\.whl)$")
-"""pip download's line for each file it has copied into ``--dest`` (after resolving)."""
-
-
-def _inspect_durably(path: Path, sha256: str | None) -> tuple[WheelFile, list[str]]:
-    """:func:`inspect_wheel`, then ``fsync`` the wheel: publishing fsyncs it again before
-    its pages are renamed, which then finds nothing left to write."""
-    from mlab.airlock.pipindex import inspect_wheel
-
-    info = inspect_wheel(path, sha256)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return info
-
-
-class _Inspector:
-    """Reads each wheel once (:func:`inspect_wheel`) and flushes it, several at once, in
-    threads: while pip still runs for the wheels it reports saved, the rest at the end.
-
-    ``inspected`` (path -> what :func:`inspect_wheel` returned) gets every result.
-    """
-
-    def __init__(self, inspected: dict[Path, tuple[WheelFile, list[str]]]) -> None:
-        self.inspected = inspected
-        self._pool: Any = None
-        self._pending: dict[Path, Any] = {}
-
-    def submit(self, path: Path, sha256: str | None = None) -> None:
-        """Start on ``path`` unless it is done or under way (``sha256``: already verified)."""
-        if path in self.inspected or path in self._pending:
-            return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(INSPECT_THREADS, thread_name_prefix="mlab-inspect")
-        self._pending[path] = self._pool.submit(_inspect_durably, path, sha256)
-
-    def saved_line(self, dest: Path) -> Callable[[str], None]:
-        """A ``each_line`` hook for :func:`_run_pip` that submits each wheel pip saved in ``dest``."""
-        def each(line: str) -> None:
-            if (m := _SAVED.match(line)):
-                self.submit(dest / Path(m.group(1)).name)
-        return each
-
-    def collect(self, paths: Sequence[Path], hashes: Mapping[str, str] = {}) -> None:
-        """Finish every path (``hashes``: file name -> sha256 verified while downloading).
-
-        Raises:
-            MlabError: a wheel is unreadable.
-        """
-        for path in paths:
-            self.submit(path, hashes.get(path.name))
-        pending, self._pending = self._pending, {}
-        for path, future in pending.items():
-            self.inspected[path] = future.result()
-
-    def forget(self) -> None:
-        """Drop every result and the work under way (the files are about to be replaced)."""
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            future.cancel()
-        for future in pending.values():
-            if not future.cancelled():
-                future.exception()  # wait; its error, if any, no longer matters
-        self.inspected.clear()
-
-    def close(self) -> None:
-        """Stop the threads (work not collected is dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Path, sources: Sources,
                      report: Report | None) -> dict[str, str]:
     """Put exactly the files pip chooses for ``resolve_args`` into ``dest``; return verified hashes.
@@ -600,7 +458,7 @@ def fetch(
         roots += parse_requirement_lines(Path(path).read_text(encoding="utf-8").splitlines())
     env = target.marker_environment()
     inspected = {} if inspected is None else inspected
-    inspector = _Inspector(inspected)
+    inspector = Inspector(inspected)
     try:
         return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector, parallel, env)
     finally:
@@ -608,7 +466,7 @@ def fetch(
 
 
 def _fetch_rounds(specs: Sequence[str], roots: list[Requirement], requirement_files: Sequence[Path], dest: Path,
-                  target: Target, sources: Sources, report: Report | None, inspector: _Inspector,
+                  target: Target, sources: Sources, report: Report | None, inspector: Inspector,
                   parallel: bool | None, env: dict[str, str]) -> list[str]:
     """:func:`fetch`'s rounds: download, build, check the closure, until nothing is missing."""
     from mlab.airlock import pipfetch
