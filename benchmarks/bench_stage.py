@@ -90,16 +90,15 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         env.pop("MLAB_STAGE_PARALLEL", None)
         if parallel:
             env["MLAB_STAGE_PARALLEL"] = parallel
-        if src is not None:  # another checkout's code, with this virtualenv; its bytecode
-            env["PYTHONPATH"] = str(src)  # cached apart (that checkout is left untouched)
-            env["PYTHONPYCACHEPREFIX"] = str(root / "pycache-old-src")
+        if src is not None:  # another version's code, with this virtualenv
+            env["PYTHONPATH"] = str(src)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mlab.cli.main", "stage", "pip", "--share",
                         str(share), *sources, *specs],
                        check=True, env=env, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")
-               + (f" with the code in {src}" if src else "")] = _hashes(share / "pip-index" / "files")
+               + (f" with the code in {src.name}" if src else "")] = _hashes(share / "pip-index" / "files")
         shutil.rmtree(share)
         return seconds
 
@@ -108,7 +107,7 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         # the report and the parallel fetch, also where the index serves no PEP 658 metadata
         cases["mlab stage pip MLAB_STAGE_PARALLEL=1"] = lambda: stage("1")
     if old_src is not None:
-        cases[f"mlab stage pip with the code in {old_src}"] = lambda: stage(src=old_src)
+        cases[f"mlab stage pip with the code in {old_src.name}"] = lambda: stage(src=old_src)
     return cases
 
 
@@ -239,8 +238,8 @@ def main() -> None:
                         help="only the index rebuild and publish figures (no pip, no network)")
     parser.add_argument("--old-ref", default=None,
                         help="also time the index rebuild with pipindex.py as it was at this git ref")
-    parser.add_argument("--old-src", type=Path, default=None,
-                        help="also stage with the mlab package in this src/ folder (another checkout), same venv")
+    parser.add_argument("--old-stage-ref", default=None,
+                        help="also stage with the mlab package as it was at this git ref (same venv)")
     parser.add_argument("--no-parallel-case", action="store_true",
                         help="skip the MLAB_STAGE_PARALLEL=1 case from PyPI")
     parser.add_argument("--stage-only", action="store_true", help="only the staging figures (no index rebuild)")
@@ -253,6 +252,13 @@ def main() -> None:
     out: dict[str, object] = {"set": specs, "projects": projects}
     chosen: dict[str, dict[str, str]] = {}
     try:
+        old_src = None
+        if args.old_stage_ref:  # that ref's src/ in a folder of its own (its bytecode there too)
+            old_src = root / f"src-{args.old_stage_ref}"
+            old_src.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.old_stage_ref, "src"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(old_src), "--strip-components=1"], input=archive, check=True)
         groups = {}
         if not args.index_only:
             wheels = root / "wheels"
@@ -260,9 +266,9 @@ def main() -> None:
                            env=_fresh_env(root), stdout=subprocess.DEVNULL)
             if not args.skip_network:
                 groups["stage from PyPI, empty caches"] = (
-                    stage_cases(root, specs, [], chosen, args.old_src, not args.no_parallel_case), 1.0)
+                    stage_cases(root, specs, [], chosen, old_src, not args.no_parallel_case), 1.0)
             groups["stage from a local wheel folder"] = (
-                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen, args.old_src), 1.0)
+                stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen, old_src), 1.0)
         if not args.stage_only:
             index, share = index_cases(root, projects, args.old_ref)
             groups[f"full index rebuild, {projects} projects"] = (index, None)
