@@ -91,6 +91,16 @@ def test_render_pages_escape_and_relative_links() -> None:
     assert '<a href="a-b/">a-b</a>' in pipindex_pages.render_root_html(["a-b"])
 
 
+def test_project_page_reads_back_what_was_rendered() -> None:
+    files = [pipindex_pages.WheelFile("torch-2.0+cpu-cp311-cp311-linux_x86_64.whl", "torch", "2.0+cpu", "a" * 64, 0,
+                                      '>=3.8,<4,!="3.9.*"'),
+             pipindex_pages.WheelFile("torch-1.0-py3-none-any.whl", "torch", "1.0", "b" * 64, 0, None)]
+    page = pipindex_pages.render_project_html("torch", files)
+    assert sorted(pipindex_pages.parse_project_html("torch", page), key=lambda w: w.filename) == \
+        sorted(files, key=lambda w: w.filename)
+    assert pipindex_pages.parse_project_html("torch", "damaged") == []
+
+
 def test_stage_local_folder_closure_and_marker_for_target(tmp_path, wheel_factory, pip_target) -> None:
     src = tmp_path / "src"
     wheel_factory(src, "app", "1.0", requires=["lib>=1"])
@@ -111,6 +121,38 @@ def test_stage_local_folder_closure_and_marker_for_target(tmp_path, wheel_factor
     proc = pip_target(local / "pip-index" / "simple", target, "app")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / "lib" / "__init__.py").exists()
+
+
+def test_index_served_by_a_static_http_server(tmp_path, wheel_factory) -> None:
+    """The same tree works for pip over HTTP (PEP 503: a directory's index.html), with the
+    dependency and the data-requires-python choice as through file://."""
+    import functools
+    import http.server
+    import threading
+
+    src = tmp_path / "src"
+    wheel_factory(src, "app", "1.0", requires=["lib"])
+    wheel_factory(src, "lib", "1.0")
+    share = tmp_path / "share"
+    pip.stage(share, ["app"], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    pipindex.publish(share, [wheel_factory(tmp_path / "later", "lib", "2.0", requires_python=">=9")])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(share / "pip-index"))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        target = tmp_path / "t"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--no-cache-dir",
+             "--index-url", f"http://127.0.0.1:{server.server_address[1]}/simple/", "--target", str(target), "app"],
+            capture_output=True, text=True, env=env, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (target / "lib" / "__init__.py").exists()
+    assert (target / "lib-1.0.dist-info").is_dir()
 
 
 def test_sdist_only_dependency_is_published_as_wheel(tmp_path, wheel_factory, sdist_factory, pip_target) -> None:
@@ -216,26 +258,29 @@ def test_rebuild_matches_incremental(tmp_path, wheel_factory) -> None:
 def test_rebuild_after_hand_changes_writes_only_what_changed(tmp_path, wheel_factory) -> None:
     share = tmp_path / "share"
     src = tmp_path / "src"
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "e"):
         wheel_factory(src, name, "1.0")
-    pip.stage(share, ["a", "b", "c"], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    pip.stage(share, ["a", "b", "c", "e"], sources=pip.Sources(find_links=(str(src),), no_index=True))
     simple = share / "pip-index" / "simple"
     files = share / "pip-index" / "files"
-    untouched = simple / "a" / "index.json"
+    untouched = simple / "a" / "index.html"
     inode = untouched.stat().st_ino
     # by hand: c's wheel removed, a second version of b and a new project d added
     (files / "c-1.0-py3-none-any.whl").unlink()
     wheel_factory(files, "b", "2.0")
     wheel_factory(files, "d", "1.0", requires_python=">=3.9")
-    (simple / "a" / "index.html").write_text("damaged")
-    assert pipindex.rebuild(share) == 4
+    (simple / "e" / "index.html").write_text("damaged")
+    (simple / "a" / "index.json").write_text("{}")  # a JSON page left by an older MLab
+    assert pipindex.rebuild(share) == 5
     rebuilt = index_snapshot(share)
     assert untouched.stat().st_ino == inode  # a page that did not change is not rewritten
     assert not (simple / "c").exists()
+    assert not (simple / "a" / "index.json").exists()
+    assert "e-1.0-py3-none-any.whl" in (simple / "e" / "index.html").read_text()
     assert "c/" not in (simple / "index.html").read_text()
     # the same pages as a first build from nothing
     shutil.rmtree(simple)
-    assert pipindex.rebuild(share) == 4
+    assert pipindex.rebuild(share) == 5
     assert index_snapshot(share) == rebuilt
     assert 'data-requires-python="&gt;=3.9"' in (simple / "d" / "index.html").read_text()
     assert "b-2.0-py3-none-any.whl" in (simple / "b" / "index.html").read_text()

@@ -179,3 +179,62 @@ def test_worth_it_env_and_local_sources(monkeypatch) -> None:
     assert pipfetch.worth_it(None, None) is True
     monkeypatch.setenv(pipfetch.PARALLEL_ENV, "0")
     assert pipfetch.worth_it("https://pypi.org/simple", "app") is False
+
+
+class _Answer:
+    """A probe that has already answered (the network side of :class:`pipfetch.Probe`)."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def answer(self, timeout: float | None = None) -> bool:
+        return self.value
+
+
+def test_download_probed_stops_pip_only_when_the_index_serves_metadata(tmp_path, wheel_factory) -> None:
+    src = tmp_path / "src"
+    wheel_factory(src, "app", "1.0", requires=["lib"])
+    wheel_factory(src, "lib", "1.0")
+    args = ["download", "--dest", "DEST", "--progress-bar", "off", "--no-index", "--find-links", str(src), "app"]
+    saved: list[str] = []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert pip._download_probed([a.replace("DEST", str(kept)) for a in args], kept, None, _Answer(False),
+                                saved.append) is False
+    assert sorted(p.name for p in kept.iterdir()) == ["app-1.0-py3-none-any.whl", "lib-1.0-py3-none-any.whl"]
+    assert sum(line.strip().startswith("Saved ") for line in saved) == 2  # what the inspector starts on
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    assert pip._download_probed([a.replace("DEST", str(stopped)) for a in args], stopped, None, _Answer(True),
+                                saved.append) is True
+
+
+def test_stage_from_an_http_index_probes_it_while_pip_downloads(tmp_path, wheel_factory, monkeypatch) -> None:
+    """An index over HTTP without PEP 658 metadata (a staged share served by a static server):
+    the probe answers no, the pip download started meanwhile is the one that stages."""
+    import functools
+
+    monkeypatch.delenv(pipfetch.PARALLEL_ENV, raising=False)
+    src = tmp_path / "src"
+    wheel_factory(src, "app", "1.0", requires=["lib"])
+    wheel_factory(src, "lib", "1.0")
+    upstream = tmp_path / "upstream"
+    pip.stage(upstream, ["app"], sources=pip.Sources(find_links=(str(src),), no_index=True))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(upstream / "pip-index"))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for key in [k for k in os.environ if k.lower().endswith("_proxy")]:
+            monkeypatch.delenv(key)
+        index = f"http://127.0.0.1:{server.server_address[1]}/simple"
+        probe = pipfetch.Probe(index, "app")
+        assert probe.answer(30) is False
+        share = tmp_path / "share"
+        res = pip.stage(share, ["app"], sources=pip.Sources(index_url=index))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(w.filename for w in res.added) == ["app-1.0-py3-none-any.whl", "lib-1.0-py3-none-any.whl"]
+    assert {w.filename: w.sha256 for w in res.added} == \
+        {w.filename: w.sha256 for p in ("app", "lib") for w in pipindex.load_project(upstream, p)}

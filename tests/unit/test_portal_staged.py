@@ -1,4 +1,4 @@
-"""The user's page lists what the Airlock staged: pip projects (the Airlock's own PEP 691
+"""The user's page lists what the Airlock staged: pip projects (the Airlock's own PEP 503
 pages), apt packages (the flat repository's Packages index), files and git bundles, and what
 this user staged (the share's audit log, written by the Airlock's own audit code)."""
 
@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from mlab.airlock import audit as airlock_audit
-from mlab.airlock.pipindex_pages import WheelFile, render_project_json
+from mlab.airlock.pipindex_pages import WheelFile, render_project_html
 from mlab.portal import staged
 from mlab.portal.app import build_app
 from mlab.portal.config import Backend, PortalConfig
@@ -33,9 +33,9 @@ Architecture: amd64
 @pytest.fixture
 def share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "share"
-    page = root / "pip-index" / "simple" / "six" / "index.json"
+    page = root / "pip-index" / "simple" / "six" / "index.html"
     page.parent.mkdir(parents=True)
-    page.write_text(render_project_json("six", [
+    page.write_text(render_project_html("six", [
         WheelFile("six-1.16.0-py2.py3-none-any.whl", "six", "1.16.0", "0" * 64, 11053)]))
     (root / "apt").mkdir()
     (root / "apt" / "Packages").write_text(PACKAGES)

@@ -34,95 +34,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from packaging.markers import Marker, default_environment
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from mlab.airlock import audit
 from mlab.airlock.fsutil import check_writable, ensure_dir
-from mlab.airlock.pipindex import (
-    PublishResult,
-    index_dir,
-    inspect_wheel,
-    publish,
-)
 from mlab.airlock.pipindex_pages import WheelFile
+from mlab.airlock.pipinspect import Inspector
+from mlab.airlock.piptarget import Target
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PIP_INDEX_DIR
+
+if TYPE_CHECKING:
+    from mlab.airlock.pipindex import PublishResult
+# mlab.airlock.pipindex (filelock, zipfile, the email parser) is imported where it is used,
+# so that pip starts about 25 ms earlier and the import runs while pip does (issue 18).
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 MAX_ROUNDS = 4
 """Resolution rounds before giving up on a closure that keeps missing requirements."""
 
 Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The interpreter and platform wheels are staged for.
-
-    Attributes:
-        python_version: ``"3.11"``-style version; None: the interpreter running mlab.
-        platforms: pip platform tags (``manylinux_2_36_x86_64``...); empty: this machine's.
-        implementation: pip implementation tag (``cp``).
-        abi: pip ABI tag (``cp311``); None: pip's default for the version.
-    """
-
-    python_version: str | None = None
-    platforms: tuple[str, ...] = ()
-    implementation: str = "cp"
-    abi: str | None = None
-
-    @property
-    def foreign(self) -> bool:
-        """True when the target is not the local interpreter (only wheels can be staged)."""
-        return bool(self.python_version or self.platforms or self.abi)
-
-    def marker_environment(self) -> dict[str, str]:
-        """PEP 508 marker variables for the target (the local ones, overridden)."""
-        env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
-        if self.python_version:
-            parts = self.python_version.split(".")
-            if len(parts) < 2 or not all(p.isdigit() for p in parts):
-                raise UsageError(
-                    f"--python-version {self.python_version!r} is not a version",
-                    hint="use MAJOR.MINOR, e.g. 3.11",
-                )
-            env["python_version"] = ".".join(parts[:2])
-            env["python_full_version"] = ".".join((parts + ["0"])[:3])
-        if self.platforms:
-            env.update(_platform_markers(self.platforms[0]))
-        return env
-
-    def pip_args(self) -> list[str]:
-        """pip options selecting this target (empty for the local interpreter)."""
-        if not self.foreign:
-            return []
-        args = ["--only-binary=:all:", "--implementation", self.implementation]
-        if self.python_version:
-            args += ["--python-version", self.python_version]
-        for plat in self.platforms:
-            args += ["--platform", plat]
-        if self.abi:
-            args += ["--abi", self.abi]
-        return args
-
-
-def _platform_markers(tag: str) -> dict[str, str]:
-    """``sys_platform``/``platform_system``/``platform_machine`` for a platform tag."""
-    if tag.startswith(("manylinux", "musllinux", "linux")):
-        machine = re.sub(r"^(manylinux|musllinux)_\d+_\d+_|^manylinux\d+_|^linux_", "", tag)
-        return {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": machine}
-    if tag.startswith("win"):
-        machine = {"win_amd64": "AMD64", "win32": "x86", "win_arm64": "ARM64"}.get(tag, "AMD64")
-        return {"sys_platform": "win32", "platform_system": "Windows", "platform_machine": machine}
-    if tag.startswith("macosx"):
-        return {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": tag.rsplit("_", 1)[-1]}
-    return {}
 
 
 @dataclass
@@ -136,6 +74,8 @@ class Dist:
 
 def read_dist(path: Path) -> Dist:
     """Read name, version and ``Requires-Dist`` from a wheel's METADATA."""
+    from mlab.airlock.pipindex import inspect_wheel
+
     return _dist_of(*inspect_wheel(path))
 
 
@@ -275,8 +215,15 @@ class NotFoundError(MlabError):
         self.requirement = requirement
 
 
-def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[str]]:
+def _run_pip(args: list[str], report: Report | None, *, started: Callable[[subprocess.Popen[str]], None] | None = None,
+             each_line: Callable[[str], None] | None = None) -> tuple[list[str], list[str]]:
     """Run ``python -m pip ARGS``; return (all output lines, created wheel names).
+
+    Args:
+        args: pip's arguments.
+        report: called with each project name pip starts on.
+        started: called with the running process (to stop it from another thread).
+        each_line: called with each line of pip's output as it comes.
 
     Raises:
         MlabError: pip failed; the message names the requirement pip could not find, or
@@ -287,6 +234,8 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
     created: list[str] = []
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
+        if started:
+            started(proc)
         for line in proc.stdout:
             line = line.rstrip("\n")
             lines.append(line)
@@ -294,6 +243,8 @@ def _run_pip(args: list[str], report: Report | None) -> tuple[list[str], list[st
                 created.append(m.group(1))
             if report and (m := _COLLECTING.match(line)):
                 report(m.group(1))
+            if each_line:
+                each_line(line)
         code = proc.wait()
     if code != 0:
         text = "\n".join(lines)
@@ -413,31 +364,6 @@ def _build_sdists(dest: Path, sources: Sources, report: Report | None) -> list[s
     return created
 
 
-INSPECT_THREADS = 4
-"""Wheels read and hashed at once: the reads and sha256 release the GIL, so on the
-Airlock's cores 80 MB of wheels hash in about half the time (issue 18)."""
-
-
-def _inspect_new(paths: Sequence[Path], inspected: dict[Path, tuple[WheelFile, list[str]]],
-                 hashes: Mapping[str, str] = {}) -> None:
-    """Add :func:`inspect_wheel` of each path not in ``inspected``, several at once.
-
-    ``hashes``: file name -> sha256 already verified while downloading (not hashed again).
-    """
-    new = [p for p in paths if p not in inspected]
-
-    def one(path: Path) -> tuple[WheelFile, list[str]]:
-        return inspect_wheel(path, hashes.get(path.name))
-
-    if len(new) < 2:
-        inspected.update((p, one(p)) for p in new)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(INSPECT_THREADS, len(new))) as pool:
-        inspected.update(zip(new, pool.map(one, new)))
-
-
 def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Path, sources: Sources,
                      report: Report | None) -> dict[str, str]:
     """Put exactly the files pip chooses for ``resolve_args`` into ``dest``; return verified hashes.
@@ -470,6 +396,36 @@ def _download_chosen(download_args: list[str], resolve_args: list[str], dest: Pa
     return hashes
 
 
+def _download_probed(args: list[str], dest: Path, report: Report | None, probe: Any,
+                     each_line: Callable[[str], None]) -> bool:
+    """``pip download ARGS`` while ``probe`` (:class:`mlab.airlock.pipfetch.Probe`) asks the
+    index; returns True when pip was stopped because the index serves metadata apart (the
+    caller then empties ``dest`` and takes the parallel path), False when pip finished.
+    pip is stopped with SIGTERM; a build it had started for an sdist may finish on its own.
+
+    Raises:
+        NotFoundError: pip found no distribution for a requirement.
+        MlabError: pip failed.
+    """
+    import threading
+
+    stopped = threading.Event()
+
+    def watch(proc: subprocess.Popen[str]) -> None:
+        def run() -> None:
+            if probe.answer() and proc.poll() is None:
+                stopped.set()
+                proc.terminate()
+        threading.Thread(target=run, daemon=True, name="mlab-probe-watch").start()
+
+    try:
+        _run_pip(args, report, started=watch, each_line=each_line)
+    except MlabError:
+        if not stopped.is_set():
+            raise
+    return stopped.is_set()
+
+
 def fetch(
     specs: Sequence[str],
     requirement_files: Sequence[Path],
@@ -483,11 +439,15 @@ def fetch(
     """Resolve ``specs`` and put the closure's wheels in ``dest``; return built file names.
 
     ``parallel``: resolve with pip's report and fetch its files in parallel
-    (:func:`_download_chosen`) or run plain ``pip download``; None: decide with
-    :func:`mlab.airlock.pipfetch.worth_it`.
+    (:func:`_download_chosen`) or run plain ``pip download``; None: decide as
+    :func:`mlab.airlock.pipfetch.worth_it` does, with the index asked in a thread while
+    ``pip download`` already runs (:func:`_download_probed`: stopped and replaced by the
+    parallel path only if the index serves wheel metadata apart).
 
     ``inspected`` (path -> :func:`mlab.airlock.pipindex.inspect_wheel`) is filled with
-    every wheel read for the closure check, so publishing need not open them again.
+    every wheel read for the closure check, so publishing need not open them again; each
+    wheel is read, hashed and flushed to disk (fsync) in threads as soon as pip reports
+    it saved, while pip finishes the others and exits.
 
     Raises:
         MlabError: a requirement cannot be found or built, or the closure stays incomplete
@@ -498,9 +458,31 @@ def fetch(
         roots += parse_requirement_lines(Path(path).read_text(encoding="utf-8").splitlines())
     env = target.marker_environment()
     inspected = {} if inspected is None else inspected
+    inspector = Inspector(inspected)
+    try:
+        return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector, parallel, env)
+    finally:
+        inspector.close()
+
+
+def _fetch_rounds(specs: Sequence[str], roots: list[Requirement], requirement_files: Sequence[Path], dest: Path,
+                  target: Target, sources: Sources, report: Report | None, inspector: Inspector,
+                  parallel: bool | None, env: dict[str, str]) -> list[str]:
+    """:func:`fetch`'s rounds: download, build, check the closure, until nothing is missing."""
+    from mlab.airlock import pipfetch
+
     built: list[str] = []
     pending = list(specs)
     req_args = [a for p in requirement_files for a in ("-r", str(p))]
+    probe = None
+    if parallel is None and not target.foreign:
+        index = next((u for u in (sources.index_url, *sources.extra_index_urls)
+                      if u.startswith(("http://", "https://")) and not sources.no_index), None)
+        first = roots[0].name if roots else None
+        if pipfetch.forced() is None and index is not None and first is not None:
+            probe = pipfetch.Probe(index, first)  # asked while pip download starts
+        else:
+            parallel = pipfetch.worth_it(index, first)
     for _round in range(MAX_ROUNDS):
         # pip download, not pip wheel: the same resolver and choices (both prefer a wheel to
         # an sdist of the same version), without pip wheel's extra pass over each
@@ -511,21 +493,25 @@ def fetch(
         if target.foreign:
             built += _download_foreign(args, [*pending, *req_args], dest, target, sources, report)
         else:
-            if parallel is None:
-                from mlab.airlock.pipfetch import worth_it
-
-                index = next((u for u in (sources.index_url, *sources.extra_index_urls)
-                              if u.startswith(("http://", "https://")) and not sources.no_index), None)
-                parallel = worth_it(index, roots[0].name if roots else None)
-            if parallel:
+            if probe is not None:
+                parallel = _download_probed(args, dest, report, probe, inspector.saved_line(dest))
+                probe = None
+                if parallel:
+                    inspector.forget()
+                    for path in dest.iterdir():  # whatever pip saved before it was stopped
+                        if path.is_file():
+                            path.unlink()
+                    hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources,
+                                              report)
+            elif parallel:
                 hashes = _download_chosen(args, [*sources.pip_args(), *pending, *req_args], dest, sources, report)
             else:
-                _run_pip(args, report)
+                _run_pip(args, report, each_line=inspector.saved_line(dest))
             built += _build_sdists(dest, sources, report)
         req_args = []
         paths = list(dest.glob("*.whl"))
-        _inspect_new(paths, inspected, hashes)  # each wheel opened once, for the closure and publishing
-        dists = [_dist_of(*inspected[path]) for path in paths]
+        inspector.collect(paths, hashes)  # each wheel opened once, for the closure and publishing
+        dists = [_dist_of(*inspector.inspected[path]) for path in paths]
         missing = missing_requirements(roots, dists, env)
         if not missing:
             return sorted({b for b in built if (dest / b).exists()})
@@ -575,12 +561,14 @@ def stage(
         if not Path(path).is_file():
             raise UsageError(f"-r {path}: no such file")
     check_writable(share, PIP_INDEX_DIR)
-    tmp_root = ensure_dir(index_dir(share) / ".tmp")
+    tmp_root = ensure_dir(Path(share) / PIP_INDEX_DIR / ".tmp")
     work = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
     try:
         inspected: dict[Path, tuple[WheelFile, list[str]]] = {}
         built = fetch(specs, requirement_files, work, target, sources, report, inspected)
         wheels = sorted(work.glob("*.whl"))
+        from mlab.airlock.pipindex import publish
+
         result = publish(share, wheels, publishing, {p: i[0] for p, i in inspected.items()})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -6,9 +6,9 @@ Layout (docs/CONTRACTS.md "Share layout"; the folder's name is
     pip-index/files/<wheel>                the wheels (never overwritten once published)
     pip-index/simple/index.html            PEP 503 root: one link per project
     pip-index/simple/<project>/index.html  PEP 503 project page: one link per file, with
-                                           ``#sha256=`` and ``data-requires-python``
-    pip-index/simple/<project>/index.json  the same list as a PEP 691 JSON page; it is also
-                                           the state used for incremental regeneration
+                                           ``#sha256=`` and ``data-requires-python``; it
+                                           is also the state read back for incremental
+                                           publishing (:func:`load_project`)
     pip-index/.lock                        held while publishing
 
 The seed's own ``pip/`` folder (``pip download`` there, ``pip install *`` in a HomePod) holds
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -58,8 +57,8 @@ from mlab.airlock.fsutil import (
 )
 from mlab.airlock.pipindex_pages import (
     WheelFile,
+    parse_project_html,
     render_project_html,
-    render_project_json,
     render_root_html,
 )
 from mlab.errors import MlabError, TemporaryError
@@ -168,28 +167,39 @@ def _metadata(zf: zipfile.ZipFile) -> tuple[str | None, list[str]]:
 
 
 def load_project(share: Path, project: str) -> list[WheelFile]:
-    """The files published for ``project``, from its ``index.json`` (empty if none)."""
-    path = simple_dir(share) / project / "index.json"
-    if not path.exists():
+    """The files published for ``project``, read back from its ``index.html`` (empty if none).
+
+    Sizes come from the files in ``pip-index/files/`` (0 for a file that is missing).
+    """
+    page = _read_page(simple_dir(share) / project / "index.html")
+    if page is None:
         return []
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    return [
-        WheelFile(
-            filename=f["filename"],
-            project=project,
-            version=f.get("version", ""),
-            sha256=f["hashes"]["sha256"],
-            size=int(f.get("size") or 0),
-            requires_python=f.get("requires-python"),
-        )
-        for f in doc.get("files", [])
-    ]
+    files = index_dir(share) / "files"
+    out = []
+    for w in parse_project_html(project, page.decode("utf-8", "replace")):
+        try:
+            size = os.stat(files / w.filename).st_size
+        except OSError:
+            size = 0
+        out.append(WheelFile(w.filename, w.project, w.version, w.sha256, size, w.requires_python))
+    return out
+
+
+OLD_JSON_PAGE = "index.json"
+"""A project's PEP 691 page as MLab up to session 5 wrote it beside ``index.html``; removed
+when its project's page is rewritten and by a rebuild (nothing reads it any more)."""
 
 
 def _project_pages(simple: Path, project: str, files: Sequence[WheelFile]) -> list[tuple[Path, str]]:
     pdir = ensure_dir(simple / project)
-    return [(pdir / "index.json", render_project_json(project, files)),
-            (pdir / "index.html", render_project_html(project, files))]
+    return [(pdir / "index.html", render_project_html(project, files))]
+
+
+def _drop_old_json(pdir: Path | str) -> None:
+    try:
+        os.unlink(os.path.join(pdir, OLD_JSON_PAGE))
+    except FileNotFoundError:
+        pass
 
 
 def _root_page(simple: Path, extra: Iterable[str] = ()) -> tuple[Path, str]:
@@ -259,6 +269,8 @@ def publish(
                 pages.append(_root_page(simple))
             # one flush to disk for the new wheels and every page, then the renames
             write_many_atomic(pages, durable=[files_dir / w.filename for w in result.added])
+            for p in touched:
+                _drop_old_json(simple / p)
             result.projects = touched
     except Timeout:
         raise TemporaryError(
@@ -273,8 +285,8 @@ def rebuild(share: Path) -> int:
 
     For recovery after files were added or removed by hand. Every wheel is read and hashed
     again (a page never trusts an old hash); a wheel's METADATA is unzipped only when its
-    hash is not the one its old JSON page lists for its name (that page's
-    ``requires-python`` is reused otherwise: the pages are a cache keyed by content hash).
+    hash is not the one its old page lists for its name (that page's
+    ``data-requires-python`` is reused otherwise: the pages are a cache keyed by content hash).
     Only pages whose content changes are written: each one atomically (temporary file, one flush for all of them, rename),
     project pages before the root page that links them; then the directories of projects
     that have no wheel any more are removed. A rebuild of an index that is already right
@@ -314,14 +326,12 @@ def _rebuild_locked(share: Path) -> int:
         if name.endswith(".whl") and not name.startswith("."):
             parsed[name] = _wheel_name(name)
             by_project.setdefault(parsed[name][0], []).append(name)
-    old: dict[str, tuple[bytes | None, bytes | None]] = {}
+    old: dict[str, bytes | None] = {}
     known: dict[str, WheelFile] = {}
     if simple.is_dir():
         for project in by_project:
-            pdir = os.path.join(simple, project)
-            old[project] = (_read_page(os.path.join(pdir, "index.json")),
-                            _read_page(os.path.join(pdir, "index.html")))
-            known.update(_listed(project, old[project][0]))
+            old[project] = _read_page(os.path.join(simple, project, "index.html"))
+            known.update(_listed(project, old[project]))
     names = [n for ns in by_project.values() for n in ns]
     infos = dict(zip(names, _read_wheels(str(files_dir), names, known, parsed)))
     wheels = {p: [infos[n] for n in ns] for p, ns in by_project.items()}
@@ -333,16 +343,10 @@ def _rebuild_locked(share: Path) -> int:
 
 
 def _listed(project: str, page: bytes | None) -> dict[str, WheelFile]:
-    """Filename -> :class:`WheelFile` from a project's old JSON page (empty if unreadable)."""
+    """Filename -> :class:`WheelFile` from a project's old page (empty if none)."""
     if not page:
         return {}
-    try:
-        doc = json.loads(page)
-        return {f["filename"]: WheelFile(f["filename"], project, f.get("version", ""), f["hashes"]["sha256"],
-                                         int(f.get("size") or 0), f.get("requires-python"))
-                for f in doc.get("files", [])}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    return {w.filename: w for w in parse_project_html(project, page.decode("utf-8", "replace"))}
 
 
 THREADED_WHEEL = 1 << 20
@@ -361,7 +365,7 @@ def _read_wheels(files_dir: str, names: Sequence[str], known: Mapping[str, Wheel
     ``parsed``: each name's (normalized project, version) (:func:`_wheel_name`).
 
     A wheel's METADATA is parsed only when its hash is not the one ``known`` (the old
-    JSON pages) lists for its name: the pages are the cache of each file's
+    pages) lists for its name: the pages are the cache of each file's
     ``Requires-Python``, keyed by content hash, so an unchanged wheel is hashed but not
     unzipped (the zip and header parsing were about a third of a rebuild's CPU, issue 18).
     Files are read with plain ``os.open``/``os.read`` (Python's buffered ``open`` adds an
@@ -384,7 +388,7 @@ def _read_wheels(files_dir: str, names: Sequence[str], known: Mapping[str, Wheel
                 os.close(fd)
             digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(Path(path))
             cached = known.get(name)
-            if cached is not None and cached.sha256 == digest and cached.size == size:
+            if cached is not None and cached.sha256 == digest:
                 return WheelFile(name, project, version, digest, size, cached.requires_python)
             with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as zf:
                 requires_python = _metadata(zf)[0]
@@ -497,7 +501,6 @@ def _new_tree(root: Path, simple: Path, by_project: Mapping[str, Sequence[WheelF
         for project, files in by_project.items():
             pdir = os.path.join(base, project)
             os.mkdir(pdir, 0o755)
-            _write_new(os.path.join(pdir, "index.json"), render_project_json(project, files))
             _write_new(os.path.join(pdir, "index.html"), render_project_html(project, files))
         _write_new(os.path.join(base, "index.html"), render_root_html(by_project))
         sync_filesystem(fresh)
@@ -533,34 +536,35 @@ def _read_page(path: Path | str) -> bytes | None:
 
 
 def _update_pages(simple: Path, by_project: Mapping[str, Sequence[WheelFile]],
-                  old: Mapping[str, tuple[bytes | None, bytes | None]]) -> None:
+                  old: Mapping[str, bytes | None]) -> None:
     """Rewrite the pages under ``simple`` that differ from ``by_project``; drop stale projects.
 
-    ``old``: each project's current (``index.json``, ``index.html``) bytes, None if missing.
+    ``old``: each project's current ``index.html`` bytes, None if missing. A project's
+    old JSON page (:data:`OLD_JSON_PAGE`) is removed.
     """
     changed: list[tuple[Path, bytes]] = []
     for project, files in by_project.items():
         pdir = simple / project
-        old_json, old_html = old.get(project, (None, None))
-        for name, text, before in (("index.json", render_project_json(project, files), old_json),
-                                   ("index.html", render_project_html(project, files), old_html)):
-            data = text.encode()
-            if before != data:
-                ensure_dir(pdir)
-                changed.append((pdir / name, data))
+        data = render_project_html(project, files).encode()
+        if old.get(project) != data:
+            ensure_dir(pdir)
+            changed.append((pdir / "index.html", data))
     root_text = render_root_html(by_project).encode()
     if _read_page(simple / "index.html") != root_text:
         changed.append((simple / "index.html", root_text))
     # project pages first, the root page that links them last (renamed in this order)
     write_many_atomic(changed)
     for entry in os.scandir(simple):
-        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") \
-                and entry.name not in by_project:
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        if entry.name not in by_project:
             shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            _drop_old_json(entry.path)
 
 
 def published(share: Path) -> dict[str, list[WheelFile]]:
-    """Every published file, by normalized project name (from the JSON pages)."""
+    """Every published file, by normalized project name (from the project pages)."""
     simple = simple_dir(share)
     if not simple.is_dir():
         return {}

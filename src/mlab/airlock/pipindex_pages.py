@@ -1,17 +1,24 @@
-"""The pip index's pages, pure: a wheel's record and the PEP 503 / PEP 691 texts made from it.
+"""The pip index's pages, pure: a wheel's record and the PEP 503 texts made from it and read back.
 
-:mod:`mlab.airlock.pipindex` places these pages in the share; the portal reads the JSON
-pages back (:mod:`mlab.portal.staged`). Rules: PEP 503 (simple repository API, HTML),
-PEP 691 (its JSON form), PEP 427 (wheel file names).
+:mod:`mlab.airlock.pipindex` places these pages in the share and reads a project's page
+back (:func:`parse_project_html`) as the state of incremental publishing and the cache of
+a rebuild; the portal lists the projects from them (:mod:`mlab.portal.staged`). There is
+no second (PEP 691 JSON) page per project: pip reads only ``index.html`` through
+``file://`` (a directory URL gets ``index.html`` appended) and from a static HTTP server,
+and one file fewer per project is a third fewer entries to create in a rebuild from
+nothing (issue 18). Rules: PEP 503 (simple repository API, HTML), PEP 427 (wheel file
+names).
 """
 
 from __future__ import annotations
 
 import html
-import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 
 @dataclass(frozen=True)
@@ -62,26 +69,32 @@ def render_project_html(project: str, files: Sequence[WheelFile]) -> str:
     return "\n".join(lines)
 
 
-def render_project_json(project: str, files: Sequence[WheelFile]) -> str:
-    """The PEP 691 JSON page for ``project`` (pure); also our incremental state."""
-    doc = {
-        "meta": {"api-version": "1.0"},
-        "name": project,
-        "files": [
-            {
-                "filename": f.filename,
-                "url": f"../../files/{quote(f.filename)}",
-                "hashes": {"sha256": f.sha256},
-                "requires-python": f.requires_python,
-                "size": f.size,
-                "version": f.version,
-            }
-            for f in sorted(files, key=lambda w: w.filename)
-        ],
-    }
-    # No indent: json's C encoder (the indented one is pure Python and was a quarter of a
-    # full rebuild's CPU time).
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+_LINK = re.compile(r'<a href="\.\./\.\./files/([^"#]+)#sha256=([0-9a-f]{64})"'
+                   r'(?: data-requires-python="([^"]*)")?>')
+
+
+def parse_project_html(project: str, text: str) -> list[WheelFile]:
+    """The files a project page made by :func:`render_project_html` lists (pure).
+
+    The version is the file name's (PEP 427, normalized as :mod:`packaging` prints it);
+    ``size`` is 0 (the page does not hold it). Links in another form, and names that are
+    not wheel names, are skipped (a damaged page then lists fewer files; a rebuild
+    rewrites it).
+
+    Args:
+        project: the PEP 503 normalized name the page is for.
+        text: the page.
+    """
+    out = []
+    for href, sha256, requires_python in _LINK.findall(text):
+        filename = unquote(href)
+        try:
+            version = str(parse_wheel_filename(filename)[1])
+        except InvalidWheelFilename:
+            continue
+        out.append(WheelFile(filename, project, version, sha256, 0,
+                             html.unescape(requires_python) if requires_python else None))
+    return out
 
 
 def render_root_html(projects: Iterable[str]) -> str:

@@ -1,7 +1,7 @@
 """What is staged on the Airlock's share, for the user's page (docs/airlock.md).
 
 The portal mounts the share read-only (like every HomePod) and reads what the Airlock
-published: pip projects from the PEP 691 JSON pages (:func:`mlab.airlock.pipindex.published`),
+published: pip projects from the PEP 503 project pages (:func:`mlab.airlock.pipindex.published`),
 apt packages from the flat repository's ``Packages`` index, files under ``downloads/`` and
 git bundles under ``git/``; and, from the share's audit log, what this user staged. Everything
 staged is installable in every HomePod of the site; "staged by you" is the part the user
