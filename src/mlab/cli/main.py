@@ -157,4 +157,8 @@ def unexpected_one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the imported module's main, not this __main__ copy's: commands call
+    # mlab.cli.main.skip_teardown, which must set the flag that main reads.
+    from mlab.cli import main as _cli
+
+    _cli.main()
