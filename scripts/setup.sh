@@ -15,21 +15,42 @@ case "${1:-}" in
 esac
 
 export DEBIAN_FRONTEND=noninteractive
-pkgs=$(cat scripts/apt-packages.txt | sed 's/#.*//' | xargs)
+lists=scripts/apt-packages.txt
+[ "$tests" = 1 ] && lists="$lists scripts/apt-packages-tests.txt"
+pkgs=$(cat $lists | sed 's/#.*//' | xargs)
 missing=$(dpkg-query -W -f='${Package} ${Status}\n' $pkgs 2>/dev/null | awk '$4!="installed"{print $1}' || true)
 # dpkg-query prints nothing for unknown packages: compare counts too.
 known=$(dpkg-query -W -f='${Package} ${Status}\n' $pkgs 2>/dev/null | awk '$4=="installed"' | wc -l || true)
+apt_pid=
+apt_log=
 if [ -n "$missing" ] || [ "$known" -lt "$(echo $pkgs | wc -w)" ]; then
   echo "setup: installing Debian packages" >&2
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  # The virtualenv needs python3-venv only: the rest installs while pip fills the venv
+  # (issue 18: a new machine's first start; both mostly wait on the network and the disk).
+  dpkg-query -W -f='${Status}\n' python3-venv 2>/dev/null | grep -q " installed$" \
+    || apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  apt_log=$(mktemp -t mlab-setup-apt.XXXXXX)
+  apt-get install -y -qq --no-install-recommends $pkgs >"$apt_log" 2>&1 &
+  apt_pid=$!
 fi
+finish_apt() {
+  [ -n "$apt_pid" ] || return 0
+  if ! wait "$apt_pid"; then
+    tail -20 "$apt_log" >&2
+    echo "setup: apt-get install failed (above); run again once the cause is fixed" >&2
+    exit 1
+  fi
+  apt_pid=
+  rm -f "$apt_log"
+}
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,node]'
+finish_apt
 
 # The HomePod image `mlab up` runs (minutes on a brand-new machine, mostly mmdebstrap: dpkg
 # and disk, little network) builds in the background while the steps below compile and

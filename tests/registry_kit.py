@@ -85,7 +85,7 @@ def serving(root: Path, address: str = "127.0.0.1", *, tls: bool = False,
             (with its log).
     """
     binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is needed (bash scripts/setup.sh)"
+    assert binary, "docker-registry is needed (bash scripts/setup.sh --tests)"
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port(address)
     http: dict[str, object] = {"addr": f"{address}:{port}"}

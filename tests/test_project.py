@@ -66,14 +66,15 @@ TOOLS = ("podman", "/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns", "
 
 
 def _listed_packages() -> set[str]:
-    text = (ROOT / "scripts" / "apt-packages.txt").read_text(encoding="utf-8")
+    text = "\n".join((ROOT / "scripts" / name).read_text(encoding="utf-8")
+                     for name in ("apt-packages.txt", "apt-packages-tests.txt"))
     return {word for line in text.splitlines() for word in line.split("#", 1)[0].split()}
 
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_tool_comes_from_a_package_setup_installs(tool: str) -> None:
     """CI proves the install steps: each tool is owned by a package of
-    scripts/apt-packages.txt, not by something installed by hand."""
+    scripts/apt-packages.txt or apt-packages-tests.txt, not by something installed by hand."""
     import shutil
 
     path = tool if tool.startswith("/") else shutil.which(tool)
@@ -87,7 +88,7 @@ def test_every_tool_comes_from_a_package_setup_installs(tool: str) -> None:
             owners |= {o.strip().split(":")[0] for o in line.split(": ", 1)[0].split(",")}
     assert owners, f"{tool} ({real}) belongs to no Debian package: installed by hand?"
     assert owners & _listed_packages(), (
-        f"{tool} comes from {sorted(owners)}, none of which scripts/apt-packages.txt lists")
+        f"{tool} comes from {sorted(owners)}, none of which scripts/apt-packages*.txt lists")
 
 
 def test_test_module_names_are_unique() -> None:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 
 from mlab.errors import MlabError, TemporaryError, UsageError
@@ -167,14 +168,19 @@ def tls_verify(cafile: str | None = None) -> ssl.SSLContext | bool:
     """What an HTTPS code service's certificate is checked against: ``cafile`` when given,
     else the file ``$SSL_CERT_FILE`` names (the site CA, `mlab ca`; OpenSSL's own variable,
     which httpx does not read when ``trust_env`` is off, as here to keep proxies out), else
-    the default store (True). Hostnames are always checked.
+    the system's trust store together with certifi's bundle (httpx's own default is
+    certifi's alone, which misses the code service's CA that a HomePod's entrypoint adds to
+    the system store, e.g. for `mlab request` run with no login environment). Hostnames are
+    always checked.
 
     Raises:
         MlabError: the file (``cafile`` or ``$SSL_CERT_FILE``) is no readable PEM file.
     """
     cafile = cafile or os.environ.get("SSL_CERT_FILE")
     if not cafile:
-        return True
+        ctx = ssl.create_default_context()  # OpenSSL's default paths: /etc/ssl/certs on Debian
+        ctx.load_verify_locations(certifi.where())
+        return ctx
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:

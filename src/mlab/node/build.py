@@ -170,7 +170,7 @@ def debian_program(name: str, package: str) -> Path:
         (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)
     if not path:
         raise ToolMissingError(f"node: {name} is not installed",
-                               hint=f"apt-get install {package} (scripts/setup.sh)")
+                               hint=f"apt-get install {package} (bash scripts/setup.sh --tests installs it)")
     return Path(path)
 
 
