@@ -73,6 +73,8 @@ static PyObject *scalar(Ctx *c, yaml_event_t *ev, int key) {
     PyObject *out = PyObject_CallOneArg(c->plain, text);
     Py_DECREF(text);
     if (out == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL; /* KeyboardInterrupt, SystemExit: not the document's fault */
         PyErr_Clear();
         return unsupported("scalar PyYAML refuses");
     }
