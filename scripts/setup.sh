@@ -78,8 +78,10 @@ finish_image() {
   fi
 }
 
-# Part of the command itself (mlab render's YAML writer), so run without --tests too.
+# Part of the command itself (mlab render's YAML writer and site loader), so run without
+# --tests too.
 bash scripts/setup.d/10-compiled-emitter.sh
+bash scripts/setup.d/11-compiled-loader.sh
 
 if [ "$tests" = 1 ]; then
   for step in scripts/setup.d/*.sh; do

@@ -82,6 +82,21 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     return app
 
 
+_teardown_free = False
+
+
+def skip_teardown() -> None:
+    """Let :func:`main` end this process at once after the command succeeds.
+
+    For a command that leaves nothing to clean up (no threads, temp files or children
+    still running) and built many objects: freeing them one by one at interpreter exit took
+    0.15-0.2 s of CPU after ``mlab render`` of 10,000 users (issue 18). Only when ``main``
+    runs as the program (``argv`` None); stdout and stderr are flushed first.
+    """
+    global _teardown_free
+    _teardown_free = True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and exit with) its status code."""
     args = sys.argv[1:] if argv is None else argv
@@ -90,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Standalone mode: click itself reports usage errors (exit 2) and aborts (exit 1).
         app(args=args, standalone_mode=True)
+    except SystemExit as exc:
+        if argv is None and _teardown_free and exc.code in (0, None):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
     except MlabError as exc:
         if debug:
             raise
@@ -136,4 +157,8 @@ def unexpected_one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the imported module's main, not this __main__ copy's: commands call
+    # mlab.cli.main.skip_teardown, which must set the flag that main reads.
+    from mlab.cli import main as _cli
+
+    _cli.main()

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from mlab.atomic import write_atomic
+from mlab.cli.main import skip_teardown
 from mlab.cli.options import old_output_path_option, out_path, site_option
 from mlab.cli.workers import run_in_workers
 from mlab.deploy import write_rendered
@@ -97,6 +98,8 @@ def render(
     # The per-user parts are made by worker processes, one per CPU (mlab.cli.workers).
     texts = render_texts_with_passwords(loaded, with_secrets=with_secrets or output is not None,
                                         run=run_in_workers)
+    # Nothing to clean up: end without freeing every object (mlab.cli.main.skip_teardown).
+    skip_teardown()
     if output is None:
         names = [*FILES, SECRETS_FILE] if with_secrets else list(FILES)
         sys.stdout.write("".join(texts[n] for n in names if n in texts))
