@@ -119,7 +119,7 @@ def start_service(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlab.cli.main", "code-service", "serve", "--data",
              str(tmp / "data"), "--site", str(site), "--host", "127.0.0.1", "--port", "0",
-             "--users-dir", str(users), "--no-background-sync"],
+             "--users-dir", str(users), "--no-background-sync", "--homepod-net", "127.0.0.1/32"],
             stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL)
     for _ in range(600):
         found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
@@ -149,6 +149,9 @@ class GitCGIHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.0"
     project_root = ""
+    # TCP_NODELAY, as uvicorn (asyncio) sets it: the CGI's small writes must not wait for
+    # the client's delayed ACK (40 ms on loopback).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._cgi()

@@ -30,7 +30,9 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +253,7 @@ def _record_push(db_path: Path, repo: str, user: str, updated: list[dict[str, st
         db.close()
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: _GitProcess) -> None:
     """SIGKILL git's whole process group (http-backend, receive-pack or upload-pack, hooks)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -302,12 +304,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     if config:
         env["GIT_CONFIG_COUNT"] = str(len(config))
-    proc = await asyncio.create_subprocess_exec(
-        "git", "http-backend",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, limit=4 * CHUNK, start_new_session=True,
-    )
-    _grow_pipe(proc)
+    proc = await _spawn_git(env)
     counts = {"in": 0, "out": 0}
     if outside_cfg:
         _configs[id(counts)] = outside_cfg
@@ -348,7 +345,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
     return _DuplexResponse(body(), status_code=status, headers=headers)
 
 
-async def _watchdog(proc: asyncio.subprocess.Process, timeout: float,
+async def _watchdog(proc: _GitProcess, timeout: float,
                     counts: dict[str, int]) -> None:
     """Kill git's process group when it outlives ``timeout`` seconds."""
     with contextlib.suppress(asyncio.TimeoutError):
@@ -374,20 +371,117 @@ class _DuplexResponse(StreamingResponse):
             log.info("client went away during a git response")
 
 
-def _grow_pipe(proc: asyncio.subprocess.Process) -> None:
+def _grow_pipe(fd: int) -> None:
     """Enlarge the CGI's stdout pipe to 1 MiB (Linux F_SETPIPE_SZ): fewer, larger reads
     per pack, which matters when many clones share the one event-loop thread."""
     try:
         import fcntl
 
-        transport = proc._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
-        pipe = transport.get_extra_info("pipe")
-        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except (AttributeError, OSError, ValueError):
         pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB works
 
 
-async def _watch_disconnect(request: Request, proc: asyncio.subprocess.Process,
+class _GitProcess:
+    """A running ``git http-backend`` joined to the event loop: the parts of
+    ``asyncio.subprocess.Process`` this module uses (``pid``, ``returncode``, ``wait``,
+    ``stdin`` a StreamWriter, ``stdout`` and ``stderr`` StreamReaders)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int],
+                 stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader,
+                 stderr: asyncio.StreamReader) -> None:
+        self._popen = popen
+        self._exited = exited
+        self.pid = popen.pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once git has been reaped, else None."""
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        """Wait for git to exit; its exit status (negative: killed by that signal)."""
+        return await asyncio.shield(self._exited)
+
+
+async def _spawn_git(env: dict[str, str]) -> _GitProcess:
+    """Start ``git http-backend`` in its own session with piped stdin, stdout and stderr.
+
+    ``subprocess.Popen`` (CPython starts it with vfork) rather than
+    ``asyncio.create_subprocess_exec``: under uvloop, uvicorn's loop, the latter forks the
+    whole service and took 5-10 ms a request against 0.2 ms (issue 18, docs/benchmarks.md
+    "Session 6"). The exit is watched through a pidfd on the loop (Linux >= 5.3), else by
+    a thread that waits for the child.
+
+    Returns:
+        The running process; its stdout pipe enlarged by :func:`_grow_pipe`.
+
+    Raises:
+        OSError: git could not be started.
+    """
+    loop = asyncio.get_running_loop()
+    popen = subprocess.Popen(["git", "http-backend"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             start_new_session=True)
+    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+    try:
+        _grow_pipe(popen.stdout.fileno())
+        exited: asyncio.Future[int] = loop.create_future()
+        _watch_exit(loop, popen, exited)
+        stdout = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
+        await loop.connect_read_pipe(lambda: _PipeReader(stdout, loop=loop), popen.stdout)
+        stderr = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
+        await loop.connect_read_pipe(lambda: _PipeReader(stderr, loop=loop), popen.stderr)
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, popen.stdin)
+        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        raise
+    return _GitProcess(popen, exited, stdin, stdout, stderr)
+
+
+class _PipeReader(asyncio.StreamReaderProtocol):
+    """A StreamReader's protocol for a pipe that closes it at end of file: uvloop keeps a
+    pipe open after EOF when the protocol asks to (``StreamReaderProtocol`` does, for
+    half-closed sockets), and the descriptor then leaked until the next collection."""
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
+
+
+def _watch_exit(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes],
+                exited: asyncio.Future[int]) -> None:
+    """Resolve ``exited`` with the exit status when the child ends (it is reaped here)."""
+
+    def done(code: int) -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits
+        threading.Thread(target=lambda: loop.call_soon_threadsafe(done, popen.wait()),
+                         daemon=True).start()
+        return
+
+    def readable() -> None:
+        code = popen.poll()
+        if code is None:
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        done(code)
+
+    loop.add_reader(pidfd, readable)
+
+
+async def _watch_disconnect(request: Request, proc: _GitProcess,
                             counts: dict[str, int]) -> None:
     """After a fetch's request body: kill upload-pack when the client goes away.
 
@@ -405,7 +499,7 @@ async def _watch_disconnect(request: Request, proc: asyncio.subprocess.Process,
             return
 
 
-async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
+async def _pump_body(request: Request, proc: _GitProcess,
                      counts: dict[str, int], service: str) -> None:
     assert proc.stdin is not None
     try:
@@ -435,7 +529,7 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
             proc.stdin.close()
 
 
-async def _collect_stderr(proc: asyncio.subprocess.Process) -> str:
+async def _collect_stderr(proc: _GitProcess) -> str:
     assert proc.stderr is not None
     data = await proc.stderr.read(65536)
     while await proc.stderr.read(65536):
@@ -460,7 +554,7 @@ async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str
     return status, headers
 
 
-async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
+async def _finish(proc: _GitProcess, pump: asyncio.Task[None],
                   errors: asyncio.Task[str], watchdog: asyncio.Task[None], request: Request,
                   repo: str, service: str, principal: Principal, settings: GitSettings,
                   counts: dict[str, int], report: str | None, status: int) -> None:
