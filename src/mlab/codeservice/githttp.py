@@ -383,19 +383,18 @@ def _grow_pipe(fd: int) -> None:
 
 
 class _GitProcess:
-    """A running ``git http-backend`` joined to the event loop: the parts of
-    ``asyncio.subprocess.Process`` this module uses (``pid``, ``returncode``, ``wait``,
-    ``stdin`` a StreamWriter, ``stdout`` and ``stderr`` StreamReaders)."""
+    """A running ``git http-backend`` joined to the event loop: ``pid``, ``returncode``,
+    ``wait()``, ``stdin`` (:class:`_PipeOut`), ``stdout`` and ``stderr`` (StreamReaders)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int],
-                 stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader,
-                 stderr: asyncio.StreamReader) -> None:
-        self._popen = popen
-        self._exited = exited
+                 stdin: _PipeOut, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
+                 pipes: list[_PipeIn]) -> None:
         self.pid = popen.pid
+        self._exited = exited
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
+        self._pipes = pipes
 
     @property
     def returncode(self) -> int | None:
@@ -405,6 +404,102 @@ class _GitProcess:
     async def wait(self) -> int:
         """Wait for git to exit; its exit status (negative: killed by that signal)."""
         return await asyncio.shield(self._exited)
+
+    def close(self) -> None:
+        """Close this side of every pipe (idempotent)."""
+        self.stdin.close()
+        for pipe in self._pipes:
+            pipe.close()
+
+
+class _PipeIn:
+    """Feeds a StreamReader from a pipe through ``loop.add_reader``, pausing while the
+    reader holds more than twice its limit (StreamReader calls ``pause_reading``).
+
+    Not ``loop.connect_read_pipe``: uvloop's pipe transport closes the descriptor and then
+    closes the file object given to it again, which in this threaded process closed
+    whatever file had just reused the number (seen: the SQLite ``-shm`` of a push's
+    bookkeeping, which then waited 30 s for a lock).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
+                 reader: asyncio.StreamReader) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._reader = reader
+        self._paused = False
+        os.set_blocking(fd, False)
+        reader.set_transport(self)  # type: ignore[arg-type]
+        loop.add_reader(fd, self._ready)
+
+    def _ready(self) -> None:
+        try:
+            data = os.read(self._fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._reader.set_exception(exc)
+            self.close()
+            return
+        if data:
+            self._reader.feed_data(data)
+        else:
+            self._reader.feed_eof()
+            self.close()
+
+    def pause_reading(self) -> None:
+        """Stop reading until :meth:`resume_reading` (StreamReader's back-pressure)."""
+        if not self._paused and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        if self._paused and self._fd >= 0:
+            self._loop.add_reader(self._fd, self._ready)
+            self._paused = False
+
+    def close(self) -> None:
+        """Stop reading and close the descriptor (once)."""
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _PipeOut:
+    """Writes to a pipe through ``loop.add_writer``: ``await write(data)`` returns when
+    every byte is in the pipe (back-pressure); ``BrokenPipeError`` when git has gone."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        os.set_blocking(fd, False)
+
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        view = memoryview(data)
+        while view:
+            if self._fd < 0:
+                raise BrokenPipeError("git's stdin is closed")
+            try:
+                view = view[os.write(self._fd, view):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            ready: asyncio.Future[None] = self._loop.create_future()
+            fd = self._fd
+            self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                self._loop.remove_writer(fd)
+
+    def close(self) -> None:
+        """Close the descriptor (once): git reads end of file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 async def _spawn_git(env: dict[str, str]) -> _GitProcess:
@@ -423,36 +518,26 @@ async def _spawn_git(env: dict[str, str]) -> _GitProcess:
         OSError: git could not be started.
     """
     loop = asyncio.get_running_loop()
-    popen = subprocess.Popen(["git", "http-backend"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                             start_new_session=True)
-    assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+    pipes = [os.pipe() for _ in range(3)]  # (read, write) each, close-on-exec
+    child = (pipes[0][0], pipes[1][1], pipes[2][1])
+    ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
     try:
-        _grow_pipe(popen.stdout.fileno())
-        exited: asyncio.Future[int] = loop.create_future()
-        _watch_exit(loop, popen, exited)
-        stdout = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
-        await loop.connect_read_pipe(lambda: _PipeReader(stdout, loop=loop), popen.stdout)
-        stderr = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
-        await loop.connect_read_pipe(lambda: _PipeReader(stderr, loop=loop), popen.stderr)
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, popen.stdin)
-        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        popen = subprocess.Popen(["git", "http-backend"], stdin=child[0], stdout=child[1],
+                                 stderr=child[2], env=env, start_new_session=True)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, signal.SIGKILL)
+        for fd in ours:
+            os.close(fd)
         raise
-    return _GitProcess(popen, exited, stdin, stdout, stderr)
-
-
-class _PipeReader(asyncio.StreamReaderProtocol):
-    """A StreamReader's protocol for a pipe that closes it at end of file: uvloop keeps a
-    pipe open after EOF when the protocol asks to (``StreamReaderProtocol`` does, for
-    half-closed sockets), and the descriptor then leaked until the next collection."""
-
-    def eof_received(self) -> bool:
-        super().eof_received()
-        return False
+    finally:
+        for fd in child:
+            os.close(fd)
+    _grow_pipe(ours[1])
+    exited: asyncio.Future[int] = loop.create_future()
+    _watch_exit(loop, popen, exited)
+    stdout = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
+    stderr = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
+    readers = [_PipeIn(loop, ours[1], stdout), _PipeIn(loop, ours[2], stderr)]
+    return _GitProcess(popen, exited, _PipeOut(loop, ours[0]), stdout, stderr, readers)
 
 
 def _watch_exit(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes],
@@ -509,8 +594,7 @@ async def _pump_body(request: Request, proc: _GitProcess,
             if counts["in"] == 0:
                 counts["ls_refs"] = int(chunk.startswith(b"0014command=ls-refs"))
             counts["in"] += len(chunk)
-            proc.stdin.write(chunk)
-            await proc.stdin.drain()
+            await proc.stdin.write(chunk)
     except ClientDisconnect:
         # The client left before its body was complete: nothing git does now can reach it,
         # and a partial push must not be applied. receive-pack has not started its ref
@@ -525,8 +609,7 @@ async def _pump_body(request: Request, proc: _GitProcess,
                 _watch_disconnect(request, proc, counts))
             _watchers[id(counts)] = watcher
     finally:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.close()
+        proc.stdin.close()
 
 
 async def _collect_stderr(proc: _GitProcess) -> str:
@@ -575,6 +658,7 @@ async def _finish(proc: _GitProcess, pump: asyncio.Task[None],
             os.unlink(_configs.pop(id(counts)))
         stderr = await errors
     finally:
+        proc.close()
         if settings.slots is not None:
             settings.slots.give(principal.name)
     if code != 0 and stderr.strip():
