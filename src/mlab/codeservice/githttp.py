@@ -126,6 +126,7 @@ class GitSlots:
         self.wait = wait
         self.running: dict[str, int] = {}
         self._changed: asyncio.Condition | None = None
+        self._waiting = 0
 
     def _free(self, user: str) -> bool:
         return (self.running.get(user, 0) < self.per_user
@@ -133,15 +134,22 @@ class GitSlots:
 
     async def take(self, user: str) -> Response | None:
         """Reserve a slot for ``user``; a 429/503 response when none came free in time."""
+        if not self._waiting and self._free(user):  # nobody queued: no condition, no task
+            self.running[user] = self.running.get(user, 0) + 1
+            return None
         if self._changed is None:
             self._changed = asyncio.Condition()
-        async with self._changed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._free(user)), self.wait)
-            if self._free(user):
-                self.running[user] = self.running.get(user, 0) + 1
-                return None
+        self._waiting += 1
+        try:
+            async with self._changed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self._free(user)), self.wait)
+                if self._free(user):
+                    self.running[user] = self.running.get(user, 0) + 1
+                    return None
+        finally:
+            self._waiting -= 1
         if self.running.get(user, 0) >= self.per_user:
             return PlainTextResponse(
                 f"too many git requests of {user} at once (limit {self.per_user}, site "
@@ -159,7 +167,7 @@ class GitSlots:
             self.running[user] = left
         else:
             self.running.pop(user, None)
-        if self._changed is not None:
+        if self._changed is not None and self._waiting:
             changed = self._changed
 
             async def wake() -> None:
