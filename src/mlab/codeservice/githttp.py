@@ -497,7 +497,12 @@ class _PipeOut:
                 pass
             ready: asyncio.Future[None] = self._loop.create_future()
             fd = self._fd
-            self._loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+
+            def writable() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            self._loop.add_writer(fd, writable)
             try:
                 await ready
             finally:
