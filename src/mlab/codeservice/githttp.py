@@ -30,9 +30,7 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import tempfile
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +42,10 @@ from starlette.types import Receive, Scope, Send
 
 from mlab.codeservice import audit
 from mlab.codeservice.auth import Principal
+from mlab.codeservice.gitproc import CHUNK, GitProcess, spawn_git
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 SERVICES = ("git-upload-pack", "git-receive-pack")
 _background: set[asyncio.Task[None]] = set()
 """Finishing tasks of pushes whose client went away (kept referenced until done)."""
@@ -261,7 +259,7 @@ def _record_push(db_path: Path, repo: str, user: str, updated: list[dict[str, st
         db.close()
 
 
-def _kill_group(proc: _GitProcess) -> None:
+def _kill_group(proc: GitProcess) -> None:
     """SIGKILL git's whole process group (http-backend, receive-pack or upload-pack, hooks)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -312,7 +310,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     if config:
         env["GIT_CONFIG_COUNT"] = str(len(config))
-    proc = await _spawn_git(env)
+    proc = await spawn_git(env)
     counts = {"in": 0, "out": 0}
     if outside_cfg:
         _configs[id(counts)] = outside_cfg
@@ -353,7 +351,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
     return _DuplexResponse(body(), status_code=status, headers=headers)
 
 
-async def _watchdog(proc: _GitProcess, timeout: float,
+async def _watchdog(proc: GitProcess, timeout: float,
                     counts: dict[str, int]) -> None:
     """Kill git's process group when it outlives ``timeout`` seconds."""
     with contextlib.suppress(asyncio.TimeoutError):
@@ -379,207 +377,7 @@ class _DuplexResponse(StreamingResponse):
             log.info("client went away during a git response")
 
 
-def _grow_pipe(fd: int) -> None:
-    """Enlarge the CGI's stdout pipe to 1 MiB (Linux F_SETPIPE_SZ): fewer, larger reads
-    per pack, which matters when many clones share the one event-loop thread."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (AttributeError, OSError, ValueError):
-        pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB works
-
-
-class _GitProcess:
-    """A running ``git http-backend`` joined to the event loop: ``pid``, ``returncode``,
-    ``wait()``, ``stdin`` (:class:`_PipeOut`), ``stdout`` and ``stderr`` (StreamReaders)."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int],
-                 stdin: _PipeOut, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
-                 pipes: list[_PipeIn]) -> None:
-        self.pid = popen.pid
-        self._exited = exited
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self._pipes = pipes
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once git has been reaped, else None."""
-        return self._exited.result() if self._exited.done() else None
-
-    async def wait(self) -> int:
-        """Wait for git to exit; its exit status (negative: killed by that signal)."""
-        return await asyncio.shield(self._exited)
-
-    def close(self) -> None:
-        """Close this side of every pipe (idempotent)."""
-        self.stdin.close()
-        for pipe in self._pipes:
-            pipe.close()
-
-
-class _PipeIn:
-    """Feeds a StreamReader from a pipe through ``loop.add_reader``, pausing while the
-    reader holds more than twice its limit (StreamReader calls ``pause_reading``).
-
-    Not ``loop.connect_read_pipe``: uvloop's pipe transport closes the descriptor and then
-    closes the file object given to it again, which in this threaded process closed
-    whatever file had just reused the number (seen: the SQLite ``-shm`` of a push's
-    bookkeeping, which then waited 30 s for a lock).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
-                 reader: asyncio.StreamReader) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._reader = reader
-        self._paused = False
-        os.set_blocking(fd, False)
-        reader.set_transport(self)  # type: ignore[arg-type]
-        loop.add_reader(fd, self._ready)
-
-    def _ready(self) -> None:
-        try:
-            data = os.read(self._fd, CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._reader.set_exception(exc)
-            self.close()
-            return
-        if data:
-            self._reader.feed_data(data)
-        else:
-            self._reader.feed_eof()
-            self.close()
-
-    def pause_reading(self) -> None:
-        """Stop reading until :meth:`resume_reading` (StreamReader's back-pressure)."""
-        if not self._paused and self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            self._paused = True
-
-    def resume_reading(self) -> None:
-        """Read again after :meth:`pause_reading`."""
-        if self._paused and self._fd >= 0:
-            self._loop.add_reader(self._fd, self._ready)
-            self._paused = False
-
-    def close(self) -> None:
-        """Stop reading and close the descriptor (once)."""
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-
-class _PipeOut:
-    """Writes to a pipe through ``loop.add_writer``: ``await write(data)`` returns when
-    every byte is in the pipe (back-pressure); ``BrokenPipeError`` when git has gone."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self._loop = loop
-        self._fd = fd
-        os.set_blocking(fd, False)
-
-    async def write(self, data: bytes) -> None:
-        """Write all of ``data``."""
-        view = memoryview(data)
-        while view:
-            if self._fd < 0:
-                raise BrokenPipeError("git's stdin is closed")
-            try:
-                view = view[os.write(self._fd, view):]
-                continue
-            except (BlockingIOError, InterruptedError):
-                pass
-            ready: asyncio.Future[None] = self._loop.create_future()
-            fd = self._fd
-
-            def writable() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            self._loop.add_writer(fd, writable)
-            try:
-                await ready
-            finally:
-                self._loop.remove_writer(fd)
-
-    def close(self) -> None:
-        """Close the descriptor (once): git reads end of file."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-async def _spawn_git(env: dict[str, str]) -> _GitProcess:
-    """Start ``git http-backend`` in its own session with piped stdin, stdout and stderr.
-
-    ``subprocess.Popen`` (CPython starts it with vfork) rather than
-    ``asyncio.create_subprocess_exec``: under uvloop, uvicorn's loop, the latter forks the
-    whole service and took 5-10 ms a request against 0.2 ms (issue 18, docs/benchmarks.md
-    "Session 6"). The exit is watched through a pidfd on the loop (Linux >= 5.3), else by
-    a thread that waits for the child.
-
-    Returns:
-        The running process; its stdout pipe enlarged by :func:`_grow_pipe`.
-
-    Raises:
-        OSError: git could not be started.
-    """
-    loop = asyncio.get_running_loop()
-    pipes = [os.pipe() for _ in range(3)]  # (read, write) each, close-on-exec
-    child = (pipes[0][0], pipes[1][1], pipes[2][1])
-    ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
-    try:
-        popen = subprocess.Popen(["git", "http-backend"], stdin=child[0], stdout=child[1],
-                                 stderr=child[2], env=env, start_new_session=True)
-    except BaseException:
-        for fd in ours:
-            os.close(fd)
-        raise
-    finally:
-        for fd in child:
-            os.close(fd)
-    _grow_pipe(ours[1])
-    exited: asyncio.Future[int] = loop.create_future()
-    _watch_exit(loop, popen, exited)
-    stdout = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
-    stderr = asyncio.StreamReader(limit=4 * CHUNK, loop=loop)
-    readers = [_PipeIn(loop, ours[1], stdout), _PipeIn(loop, ours[2], stderr)]
-    return _GitProcess(popen, exited, _PipeOut(loop, ours[0]), stdout, stderr, readers)
-
-
-def _watch_exit(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes],
-                exited: asyncio.Future[int]) -> None:
-    """Resolve ``exited`` with the exit status when the child ends (it is reaped here)."""
-
-    def done(code: int) -> None:
-        if not exited.done():
-            exited.set_result(code)
-
-    try:
-        pidfd = os.pidfd_open(popen.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits
-        threading.Thread(target=lambda: loop.call_soon_threadsafe(done, popen.wait()),
-                         daemon=True).start()
-        return
-
-    def readable() -> None:
-        code = popen.poll()
-        if code is None:
-            return
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        done(code)
-
-    loop.add_reader(pidfd, readable)
-
-
-async def _watch_disconnect(request: Request, proc: _GitProcess,
+async def _watch_disconnect(request: Request, proc: GitProcess,
                             counts: dict[str, int]) -> None:
     """After a fetch's request body: kill upload-pack when the client goes away.
 
@@ -597,7 +395,7 @@ async def _watch_disconnect(request: Request, proc: _GitProcess,
             return
 
 
-async def _pump_body(request: Request, proc: _GitProcess,
+async def _pump_body(request: Request, proc: GitProcess,
                      counts: dict[str, int], service: str) -> None:
     assert proc.stdin is not None
     try:
@@ -625,7 +423,7 @@ async def _pump_body(request: Request, proc: _GitProcess,
         proc.stdin.close()
 
 
-async def _collect_stderr(proc: _GitProcess) -> str:
+async def _collect_stderr(proc: GitProcess) -> str:
     assert proc.stderr is not None
     data = await proc.stderr.read(65536)
     while await proc.stderr.read(65536):
@@ -650,7 +448,7 @@ async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str
     return status, headers
 
 
-async def _finish(proc: _GitProcess, pump: asyncio.Task[None],
+async def _finish(proc: GitProcess, pump: asyncio.Task[None],
                   errors: asyncio.Task[str], watchdog: asyncio.Task[None], request: Request,
                   repo: str, service: str, principal: Principal, settings: GitSettings,
                   counts: dict[str, int], report: str | None, status: int) -> None:
