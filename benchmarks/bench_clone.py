@@ -5,7 +5,10 @@ gzip its requests; ``--size-mb``: 200 MB of incompressible blobs) are approved a
 of the service. The baseline serves a byte-identical copy (``cp -a``) of the service's own
 mirror through plain ``git http-backend`` behind a minimal CGI server that passes the
 ``Git-Protocol`` and ``Content-Encoding`` headers, so both sides speak protocol v2 and
-both accept gzipped requests. For each repository, in interleaved samples (A B A B ...):
+both accept gzipped requests. The service is told that the benchmark's clients are HomePods
+(``--homepod-net 127.0.0.1/32``): the users' path; an outside client of a ``reviewed`` site
+is served protocol v0 and a filtered view, which the baseline does not do. The baseline
+sets ``TCP_NODELAY`` as uvicorn does (else each response waits 40 ms for a delayed ACK). For each repository, in interleaved samples (A B A B ...):
 
 - a bare clone through the service and through the baseline;
 - a fetch with nothing new (every ref) through both;
@@ -119,7 +122,7 @@ def start_service(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlab.cli.main", "code-service", "serve", "--data",
              str(tmp / "data"), "--site", str(site), "--host", "127.0.0.1", "--port", "0",
-             "--users-dir", str(users), "--no-background-sync"],
+             "--users-dir", str(users), "--no-background-sync", "--homepod-net", "127.0.0.1/32"],
             stdout=subprocess.DEVNULL, stderr=fh, stdin=subprocess.DEVNULL)
     for _ in range(600):
         found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
@@ -149,6 +152,9 @@ class GitCGIHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.0"
     project_root = ""
+    # TCP_NODELAY, as uvicorn (asyncio) sets it: the CGI's small writes must not wait for
+    # the client's delayed ACK (40 ms on loopback).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._cgi()

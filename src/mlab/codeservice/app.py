@@ -122,6 +122,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         A Starlette app; ``app.state`` holds ``config``, ``store``, ``auth``.
     """
     store = store or prepare_data_dir(config)
+    store.keep_open()
     cs = config.site.code_service
     lim = cs.limits
     git_settings = githttp.GitSettings(

@@ -42,10 +42,10 @@ from starlette.types import Receive, Scope, Send
 
 from mlab.codeservice import audit
 from mlab.codeservice.auth import Principal
+from mlab.codeservice.gitproc import CHUNK, GitProcess, spawn_git
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 SERVICES = ("git-upload-pack", "git-receive-pack")
 _background: set[asyncio.Task[None]] = set()
 """Finishing tasks of pushes whose client went away (kept referenced until done)."""
@@ -124,6 +124,7 @@ class GitSlots:
         self.wait = wait
         self.running: dict[str, int] = {}
         self._changed: asyncio.Condition | None = None
+        self._waiting = 0
 
     def _free(self, user: str) -> bool:
         return (self.running.get(user, 0) < self.per_user
@@ -131,15 +132,22 @@ class GitSlots:
 
     async def take(self, user: str) -> Response | None:
         """Reserve a slot for ``user``; a 429/503 response when none came free in time."""
+        if not self._waiting and self._free(user):  # nobody queued: no condition, no task
+            self.running[user] = self.running.get(user, 0) + 1
+            return None
         if self._changed is None:
             self._changed = asyncio.Condition()
-        async with self._changed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._free(user)), self.wait)
-            if self._free(user):
-                self.running[user] = self.running.get(user, 0) + 1
-                return None
+        self._waiting += 1
+        try:
+            async with self._changed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self._free(user)), self.wait)
+                if self._free(user):
+                    self.running[user] = self.running.get(user, 0) + 1
+                    return None
+        finally:
+            self._waiting -= 1
         if self.running.get(user, 0) >= self.per_user:
             return PlainTextResponse(
                 f"too many git requests of {user} at once (limit {self.per_user}, site "
@@ -157,7 +165,7 @@ class GitSlots:
             self.running[user] = left
         else:
             self.running.pop(user, None)
-        if self._changed is not None:
+        if self._changed is not None and self._waiting:
             changed = self._changed
 
             async def wake() -> None:
@@ -251,7 +259,7 @@ def _record_push(db_path: Path, repo: str, user: str, updated: list[dict[str, st
         db.close()
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: GitProcess) -> None:
     """SIGKILL git's whole process group (http-backend, receive-pack or upload-pack, hooks)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -302,12 +310,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     if config:
         env["GIT_CONFIG_COUNT"] = str(len(config))
-    proc = await asyncio.create_subprocess_exec(
-        "git", "http-backend",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, limit=4 * CHUNK, start_new_session=True,
-    )
-    _grow_pipe(proc)
+    proc = await spawn_git(env)
     counts = {"in": 0, "out": 0}
     if outside_cfg:
         _configs[id(counts)] = outside_cfg
@@ -348,7 +351,7 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
     return _DuplexResponse(body(), status_code=status, headers=headers)
 
 
-async def _watchdog(proc: asyncio.subprocess.Process, timeout: float,
+async def _watchdog(proc: GitProcess, timeout: float,
                     counts: dict[str, int]) -> None:
     """Kill git's process group when it outlives ``timeout`` seconds."""
     with contextlib.suppress(asyncio.TimeoutError):
@@ -374,20 +377,7 @@ class _DuplexResponse(StreamingResponse):
             log.info("client went away during a git response")
 
 
-def _grow_pipe(proc: asyncio.subprocess.Process) -> None:
-    """Enlarge the CGI's stdout pipe to 1 MiB (Linux F_SETPIPE_SZ): fewer, larger reads
-    per pack, which matters when many clones share the one event-loop thread."""
-    try:
-        import fcntl
-
-        transport = proc._transport.get_pipe_transport(1)  # type: ignore[attr-defined]
-        pipe = transport.get_extra_info("pipe")
-        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (AttributeError, OSError, ValueError):
-        pass  # not Linux, or over /proc/sys/fs/pipe-max-size: the default 64 KiB works
-
-
-async def _watch_disconnect(request: Request, proc: asyncio.subprocess.Process,
+async def _watch_disconnect(request: Request, proc: GitProcess,
                             counts: dict[str, int]) -> None:
     """After a fetch's request body: kill upload-pack when the client goes away.
 
@@ -405,7 +395,7 @@ async def _watch_disconnect(request: Request, proc: asyncio.subprocess.Process,
             return
 
 
-async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
+async def _pump_body(request: Request, proc: GitProcess,
                      counts: dict[str, int], service: str) -> None:
     assert proc.stdin is not None
     try:
@@ -415,8 +405,7 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
             if counts["in"] == 0:
                 counts["ls_refs"] = int(chunk.startswith(b"0014command=ls-refs"))
             counts["in"] += len(chunk)
-            proc.stdin.write(chunk)
-            await proc.stdin.drain()
+            await proc.stdin.write(chunk)
     except ClientDisconnect:
         # The client left before its body was complete: nothing git does now can reach it,
         # and a partial push must not be applied. receive-pack has not started its ref
@@ -431,11 +420,10 @@ async def _pump_body(request: Request, proc: asyncio.subprocess.Process,
                 _watch_disconnect(request, proc, counts))
             _watchers[id(counts)] = watcher
     finally:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.close()
+        proc.stdin.close()
 
 
-async def _collect_stderr(proc: asyncio.subprocess.Process) -> str:
+async def _collect_stderr(proc: GitProcess) -> str:
     assert proc.stderr is not None
     data = await proc.stderr.read(65536)
     while await proc.stderr.read(65536):
@@ -460,7 +448,7 @@ async def _read_cgi_headers(stdout: asyncio.StreamReader) -> tuple[int, dict[str
     return status, headers
 
 
-async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
+async def _finish(proc: GitProcess, pump: asyncio.Task[None],
                   errors: asyncio.Task[str], watchdog: asyncio.Task[None], request: Request,
                   repo: str, service: str, principal: Principal, settings: GitSettings,
                   counts: dict[str, int], report: str | None, status: int) -> None:
@@ -481,6 +469,7 @@ async def _finish(proc: asyncio.subprocess.Process, pump: asyncio.Task[None],
             os.unlink(_configs.pop(id(counts)))
         stderr = await errors
     finally:
+        proc.close()
         if settings.slots is not None:
             settings.slots.give(principal.name)
     if code != 0 and stderr.strip():
