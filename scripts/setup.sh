@@ -49,7 +49,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,node]'
+# MLab and its runtime dependencies first: enough for the image build to start (below).
+.venv/bin/pip install -q --disable-pip-version-check -e .
 finish_apt
 
 # The HomePod image `mlab up` runs (minutes on a brand-new machine, mostly mmdebstrap: dpkg
@@ -77,6 +78,14 @@ finish_image() {
     echo "setup: WARNING: the HomePod image build failed; \`mlab up\` tries again (log: $image_log)" >&2
   fi
 }
+
+# The extras (test: mypyc for the compiled emitter, the test tools; node) install while the
+# image builds. Their requirements are read from pyproject.toml and installed by name, so
+# pip does not reinstall MLab itself under the running build.
+readarray -t extras < <(.venv/bin/python -c 'import tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print("\n".join(req for name in ("test", "node") for req in extras[name]))')
+.venv/bin/pip install -q --disable-pip-version-check "${extras[@]}"
 
 # Part of the command itself (mlab render's YAML writer and site loader), so run without
 # --tests too.
