@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import hashlib
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +29,8 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
+
+from mlab.compiled import stamped_module
 
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
@@ -141,23 +141,10 @@ COMPILED_MODULE = "mlab_yamlc"
 
 
 def compiled_loader() -> ModuleType | None:
-    """The compiled loader when it is installed and built from this very ``strict_yaml_c.c``.
-
-    The build stamps the module with the sha256 of the source it compiled
-    (``SOURCE_SHA256``); a stale or missing build is not used (the loader below gives the
-    same objects, only slower).
-    """
-    try:
-        module = importlib.import_module(COMPILED_MODULE)
-    except ImportError:
-        return None
-    try:
-        source = Path(__file__).with_name("strict_yaml_c.c").read_bytes()
-    except OSError:
-        return None
-    if getattr(module, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
-        return None
-    return module
+    """The compiled loader when it is installed and built from this very ``strict_yaml_c.c``
+    (:func:`mlab.compiled.stamped_module`); else None (the loader below gives the same
+    objects, only slower)."""
+    return stamped_module(COMPILED_MODULE, Path(__file__).with_name("strict_yaml_c.c"))
 
 
 _compiled = compiled_loader()

@@ -15,12 +15,11 @@ The lines themselves come from :mod:`mlab.render.emit`, compiled by mypyc when b
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
+from mlab.compiled import stamped_module
 from mlab.render import emit as _pure
 from mlab.render.common import ANNOTATION_EDGE
 
@@ -29,20 +28,10 @@ COMPILED_MODULE = "mlab_emitc"
 
 
 def compiled_core() -> ModuleType | None:
-    """The compiled emitter when it is installed and built from this very ``emit.py``.
-
-    The build stamps the module with the sha256 of the source it compiled
-    (``SOURCE_SHA256``); a stale or missing build is not used (the pure module gives the
-    same bytes, only slower).
-    """
-    try:
-        module = importlib.import_module(COMPILED_MODULE)
-    except ImportError:
-        return None
-    source = Path(_pure.__file__).read_bytes()
-    if getattr(module, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
-        return None
-    return module
+    """The compiled emitter when it is installed and built from this very ``emit.py``
+    (:func:`mlab.compiled.stamped_module`); else None (the pure module gives the same
+    bytes, only slower)."""
+    return stamped_module(COMPILED_MODULE, Path(_pure.__file__))
 
 
 _core: Any = compiled_core() or _pure
