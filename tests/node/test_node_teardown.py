@@ -12,11 +12,13 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from nodekit import NAMESPACE, SITE, Node
 
-from mlab.node import layout
+from mlab.node import cri, layout
+from mlab.node.layout import default_layout
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -111,9 +113,7 @@ def test_delete_never_lets_a_homepod_out(site_up: Node) -> None:
 
 def _node_processes() -> list[str]:
     """Command lines of live processes that belong to the node (its programs and shims)."""
-    from pathlib import Path
-
-    from mlab.node.layout import RUN_DIR, default_layout
+    from mlab.node.layout import RUN_DIR
 
     marks = (str(default_layout().root), str(RUN_DIR))
     found = []
@@ -150,3 +150,22 @@ def test_down_stops_everything_and_up_comes_back(node: Node) -> None:
     assert proc.returncode == 0, proc.stderr
     print(f"node up (cached) after down: {time.monotonic() - start:.1f}s")
     assert node.mlab("node", "status").returncode == 0
+    # containerd was started fresh: the kubelet must not have met a CRI still initialising
+    # (it exits on "server is not initialized yet"; mlab.node.cri is the wait for it)
+    log = default_layout().log("kubelet").read_text(errors="replace")
+    assert "server is not initialized yet" not in log.split("=== mlab node: starting")[-1]
+
+
+def test_cri_probe_tells_a_serving_cri_from_any_other_socket(node: Node, tmp_path: Path) -> None:
+    """The wait before the kubelet starts: true only where a CRI answers a Version call."""
+    sock = default_layout().containerd_socket
+    assert cri.cri_serving(sock)
+    assert not cri.cri_serving(sock.with_name(sock.name + ".ttrpc"))  # live, not gRPC
+    assert not cri.cri_serving(tmp_path / "missing.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "silent.sock"))
+    listener.listen()
+    try:
+        assert not cri.cri_serving(tmp_path / "silent.sock", timeout=1.0)  # never answers
+    finally:
+        listener.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from mlab.errors import DeployError, UsageError
-from mlab.node import addons, build, config, hostnet, images, layout, pki, supervisor
+from mlab.node import addons, build, config, cri, hostnet, images, layout, pki, supervisor
 from mlab.node.config import Component
 from mlab.node.layout import NodeLayout
 from mlab.render import dump_yaml
@@ -47,9 +47,12 @@ def health_checks(lay: NodeLayout, bins: dict[str, Path]) -> dict[str, Callable[
     ip = layout.NODE_IP
 
     def containerd_ok() -> bool:
+        # ctr answers once the socket is up; the kubelet needs the CRI, which initialises
+        # later (mlab.node.cri). Both, so a failure names which one is missing in the log.
         return subprocess.run(
             [str(bins["ctr"]), "--address", str(lay.containerd_socket), "version"],
-            capture_output=True, timeout=5, check=False).returncode == 0
+            capture_output=True, timeout=5, check=False).returncode == 0 and \
+            cri.cri_serving(lay.containerd_socket)
 
     return {
         "etcd": lambda: _http_ok(f"http://127.0.0.1:{layout.ETCD_CLIENT_PORT}/health"),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlab.errors import DeployError
+from mlab.errors import DeployError, MlabError
 from mlab.node.config import Component
 from mlab.node.layout import NodeLayout
 
@@ -106,6 +106,8 @@ def wait_until(lay: NodeLayout, comp: Component, ready: Callable[[], bool],
         try:
             if ready():
                 return
+        except MlabError:  # the probe itself cannot run (a missing tool): say so now
+            raise
         except Exception:  # noqa: BLE001 - any probe failure means "not yet"
             pass
         if not running_pid(lay, comp.name, comp.argv[0]) and not _still_running(lay, comp):
