@@ -41,6 +41,7 @@ from mlab.codeservice.auth import (
 )
 from mlab.codeservice.csrf import CSRFMiddleware
 from mlab.codeservice.hook import install_hooks
+from mlab.codeservice.hookserver import HookServer
 from mlab.codeservice.service_accounts import may_use_git, service_account_names
 from mlab.codeservice.store import Store
 from mlab.errors import MlabError
@@ -137,6 +138,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         homepod_nets=tuple(config.homepod_nets),
         not_homepods=reviewed.NonHomepods(config.db_path,
                                           service_account_names(config.site)),
+        hooks=HookServer(),
     )
     sync_locks: dict[str, asyncio.Lock] = {}
 
@@ -313,6 +315,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         try:
             yield
         finally:
+            await git_settings.hooks.close()  # type: ignore[union-attr]
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -43,6 +43,7 @@ from starlette.types import Receive, Scope, Send
 from mlab.codeservice import audit
 from mlab.codeservice.auth import Principal
 from mlab.codeservice.gitproc import CHUNK, GitProcess, spawn_git
+from mlab.codeservice.hookserver import HookServer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class GitSettings:
     not_homepods: Any = None
     """:class:`mlab.codeservice.reviewed.NonHomepods`: addresses in ``homepod_nets`` that
     service accounts logged in from (the Airlock, the portal); None: none known."""
+    hooks: HookServer | None = None
+    """Runs the pre-receive policy in the service (:mod:`hookserver`); None: the hook starts
+    Python itself (27-38 ms more per push)."""
 
     def outside(self, request: Request) -> bool:
         """Whether this request gets the reviewed (outside) view of user refs."""
@@ -304,13 +308,23 @@ async def _serve_slot(request: Request, repo: str, rest: str, service: str,
         fd, report = tempfile.mkstemp(prefix="push-", suffix=".json", dir=settings.home)
         os.close(fd)
         env["MLAB_PUSH_REPORT"] = report
+        if settings.hooks is not None:
+            env.update(await settings.hooks.register(
+                report, settings.repos_dir / f"{repo}.git",
+                {k: v for k, v in env.items() if k.startswith("MLAB_") or k in _ENV_KEEP
+                 or k in ("HOME", "GIT_CONFIG_NOSYSTEM")}))
 
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     if config:
         env["GIT_CONFIG_COUNT"] = str(len(config))
-    proc = await spawn_git(env)
+    try:
+        proc = await spawn_git(env)
+    except BaseException:
+        if report and settings.hooks is not None:
+            settings.hooks.forget(report)
+        raise
     counts = {"in": 0, "out": 0}
     if outside_cfg:
         _configs[id(counts)] = outside_cfg
@@ -480,6 +494,9 @@ async def _finish(proc: GitProcess, pump: asyncio.Task[None],
     updated: list[dict[str, str]] = []
     if report:
         from mlab.codeservice.hook import read_report
+
+        if settings.hooks is not None:
+            settings.hooks.forget(report)
 
         with contextlib.suppress(OSError):
             refused_refs, refused, updated = read_report(
