@@ -13,6 +13,7 @@ and the machines it runs on have two cores or more (issue 18).
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import struct
@@ -76,7 +77,7 @@ def encode_in_workers(parts: Sequence[TextPart], workers: int | None = None) -> 
     an anonymous in-memory file (``memfd_create``; no pipe, so it never waits for this
     process to read, and this process needs no reader thread competing for the GIL while it
     makes its own share) and exits; this process makes and encodes its own share meanwhile,
-    then waits for the workers and reads their files in one call each.
+    then waits for the workers and maps their files.
 
     Args:
         parts: pure parts (:func:`mlab.render.text_parts`).
@@ -164,9 +165,11 @@ def _collect(status: int, fd: int, count: int) -> list[Encoded] | None:
     if status != 0:
         return None
     size = os.fstat(fd).st_size
-    data = memoryview(os.pread(fd, size, 0)) if size else memoryview(b"")
-    if len(data) != size:
-        return None
+    if not size:
+        return [] if count == 0 else None
+    # Mapped, not read: the texts go from the worker's pages to the files without a copy
+    # in this process (43 MB at 10,000 users). The mapping lives as long as a view of it.
+    data = memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ))
     texts: list[Encoded] = []
     at = 0
     while at + _HEAD.size <= size and len(texts) < count:
