@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlab.render import (EncodedRunner, PartRunner, Rendered, render_encoded, render_site,
-                         render_texts, run_serially)
+from mlab.render import EncodedRunner, PartRunner, Rendered, render_encoded, render_site, render_texts, run_serially
 from mlab.secrets import load_or_create_passwords
 from mlab.site import Site
 from mlab.tls import SiteTls, load_or_create

@@ -19,7 +19,6 @@ from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.render import FILES, SECRETS_FILE
 
-
 Content = str | Sequence[bytes | memoryview]
 """A file's text, or its UTF-8 pieces in order (:func:`mlab.render.render_encoded`)."""
 
