@@ -142,11 +142,15 @@ def _fork(parts: Sequence[TextPart], indices: list[int]) -> tuple[int, int, list
     bytes, then exits 0; on any error it exits 1 at once (the parent makes its parts again).
     """
     fd = _scratch_file()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(fd)
+        raise
     if pid == 0:  # the worker: never returns
         status = 1
         try:
-            with open(fd, "wb", buffering=0, closefd=False) as out:
+            with open(fd, "wb", closefd=False) as out:  # buffered: writes whole
                 for i in indices:
                     data = parts[i].make().encode("utf-8")
                     out.write(_HEAD.pack(len(data)))
