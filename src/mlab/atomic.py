@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644, *, fsync: bool = True) -> None:
+def write_atomic(path: str | Path, data: bytes | str | Sequence[bytes | memoryview],
+                 mode: int = 0o644, *, fsync: bool = True) -> None:
     """Replace the file at ``path`` with ``data`` in one step.
 
     Args:
         path: the target; its parent directory must exist.
-        data: the whole new content; ``str`` is written as UTF-8.
+        data: the whole new content; ``str`` is written as UTF-8; a sequence of byte
+            strings (or views) is written piece after piece, never joined.
         mode: permission bits of the new file (e.g. ``0o600`` for secrets).
         fsync: flush the content to disk before the rename (durable across a crash).
 
@@ -27,12 +30,14 @@ def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644, *, fsyn
             is then unchanged and no temporary file is left behind.
     """
     path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    pieces = ([data.encode("utf-8")] if isinstance(data, str)
+              else [data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
-            fh.write(raw)
+            for piece in pieces:
+                fh.write(piece)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

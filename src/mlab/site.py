@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import zoneinfo
 from pathlib import Path
@@ -115,6 +116,31 @@ def _known_timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def _listed_timezone(name: str) -> bool:
+    """Whether ``zoneinfo.available_timezones()`` lists ``name`` (a well-formed key) through
+    a zoneinfo file, checked for this name alone, by the same rule: a file whose first bytes
+    are ``TZif`` under a ``zoneinfo.TZPATH`` root, reached through real directories (the
+    walk follows no directory links), not under ``right/`` or ``posix/``, not
+    ``posixrules``. False means only "not found this way" (tzdata may still list it)."""
+    parts = name.split("/")
+    if name == "posixrules" or parts[0] in ("right", "posix"):
+        return False
+    for root in zoneinfo.TZPATH:
+        path = root
+        for part in parts[:-1]:
+            path = os.path.join(path, part)
+            if os.path.islink(path) or not os.path.isdir(path):
+                break
+        else:
+            try:
+                with open(os.path.join(path, parts[-1]), "rb") as f:
+                    if f.read(4) == b"TZif":
+                        return True
+            except OSError:
+                pass
+    return False
+
+
 def _timezone(value: str) -> str:
     """Accept a name of the IANA time zone database (what TZ in the pods takes).
 
@@ -123,6 +149,9 @@ def _timezone(value: str) -> str:
     """
     if not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", value):
         raise ValueError(f"{value!r} is not a time zone name like Asia/Shanghai or UTC")
+    if _listed_timezone(value):
+        # Listing the whole database opens its 600 files (0.03 s per site; issue 18).
+        return value
     known = _known_timezones()
     if known and value not in known:
         raise ValueError(

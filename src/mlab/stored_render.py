@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlab.render import PartRunner, Rendered, render_site, render_texts, run_serially
+from mlab.render import EncodedRunner, PartRunner, Rendered, render_encoded, render_site, render_texts, run_serially
 from mlab.secrets import load_or_create_passwords
 from mlab.site import Site
 from mlab.tls import SiteTls, load_or_create
@@ -48,3 +48,12 @@ def render_texts_with_passwords(site: Site, with_secrets: bool = False,
     at a time, its parts made by ``run`` (:func:`mlab.render.render_texts`)."""
     passwords, tls = stored_secrets(site, state_dir)
     return render_texts(site, passwords, with_secrets, tls, run=run)
+
+
+def render_encoded_with_passwords(site: Site, run: EncodedRunner, with_secrets: bool = False,
+                                  state_dir: Path | None = None
+                                  ) -> dict[str, list[bytes | memoryview]]:
+    """:func:`render_texts_with_passwords` as each file's UTF-8 pieces, its parts made by
+    ``run`` (:func:`mlab.render.render_encoded`)."""
+    passwords, tls = stored_secrets(site, state_dir)
+    return render_encoded(site, run, passwords, with_secrets, tls)

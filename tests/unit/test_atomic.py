@@ -23,6 +23,16 @@ def test_writes_content_with_mode_and_replaces(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["passwords.json"]
 
 
+def test_writes_pieces_in_order(tmp_path: Path) -> None:
+    """A sequence of byte strings and views (mlab render's parts) is the file, in order."""
+    target = tmp_path / "homepod.yaml"
+    view = memoryview(b"xx---\nb: 2\nyy")[2:-2]
+    write_atomic(target, [b"# head\n", b"---\na: 1\n", view, b""], 0o644, fsync=False)
+    assert target.read_bytes() == b"# head\n---\na: 1\n---\nb: 2\n"
+    write_atomic(target, [], 0o644, fsync=False)
+    assert target.read_bytes() == b""
+
+
 def test_failure_leaves_target_and_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "plan.json"
     target.write_text("kept", encoding="utf-8")

@@ -47,6 +47,11 @@ def test_parts_in_workers_give_the_same_bytes(path: Path, with_secrets: bool,
     assert serial == expected
     assert forked == expected
     assert list(forked) == list(expected)  # the files in the same order
+    encoded = render.render_encoded(site, lambda ps: workers.encode_in_workers(ps, workers=2),
+                                    passwords, with_secrets)
+    assert list(encoded) == list(expected)
+    assert {name: b"".join(pieces) for name, pieces in encoded.items()} == {
+        name: text.encode("utf-8") for name, text in expected.items()}
 
 
 def test_site_ca_certificates_in_parts(tmp_path: Path, small_chunks: None) -> None:

@@ -31,3 +31,24 @@ def test_known_timezone_accepted(tmp_path: Path) -> None:
     proc = mlab("site", "check", "--site", str(site))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{site}: ok (site x, namespace mlab, 0 user(s))\n"
+
+
+def test_one_zone_check_agrees_with_the_listing() -> None:
+    """The site's time zone is checked by opening its one file (not the 600 of
+    ``available_timezones()``); on this machine's zoneinfo files both accept the same names:
+    every listed zone, and none of the other files (right/, posix/, posixrules, tables)."""
+    import os
+    import zoneinfo
+
+    from mlab.site import _listed_timezone
+
+    listed = zoneinfo.available_timezones()
+    assert listed, "this test needs the zoneinfo files (Debian's tzdata)"
+    assert all(_listed_timezone(name) for name in listed)
+    others: set[str] = set()
+    for root in zoneinfo.TZPATH:
+        for top, _, files in os.walk(root, followlinks=True):
+            others |= {os.path.relpath(os.path.join(top, f), root) for f in files}
+    others -= listed
+    assert {"posixrules", "right/UTC", "posix/Asia/Shanghai"} <= others
+    assert not [name for name in others if _listed_timezone(name)]

@@ -17,12 +17,12 @@ import typer
 from mlab.atomic import write_atomic
 from mlab.cli.main import skip_teardown
 from mlab.cli.options import old_output_path_option, out_path, site_option
-from mlab.cli.workers import run_in_workers
+from mlab.cli.workers import encode_in_workers, run_in_workers
 from mlab.deploy import write_rendered
 from mlab.errors import UsageError
 from mlab.render import FILES, SECRETS_FILE
 from mlab.site import load_site, site_schema
-from mlab.stored_render import render_texts_with_passwords
+from mlab.stored_render import render_encoded_with_passwords, render_texts_with_passwords
 
 SITE_OPTION = site_option(..., "The site file (YAML). Required.")
 
@@ -96,15 +96,18 @@ def render(
     output = out_path(out_dir, old_output, "--out-dir")
     loaded = load_site(site)
     # The per-user parts are made by worker processes, one per CPU (mlab.cli.workers).
-    texts = render_texts_with_passwords(loaded, with_secrets=with_secrets or output is not None,
-                                        run=run_in_workers)
-    # Nothing to clean up: end without freeing every object (mlab.cli.main.skip_teardown).
-    skip_teardown()
     if output is None:
+        texts = render_texts_with_passwords(loaded, with_secrets=with_secrets,
+                                            run=run_in_workers)
+        skip_teardown()
         names = [*FILES, SECRETS_FILE] if with_secrets else list(FILES)
         sys.stdout.write("".join(texts[n] for n in names if n in texts))
         return
-    paths = write_rendered(texts, output)
+    # To files: the parts' UTF-8 bytes go to the files as the workers made them.
+    pieces = render_encoded_with_passwords(loaded, encode_in_workers, with_secrets=True)
+    # Nothing to clean up: end without freeing every object (mlab.cli.main.skip_teardown).
+    skip_teardown()
+    paths = write_rendered(pieces, output)
     typer.echo(f"wrote {', '.join(p.name for p in paths)} to {output}/", err=True)
 
 

@@ -12,26 +12,31 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mlab.atomic import write_atomic
 from mlab.errors import MlabError
 from mlab.render import FILES, SECRETS_FILE
 
+Content = str | Sequence[bytes | memoryview]
+"""A file's text, or its UTF-8 pieces in order (:func:`mlab.render.render_encoded`)."""
 
-def _write_file(path: Path, text: str, mode: int) -> None:
+
+def _write_file(path: Path, text: Content, mode: int) -> None:
     # Atomic (temp file and rename) but not fsync'd: every byte is derived from the site file
     # and the stored passwords, so a crash costs a re-run, and the 70 MB of a 10,000-user
     # site no longer wait for the disk (seconds under disk load; issue 18).
     write_atomic(path, text, mode, fsync=False)
 
 
-def write_rendered(texts: dict[str, str], out_dir: Path) -> list[Path]:
+def write_rendered(texts: Mapping[str, Content], out_dir: Path) -> list[Path]:
     """Write rendered files into ``out_dir``.
 
     Args:
-        texts: file name to YAML text (the four manifests, optionally ``secrets.yaml``,
-            which is written with mode 0600; the others 0644).
+        texts: file name to YAML text, or to its UTF-8 pieces in order (the four
+            manifests, optionally ``secrets.yaml``, which is written with mode 0600; the
+            others 0644).
         out_dir: the directory; created (atomically, by renaming a complete temp directory)
             if missing. A stale ``secrets.yaml`` is removed when ``texts`` has none.
 

@@ -20,8 +20,8 @@ from mlab.site import API_VERSION, PUBLISHER_ACCOUNT, Site, User
 if TYPE_CHECKING:
     from mlab.tls import SiteTls
 
-__all__ = ["FILES", "PartRunner", "Rendered", "TextPart", "dump_document", "dump_yaml",
-           "render_site", "render_texts", "run_serially", "text_parts", "SECRETS_FILE"]
+__all__ = ["FILES", "EncodedRunner", "PartRunner", "Rendered", "TextPart", "dump_document",
+           "dump_yaml", "render_encoded", "render_site", "render_texts", "run_serially", "text_parts", "SECRETS_FILE"]
 
 FILES = ("homepod.yaml", "airlock.yaml", "network.yaml", "code-service.yaml", "portal.yaml")
 """The manifest files, in the order ``mlab apply`` applies them (network first there);
@@ -130,8 +130,12 @@ class TextPart:
 
 
 PartRunner = Callable[[Sequence[TextPart]], list[str]]
-"""Runs parts and returns their texts in the parts' order (``mlab render`` passes one that
-shares them among worker processes; :func:`run_serially` is the plain one)."""
+"""Runs parts and returns their texts in the parts' order (:func:`run_serially` is the
+plain one; ``mlab.cli.workers.run_in_workers`` shares them among worker processes)."""
+
+EncodedRunner = Callable[[Sequence[TextPart]], "list[bytes | memoryview]"]
+"""Runs parts and returns their texts as UTF-8 in the parts' order (``mlab render`` passes
+``mlab.cli.workers.encode_in_workers``)."""
 
 CHUNK_USERS = 1000
 """Users per part of homepod.yaml and secrets.yaml: 10 parts each at 10,000 users, enough
@@ -166,6 +170,31 @@ def render_texts(site: Site, passwords: Mapping[str, str] | None = None,
     for part, text in zip(parts, run(parts), strict=True):
         out.setdefault(part.file, []).append(text)
     return {name: "".join(texts) for name, texts in out.items()}
+
+
+def render_encoded(site: Site, run: EncodedRunner, passwords: Mapping[str, str] | None = None,
+                   with_secrets: bool = False, tls: SiteTls | None = None
+                   ) -> dict[str, list[bytes | memoryview]]:
+    """:func:`render_texts` as each file's UTF-8 pieces, in order, never joined: a writer
+    writes them one after the other (on a 10,000-user site the 70 MB are neither decoded,
+    joined nor encoded again after the workers made them; issue 18).
+
+    Args:
+        site, passwords, with_secrets, tls: as for :func:`render_texts`.
+        run: makes the texts of :func:`text_parts` as UTF-8, in order.
+
+    Returns:
+        File name to its pieces; ``b"".join`` of them is ``render_texts(...)[name]``
+        encoded.
+
+    Raises:
+        KeyError: ``passwords`` lacks a password that must be generated.
+    """
+    parts = text_parts(site, passwords, with_secrets, tls)
+    out: dict[str, list[bytes | memoryview]] = {}
+    for part, data in zip(parts, run(parts), strict=True):
+        out.setdefault(part.file, []).append(data)
+    return out
 
 
 def text_parts(site: Site, passwords: Mapping[str, str] | None = None,
