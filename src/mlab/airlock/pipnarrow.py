@@ -43,6 +43,10 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 _PROJECT_PATH = re.compile(r"^/simple/([a-z0-9][a-z0-9._-]*)/?$", re.IGNORECASE)
 """The only requests answered: a project page (PEP 503 names), mapped onto upstream's."""
 
+POLL_SECONDS = 0.02
+"""How often the server loop looks for its stop: leaving takes up to this long (the
+default 0.5 s cost 0.33 s at the end of every staging)."""
+
 UPSTREAM_TIMEOUT = 30.0
 """Seconds to wait for an upstream page before letting pip fetch it itself (a redirect)."""
 
@@ -160,7 +164,8 @@ class NarrowIndex:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="mlab-narrow-index").start()
+        threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,), daemon=True,
+                         name="mlab-narrow-index").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
