@@ -466,7 +466,7 @@ def fetch(
 
     narrow = None
     if not target.foreign and pipnarrow.usable(sources.index_url, sources.extra_index_urls, sources.no_index):
-        narrow = pipnarrow.NarrowIndex(sources.index_url).__enter__()
+        narrow = pipnarrow.NarrowIndex(sources.index_url, [r.name for r in roots]).__enter__()
     try:
         return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector, parallel, env,
                              narrow.url if narrow else None)

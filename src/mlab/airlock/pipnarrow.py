@@ -43,12 +43,22 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 _PROJECT_PATH = re.compile(r"^/simple/([a-z0-9][a-z0-9._-]*)/?$", re.IGNORECASE)
 """The only requests answered: a project page (PEP 503 names), mapped onto upstream's."""
 
+PREFETCH_THREADS = 6
+"""Pages of the named requirements fetched at once when the server starts."""
+
 POLL_SECONDS = 0.02
 """How often the server loop looks for its stop: leaving takes up to this long (the
 default 0.5 s cost 0.33 s at the end of every staging)."""
 
 UPSTREAM_TIMEOUT = 30.0
 """Seconds to wait for an upstream page before letting pip fetch it itself (a redirect)."""
+
+
+def _canonical(name: str) -> str:
+    """PEP 503's normalized name (``packaging.utils.canonicalize_name``)."""
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name))
 
 
 def usable(index_url: str, extra_index_urls: Iterable[str], no_index: bool) -> bool:
@@ -119,8 +129,17 @@ class NarrowIndex:
     Use as a context manager; :attr:`url` is the ``--index-url`` for pip.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, prefetch: Iterable[str] = ()) -> None:
+        """Args:
+            upstream: the index root, e.g. ``https://pypi.org/simple``.
+            prefetch: projects whose pages to fetch at once, several at a time (the
+                requirements on the command line: pip asks for them one after the other
+                before anything else).
+        """
         self.upstream = upstream.rstrip("/") + "/"
+        self._prefetch = list(dict.fromkeys(_canonical(p) for p in prefetch))
+        self._early: dict[str, Any] = {}
+        self._pool: Any = None
         self._client: Any = None
         self._supported: frozenset[str] = frozenset()
         self._ready = threading.Event()
@@ -139,10 +158,31 @@ class NarrowIndex:
         try:
             import httpx
 
-            self._client = httpx.Client(follow_redirects=True, timeout=UPSTREAM_TIMEOUT, trust_env=True)
+            self._client = httpx.Client(follow_redirects=True, timeout=UPSTREAM_TIMEOUT, trust_env=True,
+                                        limits=httpx.Limits(max_connections=PREFETCH_THREADS + 4))
             self._supported = supported_tags()
+            if self._prefetch:  # before pages are answered (they wait for _ready)
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mlab-narrow-page")
+                self._early = {name: self._pool.submit(self._page, name) for name in self._prefetch}
         finally:
             self._ready.set()
+
+    def _page(self, project: str) -> bytes | None:
+        """The narrowed page of ``project`` (a PEP 503 name) as JSON bytes, or None when
+        upstream's answer is not a PEP 691 page (then pip reads upstream's itself)."""
+        self._ready.wait(UPSTREAM_TIMEOUT)
+        try:
+            resp = self._client.get(urljoin(self.upstream, project + "/"),
+                                    headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"})
+            if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(JSON_TYPE) \
+                    and self._supported:  # no tags known: narrow nothing
+                page = narrow_page(resp.json(), str(resp.url), self._supported)
+                return json.dumps(page, separators=(",", ":")).encode()
+        except Exception:  # noqa: BLE001 (any trouble: pip reads the upstream page itself)
+            pass
+        return None
 
     def __enter__(self) -> NarrowIndex:
         threading.Thread(target=self._prepare, daemon=True, name="mlab-narrow-prepare").start()
@@ -173,6 +213,8 @@ class NarrowIndex:
             self._server.shutdown()
             self._server.server_close()
         self._ready.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self._client is not None:
             self._client.close()
         for key, value in self._saved_env.items():
@@ -188,18 +230,11 @@ class NarrowIndex:
             req.send_header("Content-Length", "0")
             req.end_headers()
             return
-        rel = m.group(1) + "/"
-        upstream_url = urljoin(self.upstream, rel)
-        body = None
+        project = m.group(1)
+        upstream_url = urljoin(self.upstream, project + "/")
         self._ready.wait(UPSTREAM_TIMEOUT)
-        try:
-            resp = self._client.get(upstream_url, headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"})
-            if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(JSON_TYPE) \
-                    and self._supported:  # no tags known: narrow nothing
-                page = narrow_page(resp.json(), str(resp.url), self._supported)
-                body = json.dumps(page, separators=(",", ":")).encode()
-        except Exception:  # noqa: BLE001 (any trouble: pip reads the upstream page itself)
-            body = None
+        early = self._early.pop(_canonical(project), None)  # each prefetched page serves once
+        body = early.result() if early is not None else self._page(project)
         if body is None:
             req.send_response(302)
             req.send_header("Location", upstream_url)
