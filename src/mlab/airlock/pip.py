@@ -447,6 +447,10 @@ def fetch(
     ``pip download`` already runs (:func:`_download_probed`: stopped and replaced by the
     parallel path only if the index serves wheel metadata apart).
 
+    For the local interpreter and one index over HTTP(S) (:func:`mlab.airlock.pipnarrow.usable`)
+    pip reads that index through :class:`mlab.airlock.pipnarrow.NarrowIndex`: the same
+    choices, without parsing and rejecting the wheels for other interpreters and platforms.
+
     ``inspected`` (path -> :func:`mlab.airlock.pipindex.inspect_wheel`) is filled with
     every wheel read for the closure check, so publishing need not open them again; each
     wheel is read, hashed and flushed to disk (fsync) in threads as soon as pip reports
@@ -462,18 +466,23 @@ def fetch(
     env = target.marker_environment()
     inspected = {} if inspected is None else inspected
     inspector = Inspector(inspected)
+    from contextlib import ExitStack
+
     from mlab.airlock import pipnarrow
 
-    narrow = None
-    if not target.foreign and pipnarrow.usable(sources.index_url, sources.extra_index_urls, sources.no_index):
-        narrow = pipnarrow.NarrowIndex(sources.index_url, [r.name for r in roots]).__enter__()
-    try:
-        return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector, parallel, env,
-                             narrow.url if narrow else None)
-    finally:
-        inspector.close()
-        if narrow is not None:
-            narrow.__exit__(None, None, None)
+    with ExitStack() as stack:
+        narrow_url = None
+        if not target.foreign and pipnarrow.usable(sources.index_url, sources.extra_index_urls, sources.no_index):
+            try:
+                narrow_url = stack.enter_context(
+                    pipnarrow.NarrowIndex(sources.index_url, [r.name for r in roots])).url
+            except OSError:  # no loopback port: pip reads the index itself, as before
+                narrow_url = None
+        try:
+            return _fetch_rounds(specs, roots, requirement_files, dest, target, sources, report, inspector,
+                                 parallel, env, narrow_url)
+        finally:
+            inspector.close()
 
 
 def _fetch_rounds(specs: Sequence[str], roots: list[Requirement], requirement_files: Sequence[Path], dest: Path,
