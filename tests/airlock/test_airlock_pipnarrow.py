@@ -165,3 +165,22 @@ def test_same_files_as_plain_pip_download_from_pypi(tmp_path) -> None:
     assert narrowed == plain and any(n.startswith("PyYAML-") or n.startswith("pyyaml-") for n in plain)
     assert 0 < len(kept) < len(whole) / 2
     assert {f["filename"] for f in kept} <= {f["filename"] for f in whole}
+
+
+def test_probe_answered_from_the_prefetched_page(tmp_path, wheel_factory, sdist_factory, no_proxy) -> None:
+    """The index probe (does the index serve wheel metadata apart?) is answered from the
+    page the server prefetched: no, then yes once the page offers PEP 714 core-metadata."""
+    files = tmp_path / "files"
+    wheel_factory(files, "app", "1.0")
+    sdist_factory(files, "app", "0.5")
+    upstream = _JsonIndex(files)
+    try:
+        with pipnarrow.NarrowIndex(upstream.url, ["app"]) as narrow:
+            assert narrow.probe("App").answer(30) is False
+            assert narrow.probe("other").answer(30) is False  # not prefetched: unknown is no
+        upstream.page["files"][1]["core-metadata"] = {"sha256": "00" * 32}
+        with pipnarrow.NarrowIndex(upstream.url, ["app"]) as narrow:
+            assert narrow.probe("app").answer(30) is True
+    finally:
+        upstream.close()
+    assert sum(p == "/simple/app/" for p, _ in upstream.requests) == 2  # one fetch per server

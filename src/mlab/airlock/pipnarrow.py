@@ -139,6 +139,8 @@ class NarrowIndex:
         self.upstream = upstream.rstrip("/") + "/"
         self._prefetch = list(dict.fromkeys(_canonical(p) for p in prefetch))
         self._early: dict[str, Any] = {}
+        self._asked: dict[str, Any] = {}  # the same futures, kept after serving (for probe())
+        self._metadata: dict[str, bool] = {}
         self._pool: Any = None
         self._client: Any = None
         self._supported: frozenset[str] = frozenset()
@@ -151,6 +153,12 @@ class NarrowIndex:
         """The index root pip is pointed at."""
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}/simple/"
+
+    def probe(self, project: str) -> _PageProbe:
+        """What :class:`mlab.airlock.pipfetch.Probe` asks (does the index serve wheel
+        metadata apart?), answered from the page this server fetches anyway for a
+        requirement given to ``prefetch``: no second request for the same page."""
+        return _PageProbe(self, _canonical(project))
 
     def _prepare(self) -> None:
         """In a thread, while pip starts: import httpx (0.1 s), open the upstream client and
@@ -166,6 +174,7 @@ class NarrowIndex:
 
                 self._pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="mlab-narrow-page")
                 self._early = {name: self._pool.submit(self._page, name) for name in self._prefetch}
+                self._asked = dict(self._early)
         finally:
             self._ready.set()
 
@@ -178,7 +187,11 @@ class NarrowIndex:
                                     headers={"Accept": f"{JSON_TYPE}, text/html;q=0.1"})
             if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(JSON_TYPE) \
                     and self._supported:  # no tags known: narrow nothing
-                page = narrow_page(resp.json(), str(resp.url), self._supported)
+                from mlab.airlock.pipfetch import files_have_metadata
+
+                doc = resp.json()
+                self._metadata[project] = files_have_metadata(doc.get("files", []))
+                page = narrow_page(doc, str(resp.url), self._supported)
                 return json.dumps(page, separators=(",", ":")).encode()
         except Exception:  # noqa: BLE001 (any trouble: pip reads the upstream page itself)
             pass
@@ -247,3 +260,26 @@ class NarrowIndex:
         req.send_header("Cache-Control", "no-store")
         req.end_headers()
         req.wfile.write(body)
+
+
+class _PageProbe:
+    """:meth:`NarrowIndex.probe`'s answer, with :class:`mlab.airlock.pipfetch.Probe`'s
+    :meth:`answer`."""
+
+    def __init__(self, index: NarrowIndex, project: str) -> None:
+        self._index = index
+        self._project = project
+
+    def answer(self, timeout: float | None = None) -> bool:
+        """True when the project's page offered wheel metadata apart; False when it did
+        not, was not a PEP 691 page, or is still unknown after ``timeout`` seconds."""
+        if not self._index._ready.wait(timeout):
+            return False
+        future = self._index._asked.get(self._project)
+        if future is None:
+            return False
+        try:
+            future.result(timeout)
+        except Exception:  # noqa: BLE001 (a timeout or a failed fetch: no)
+            return False
+        return self._index._metadata.get(self._project, False)
