@@ -126,6 +126,8 @@ def test_local_json_index_same_choice_and_narrowed_page(tmp_path, wheel_factory,
         with pipnarrow.NarrowIndex(upstream.url) as narrow:
             page = httpx.get(narrow.url + "app/", headers={"Accept": JSON}).json()
             narrowed = _pip_download(tmp_path / "narrow", narrow.url, ["app"], tmp_path / "c2")
+            html = httpx.get(narrow.url + "app/", headers={"Accept": "text/html"})  # no PEP 691 client
+            assert html.status_code == 302 and html.headers["location"] == upstream.url + "app/"
             for bad in ("//evil.example/x", "/simple/../../etc/passwd", "/other/app/"):
                 assert httpx.get(f"{narrow.url[:-len('/simple/')]}{bad}").status_code == 404, bad
     finally:

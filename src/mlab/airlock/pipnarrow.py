@@ -247,7 +247,10 @@ class NarrowIndex:
         upstream_url = urljoin(self.upstream, project + "/")
         self._ready.wait(UPSTREAM_TIMEOUT)
         early = self._early.pop(_canonical(project), None)  # each prefetched page serves once
-        body = early.result() if early is not None else self._page(project)
+        if JSON_TYPE not in req.headers.get("Accept", ""):
+            body = None  # a client that reads no PEP 691 JSON (pip < 22.2) reads upstream's page
+        else:
+            body = early.result() if early is not None else self._page(project)
         if body is None:
             req.send_response(302)
             req.send_header("Location", upstream_url)
