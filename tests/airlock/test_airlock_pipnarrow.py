@@ -58,8 +58,12 @@ def test_wheel_fits_and_narrow_page() -> None:
     assert got["meta"] == doc["meta"] and got["name"] == "a"
 
 
-def test_usable() -> None:
+def test_usable(monkeypatch) -> None:
+    monkeypatch.delenv(pipnarrow.NARROW_ENV, raising=False)
     assert pipnarrow.usable("https://pypi.org/simple", (), False)
+    monkeypatch.setenv(pipnarrow.NARROW_ENV, "0")
+    assert not pipnarrow.usable("https://pypi.org/simple", (), False)
+    monkeypatch.delenv(pipnarrow.NARROW_ENV)
     assert not pipnarrow.usable("https://pypi.org/simple", ("https://other/simple",), False)
     assert not pipnarrow.usable("https://pypi.org/simple", (), True)
     assert not pipnarrow.usable("https://user:secret@private/simple", (), False)

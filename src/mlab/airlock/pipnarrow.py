@@ -61,11 +61,16 @@ def _canonical(name: str) -> str:
     return str(canonicalize_name(name))
 
 
+NARROW_ENV = "MLAB_STAGE_NARROW"
+"""Environment variable: ``0`` makes pip read the index itself (no narrowed server)."""
+
+
 def usable(index_url: str, extra_index_urls: Iterable[str], no_index: bool) -> bool:
     """Whether pip's index can be narrowed: one index over HTTP(S), no user or password in
-    its URL (pip would send them to the file hosts too; httpx would not), not ``--no-index``.
+    its URL (pip would send them to the file hosts too; httpx would not), not ``--no-index``,
+    and :data:`NARROW_ENV` not ``0``.
     """
-    if no_index or tuple(extra_index_urls):
+    if no_index or tuple(extra_index_urls) or os.environ.get(NARROW_ENV) == "0":
         return False
     parts = urlsplit(index_url)
     return parts.scheme in ("http", "https") and not parts.username and not parts.password
