@@ -7,6 +7,9 @@ in the same run, with interleaved samples (A B A B ...), the median and the spre
    Also with ``MLAB_STAGE_PARALLEL=1`` (pip's report, then the files six at once, even
    where the index serves no PEP 658 metadata). Each side's files and hashes of its last
    sample are compared with ``pip download``'s. Goal (issue 18): ratio <= 1.0.
+   ``mlab stage pip`` has pip read PyPI through the narrowed index
+   (``mlab.airlock.pipnarrow``); ``--narrow-case`` adds ``MLAB_STAGE_NARROW=0`` (pip
+   reads PyPI itself).
 2. stage from a local wheel folder: the same two commands with ``--no-index
    --find-links`` on a folder holding the set's wheels (no network: shows MLab's fixed
    costs: start, metadata reading, publishing).
@@ -67,7 +70,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 def stage_cases(root: Path, specs: list[str], sources: list[str],
                 chosen: dict[str, dict[str, str]], old_src: Path | None = None,
-                parallel_case: bool = True) -> dict[str, object]:
+                parallel_case: bool = True, narrow_case: bool = False) -> dict[str, object]:
     """The two commands, each sample in new folders with an empty cache.
 
     ``chosen`` gets each side's file name -> sha256 of its last sample (not timed), so the
@@ -84,12 +87,15 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
         shutil.rmtree(dest)
         return seconds
 
-    def stage(parallel: str | None = None, src: Path | None = None) -> float:
+    def stage(parallel: str | None = None, src: Path | None = None, narrow: str | None = None) -> float:
         share = Path(tempfile.mkdtemp(dir=root, prefix="share-"))
         env = _fresh_env(root)
         env.pop("MLAB_STAGE_PARALLEL", None)
+        env.pop("MLAB_STAGE_NARROW", None)
         if parallel:
             env["MLAB_STAGE_PARALLEL"] = parallel
+        if narrow:
+            env["MLAB_STAGE_NARROW"] = narrow
         if src is not None:  # another version's code, with this virtualenv
             env["PYTHONPATH"] = str(src)
         start = time.perf_counter()
@@ -98,6 +104,7 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
                        check=True, env=env, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         chosen["mlab stage pip" + (f" MLAB_STAGE_PARALLEL={parallel}" if parallel else "")
+               + (f" MLAB_STAGE_NARROW={narrow}" if narrow else "")
                + (f" with the code in {src.name}" if src else "")] = _hashes(share / "pip-index" / "files")
         shutil.rmtree(share)
         return seconds
@@ -106,6 +113,9 @@ def stage_cases(root: Path, specs: list[str], sources: list[str],
     if parallel_case and not any(s == "--no-index" for s in sources):
         # the report and the parallel fetch, also where the index serves no PEP 658 metadata
         cases["mlab stage pip MLAB_STAGE_PARALLEL=1"] = lambda: stage("1")
+    if narrow_case and not any(s == "--no-index" for s in sources):
+        # pip reading the index itself (the narrowed server off)
+        cases["mlab stage pip MLAB_STAGE_NARROW=0"] = lambda: stage(narrow="0")
     if old_src is not None:
         cases[f"mlab stage pip with the code in {old_src.name}"] = lambda: stage(src=old_src)
     return cases
@@ -242,6 +252,8 @@ def main() -> None:
                         help="also stage with the mlab package as it was at this git ref (same venv)")
     parser.add_argument("--no-parallel-case", action="store_true",
                         help="skip the MLAB_STAGE_PARALLEL=1 case from PyPI")
+    parser.add_argument("--narrow-case", action="store_true",
+                        help="also stage from PyPI with MLAB_STAGE_NARROW=0 (pip reads the index itself)")
     parser.add_argument("--stage-only", action="store_true", help="only the staging figures (no index rebuild)")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     args = parser.parse_args()
@@ -266,7 +278,7 @@ def main() -> None:
                            env=_fresh_env(root), stdout=subprocess.DEVNULL)
             if not args.skip_network:
                 groups["stage from PyPI, empty caches"] = (
-                    stage_cases(root, specs, [], chosen, old_src, not args.no_parallel_case), 1.0)
+                    stage_cases(root, specs, [], chosen, old_src, not args.no_parallel_case, args.narrow_case), 1.0)
             groups["stage from a local wheel folder"] = (
                 stage_cases(root, specs, ["--no-index", "--find-links", str(wheels)], chosen, old_src), 1.0)
         if not args.stage_only:

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +301,12 @@ def serves_metadata(index_url: str, project: str) -> bool:
             files = resp.json().get("files", [])
         except ValueError:
             return False
-        return any(str(f.get("filename", "")).endswith(".whl")
-                   and (f.get("core-metadata") or f.get("dist-info-metadata")) for f in files)
+        return files_have_metadata(files)
     return "data-core-metadata=" in resp.text or "data-dist-info-metadata=" in resp.text
+
+
+def files_have_metadata(files: Iterable[dict]) -> bool:
+    """True when a PEP 691 page's ``files`` offer some wheel's metadata apart (PEP 658/714
+    ``core-metadata``, or its older name ``dist-info-metadata``) (pure)."""
+    return any(str(f.get("filename", "")).endswith(".whl")
+               and bool(f.get("core-metadata") or f.get("dist-info-metadata")) for f in files)
