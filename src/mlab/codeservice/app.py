@@ -126,6 +126,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
     store.keep_open()
     cs = config.site.code_service
     lim = cs.limits
+    hook_server = HookServer()
     git_settings = githttp.GitSettings(
         repos_dir=config.repos_dir, audit_log=config.audit_log,
         max_blob_size=cs.max_blob_size, home=config.data_dir / "tmp",
@@ -138,7 +139,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         homepod_nets=tuple(config.homepod_nets),
         not_homepods=reviewed.NonHomepods(config.db_path,
                                           service_account_names(config.site)),
-        hooks=HookServer(),
+        hooks=hook_server,
     )
     sync_locks: dict[str, asyncio.Lock] = {}
 
@@ -315,7 +316,7 @@ def create_app(config: ServiceConfig, store: Store | None = None) -> Starlette:
         try:
             yield
         finally:
-            await git_settings.hooks.close()  # type: ignore[union-attr]
+            await hook_server.close()
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

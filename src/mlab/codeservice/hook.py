@@ -53,7 +53,7 @@ class GitError(Exception):
     """A git command of the hook failed (the push is then refused)."""
 
 
-def _git(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+def _git(*args: str, input: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """git's standard output as text; stderr discarded; :class:`GitError` on failure.
 
     Started with ``os.posix_spawnp`` rather than ``subprocess``: the hook runs on every push
@@ -176,10 +176,10 @@ def find_large_blobs(updates: list[tuple[str, str, str]], limit: int,
         return []
     if not _quarantine_has_blob_over(limit, env, scan):
         return []
-    objects = _git("rev-list", "--objects", *news, "--not", "--all", env=dict(env))
+    objects = _git("rev-list", "--objects", *news, "--not", "--all", env=env)
     checked = _git(
         "cat-file", "--batch-check=%(objecttype) %(objectsize) %(rest)", input=objects,
-        env=dict(env))
+        env=env)
     large = []
     for line in checked.splitlines():
         kind, size, *rest = line.split(" ", 2)
@@ -296,7 +296,7 @@ def pre_receive(stdin: str, env: Mapping[str, str] | None = None,
 def _decide(updates: list[tuple[str, str, str]], env: Mapping[str, str], err: TextIO,
             scan: _Started | None) -> int:
     refs = _git("for-each-ref", "--format=%(refname)", UPSTREAM_MARK, "refs/heads/",
-                "refs/tags/", env=dict(env)).split()
+                "refs/tags/", env=env).split()
     upstream_refs = {"refs/" + m.removeprefix(UPSTREAM_MARK) for m in refs
                      if m.startswith(UPSTREAM_MARK)}
     existing = {r for r in refs if not r.startswith(UPSTREAM_MARK)}

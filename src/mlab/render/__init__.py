@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlab.render import airlock, code_service, homepod, network, portal
 from mlab.render.common import site_ca_secret, tls_secret
@@ -137,6 +137,8 @@ EncodedRunner = Callable[[Sequence[TextPart]], "list[bytes | memoryview]"]
 """Runs parts and returns their texts as UTF-8 in the parts' order (``mlab render`` passes
 ``mlab.cli.workers.encode_in_workers``)."""
 
+_T = TypeVar("_T")
+
 CHUNK_USERS = 1000
 """Users per part of homepod.yaml and secrets.yaml: 10 parts each at 10,000 users, enough
 for two or four workers to share evenly."""
@@ -166,10 +168,15 @@ def render_texts(site: Site, passwords: Mapping[str, str] | None = None,
         KeyError: ``passwords`` lacks a password that must be generated.
     """
     parts = text_parts(site, passwords, with_secrets, tls)
-    out: dict[str, list[str]] = {}
-    for part, text in zip(parts, run(parts), strict=True):
-        out.setdefault(part.file, []).append(text)
-    return {name: "".join(texts) for name, texts in out.items()}
+    return {name: "".join(texts) for name, texts in _by_file(parts, run(parts)).items()}
+
+
+def _by_file(parts: Sequence[TextPart], made: Sequence[_T]) -> dict[str, list[_T]]:
+    """The parts' results (texts or their UTF-8) grouped by file, files and parts in order."""
+    out: dict[str, list[_T]] = {}
+    for part, data in zip(parts, made, strict=True):
+        out.setdefault(part.file, []).append(data)
+    return out
 
 
 def render_encoded(site: Site, run: EncodedRunner, passwords: Mapping[str, str] | None = None,
@@ -191,10 +198,7 @@ def render_encoded(site: Site, run: EncodedRunner, passwords: Mapping[str, str] 
         KeyError: ``passwords`` lacks a password that must be generated.
     """
     parts = text_parts(site, passwords, with_secrets, tls)
-    out: dict[str, list[bytes | memoryview]] = {}
-    for part, data in zip(parts, run(parts), strict=True):
-        out.setdefault(part.file, []).append(data)
-    return out
+    return _by_file(parts, run(parts))
 
 
 def text_parts(site: Site, passwords: Mapping[str, str] | None = None,
