@@ -96,7 +96,10 @@ def wheel_fits(filename: str, supported: frozenset[str]) -> bool:
     """False only for a wheel none of whose tags is in ``supported`` (pure).
 
     The tags are the last three dash-separated fields of the name (PEP 427), each possibly a
-    dot-separated set; a name with fewer fields is kept (pip decides on it).
+    dot-separated set; a name with fewer fields is kept (pip decides on it). Not
+    ``packaging.utils.parse_wheel_filename``: it also parses and validates the name and the
+    version, 4.3 us a file against 1.4 us here, and this runs on every file of every page
+    (about 20,000 for the six-package set, session 7); a name it would reject is kept here.
     """
     if not filename.endswith(".whl"):
         return True
