@@ -42,6 +42,14 @@ class Node:
                               capture_output=True, text=True, env=self.env, timeout=timeout,
                               check=False)
 
+    def clear_leftovers(self, site_file: Path) -> None:
+        """Delete what an earlier run that was killed mid-module left of this site (its
+        objects and data), so the module starts from nothing: ``mlab delete --delete-data``,
+        which is quick when nothing is there. A portal left running with another run's site
+        and certificate once failed a whole module (CI, session 7)."""
+        proc = self.mlab("delete", "--site", str(site_file), "--delete-data", timeout=600)
+        assert proc.returncode == 0, f"clearing an earlier run's {site_file.name}: {proc.stderr[-2000:]}"
+
     def pod_ip(self, namespace: str, selector: str) -> str:
         pods = self.json("-n", namespace, "get", "pods", "-l", selector)["items"]
         running = [p for p in pods if p["status"].get("phase") == "Running"

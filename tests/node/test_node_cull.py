@@ -97,6 +97,7 @@ def cs(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullSit
         "culling": {"idleAfter": "60s", "warnBefore": "20s", "cpuBusyPercent": 15},
     }))
     try:
+        node.clear_leftovers(s.file)
         s.mlab("apply", "--timeout", "600")
         rbac = s.mlab("cull-rbac").stdout
         node.kubectl("apply", "-f", "-", stdin=rbac)

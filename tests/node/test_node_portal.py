@@ -129,6 +129,7 @@ def portal(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim
                          "cidrs": [f"{NODE_IP}/32"]},
             },
         }))
+        node.clear_leftovers(site_file)
         node.kubectl("create", "namespace", NAMESPACE, check=False)
         portal_cert, portal_key = certs["portal"]
         for doc in (_secret("portal-tls", {"tls.crt": portal_cert, "tls.key": portal_key},

@@ -131,6 +131,7 @@ def site(node: Node, registry: Registry, tmp_path_factory: pytest.TempPathFactor
     podman(["tag", built, base])
     s = RegSite(node, tmp_path_factory.mktemp(SITE), registry, base)
     s.write("unset")
+    node.clear_leftovers(s.file)
     up = node.mlab("node", "up", "-q", *node.up_args, "--site", str(s.file), timeout=900)
     assert up.returncode == 0, up.stderr
     hosts = default_layout().registry_hosts / registry.host / "hosts.toml"

@@ -207,3 +207,35 @@ def test_no_airlock_no_airlock_account() -> None:
     vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     names = [s["secret"]["name"] for s in vols["user-passwords"]["projected"]["sources"]]
     assert names == ["homepod-carol-password"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_pod_reading_the_site_rolls_when_it_changes(path: Path) -> None:
+    """A pod that mounts ``mlab-site`` (subPath: never updated in place) carries the hash of
+    that very ConfigMap, and a changed site changes it; a Deployment that does not mount it
+    carries none (no restart for nothing). The portal lacked it: a changed issuer left the
+    running portal on the old one (CI, session 7)."""
+    import hashlib
+
+    site = load_site(path)
+    objs = [o for f in render_site(site, _passwords(site)).files.values() for o in f]
+    text = _by(objs, "ConfigMap", "mlab-site")["data"]["site.yaml"]
+    readers = []
+    for dep in (o for o in objs if o["kind"] == "Deployment"):
+        tpl = dep["spec"]["template"]
+        mounts = {v.get("configMap", {}).get("name") for v in tpl["spec"].get("volumes", [])}
+        note = tpl["metadata"].get("annotations", {}).get("mlab.io/site-sha256")
+        if "mlab-site" in mounts:
+            readers.append(dep["metadata"]["name"])
+            assert note == hashlib.sha256(text.encode()).hexdigest()[:16], dep["metadata"]["name"]
+        else:
+            assert note is None, dep["metadata"]["name"]
+    assert "code-service" in readers
+    assert ("portal" in readers) == site.portal.enabled
+
+    changed = site.model_copy(update={"users": site.users[:-1]})
+    again = [o for f in render_site(changed, _passwords(changed)).files.values() for o in f]
+    for name in readers:
+        before = _by(objs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        after = _by(again, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]
+        assert before["mlab.io/site-sha256"] != after["mlab.io/site-sha256"], name

@@ -8,6 +8,7 @@ engine (``mlab up``) plays the same objects.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -286,13 +287,14 @@ def _site_wide(site: Site) -> dict[str, Callable[[], list[Obj]]]:
     """File name to the call that renders it, for the files after homepod.yaml, in order
     (portal.yaml only with ``portal.enabled``): the one table of which renderer makes
     which file."""
+    text = functools.cache(lambda: site_yaml(site))  # once per process, for both readers
     files: dict[str, Callable[[], list[Obj]]] = {
         "airlock.yaml": lambda: airlock.render_airlock(site),
         "network.yaml": lambda: network.render_network(site) + portal.render_policies(site),
-        "code-service.yaml": lambda: code_service.render_code_service(site, site_yaml(site)),
+        "code-service.yaml": lambda: code_service.render_code_service(site, text()),
     }
     if site.portal.enabled:
-        files["portal.yaml"] = lambda: portal.render_portal(site)
+        files["portal.yaml"] = lambda: portal.render_portal(site, text())
     return files
 
 

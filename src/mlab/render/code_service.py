@@ -71,6 +71,26 @@ def site_configmap(site: Site, site_yaml: str) -> dict[str, Any]:
     }
 
 
+SITE_ANNOTATION = "mlab.io/site-sha256"
+"""The pod template annotation that carries the hash of ``mlab-site``."""
+
+
+def site_rollout_annotation(site_yaml: str) -> dict[str, str]:
+    """The pod template annotation of every pod that reads ``mlab-site`` (code service, portal).
+
+    Args:
+        site_yaml: the ConfigMap's ``site.yaml`` text (:func:`mlab.render.site_yaml`).
+
+    Returns:
+        ``{"mlab.io/site-sha256": <16 hex digits>}``. The ConfigMap is mounted with subPath,
+        which Kubernetes never updates in a running pod
+        (https://kubernetes.io/docs/concepts/configuration/configmap/#mounted-configmaps-are-updated-automatically),
+        so a changed site (a user, a reviewer, the portal's issuer) must change the pod
+        template to reach the pod: the Deployment then rolls it.
+    """
+    return {SITE_ANNOTATION: hashlib.sha256(site_yaml.encode()).hexdigest()[:16]}
+
+
 def data_claim_name(site: Site) -> str:
     """``codeService.storage.claim`` or ``code-service-data``."""
     return site.code_service.storage.claim or DATA_CLAIM
@@ -90,8 +110,8 @@ def _password_source(secret: str, account: str) -> dict[str, Any]:
 def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
     """The code-service Deployment.
 
-    The pod template carries a hash of the site YAML, so a changed site (a new user, a new
-    reviewer) rolls the pod: the ConfigMap is mounted with subPath, which never updates.
+    The pod template carries a hash of the site YAML (:func:`site_rollout_annotation`), so a
+    changed site (a new user, a new reviewer) rolls the pod.
     """
     cs = site.code_service
     vols = VolumeSet()
@@ -160,9 +180,9 @@ def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
         "securityContext": security_context(CODE_SERVICE_CAPABILITIES, escalation=False),
         **resources_field(cs.resources),
     }
-    digest = hashlib.sha256(site_yaml.encode()).hexdigest()[:16]
     return component_deployment(site, "code-service", "code-service", [container], vols.volumes(),
-                      placement=cs.placement, annotations={"mlab.io/site-sha256": digest})
+                                placement=cs.placement,
+                                annotations=site_rollout_annotation(site_yaml))
 
 
 def service(site: Site) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR
+from mlab.render.code_service import SITE_CONFIGMAP, SITE_FILE, USERS_DIR, site_rollout_annotation
 from mlab.render.code_service import _password_source as password_source
 from mlab.render.common import (
     SITE_CA_SECRET,
@@ -124,8 +124,15 @@ def rbac_objects(site: Site) -> list[dict[str, Any]]:
     ]
 
 
-def deployment(site: Site) -> dict[str, Any]:
-    """The portal Deployment (one replica: sessions live in one SQLite file)."""
+def deployment(site: Site, site_yaml: str) -> dict[str, Any]:
+    """The portal Deployment (one replica: sessions live in one SQLite file).
+
+    Args:
+        site: the site (``portal.enabled``).
+        site_yaml: the ``mlab-site`` ConfigMap's text; its hash in the pod template
+            (:func:`~mlab.render.code_service.site_rollout_annotation`) rolls the portal when
+            the site changes, as it reads the site only at start.
+    """
     portal = site.portal
     vols = VolumeSet()
     cm = vols.add({
@@ -196,7 +203,8 @@ def deployment(site: Site) -> dict[str, Any]:
         command += wake_args("in-cluster")
         # Only this pod mounts a token: its ServiceAccount may scale HomePods, nothing else.
         pod_fields = {"serviceAccountName": SERVICE_ACCOUNT, "automountServiceAccountToken": True}
-    dep = component_deployment(site, NAME, "portal", [container], vols.volumes())
+    dep = component_deployment(site, NAME, "portal", [container], vols.volumes(),
+                               annotations=site_rollout_annotation(site_yaml))
     dep["spec"]["template"]["spec"].update(pod_fields)
     return dep
 
@@ -216,11 +224,16 @@ def service(site: Site) -> dict[str, Any]:
             "spec": spec}
 
 
-def render_portal(site: Site) -> list[dict[str, Any]]:
-    """The objects of portal.yaml; empty unless ``portal.enabled``."""
+def render_portal(site: Site, site_yaml: str) -> list[dict[str, Any]]:
+    """The objects of portal.yaml; empty unless ``portal.enabled``.
+
+    Args:
+        site: the site.
+        site_yaml: the ``mlab-site`` ConfigMap's text (:func:`mlab.render.site_yaml`).
+    """
     if not site.portal.enabled:
         return []
-    return [*rbac_objects(site), deployment(site), service(site)]
+    return [*rbac_objects(site), deployment(site, site_yaml), service(site)]
 
 
 POLICIES = [
