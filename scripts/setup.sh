@@ -15,25 +15,30 @@ case "${1:-}" in
 esac
 
 export DEBIAN_FRONTEND=noninteractive
+# The packages of the lists named, '#' comments left out.
+packages() { cat "$@" | sed 's/#.*//' | xargs; }
+# Prints the packages of $@ not installed yet (dpkg-query prints nothing for a package it
+# does not know: those count as missing too).
+missing() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q " installed$" || echo "$p"
+  done | xargs
+}
+# Two rounds (issue 18, a new machine's first start): what the HomePod image build needs,
+# while pip fills the venv; then the rest, while the image builds.
+image_pkgs=$(missing $(packages scripts/apt-packages-image.txt))
 lists=scripts/apt-packages.txt
 [ "$tests" = 1 ] && lists="$lists scripts/apt-packages-tests.txt"
-pkgs=$(cat $lists | sed 's/#.*//' | xargs)
-missing=$(dpkg-query -W -f='${Package} ${Status}\n' $pkgs 2>/dev/null | awk '$4!="installed"{print $1}' || true)
-# dpkg-query prints nothing for unknown packages: compare counts too.
-known=$(dpkg-query -W -f='${Package} ${Status}\n' $pkgs 2>/dev/null | awk '$4=="installed"' | wc -l || true)
+rest_pkgs=$(missing $(packages $lists))
 apt_pid=
 apt_log=
-if [ -n "$missing" ] || [ "$known" -lt "$(echo $pkgs | wc -w)" ]; then
-  echo "setup: installing Debian packages" >&2
-  apt-get update -qq
-  # The virtualenv needs python3-venv only: the rest installs while pip fills the venv
-  # (issue 18: a new machine's first start; both mostly wait on the network and the disk).
-  dpkg-query -W -f='${Status}\n' python3-venv 2>/dev/null | grep -q " installed$" \
-    || apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+# apt-get install of $@ in the background (finish_apt waits for it).
+start_apt() {
   apt_log=$(mktemp -t mlab-setup-apt.XXXXXX)
-  apt-get install -y -qq --no-install-recommends $pkgs >"$apt_log" 2>&1 &
+  apt-get install -y -qq --no-install-recommends "$@" >"$apt_log" 2>&1 &
   apt_pid=$!
-fi
+}
 finish_apt() {
   [ -n "$apt_pid" ] || return 0
   if ! wait "$apt_pid"; then
@@ -44,6 +49,14 @@ finish_apt() {
   apt_pid=
   rm -f "$apt_log"
 }
+if [ -n "$image_pkgs$rest_pkgs" ]; then
+  echo "setup: installing Debian packages" >&2
+  apt-get update -qq
+  # The virtualenv needs python3-venv only.
+  [ -z "$(missing python3-venv)" ] \
+    || apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  [ -z "$image_pkgs" ] || start_apt $image_pkgs
+fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -52,6 +65,7 @@ fi
 # MLab and its runtime dependencies first: enough for the image build to start (below).
 .venv/bin/pip install -q --disable-pip-version-check -e .
 finish_apt
+[ -z "$rest_pkgs" ] || start_apt $rest_pkgs
 
 # The HomePod image `mlab up` runs (minutes on a brand-new machine, mostly mmdebstrap: dpkg
 # and disk, little network) builds in the background while the steps below compile and
@@ -87,6 +101,7 @@ extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-depende
 print("\n".join(req for name in ("test", "node") for req in extras[name]))')
 .venv/bin/pip install -q --disable-pip-version-check "${extras[@]}"
 
+finish_apt  # the rest of the Debian packages: gcc and the headers for the steps below
 # Part of the command itself (mlab render's YAML writer and site loader), so run without
 # --tests too.
 bash scripts/setup.d/10-compiled-emitter.sh

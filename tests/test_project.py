@@ -67,14 +67,15 @@ TOOLS = ("podman", "/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns", "
 
 def _listed_packages() -> set[str]:
     text = "\n".join((ROOT / "scripts" / name).read_text(encoding="utf-8")
-                     for name in ("apt-packages.txt", "apt-packages-tests.txt"))
+                     for name in ("apt-packages-image.txt", "apt-packages.txt",
+                                  "apt-packages-tests.txt"))
     return {word for line in text.splitlines() for word in line.split("#", 1)[0].split()}
 
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_tool_comes_from_a_package_setup_installs(tool: str) -> None:
     """CI proves the install steps: each tool is owned by a package of
-    scripts/apt-packages.txt or apt-packages-tests.txt, not by something installed by hand."""
+    scripts/apt-packages*.txt (image, platform, tests), not by something installed by hand."""
     import shutil
 
     path = tool if tool.startswith("/") else shutil.which(tool)
