@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlab.cli.options import output_format, site_option
-from mlab.cli.serving import listen
+from mlab.cli.serving import listen, run_servers
 from mlab.errors import MlabError, UsageError
 from mlab.topology import PORT_CODE
 
@@ -135,11 +134,11 @@ def register(app: typer.Typer) -> None:
         # --port is HTTPS itself when --tls-cert comes without --tls-port.
         sock = listen("mlab code service", host, port, tls=bool(tls_cert) and tls_port is None)
         if tls_port is None:
-            uvicorn.Server(uv_config(tls_cert is not None, "on")).run(sockets=[sock])
+            run_servers((uvicorn.Server(uv_config(tls_cert is not None, "on")), sock))
             return
         tls_sock = listen("mlab code service", host, tls_port, tls=True, option="--tls-port")
-        _serve_both(uvicorn.Server(uv_config(False, "on")), sock,
-                    uvicorn.Server(uv_config(True, "off")), tls_sock)
+        run_servers((uvicorn.Server(uv_config(False, "on")), sock),
+                    (uvicorn.Server(uv_config(True, "off")), tls_sock))
 
     @repo.command("approve")
     def approve(
@@ -224,34 +223,6 @@ def register(app: typer.Typer) -> None:
         if failed:
             raise MlabError(f"{len(failed)} sync(s) failed; the last good state is kept")
 
-
-
-def _serve_both(plain, plain_sock: socket.socket, tls, tls_sock: socket.socket) -> None:  # type: ignore[no-untyped-def]
-    """Run two uvicorn servers (plain HTTP, HTTPS) of one app in one event loop until
-    either stops (SIGTERM or SIGINT stops both: uvicorn's handlers set ``should_exit``).
-
-    Source of the pattern: uvicorn's ``Server.serve(sockets=...)`` (uvicorn.server); the
-    app's lifespan runs once, in the plain server.
-    """
-    import asyncio
-
-    async def main() -> None:
-        tasks = [asyncio.create_task(plain.serve(sockets=[plain_sock])),
-                 asyncio.create_task(tls.serve(sockets=[tls_sock]))]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        plain.should_exit = tls.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()
-
-    factory = getattr(plain.config, "get_loop_factory", None)  # uvicorn >= 0.36
-    if factory is None:
-        plain.config.setup_event_loop()
-        asyncio.run(main())
-    else:
-        from uvicorn._compat import asyncio_run
-
-        asyncio_run(main(), loop_factory=factory())
 
 class _JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC ISO 8601), level, logger, message."""

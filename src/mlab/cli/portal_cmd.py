@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from mlab.cli.options import site_option
-from mlab.cli.serving import listen
+from mlab.cli.serving import listen, run_servers
 from mlab.errors import UsageError
 
 
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,
         ))
-        server.run(sockets=[sock])
+        run_servers((server, sock))
 
     @portal.command("keycloak-realm")
     def keycloak_realm(
