@@ -15,6 +15,9 @@ case "${1:-}" in
 esac
 
 export DEBIAN_FRONTEND=noninteractive
+# Progress on stderr with the seconds since setup started (where a new machine's first
+# start spends its time: benchmarks/bench_fresh_machine.py prints these lines).
+say() { echo "setup: [${SECONDS}s] $*" >&2; }
 # The packages of the lists named, '#' comments left out.
 packages() { cat "$@" | sed 's/#.*//' | xargs; }
 # Prints the packages of $@ not installed yet (dpkg-query prints nothing for a package it
@@ -50,7 +53,7 @@ finish_apt() {
   rm -f "$apt_log"
 }
 if [ -n "$image_pkgs$rest_pkgs" ]; then
-  echo "setup: installing Debian packages" >&2
+  say "installing Debian packages"
   apt-get update -qq
   # The virtualenv needs python3-venv only.
   [ -z "$(missing python3-venv)" ] \
@@ -64,7 +67,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # MLab and its runtime dependencies first: enough for the image build to start (below).
 .venv/bin/pip install -q --disable-pip-version-check -e .
+say "virtualenv ready"
 finish_apt
+[ -z "$image_pkgs" ] || say "the image build's Debian packages are in"
 [ -z "$rest_pkgs" ] || start_apt $rest_pkgs
 
 # The HomePod image `mlab up` runs (minutes on a brand-new machine, mostly mmdebstrap: dpkg
@@ -77,7 +82,7 @@ if [ "${MLAB_SETUP_IMAGE:-1}" != 0 ]; then
   image_log=$(mktemp -t mlab-setup-image.XXXXXX)
   .venv/bin/mlab image build --local -q >"$image_log" 2>&1 &
   image_pid=$!
-  echo "setup: building the HomePod image in the background (log: $image_log)" >&2
+  say "building the HomePod image in the background (log: $image_log)"
 fi
 finish_image() {
   [ -n "$image_pid" ] || return 0
@@ -86,22 +91,32 @@ finish_image() {
     .venv/bin/mlab image build --local >/dev/null || true
   fi
   if wait "$image_pid"; then
-    echo "setup: HomePod image $(tail -1 "$image_log")" >&2
+    say "HomePod image $(tail -1 "$image_log")"
     rm -f "$image_log"
   else
     echo "setup: WARNING: the HomePod image build failed; \`mlab up\` tries again (log: $image_log)" >&2
   fi
 }
 
-# The extras (test: mypyc for the compiled emitter, the test tools; node) install while the
-# image builds. Their requirements are read from pyproject.toml and installed by name, so
-# pip does not reinstall MLab itself under the running build.
-readarray -t extras < <(.venv/bin/python -c 'import tomllib
+# The extras install while the image builds: without --tests only mypy (mypyc compiles the
+# YAML emitter below, part of the command); with --tests the whole test and node extras.
+# Their requirements are read from pyproject.toml and installed by name, so pip does not
+# reinstall MLab itself under the running build.
+readarray -t extras < <(.venv/bin/python - "$tests" <<'PY'
+import sys, tomllib
+from packaging.requirements import Requirement
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
-print("\n".join(req for name in ("test", "node") for req in extras[name]))')
+reqs = [r for name in ("test", "node") for r in extras[name]]
+if sys.argv[1] != "1":
+    reqs = [r for r in reqs if Requirement(r).name == "mypy"]
+print("\n".join(dict.fromkeys(reqs)))
+PY
+)
 .venv/bin/pip install -q --disable-pip-version-check "${extras[@]}"
+say "the extras are in (${#extras[@]} requirements)"
 
 finish_apt  # the rest of the Debian packages: gcc and the headers for the steps below
+[ -z "$rest_pkgs" ] || say "the Debian packages are in"
 # Part of the command itself (mlab render's YAML writer and site loader), so run without
 # --tests too.
 bash scripts/setup.d/10-compiled-emitter.sh
@@ -110,13 +125,13 @@ bash scripts/setup.d/11-compiled-loader.sh
 if [ "$tests" = 1 ]; then
   for step in scripts/setup.d/*.sh; do
     [ -e "$step" ] || continue
-    echo "setup: $step" >&2
+    say "$step"
     bash "$step"
   done
 fi
 finish_image
 if [ "$tests" = 1 ]; then
-  echo "setup: done" >&2
+  say "done"
 else
-  echo "setup: done (bash scripts/setup.sh --tests adds what the tests need)" >&2
+  say "done (bash scripts/setup.sh --tests adds what the tests need)"
 fi
