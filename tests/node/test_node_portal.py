@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import secrets
+import socket
 import ssl
 import sys
 import time
@@ -354,3 +355,41 @@ def open_desktop_connected(browser: Browser, marks: dict[str, float]) -> None:
     wait_novnc(browser, 60)
     marks["connected"] = time.monotonic()
 
+
+
+def test_a_renewed_tls_secret_is_served_without_a_restart(portal) -> None:
+    """The portal's ``tlsSecret`` renewed in place (what cert-manager does): the same pod
+    serves the new certificate once the kubelet has swapped its Secret volume (about a
+    minute) and the portal's next look (mlab.cli.serving.TLS_RECHECK_S). Last in the module:
+    the browser flags of the other tests trust the first certificate only."""
+    from mlab.node.layout import NODE_IP
+    from mlab.node.pki import Identity, make_ca, make_cert
+
+    def served() -> bytes:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((NODE_IP, NODE_PORT), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    node = portal.node
+    pod = node.json("-n", NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=portal")
+    before = [p["metadata"]["uid"] for p in pod["items"]]
+    old = served()
+    ca_cert, ca_key = make_ca()
+    cert, key = make_cert(Identity("portal", "portal-renewed", server=True, ips=(NODE_IP,)),
+                          ca_cert, ca_key)
+    node.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                 stdin=_secret("portal-tls", {"tls.crt": cert, "tls.key": key},
+                               "kubernetes.io/tls"))
+    start = time.monotonic()
+    new = ssl.PEM_cert_to_DER_cert(cert.decode())
+    while (got := served()) != new:
+        assert got == old, "the portal serves neither the old nor the new certificate"
+        assert time.monotonic() - start < 240, "the renewed certificate not served after 240 s"
+        time.sleep(2)
+    print(f"\nrenewed portal-tls served after {time.monotonic() - start:.0f} s")
+    pod = node.json("-n", NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=portal")
+    assert [p["metadata"]["uid"] for p in pod["items"]] == before  # the same pod, no restart
