@@ -99,6 +99,22 @@ def test_podman_containers_get_ipv6_off_unless_the_test_switch_is_on(
     assert "disable_ipv6" not in containers_conf().read_text().split("[containers]")[1]
 
 
+def test_the_test_switchs_containers_conf_differs_only_by_the_sysctls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything but ``default_sysctls`` is the same, the netavark backend above all: the
+    switch's file once lacked it, podman used a recorded ``cni`` and the IPv6 e2e tests
+    failed (session 8's CI trial)."""
+    import tomllib
+
+    monkeypatch.delenv(KEEP_IPV6_ENV, raising=False)
+    real = tomllib.loads(containers_conf().read_text())
+    monkeypatch.setenv(KEEP_IPV6_ENV, "1")
+    switch = tomllib.loads(containers_conf().read_text())
+    assert real["containers"].pop("default_sysctls")
+    assert switch == real
+    assert switch["network"]["network_backend"] == "netavark"
+
+
 def _ruleset(block: bool = True) -> str:
     homepods = [firewall.HomepodNet("alice", "10.89.1.0/24", "10.89.1.2", "10.89.1.3", "podman7")]
     return firewall.ruleset("t", homepods, [], "10.89.2.0/24", nat_bridge="podman6",
