@@ -23,9 +23,11 @@ packages() { cat "$@" | sed 's/#.*//' | xargs; }
 # Prints the packages of $@ not installed yet (dpkg-query prints nothing for a package it
 # does not know: those count as missing too).
 missing() {
-  local p
+  local p have
+  have=" $(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "$@" 2>/dev/null \
+    | awk '$1=="installed"{printf "%s ", $2}')"
   for p in "$@"; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q " installed$" || echo "$p"
+    [[ "$have" == *" $p "* ]] || echo "$p"
   done | xargs
 }
 # Two rounds (issue 18, a new machine's first start): what the HomePod image build needs,

@@ -121,6 +121,12 @@ def run_servers(*pairs: tuple[uvicorn.Server, socket.socket],
         for task in done:
             task.result()
 
+    config = pairs[0][0].config
+    factory = getattr(config, "get_loop_factory", None)  # uvicorn >= 0.36
+    if factory is None:  # pyproject allows uvicorn >= 0.29
+        config.setup_event_loop()
+        asyncio.run(main())
+        return
     from uvicorn._compat import asyncio_run
 
-    asyncio_run(main(), loop_factory=pairs[0][0].config.get_loop_factory())
+    asyncio_run(main(), loop_factory=factory())
